@@ -1,0 +1,144 @@
+//! The config file, `mcp-infrastructure.yaml`: raw types as written (unknown keys rejected), and
+//! the validated [`Config`] that the rest of mcpq uses.
+//!
+//! Loading goes raw → validated once. Every error names the field path and the bad value.
+
+mod raw;
+mod secret;
+mod validate;
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+pub use raw::{AuthShorthand, AuthSpec, ConfigFile, Priority, ServerKind};
+pub use secret::{Secret, SecretError};
+
+use crate::job::Lane;
+
+/// The NATS URL mcpq uses when the config names none (and where `mcpq up` starts its own server).
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// A validated config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub nats: NatsConfig,
+    pub servers: Vec<ServerConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    /// The NATS URL; `None` means "start a local nats-server" for `mcpq up`, and
+    /// [`DEFAULT_NATS_URL`] for everything else.
+    pub url: Option<String>,
+    /// Stream and bucket replicas (1 on one machine, 3 on a cluster).
+    pub replicas: usize,
+    /// How long job records (results) are kept.
+    pub result_ttl: Duration,
+}
+
+impl NatsConfig {
+    pub fn url_or_default(&self) -> &str {
+        self.url.as_deref().unwrap_or(DEFAULT_NATS_URL)
+    }
+}
+
+/// One upstream MCP server, validated.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub name: String,
+    pub transport: Transport,
+    /// The lane jobs go to when the caller does not choose one.
+    pub lane: Lane,
+    /// How long one upstream call may take.
+    pub timeout: Duration,
+    /// Upstream calls in flight at once, per worker process.
+    pub concurrency: usize,
+    /// Worker processes to run for this server (deployment hint).
+    pub replicas: u32,
+    pub autoscale: Option<AutoScale>,
+}
+
+/// How a worker reaches an upstream.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// MCP streamable HTTP.
+    Http {
+        endpoint: String,
+        /// Headers sent with every request; values may be secrets.
+        headers: BTreeMap<String, Secret>,
+    },
+    /// A child process speaking MCP over stdin/stdout.
+    Stdio {
+        command: String,
+        args: Vec<String>,
+        env: BTreeMap<String, Secret>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AutoScale {
+    pub min: u32,
+    pub max: u32,
+    pub target_cpu_percent: Option<u8>,
+}
+
+/// Everything wrong with a config file, each naming its field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+/// One thing wrong with a config file.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("{path}: {message}")]
+    Field { path: String, message: String },
+}
+
+impl ConfigError {
+    pub(crate) fn field(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Field {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The field path this error is about (`servers[1].endpoint`), if any.
+    pub fn path(&self) -> Option<&str> {
+        match self {
+            ConfigError::Field { path, .. } => Some(path),
+            ConfigError::Read { .. } => None,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError::Read {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            }])
+        })?;
+        Self::from_yaml(&text)
+    }
+
+    /// Parses and validates a config from YAML text.
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigErrors> {
+        let raw = raw::parse(text).map_err(|e| ConfigErrors(vec![e]))?;
+        validate::validate(raw)
+    }
+
+    pub fn server(&self, name: &str) -> Option<&ServerConfig> {
+        self.servers.iter().find(|s| s.name == name)
+    }
+
+    /// The names of all configured servers, in config order.
+    pub fn server_names(&self) -> Vec<&str> {
+        self.servers.iter().map(|s| s.name.as_str()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

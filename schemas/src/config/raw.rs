@@ -1,0 +1,279 @@
+//! The config file exactly as written. Unknown keys are errors, so a typo never passes silently.
+
+use std::{borrow::Cow, collections::BTreeMap, fmt};
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Deserializer, de};
+
+use super::ConfigError;
+
+/// `mcp-infrastructure.yaml`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(title = "mcpq config (mcp-infrastructure.yaml)")]
+pub struct ConfigFile {
+    /// Config format version: "1.0".
+    pub version: String,
+    /// Where NATS is. Absent: `mcpq up` starts a local nats-server; other commands use
+    /// nats://127.0.0.1:4222.
+    #[serde(default)]
+    pub nats: Option<NatsSection>,
+    /// The upstream MCP servers.
+    pub servers: Vec<ServerSection>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NatsSection {
+    /// NATS URL, e.g. nats://nats.mcpq.svc:4222.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Replicas of mcpq's streams and buckets: 1, 3 or 5 (default 1).
+    #[serde(default)]
+    pub replicas: Option<usize>,
+    /// How long job results are kept, e.g. "24h" (default 24h).
+    #[serde(default)]
+    pub result_ttl: Option<DurationText>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServerSection {
+    /// Server name: letters, digits, - and _ (no "__"); a NATS subject token.
+    pub name: String,
+    /// `external` or `http`: MCP streamable HTTP at `endpoint`. `stdio`: a child process.
+    #[serde(rename = "type")]
+    pub kind: ServerKind,
+    /// The upstream's MCP URL (http and external servers).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Credentials for an HTTP upstream: a shorthand or explicit headers.
+    #[serde(default)]
+    pub auth: Option<AuthSpec>,
+    /// Default priority lane of this server's jobs (medium = normal).
+    #[serde(default)]
+    pub priority: Option<Priority>,
+    /// Worker processes to run for this server when deployed.
+    #[serde(default)]
+    pub replicas: Option<u32>,
+    /// Autoscaling bounds for this server's workers when deployed.
+    #[serde(default)]
+    pub auto_scale: Option<AutoScaleSection>,
+    /// The program to start (stdio servers).
+    #[serde(default)]
+    pub command: Option<String>,
+    /// Its arguments (stdio servers).
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Its environment (stdio servers); values may use ${env:NAME} and ${file:PATH}.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Extra HTTP headers (http servers); values may use ${env:NAME} and ${file:PATH}.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Longest time one upstream call may take, e.g. "30s" (default 30s).
+    #[serde(default)]
+    pub timeout: Option<DurationText>,
+    /// Upstream calls in flight at once per worker process (default 16).
+    #[serde(default)]
+    pub concurrency: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerKind {
+    /// MCP streamable HTTP (the guide's name for a remote server).
+    External,
+    /// MCP streamable HTTP.
+    Http,
+    /// A child process speaking MCP on stdin/stdout.
+    Stdio,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    High,
+    Medium,
+    Normal,
+    Low,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AutoScaleSection {
+    pub min: u32,
+    pub max: u32,
+    /// Target CPU use, e.g. "70%".
+    #[serde(default, rename = "targetCPU")]
+    pub target_cpu: Option<String>,
+}
+
+/// How a worker authenticates to an HTTP upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AuthSpec {
+    Shorthand(AuthShorthand),
+    /// `{bearer: "${env:X}"}` and/or `{headers: {Name: value}}`.
+    Explicit {
+        bearer: Option<String>,
+        headers: BTreeMap<String, String>,
+    },
+}
+
+/// The guide's shorthands. Each reads a bearer token from an environment variable named after
+/// the server: `MCPQ_<SERVER>_OAUTH_TOKEN`, `MCPQ_<SERVER>_TOKEN`, `MCPQ_<SERVER>_BOT_TOKEN`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AuthShorthand {
+    None,
+    Oauth,
+    Token,
+    BotToken,
+}
+
+impl AuthShorthand {
+    const NAMES: &'static str = "none, oauth, token, bot-token";
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "none" => Self::None,
+            "oauth" => Self::Oauth,
+            "token" => Self::Token,
+            "bot-token" => Self::BotToken,
+            _ => return None,
+        })
+    }
+
+    /// The environment variable holding the token for `server`, if this shorthand needs one.
+    pub fn env_var(self, server: &str) -> Option<String> {
+        let suffix = match self {
+            Self::None => return None,
+            Self::Oauth => "OAUTH_TOKEN",
+            Self::Token => "TOKEN",
+            Self::BotToken => "BOT_TOKEN",
+        };
+        let server: String = server
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+            .collect();
+        Some(format!("MCPQ_{server}_{suffix}"))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthExplicit {
+    #[serde(default)]
+    bearer: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+}
+
+impl<'de> Deserialize<'de> for AuthSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = AuthSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(f, "one of {} or a map with bearer and/or headers", AuthShorthand::NAMES)
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<AuthSpec, E> {
+                AuthShorthand::parse(s).map(AuthSpec::Shorthand).ok_or_else(|| {
+                    E::custom(format!(
+                        "unknown auth {s:?} (expected one of {}, or {{bearer: \"${{env:NAME}}\"}})",
+                        AuthShorthand::NAMES
+                    ))
+                })
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<AuthSpec, A::Error> {
+                let e = AuthExplicit::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(AuthSpec::Explicit {
+                    bearer: e.bearer,
+                    headers: e.headers,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for AuthSpec {
+    fn schema_name() -> Cow<'static, str> {
+        "AuthSpec".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A shorthand (the token comes from MCPQ_<SERVER>_OAUTH_TOKEN, MCPQ_<SERVER>_TOKEN or MCPQ_<SERVER>_BOT_TOKEN) or explicit credentials.",
+            "oneOf": [
+                { "type": "string", "enum": ["none", "oauth", "token", "bot-token"] },
+                {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "properties": {
+                        "bearer": { "type": "string", "description": "Bearer token, e.g. \"${env:GITHUB_TOKEN}\"" },
+                        "headers": { "type": "object", "additionalProperties": { "type": "string" } }
+                    }
+                }
+            ]
+        })
+    }
+}
+
+/// A duration written as text: "250ms", "30s", "5m", "1h 30m".
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DurationText(pub std::time::Duration);
+
+impl<'de> Deserialize<'de> for DurationText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = DurationText;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration with a unit, like \"250ms\" or \"30s\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<DurationText, E> {
+                humantime::parse_duration(s).map(DurationText).map_err(|e| {
+                    E::custom(format!(
+                        "invalid duration {s:?}: {e} (write a number and a unit, like \"250ms\" or \"30s\")"
+                    ))
+                })
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<DurationText, E> {
+                Err(E::custom(format!(
+                    "invalid duration {n}: a unit is needed (write \"{n}s\" or \"{n}ms\")"
+                )))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<DurationText, E> {
+                self.visit_u64(n.unsigned_abs())
+            }
+            fn visit_f64<E: de::Error>(self, n: f64) -> Result<DurationText, E> {
+                Err(E::custom(format!(
+                    "invalid duration {n}: a unit is needed (write \"{n}s\")"
+                )))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for DurationText {
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "description": "A duration with a unit: 250ms, 30s, 5m, 1h 30m",
+            "pattern": "^\\s*\\d+(\\.\\d+)?\\s*[a-zµ]+(\\s*\\d+(\\.\\d+)?\\s*[a-zµ]+)*\\s*$"
+        })
+    }
+}
+
+/// Parses YAML into the raw config; the error names the field path.
+pub(super) fn parse(text: &str) -> Result<ConfigFile, ConfigError> {
+    let de = yaml_serde::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        ConfigError::field(if path == "." { "(top level)".into() } else { path }, inner)
+    })
+}

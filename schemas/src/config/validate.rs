@@ -1,0 +1,276 @@
+//! Raw config → validated [`Config`]: every rule, every error with its field path and bad value.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use super::{
+    AutoScale, Config, ConfigError, ConfigErrors, NatsConfig, Secret, ServerConfig, Transport,
+    raw::{AuthSpec, ConfigFile, NatsSection, Priority, ServerKind, ServerSection},
+    secret::is_env_name,
+};
+use crate::{job::Lane, names::is_valid_server_name};
+
+const SUPPORTED_VERSIONS: [&str; 2] = ["1", "1.0"];
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+const DEFAULT_CONCURRENCY: usize = 16;
+const MAX_CONCURRENCY: usize = 10_000;
+const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(24 * 3600);
+
+pub(super) fn validate(raw: ConfigFile) -> Result<Config, ConfigErrors> {
+    let mut errors = Vec::new();
+    if !SUPPORTED_VERSIONS.contains(&raw.version.as_str()) {
+        errors.push(ConfigError::field(
+            "version",
+            format!("unsupported version {:?} (this mcpq reads \"1.0\")", raw.version),
+        ));
+    }
+    let nats = nats(raw.nats, &mut errors);
+    if raw.servers.is_empty() {
+        errors.push(ConfigError::field(
+            "servers",
+            "no servers configured (add at least one entry with name and type)",
+        ));
+    }
+    let mut servers = Vec::new();
+    let mut seen = BTreeMap::new();
+    for (i, section) in raw.servers.into_iter().enumerate() {
+        let path = format!("servers[{i}]");
+        if let Some(first) = seen.insert(section.name.clone(), i) {
+            errors.push(ConfigError::field(
+                format!("{path}.name"),
+                format!("duplicate server name {:?} (also servers[{first}])", section.name),
+            ));
+        }
+        if let Some(server) = server(&path, section, &mut errors) {
+            servers.push(server);
+        }
+    }
+    if errors.is_empty() {
+        Ok(Config { nats, servers })
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+fn nats(section: Option<NatsSection>, errors: &mut Vec<ConfigError>) -> NatsConfig {
+    let section = section.unwrap_or(NatsSection {
+        url: None,
+        replicas: None,
+        result_ttl: None,
+    });
+    if let Some(url) = &section.url {
+        let ok = ["nats://", "tls://", "ws://", "wss://"]
+            .iter()
+            .any(|scheme| url.starts_with(scheme) && url.len() > scheme.len());
+        if !ok {
+            errors.push(ConfigError::field(
+                "nats.url",
+                format!("{url:?} is not a NATS URL (expected nats://host:port, tls://, ws:// or wss://)"),
+            ));
+        }
+    }
+    let replicas = section.replicas.unwrap_or(1);
+    if ![1, 3, 5].contains(&replicas) {
+        errors.push(ConfigError::field(
+            "nats.replicas",
+            format!("{replicas} replicas (expected 1, 3 or 5)"),
+        ));
+    }
+    let result_ttl = section.result_ttl.map_or(DEFAULT_RESULT_TTL, |d| d.0);
+    if result_ttl < Duration::from_secs(1) {
+        errors.push(ConfigError::field(
+            "nats.resultTtl",
+            format!("{result_ttl:?} is too short (at least 1s)"),
+        ));
+    }
+    NatsConfig {
+        url: section.url,
+        replicas,
+        result_ttl,
+    }
+}
+
+fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option<ServerConfig> {
+    let before = errors.len();
+    let mut err = |field: &str, message: String| {
+        errors.push(ConfigError::field(format!("{path}.{field}"), message));
+    };
+    if !is_valid_server_name(&s.name) {
+        err(
+            "name",
+            format!(
+                "{:?} is not a valid server name (1-64 letters, digits, - and _, no \"__\", not starting or ending with _)",
+                s.name
+            ),
+        );
+    }
+    let transport = match s.kind {
+        ServerKind::External | ServerKind::Http => {
+            if s.command.is_some() {
+                err("command", "only stdio servers have a command (set type: stdio, or remove command)".into());
+            }
+            if !s.args.is_empty() {
+                err("args", "only stdio servers have args".into());
+            }
+            if !s.env.is_empty() {
+                err("env", "only stdio servers have env (send credentials to an HTTP server with auth or headers)".into());
+            }
+            let endpoint = match s.endpoint {
+                None => {
+                    err("endpoint", "missing: an HTTP server needs the URL of its MCP endpoint".into());
+                    String::new()
+                }
+                Some(endpoint) => {
+                    if let Err(message) = check_http_url(&endpoint) {
+                        err("endpoint", message);
+                    }
+                    endpoint
+                }
+            };
+            let mut headers = BTreeMap::new();
+            for (name, value) in &s.headers {
+                match Secret::parse(value) {
+                    Ok(secret) => {
+                        headers.insert(name.clone(), secret);
+                    }
+                    Err(message) => err(&format!("headers.{name}"), message),
+                }
+            }
+            match &s.auth {
+                None => {}
+                Some(AuthSpec::Shorthand(shorthand)) => {
+                    if let Some(var) = shorthand.env_var(&s.name) {
+                        headers.insert("Authorization".into(), bearer(Secret::env(&var)));
+                    }
+                }
+                Some(AuthSpec::Explicit { bearer: token, headers: extra }) => {
+                    if let Some(token) = token {
+                        match Secret::parse(token) {
+                            Ok(secret) => {
+                                headers.insert("Authorization".into(), bearer(secret));
+                            }
+                            Err(message) => err("auth.bearer", message),
+                        }
+                    }
+                    for (name, value) in extra {
+                        match Secret::parse(value) {
+                            Ok(secret) => {
+                                headers.insert(name.clone(), secret);
+                            }
+                            Err(message) => err(&format!("auth.headers.{name}"), message),
+                        }
+                    }
+                }
+            }
+            Transport::Http { endpoint, headers }
+        }
+        ServerKind::Stdio => {
+            if s.endpoint.is_some() {
+                err("endpoint", "a stdio server has no endpoint (set type: http, or remove endpoint)".into());
+            }
+            if s.auth.is_some() {
+                err("auth", "auth applies to HTTP servers; give a stdio server its credentials with env: {NAME: \"${env:NAME}\"}".into());
+            }
+            if !s.headers.is_empty() {
+                err("headers", "only HTTP servers have headers".into());
+            }
+            let command = match s.command {
+                Some(c) if !c.trim().is_empty() => c,
+                Some(_) => {
+                    err("command", "empty: name the program to start".into());
+                    String::new()
+                }
+                None => {
+                    err("command", "missing: a stdio server needs the program to start".into());
+                    String::new()
+                }
+            };
+            let mut env = BTreeMap::new();
+            for (name, value) in &s.env {
+                if !is_env_name(name) {
+                    err(&format!("env.{name}"), format!("{name:?} is not an environment variable name"));
+                }
+                match Secret::parse(value) {
+                    Ok(secret) => {
+                        env.insert(name.clone(), secret);
+                    }
+                    Err(message) => err(&format!("env.{name}"), message),
+                }
+            }
+            Transport::Stdio {
+                command,
+                args: s.args,
+                env,
+            }
+        }
+    };
+    let timeout = s.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0);
+    if timeout.is_zero() || timeout > MAX_TIMEOUT {
+        err("timeout", format!("{timeout:?} is out of range (more than 0, at most 24h)"));
+    }
+    let concurrency = s.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
+    if concurrency == 0 || concurrency > MAX_CONCURRENCY {
+        err("concurrency", format!("{concurrency} is out of range (1 to {MAX_CONCURRENCY})"));
+    }
+    let replicas = s.replicas.unwrap_or(1);
+    if replicas == 0 {
+        err("replicas", "0 replicas (at least 1; use autoScale.min: 0 to scale to zero)".into());
+    }
+    let autoscale = s.auto_scale.map(|a| {
+        if a.min > a.max {
+            err("autoScale.min", format!("{} is above autoScale.max {}", a.min, a.max));
+        }
+        if a.max == 0 {
+            err("autoScale.max", "0 (at least 1)".into());
+        }
+        let target_cpu_percent = a.target_cpu.as_deref().and_then(|t| match parse_percent(t) {
+            Some(p) => Some(p),
+            None => {
+                err("autoScale.targetCPU", format!("{t:?} is not a percentage from 1% to 100% (like \"70%\")"));
+                None
+            }
+        });
+        AutoScale {
+            min: a.min,
+            max: a.max,
+            target_cpu_percent,
+        }
+    });
+    let lane = match s.priority {
+        Some(Priority::High) => Lane::High,
+        Some(Priority::Medium | Priority::Normal) | None => Lane::Normal,
+        Some(Priority::Low) => Lane::Low,
+    };
+    (errors.len() == before).then_some(ServerConfig {
+        name: s.name,
+        transport,
+        lane,
+        timeout,
+        concurrency,
+        replicas,
+        autoscale,
+    })
+}
+
+fn bearer(token: Secret) -> Secret {
+    token.prefixed("Bearer ")
+}
+
+fn check_http_url(url: &str) -> Result<(), String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| format!("{url:?} is not a URL (expected http:// or https://)"))?;
+    if scheme != "http" && scheme != "https" {
+        return Err(format!("{url:?} is not a URL (expected http or https)"));
+    }
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(format!("{url:?} has no host (expected like https://mcp.example.com/mcp)"));
+    }
+    Ok(())
+}
+
+fn parse_percent(text: &str) -> Option<u8> {
+    let n: u8 = text.trim().strip_suffix('%')?.trim().parse().ok()?;
+    (1..=100).contains(&n).then_some(n)
+}

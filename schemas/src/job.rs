@@ -1,0 +1,123 @@
+//! The job envelope: one MCP request for one upstream server, as it travels on `MCPQ_JOBS`.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::names::ENVELOPE_VERSION;
+
+/// A JSON object, as MCP params are.
+pub type JsonObject = serde_json::Map<String, serde_json::Value>;
+
+/// One MCP request to be executed against one upstream server.
+///
+/// Published to `mcpq.jobs.<server>.<lane>` with the headers listed in [`crate::names`]; the reply
+/// inbox travels in the `Mcpq-Reply-To` header, never in the body, because JetStream keeps
+/// headers but not the publisher's reply subject.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Job {
+    /// Envelope version; this crate writes [`ENVELOPE_VERSION`].
+    pub v: u32,
+    /// Job id, a UUID v7 (time-ordered), chosen by the submitter.
+    pub id: Uuid,
+    /// The upstream server's name from the config; must match the subject's server token.
+    pub server: String,
+    /// The MCP request to send upstream.
+    pub request: McpRequest,
+    /// Caller's idempotency key; sent as `Nats-Msg-Id` so a double submission is dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Unix time in milliseconds after which the job must not be started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+    /// Priority lane; also the last token of the subject.
+    #[serde(default)]
+    pub lane: Lane,
+    /// W3C `traceparent` of the caller's span, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// Unix time in milliseconds when the job was submitted.
+    pub submitted_at_ms: u64,
+}
+
+/// An MCP request: the JSON-RPC method and its params, without the JSON-RPC id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct McpRequest {
+    /// e.g. `tools/call`, `resources/read`, `prompts/get`.
+    pub method: String,
+    /// The method's params exactly as MCP defines them (for `tools/call`: `name`, `arguments`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<JsonObject>,
+}
+
+impl McpRequest {
+    /// A `tools/call` request for `tool` with `arguments`.
+    pub fn call_tool(tool: impl Into<String>, arguments: Option<JsonObject>) -> Self {
+        let mut params = JsonObject::new();
+        params.insert("name".into(), serde_json::Value::String(tool.into()));
+        if let Some(arguments) = arguments {
+            params.insert("arguments".into(), serde_json::Value::Object(arguments));
+        }
+        Self {
+            method: "tools/call".into(),
+            params: Some(params),
+        }
+    }
+
+    /// The tool name of a `tools/call` request.
+    pub fn tool_name(&self) -> Option<&str> {
+        (self.method == "tools/call")
+            .then(|| self.params.as_ref()?.get("name")?.as_str())
+            .flatten()
+    }
+}
+
+impl Job {
+    /// A new job with a fresh UUID v7 id, submitted now.
+    pub fn new(server: impl Into<String>, request: McpRequest) -> Self {
+        Self {
+            v: ENVELOPE_VERSION,
+            id: Uuid::now_v7(),
+            server: server.into(),
+            request,
+            idempotency_key: None,
+            deadline_ms: None,
+            lane: Lane::default(),
+            traceparent: None,
+            submitted_at_ms: crate::now_ms(),
+        }
+    }
+
+    /// The `Nats-Msg-Id` for this job: the idempotency key when given, else the job id.
+    pub fn msg_id(&self) -> String {
+        match &self.idempotency_key {
+            Some(key) => key.clone(),
+            None => self.id.to_string(),
+        }
+    }
+}
+
+/// Priority lane of a job. Workers take from higher lanes first.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Lane {
+    High,
+    #[default]
+    Normal,
+    Low,
+}
+
+impl Lane {
+    pub const ALL: [Lane; 3] = [Lane::High, Lane::Normal, Lane::Low];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::High => "high",
+            Lane::Normal => "normal",
+            Lane::Low => "low",
+        }
+    }
+}

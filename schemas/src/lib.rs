@@ -1,0 +1,26 @@
+//! mcpq's contract with everything outside a process: the job envelope, replies, job records,
+//! dead letters, catalog entries, the NATS names and topology, and the config file.
+//!
+//! Only this crate puts serde on wire types. Wire types tolerate unknown fields so that mixed
+//! versions interoperate; config types reject them so that a typo never passes silently.
+
+pub mod catalog;
+pub mod config;
+pub mod dead_letter;
+pub mod job;
+pub mod json_schema;
+pub mod names;
+pub mod nats;
+pub mod record;
+
+pub use catalog::CatalogEntry;
+pub use dead_letter::{Attempt, DeadLetter};
+pub use job::{JsonObject, Job, Lane, McpRequest};
+pub use record::{ErrorKind, JobError, JobRecord, JobStatus, Outcome, Reply};
+
+/// Unix time now, in milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,82 @@
+//! Every NATS name mcpq uses — streams, subjects, consumers, KV buckets, headers — defined once.
+//!
+//! Pipelines in other languages build the same names by hand; the README's wire-protocol section
+//! lists them, and a test checks that list against these constants.
+
+/// The envelope version written into every job, reply, record and dead letter.
+pub const ENVELOPE_VERSION: u32 = 1;
+
+/// The work-queue stream that holds every job until a worker has decided its fate.
+pub const JOBS_STREAM: &str = "MCPQ_JOBS";
+/// The stream of dead letters: jobs that failed for good, kept for inspection and replay.
+pub const DLQ_STREAM: &str = "MCPQ_DLQ";
+/// KV bucket of job records (status and result), keyed by job id.
+pub const RESULTS_BUCKET: &str = "mcpq_results";
+/// KV bucket of tool catalogs, keyed by server name.
+pub const CATALOG_BUCKET: &str = "mcpq_catalog";
+
+/// Header: the subject a worker publishes the reply (and progress events) to.
+pub const HDR_REPLY_TO: &str = "Mcpq-Reply-To";
+/// Header: the job id (also in the body), so a reader need not parse the body.
+pub const HDR_JOB_ID: &str = "Mcpq-Job-Id";
+/// Header on messages sent to a reply inbox: what kind of event the message is.
+pub const HDR_EVENT: &str = "Mcpq-Event";
+/// JetStream's de-duplication header: the idempotency key, or the job id.
+pub const HDR_MSG_ID: &str = "Nats-Msg-Id";
+/// W3C trace context, passed through unchanged.
+pub const HDR_TRACEPARENT: &str = "traceparent";
+
+/// `Mcpq-Event` value of the final reply to a job.
+pub const EVENT_REPLY: &str = "reply";
+
+/// Subjects of the jobs stream: `mcpq.jobs.<server>.<lane>`.
+pub const JOBS_SUBJECTS: &str = "mcpq.jobs.>";
+/// Subjects of the dead-letter stream: `mcpq.dlq.<server>`.
+pub const DLQ_SUBJECTS: &str = "mcpq.dlq.>";
+
+/// The subject a job for `server` in `lane` is published to.
+pub fn job_subject(server: &str, lane: crate::job::Lane) -> String {
+    format!("mcpq.jobs.{server}.{}", lane.as_str())
+}
+
+/// The filter of one server's consumer: all lanes of that server.
+pub fn server_jobs_filter(server: &str) -> String {
+    format!("mcpq.jobs.{server}.>")
+}
+
+/// The subject a dead letter for `server` is published to.
+pub fn dlq_subject(server: &str) -> String {
+    format!("mcpq.dlq.{server}")
+}
+
+/// The durable consumer that every worker of `server` shares.
+pub fn consumer_name(server: &str) -> String {
+    format!("mcpq-{server}")
+}
+
+/// Whether `name` can be a server name: one NATS subject token and one KV key, never holding the
+/// `__` that separates server and tool in aggregated tool names.
+pub fn is_valid_server_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && !name.contains("__")
+        && !name.starts_with('_')
+        && !name.ends_with('_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_names_are_single_tokens_without_the_separator() {
+        assert!(is_valid_server_name("github"));
+        assert!(is_valid_server_name("my-db_2"));
+        for bad in ["", "a.b", "a b", "a__b", "_a", "a_", "a*", "a>", "ü"] {
+            assert!(!is_valid_server_name(bad), "{bad:?} must be rejected");
+        }
+    }
+}

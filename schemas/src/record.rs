@@ -1,0 +1,175 @@
+//! What comes back: the reply on the caller's inbox, the job record in KV, and job errors.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The final answer to a job, published with core NATS to the job's `Mcpq-Reply-To` subject
+/// (header `Mcpq-Event: reply`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Reply {
+    /// Envelope version.
+    pub v: u32,
+    pub job_id: Uuid,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+/// How a job ended, as seen by its caller.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum Outcome {
+    /// The upstream answered; `result` is its MCP result, unchanged. A tool result with
+    /// `isError: true` is an `ok` outcome: the tool ran and reported a failure.
+    Ok { result: serde_json::Value },
+    /// The job could not be executed, or the upstream answered with a JSON-RPC error.
+    Error { error: JobError },
+}
+
+/// Why a job failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobError {
+    pub kind: ErrorKind,
+    /// What went wrong, for a person.
+    pub message: String,
+    /// The JSON-RPC error code, when the upstream (or mcpq acting as MCP server) gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<i64>,
+    /// The JSON-RPC error data, when the upstream gave some.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+}
+
+impl JobError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            code: None,
+            data: None,
+        }
+    }
+}
+
+impl std::fmt::Display for JobError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind.as_str(), self.message)
+    }
+}
+
+/// A closed set of failure kinds that callers branch on. Unknown kinds from newer peers read as
+/// `unknown`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The job message could not be read (bad JSON, wrong version, missing fields).
+    MalformedJob,
+    /// The server has no such tool.
+    UnknownTool,
+    /// The upstream answered with a JSON-RPC error.
+    Upstream,
+    /// The upstream could not be reached or its connection broke.
+    UpstreamUnavailable,
+    /// The upstream did not answer in time.
+    Timeout,
+    /// The job's deadline passed before it could be started.
+    Expired,
+    /// mcpq itself failed.
+    Internal,
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::MalformedJob => "malformed_job",
+            ErrorKind::UnknownTool => "unknown_tool",
+            ErrorKind::Upstream => "upstream",
+            ErrorKind::UpstreamUnavailable => "upstream_unavailable",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Expired => "expired",
+            ErrorKind::Internal => "internal",
+            ErrorKind::Unknown => "unknown",
+        }
+    }
+}
+
+/// Where a job stands. Stored in its [`JobRecord`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Retrying,
+    Completed,
+    Failed,
+    Dead,
+    Cancelled,
+    Expired,
+    #[serde(other)]
+    Unknown,
+}
+
+impl JobStatus {
+    /// Whether the job will not change any more.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Completed
+                | JobStatus::Failed
+                | JobStatus::Dead
+                | JobStatus::Cancelled
+                | JobStatus::Expired
+        )
+    }
+}
+
+/// A job's record in the `mcpq_results` KV bucket, keyed by job id. Written by workers; read by
+/// dispatchers, `mcpq job`, and pipelines that come back for a result later.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobRecord {
+    pub v: u32,
+    pub job_id: Uuid,
+    pub server: String,
+    pub method: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    pub status: JobStatus,
+    /// Attempts made so far (deliveries that reached a worker).
+    pub attempts: u32,
+    pub submitted_at_ms: u64,
+    pub updated_at_ms: u64,
+    /// The MCP result, when `status` is `completed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    /// The error, when the job failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobError>,
+    /// The worker that wrote this record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<String>,
+}
+
+impl JobRecord {
+    /// The reply a caller gets for this record, if the job has ended.
+    pub fn to_reply(&self) -> Option<Reply> {
+        let outcome = match (self.status, &self.result, &self.error) {
+            (JobStatus::Completed, Some(result), _) => Outcome::Ok {
+                result: result.clone(),
+            },
+            (status, _, Some(error)) if status.is_terminal() => Outcome::Error {
+                error: error.clone(),
+            },
+            _ => return None,
+        };
+        Some(Reply {
+            v: crate::names::ENVELOPE_VERSION,
+            job_id: self.job_id,
+            outcome,
+        })
+    }
+}
