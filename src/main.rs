@@ -1,1 +1,78 @@
-fn main() {}
+//! `mcpq`: one CLI over the dispatcher and worker libraries. It parses arguments, loads the
+//! config and hands over; the logic lives in the libraries.
+
+mod call;
+mod config_cmd;
+mod local_nats;
+mod run;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+/// Exit code for a bad config or bad arguments (EX_USAGE).
+pub const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "mcpq", version, about = "A queue-backed dispatcher for MCP tool calls on NATS JetStream")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the config and NATS are; shared by most commands.
+#[derive(clap::Args, Clone)]
+pub struct Common {
+    /// The config file.
+    #[arg(long, short, env = "MCPQ_CONFIG", default_value = "mcp-infrastructure.yaml")]
+    pub config: PathBuf,
+    /// NATS URL; overrides the config's nats.url.
+    #[arg(long, env = "MCPQ_NATS_URL")]
+    pub nats: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Everything on one machine: a local nats-server (unless the config names one), the
+    /// dispatcher and workers for every server, in one process.
+    Up(run::UpArgs),
+    /// The dispatcher: MCP endpoints at /mcp and /servers/<name>/mcp.
+    Dispatcher(run::DispatcherArgs),
+    /// A worker process for some or all servers.
+    Worker(run::WorkerArgs),
+    /// Call a tool through the queue, NATS-native, and print its result as JSON.
+    Call(call::CallArgs),
+    /// Config file commands.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MCPQ_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmcp=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Command::Config(command) = cli.command {
+        return config_cmd::run(command);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("mcpq: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Up(args) => run::up(args).await,
+            Command::Dispatcher(args) => run::dispatcher(args).await,
+            Command::Worker(args) => run::worker(args).await,
+            Command::Call(args) => call::run(args).await,
+            Command::Config(_) => unreachable!("handled above"),
+        }
+    })
+}

@@ -1,1 +1,112 @@
-//! placeholder
+//! mcpq's front door: MCP endpoints that turn tool calls into JetStream jobs and route the
+//! replies back, plus the embeddable [`Client`] for Rust pipelines.
+//!
+//! Flow: [`ingress`] (MCP `tools/list` from the [`catalog`], `tools/call` → job) →
+//! [`publish`] (JetStream publish, wait on the inbox) → `replies` (one inbox subscription per
+//! process, demultiplexed by job id). The dispatcher never talks to an upstream MCP server.
+
+pub mod catalog;
+pub mod http;
+pub mod ingress;
+pub mod publish;
+mod replies;
+
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
+
+pub use catalog::Catalog;
+pub use http::HttpOptions;
+pub use ingress::{Gateway, NAME_SEPARATOR, ServerDefaults, Shared};
+use mcpq_schemas::{
+    config::Config,
+    nats::{NatsError, Topology, ensure_topology},
+};
+pub use publish::{Client, ClientError, Submitted};
+use tokio_util::sync::CancellationToken;
+
+/// Why a dispatcher could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatcherError {
+    #[error(transparent)]
+    Nats(#[from] NatsError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("cannot watch the tool catalog: {0}")]
+    Catalog(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A dispatcher ready to serve: topology ensured, catalog watched, inbox open.
+pub struct Dispatcher {
+    shared: Arc<Shared>,
+    options: HttpOptions,
+}
+
+impl Dispatcher {
+    pub async fn new(
+        nats: async_nats::Client,
+        config: &Config,
+        options: HttpOptions,
+    ) -> Result<Dispatcher, DispatcherError> {
+        let js = async_nats::jetstream::new(nats.clone());
+        ensure_topology(
+            &js,
+            &Topology {
+                replicas: config.nats.replicas,
+                result_ttl: config.nats.result_ttl,
+            },
+        )
+        .await?;
+        let catalog = Catalog::watch(&js).await.map_err(DispatcherError::Catalog)?;
+        let client = Client::new(nats).await?;
+        let servers: BTreeMap<_, _> = config
+            .servers
+            .iter()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    ServerDefaults {
+                        lane: s.lane,
+                        timeout: s.timeout,
+                    },
+                )
+            })
+            .collect();
+        Ok(Dispatcher {
+            shared: Arc::new(Shared {
+                client,
+                catalog,
+                servers,
+            }),
+            options,
+        })
+    }
+
+    /// The catalog this dispatcher serves from.
+    pub fn catalog(&self) -> &Catalog {
+        &self.shared.catalog
+    }
+
+    /// Serves HTTP on `listener` until `shutdown`.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), DispatcherError> {
+        let router = http::router(self.shared, &self.options, &shutdown);
+        http::serve(listener, router, shutdown).await?;
+        Ok(())
+    }
+
+    /// Binds `addr` and serves until `shutdown`, returning the bound address first through
+    /// `bound` (useful with port 0).
+    pub async fn listen(
+        self,
+        addr: SocketAddr,
+        shutdown: CancellationToken,
+    ) -> Result<(SocketAddr, impl Future<Output = Result<(), DispatcherError>>), DispatcherError> {
+        let listener = http::bind(addr).await?;
+        let local = listener.local_addr()?;
+        Ok((local, self.serve(listener, shutdown)))
+    }
+}

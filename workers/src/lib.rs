@@ -1,1 +1,151 @@
-//! placeholder
+//! mcpq's worker pools: consume jobs from JetStream, call upstream MCP servers, reply.
+//!
+//! Per server: a durable pull consumer shared by every worker of that server
+//! ([`consume`]), one attempt per delivery ([`attempt`]: decode → call → decide → record,
+//! reply, ack / NAK / dead-letter), an rmcp client session to the upstream ([`upstream`]), and
+//! the tool catalog published to KV ([`catalog`]). Workers never hold client connections.
+
+mod attempt;
+mod call;
+mod catalog;
+mod consume;
+mod decide;
+mod decode;
+mod outbox;
+mod upstream;
+
+use std::{sync::Arc, time::Duration};
+
+pub use call::{META_IDEMPOTENCY_KEY, META_JOB_ID};
+pub use decide::{Decision, RetryPolicy, Verdict, decide};
+use mcpq_schemas::{
+    config::Config,
+    names::{CATALOG_BUCKET, RESULTS_BUCKET},
+    nats::{NatsError, Topology, ensure_topology},
+};
+pub use upstream::UpstreamError;
+use tokio_util::sync::CancellationToken;
+
+/// Why a worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Nats(#[from] NatsError),
+    #[error("unknown server {name:?} (configured: {known})")]
+    UnknownServer { name: String, known: String },
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("cannot open bucket {bucket}: {reason}")]
+    Bucket { bucket: &'static str, reason: String },
+}
+
+/// How a worker process behaves, beyond the config file.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Names this process in records, dead letters and logs.
+    pub worker_id: String,
+    /// Servers to serve; empty means every configured server.
+    pub servers: Vec<String>,
+    pub retry: RetryPolicy,
+    /// How long calls in flight may take to finish after shutdown is asked for.
+    pub drain_grace: Duration,
+    /// How often the tool catalog is refreshed even without a change notification.
+    pub catalog_refresh: Duration,
+}
+
+impl WorkerOptions {
+    pub fn new(worker_id: impl Into<String>) -> Self {
+        WorkerOptions {
+            worker_id: worker_id.into(),
+            servers: Vec::new(),
+            retry: RetryPolicy::default(),
+            drain_grace: Duration::from_secs(30),
+            catalog_refresh: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A default worker id: host name and process id.
+pub fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Serves the chosen servers until `shutdown` is cancelled, then drains.
+pub async fn run(
+    client: async_nats::Client,
+    config: &Config,
+    options: WorkerOptions,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
+    let servers = if options.servers.is_empty() {
+        config.servers.clone()
+    } else {
+        options
+            .servers
+            .iter()
+            .map(|name| {
+                config.server(name).cloned().ok_or_else(|| WorkerError::UnknownServer {
+                    name: name.clone(),
+                    known: config.server_names().join(", "),
+                })
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let js = async_nats::jetstream::new(client.clone());
+    ensure_topology(
+        &js,
+        &Topology {
+            replicas: config.nats.replicas,
+            result_ttl: config.nats.result_ttl,
+        },
+    )
+    .await?;
+    let bucket = |name: &'static str| {
+        let js = js.clone();
+        async move {
+            js.get_key_value(name).await.map_err(|e| WorkerError::Bucket {
+                bucket: name,
+                reason: e.to_string(),
+            })
+        }
+    };
+    let results = bucket(RESULTS_BUCKET).await?;
+    let catalog = bucket(CATALOG_BUCKET).await?;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut upstreams = Vec::new();
+    for server in servers {
+        let upstream = upstream::Upstream::new(&server)?;
+        upstreams.push(upstream.clone());
+        tasks.spawn(catalog::publish_loop(
+            upstream.clone(),
+            catalog.clone(),
+            options.worker_id.clone(),
+            options.catalog_refresh,
+            shutdown.clone(),
+        ));
+        let pool = Arc::new(attempt::Pool {
+            server,
+            upstream,
+            outbox: outbox::Outbox {
+                client: client.clone(),
+                js: js.clone(),
+                results: results.clone(),
+            },
+            retry: options.retry,
+            worker_id: options.worker_id.clone(),
+        });
+        tasks.spawn(consume::run(pool, shutdown.clone(), options.drain_grace));
+    }
+    while tasks.join_next().await.is_some() {}
+    for upstream in upstreams {
+        upstream.close(Duration::from_secs(5)).await;
+    }
+    client.flush().await.ok();
+    Ok(())
+}

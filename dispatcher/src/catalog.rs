@@ -1,0 +1,69 @@
+//! The dispatcher's view of every server's tools: the `mcpq_catalog` KV bucket, watched, so
+//! `tools/list` never makes an upstream round trip.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, RwLock},
+};
+
+use async_nats::jetstream::{self, kv};
+use futures::StreamExt;
+use mcpq_schemas::{CatalogEntry, names::CATALOG_BUCKET};
+use tokio::sync::watch;
+
+/// A live, shared copy of the catalog bucket.
+#[derive(Clone)]
+pub struct Catalog {
+    entries: Arc<RwLock<BTreeMap<String, CatalogEntry>>>,
+    changes: watch::Receiver<u64>,
+}
+
+impl Catalog {
+    /// Starts watching the catalog bucket (which must exist: see `ensure_topology`).
+    pub async fn watch(js: &jetstream::Context) -> Result<Catalog, String> {
+        let bucket = js.get_key_value(CATALOG_BUCKET).await.map_err(|e| e.to_string())?;
+        let mut watch = bucket.watch_with_history(">").await.map_err(|e| e.to_string())?;
+        let entries: Arc<RwLock<BTreeMap<String, CatalogEntry>>> = Arc::default();
+        let (tx, changes) = watch::channel(0u64);
+        let shared = entries.clone();
+        tokio::spawn(async move {
+            while let Some(entry) = watch.next().await {
+                let Ok(entry) = entry else { continue };
+                let mut map = shared.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                match entry.operation {
+                    kv::Operation::Put => match serde_json::from_slice::<CatalogEntry>(&entry.value) {
+                        Ok(catalog) => {
+                            map.insert(entry.key.clone(), catalog);
+                        }
+                        Err(e) => tracing::warn!(server = %entry.key, error = %e, "unreadable catalog entry"),
+                    },
+                    kv::Operation::Delete | kv::Operation::Purge => {
+                        map.remove(&entry.key);
+                    }
+                }
+                drop(map);
+                tx.send_modify(|n| *n += 1);
+            }
+        });
+        Ok(Catalog { entries, changes })
+    }
+
+    /// One server's catalog entry, if a worker has published it.
+    pub fn server(&self, name: &str) -> Option<CatalogEntry> {
+        self.read().get(name).cloned()
+    }
+
+    /// Every published entry, by server name.
+    pub fn all(&self) -> BTreeMap<String, CatalogEntry> {
+        self.read().clone()
+    }
+
+    /// A receiver that changes whenever the catalog does.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.clone()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, CatalogEntry>> {
+        self.entries.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}

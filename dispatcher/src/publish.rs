@@ -1,0 +1,122 @@
+//! The embeddable client: publish jobs to JetStream and await their replies, without HTTP.
+//! The MCP endpoints use it, `mcpq call` uses it, and so can any Rust pipeline.
+
+use std::time::Duration;
+
+use async_nats::{HeaderMap, jetstream};
+use mcpq_schemas::{
+    Job, JobRecord, Reply,
+    names::{HDR_JOB_ID, HDR_MSG_ID, HDR_REPLY_TO, HDR_TRACEPARENT, RESULTS_BUCKET, job_subject},
+};
+use uuid::Uuid;
+
+use crate::replies::Inbox;
+
+/// Why a job could not be submitted or answered.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot subscribe to the reply inbox: {0}")]
+    Inbox(String),
+    #[error("job {job_id}: cannot publish to {subject}: {reason}")]
+    Publish {
+        job_id: Uuid,
+        subject: String,
+        reason: String,
+    },
+    #[error("job {job_id}: no reply within {timeout:?}; the job may still complete (look it up with its id)")]
+    Timeout { job_id: Uuid, timeout: Duration },
+    #[error("job {job_id}: the reply inbox closed")]
+    InboxClosed { job_id: Uuid },
+    #[error("job {job_id}: cannot read its record: {reason}")]
+    Record { job_id: Uuid, reason: String },
+}
+
+/// A handle on mcpq for submitting jobs; cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    js: jetstream::Context,
+    inbox: Inbox,
+}
+
+/// What JetStream said about a submitted job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Submitted {
+    pub stream_seq: u64,
+    /// The idempotency key was seen inside the duplicate window: this publish was dropped.
+    pub duplicate: bool,
+}
+
+impl Client {
+    /// A client on an open NATS connection; subscribes this process's reply inbox.
+    pub async fn new(nats: async_nats::Client) -> Result<Client, ClientError> {
+        let inbox = Inbox::open(&nats)
+            .await
+            .map_err(|e| ClientError::Inbox(e.to_string()))?;
+        Ok(Client {
+            js: jetstream::new(nats),
+            inbox,
+        })
+    }
+
+    /// Publishes `job` durably (waits for the stream's acknowledgement). With `reply`, the
+    /// worker's reply is routed to this client's inbox.
+    pub async fn submit(&self, job: &Job, reply: bool) -> Result<Submitted, ClientError> {
+        let subject = job_subject(&job.server, job.lane);
+        let fail = |reason: String| ClientError::Publish {
+            job_id: job.id,
+            subject: subject.clone(),
+            reason,
+        };
+        let payload = serde_json::to_vec(job).map_err(|e| fail(e.to_string()))?;
+        let mut headers = HeaderMap::new();
+        headers.insert(HDR_MSG_ID, job.msg_id().as_str());
+        headers.insert(HDR_JOB_ID, job.id.to_string().as_str());
+        if reply {
+            headers.insert(HDR_REPLY_TO, self.inbox.subject(job.id).as_str());
+        }
+        if let Some(traceparent) = &job.traceparent {
+            headers.insert(HDR_TRACEPARENT, traceparent.as_str());
+        }
+        let ack = self
+            .js
+            .publish_with_headers(subject.clone(), headers, payload.into())
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(Submitted {
+            stream_seq: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+
+    /// Submits `job` and waits at most `timeout` for its reply.
+    pub async fn call(&self, job: &Job, timeout: Duration) -> Result<Reply, ClientError> {
+        let waiting = self.inbox.expect(job.id);
+        self.submit(job, true).await?;
+        match tokio::time::timeout(timeout, waiting.reply()).await {
+            Ok(Some(reply)) => Ok(reply),
+            Ok(None) => Err(ClientError::InboxClosed { job_id: job.id }),
+            Err(_) => Err(ClientError::Timeout {
+                job_id: job.id,
+                timeout,
+            }),
+        }
+    }
+
+    /// The stored record of a job, if it has one yet.
+    pub async fn record(&self, job_id: Uuid) -> Result<Option<JobRecord>, ClientError> {
+        let fail = |reason: String| ClientError::Record { job_id, reason };
+        let bucket = self
+            .js
+            .get_key_value(RESULTS_BUCKET)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        match bucket.get(job_id.to_string()).await.map_err(|e| fail(e.to_string()))? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| fail(e.to_string())),
+        }
+    }
+}

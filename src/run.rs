@@ -1,0 +1,203 @@
+//! The long-running commands: `up` (everything in one process), `dispatcher`, `worker`. Each
+//! loads the config, connects, runs until SIGINT/SIGTERM, then drains.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use mcpq_dispatcher::{Dispatcher, HttpOptions};
+use mcpq_schemas::{
+    config::Config,
+    nats::connect,
+};
+use mcpq_workers::WorkerOptions;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Common, config_cmd::load, local_nats::LocalNats};
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
+
+#[derive(clap::Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Address of the MCP endpoints.
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// Where the local nats-server keeps its data.
+    #[arg(long, default_value = ".mcpq")]
+    data_dir: PathBuf,
+    /// Port of the local nats-server.
+    #[arg(long, default_value_t = 4222)]
+    nats_port: u16,
+}
+
+#[derive(clap::Args)]
+pub struct DispatcherArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Address of the MCP endpoints.
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// Host names accepted in the Host header (repeat; default: loopback names only).
+    #[arg(long = "allowed-host")]
+    allowed_hosts: Vec<String>,
+}
+
+#[derive(clap::Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Serve only this server (repeat for several; default: all).
+    #[arg(long = "server")]
+    servers: Vec<String>,
+    /// Worker id in records and logs (default: host name and pid).
+    #[arg(long)]
+    id: Option<String>,
+    /// How long calls in flight may take to finish after SIGTERM.
+    #[arg(long, default_value = "30s", value_parser = humantime_duration)]
+    drain_grace: Duration,
+}
+
+fn humantime_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (like 30s or 500ms)"))
+}
+
+/// Cancels the token on SIGINT or SIGTERM.
+fn on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            Some(()) = async { match term.as_mut() { Some(t) => t.recv().await, None => std::future::pending().await } } => {}
+        }
+        tracing::info!("shutting down");
+        cancel.cancel();
+    });
+    token
+}
+
+fn nats_url(common: &Common, config: &Config) -> String {
+    common
+        .nats
+        .clone()
+        .unwrap_or_else(|| config.nats.url_or_default().to_string())
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("mcpq: {message}");
+    ExitCode::FAILURE
+}
+
+pub async fn up(args: UpArgs) -> ExitCode {
+    let config = match load(&args.common.config) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let shutdown = on_signal();
+    let mut local = None;
+    let url = match (&args.common.nats, &config.nats.url) {
+        (Some(url), _) | (None, Some(url)) => url.clone(),
+        (None, None) => match LocalNats::start(&args.data_dir.join("nats"), args.nats_port).await {
+            Ok(nats) => {
+                let url = nats.url.clone();
+                eprintln!("mcpq: started nats-server at {url} (data in {})", args.data_dir.join("nats").display());
+                local = Some(nats);
+                url
+            }
+            Err(e) => return fail(e),
+        },
+    };
+    let code = serve_both(&config, &url, args.listen, shutdown).await;
+    if let Some(nats) = local {
+        nats.stop().await;
+    }
+    code
+}
+
+async fn serve_both(config: &Config, url: &str, listen: SocketAddr, shutdown: CancellationToken) -> ExitCode {
+    let nats = match connect(url, "mcpq-up").await {
+        Ok(nats) => nats,
+        Err(e) => return fail(e),
+    };
+    let dispatcher = match Dispatcher::new(nats.clone(), config, HttpOptions::default()).await {
+        Ok(d) => d,
+        Err(e) => return fail(e),
+    };
+    let (addr, serving) = match dispatcher.listen(listen, shutdown.clone()).await {
+        Ok(bound) => bound,
+        Err(e) => return fail(e),
+    };
+    eprintln!("mcpq: MCP endpoint http://{addr}/mcp (per server: http://{addr}/servers/<name>/mcp); NATS {url}");
+    let worker = mcpq_workers::run(
+        nats.clone(),
+        config,
+        WorkerOptions::new(mcpq_workers::default_worker_id()),
+        shutdown.clone(),
+    );
+    let (served, worked) = tokio::join!(serving, async {
+        let result = worker.await;
+        // A worker that cannot start takes the whole process down.
+        if result.is_err() {
+            shutdown.cancel();
+        }
+        result
+    });
+    if let Err(e) = worked {
+        return fail(e);
+    }
+    if let Err(e) = served {
+        return fail(e);
+    }
+    ExitCode::SUCCESS
+}
+
+pub async fn dispatcher(args: DispatcherArgs) -> ExitCode {
+    let config = match load(&args.common.config) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let shutdown = on_signal();
+    let url = nats_url(&args.common, &config);
+    let nats = match connect(&url, "mcpq-dispatcher").await {
+        Ok(nats) => nats,
+        Err(e) => return fail(e),
+    };
+    let options = HttpOptions {
+        allowed_hosts: args.allowed_hosts,
+    };
+    let dispatcher = match Dispatcher::new(nats, &config, options).await {
+        Ok(d) => d,
+        Err(e) => return fail(e),
+    };
+    let (addr, serving) = match dispatcher.listen(args.listen, shutdown).await {
+        Ok(bound) => bound,
+        Err(e) => return fail(e),
+    };
+    eprintln!("mcpq: MCP endpoint http://{addr}/mcp (per server: http://{addr}/servers/<name>/mcp); NATS {url}");
+    match serving.await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+pub async fn worker(args: WorkerArgs) -> ExitCode {
+    let config = match load(&args.common.config) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let shutdown = on_signal();
+    let url = nats_url(&args.common, &config);
+    let nats = match connect(&url, "mcpq-worker").await {
+        Ok(nats) => nats,
+        Err(e) => return fail(e),
+    };
+    let mut options = WorkerOptions::new(args.id.unwrap_or_else(mcpq_workers::default_worker_id));
+    options.servers = args.servers;
+    options.drain_grace = args.drain_grace;
+    match mcpq_workers::run(nats, &config, options, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+

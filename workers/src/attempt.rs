@@ -1,0 +1,254 @@
+//! One delivery of one job, start to end: decode, skip what is already done or expired, call
+//! the upstream, decide, and carry the decision out. Every message ends in exactly one explicit
+//! ack, NAK-with-delay, or dead-letter-then-TERM.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{AckKind, Message};
+use mcpq_schemas::{
+    DeadLetter, ErrorKind, Job, JobError, JobRecord, JobStatus, Outcome, Reply,
+    config::ServerConfig,
+    names::{ENVELOPE_VERSION, HDR_REPLY_TO},
+    now_ms,
+};
+use tracing::Instrument;
+
+use crate::{
+    call::{CallOutcome, call},
+    decide::{Decision, RetryPolicy, Verdict, decide},
+    decode::decode,
+    outbox::Outbox,
+    upstream::Upstream,
+};
+
+/// Everything a worker needs to serve one server.
+pub(crate) struct Pool {
+    pub server: ServerConfig,
+    pub upstream: Upstream,
+    pub outbox: Outbox,
+    pub retry: RetryPolicy,
+    pub worker_id: String,
+}
+
+/// The part of a message the decision needs, read once.
+struct Delivery {
+    reply_to: Option<String>,
+    attempt: u32,
+    stream_seq: u64,
+}
+
+pub(crate) async fn handle(pool: &Pool, message: Message) {
+    let (attempt, stream_seq) = message
+        .info()
+        .map(|i| (u32::try_from(i.delivered).unwrap_or(u32::MAX), i.stream_sequence))
+        .unwrap_or((1, 0));
+    let delivery = Delivery {
+        reply_to: message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(HDR_REPLY_TO))
+            .map(|v| v.to_string()),
+        attempt,
+        stream_seq,
+    };
+    let job = match decode(&pool.server.name, &message.payload) {
+        Ok(job) => job,
+        Err(error) => {
+            tracing::warn!(server = %pool.server.name, stream_seq, error = %error, "malformed job");
+            dead_letter(pool, &message, &delivery, None, error).await;
+            return;
+        }
+    };
+    let span = tracing::info_span!(
+        "job",
+        job_id = %job.id,
+        server = %job.server,
+        tool = job.request.tool_name().unwrap_or(""),
+        attempt,
+        stream_seq
+    );
+    run(pool, &message, &delivery, job).instrument(span).await;
+}
+
+async fn run(pool: &Pool, message: &Message, delivery: &Delivery, job: Job) {
+    // A redelivered job may have completed already (the worker died between the upstream's
+    // answer and the ack): answer from the record instead of calling the upstream again.
+    if delivery.attempt > 1
+        && let Some(record) = pool.outbox.existing(&job.id.to_string()).await
+        && let Some(reply) = record.to_reply()
+    {
+        tracing::info!(status = ?record.status, "already done; answering from the record");
+        let _ = pool.outbox.reply(delivery.reply_to.as_deref(), &reply).await;
+        ack(message, AckKind::Ack).await;
+        return;
+    }
+    let now = now_ms();
+    let mut timeout = pool.server.timeout;
+    if let Some(deadline) = job.deadline_ms {
+        if deadline <= now {
+            let error = JobError::new(
+                ErrorKind::Expired,
+                format!("deadline passed {} ms before the job could start", now - deadline),
+            );
+            finish(pool, message, delivery, &job, JobStatus::Expired, Outcome::Error { error }, AckKind::Term).await;
+            return;
+        }
+        timeout = timeout.min(Duration::from_millis(deadline - now));
+    }
+    match call(&pool.upstream, &job, timeout).await {
+        CallOutcome::Answered(result) => {
+            let outcome = Outcome::Ok { result };
+            finish(pool, message, delivery, &job, JobStatus::Completed, outcome, AckKind::Ack).await;
+        }
+        CallOutcome::Failed { error, verdict } => {
+            match decide(verdict, delivery.attempt, &pool.retry, fastrand::f64()) {
+                Decision::Retry(delay) => {
+                    tracing::info!(error = %error, ?delay, "attempt failed; retrying");
+                    let record = record(pool, &job, delivery, JobStatus::Retrying, None, Some(error));
+                    let _ = pool.outbox.record(&record).await;
+                    ack(message, AckKind::Nak(Some(delay))).await;
+                }
+                Decision::DeadLetter | Decision::Ack => {
+                    tracing::warn!(error = %error, ?verdict, "job failed for good");
+                    let status = match verdict {
+                        Verdict::Retryable => JobStatus::Dead,
+                        Verdict::Permanent | Verdict::Answered => JobStatus::Failed,
+                    };
+                    dead_letter(pool, message, delivery, Some((job, status)), error).await;
+                }
+            }
+        }
+    }
+}
+
+/// Records the outcome, replies, then acks (or terms) the message. If the record cannot be
+/// written the message is left alone, so it is redelivered and nothing is lost.
+async fn finish(
+    pool: &Pool,
+    message: &Message,
+    delivery: &Delivery,
+    job: &Job,
+    status: JobStatus,
+    outcome: Outcome,
+    kind: AckKind,
+) {
+    let (result, error) = match &outcome {
+        Outcome::Ok { result } => (Some(result.clone()), None),
+        Outcome::Error { error } => (None, Some(error.clone())),
+    };
+    let record = record(pool, job, delivery, status, result, error);
+    if let Err(e) = pool.outbox.record(&record).await {
+        tracing::error!(error = %e, "cannot record the job's outcome; it will be redelivered");
+        return;
+    }
+    let reply = Reply {
+        v: ENVELOPE_VERSION,
+        job_id: job.id,
+        outcome,
+    };
+    if let Err(e) = pool.outbox.reply(delivery.reply_to.as_deref(), &reply).await {
+        tracing::warn!(error = %e, "cannot publish the reply; the result stays in the record");
+    }
+    ack(message, kind).await;
+}
+
+/// Copies the message to the dead-letter stream, records and replies, and only then TERMs it.
+async fn dead_letter(
+    pool: &Pool,
+    message: &Message,
+    delivery: &Delivery,
+    job: Option<(Job, JobStatus)>,
+    error: JobError,
+) {
+    let (job, status) = match job {
+        Some((job, status)) => (Some(job), status),
+        None => (None, JobStatus::Failed),
+    };
+    let headers = message
+        .headers
+        .iter()
+        .flat_map(|h| h.iter())
+        .filter_map(|(k, v)| Some((k.to_string(), v.first()?.to_string())))
+        .collect();
+    let raw = job.is_none().then(|| {
+        let cut = &message.payload[..message.payload.len().min(64 * 1024)];
+        String::from_utf8_lossy(cut).into_owned()
+    });
+    let letter = DeadLetter {
+        v: ENVELOPE_VERSION,
+        server: pool.server.name.clone(),
+        job_id: job.as_ref().map(|j| j.id),
+        reason: error.clone(),
+        traceparent: job.as_ref().and_then(|j| j.traceparent.clone()),
+        job: job.clone(),
+        raw,
+        headers,
+        attempts: vec![mcpq_schemas::Attempt {
+            attempt: delivery.attempt,
+            at_ms: now_ms(),
+            worker_id: pool.worker_id.clone(),
+            error: error.clone(),
+        }],
+        stream_seq: delivery.stream_seq,
+        worker_id: pool.worker_id.clone(),
+        dead_at_ms: now_ms(),
+    };
+    if let Err(e) = pool.outbox.dead_letter(&letter).await {
+        tracing::error!(error = %e, "cannot dead-letter the job; it will be redelivered");
+        return;
+    }
+    match job {
+        Some(job) => {
+            finish(pool, message, delivery, &job, status, Outcome::Error { error }, AckKind::Term).await;
+        }
+        None => {
+            // No job id to record under; the caller still hears why, if it left an inbox.
+            if let Some(inbox) = delivery.reply_to.as_deref() {
+                let id = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(mcpq_schemas::names::HDR_JOB_ID))
+                    .and_then(|v| v.as_str().parse().ok())
+                    .unwrap_or_default();
+                let reply = Reply {
+                    v: ENVELOPE_VERSION,
+                    job_id: id,
+                    outcome: Outcome::Error { error },
+                };
+                let _ = pool.outbox.reply(Some(inbox), &reply).await;
+            }
+            ack(message, AckKind::Term).await;
+        }
+    }
+}
+
+fn record(
+    pool: &Pool,
+    job: &Job,
+    delivery: &Delivery,
+    status: JobStatus,
+    result: Option<serde_json::Value>,
+    error: Option<JobError>,
+) -> JobRecord {
+    JobRecord {
+        v: ENVELOPE_VERSION,
+        job_id: job.id,
+        server: job.server.clone(),
+        method: job.request.method.clone(),
+        tool: job.request.tool_name().map(str::to_string),
+        status,
+        attempts: delivery.attempt,
+        submitted_at_ms: job.submitted_at_ms,
+        updated_at_ms: now_ms(),
+        result,
+        error,
+        worker_id: Some(pool.worker_id.clone()),
+    }
+}
+
+async fn ack(message: &Message, kind: AckKind) {
+    if let Err(e) = message.ack_with(kind).await {
+        tracing::warn!(error = %e, "cannot ack; the job may be delivered again");
+    }
+}
+

@@ -1,0 +1,155 @@
+//! Calling the upstream: a job's MCP request in, the upstream's answer or a classified failure out.
+
+use std::time::Duration;
+
+use mcpq_schemas::{ErrorKind, Job, JobError};
+use rmcp::{
+    ServiceError,
+    model::{ClientRequest, RequestMetaObject},
+    service::PeerRequestOptions,
+};
+
+use crate::{decide::Verdict, upstream::Upstream};
+
+/// `_meta` keys mcpq adds to every upstream request, so upstream tools can dedupe and correlate.
+pub const META_JOB_ID: &str = "io.mcpq/jobId";
+pub const META_IDEMPOTENCY_KEY: &str = "io.mcpq/idempotencyKey";
+
+/// How one attempt at a job ended.
+#[derive(Debug)]
+pub(crate) enum CallOutcome {
+    /// The upstream's MCP result, as JSON.
+    Answered(serde_json::Value),
+    Failed { error: JobError, verdict: Verdict },
+}
+
+/// Sends the job's request upstream and waits at most `timeout` for the answer.
+pub(crate) async fn call(upstream: &Upstream, job: &Job, timeout: Duration) -> CallOutcome {
+    let request = match to_client_request(job) {
+        Ok(request) => request,
+        Err(error) => return CallOutcome::Failed { error, verdict: Verdict::Permanent },
+    };
+    let peer = match upstream.peer().await {
+        Ok(peer) => peer,
+        Err(e) => {
+            return CallOutcome::Failed {
+                error: JobError::new(ErrorKind::UpstreamUnavailable, e.to_string()),
+                verdict: Verdict::Retryable,
+            };
+        }
+    };
+    let mut meta = RequestMetaObject::new();
+    meta.0.0.insert(META_JOB_ID.into(), job.id.to_string().into());
+    if let Some(key) = &job.idempotency_key {
+        meta.0.0.insert(META_IDEMPOTENCY_KEY.into(), key.clone().into());
+    }
+    if let Some(traceparent) = &job.traceparent {
+        meta.0.0.insert("traceparent".into(), traceparent.clone().into());
+    }
+    let mut options = PeerRequestOptions::with_timeout(timeout);
+    options.meta = Some(meta);
+    let answer = match peer.send_request_with_option(request, options).await {
+        Ok(handle) => handle.await_response().await,
+        Err(e) => Err(e),
+    };
+    match answer {
+        Ok(result) => match serde_json::to_value(&result) {
+            Ok(value) => CallOutcome::Answered(value),
+            Err(e) => CallOutcome::Failed {
+                error: JobError::new(ErrorKind::Internal, format!("cannot encode the upstream's result: {e}")),
+                verdict: Verdict::Permanent,
+            },
+        },
+        Err(e) => {
+            let (error, verdict) = classify(upstream.server(), e, timeout);
+            CallOutcome::Failed { error, verdict }
+        }
+    }
+}
+
+/// The job's `{method, params}` as an rmcp request; a request rmcp cannot read is malformed.
+fn to_client_request(job: &Job) -> Result<ClientRequest, JobError> {
+    let mut value = serde_json::json!({ "method": job.request.method });
+    if let Some(params) = &job.request.params {
+        value["params"] = serde_json::Value::Object(params.clone());
+    }
+    serde_json::from_value(value).map_err(|e| {
+        JobError::new(
+            ErrorKind::MalformedJob,
+            format!("request is not a valid MCP {:?} request: {e}", job.request.method),
+        )
+    })
+}
+
+/// Sorts an rmcp failure into a job error and whether trying again may help.
+pub(crate) fn classify(server: &str, error: ServiceError, timeout: Duration) -> (JobError, Verdict) {
+    match error {
+        ServiceError::McpError(e) => {
+            let kind = if e.code == rmcp::model::ErrorCode::METHOD_NOT_FOUND {
+                ErrorKind::UnknownTool
+            } else {
+                ErrorKind::Upstream
+            };
+            let error = JobError {
+                kind,
+                message: e.message.to_string(),
+                code: Some(i64::from(e.code.0)),
+                data: e.data,
+            };
+            (error, Verdict::Permanent)
+        }
+        ServiceError::Timeout { .. } => (
+            JobError::new(
+                ErrorKind::Timeout,
+                format!("server {server:?} did not answer within {timeout:?}"),
+            ),
+            Verdict::Retryable,
+        ),
+        ServiceError::TransportClosed | ServiceError::TransportSend(_) | ServiceError::Cancelled { .. } => (
+            JobError::new(
+                ErrorKind::UpstreamUnavailable,
+                format!("connection to server {server:?} failed: {error}"),
+            ),
+            Verdict::Retryable,
+        ),
+        other => (
+            JobError::new(ErrorKind::Internal, format!("server {server:?}: {other}")),
+            Verdict::Permanent,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mcpq_schemas::McpRequest;
+
+    use super::*;
+
+    #[test]
+    fn tool_calls_and_other_methods_become_rmcp_requests() {
+        let args = serde_json::json!({"x": 1}).as_object().cloned();
+        let job = Job::new("s", McpRequest::call_tool("echo.v2", args));
+        assert!(matches!(to_client_request(&job), Ok(ClientRequest::CallToolRequest(_))));
+        let list = Job::new("s", McpRequest { method: "tools/list".into(), params: None });
+        assert!(matches!(to_client_request(&list), Ok(ClientRequest::ListToolsRequest(_))));
+    }
+
+    #[test]
+    fn a_request_rmcp_cannot_read_is_malformed() {
+        let job = Job::new("s", McpRequest { method: "tools/call".into(), params: None });
+        let err = to_client_request(&job).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::MalformedJob);
+    }
+
+    #[test]
+    fn failures_are_classified_for_retry() {
+        let t = Duration::from_secs(1);
+        let (e, v) = classify("s", ServiceError::TransportClosed, t);
+        assert_eq!((e.kind, v), (ErrorKind::UpstreamUnavailable, Verdict::Retryable));
+        let (e, v) = classify("s", ServiceError::Timeout { timeout: t }, t);
+        assert_eq!((e.kind, v), (ErrorKind::Timeout, Verdict::Retryable));
+        let invalid = rmcp::ErrorData::invalid_params("bad x", None);
+        let (e, v) = classify("s", ServiceError::McpError(invalid), t);
+        assert_eq!((e.kind, e.code, v), (ErrorKind::Upstream, Some(-32602), Verdict::Permanent));
+    }
+}

@@ -1,0 +1,90 @@
+//! Reading a job message: bytes and subject in, a [`Job`] or the reason it is malformed out.
+//! Pure, so every malformed shape is tested without a server.
+
+use mcpq_schemas::{ErrorKind, Job, JobError, names::ENVELOPE_VERSION};
+
+/// Reads `payload`, published on `subject`, as a job for `server`.
+pub(crate) fn decode(server: &str, payload: &[u8]) -> Result<Job, JobError> {
+    let malformed = |message: String| JobError::new(ErrorKind::MalformedJob, message);
+    if payload.is_empty() {
+        return Err(malformed(
+            "empty message body (expected a JSON job envelope, see schemas/json/job.json)".into(),
+        ));
+    }
+    let value: serde_json::Value = serde_json::from_slice(payload).map_err(|e| {
+        malformed(format!("body is not JSON: {e} (expected a job envelope, see schemas/json/job.json)"))
+    })?;
+    match value.get("v").and_then(serde_json::Value::as_u64) {
+        Some(v) if v == u64::from(ENVELOPE_VERSION) => {}
+        Some(v) => {
+            return Err(malformed(format!(
+                "envelope version {v} is not supported (this worker reads version {ENVELOPE_VERSION})"
+            )));
+        }
+        None => {
+            return Err(malformed(format!(
+                "missing envelope version: set \"v\": {ENVELOPE_VERSION}"
+            )));
+        }
+    }
+    let job: Job = serde_json::from_value(value).map_err(|e| {
+        malformed(format!("body is not a valid job envelope: {e} (see schemas/json/job.json)"))
+    })?;
+    if job.server != server {
+        return Err(malformed(format!(
+            "job is for server {:?} but was published to server {server:?}'s queue",
+            job.server
+        )));
+    }
+    if job.request.method.is_empty() {
+        return Err(malformed("request.method is empty (e.g. \"tools/call\")".into()));
+    }
+    Ok(job)
+}
+
+#[cfg(test)]
+mod tests {
+    use mcpq_schemas::McpRequest;
+
+    use super::*;
+
+    fn good() -> Job {
+        Job::new("time", McpRequest::call_tool("now", None))
+    }
+
+    #[test]
+    fn a_valid_job_reads_back_unchanged() {
+        let job = good();
+        let bytes = serde_json::to_vec(&job).unwrap();
+        assert_eq!(decode("time", &bytes).unwrap(), job);
+    }
+
+    #[test]
+    fn unknown_fields_are_tolerated() {
+        let mut value = serde_json::to_value(good()).unwrap();
+        value["fromTheFuture"] = serde_json::json!(true);
+        assert!(decode("time", &serde_json::to_vec(&value).unwrap()).is_ok());
+    }
+
+    #[test]
+    fn every_malformed_shape_says_what_is_wrong() {
+        let mut wrong_version = serde_json::to_value(good()).unwrap();
+        wrong_version["v"] = serde_json::json!(9);
+        let mut no_id = serde_json::to_value(good()).unwrap();
+        no_id.as_object_mut().unwrap().remove("id");
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (vec![], "empty"),
+            (b"{not json".to_vec(), "not JSON"),
+            (b"{\"server\":\"time\"}".to_vec(), "missing envelope version"),
+            (serde_json::to_vec(&wrong_version).unwrap(), "version 9"),
+            (serde_json::to_vec(&no_id).unwrap(), "missing field `id`"),
+            (serde_json::to_vec(&good()).unwrap(), "server \"time\""),
+        ];
+        for (i, (bytes, word)) in cases.iter().enumerate() {
+            let server = if i == 5 { "other" } else { "time" };
+            let err = decode(server, bytes).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::MalformedJob);
+            assert!(err.message.contains(word), "case {i}: {:?} lacks {word:?}", err.message);
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! Everything a worker writes about a job: the record in KV, the reply on the caller's inbox,
+//! the dead letter on `MCPQ_DLQ`.
+
+use async_nats::{HeaderMap, jetstream};
+use mcpq_schemas::{
+    DeadLetter, JobRecord, Reply,
+    names::{EVENT_REPLY, HDR_EVENT, HDR_JOB_ID, dlq_subject},
+};
+
+/// A write that failed; the message is then left un-acked so it comes back.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {reason}")]
+pub(crate) struct WriteError {
+    what: &'static str,
+    reason: String,
+}
+
+fn fail(what: &'static str) -> impl FnOnce(&dyn std::fmt::Display) -> WriteError {
+    move |e| WriteError {
+        what,
+        reason: e.to_string(),
+    }
+}
+
+pub(crate) struct Outbox {
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub results: jetstream::kv::Store,
+}
+
+impl Outbox {
+    /// Stores the job's record (durably: waits for the KV put to be acknowledged).
+    pub(crate) async fn record(&self, record: &JobRecord) -> Result<(), WriteError> {
+        let bytes = serde_json::to_vec(record).map_err(|e| fail("encode job record")(&e))?;
+        self.results
+            .put(record.job_id.to_string(), bytes.into())
+            .await
+            .map_err(|e| fail("write job record")(&e))?;
+        Ok(())
+    }
+
+    /// Publishes the reply to the caller's inbox, when the caller gave one.
+    pub(crate) async fn reply(&self, reply_to: Option<&str>, reply: &Reply) -> Result<(), WriteError> {
+        let Some(inbox) = reply_to else { return Ok(()) };
+        let bytes = serde_json::to_vec(reply).map_err(|e| fail("encode reply")(&e))?;
+        let mut headers = HeaderMap::new();
+        headers.insert(HDR_EVENT, EVENT_REPLY);
+        headers.insert(HDR_JOB_ID, reply.job_id.to_string().as_str());
+        self.client
+            .publish_with_headers(inbox.to_string(), headers, bytes.into())
+            .await
+            .map_err(|e| fail("publish reply")(&e))
+    }
+
+    /// Stores a dead letter, waiting for the stream to acknowledge it.
+    pub(crate) async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), WriteError> {
+        let bytes = serde_json::to_vec(letter).map_err(|e| fail("encode dead letter")(&e))?;
+        self.js
+            .publish(dlq_subject(&letter.server), bytes.into())
+            .await
+            .map_err(|e| fail("publish dead letter")(&e))?
+            .await
+            .map_err(|e| fail("store dead letter")(&e))?;
+        Ok(())
+    }
+
+    /// The stored record of a job, if any.
+    pub(crate) async fn existing(&self, job_id: &str) -> Option<JobRecord> {
+        let bytes = self.results.get(job_id).await.ok()??;
+        serde_json::from_slice(&bytes).ok()
+    }
+}

@@ -1,0 +1,55 @@
+//! Streamable HTTP upstreams.
+
+use std::collections::{BTreeMap, HashMap};
+
+use http::{HeaderName, HeaderValue};
+use mcpq_schemas::config::Secret;
+use rmcp::transport::{
+    StreamableHttpClientTransport, streamable_http_client::StreamableHttpClientTransportConfig,
+};
+
+use super::UpstreamError;
+
+#[derive(Clone)]
+pub(super) struct HttpConnector {
+    config: StreamableHttpClientTransportConfig,
+}
+
+impl HttpConnector {
+    pub(super) fn new(
+        server: &str,
+        endpoint: &str,
+        headers: &BTreeMap<String, Secret>,
+        concurrency: usize,
+    ) -> Result<Self, UpstreamError> {
+        let mut custom = HashMap::new();
+        for (name, secret) in headers {
+            let value = secret.resolve().map_err(|source| UpstreamError::Secret {
+                server: server.to_string(),
+                source,
+            })?;
+            let bad = || UpstreamError::BadHeader {
+                server: server.to_string(),
+                header: name.clone(),
+            };
+            let name = HeaderName::try_from(name.as_str()).map_err(|_| bad())?;
+            let mut value = HeaderValue::try_from(value).map_err(|_| bad())?;
+            value.set_sensitive(true);
+            custom.insert(name, value);
+        }
+        let mut config = StreamableHttpClientTransportConfig::with_uri(endpoint)
+            .max_concurrent_requests(concurrency);
+        config.custom_headers = custom;
+        config.allow_stateless = true;
+        config.reinit_on_expired_session = true;
+        Ok(HttpConnector { config })
+    }
+
+    pub(super) fn transport(&self) -> StreamableHttpClientTransport<reqwest::Client> {
+        let client = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .build()
+            .unwrap_or_default();
+        StreamableHttpClientTransport::with_client(client, self.config.clone())
+    }
+}

@@ -1,0 +1,58 @@
+//! Upstreams that are child processes speaking MCP on stdin/stdout.
+
+use std::{collections::BTreeMap, process::Stdio};
+
+use mcpq_schemas::config::Secret;
+use rmcp::transport::TokioChildProcess;
+
+use super::UpstreamError;
+
+#[derive(Clone)]
+pub(super) struct StdioConnector {
+    server: String,
+    command: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl StdioConnector {
+    pub(super) fn new(
+        server: &str,
+        command: &str,
+        args: &[String],
+        env: &BTreeMap<String, Secret>,
+    ) -> Result<Self, UpstreamError> {
+        let env = env
+            .iter()
+            .map(|(name, secret)| {
+                let value = secret.resolve().map_err(|source| UpstreamError::Secret {
+                    server: server.to_string(),
+                    source,
+                })?;
+                Ok((name.clone(), value))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(StdioConnector {
+            server: server.to_string(),
+            command: command.to_string(),
+            args: args.to_vec(),
+            env,
+        })
+    }
+
+    /// Starts the child process. Its stderr goes to the worker's stderr.
+    pub(super) fn spawn(&self) -> Result<TokioChildProcess, UpstreamError> {
+        let mut command = tokio::process::Command::new(&self.command);
+        command.args(&self.args).envs(self.env.iter().cloned());
+        let (child, _stderr) = TokioChildProcess::builder(command)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| UpstreamError::Spawn {
+                server: self.server.clone(),
+                command: self.command.clone(),
+                reason: e.to_string(),
+            })?;
+        tracing::info!(server = %self.server, command = %self.command, pid = ?child.id(), "started stdio upstream");
+        Ok(child)
+    }
+}
