@@ -40,7 +40,11 @@ fn parse_lane(text: &str) -> Result<Lane, String> {
 }
 
 pub async fn run(args: CallArgs) -> ExitCode {
-    let arguments = match args.arguments.as_deref().map(serde_json::from_str::<serde_json::Value>) {
+    let arguments = match args
+        .arguments
+        .as_deref()
+        .map(serde_json::from_str::<serde_json::Value>)
+    {
         None => None,
         Some(Ok(serde_json::Value::Object(map))) => Some(map),
         Some(Ok(other)) => {
@@ -48,7 +52,9 @@ pub async fn run(args: CallArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
         Some(Err(e)) => {
-            eprintln!("mcpq: arguments are not JSON: {e} (write them like '{{\"timezone\": \"UTC\"}}')");
+            eprintln!(
+                "mcpq: arguments are not JSON: {e} (write them like '{{\"timezone\": \"UTC\"}}')"
+            );
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -58,7 +64,10 @@ pub async fn run(args: CallArgs) -> ExitCode {
         None if args.common.config.exists() => match Config::load(&args.common.config) {
             Ok(config) => config.nats.url_or_default().to_string(),
             Err(errors) => {
-                eprintln!("mcpq: {} is not a valid config:\n{errors}", args.common.config.display());
+                eprintln!(
+                    "mcpq: {} is not a valid config:\n{errors}",
+                    args.common.config.display()
+                );
                 return ExitCode::from(EXIT_CONFIG);
             }
         },
@@ -85,12 +94,18 @@ pub async fn run(args: CallArgs) -> ExitCode {
     match client.call(&job, args.timeout).await {
         Ok(reply) => match reply.outcome {
             Outcome::Ok { result } => {
-                println!("{}", serde_json::to_string_pretty(&result).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&result).unwrap_or_default()
+                );
                 ExitCode::SUCCESS
             }
             Outcome::Error { error } => {
                 eprintln!("mcpq: job {} failed: {error}", job.id);
-                println!("{}", serde_json::to_string_pretty(&error).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&error).unwrap_or_default()
+                );
                 ExitCode::FAILURE
             }
         },

@@ -40,7 +40,9 @@ fn check(file: &std::path::Path) -> ExitCode {
     for server in &config.servers {
         let (kind, target) = match &server.transport {
             Transport::Http { endpoint, .. } => ("http", endpoint.clone()),
-            Transport::Stdio { command, args, .. } => ("stdio", format!("{command} {}", args.join(" "))),
+            Transport::Stdio { command, args, .. } => {
+                ("stdio", format!("{command} {}", args.join(" ")))
+            }
         };
         println!(
             "  {:<16} {kind:<5} {:<40} lane={} timeout={:?} concurrency={}",
@@ -54,7 +56,10 @@ fn check(file: &std::path::Path) -> ExitCode {
             .filter(|name| std::env::var_os(name).is_none())
             .collect();
         if !missing.is_empty() {
-            println!("    note: not set in this environment: {}", missing.join(", "));
+            println!(
+                "    note: not set in this environment: {}",
+                missing.join(", ")
+            );
         }
     }
     ExitCode::SUCCESS
@@ -62,8 +67,14 @@ fn check(file: &std::path::Path) -> ExitCode {
 
 fn secrets(transport: &Transport) -> Box<dyn Iterator<Item = String> + '_> {
     match transport {
-        Transport::Http { headers, .. } => Box::new(headers.values().flat_map(|s| s.env_names().map(str::to_string))),
-        Transport::Stdio { env, .. } => Box::new(env.values().flat_map(|s| s.env_names().map(str::to_string))),
+        Transport::Http { headers, .. } => Box::new(
+            headers
+                .values()
+                .flat_map(|s| s.env_names().map(str::to_string)),
+        ),
+        Transport::Stdio { env, .. } => {
+            Box::new(env.values().flat_map(|s| s.env_names().map(str::to_string)))
+        }
     }
 }
 

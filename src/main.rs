@@ -14,7 +14,11 @@ use clap::{Parser, Subcommand};
 pub const EXIT_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "mcpq", version, about = "A queue-backed dispatcher for MCP tool calls on NATS JetStream")]
+#[command(
+    name = "mcpq",
+    version,
+    about = "A queue-backed dispatcher for MCP tool calls on NATS JetStream"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,7 +28,12 @@ struct Cli {
 #[derive(clap::Args, Clone)]
 pub struct Common {
     /// The config file.
-    #[arg(long, short, env = "MCPQ_CONFIG", default_value = "mcp-infrastructure.yaml")]
+    #[arg(
+        long,
+        short,
+        env = "MCPQ_CONFIG",
+        default_value = "mcp-infrastructure.yaml"
+    )]
     pub config: PathBuf,
     /// NATS URL; overrides the config's nats.url.
     #[arg(long, env = "MCPQ_NATS_URL")]
@@ -51,8 +60,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MCPQ_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmcp=warn")),
+            tracing_subscriber::EnvFilter::try_from_env("MCPQ_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,rmcp=warn,async_nats=warn")
+            }),
         )
         .with_writer(std::io::stderr)
         .init();

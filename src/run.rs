@@ -4,10 +4,7 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use mcpq_dispatcher::{Dispatcher, HttpOptions};
-use mcpq_schemas::{
-    config::Config,
-    nats::connect,
-};
+use mcpq_schemas::{config::Config, nats::connect};
 use mcpq_workers::WorkerOptions;
 use tokio_util::sync::CancellationToken;
 
@@ -66,7 +63,8 @@ fn on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let cancel = token.clone();
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             Some(()) = async { match term.as_mut() { Some(t) => t.recv().await, None => std::future::pending().await } } => {}
@@ -101,7 +99,10 @@ pub async fn up(args: UpArgs) -> ExitCode {
         (None, None) => match LocalNats::start(&args.data_dir.join("nats"), args.nats_port).await {
             Ok(nats) => {
                 let url = nats.url.clone();
-                eprintln!("mcpq: started nats-server at {url} (data in {})", args.data_dir.join("nats").display());
+                eprintln!(
+                    "mcpq: started nats-server at {url} (data in {})",
+                    args.data_dir.join("nats").display()
+                );
                 local = Some(nats);
                 url
             }
@@ -115,7 +116,12 @@ pub async fn up(args: UpArgs) -> ExitCode {
     code
 }
 
-async fn serve_both(config: &Config, url: &str, listen: SocketAddr, shutdown: CancellationToken) -> ExitCode {
+async fn serve_both(
+    config: &Config,
+    url: &str,
+    listen: SocketAddr,
+    shutdown: CancellationToken,
+) -> ExitCode {
     let nats = match connect(url, "mcpq-up").await {
         Ok(nats) => nats,
         Err(e) => return fail(e),
@@ -128,7 +134,9 @@ async fn serve_both(config: &Config, url: &str, listen: SocketAddr, shutdown: Ca
         Ok(bound) => bound,
         Err(e) => return fail(e),
     };
-    eprintln!("mcpq: MCP endpoint http://{addr}/mcp (per server: http://{addr}/servers/<name>/mcp); NATS {url}");
+    eprintln!(
+        "mcpq: MCP endpoint http://{addr}/mcp (per server: http://{addr}/servers/<name>/mcp); NATS {url}"
+    );
     let worker = mcpq_workers::run(
         nats.clone(),
         config,
@@ -174,7 +182,9 @@ pub async fn dispatcher(args: DispatcherArgs) -> ExitCode {
         Ok(bound) => bound,
         Err(e) => return fail(e),
     };
-    eprintln!("mcpq: MCP endpoint http://{addr}/mcp (per server: http://{addr}/servers/<name>/mcp); NATS {url}");
+    eprintln!(
+        "mcpq: MCP endpoint http://{addr}/mcp (per server: http://{addr}/servers/<name>/mcp); NATS {url}"
+    );
     match serving.await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
@@ -200,4 +210,3 @@ pub async fn worker(args: WorkerArgs) -> ExitCode {
         Err(e) => fail(e),
     }
 }
-

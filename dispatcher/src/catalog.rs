@@ -21,22 +21,34 @@ pub struct Catalog {
 impl Catalog {
     /// Starts watching the catalog bucket (which must exist: see `ensure_topology`).
     pub async fn watch(js: &jetstream::Context) -> Result<Catalog, String> {
-        let bucket = js.get_key_value(CATALOG_BUCKET).await.map_err(|e| e.to_string())?;
-        let mut watch = bucket.watch_with_history(">").await.map_err(|e| e.to_string())?;
+        let bucket = js
+            .get_key_value(CATALOG_BUCKET)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut watch = bucket
+            .watch_with_history(">")
+            .await
+            .map_err(|e| e.to_string())?;
         let entries: Arc<RwLock<BTreeMap<String, CatalogEntry>>> = Arc::default();
         let (tx, changes) = watch::channel(0u64);
         let shared = entries.clone();
         tokio::spawn(async move {
             while let Some(entry) = watch.next().await {
                 let Ok(entry) = entry else { continue };
-                let mut map = shared.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut map = shared
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 match entry.operation {
-                    kv::Operation::Put => match serde_json::from_slice::<CatalogEntry>(&entry.value) {
-                        Ok(catalog) => {
-                            map.insert(entry.key.clone(), catalog);
+                    kv::Operation::Put => {
+                        match serde_json::from_slice::<CatalogEntry>(&entry.value) {
+                            Ok(catalog) => {
+                                map.insert(entry.key.clone(), catalog);
+                            }
+                            Err(e) => {
+                                tracing::warn!(server = %entry.key, error = %e, "unreadable catalog entry")
+                            }
                         }
-                        Err(e) => tracing::warn!(server = %entry.key, error = %e, "unreadable catalog entry"),
-                    },
+                    }
                     kv::Operation::Delete | kv::Operation::Purge => {
                         map.remove(&entry.key);
                     }
@@ -64,6 +76,8 @@ impl Catalog {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, CatalogEntry>> {
-        self.entries.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.entries
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

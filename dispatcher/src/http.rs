@@ -64,6 +64,9 @@ pub async fn serve(
 /// Binds `addr`, saying clearly when it is taken.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e} (choose another with --listen)"))
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {addr}: {e} (choose another with --listen)"),
+        )
     })
 }

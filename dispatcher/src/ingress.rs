@@ -55,7 +55,10 @@ pub struct Gateway {
 impl Gateway {
     /// The aggregated endpoint.
     pub fn all(shared: Arc<Shared>) -> Self {
-        Gateway { scope: None, shared }
+        Gateway {
+            scope: None,
+            shared,
+        }
     }
 
     /// The endpoint of one server.
@@ -83,7 +86,12 @@ impl Gateway {
     }
 
     fn server_list(&self) -> String {
-        self.shared.servers.keys().cloned().collect::<Vec<_>>().join(", ")
+        self.shared
+            .servers
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     fn tools(&self) -> Vec<Tool> {
@@ -148,7 +156,10 @@ impl ServerHandler for Gateway {
         let (server, tool) = self.resolve(&request.name)?;
         let Some(defaults) = self.shared.servers.get(server) else {
             return Err(ErrorData::invalid_params(
-                format!("unknown server {server:?} (servers: {})", self.server_list()),
+                format!(
+                    "unknown server {server:?} (servers: {})",
+                    self.server_list()
+                ),
                 None,
             ));
         };
@@ -159,7 +170,10 @@ impl ServerHandler for Gateway {
         {
             let known: Vec<_> = entry.tools.iter().map(|t| t.name.as_ref()).collect();
             return Err(ErrorData::invalid_params(
-                format!("unknown tool {tool:?} on server {server:?} (tools: {})", known.join(", ")),
+                format!(
+                    "unknown tool {tool:?} on server {server:?} (tools: {})",
+                    known.join(", ")
+                ),
                 None,
             ));
         }
@@ -172,7 +186,10 @@ impl ServerHandler for Gateway {
             .and_then(|m| m.get(META_LANE))
             .and_then(|v| serde_json::from_value(v.clone()).ok())
             .unwrap_or(defaults.lane);
-        let mut job = Job::new(server, McpRequest::call_tool(tool, request.arguments.clone()));
+        let mut job = Job::new(
+            server,
+            McpRequest::call_tool(tool, request.arguments.clone()),
+        );
         job.lane = lane;
         job.deadline_ms = Some(now_ms() + wait.as_millis() as u64);
         job.traceparent = meta
@@ -186,13 +203,18 @@ impl ServerHandler for Gateway {
             .call(&job, wait)
             .instrument(span)
             .await
-            .map_err(|e| ErrorData::internal_error(e.to_string(), Some(serde_json::json!({"jobId": job.id}))))?;
+            .map_err(|e| {
+                ErrorData::internal_error(e.to_string(), Some(serde_json::json!({"jobId": job.id})))
+            })?;
         match reply.outcome {
             Outcome::Ok { result } => serde_json::from_value::<CallToolResult>(result)
                 .map(CallToolResponse::Complete)
                 .map_err(|e| {
                     ErrorData::internal_error(
-                        format!("job {}: the upstream's answer is not a tool result: {e}", job.id),
+                        format!(
+                            "job {}: the upstream's answer is not a tool result: {e}",
+                            job.id
+                        ),
                         None,
                     )
                 }),

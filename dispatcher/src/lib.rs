@@ -57,7 +57,9 @@ impl Dispatcher {
             },
         )
         .await?;
-        let catalog = Catalog::watch(&js).await.map_err(DispatcherError::Catalog)?;
+        let catalog = Catalog::watch(&js)
+            .await
+            .map_err(DispatcherError::Catalog)?;
         let client = Client::new(nats).await?;
         let servers: BTreeMap<_, _> = config
             .servers
@@ -104,7 +106,13 @@ impl Dispatcher {
         self,
         addr: SocketAddr,
         shutdown: CancellationToken,
-    ) -> Result<(SocketAddr, impl Future<Output = Result<(), DispatcherError>>), DispatcherError> {
+    ) -> Result<
+        (
+            SocketAddr,
+            impl Future<Output = Result<(), DispatcherError>>,
+        ),
+        DispatcherError,
+    > {
         let listener = http::bind(addr).await?;
         let local = listener.local_addr()?;
         Ok((local, self.serve(listener, shutdown)))

@@ -23,7 +23,9 @@ pub enum ClientError {
         subject: String,
         reason: String,
     },
-    #[error("job {job_id}: no reply within {timeout:?}; the job may still complete (look it up with its id)")]
+    #[error(
+        "job {job_id}: no reply within {timeout:?}; the job may still complete (look it up with its id)"
+    )]
     Timeout { job_id: Uuid, timeout: Duration },
     #[error("job {job_id}: the reply inbox closed")]
     InboxClosed { job_id: Uuid },
@@ -112,7 +114,11 @@ impl Client {
             .get_key_value(RESULTS_BUCKET)
             .await
             .map_err(|e| fail(e.to_string()))?;
-        match bucket.get(job_id.to_string()).await.map_err(|e| fail(e.to_string()))? {
+        match bucket
+            .get(job_id.to_string())
+            .await
+            .map_err(|e| fail(e.to_string()))?
+        {
             None => Ok(None),
             Some(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)

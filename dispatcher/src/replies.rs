@@ -37,7 +37,9 @@ pub(crate) struct Waiting {
 }
 
 impl Inbox {
-    pub(crate) async fn open(client: &async_nats::Client) -> Result<Inbox, async_nats::SubscribeError> {
+    pub(crate) async fn open(
+        client: &async_nats::Client,
+    ) -> Result<Inbox, async_nats::SubscribeError> {
         let prefix = client.new_inbox();
         let mut subscription = client.subscribe(format!("{prefix}.*")).await?;
         let waiters: Waiters = Arc::default();
@@ -87,7 +89,9 @@ impl Drop for Waiting {
 }
 
 fn lock(waiters: &Waiters) -> std::sync::MutexGuard<'_, HashMap<Uuid, oneshot::Sender<Reply>>> {
-    waiters.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    waiters
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn route(waiters: &Waiters, message: async_nats::Message) {

@@ -15,7 +15,7 @@ pub mod record;
 
 pub use catalog::CatalogEntry;
 pub use dead_letter::{Attempt, DeadLetter};
-pub use job::{JsonObject, Job, Lane, McpRequest};
+pub use job::{Job, JsonObject, Lane, McpRequest};
 pub use record::{ErrorKind, JobError, JobRecord, JobStatus, Outcome, Reply};
 
 /// Unix time now, in milliseconds.

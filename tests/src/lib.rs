@@ -1,1 +1,96 @@
-//! placeholder
+//! mcpq's test harness: real nats-server processes on dynamic ports, real MCP fixture servers,
+//! mcpq's dispatcher and workers run in-process (or as the real `mcpq` binary), and polling
+//! helpers that wait for a condition instead of sleeping.
+
+pub mod fixture;
+pub mod nats;
+pub mod stack;
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the repo")
+        .to_path_buf()
+}
+
+/// `name` found in the quickstart's `.tools/venv/bin` or on PATH.
+pub fn on_path(name: &str) -> Option<PathBuf> {
+    let local = repo_root().join(".tools/venv/bin").join(name);
+    if local.is_file() {
+        return Some(local);
+    }
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// A program the tests need from PyPI or npm; panics saying how to install it.
+pub fn required_program(name: &str) -> PathBuf {
+    on_path(name).unwrap_or_else(|| {
+        panic!("{name} not found: run `make tools` to install the test dependencies")
+    })
+}
+
+/// A binary of this workspace: in the target dir, next to the `deps/` dir of the test binary.
+fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binaries live in <target>/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build it first with `cargo build --bins` (`make test` does)",
+        path.display()
+    );
+    path
+}
+
+/// The `mcpq` binary.
+pub fn mcpq_bin() -> PathBuf {
+    workspace_binary("mcpq")
+}
+
+/// The stdio fixture binary.
+pub fn fixture_bin() -> PathBuf {
+    workspace_binary("mcpq-fixture")
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// Logs to the test's output when `MCPQ_TEST_LOG` is set (e.g. `MCPQ_TEST_LOG=debug`).
+pub fn init_logging() {
+    if let Ok(filter) = std::env::var("MCPQ_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}

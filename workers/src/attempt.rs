@@ -40,7 +40,12 @@ struct Delivery {
 pub(crate) async fn handle(pool: &Pool, message: Message) {
     let (attempt, stream_seq) = message
         .info()
-        .map(|i| (u32::try_from(i.delivered).unwrap_or(u32::MAX), i.stream_sequence))
+        .map(|i| {
+            (
+                u32::try_from(i.delivered).unwrap_or(u32::MAX),
+                i.stream_sequence,
+            )
+        })
         .unwrap_or((1, 0));
     let delivery = Delivery {
         reply_to: message
@@ -78,7 +83,10 @@ async fn run(pool: &Pool, message: &Message, delivery: &Delivery, job: Job) {
         && let Some(reply) = record.to_reply()
     {
         tracing::info!(status = ?record.status, "already done; answering from the record");
-        let _ = pool.outbox.reply(delivery.reply_to.as_deref(), &reply).await;
+        let _ = pool
+            .outbox
+            .reply(delivery.reply_to.as_deref(), &reply)
+            .await;
         ack(message, AckKind::Ack).await;
         return;
     }
@@ -88,9 +96,21 @@ async fn run(pool: &Pool, message: &Message, delivery: &Delivery, job: Job) {
         if deadline <= now {
             let error = JobError::new(
                 ErrorKind::Expired,
-                format!("deadline passed {} ms before the job could start", now - deadline),
+                format!(
+                    "deadline passed {} ms before the job could start",
+                    now - deadline
+                ),
             );
-            finish(pool, message, delivery, &job, JobStatus::Expired, Outcome::Error { error }, AckKind::Term).await;
+            finish(
+                pool,
+                message,
+                delivery,
+                &job,
+                JobStatus::Expired,
+                Outcome::Error { error },
+                AckKind::Term,
+            )
+            .await;
             return;
         }
         timeout = timeout.min(Duration::from_millis(deadline - now));
@@ -98,13 +118,23 @@ async fn run(pool: &Pool, message: &Message, delivery: &Delivery, job: Job) {
     match call(&pool.upstream, &job, timeout).await {
         CallOutcome::Answered(result) => {
             let outcome = Outcome::Ok { result };
-            finish(pool, message, delivery, &job, JobStatus::Completed, outcome, AckKind::Ack).await;
+            finish(
+                pool,
+                message,
+                delivery,
+                &job,
+                JobStatus::Completed,
+                outcome,
+                AckKind::Ack,
+            )
+            .await;
         }
         CallOutcome::Failed { error, verdict } => {
             match decide(verdict, delivery.attempt, &pool.retry, fastrand::f64()) {
                 Decision::Retry(delay) => {
                     tracing::info!(error = %error, ?delay, "attempt failed; retrying");
-                    let record = record(pool, &job, delivery, JobStatus::Retrying, None, Some(error));
+                    let record =
+                        record(pool, &job, delivery, JobStatus::Retrying, None, Some(error));
                     let _ = pool.outbox.record(&record).await;
                     ack(message, AckKind::Nak(Some(delay))).await;
                 }
@@ -146,7 +176,11 @@ async fn finish(
         job_id: job.id,
         outcome,
     };
-    if let Err(e) = pool.outbox.reply(delivery.reply_to.as_deref(), &reply).await {
+    if let Err(e) = pool
+        .outbox
+        .reply(delivery.reply_to.as_deref(), &reply)
+        .await
+    {
         tracing::warn!(error = %e, "cannot publish the reply; the result stays in the record");
     }
     ack(message, kind).await;
@@ -199,7 +233,16 @@ async fn dead_letter(
     }
     match job {
         Some(job) => {
-            finish(pool, message, delivery, &job, status, Outcome::Error { error }, AckKind::Term).await;
+            finish(
+                pool,
+                message,
+                delivery,
+                &job,
+                status,
+                Outcome::Error { error },
+                AckKind::Term,
+            )
+            .await;
         }
         None => {
             // No job id to record under; the caller still hears why, if it left an inbox.
@@ -251,4 +294,3 @@ async fn ack(message: &Message, kind: AckKind) {
         tracing::warn!(error = %e, "cannot ack; the job may be delivered again");
     }
 }
-

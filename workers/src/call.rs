@@ -5,7 +5,10 @@ use std::time::Duration;
 use mcpq_schemas::{ErrorKind, Job, JobError};
 use rmcp::{
     ServiceError,
-    model::{ClientRequest, RequestMetaObject},
+    model::{
+        CallToolRequestParams, ClientRequest, GetPromptRequestParams, ReadResourceRequestParams,
+        RequestMetaObject,
+    },
     service::PeerRequestOptions,
 };
 
@@ -20,14 +23,22 @@ pub const META_IDEMPOTENCY_KEY: &str = "io.mcpq/idempotencyKey";
 pub(crate) enum CallOutcome {
     /// The upstream's MCP result, as JSON.
     Answered(serde_json::Value),
-    Failed { error: JobError, verdict: Verdict },
+    Failed {
+        error: JobError,
+        verdict: Verdict,
+    },
 }
 
 /// Sends the job's request upstream and waits at most `timeout` for the answer.
 pub(crate) async fn call(upstream: &Upstream, job: &Job, timeout: Duration) -> CallOutcome {
     let request = match to_client_request(job) {
         Ok(request) => request,
-        Err(error) => return CallOutcome::Failed { error, verdict: Verdict::Permanent },
+        Err(error) => {
+            return CallOutcome::Failed {
+                error,
+                verdict: Verdict::Permanent,
+            };
+        }
     };
     let peer = match upstream.peer().await {
         Ok(peer) => peer,
@@ -39,12 +50,18 @@ pub(crate) async fn call(upstream: &Upstream, job: &Job, timeout: Duration) -> C
         }
     };
     let mut meta = RequestMetaObject::new();
-    meta.0.0.insert(META_JOB_ID.into(), job.id.to_string().into());
+    meta.0
+        .0
+        .insert(META_JOB_ID.into(), job.id.to_string().into());
     if let Some(key) = &job.idempotency_key {
-        meta.0.0.insert(META_IDEMPOTENCY_KEY.into(), key.clone().into());
+        meta.0
+            .0
+            .insert(META_IDEMPOTENCY_KEY.into(), key.clone().into());
     }
     if let Some(traceparent) = &job.traceparent {
-        meta.0.0.insert("traceparent".into(), traceparent.clone().into());
+        meta.0
+            .0
+            .insert("traceparent".into(), traceparent.clone().into());
     }
     let mut options = PeerRequestOptions::with_timeout(timeout);
     options.meta = Some(meta);
@@ -56,7 +73,10 @@ pub(crate) async fn call(upstream: &Upstream, job: &Job, timeout: Duration) -> C
         Ok(result) => match serde_json::to_value(&result) {
             Ok(value) => CallOutcome::Answered(value),
             Err(e) => CallOutcome::Failed {
-                error: JobError::new(ErrorKind::Internal, format!("cannot encode the upstream's result: {e}")),
+                error: JobError::new(
+                    ErrorKind::Internal,
+                    format!("cannot encode the upstream's result: {e}"),
+                ),
                 verdict: Verdict::Permanent,
             },
         },
@@ -68,30 +88,46 @@ pub(crate) async fn call(upstream: &Upstream, job: &Job, timeout: Duration) -> C
 }
 
 /// The job's `{method, params}` as an rmcp request; a request rmcp cannot read is malformed.
+/// A standard method whose params do not fit its type would otherwise pass as a custom request
+/// and reach the upstream, so the params of the methods mcpq routes are checked by type.
 fn to_client_request(job: &Job) -> Result<ClientRequest, JobError> {
-    let mut value = serde_json::json!({ "method": job.request.method });
-    if let Some(params) = &job.request.params {
-        value["params"] = serde_json::Value::Object(params.clone());
-    }
-    serde_json::from_value(value).map_err(|e| {
+    let method = job.request.method.as_str();
+    let params = serde_json::Value::Object(job.request.params.clone().unwrap_or_default());
+    let malformed = |e: serde_json::Error| {
         JobError::new(
             ErrorKind::MalformedJob,
-            format!("request is not a valid MCP {:?} request: {e}", job.request.method),
+            format!("request is not a valid MCP {method:?} request: {e}"),
         )
-    })
+    };
+    match method {
+        "tools/call" => check::<CallToolRequestParams>(&params).map_err(malformed)?,
+        "resources/read" => check::<ReadResourceRequestParams>(&params).map_err(malformed)?,
+        "prompts/get" => check::<GetPromptRequestParams>(&params).map_err(malformed)?,
+        _ => {}
+    }
+    let mut value = serde_json::json!({ "method": method });
+    if job.request.params.is_some() {
+        value["params"] = params;
+    }
+    serde_json::from_value(value).map_err(malformed)
+}
+
+fn check<T: serde::de::DeserializeOwned>(
+    params: &serde_json::Value,
+) -> Result<(), serde_json::Error> {
+    T::deserialize(params).map(drop)
 }
 
 /// Sorts an rmcp failure into a job error and whether trying again may help.
-pub(crate) fn classify(server: &str, error: ServiceError, timeout: Duration) -> (JobError, Verdict) {
+pub(crate) fn classify(
+    server: &str,
+    error: ServiceError,
+    timeout: Duration,
+) -> (JobError, Verdict) {
     match error {
         ServiceError::McpError(e) => {
-            let kind = if e.code == rmcp::model::ErrorCode::METHOD_NOT_FOUND {
-                ErrorKind::UnknownTool
-            } else {
-                ErrorKind::Upstream
-            };
             let error = JobError {
-                kind,
+                kind: ErrorKind::Upstream,
                 message: e.message.to_string(),
                 code: Some(i64::from(e.code.0)),
                 data: e.data,
@@ -105,7 +141,9 @@ pub(crate) fn classify(server: &str, error: ServiceError, timeout: Duration) -> 
             ),
             Verdict::Retryable,
         ),
-        ServiceError::TransportClosed | ServiceError::TransportSend(_) | ServiceError::Cancelled { .. } => (
+        ServiceError::TransportClosed
+        | ServiceError::TransportSend(_)
+        | ServiceError::Cancelled { .. } => (
             JobError::new(
                 ErrorKind::UpstreamUnavailable,
                 format!("connection to server {server:?} failed: {error}"),
@@ -129,27 +167,57 @@ mod tests {
     fn tool_calls_and_other_methods_become_rmcp_requests() {
         let args = serde_json::json!({"x": 1}).as_object().cloned();
         let job = Job::new("s", McpRequest::call_tool("echo.v2", args));
-        assert!(matches!(to_client_request(&job), Ok(ClientRequest::CallToolRequest(_))));
-        let list = Job::new("s", McpRequest { method: "tools/list".into(), params: None });
-        assert!(matches!(to_client_request(&list), Ok(ClientRequest::ListToolsRequest(_))));
+        assert!(matches!(
+            to_client_request(&job),
+            Ok(ClientRequest::CallToolRequest(_))
+        ));
+        let list = Job::new(
+            "s",
+            McpRequest {
+                method: "tools/list".into(),
+                params: None,
+            },
+        );
+        assert!(matches!(
+            to_client_request(&list),
+            Ok(ClientRequest::ListToolsRequest(_))
+        ));
     }
 
     #[test]
     fn a_request_rmcp_cannot_read_is_malformed() {
-        let job = Job::new("s", McpRequest { method: "tools/call".into(), params: None });
-        let err = to_client_request(&job).unwrap_err();
-        assert_eq!(err.kind, ErrorKind::MalformedJob);
+        for params in [
+            None,
+            serde_json::json!({"arguments": {}}).as_object().cloned(),
+        ] {
+            let job = Job::new(
+                "s",
+                McpRequest {
+                    method: "tools/call".into(),
+                    params,
+                },
+            );
+            let err = to_client_request(&job).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::MalformedJob);
+            assert!(err.message.contains("name"), "{}", err.message);
+        }
     }
 
     #[test]
     fn failures_are_classified_for_retry() {
         let t = Duration::from_secs(1);
         let (e, v) = classify("s", ServiceError::TransportClosed, t);
-        assert_eq!((e.kind, v), (ErrorKind::UpstreamUnavailable, Verdict::Retryable));
+        assert_eq!(
+            (e.kind, v),
+            (ErrorKind::UpstreamUnavailable, Verdict::Retryable)
+        );
         let (e, v) = classify("s", ServiceError::Timeout { timeout: t }, t);
         assert_eq!((e.kind, v), (ErrorKind::Timeout, Verdict::Retryable));
         let invalid = rmcp::ErrorData::invalid_params("bad x", None);
         let (e, v) = classify("s", ServiceError::McpError(invalid), t);
-        assert_eq!((e.kind, e.code, v), (ErrorKind::Upstream, Some(-32602), Verdict::Permanent));
+        assert_eq!(
+            (e.kind, e.code, v),
+            (ErrorKind::Upstream, Some(-32602), Verdict::Permanent)
+        );
     }
 }

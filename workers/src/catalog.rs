@@ -38,7 +38,11 @@ pub(crate) async fn publish_loop(
     }
 }
 
-async fn publish_once(upstream: &Upstream, bucket: &kv::Store, worker_id: &str) -> Result<usize, String> {
+async fn publish_once(
+    upstream: &Upstream,
+    bucket: &kv::Store,
+    worker_id: &str,
+) -> Result<usize, String> {
     let peer = upstream.peer().await.map_err(|e| e.to_string())?;
     let tools = peer.list_all_tools().await.map_err(|e| e.to_string())?;
     let count = tools.len();
@@ -57,6 +61,9 @@ async fn publish_once(upstream: &Upstream, bucket: &kv::Store, worker_id: &str) 
         worker_id: worker_id.to_string(),
     };
     let bytes = serde_json::to_vec(&entry).map_err(|e| e.to_string())?;
-    bucket.put(server, bytes.into()).await.map_err(|e| e.to_string())?;
+    bucket
+        .put(server, bytes.into())
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(count)
 }

@@ -76,6 +76,7 @@ pub(crate) async fn run(pool: Arc<Pool>, shutdown: CancellationToken, grace: Dur
             while in_flight.try_join_next().is_some() {}
         }
     }
+    while in_flight.try_join_next().is_some() {}
     if !in_flight.is_empty() {
         tracing::info!(%server, calls = in_flight.len(), ?grace, "draining calls in flight");
         let drained = tokio::time::timeout(grace, async {

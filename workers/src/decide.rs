@@ -79,9 +79,18 @@ mod tests {
 
     #[test]
     fn retryable_failures_retry_until_the_last_attempt() {
-        let p = RetryPolicy { max_attempts: 3, ..Default::default() };
-        assert!(matches!(decide(Verdict::Retryable, 1, &p, 0.5), Decision::Retry(_)));
-        assert!(matches!(decide(Verdict::Retryable, 2, &p, 0.5), Decision::Retry(_)));
+        let p = RetryPolicy {
+            max_attempts: 3,
+            ..Default::default()
+        };
+        assert!(matches!(
+            decide(Verdict::Retryable, 1, &p, 0.5),
+            Decision::Retry(_)
+        ));
+        assert!(matches!(
+            decide(Verdict::Retryable, 2, &p, 0.5),
+            Decision::Retry(_)
+        ));
         assert_eq!(decide(Verdict::Retryable, 3, &p, 0.5), Decision::DeadLetter);
     }
 

@@ -12,7 +12,9 @@ pub(crate) fn decode(server: &str, payload: &[u8]) -> Result<Job, JobError> {
         ));
     }
     let value: serde_json::Value = serde_json::from_slice(payload).map_err(|e| {
-        malformed(format!("body is not JSON: {e} (expected a job envelope, see schemas/json/job.json)"))
+        malformed(format!(
+            "body is not JSON: {e} (expected a job envelope, see schemas/json/job.json)"
+        ))
     })?;
     match value.get("v").and_then(serde_json::Value::as_u64) {
         Some(v) if v == u64::from(ENVELOPE_VERSION) => {}
@@ -28,7 +30,9 @@ pub(crate) fn decode(server: &str, payload: &[u8]) -> Result<Job, JobError> {
         }
     }
     let job: Job = serde_json::from_value(value).map_err(|e| {
-        malformed(format!("body is not a valid job envelope: {e} (see schemas/json/job.json)"))
+        malformed(format!(
+            "body is not a valid job envelope: {e} (see schemas/json/job.json)"
+        ))
     })?;
     if job.server != server {
         return Err(malformed(format!(
@@ -37,7 +41,9 @@ pub(crate) fn decode(server: &str, payload: &[u8]) -> Result<Job, JobError> {
         )));
     }
     if job.request.method.is_empty() {
-        return Err(malformed("request.method is empty (e.g. \"tools/call\")".into()));
+        return Err(malformed(
+            "request.method is empty (e.g. \"tools/call\")".into(),
+        ));
     }
     Ok(job)
 }
@@ -75,7 +81,10 @@ mod tests {
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (vec![], "empty"),
             (b"{not json".to_vec(), "not JSON"),
-            (b"{\"server\":\"time\"}".to_vec(), "missing envelope version"),
+            (
+                b"{\"server\":\"time\"}".to_vec(),
+                "missing envelope version",
+            ),
             (serde_json::to_vec(&wrong_version).unwrap(), "version 9"),
             (serde_json::to_vec(&no_id).unwrap(), "missing field `id`"),
             (serde_json::to_vec(&good()).unwrap(), "server \"time\""),
@@ -84,7 +93,11 @@ mod tests {
             let server = if i == 5 { "other" } else { "time" };
             let err = decode(server, bytes).unwrap_err();
             assert_eq!(err.kind, ErrorKind::MalformedJob);
-            assert!(err.message.contains(word), "case {i}: {:?} lacks {word:?}", err.message);
+            assert!(
+                err.message.contains(word),
+                "case {i}: {:?} lacks {word:?}",
+                err.message
+            );
         }
     }
 }

@@ -23,8 +23,8 @@ use mcpq_schemas::{
     names::{CATALOG_BUCKET, RESULTS_BUCKET},
     nats::{NatsError, Topology, ensure_topology},
 };
-pub use upstream::UpstreamError;
 use tokio_util::sync::CancellationToken;
+pub use upstream::UpstreamError;
 
 /// Why a worker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +36,10 @@ pub enum WorkerError {
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     #[error("cannot open bucket {bucket}: {reason}")]
-    Bucket { bucket: &'static str, reason: String },
+    Bucket {
+        bucket: &'static str,
+        reason: String,
+    },
 }
 
 /// How a worker process behaves, beyond the config file.
@@ -89,10 +92,13 @@ pub async fn run(
             .servers
             .iter()
             .map(|name| {
-                config.server(name).cloned().ok_or_else(|| WorkerError::UnknownServer {
-                    name: name.clone(),
-                    known: config.server_names().join(", "),
-                })
+                config
+                    .server(name)
+                    .cloned()
+                    .ok_or_else(|| WorkerError::UnknownServer {
+                        name: name.clone(),
+                        known: config.server_names().join(", "),
+                    })
             })
             .collect::<Result<_, _>>()?
     };
@@ -108,10 +114,12 @@ pub async fn run(
     let bucket = |name: &'static str| {
         let js = js.clone();
         async move {
-            js.get_key_value(name).await.map_err(|e| WorkerError::Bucket {
-                bucket: name,
-                reason: e.to_string(),
-            })
+            js.get_key_value(name)
+                .await
+                .map_err(|e| WorkerError::Bucket {
+                    bucket: name,
+                    reason: e.to_string(),
+                })
         }
     };
     let results = bucket(RESULTS_BUCKET).await?;
@@ -146,6 +154,7 @@ pub async fn run(
     for upstream in upstreams {
         upstream.close(Duration::from_secs(5)).await;
     }
-    client.flush().await.ok();
+    // NATS may be gone already; do not hang on it.
+    let _ = tokio::time::timeout(Duration::from_secs(5), client.flush()).await;
     Ok(())
 }

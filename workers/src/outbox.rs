@@ -40,7 +40,11 @@ impl Outbox {
     }
 
     /// Publishes the reply to the caller's inbox, when the caller gave one.
-    pub(crate) async fn reply(&self, reply_to: Option<&str>, reply: &Reply) -> Result<(), WriteError> {
+    pub(crate) async fn reply(
+        &self,
+        reply_to: Option<&str>,
+        reply: &Reply,
+    ) -> Result<(), WriteError> {
         let Some(inbox) = reply_to else { return Ok(()) };
         let bytes = serde_json::to_vec(reply).map_err(|e| fail("encode reply")(&e))?;
         let mut headers = HeaderMap::new();

@@ -153,7 +153,13 @@ impl AuthShorthand {
         };
         let server: String = server
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
             .collect();
         Some(format!("MCPQ_{server}_{suffix}"))
     }
@@ -174,7 +180,11 @@ impl<'de> Deserialize<'de> for AuthSpec {
         impl<'de> de::Visitor<'de> for V {
             type Value = AuthSpec;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                write!(f, "one of {} or a map with bearer and/or headers", AuthShorthand::NAMES)
+                write!(
+                    f,
+                    "one of {} or a map with bearer and/or headers",
+                    AuthShorthand::NAMES
+                )
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<AuthSpec, E> {
                 AuthShorthand::parse(s).map(AuthSpec::Shorthand).ok_or_else(|| {
@@ -274,6 +284,13 @@ pub(super) fn parse(text: &str) -> Result<ConfigFile, ConfigError> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
-        ConfigError::field(if path == "." { "(top level)".into() } else { path }, inner)
+        ConfigError::field(
+            if path == "." {
+                "(top level)".into()
+            } else {
+                path
+            },
+            inner,
+        )
     })
 }

@@ -35,14 +35,18 @@ impl Secret {
                 parts.push(Part::Literal(rest[..start].to_string()));
             }
             let after = &rest[start + 2..];
-            let end = after
-                .find('}')
-                .ok_or_else(|| format!("unclosed reference in {value:?} (expected ${{env:NAME}} or ${{file:PATH}})"))?;
+            let end = after.find('}').ok_or_else(|| {
+                format!(
+                    "unclosed reference in {value:?} (expected ${{env:NAME}} or ${{file:PATH}})"
+                )
+            })?;
             let reference = &after[..end];
             let part = match reference.split_once(':') {
                 Some(("env", name)) if is_env_name(name) => Part::Env(name.to_string()),
                 Some(("env", name)) => {
-                    return Err(format!("{name:?} is not an environment variable name (letters, digits and _, not starting with a digit)"));
+                    return Err(format!(
+                        "{name:?} is not an environment variable name (letters, digits and _, not starting with a digit)"
+                    ));
                 }
                 Some(("file", path)) if !path.is_empty() => Part::File(path.to_string()),
                 _ => {
@@ -79,9 +83,9 @@ impl Secret {
         for part in &self.parts {
             match part {
                 Part::Literal(s) => out.push_str(s),
-                Part::Env(name) => {
-                    out.push_str(&std::env::var(name).map_err(|_| SecretError::MissingEnv(name.clone()))?)
-                }
+                Part::Env(name) => out.push_str(
+                    &std::env::var(name).map_err(|_| SecretError::MissingEnv(name.clone()))?,
+                ),
                 Part::File(path) => {
                     let text = std::fs::read_to_string(path).map_err(|e| SecretError::File {
                         path: path.clone(),

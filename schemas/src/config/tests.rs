@@ -13,7 +13,11 @@ fn the_guides_example_loads_unchanged() {
     assert_eq!(github.replicas, 3);
     assert_eq!(
         github.autoscale,
-        Some(AutoScale { min: 2, max: 10, target_cpu_percent: Some(70) })
+        Some(AutoScale {
+            min: 2,
+            max: 10,
+            target_cpu_percent: Some(70)
+        })
     );
     assert_eq!(config.server("slack").unwrap().lane, Lane::Normal);
     let Transport::Http { endpoint, headers } = &github.transport else {
@@ -71,24 +75,96 @@ servers:
 
 /// Each bad file, the field path its error must name, and a word the message must contain.
 const BAD: &[(&str, &str, &str)] = &[
-    ("version: \"2.0\"\nservers: [{name: a, type: stdio, command: x}]", "version", "2.0"),
-    ("version: \"1.0\"\nservers: [{name: a, type: stdio, command: x, comand: y}]", "servers[0]", "comand"),
-    ("version: \"1.0\"\nservers: [{name: a, type: ftp}]", "servers[0].type", "ftp"),
-    ("version: \"1.0\"\nservers: [{name: a, type: http, endpoint: \"htps://x\"}]", "servers[0].endpoint", "htps://x"),
-    ("version: \"1.0\"\nservers: [{name: a, type: http}]", "servers[0].endpoint", "missing"),
-    ("version: \"1.0\"\nservers: [{name: a, type: stdio}]", "servers[0].command", "missing"),
-    ("version: \"1.0\"\nservers: [{name: a.b, type: stdio, command: x}]", "servers[0].name", "a.b"),
-    ("version: \"1.0\"\nservers: [{name: a, type: stdio, command: x}, {name: a, type: stdio, command: y}]", "servers[1].name", "duplicate"),
-    ("version: \"1.0\"\nservers: [{name: a, type: stdio, command: x, timeout: 30}]", "servers[0].timeout", "30s"),
-    ("version: \"1.0\"\nservers: [{name: a, type: stdio, command: x, timeout: 3 sex}]", "servers[0].timeout", "3 sex"),
-    ("version: \"1.0\"\nservers: [{name: a, type: stdio, command: x, concurrency: 0}]", "servers[0].concurrency", "0"),
-    ("version: \"1.0\"\nservers: [{name: a, type: http, endpoint: \"http://h/mcp\", auth: kerberos}]", "servers[0].auth", "kerberos"),
-    ("version: \"1.0\"\nservers: [{name: a, type: stdio, command: x, env: {T: \"${vault:x}\"}}]", "servers[0].env.T", "vault"),
-    ("version: \"1.0\"\nservers: [{name: a, type: http, endpoint: \"http://h\", autoScale: {min: 5, max: 2}}]", "servers[0].autoScale.min", "5"),
-    ("version: \"1.0\"\nservers: [{name: a, type: http, endpoint: \"http://h\", autoScale: {min: 1, max: 2, targetCPU: lots}}]", "servers[0].autoScale.targetCPU", "lots"),
-    ("version: \"1.0\"\nnats: {url: \"http://localhost:4222\"}\nservers: [{name: a, type: stdio, command: x}]", "nats.url", "http://localhost:4222"),
-    ("version: \"1.0\"\nnats: {replicas: 2}\nservers: [{name: a, type: stdio, command: x}]", "nats.replicas", "2"),
-    ("version: \"1.0\"\nservers: [{name: a, type: stdio, command: x, auth: token}]", "servers[0].auth", "env"),
+    (
+        "version: \"2.0\"\nservers: [{name: a, type: stdio, command: x}]",
+        "version",
+        "2.0",
+    ),
+    (
+        "version: \"1.0\"\nservers: [{name: a, type: stdio, command: x, comand: y}]",
+        "servers[0]",
+        "comand",
+    ),
+    (
+        "version: \"1.0\"\nservers: [{name: a, type: ftp}]",
+        "servers[0].type",
+        "ftp",
+    ),
+    (
+        "version: \"1.0\"\nservers: [{name: a, type: http, endpoint: \"htps://x\"}]",
+        "servers[0].endpoint",
+        "htps://x",
+    ),
+    (
+        "version: \"1.0\"\nservers: [{name: a, type: http}]",
+        "servers[0].endpoint",
+        "missing",
+    ),
+    (
+        "version: \"1.0\"\nservers: [{name: a, type: stdio}]",
+        "servers[0].command",
+        "missing",
+    ),
+    (
+        "version: \"1.0\"\nservers: [{name: a.b, type: stdio, command: x}]",
+        "servers[0].name",
+        "a.b",
+    ),
+    (
+        "version: \"1.0\"\nservers: [{name: a, type: stdio, command: x}, {name: a, type: stdio, command: y}]",
+        "servers[1].name",
+        "duplicate",
+    ),
+    (
+        "version: \"1.0\"\nservers: [{name: a, type: stdio, command: x, timeout: 30}]",
+        "servers[0].timeout",
+        "30s",
+    ),
+    (
+        "version: \"1.0\"\nservers: [{name: a, type: stdio, command: x, timeout: 3 sex}]",
+        "servers[0].timeout",
+        "3 sex",
+    ),
+    (
+        "version: \"1.0\"\nservers: [{name: a, type: stdio, command: x, concurrency: 0}]",
+        "servers[0].concurrency",
+        "0",
+    ),
+    (
+        "version: \"1.0\"\nservers: [{name: a, type: http, endpoint: \"http://h/mcp\", auth: kerberos}]",
+        "servers[0].auth",
+        "kerberos",
+    ),
+    (
+        "version: \"1.0\"\nservers: [{name: a, type: stdio, command: x, env: {T: \"${vault:x}\"}}]",
+        "servers[0].env.T",
+        "vault",
+    ),
+    (
+        "version: \"1.0\"\nservers: [{name: a, type: http, endpoint: \"http://h\", autoScale: {min: 5, max: 2}}]",
+        "servers[0].autoScale.min",
+        "5",
+    ),
+    (
+        "version: \"1.0\"\nservers: [{name: a, type: http, endpoint: \"http://h\", autoScale: {min: 1, max: 2, targetCPU: lots}}]",
+        "servers[0].autoScale.targetCPU",
+        "lots",
+    ),
+    (
+        "version: \"1.0\"\nnats: {url: \"http://localhost:4222\"}\nservers: [{name: a, type: stdio, command: x}]",
+        "nats.url",
+        "http://localhost:4222",
+    ),
+    (
+        "version: \"1.0\"\nnats: {replicas: 2}\nservers: [{name: a, type: stdio, command: x}]",
+        "nats.replicas",
+        "2",
+    ),
+    (
+        "version: \"1.0\"\nservers: [{name: a, type: stdio, command: x, auth: token}]",
+        "servers[0].auth",
+        "env",
+    ),
     ("version: \"1.0\"\nservers: []", "servers", "at least one"),
     ("version: \"1.0\"\nserver: []", "server", "expected one of"),
 ];
@@ -104,7 +180,10 @@ fn every_bad_file_names_its_field_and_value() {
             let shown = e.to_string();
             e.path().is_some_and(|p| p.starts_with(path)) && shown.contains(word)
         });
-        assert!(hit, "for\n{text}\nexpected an error at {path} mentioning {word:?}, got:\n{errors}");
+        assert!(
+            hit,
+            "for\n{text}\nexpected an error at {path} mentioning {word:?}, got:\n{errors}"
+        );
     }
 }
 
@@ -115,5 +194,12 @@ fn several_errors_are_reported_together() {
     )
     .unwrap_err();
     let paths: Vec<_> = errors.0.iter().filter_map(|e| e.path()).collect();
-    assert_eq!(paths, ["servers[0].endpoint", "servers[1].command", "servers[1].concurrency"]);
+    assert_eq!(
+        paths,
+        [
+            "servers[0].endpoint",
+            "servers[1].command",
+            "servers[1].concurrency"
+        ]
+    );
 }

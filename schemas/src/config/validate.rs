@@ -21,7 +21,10 @@ pub(super) fn validate(raw: ConfigFile) -> Result<Config, ConfigErrors> {
     if !SUPPORTED_VERSIONS.contains(&raw.version.as_str()) {
         errors.push(ConfigError::field(
             "version",
-            format!("unsupported version {:?} (this mcpq reads \"1.0\")", raw.version),
+            format!(
+                "unsupported version {:?} (this mcpq reads \"1.0\")",
+                raw.version
+            ),
         ));
     }
     let nats = nats(raw.nats, &mut errors);
@@ -38,7 +41,10 @@ pub(super) fn validate(raw: ConfigFile) -> Result<Config, ConfigErrors> {
         if let Some(first) = seen.insert(section.name.clone(), i) {
             errors.push(ConfigError::field(
                 format!("{path}.name"),
-                format!("duplicate server name {:?} (also servers[{first}])", section.name),
+                format!(
+                    "duplicate server name {:?} (also servers[{first}])",
+                    section.name
+                ),
             ));
         }
         if let Some(server) = server(&path, section, &mut errors) {
@@ -65,7 +71,9 @@ fn nats(section: Option<NatsSection>, errors: &mut Vec<ConfigError>) -> NatsConf
         if !ok {
             errors.push(ConfigError::field(
                 "nats.url",
-                format!("{url:?} is not a NATS URL (expected nats://host:port, tls://, ws:// or wss://)"),
+                format!(
+                    "{url:?} is not a NATS URL (expected nats://host:port, tls://, ws:// or wss://)"
+                ),
             ));
         }
     }
@@ -107,7 +115,10 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
     let transport = match s.kind {
         ServerKind::External | ServerKind::Http => {
             if s.command.is_some() {
-                err("command", "only stdio servers have a command (set type: stdio, or remove command)".into());
+                err(
+                    "command",
+                    "only stdio servers have a command (set type: stdio, or remove command)".into(),
+                );
             }
             if !s.args.is_empty() {
                 err("args", "only stdio servers have args".into());
@@ -117,7 +128,10 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
             }
             let endpoint = match s.endpoint {
                 None => {
-                    err("endpoint", "missing: an HTTP server needs the URL of its MCP endpoint".into());
+                    err(
+                        "endpoint",
+                        "missing: an HTTP server needs the URL of its MCP endpoint".into(),
+                    );
                     String::new()
                 }
                 Some(endpoint) => {
@@ -143,7 +157,10 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
                         headers.insert("Authorization".into(), bearer(Secret::env(&var)));
                     }
                 }
-                Some(AuthSpec::Explicit { bearer: token, headers: extra }) => {
+                Some(AuthSpec::Explicit {
+                    bearer: token,
+                    headers: extra,
+                }) => {
                     if let Some(token) = token {
                         match Secret::parse(token) {
                             Ok(secret) => {
@@ -166,7 +183,10 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
         }
         ServerKind::Stdio => {
             if s.endpoint.is_some() {
-                err("endpoint", "a stdio server has no endpoint (set type: http, or remove endpoint)".into());
+                err(
+                    "endpoint",
+                    "a stdio server has no endpoint (set type: http, or remove endpoint)".into(),
+                );
             }
             if s.auth.is_some() {
                 err("auth", "auth applies to HTTP servers; give a stdio server its credentials with env: {NAME: \"${env:NAME}\"}".into());
@@ -181,14 +201,20 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
                     String::new()
                 }
                 None => {
-                    err("command", "missing: a stdio server needs the program to start".into());
+                    err(
+                        "command",
+                        "missing: a stdio server needs the program to start".into(),
+                    );
                     String::new()
                 }
             };
             let mut env = BTreeMap::new();
             for (name, value) in &s.env {
                 if !is_env_name(name) {
-                    err(&format!("env.{name}"), format!("{name:?} is not an environment variable name"));
+                    err(
+                        &format!("env.{name}"),
+                        format!("{name:?} is not an environment variable name"),
+                    );
                 }
                 match Secret::parse(value) {
                     Ok(secret) => {
@@ -206,30 +232,48 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
     };
     let timeout = s.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0);
     if timeout.is_zero() || timeout > MAX_TIMEOUT {
-        err("timeout", format!("{timeout:?} is out of range (more than 0, at most 24h)"));
+        err(
+            "timeout",
+            format!("{timeout:?} is out of range (more than 0, at most 24h)"),
+        );
     }
     let concurrency = s.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
     if concurrency == 0 || concurrency > MAX_CONCURRENCY {
-        err("concurrency", format!("{concurrency} is out of range (1 to {MAX_CONCURRENCY})"));
+        err(
+            "concurrency",
+            format!("{concurrency} is out of range (1 to {MAX_CONCURRENCY})"),
+        );
     }
     let replicas = s.replicas.unwrap_or(1);
     if replicas == 0 {
-        err("replicas", "0 replicas (at least 1; use autoScale.min: 0 to scale to zero)".into());
+        err(
+            "replicas",
+            "0 replicas (at least 1; use autoScale.min: 0 to scale to zero)".into(),
+        );
     }
     let autoscale = s.auto_scale.map(|a| {
         if a.min > a.max {
-            err("autoScale.min", format!("{} is above autoScale.max {}", a.min, a.max));
+            err(
+                "autoScale.min",
+                format!("{} is above autoScale.max {}", a.min, a.max),
+            );
         }
         if a.max == 0 {
             err("autoScale.max", "0 (at least 1)".into());
         }
-        let target_cpu_percent = a.target_cpu.as_deref().and_then(|t| match parse_percent(t) {
-            Some(p) => Some(p),
-            None => {
-                err("autoScale.targetCPU", format!("{t:?} is not a percentage from 1% to 100% (like \"70%\")"));
-                None
-            }
-        });
+        let target_cpu_percent = a
+            .target_cpu
+            .as_deref()
+            .and_then(|t| match parse_percent(t) {
+                Some(p) => Some(p),
+                None => {
+                    err(
+                        "autoScale.targetCPU",
+                        format!("{t:?} is not a percentage from 1% to 100% (like \"70%\")"),
+                    );
+                    None
+                }
+            });
         AutoScale {
             min: a.min,
             max: a.max,
@@ -265,7 +309,9 @@ fn check_http_url(url: &str) -> Result<(), String> {
     }
     let host = rest.split(['/', '?', '#']).next().unwrap_or("");
     if host.is_empty() || host.contains(char::is_whitespace) {
-        return Err(format!("{url:?} has no host (expected like https://mcp.example.com/mcp)"));
+        return Err(format!(
+            "{url:?} has no host (expected like https://mcp.example.com/mcp)"
+        ));
     }
     Ok(())
 }

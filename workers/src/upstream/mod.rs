@@ -81,12 +81,15 @@ impl Upstream {
     /// Resolves the server's secrets; nothing is started until the first call.
     pub(crate) fn new(server: &ServerConfig) -> Result<Upstream, UpstreamError> {
         let connector = match &server.transport {
-            Transport::Http { endpoint, headers } => {
-                Connector::Http(http::HttpConnector::new(&server.name, endpoint, headers, server.concurrency)?)
-            }
-            Transport::Stdio { command, args, env } => {
-                Connector::Stdio(stdio::StdioConnector::new(&server.name, command, args, env)?)
-            }
+            Transport::Http { endpoint, headers } => Connector::Http(http::HttpConnector::new(
+                &server.name,
+                endpoint,
+                headers,
+                server.concurrency,
+            )?),
+            Transport::Stdio { command, args, env } => Connector::Stdio(
+                stdio::StdioConnector::new(&server.name, command, args, env)?,
+            ),
         };
         Ok(Upstream {
             inner: Arc::new(Inner {

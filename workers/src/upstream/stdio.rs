@@ -44,6 +44,9 @@ impl StdioConnector {
     pub(super) fn spawn(&self) -> Result<TokioChildProcess, UpstreamError> {
         let mut command = tokio::process::Command::new(&self.command);
         command.args(&self.args).envs(self.env.iter().cloned());
+        // Its own process group: a Ctrl-C meant for the worker must not kill the upstream
+        // while calls are still draining; the worker closes it last.
+        command.process_group(0);
         let (child, _stderr) = TokioChildProcess::builder(command)
             .stderr(Stdio::inherit())
             .spawn()

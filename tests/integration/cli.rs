@@ -1,0 +1,85 @@
+//! The `mcpq` binary: `mcpq call` as a pipeline would use it from the shell, and `mcpq config
+//! check` naming the fields of a bad config.
+
+use std::process::Command;
+
+use mcpq_tests::{fixture::HttpFixture, mcpq_bin, stack::Stack};
+
+use crate::two_fixtures;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcpq_call_prints_the_result_as_json() {
+    let web = HttpFixture::start().await;
+    let stack = Stack::start(&two_fixtures(&web.url())).await;
+    let url = stack.nats.url();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(mcpq_bin())
+            .args([
+                "call",
+                "--nats",
+                &url,
+                "web",
+                "math.add",
+                r#"{"a": 1, "b": 2}"#,
+            ])
+            .env_remove("MCPQ_CONFIG")
+            .output()
+            .expect("run mcpq call")
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "mcpq call failed: {stderr}");
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).expect("stdout is JSON");
+    assert_eq!(crate::first_text(&result), "3");
+    stack.stop().await;
+}
+
+#[test]
+fn config_check_names_the_field_and_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(
+        &file,
+        "version: \"1.0\"\nservers:\n  - name: github\n    type: external\n    endpoint: \"htps://x\"\n    concurency: 4\n",
+    )
+    .unwrap();
+    let output = Command::new(mcpq_bin())
+        .args(["config", "check"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("servers[0].concurency"), "{stderr}");
+
+    std::fs::write(&file, "version: \"1.0\"\nservers:\n  - name: github\n    type: external\n    endpoint: \"htps://x\"\n").unwrap();
+    let output = Command::new(mcpq_bin())
+        .args(["config", "check"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("servers[0].endpoint") && stderr.contains("htps://x"),
+        "{stderr}"
+    );
+
+    let example = mcpq_tests::repo_root().join("../shared/examples/mcp-infrastructure.yaml");
+    let example = if example.exists() {
+        example
+    } else {
+        mcpq_tests::repo_root().join("deploy/examples/mcp-infrastructure.yaml")
+    };
+    let output = Command::new(mcpq_bin())
+        .args(["config", "check"])
+        .arg(&example)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -1,0 +1,155 @@
+//! MCP clients calling tools through the dispatcher: both endpoints, every protocol revision,
+//! aggregated listing, errors that name what exists, tool errors passed through unchanged.
+
+use mcpq_tests::{fixture::HttpFixture, stack::Stack};
+use rmcp::{
+    RoleClient, ServiceExt,
+    model::{CallToolRequestParams, ClientConfig, ProtocolVersion},
+    service::{ClientLifecycleMode, ClientServiceExt, RunningService},
+    transport::StreamableHttpClientTransport,
+};
+
+use crate::two_fixtures;
+
+type McpClient = RunningService<RoleClient, ClientConfig>;
+
+/// An rmcp client on `url` speaking `version` (2026-07-28 without a handshake, older ones with
+/// `initialize`).
+async fn connect(url: &str, version: ProtocolVersion) -> McpClient {
+    let transport = StreamableHttpClientTransport::from_uri(url.to_string());
+    let client = if version.has_initialize() {
+        ClientConfig::default()
+            .with_protocol_version(version.clone())
+            .serve(transport)
+            .await
+    } else {
+        ClientConfig::default()
+            .serve_with_lifecycle(
+                transport,
+                ClientLifecycleMode::Discover {
+                    preferred_versions: vec![version.clone()],
+                },
+            )
+            .await
+    };
+    client.unwrap_or_else(|e| panic!("connect to {url} with {version}: {e}"))
+}
+
+fn args(value: serde_json::Value) -> CallToolRequestParams {
+    CallToolRequestParams::new("placeholder")
+        .with_arguments(value.as_object().cloned().unwrap_or_default())
+}
+
+async fn call(client: &McpClient, tool: &str, arguments: serde_json::Value) -> serde_json::Value {
+    let mut params = args(arguments);
+    params.name = tool.to_string().into();
+    let result = client
+        .call_tool(params)
+        .await
+        .unwrap_or_else(|e| panic!("call {tool}: {e}"));
+    serde_json::to_value(result).expect("result encodes")
+}
+
+async fn call_err(client: &McpClient, tool: &str) -> String {
+    let mut params = args(serde_json::json!({"text": "x"}));
+    params.name = tool.to_string().into();
+    match client.call_tool(params).await {
+        Ok(result) => panic!("calling {tool} must fail, got {result:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tools_are_called_through_both_endpoints_in_every_protocol_revision() {
+    let web = HttpFixture::start().await;
+    let stack = Stack::start(&two_fixtures(&web.url())).await;
+    for version in [
+        ProtocolVersion::V_2025_06_18,
+        ProtocolVersion::V_2025_11_25,
+        ProtocolVersion::V_2026_07_28,
+    ] {
+        let all = connect(&stack.mcp_url(), version.clone()).await;
+        let names: Vec<String> = all
+            .list_all_tools()
+            .await
+            .expect("tools/list on /mcp")
+            .into_iter()
+            .map(|t| t.name.to_string())
+            .collect();
+        for expected in ["web__echo", "web__math.add", "local__echo", "local__whoami"] {
+            assert!(
+                names.iter().any(|n| n == expected),
+                "{version}: /mcp lacks {expected}: {names:?}"
+            );
+        }
+        let text = format!("hello over {version}");
+        let result = call(&all, "web__echo", serde_json::json!({ "text": text })).await;
+        assert_eq!(crate::first_text(&result), text);
+        let result = call(&all, "local__echo", serde_json::json!({ "text": text })).await;
+        assert_eq!(crate::first_text(&result), text);
+
+        let one = connect(&stack.server_url("web"), version.clone()).await;
+        let mut names: Vec<String> = one
+            .list_all_tools()
+            .await
+            .expect("tools/list on /servers/web/mcp")
+            .into_iter()
+            .map(|t| t.name.to_string())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["crash", "echo", "fail", "math.add", "slow", "whoami"],
+            "{version}"
+        );
+        let result = call(&one, "math.add", serde_json::json!({"a": 2, "b": 40})).await;
+        assert_eq!(crate::first_text(&result), "42");
+    }
+    assert!(
+        web.fixture.calls() >= 6,
+        "the HTTP fixture must have served the calls"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_servers_and_tools_are_refused_naming_what_exists() {
+    let web = HttpFixture::start().await;
+    let stack = Stack::start(&two_fixtures(&web.url())).await;
+    let all = connect(&stack.mcp_url(), ProtocolVersion::V_2026_07_28).await;
+    let err = call_err(&all, "nope__echo").await;
+    assert!(
+        err.contains("unknown server \"nope\"") && err.contains("local, web"),
+        "{err}"
+    );
+    let err = call_err(&all, "web__nope").await;
+    assert!(
+        err.contains("unknown tool \"nope\"") && err.contains("math.add"),
+        "{err}"
+    );
+    let err = call_err(&all, "echo").await;
+    assert!(err.contains("<server>__<tool>"), "{err}");
+    let one = connect(&stack.server_url("web"), ProtocolVersion::V_2025_11_25).await;
+    let err = call_err(&one, "web__echo").await;
+    assert!(
+        err.contains("unknown tool \"web__echo\"") && err.contains("echo"),
+        "{err}"
+    );
+    assert_eq!(
+        web.fixture.calls(),
+        0,
+        "refused calls never reach the upstream"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_error_is_a_result_passed_through_unchanged() {
+    let web = HttpFixture::start().await;
+    let stack = Stack::start(&two_fixtures(&web.url())).await;
+    let all = connect(&stack.mcp_url(), ProtocolVersion::V_2025_06_18).await;
+    let result = call(&all, "web__fail", serde_json::json!({})).await;
+    assert_eq!(result["isError"], true, "{result}");
+    assert_eq!(crate::first_text(&result), "the fixture failed on purpose");
+    stack.stop().await;
+}

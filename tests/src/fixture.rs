@@ -1,0 +1,181 @@
+//! The fixture upstream: a real rmcp MCP server with tools that succeed, fail, crash, sleep and
+//! report who they are. Served in-process over streamable HTTP, or over stdio by the
+//! `mcpq-fixture` binary.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use rmcp::{
+    ErrorData, ServerHandler, ServiceExt,
+    handler::server::{router::tool::ToolRouter, wrapper::Parameters},
+    model::{CallToolResult, ContentBlock, ServerCapabilities, ServerConfig},
+    schemars, tool, tool_handler, tool_router,
+    transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
+    },
+};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct EchoArgs {
+    /// Text to send back.
+    pub text: String,
+}
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct AddArgs {
+    pub a: i64,
+    pub b: i64,
+}
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct SlowArgs {
+    /// How long to sleep before answering, in milliseconds.
+    pub ms: u64,
+}
+
+/// The fixture's tools.
+#[derive(Clone)]
+pub struct Fixture {
+    tool_router: ToolRouter<Self>,
+    calls: Arc<std::sync::atomic::AtomicU64>,
+    /// Served over stdio by its own process, so `crash` may exit it.
+    stdio: bool,
+}
+
+impl Fixture {
+    pub fn new(stdio: bool) -> Self {
+        Fixture {
+            tool_router: Self::tool_router(),
+            calls: Arc::default(),
+            stdio,
+        }
+    }
+}
+
+#[tool_router]
+impl Fixture {
+    #[tool(description = "Send the text back")]
+    fn echo(&self, Parameters(EchoArgs { text }): Parameters<EchoArgs>) -> String {
+        self.count();
+        text
+    }
+
+    #[tool(
+        name = "math.add",
+        description = "Add two integers (a tool name with a dot)"
+    )]
+    fn add(&self, Parameters(AddArgs { a, b }): Parameters<AddArgs>) -> String {
+        self.count();
+        (a + b).to_string()
+    }
+
+    #[tool(description = "Answer with a tool error (isError: true)")]
+    fn fail(&self) -> Result<CallToolResult, ErrorData> {
+        self.count();
+        Ok(CallToolResult::error(vec![ContentBlock::text(
+            "the fixture failed on purpose",
+        )]))
+    }
+
+    #[tool(description = "Sleep, then answer")]
+    async fn slow(&self, Parameters(SlowArgs { ms }): Parameters<SlowArgs>) -> String {
+        self.count();
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        format!("slept {ms} ms")
+    }
+
+    #[tool(description = "The process id and how many calls this server has answered")]
+    fn whoami(&self) -> String {
+        let calls = self.count();
+        serde_json::json!({ "pid": std::process::id(), "calls": calls }).to_string()
+    }
+
+    #[tool(description = "Exit the process at once (stdio only)")]
+    fn crash(&self) -> Result<CallToolResult, ErrorData> {
+        if self.stdio {
+            std::process::exit(3);
+        }
+        Err(ErrorData::internal_error(
+            "crash works over stdio only",
+            None,
+        ))
+    }
+}
+
+impl Fixture {
+    fn count(&self) -> u64 {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1
+    }
+
+    /// Answered calls so far.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Serves on stdin/stdout until the client goes away.
+    pub async fn serve_stdio(self) -> anyhow::Result<()> {
+        let running = self.serve(rmcp::transport::stdio()).await?;
+        running.waiting().await?;
+        Ok(())
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for Fixture {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+    }
+}
+
+/// A fixture served over streamable HTTP on a free loopback port, stopped on drop.
+pub struct HttpFixture {
+    pub addr: SocketAddr,
+    pub fixture: Fixture,
+    stop: CancellationToken,
+}
+
+impl HttpFixture {
+    pub async fn start() -> HttpFixture {
+        let fixture = Fixture::new(false);
+        let stop = CancellationToken::new();
+        let shared = fixture.clone();
+        let service: StreamableHttpService<Fixture, LocalSessionManager> =
+            StreamableHttpService::new(
+                move || Ok(shared.clone()),
+                Default::default(),
+                StreamableHttpServerConfig::default()
+                    .with_legacy_session_mode(false)
+                    .with_json_response(true)
+                    .with_cancellation_token(stop.child_token()),
+            );
+        let router = axum::Router::new().nest_service("/mcp", service);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let addr = listener.local_addr().expect("bound address");
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let token = stop.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { token.cancelled_owned().await })
+                .await;
+        });
+        HttpFixture {
+            addr,
+            fixture,
+            stop,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/mcp", self.addr)
+    }
+}
+
+impl Drop for HttpFixture {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}

