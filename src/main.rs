@@ -1,6 +1,7 @@
 //! `mcpq`: one CLI over the dispatcher and worker libraries. It parses arguments, loads the
 //! config and hands over; the logic lives in the libraries.
 
+mod bench;
 mod call;
 mod config_cmd;
 mod local_nats;
@@ -51,6 +52,8 @@ enum Command {
     Worker(run::WorkerArgs),
     /// Call a tool through the queue, NATS-native, and print its result as JSON.
     Call(call::CallArgs),
+    /// Load-test a running mcpq: jobs published to JetStream, replies awaited on an inbox.
+    Bench(bench::BenchArgs),
     /// Config file commands.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
             Command::Dispatcher(args) => run::dispatcher(args).await,
             Command::Worker(args) => run::worker(args).await,
             Command::Call(args) => call::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
             Command::Config(_) => unreachable!("handled above"),
         }
     })

@@ -164,3 +164,40 @@ async fn malformed_jobs_are_dead_lettered_with_their_reason_and_the_worker_keeps
     assert_eq!(crate::first_text(&result), "still here");
     stack.stop().await;
 }
+
+/// The README's Python pipeline, run for real with nats-py against a running mcpq.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_python_pipeline_works() {
+    let root = mcpq_tests::repo_root();
+    let script = root.join("deploy/examples/pipeline.py");
+    let source = std::fs::read_to_string(&script).unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert!(
+        readme.contains(&source),
+        "README.md's Python example differs from deploy/examples/pipeline.py: copy the file into the README"
+    );
+
+    let web = HttpFixture::start().await;
+    let stack = Stack::start(&two_fixtures(&web.url())).await;
+    let python = mcpq_tests::required_program("python3");
+    let url = stack.nats.url();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .args([url.as_str(), "web", "echo", r#"{"text": "from python"}"#])
+            .output()
+            .expect("run python3")
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "pipeline.py failed: {stderr}");
+    let reply: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON reply");
+    assert_eq!(reply["status"], "ok");
+    assert_eq!(crate::first_text(&reply["result"]), "from python");
+    assert!(
+        stderr.contains("record: completed after 1 attempt(s)"),
+        "{stderr}"
+    );
+    stack.stop().await;
+}

@@ -136,6 +136,10 @@ pub struct HttpFixture {
 
 impl HttpFixture {
     pub async fn start() -> HttpFixture {
+        Self::start_on("127.0.0.1:0".parse().expect("a loopback address")).await
+    }
+
+    pub async fn start_on(addr: SocketAddr) -> HttpFixture {
         let fixture = Fixture::new(false);
         let stop = CancellationToken::new();
         let shared = fixture.clone();

@@ -1,0 +1,47 @@
+"""Submit one MCP tool call to mcpq over NATS, with nothing but nats-py, and wait for the reply.
+
+    python3 pipeline.py nats://127.0.0.1:4222 time get_current_time '{"timezone": "UTC"}'
+"""
+
+import asyncio
+import json
+import sys
+import time
+import uuid
+
+import nats
+
+
+async def main(url, server, tool, arguments):
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    job_id = str(uuid.uuid4())
+    inbox = nc.new_inbox()
+    replies = await nc.subscribe(inbox)
+    job = {
+        "v": 1,
+        "id": job_id,
+        "server": server,
+        "request": {"method": "tools/call", "params": {"name": tool, "arguments": arguments}},
+        "submittedAtMs": int(time.time() * 1000),
+    }
+    # Through JetStream: the publish returns once the job is stored.
+    await js.publish(
+        f"mcpq.jobs.{server}.normal",
+        json.dumps(job).encode(),
+        headers={"Nats-Msg-Id": job_id, "Mcpq-Reply-To": inbox},
+    )
+    reply = json.loads((await replies.next_msg(timeout=60)).data)
+    print(json.dumps(reply))
+    # The same outcome stays readable later in the job record.
+    kv = await js.key_value("mcpq_results")
+    record = json.loads((await kv.get(job_id)).value)
+    print(f"record: {record['status']} after {record['attempts']} attempt(s)", file=sys.stderr)
+    await nc.close()
+    return 0 if reply["status"] == "ok" else 1
+
+
+if __name__ == "__main__":
+    url, server, tool = sys.argv[1:4]
+    arguments = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
+    sys.exit(asyncio.run(main(url, server, tool, arguments)))
