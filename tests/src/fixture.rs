@@ -2,12 +2,20 @@
 //! report who they are. Served in-process over streamable HTTP, or over stdio by the
 //! `mcpq-fixture` binary.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use rmcp::{
     ErrorData, ServerHandler, ServiceExt,
     handler::server::{router::tool::ToolRouter, wrapper::Parameters},
-    model::{CallToolResult, ContentBlock, ServerCapabilities, ServerConfig},
+    model::{CallToolResult, ContentBlock, ServerCapabilities, ServerConfig, SubscriptionFilter},
+    service::{SubscriptionContext, SubscriptionSink},
     schemars, tool, tool_handler, tool_router,
     transport::streamable_http_server::{
         StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
@@ -33,11 +41,21 @@ pub struct SlowArgs {
     pub ms: u64,
 }
 
+/// State shared by every handler instance of one fixture server.
+#[derive(Default)]
+struct State {
+    calls: AtomicU64,
+    /// Whether `grow` was called, revealing the `bonus` tool.
+    grown: AtomicBool,
+    /// Open `subscriptions/listen` streams, told when the tool list changes.
+    listeners: Mutex<Vec<SubscriptionSink>>,
+}
+
 /// The fixture's tools.
 #[derive(Clone)]
 pub struct Fixture {
     tool_router: ToolRouter<Self>,
-    calls: Arc<std::sync::atomic::AtomicU64>,
+    state: Arc<State>,
     /// Served over stdio by its own process, so `crash` may exit it.
     stdio: bool,
 }
@@ -46,9 +64,18 @@ impl Fixture {
     pub fn new(stdio: bool) -> Self {
         Fixture {
             tool_router: Self::tool_router(),
-            calls: Arc::default(),
+            state: Arc::default(),
             stdio,
         }
+    }
+
+    /// A handler for one request: the shared state, with `bonus` hidden until `grow`.
+    fn handler(&self) -> Fixture {
+        let mut handler = self.clone();
+        if !self.state.grown.load(Ordering::SeqCst) {
+            handler.tool_router.disable_route("bonus");
+        }
+        handler
     }
 }
 
@@ -90,6 +117,23 @@ impl Fixture {
         serde_json::json!({ "pid": std::process::id(), "calls": calls }).to_string()
     }
 
+    #[tool(description = "Reveal the bonus tool and tell listeners the tool list changed")]
+    async fn grow(&self) -> String {
+        self.count();
+        self.state.grown.store(true, Ordering::SeqCst);
+        let listeners: Vec<_> = self.state.listeners.lock().expect("listeners").clone();
+        for sink in listeners {
+            let _ = sink.notify_tool_list_changed().await;
+        }
+        "grown".into()
+    }
+
+    #[tool(description = "Only listed after grow")]
+    fn bonus(&self) -> String {
+        self.count();
+        "bonus".into()
+    }
+
     #[tool(description = "Exit the process at once (stdio only)")]
     fn crash(&self) -> Result<CallToolResult, ErrorData> {
         if self.stdio {
@@ -104,17 +148,17 @@ impl Fixture {
 
 impl Fixture {
     fn count(&self) -> u64 {
-        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1
+        self.state.calls.fetch_add(1, Ordering::SeqCst) + 1
     }
 
     /// Answered calls so far.
     pub fn calls(&self) -> u64 {
-        self.calls.load(std::sync::atomic::Ordering::SeqCst)
+        self.state.calls.load(Ordering::SeqCst)
     }
 
     /// Serves on stdin/stdout until the client goes away.
     pub async fn serve_stdio(self) -> anyhow::Result<()> {
-        let running = self.serve(rmcp::transport::stdio()).await?;
+        let running = self.handler().serve(rmcp::transport::stdio()).await?;
         running.waiting().await?;
         Ok(())
     }
@@ -123,7 +167,22 @@ impl Fixture {
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for Fixture {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .build(),
+        )
+    }
+
+    fn accepted_subscription_filter(&self, requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
+        Some(requested.clone())
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        self.state.listeners.lock().expect("listeners").push(context.sink().clone());
+        context.cancelled().await;
+        Ok(())
     }
 }
 
@@ -145,7 +204,7 @@ impl HttpFixture {
         let shared = fixture.clone();
         let service: StreamableHttpService<Fixture, LocalSessionManager> =
             StreamableHttpService::new(
-                move || Ok(shared.clone()),
+                move || Ok(shared.handler()),
                 Default::default(),
                 StreamableHttpServerConfig::default()
                     .with_legacy_session_mode(false)
@@ -153,7 +212,7 @@ impl HttpFixture {
                     .with_cancellation_token(stop.child_token()),
             );
         let router = axum::Router::new().nest_service("/mcp", service);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
             .expect("bind a loopback port");
         let addr = listener.local_addr().expect("bound address");

@@ -1,10 +1,18 @@
 //! Publishing each server's tool catalog to KV: at start, when the upstream says its list
 //! changed, and on a slow timer as a safety net. Unchanged lists are not written again.
+//!
+//! Upstreams on a session-based revision send `notifications/tools/list_changed` on their
+//! session (see `upstream::Events`); upstreams on 2026-07-28 send it only on a
+//! `subscriptions/listen` stream, which this loop keeps open while it waits.
 
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use mcpq_schemas::{CatalogEntry, names::ENVELOPE_VERSION, now_ms};
+use rmcp::{
+    model::{ServerNotification, SubscriptionFilter},
+    service::Subscription,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::upstream::Upstream;
@@ -30,10 +38,49 @@ pub(crate) async fn publish_loop(
                 retry
             }
         };
+        let mut subscription = listen(&upstream).await;
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = upstream.events().tools_changed.notified() => {}
+            () = changed(subscription.as_mut()) => {}
             () = tokio::time::sleep(wait) => {}
+        }
+        if let Some(mut subscription) = subscription {
+            let _ = subscription.cancel().await;
+        }
+    }
+}
+
+/// A `subscriptions/listen` stream for tool list changes, when the upstream offers one.
+async fn listen(upstream: &Upstream) -> Option<Subscription> {
+    let peer = upstream.peer().await.ok()?;
+    let info = peer.peer_info()?;
+    let modern = !info.protocol_version.has_initialize();
+    let announces = info.capabilities.tools.as_ref()?.list_changed == Some(true);
+    if !(modern && announces) {
+        return None;
+    }
+    let filter = SubscriptionFilter::builder().tools_list_changed().build();
+    match peer.listen(filter).await {
+        Ok(subscription) => Some(subscription),
+        Err(e) => {
+            tracing::debug!(server = upstream.server(), error = %e, "no tool list subscription");
+            None
+        }
+    }
+}
+
+/// Resolves when the subscription reports a tool list change or ends; never without one.
+async fn changed(subscription: Option<&mut Subscription>) {
+    let Some(subscription) = subscription else {
+        return std::future::pending().await;
+    };
+    loop {
+        match subscription.next().await {
+            Ok(Some(ServerNotification::ToolListChangedNotification(_))) => return,
+            // Ended: look again soon, but never in a tight loop.
+            Ok(None) | Err(_) => return tokio::time::sleep(Duration::from_secs(1)).await,
+            Ok(Some(_)) => {}
         }
     }
 }
