@@ -58,11 +58,11 @@ pub async fn run(args: CallArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    // The config is optional here: a pipeline may only know the NATS URL.
-    let url = match &args.common.nats {
-        Some(url) => url.clone(),
-        None if args.common.config.exists() => match Config::load(&args.common.config) {
-            Ok(config) => config.nats.url_or_default().to_string(),
+    // The config is optional here: a pipeline may only know the NATS URL. When there is one,
+    // a server it does not name is refused rather than queued for workers that never come.
+    let config = if args.common.config.exists() {
+        match Config::load(&args.common.config) {
+            Ok(config) => Some(config),
             Err(errors) => {
                 eprintln!(
                     "mcpq: {} is not a valid config:\n{errors}",
@@ -70,8 +70,25 @@ pub async fn run(args: CallArgs) -> ExitCode {
                 );
                 return ExitCode::from(EXIT_CONFIG);
             }
-        },
-        None => DEFAULT_NATS_URL.to_string(),
+        }
+    } else {
+        None
+    };
+    if let Some(config) = &config
+        && config.server(&args.server).is_none()
+    {
+        eprintln!(
+            "mcpq: unknown server {:?} (configured in {}: {})",
+            args.server,
+            args.common.config.display(),
+            config.server_names().join(", ")
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let url = match (&args.common.nats, &config) {
+        (Some(url), _) => url.clone(),
+        (None, Some(config)) => config.nats.url_or_default().to_string(),
+        (None, None) => DEFAULT_NATS_URL.to_string(),
     };
     let nats = match connect(&url, "mcpq-call").await {
         Ok(nats) => nats,

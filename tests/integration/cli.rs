@@ -32,6 +32,32 @@ async fn mcpq_call_prints_the_result_as_json() {
     assert!(output.status.success(), "mcpq call failed: {stderr}");
     let result: serde_json::Value = serde_json::from_slice(&output.stdout).expect("stdout is JSON");
     assert_eq!(crate::first_text(&result), "3");
+
+    // With a config at hand, a server it does not name is refused at once.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mcp.yaml");
+    std::fs::write(
+        &config,
+        format!("version: \"1.0\"\nservers:\n{}", two_fixtures(&web.url())),
+    )
+    .unwrap();
+    let url = stack.nats.url();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(mcpq_bin())
+            .args(["call", "--nats", &url, "--config"])
+            .arg(&config)
+            .args(["gitlab", "echo"])
+            .output()
+            .expect("run mcpq call")
+    })
+    .await
+    .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("unknown server \"gitlab\"") && stderr.contains("web, local"),
+        "{stderr}"
+    );
     stack.stop().await;
 }
 

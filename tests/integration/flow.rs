@@ -99,7 +99,9 @@ async fn tools_are_called_through_both_endpoints_in_every_protocol_revision() {
         names.sort();
         assert_eq!(
             names,
-            ["crash", "echo", "fail", "grow", "math.add", "slow", "whoami"],
+            [
+                "crash", "echo", "fail", "grow", "math.add", "slow", "whoami"
+            ],
             "{version}"
         );
         let result = call(&one, "math.add", serde_json::json!({"a": 2, "b": 40})).await;
@@ -159,16 +161,49 @@ async fn a_changed_upstream_tool_list_reaches_tools_list_without_a_restart() {
     let web = HttpFixture::start().await;
     let stack = Stack::start(&two_fixtures(&web.url())).await;
     let all = connect(&stack.mcp_url(), ProtocolVersion::V_2026_07_28).await;
-    let names = |tools: Vec<rmcp::model::Tool>| tools.into_iter().map(|t| t.name.to_string()).collect::<Vec<_>>();
+    let names = |tools: Vec<rmcp::model::Tool>| {
+        tools
+            .into_iter()
+            .map(|t| t.name.to_string())
+            .collect::<Vec<_>>()
+    };
     assert!(!names(all.list_all_tools().await.unwrap()).contains(&"web__bonus".to_string()));
 
-    // `grow` reveals a tool and notifies the worker's subscriptions/listen stream.
+    let filter = rmcp::model::SubscriptionFilter::builder()
+        .tools_list_changed()
+        .build();
+    let mut listening = all
+        .listen(filter)
+        .await
+        .expect("subscriptions/listen on the dispatcher");
+
+    // `grow` reveals a tool and notifies the worker's subscriptions/listen stream; the worker
+    // republishes the catalog, and the dispatcher tells its own listeners.
     let result = call(&all, "web__grow", serde_json::json!({})).await;
     assert_eq!(crate::first_text(&result), "grown");
-    mcpq_tests::eventually("web__bonus in tools/list", std::time::Duration::from_secs(20), || {
-        let all = &all;
-        async move { names(all.list_all_tools().await.ok()?).contains(&"web__bonus".to_string()).then_some(()) }
-    })
+    let heard = tokio::time::timeout(std::time::Duration::from_secs(20), listening.next())
+        .await
+        .expect("a notification within 20s")
+        .expect("the subscription stays open");
+    assert!(
+        matches!(
+            heard,
+            Some(rmcp::model::ServerNotification::ToolListChangedNotification(_))
+        ),
+        "{heard:?}"
+    );
+    mcpq_tests::eventually(
+        "web__bonus in tools/list",
+        std::time::Duration::from_secs(20),
+        || {
+            let all = &all;
+            async move {
+                names(all.list_all_tools().await.ok()?)
+                    .contains(&"web__bonus".to_string())
+                    .then_some(())
+            }
+        },
+    )
     .await;
     let result = call(&all, "web__bonus", serde_json::json!({})).await;
     assert_eq!(crate::first_text(&result), "bonus");

@@ -15,8 +15,9 @@ use rmcp::{
     ErrorData, ServerHandler, ServiceExt,
     handler::server::{router::tool::ToolRouter, wrapper::Parameters},
     model::{CallToolResult, ContentBlock, ServerCapabilities, ServerConfig, SubscriptionFilter},
+    schemars,
     service::{SubscriptionContext, SubscriptionSink},
-    schemars, tool, tool_handler, tool_router,
+    tool, tool_handler, tool_router,
     transport::streamable_http_server::{
         StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
     },
@@ -175,12 +176,19 @@ impl ServerHandler for Fixture {
         )
     }
 
-    fn accepted_subscription_filter(&self, requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
         Some(requested.clone())
     }
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
-        self.state.listeners.lock().expect("listeners").push(context.sink().clone());
+        self.state
+            .listeners
+            .lock()
+            .expect("listeners")
+            .push(context.sink().clone());
         context.cancelled().await;
         Ok(())
     }
