@@ -5,7 +5,7 @@
 VENV := .tools/venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: tools build demo test schemas fmt lint clean
+.PHONY: tools build demo test schemas bench-quick fmt lint clean
 
 tools: $(VENV)/.installed
 
@@ -15,7 +15,7 @@ $(VENV)/.installed: deploy/local/requirements.txt
 	@touch $@
 
 build:
-	cargo build --bins
+	cargo build --workspace --bins
 
 demo: tools build
 	bash deploy/local/demo.sh
@@ -23,7 +23,13 @@ demo: tools build
 test: tools build
 	cargo test --workspace
 
-# Regenerate the pinned JSON Schemas under schemas/json after changing a wire or config type.
+# A first throughput run of NATS-native calls through a worker (release build); see BENCHMARKS.md.
+bench-quick: tools
+	cargo build --release --workspace --bins
+	bash deploy/local/bench.sh
+
+# Regenerate the pinned
+ JSON Schemas under schemas/json after changing a wire or config type.
 schemas:
 	MCPQ_BLESS=1 cargo test -p mcpq-tests --test integration schemas
 
