@@ -28,8 +28,7 @@ bench-quick: tools
 	cargo build --release --workspace --bins
 	bash deploy/local/bench.sh
 
-# Regenerate the pinned
- JSON Schemas under schemas/json after changing a wire or config type.
+# Regenerate the pinned JSON Schemas under schemas/json after changing a wire or config type.
 schemas:
 	MCPQ_BLESS=1 cargo test -p mcpq-tests --test integration schemas
 
