@@ -5,7 +5,7 @@
 VENV := .tools/venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: tools build demo test schemas bench-quick fmt lint clean
+.PHONY: tools build demo test schemas bench bench-scale bench-smoke fmt lint clean
 
 tools: $(VENV)/.installed
 
@@ -23,10 +23,20 @@ demo: tools build
 test: tools build
 	cargo test --workspace
 
-# A first throughput run of NATS-native calls through a worker (release build); see BENCHMARKS.md.
-bench-quick: tools
+# mcpq beside the floor and the direct call, in one run; writes BENCHMARKS.md.
+bench: tools
 	cargo build --release --workspace --bins
-	bash deploy/local/bench.sh
+	python3 deploy/local/bench.py --write
+
+# 100,000 jobs queued with no worker, then drained by one.
+bench-scale: tools
+	cargo build --release --workspace --bins
+	python3 deploy/local/bench.py --scale 100000 --write
+
+# Every benchmark mode for a moment, on the debug build: keeps the benchmark from rotting.
+bench-smoke: tools build
+	python3 deploy/local/bench.py --smoke --profile debug
+
 
 # Regenerate the pinned JSON Schemas under schemas/json after changing a wire or config type.
 schemas:

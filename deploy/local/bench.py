@@ -1,0 +1,295 @@
+"""`make bench`: mcpq beside the floor and the direct call, measured in one run on one machine.
+
+Starts a real nats-server, the fixture MCP server over streamable HTTP (its `echo` tool answers at
+once), one `mcpq worker` and one `mcpq dispatcher` (release builds, separate processes so their
+memory can be read), then runs `mcpq bench` in four modes at several concurrencies:
+
+  floor      a raw JetStream work-queue round trip (persisted publish, pull, core reply, ack)
+  direct     an rmcp client calling the fixture, no mcpq in between
+  mcpq-nats  the same calls as NATS-native jobs through the worker
+  mcpq-mcp   the same calls through the dispatcher's /servers/<name>/mcp endpoint
+
+and prints a table with ratios to direct; `--write` also puts it into BENCHMARKS.md.
+`--scale N` instead queues N jobs with no worker running, then starts one and reports the drain.
+`--smoke` runs every mode for a moment (CI uses it so the benchmark never rots; no assertions).
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+VENV_BIN = ROOT / ".tools" / "venv" / "bin"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    sys.exit(f"bench: nothing listens on port {port} after {timeout}s")
+
+
+def rss_mb(proc, field):
+    """VmRSS (now) or VmHWM (peak) of a process, in MB."""
+    for line in pathlib.Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Rig:
+    """The processes under test, stopped on exit."""
+
+    def __init__(self, profile, work):
+        self.bin = ROOT / "target" / profile
+        self.work = pathlib.Path(work)
+        self.procs = []
+        self.env = dict(os.environ, PATH=f"{VENV_BIN}:{os.environ['PATH']}", MCPQ_LOG="warn")
+        self.nats_port = free_port()
+        self.monitor_port = free_port()
+        self.fixture_port = free_port()
+        self.listen_port = free_port()
+        self.nats_url = f"nats://127.0.0.1:{self.nats_port}"
+        nats_server = shutil.which("nats-server", path=self.env["PATH"])
+        if not nats_server:
+            sys.exit("bench: no nats-server: run `make tools`")
+        self.spawn([nats_server, "-js", "-a", "127.0.0.1", "-p", str(self.nats_port), "-m", str(self.monitor_port),
+                    "-sd", str(self.work / "js")], stderr=open(self.work / "nats.log", "w"))
+
+        self.spawn([self.bin / "mcpq-fixture", "--http", f"127.0.0.1:{self.fixture_port}"], stdout=subprocess.DEVNULL)
+        wait_port(self.nats_port)
+        wait_port(self.fixture_port)
+        self.config = self.work / "bench.yaml"
+        self.config.write_text(
+            'version: "1.0"\n'
+            f'nats: {{url: "{self.nats_url}"}}\n'
+            "servers:\n"
+            "  - name: fast\n"
+            "    type: http\n"
+            f"    endpoint: http://127.0.0.1:{self.fixture_port}/mcp\n"
+            "    concurrency: 256\n"
+            "    timeout: 60s\n"
+        )
+        self.worker = None
+        self.dispatcher = self.spawn([self.bin / "mcpq", "dispatcher", "--config", self.config,
+                                      "--listen", f"127.0.0.1:{self.listen_port}"])
+        wait_port(self.listen_port)
+
+    def spawn(self, argv, **kwargs):
+        proc = subprocess.Popen([str(a) for a in argv], env=self.env, **kwargs)
+        self.procs.append(proc)
+        return proc
+
+    def start_worker(self):
+        self.worker = self.spawn([self.bin / "mcpq", "worker", "--config", self.config])
+
+    def bench(self, *args):
+        argv = [self.bin / "mcpq", "bench", "--json", "--nats", self.nats_url, *args]
+        out = subprocess.run([str(a) for a in argv], env=self.env, capture_output=True, text=True)
+        if not out.stdout.strip():
+            sys.exit(f"bench: mcpq bench printed nothing: {out.stderr}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    def stop(self):
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def modes(rig):
+    direct = f"http://127.0.0.1:{rig.fixture_port}/mcp"
+    through = f"http://127.0.0.1:{rig.listen_port}/servers/fast/mcp"
+    call = ["--tool", "echo", "--args", '{"text": "x"}']
+    return {
+        "floor": ["--floor"],
+        "direct": ["--mcp", direct, *call],
+        "mcpq-nats": ["--server", "fast", *call],
+        "mcpq-mcp": ["--mcp", through, *call],
+    }
+
+
+def versions(rig):
+    nats = subprocess.run([shutil.which("nats-server", path=rig.env["PATH"]), "--version"],
+                          capture_output=True, text=True).stdout.strip()
+    rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    mem = next((int(l.split()[1]) // (1024 * 1024) for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
+    return f"{os.cpu_count()} cores ({cpu}), {mem} GiB, {platform.system()} {platform.release()}; {nats}; {rustc}"
+
+
+def compare(rig, concurrencies, seconds, in_flight_calls):
+    rig.start_worker()
+    # Warm up every path once (sessions, catalog, consumers).
+    for args in modes(rig).values():
+        rig.bench(*args, "--concurrency", "4", "--calls", "200")
+    rows = []
+    for c in concurrencies:
+        for name, args in modes(rig).items():
+            r = rig.bench(*args, "--concurrency", str(c), "--calls", "10000000", "--duration", f"{seconds}s")
+            r["name"] = name
+            rows.append(r)
+            print(f"  c={c:<4} {name:<10} {r['calls_per_s']:>8.0f} calls/s  p50 {r['p50_ms']:.2f} ms  "
+                  f"p99 {r['p99_ms']:.2f} ms  errors {r['errors']}", flush=True)
+    # Memory with 1,000 calls in flight through each process.
+    rig.bench(*modes(rig)["mcpq-nats"], "--concurrency", "1000", "--calls", str(in_flight_calls))
+    rig.bench(*modes(rig)["mcpq-mcp"], "--concurrency", "1000", "--calls", str(in_flight_calls))
+    rss = {"worker": rss_mb(rig.worker, "VmHWM"), "dispatcher": rss_mb(rig.dispatcher, "VmHWM")}
+    return rows, rss
+
+
+def table(rows, rss, concurrencies):
+    by = {(r["name"], r["concurrency"]): r for r in rows}
+    lines = [
+        "| concurrency | mode | calls/s | p50 ms | p99 ms | errors | calls/s ÷ direct |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for c in concurrencies:
+        direct = by[("direct", c)]["calls_per_s"]
+        for name in ["floor", "direct", "mcpq-nats", "mcpq-mcp"]:
+            r = by[(name, c)]
+            ratio = r["calls_per_s"] / direct if direct else float("nan")
+            lines.append(f"| {c} | {name} | {r['calls_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
+                         f"| {r['errors']} | {ratio:.2f} |")
+    c1 = min(concurrencies)
+    added_nats = by[("mcpq-nats", c1)]["p50_ms"] - by[("direct", c1)]["p50_ms"]
+    added_mcp = by[("mcpq-mcp", c1)]["p50_ms"] - by[("direct", c1)]["p50_ms"]
+    c64 = 64 if 64 in concurrencies else max(concurrencies)
+    d64 = by[("direct", c64)]["calls_per_s"]
+    summary = [
+        f"- at concurrency {c64}: mcpq-nats ÷ direct = **{by[('mcpq-nats', c64)]['calls_per_s'] / d64:.2f}** "
+        f"(target ≥ 0.6), mcpq-mcp ÷ direct = **{by[('mcpq-mcp', c64)]['calls_per_s'] / d64:.2f}** (target ≥ 0.4); "
+        f"floor ÷ direct = {by[('floor', c64)]['calls_per_s'] / d64:.2f}",
+        f"- added p50 latency over direct at concurrency {c1}: mcpq-nats **{added_nats:+.2f} ms**, "
+        f"mcpq-mcp **{added_mcp:+.2f} ms** (target ≤ 1 ms)",
+        f"- peak RSS after runs up to 1,000 calls in flight: worker **{rss['worker']:.0f} MB**, "
+        f"dispatcher **{rss['dispatcher']:.0f} MB** (target ≤ 64 MB each)",
+    ]
+    return "\n".join(lines) + "\n\n" + "\n".join(summary) + "\n"
+
+
+def scale(rig, jobs):
+    """Queue `jobs` jobs with no worker, then start one and time the drain."""
+    t0 = time.time()
+    r = rig.bench("--server", "fast", "--tool", "echo", "--args", '{"text": "x"}', "--no-wait",
+                  "--concurrency", "256", "--calls", str(jobs))
+    queued_s = time.time() - t0
+    print(f"  queued {jobs} jobs in {queued_s:.1f} s ({r['calls_per_s']:.0f} jobs/s accepted), "
+          f"dispatcher RSS {rss_mb(rig.dispatcher, 'VmRSS'):.0f} MB", flush=True)
+    t1 = time.time()
+    rig.start_worker()
+    peak = 0.0
+    while True:
+        time.sleep(1)
+        pending = stream_messages(rig, "MCPQ_JOBS")
+        rss = rss_mb(rig.worker, "VmRSS")
+        peak = max(peak, rss)
+        print(f"  t={time.time() - t1:5.1f}s queued={pending} worker RSS {rss:.0f} MB", flush=True)
+        if pending == 0:
+            break
+    drain_s = time.time() - t1
+    records = stream_messages(rig, "KV_mcpq_results")
+    dead = stream_messages(rig, "MCPQ_DLQ")
+    who = subprocess.run([str(rig.bin / "mcpq"), "call", "--nats", rig.nats_url, "fast", "whoami"],
+                         env=rig.env, capture_output=True, text=True)
+    calls = json.loads(json.loads(who.stdout)["content"][0]["text"])["calls"] - 1
+    text = (
+        f"- {jobs:,} jobs queued with no worker running: accepted at **{r['calls_per_s']:,.0f} jobs/s** "
+        f"(`mcpq bench --no-wait`, concurrency 256); dispatcher RSS meanwhile {rss_mb(rig.dispatcher, 'VmRSS'):.0f} MB\n"
+        f"- one worker started: drained in {drain_s:.1f} s = **{jobs / drain_s:,.0f} jobs/s**; worker RSS peak while "
+        f"jobs waited **{peak:.0f} MB**\n"
+        f"- job records written: {records:,}; dead letters: {dead}; calls the upstream saw: {calls:,} "
+        f"({'every job completed exactly once' if records == jobs == calls and dead == 0 else 'MISMATCH'})\n"
+    )
+    return text
+
+
+def stream_messages(rig, name):
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{rig.monitor_port}/jsz?streams=true") as response:
+        info = json.load(response)
+    for account in info.get("account_details", []):
+        for stream in account.get("stream_detail", []):
+            if stream["name"] == name:
+                return stream["state"]["messages"]
+    return None
+
+
+def write(section, text):
+    path = ROOT / "BENCHMARKS.md"
+    doc = path.read_text() if path.exists() else "# mcpq benchmarks\n"
+    begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
+    block = f"{begin}\n{text}{end}"
+    if begin in doc:
+        doc = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, doc, flags=re.S)
+    else:
+        doc = doc.rstrip() + "\n\n" + block + "\n"
+    path.write_text(doc)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5, help="length of each measurement")
+    parser.add_argument("--concurrency", default="1,16,64,256")
+    parser.add_argument("--profile", default="release")
+    parser.add_argument("--write", action="store_true", help="write the results into BENCHMARKS.md")
+    parser.add_argument("--smoke", action="store_true", help="every mode for a moment; no file written")
+    parser.add_argument("--scale", type=int, metavar="N", help="queue N jobs, then drain them")
+    args = parser.parse_args()
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    if args.smoke:
+        args.seconds, concurrencies = 0.5, [1, 8]
+    with tempfile.TemporaryDirectory() as work:
+        rig = Rig(args.profile, work)
+        try:
+            print(f"machine: {versions(rig)}", flush=True)
+            if args.scale:
+                text = scale(rig, args.scale)
+                print()
+                print(text)
+                if args.write:
+                    header = (f"Measured {time.strftime('%Y-%m-%d')} with `make bench-scale` on {versions(rig)}.\n\n")
+                    write("scale", header + text)
+                return
+
+            rows, rss = compare(rig, concurrencies, args.seconds, 2000 if args.smoke else 20000)
+            text = table(rows, rss, concurrencies)
+            print()
+            print(text)
+            errors = sum(r["errors"] for r in rows)
+            if args.write:
+                command = "make bench"
+                header = (f"Measured {time.strftime('%Y-%m-%d')} with `{command}` "
+                          f"({args.seconds:g} s per cell), on {versions(rig)}.\n\n")
+                write("bench", header + text)
+            if errors:
+                sys.exit(f"bench: {errors} calls failed")
+        finally:
+            rig.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+//! NATS mode: `tools/call` jobs published to JetStream, each reply awaited on the inbox.
+
+use std::{sync::Arc, time::Duration};
+
+use mcpq_dispatcher::{Client, ClientError};
+use mcpq_schemas::{Job, JsonObject, McpRequest, Outcome, nats::connect};
+
+use super::{CallFuture, Caller};
+
+/// With `wait`, each call is a round trip; without, a durable submission (JetStream's ack).
+pub(super) async fn caller(
+    url: &str,
+    server: &str,
+    tool: &str,
+    arguments: JsonObject,
+    wait: bool,
+) -> Result<Caller, String> {
+    let nats = connect(url, "mcpq-bench")
+        .await
+        .map_err(|e| e.to_string())?;
+    let client = Client::new(nats).await.map_err(|e| e.to_string())?;
+    let request = Arc::new(McpRequest::call_tool(tool, Some(arguments)));
+    let server: Arc<str> = server.into();
+    Ok(Arc::new(move || -> CallFuture {
+        let client = client.clone();
+        let job = Job::new(&*server, (*request).clone());
+        Box::pin(async move {
+            if !wait {
+                return client
+                    .submit(&job, false)
+                    .await
+                    .map(drop)
+                    .map_err(|_| "publish".to_string());
+            }
+            match client.call(&job, Duration::from_secs(60)).await {
+                Ok(reply) => match reply.outcome {
+                    Outcome::Ok { .. } => Ok(()),
+                    Outcome::Error { error } => Err(error.kind.as_str().to_string()),
+                },
+                Err(ClientError::Timeout { .. }) => Err("timeout".into()),
+                Err(_) => Err("publish".into()),
+            }
+        })
+    }))
+}
