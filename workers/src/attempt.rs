@@ -151,7 +151,7 @@ async fn run(pool: &Pool, message: &Message, delivery: &Delivery, job: Job) {
     }
 }
 
-/// Records the outcome, replies, then acks (or terms) the message. If the record cannot be
+/// Records the outcome and replies, then acks (or terms) the message. If the record cannot be
 /// written the message is left alone, so it is redelivered and nothing is lost.
 async fn finish(
     pool: &Pool,
@@ -167,21 +167,24 @@ async fn finish(
         Outcome::Error { error } => (None, Some(error.clone())),
     };
     let record = record(pool, job, delivery, status, result, error);
-    if let Err(e) = pool.outbox.record(&record).await {
-        tracing::error!(error = %e, "cannot record the job's outcome; it will be redelivered");
-        return;
-    }
     let reply = Reply {
         v: ENVELOPE_VERSION,
         job_id: job.id,
         outcome,
     };
-    if let Err(e) = pool
-        .outbox
-        .reply(delivery.reply_to.as_deref(), &reply)
-        .await
-    {
+    // The reply does not wait for the record (that would add a JetStream round trip to every
+    // call); the ack does. A record that fails leaves the message un-acked: it comes back and,
+    // at worst, runs again — at-least-once, never lost.
+    let (recorded, replied) = tokio::join!(
+        pool.outbox.record(&record),
+        pool.outbox.reply(delivery.reply_to.as_deref(), &reply)
+    );
+    if let Err(e) = replied {
         tracing::warn!(error = %e, "cannot publish the reply; the result stays in the record");
+    }
+    if let Err(e) = recorded {
+        tracing::error!(error = %e, "cannot record the job's outcome; it will be redelivered");
+        return;
     }
     ack(message, kind).await;
 }
