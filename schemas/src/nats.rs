@@ -170,6 +170,7 @@ pub async fn ensure_topology(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,5 +1,7 @@
 //! mcpq's one integration-test binary: real nats-server, real MCP servers, many modules.
 
+#![allow(clippy::unwrap_used)]
+
 mod cli;
 mod flow;
 mod load;

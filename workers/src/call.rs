@@ -158,6 +158,7 @@ pub(crate) fn classify(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use mcpq_schemas::McpRequest;
 

@@ -67,6 +67,7 @@ pub fn decide(verdict: Verdict, attempt: u32, policy: &RetryPolicy, unit: f64) -
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

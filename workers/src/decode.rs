@@ -49,6 +49,7 @@ pub(crate) fn decode(server: &str, payload: &[u8]) -> Result<Job, JobError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use mcpq_schemas::McpRequest;
 
