@@ -5,6 +5,7 @@
 mod cli;
 mod flow;
 mod load;
+mod restart;
 mod schemas;
 mod stdio;
 mod wire;

@@ -104,7 +104,11 @@ async fn bind(pool: &Pool) -> Result<pull::Stream, String> {
             description: Some(format!("mcpq workers of server {}", server.name)),
             filter_subject: server_jobs_filter(&server.name),
             ack_policy: AckPolicy::Explicit,
-            ack_wait: server.timeout + Duration::from_secs(30),
+            // A message can wait in the pull buffer for a free slot (at most one call's
+            // timeout) and then run for one timeout; AckWait covers both, so a slow call is not
+            // redelivered to a second worker while the first still works on it.
+            ack_wait: server.timeout * 2 + Duration::from_secs(10),
+
             max_deliver: i64::from(pool.retry.max_attempts) + SERVER_MAX_DELIVER_MARGIN,
             max_ack_pending: 10_000,
             ..Default::default()
