@@ -60,7 +60,8 @@ class Rig:
     """The processes under test, stopped on exit."""
 
     def __init__(self, profile, work):
-        self.bin = ROOT / "target" / profile
+        self.bin = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / profile
+
         self.work = pathlib.Path(work)
         self.procs = []
         self.env = dict(os.environ, PATH=f"{VENV_BIN}:{os.environ['PATH']}", MCPQ_LOG="warn")

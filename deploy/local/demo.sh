@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PATH="$PWD/.tools/venv/bin:$PATH"
 
-mcpq=target/debug/mcpq
+mcpq="${CARGO_TARGET_DIR:-target}/debug/mcpq"
+
 nats_port=${MCPQ_DEMO_NATS_PORT:-4222}
 listen=${MCPQ_DEMO_LISTEN:-127.0.0.1:7400}
 data=$(mktemp -d)
