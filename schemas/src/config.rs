@@ -55,6 +55,29 @@ pub struct ServerConfig {
     /// Worker processes to run for this server (deployment hint).
     pub replicas: u32,
     pub autoscale: Option<AutoScale>,
+    /// How failed calls are retried.
+    pub retry: RetryConfig,
+}
+
+/// Retries of one server's failed calls: exponential backoff with full jitter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    /// Backoff ceiling before the second attempt.
+    pub initial: Duration,
+    /// Largest backoff ceiling.
+    pub max: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: 3,
+            initial: Duration::from_millis(200),
+            max: Duration::from_secs(30),
+        }
+    }
 }
 
 /// How a worker reaches an upstream.

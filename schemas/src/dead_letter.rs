@@ -49,4 +49,7 @@ pub struct Attempt {
     pub at_ms: u64,
     pub worker_id: String,
     pub error: JobError,
+    /// The backoff the worker chose before the next attempt, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_in_ms: Option<u64>,
 }

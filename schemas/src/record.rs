@@ -149,6 +149,10 @@ pub struct JobRecord {
     /// The error, when the job failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<JobError>,
+    /// Every failed attempt so far, oldest first (a job that succeeded after retries keeps them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_attempts: Vec<crate::Attempt>,
+
     /// The worker that wrote this record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_id: Option<String>,

@@ -6,6 +6,7 @@ mod cli;
 mod flow;
 mod load;
 mod restart;
+mod retry;
 mod schemas;
 mod stdio;
 mod wire;

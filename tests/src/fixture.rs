@@ -37,6 +37,16 @@ pub struct AddArgs {
 }
 
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct FlakyArgs {
+    /// Calls with the same key share one failure count.
+    pub key: String,
+    /// How many calls with this key hang before one answers.
+    pub failures: u32,
+    /// How long a failing call hangs, in milliseconds (longer than the caller's timeout).
+    pub hang_ms: u64,
+}
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 pub struct SlowArgs {
     /// How long to sleep before answering, in milliseconds.
     pub ms: u64,
@@ -50,6 +60,8 @@ struct State {
     grown: AtomicBool,
     /// Open `subscriptions/listen` streams, told when the tool list changes.
     listeners: Mutex<Vec<SubscriptionSink>>,
+    /// Calls so far per `flaky` key.
+    flaky: Mutex<std::collections::HashMap<String, u32>>,
 }
 
 /// The fixture's tools.
@@ -118,7 +130,32 @@ impl Fixture {
         serde_json::json!({ "pid": std::process::id(), "calls": calls }).to_string()
     }
 
+    #[tool(
+        description = "Hang (so the caller times out) for the first `failures` calls with a key, then answer"
+    )]
+    async fn flaky(
+        &self,
+        Parameters(FlakyArgs {
+            key,
+            failures,
+            hang_ms,
+        }): Parameters<FlakyArgs>,
+    ) -> String {
+        self.count();
+        let call = {
+            let mut counts = self.state.flaky.lock().expect("flaky counts");
+            let n = counts.entry(key).or_default();
+            *n += 1;
+            *n
+        };
+        if call <= failures {
+            tokio::time::sleep(Duration::from_millis(hang_ms)).await;
+        }
+        format!("answered on call {call}")
+    }
+
     #[tool(description = "Reveal the bonus tool and tell listeners the tool list changed")]
+
     async fn grow(&self) -> String {
         self.count();
         self.state.grown.store(true, Ordering::SeqCst);

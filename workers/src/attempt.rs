@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, Message};
 use mcpq_schemas::{
-    DeadLetter, ErrorKind, Job, JobError, JobRecord, JobStatus, Outcome, Reply,
+    Attempt, DeadLetter, ErrorKind, Job, JobError, JobRecord, JobStatus, Outcome, Reply,
     config::ServerConfig,
     names::{ENVELOPE_VERSION, HDR_REPLY_TO},
     now_ms,
@@ -30,11 +30,25 @@ pub(crate) struct Pool {
     pub worker_id: String,
 }
 
-/// The part of a message the decision needs, read once.
+/// The part of a message the decision needs, read once, and the job's failed attempts so far.
 struct Delivery {
     reply_to: Option<String>,
     attempt: u32,
     stream_seq: u64,
+    history: Vec<Attempt>,
+}
+
+impl Delivery {
+    /// Adds this attempt's failure to the history.
+    fn failed(&mut self, pool: &Pool, error: &JobError, retry_in: Option<Duration>) {
+        self.history.push(Attempt {
+            attempt: self.attempt,
+            at_ms: now_ms(),
+            worker_id: pool.worker_id.clone(),
+            error: error.clone(),
+            retry_in_ms: retry_in.map(|d| d.as_millis() as u64),
+        });
+    }
 }
 
 pub(crate) async fn handle(pool: &Pool, message: Message) {
@@ -55,11 +69,14 @@ pub(crate) async fn handle(pool: &Pool, message: Message) {
             .map(|v| v.to_string()),
         attempt,
         stream_seq,
+        history: Vec::new(),
     };
     let job = match decode(&pool.server.name, &message.payload) {
         Ok(job) => job,
         Err(error) => {
             tracing::warn!(server = %pool.server.name, stream_seq, error = %error, "malformed job");
+            let mut delivery = delivery;
+            delivery.failed(pool, &error, None);
             dead_letter(pool, &message, &delivery, None, error).await;
             return;
         }
@@ -72,24 +89,28 @@ pub(crate) async fn handle(pool: &Pool, message: Message) {
         attempt,
         stream_seq
     );
-    run(pool, &message, &delivery, job).instrument(span).await;
+    run(pool, &message, delivery, job).instrument(span).await;
 }
 
-async fn run(pool: &Pool, message: &Message, delivery: &Delivery, job: Job) {
+async fn run(pool: &Pool, message: &Message, mut delivery: Delivery, job: Job) {
     // A redelivered job may have completed already (the worker died between the upstream's
     // answer and the ack): answer from the record instead of calling the upstream again.
+    // Otherwise its record holds the failed attempts so far.
     if delivery.attempt > 1
         && let Some(record) = pool.outbox.existing(&job.id.to_string()).await
-        && let Some(reply) = record.to_reply()
     {
-        tracing::info!(status = ?record.status, "already done; answering from the record");
-        let _ = pool
-            .outbox
-            .reply(delivery.reply_to.as_deref(), &reply)
-            .await;
-        ack(message, AckKind::Ack).await;
-        return;
+        if let Some(reply) = record.to_reply() {
+            tracing::info!(status = ?record.status, "already done; answering from the record");
+            let _ = pool
+                .outbox
+                .reply(delivery.reply_to.as_deref(), &reply)
+                .await;
+            ack(message, AckKind::Ack).await;
+            return;
+        }
+        delivery.history = record.failed_attempts;
     }
+    let delivery = &mut delivery;
     let now = now_ms();
     let mut timeout = pool.server.timeout;
     if let Some(deadline) = job.deadline_ms {
@@ -133,8 +154,10 @@ async fn run(pool: &Pool, message: &Message, delivery: &Delivery, job: Job) {
             match decide(verdict, delivery.attempt, &pool.retry, fastrand::f64()) {
                 Decision::Retry(delay) => {
                     tracing::info!(error = %error, ?delay, "attempt failed; retrying");
+                    delivery.failed(pool, &error, Some(delay));
                     let record =
                         record(pool, &job, delivery, JobStatus::Retrying, None, Some(error));
+
                     let _ = pool.outbox.record(&record).await;
                     ack(message, AckKind::Nak(Some(delay))).await;
                 }
@@ -144,6 +167,7 @@ async fn run(pool: &Pool, message: &Message, delivery: &Delivery, job: Job) {
                         Verdict::Retryable => JobStatus::Dead,
                         Verdict::Permanent | Verdict::Answered => JobStatus::Failed,
                     };
+                    delivery.failed(pool, &error, None);
                     dead_letter(pool, message, delivery, Some((job, status)), error).await;
                 }
             }
@@ -220,12 +244,7 @@ async fn dead_letter(
         job: job.clone(),
         raw,
         headers,
-        attempts: vec![mcpq_schemas::Attempt {
-            attempt: delivery.attempt,
-            at_ms: now_ms(),
-            worker_id: pool.worker_id.clone(),
-            error: error.clone(),
-        }],
+        attempts: delivery.history.clone(),
         stream_seq: delivery.stream_seq,
         worker_id: pool.worker_id.clone(),
         dead_at_ms: now_ms(),
@@ -289,6 +308,7 @@ fn record(
         result,
         error,
         worker_id: Some(pool.worker_id.clone()),
+        failed_attempts: delivery.history.clone(),
     }
 }
 

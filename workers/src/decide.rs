@@ -46,6 +46,16 @@ impl Default for RetryPolicy {
     }
 }
 
+impl From<mcpq_schemas::config::RetryConfig> for RetryPolicy {
+    fn from(c: mcpq_schemas::config::RetryConfig) -> Self {
+        RetryPolicy {
+            max_attempts: c.max_attempts,
+            initial: c.initial,
+            max: c.max,
+        }
+    }
+}
+
 impl RetryPolicy {
     /// Exponential backoff with full jitter: a delay drawn uniformly from
     /// `[0, min(max, initial * 2^(attempt-1))]`, where `unit` is the draw in `[0, 1)`.

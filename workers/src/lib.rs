@@ -49,7 +49,6 @@ pub struct WorkerOptions {
     pub worker_id: String,
     /// Servers to serve; empty means every configured server.
     pub servers: Vec<String>,
-    pub retry: RetryPolicy,
     /// How long calls in flight may take to finish after shutdown is asked for.
     pub drain_grace: Duration,
     /// How often the tool catalog is refreshed even without a change notification.
@@ -61,7 +60,6 @@ impl WorkerOptions {
         WorkerOptions {
             worker_id: worker_id.into(),
             servers: Vec::new(),
-            retry: RetryPolicy::default(),
             drain_grace: Duration::from_secs(30),
             catalog_refresh: Duration::from_secs(300),
         }
@@ -137,6 +135,7 @@ pub async fn run(
             options.catalog_refresh,
             shutdown.clone(),
         ));
+        let retry = RetryPolicy::from(server.retry);
         let pool = Arc::new(attempt::Pool {
             server,
             upstream,
@@ -145,7 +144,8 @@ pub async fn run(
                 js: js.clone(),
                 results: results.clone(),
             },
-            retry: options.retry,
+            retry,
+
             worker_id: options.worker_id.clone(),
         });
         tasks.spawn(consume::run(pool, shutdown.clone(), options.drain_grace));

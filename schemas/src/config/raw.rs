@@ -77,6 +77,23 @@ pub struct ServerSection {
     /// Upstream calls in flight at once per worker process (default 16).
     #[serde(default)]
     pub concurrency: Option<usize>,
+    /// Retries of failed calls (default: 3 attempts, backoff from 200ms up to 30s).
+    #[serde(default)]
+    pub retry: Option<RetrySection>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RetrySection {
+    /// Attempts in all, the first included (1 = no retries).
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// Backoff ceiling before the second attempt, e.g. "200ms"; it doubles per attempt.
+    #[serde(default)]
+    pub initial: Option<DurationText>,
+    /// Largest backoff ceiling, e.g. "30s".
+    #[serde(default)]
+    pub max: Option<DurationText>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize, JsonSchema)]

@@ -51,6 +51,7 @@ servers:
     env: { TOKEN: "${env:TIME_TOKEN}", PLAIN: "x" }
     timeout: 250ms
     concurrency: 4
+    retry: {maxAttempts: 5, initial: 50ms}
     priority: low
 "#,
     )
@@ -58,6 +59,15 @@ servers:
     let time = &config.servers[0];
     assert_eq!(time.timeout, Duration::from_millis(250));
     assert_eq!(time.concurrency, 4);
+    assert_eq!(
+        time.retry,
+        RetryConfig {
+            max_attempts: 5,
+            initial: Duration::from_millis(50),
+            max: Duration::from_secs(30)
+        }
+    );
+
     assert_eq!(time.lane, Lane::Low);
     assert_eq!(config.nats.replicas, 3);
     assert_eq!(config.nats.result_ttl, Duration::from_secs(7200));
@@ -166,6 +176,21 @@ const BAD: &[(&str, &str, &str)] = &[
         "env",
     ),
     ("version: \"1.0\"\nservers: []", "servers", "at least one"),
+    (
+        "version: \"1.0\"\nservers: [{name: a, type: stdio, command: x, retry: {maxAttempts: 0}}]",
+        "servers[0].retry.maxAttempts",
+        "0",
+    ),
+    (
+        "version: \"1.0\"\nservers: [{name: a, type: stdio, command: x, retry: {initial: 2s, max: 1s}}]",
+        "servers[0].retry.max",
+        "below",
+    ),
+    (
+        "version: \"1.0\"\nservers: [{name: a, type: stdio, command: x, retry: {attempts: 2}}]",
+        "servers[0].retry.attempts",
+        "unknown field",
+    ),
     ("version: \"1.0\"\nserver: []", "server", "expected one of"),
 ];
 

@@ -3,7 +3,8 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use super::{
-    AutoScale, Config, ConfigError, ConfigErrors, NatsConfig, Secret, ServerConfig, Transport,
+    AutoScale, Config, ConfigError, ConfigErrors, NatsConfig, RetryConfig, Secret, ServerConfig,
+    Transport,
     raw::{AuthSpec, ConfigFile, NatsSection, Priority, ServerKind, ServerSection},
     secret::is_env_name,
 };
@@ -15,6 +16,7 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 const DEFAULT_CONCURRENCY: usize = 16;
 const MAX_CONCURRENCY: usize = 10_000;
 const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(24 * 3600);
+const MAX_ATTEMPTS: u32 = 100;
 
 pub(super) fn validate(raw: ConfigFile) -> Result<Config, ConfigErrors> {
     let mut errors = Vec::new();
@@ -280,6 +282,30 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
             target_cpu_percent,
         }
     });
+    let defaults = RetryConfig::default();
+    let retry = s.retry.map_or(defaults, |r| RetryConfig {
+        max_attempts: r.max_attempts.unwrap_or(defaults.max_attempts),
+        initial: r.initial.map_or(defaults.initial, |d| d.0),
+        max: r.max.map_or(defaults.max, |d| d.0),
+    });
+    if !(1..=MAX_ATTEMPTS).contains(&retry.max_attempts) {
+        err(
+            "retry.maxAttempts",
+            format!(
+                "{} is out of range (1 to {MAX_ATTEMPTS}; 1 means no retries)",
+                retry.max_attempts
+            ),
+        );
+    }
+    if retry.initial.is_zero() {
+        err("retry.initial", "0 (at least 1ms)".into());
+    }
+    if retry.max < retry.initial {
+        err(
+            "retry.max",
+            format!("{:?} is below retry.initial {:?}", retry.max, retry.initial),
+        );
+    }
     let lane = match s.priority {
         Some(Priority::High) => Lane::High,
         Some(Priority::Medium | Priority::Normal) | None => Lane::Normal,
@@ -293,6 +319,7 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
         concurrency,
         replicas,
         autoscale,
+        retry,
     })
 }
 
