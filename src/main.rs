@@ -4,6 +4,7 @@
 mod bench;
 mod call;
 mod config_cmd;
+mod dlq;
 mod local_nats;
 mod run;
 
@@ -54,6 +55,8 @@ enum Command {
     Call(call::CallArgs),
     /// Load-test a running mcpq: jobs published to JetStream, replies awaited on an inbox.
     Bench(bench::BenchArgs),
+    /// Dead letters: list, show, replay, purge.
+    Dlq(dlq::DlqArgs),
     /// Config file commands.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
@@ -87,6 +90,8 @@ fn main() -> ExitCode {
             Command::Worker(args) => run::worker(args).await,
             Command::Call(args) => call::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Dlq(args) => dlq::run(args).await,
+
             Command::Config(_) => unreachable!("handled above"),
         }
     })

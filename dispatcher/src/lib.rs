@@ -6,6 +6,8 @@
 //! process, demultiplexed by job id). The dispatcher never talks to an upstream MCP server.
 
 pub mod catalog;
+pub mod dead_letters;
+
 pub mod http;
 pub mod ingress;
 pub mod publish;

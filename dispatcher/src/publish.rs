@@ -6,7 +6,10 @@ use std::time::Duration;
 use async_nats::{HeaderMap, jetstream};
 use mcpq_schemas::{
     Job, JobRecord, Reply,
-    names::{HDR_JOB_ID, HDR_MSG_ID, HDR_REPLY_TO, HDR_TRACEPARENT, RESULTS_BUCKET, job_subject},
+    names::{
+        HDR_JOB_ID, HDR_MSG_ID, HDR_REPLAY_OF, HDR_REPLY_TO, HDR_TRACEPARENT, RESULTS_BUCKET,
+        job_subject,
+    },
 };
 use uuid::Uuid;
 
@@ -63,6 +66,24 @@ impl Client {
     /// Publishes `job` durably (waits for the stream's acknowledgement). With `reply`, the
     /// worker's reply is routed to this client's inbox.
     pub async fn submit(&self, job: &Job, reply: bool) -> Result<Submitted, ClientError> {
+        self.publish(job, reply, job.msg_id(), None).await
+    }
+
+    /// Publishes `job` again from the dead letter at `dead_letter_seq`: the same job id (its
+    /// record follows the new run), a fresh attempt count, and the link in `Mcpq-Replay-Of`.
+    pub async fn replay(&self, job: &Job, dead_letter_seq: u64) -> Result<Submitted, ClientError> {
+        let msg_id = format!("{}:replay:{dead_letter_seq}", job.id);
+        self.publish(job, false, msg_id, Some(dead_letter_seq))
+            .await
+    }
+
+    async fn publish(
+        &self,
+        job: &Job,
+        reply: bool,
+        msg_id: String,
+        replay_of: Option<u64>,
+    ) -> Result<Submitted, ClientError> {
         let subject = job_subject(&job.server, job.lane);
         let fail = |reason: String| ClientError::Publish {
             job_id: job.id,
@@ -71,7 +92,10 @@ impl Client {
         };
         let payload = serde_json::to_vec(job).map_err(|e| fail(e.to_string()))?;
         let mut headers = HeaderMap::new();
-        headers.insert(HDR_MSG_ID, job.msg_id().as_str());
+        headers.insert(HDR_MSG_ID, msg_id.as_str());
+        if let Some(seq) = replay_of {
+            headers.insert(HDR_REPLAY_OF, seq.to_string().as_str());
+        }
         headers.insert(HDR_JOB_ID, job.id.to_string().as_str());
         if reply {
             headers.insert(HDR_REPLY_TO, self.inbox.subject(job.id).as_str());

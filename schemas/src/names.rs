@@ -26,7 +26,11 @@ pub const HDR_MSG_ID: &str = "Nats-Msg-Id";
 /// W3C trace context, passed through unchanged.
 pub const HDR_TRACEPARENT: &str = "traceparent";
 
+/// Header on a replayed job: the dead letter's sequence in `MCPQ_DLQ` it was replayed from.
+pub const HDR_REPLAY_OF: &str = "Mcpq-Replay-Of";
+
 /// `Mcpq-Event` value of the final reply to a job.
+
 pub const EVENT_REPLY: &str = "reply";
 
 /// Subjects of the jobs stream: `mcpq.jobs.<server>.<lane>`.

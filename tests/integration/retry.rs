@@ -132,3 +132,90 @@ async fn an_always_failing_call_ends_in_one_dead_letter_with_every_attempt() {
     );
     stack.stop().await;
 }
+
+/// Runs `mcpq dlq ARGS` against the stack's NATS and returns its stdout.
+async fn dlq(stack: &Stack, args: &[&str]) -> String {
+    let url = stack.nats.url();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(mcpq_tests::mcpq_bin())
+            .arg("dlq")
+            .args(&args)
+            .args(["--nats", &url])
+            .output()
+            .expect("run mcpq dlq")
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "mcpq dlq failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_is_listed_replayed_after_the_upstream_recovers_and_purged() {
+    let web = HttpFixture::start().await;
+    let stack = Stack::start(&flaky_server(&web.url(), 2)).await;
+    // Two attempts, both hang: dead. The third call with this key answers.
+    let reply = call(
+        &stack,
+        "flaky",
+        serde_json::json!({"key": "r", "failures": 2, "hang_ms": 2000}),
+    )
+    .await;
+    assert!(matches!(reply.outcome, Outcome::Error { .. }), "{reply:?}");
+    let id = reply.job_id.to_string();
+
+    let listed = dlq(&stack, &["list", "--server", "web", "--reason", "timeout"]).await;
+    let line = listed
+        .lines()
+        .find(|l| l.contains(&id))
+        .unwrap_or_else(|| panic!("job {id} not listed:\n{listed}"));
+    assert!(
+        line.contains("flaky") && line.contains("attempts=2"),
+        "{line}"
+    );
+    let seq = line.split_whitespace().next().unwrap().to_string();
+    assert!(
+        dlq(&stack, &["list", "--tool", "echo"]).await.is_empty(),
+        "filters narrow the list"
+    );
+    let shown: serde_json::Value =
+        serde_json::from_str(&dlq(&stack, &["show", &seq]).await).unwrap();
+    assert_eq!(shown["jobId"], id.as_str());
+
+    let replayed = dlq(&stack, &["replay", &seq]).await;
+    assert!(replayed.contains(&id), "{replayed}");
+    let client = stack.client.clone();
+    let record = mcpq_tests::eventually(
+        "the replayed job to complete",
+        Duration::from_secs(30),
+        || {
+            let client = client.clone();
+            async move {
+                client
+                    .record(reply.job_id)
+                    .await
+                    .ok()?
+                    .filter(|r| r.status == JobStatus::Completed)
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        crate::first_text(record.result.as_ref().unwrap()),
+        "answered on call 3"
+    );
+    assert_eq!(
+        record.attempts, 1,
+        "a replay starts with a fresh attempt count"
+    );
+
+    let purged = dlq(&stack, &["purge", "--all", "--server", "web"]).await;
+    assert!(purged.contains("purged 1 dead letter"), "{purged}");
+    assert!(dlq(&stack, &["list"]).await.is_empty());
+    stack.stop().await;
+}
