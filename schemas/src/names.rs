@@ -30,7 +30,6 @@ pub const HDR_TRACEPARENT: &str = "traceparent";
 pub const HDR_REPLAY_OF: &str = "Mcpq-Replay-Of";
 
 /// `Mcpq-Event` value of the final reply to a job.
-
 pub const EVENT_REPLY: &str = "reply";
 
 /// Subjects of the jobs stream: `mcpq.jobs.<server>.<lane>`.
