@@ -37,7 +37,6 @@ bench-scale: tools
 bench-smoke: tools build
 	python3 deploy/local/bench.py --smoke --profile debug
 
-
 # Regenerate the pinned JSON Schemas under schemas/json after changing a wire or config type.
 schemas:
 	MCPQ_BLESS=1 cargo test -p mcpq-tests --test integration schemas
