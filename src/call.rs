@@ -106,7 +106,9 @@ pub async fn run(args: CallArgs) -> ExitCode {
     };
     let mut job = Job::new(&args.server, McpRequest::call_tool(&args.tool, arguments));
     job.lane = args.lane;
-    job.idempotency_key = args.idempotency_key;
+    if let Some(key) = args.idempotency_key {
+        job = job.with_idempotency_key(key);
+    }
     job.deadline_ms = Some(now_ms() + args.timeout.as_millis() as u64);
     match client.call(&job, args.timeout).await {
         Ok(reply) => match reply.outcome {

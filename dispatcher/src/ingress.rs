@@ -28,6 +28,8 @@ pub const NAME_SEPARATOR: &str = "__";
 pub const META_TIMEOUT_MS: &str = "io.mcpq/timeoutMs";
 /// Request `_meta` key: the priority lane for this call (`high`, `normal`, `low`).
 pub const META_LANE: &str = "io.mcpq/lane";
+/// Request `_meta` key: an idempotency key; calls with the same key run once.
+pub const META_IDEMPOTENCY_KEY: &str = "io.mcpq/idempotencyKey";
 
 /// How long a call may wait in the queue before its upstream timeout starts, by default.
 const QUEUE_ALLOWANCE: Duration = Duration::from_secs(30);
@@ -220,6 +222,12 @@ impl ServerHandler for Gateway {
         );
         job.lane = lane;
         job.deadline_ms = Some(now_ms() + wait.as_millis() as u64);
+        if let Some(key) = meta
+            .and_then(|m| m.get(META_IDEMPOTENCY_KEY))
+            .and_then(|v| v.as_str())
+        {
+            job = job.with_idempotency_key(key);
+        }
         job.traceparent = meta
             .and_then(|m| m.get("traceparent"))
             .and_then(|v| v.as_str())

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use async_nats::{HeaderMap, jetstream};
+use futures::StreamExt;
 use mcpq_schemas::{
     Job, JobRecord, Reply,
     names::{
@@ -63,24 +64,23 @@ impl Client {
         })
     }
 
-    /// Publishes `job` durably (waits for the stream's acknowledgement). With `reply`, the
-    /// worker's reply is routed to this client's inbox.
-    pub async fn submit(&self, job: &Job, reply: bool) -> Result<Submitted, ClientError> {
-        self.publish(job, reply, job.msg_id(), None).await
+    /// Publishes `job` durably (waits for the stream's acknowledgement), with no reply inbox:
+    /// its outcome is read later from its record (`record`, `wait`).
+    pub async fn submit(&self, job: &Job) -> Result<Submitted, ClientError> {
+        self.publish(job, None, job.msg_id(), None).await
     }
 
     /// Publishes `job` again from the dead letter at `dead_letter_seq`: the same job id (its
     /// record follows the new run), a fresh attempt count, and the link in `Mcpq-Replay-Of`.
     pub async fn replay(&self, job: &Job, dead_letter_seq: u64) -> Result<Submitted, ClientError> {
         let msg_id = format!("{}:replay:{dead_letter_seq}", job.id);
-        self.publish(job, false, msg_id, Some(dead_letter_seq))
-            .await
+        self.publish(job, None, msg_id, Some(dead_letter_seq)).await
     }
 
     async fn publish(
         &self,
         job: &Job,
-        reply: bool,
+        reply_to: Option<String>,
         msg_id: String,
         replay_of: Option<u64>,
     ) -> Result<Submitted, ClientError> {
@@ -97,8 +97,8 @@ impl Client {
             headers.insert(HDR_REPLAY_OF, seq.to_string().as_str());
         }
         headers.insert(HDR_JOB_ID, job.id.to_string().as_str());
-        if reply {
-            headers.insert(HDR_REPLY_TO, self.inbox.subject(job.id).as_str());
+        if let Some(inbox) = &reply_to {
+            headers.insert(HDR_REPLY_TO, inbox.as_str());
         }
         if let Some(traceparent) = &job.traceparent {
             headers.insert(HDR_TRACEPARENT, traceparent.as_str());
@@ -116,10 +116,20 @@ impl Client {
         })
     }
 
-    /// Submits `job` and waits at most `timeout` for its reply.
+    /// Submits `job` and waits at most `timeout` for its reply. A duplicate of a job submitted
+    /// before (same idempotency key) is not run again: the answer comes from the first one's
+    /// record.
     pub async fn call(&self, job: &Job, timeout: Duration) -> Result<Reply, ClientError> {
-        let waiting = self.inbox.expect(job.id);
-        self.submit(job, true).await?;
+        let waiting = self.inbox.expect();
+        let reply_to = Some(waiting.subject.clone());
+        if self
+            .publish(job, reply_to, job.msg_id(), None)
+            .await?
+            .duplicate
+        {
+            drop(waiting);
+            return self.wait(job.id, timeout).await;
+        }
         match tokio::time::timeout(timeout, waiting.reply()).await {
             Ok(Some(reply)) => Ok(reply),
             Ok(None) => Err(ClientError::InboxClosed { job_id: job.id }),
@@ -127,6 +137,36 @@ impl Client {
                 job_id: job.id,
                 timeout,
             }),
+        }
+    }
+
+    /// Waits at most `timeout` for the job's record to say it ended, and answers from it.
+    pub async fn wait(&self, job_id: Uuid, timeout: Duration) -> Result<Reply, ClientError> {
+        let fail = |reason: String| ClientError::Record { job_id, reason };
+        let bucket = self
+            .js
+            .get_key_value(RESULTS_BUCKET)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let mut updates = bucket
+            .watch_with_history(job_id.to_string())
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let ended = async {
+            while let Some(entry) = updates.next().await {
+                let Ok(entry) = entry else { continue };
+                if let Ok(record) = serde_json::from_slice::<JobRecord>(&entry.value)
+                    && let Some(reply) = record.to_reply()
+                {
+                    return Some(reply);
+                }
+            }
+            None
+        };
+        match tokio::time::timeout(timeout, ended).await {
+            Ok(Some(reply)) => Ok(reply),
+            Ok(None) => Err(ClientError::InboxClosed { job_id }),
+            Err(_) => Err(ClientError::Timeout { job_id, timeout }),
         }
     }
 

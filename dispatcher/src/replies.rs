@@ -1,7 +1,15 @@
 //! Routing replies back to waiting callers: one inbox subscription per process
-//! (`<prefix>.<job id>`), demultiplexed by job id to the task that waits for it.
+//! (`<prefix>.*`), each call with its own token (`<prefix>.<n>`), demultiplexed by token to the
+//! task that waits for it. Tokens rather than job ids, because two callers may wait on one job
+//! (an idempotency key submitted twice).
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use futures::StreamExt;
 use mcpq_schemas::{
@@ -9,14 +17,14 @@ use mcpq_schemas::{
     names::{EVENT_REPLY, HDR_EVENT},
 };
 use tokio::sync::oneshot;
-use uuid::Uuid;
 
-type Waiters = Arc<std::sync::Mutex<HashMap<Uuid, oneshot::Sender<Reply>>>>;
+type Waiters = Arc<std::sync::Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
 
 /// The process's inbox: register a job id, then wait for its reply.
 #[derive(Clone)]
 pub(crate) struct Inbox {
     prefix: String,
+    next: Arc<AtomicU64>,
     waiters: Waiters,
     _router: Arc<AbortOnDrop>,
 }
@@ -31,7 +39,9 @@ impl Drop for AbortOnDrop {
 
 /// A registered wait for one job's reply; dropping it unregisters.
 pub(crate) struct Waiting {
-    job_id: Uuid,
+    token: u64,
+    /// The subject the reply must be sent to.
+    pub subject: String,
     rx: Option<oneshot::Receiver<Reply>>,
     waiters: Waiters,
 }
@@ -53,22 +63,20 @@ impl Inbox {
         });
         Ok(Inbox {
             prefix,
+            next: Arc::default(),
             waiters,
             _router: Arc::new(AbortOnDrop(router)),
         })
     }
 
-    /// The subject a job's reply must be sent to.
-    pub(crate) fn subject(&self, job_id: Uuid) -> String {
-        format!("{}.{job_id}", self.prefix)
-    }
-
-    /// Registers interest in `job_id`'s reply; do this before publishing the job.
-    pub(crate) fn expect(&self, job_id: Uuid) -> Waiting {
+    /// Registers a wait for one reply; publish the job with `subject` as its reply inbox.
+    pub(crate) fn expect(&self) -> Waiting {
+        let token = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        lock(&self.waiters).insert(job_id, tx);
+        lock(&self.waiters).insert(token, tx);
         Waiting {
-            job_id,
+            token,
+            subject: format!("{}.{token}", self.prefix),
             rx: Some(rx),
             waiters: self.waiters.clone(),
         }
@@ -84,11 +92,11 @@ impl Waiting {
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        lock(&self.waiters).remove(&self.job_id);
+        lock(&self.waiters).remove(&self.token);
     }
 }
 
-fn lock(waiters: &Waiters) -> std::sync::MutexGuard<'_, HashMap<Uuid, oneshot::Sender<Reply>>> {
+fn lock(waiters: &Waiters) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Reply>>> {
     waiters
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -103,22 +111,22 @@ fn route(waiters: &Waiters, message: async_nats::Message) {
     if event.as_deref().is_some_and(|e| e != EVENT_REPLY) {
         return; // progress and other events: not routed yet
     }
-    let Some(job_id) = message
+    let Some(token) = message
         .subject
         .rsplit('.')
         .next()
-        .and_then(|token| token.parse::<Uuid>().ok())
+        .and_then(|token| token.parse::<u64>().ok())
     else {
         return;
     };
     let reply: Reply = match serde_json::from_slice(&message.payload) {
         Ok(reply) => reply,
         Err(e) => {
-            tracing::warn!(%job_id, error = %e, "unreadable reply dropped");
+            tracing::warn!(subject = %message.subject, error = %e, "unreadable reply dropped");
             return;
         }
     };
-    if let Some(tx) = lock(waiters).remove(&job_id) {
+    if let Some(tx) = lock(waiters).remove(&token) {
         let _ = tx.send(reply);
     }
 }

@@ -25,7 +25,8 @@ pub struct Job {
     pub server: String,
     /// The MCP request to send upstream.
     pub request: McpRequest,
-    /// Caller's idempotency key; sent as `Nats-Msg-Id` so a double submission is dropped.
+    /// Caller's idempotency key; sent as `Nats-Msg-Id` so a double submission is dropped. With a
+    /// key the id is derived from server and key (see [`idempotent_id`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     /// Unix time in milliseconds after which the job must not be started.
@@ -89,6 +90,16 @@ impl Job {
         }
     }
 
+    /// Makes the job idempotent under `key`: the id becomes a UUID derived from the server and
+    /// the key (v5), so every submission with the same key is the same job — JetStream drops
+    /// the duplicates inside its window, and the job record answers them after it.
+    pub fn with_idempotency_key(mut self, key: impl Into<String>) -> Self {
+        let key = key.into();
+        self.id = idempotent_id(&self.server, &key);
+        self.idempotency_key = Some(key);
+        self
+    }
+
     /// The `Nats-Msg-Id` for this job: the idempotency key when given, else the job id.
     pub fn msg_id(&self) -> String {
         match &self.idempotency_key {
@@ -96,6 +107,13 @@ impl Job {
             None => self.id.to_string(),
         }
     }
+}
+
+/// The job id of every job submitted to `server` with idempotency key `key`.
+pub fn idempotent_id(server: &str, key: &str) -> Uuid {
+    /// mcpq's namespace for idempotent job ids (a fixed random UUID).
+    const NAMESPACE: Uuid = Uuid::from_u128(0x6d63_7071_5f69_6465_6d70_6f74_656e_7401);
+    Uuid::new_v5(&NAMESPACE, format!("{server}\u{0}{key}").as_bytes())
 }
 
 /// Priority lane of a job. Workers take from higher lanes first.

@@ -27,7 +27,7 @@ pub(super) async fn caller(
         Box::pin(async move {
             if !wait {
                 return client
-                    .submit(&job, false)
+                    .submit(&job)
                     .await
                     .map(drop)
                     .map_err(|_| "publish".to_string());

@@ -4,6 +4,7 @@
 
 mod cli;
 mod flow;
+mod idempotency;
 mod load;
 mod restart;
 mod retry;

@@ -55,7 +55,7 @@ async fn calls_succeed_again_after_nats_server_restarts() {
             "web",
             McpRequest::call_tool("slow", serde_json::json!({"ms": 20}).as_object().cloned()),
         );
-        stack.client.submit(&job, false).await.expect("submitted");
+        stack.client.submit(&job).await.expect("submitted");
         ids.push(job.id);
     }
     stack.nats.restart();

@@ -8,7 +8,7 @@ use async_nats::jetstream::{AckKind, Message};
 use mcpq_schemas::{
     Attempt, DeadLetter, ErrorKind, Job, JobError, JobRecord, JobStatus, Outcome, Reply,
     config::ServerConfig,
-    names::{ENVELOPE_VERSION, HDR_REPLY_TO},
+    names::{ENVELOPE_VERSION, HDR_REPLAY_OF, HDR_REPLY_TO},
     now_ms,
 };
 use tracing::Instrument;
@@ -33,6 +33,8 @@ pub(crate) struct Pool {
 /// The part of a message the decision needs, read once, and the job's failed attempts so far.
 struct Delivery {
     reply_to: Option<String>,
+    /// Replayed from a dead letter: run it again even though its record says it ended.
+    replay: bool,
     attempt: u32,
     stream_seq: u64,
     history: Vec<Attempt>,
@@ -67,6 +69,10 @@ pub(crate) async fn handle(pool: &Pool, message: Message) {
             .as_ref()
             .and_then(|h| h.get(HDR_REPLY_TO))
             .map(|v| v.to_string()),
+        replay: message
+            .headers
+            .as_ref()
+            .is_some_and(|h| h.get(HDR_REPLAY_OF).is_some()),
         attempt,
         stream_seq,
         history: Vec::new(),
@@ -95,9 +101,11 @@ pub(crate) async fn handle(pool: &Pool, message: Message) {
 async fn run(pool: &Pool, message: &Message, mut delivery: Delivery, job: Job) {
     // A redelivered job may have completed already (the worker died between the upstream's
     // answer and the ack): answer from the record instead of calling the upstream again.
-    // Otherwise its record holds the failed attempts so far.
-    if delivery.attempt > 1
+    // Otherwise its record holds the failed attempts so far. A job with an idempotency key may
+    // be a resubmission of one that already ran (after JetStream's duplicate window).
+    if (delivery.attempt > 1 || job.idempotency_key.is_some())
         && let Some(record) = pool.outbox.existing(&job.id.to_string()).await
+        && !(delivery.replay && delivery.attempt == 1)
     {
         if let Some(reply) = record.to_reply() {
             tracing::info!(status = ?record.status, "already done; answering from the record");
