@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod cli;
+mod crash;
 mod flow;
 mod idempotency;
 mod load;

@@ -224,14 +224,29 @@ async fn a_dead_letter_is_listed_replayed_after_the_upstream_recovers_and_purged
 async fn a_job_past_its_deadline_is_never_sent_upstream() {
     let web = HttpFixture::start().await;
     let stack = Stack::start(&flaky_server(&web.url(), 3)).await;
-    let mut job = Job::new("web", McpRequest::call_tool("echo", serde_json::json!({"text": "late"}).as_object().cloned()));
+    let mut job = Job::new(
+        "web",
+        McpRequest::call_tool(
+            "echo",
+            serde_json::json!({"text": "late"}).as_object().cloned(),
+        ),
+    );
     job.deadline_ms = Some(mcpq_schemas::now_ms() - 1);
-    let reply = stack.client.call(&job, Duration::from_secs(30)).await.expect("a reply");
+    let reply = stack
+        .client
+        .call(&job, Duration::from_secs(30))
+        .await
+        .expect("a reply");
     let Outcome::Error { error } = &reply.outcome else {
         panic!("an expired job must not run: {reply:?}");
     };
     assert_eq!(error.kind, ErrorKind::Expired, "{error}");
-    let record = stack.client.record(job.id).await.unwrap().expect("a record");
+    let record = stack
+        .client
+        .record(job.id)
+        .await
+        .unwrap()
+        .expect("a record");
     assert_eq!(record.status, JobStatus::Expired);
     assert_eq!(web.fixture.calls(), 0, "the upstream never saw it");
     stack.stop().await;

@@ -112,3 +112,59 @@ impl Drop for Stack {
         self.stop.cancel();
     }
 }
+
+/// A real `mcpq worker` process, killed when dropped.
+pub struct WorkerProcess {
+    child: std::process::Child,
+}
+
+impl WorkerProcess {
+    /// Starts `mcpq worker` for the config at `config` on the NATS at `nats_url`.
+    pub fn spawn(config: &std::path::Path, nats_url: &str, id: &str) -> WorkerProcess {
+        let child = std::process::Command::new(crate::mcpq_bin())
+            .args(["worker", "--config"])
+            .arg(config)
+            .args(["--nats", nats_url, "--id", id, "--drain-grace", "20s"])
+            .env(
+                "MCPQ_LOG",
+                std::env::var("MCPQ_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .spawn()
+            .expect("start mcpq worker");
+        WorkerProcess { child }
+    }
+
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("a pid fits in i32")
+    }
+
+    /// Sends `signal` (e.g. "KILL", "TERM") with the `kill` command.
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit, at most `timeout`; its exit status, or None if it did not.
+    pub async fn wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -4,10 +4,10 @@
 use std::{sync::Arc, time::Duration};
 
 use async_nats::jetstream::{
-    self,
+    self, AckKind,
     consumer::{AckPolicy, pull},
 };
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use mcpq_schemas::names::{JOBS_STREAM, consumer_name, server_jobs_filter};
 use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -43,11 +43,17 @@ pub(crate) async fn run(pool: Arc<Pool>, shutdown: CancellationToken, grace: Dur
         tracing::info!(%server, concurrency = pool.server.concurrency, "consuming jobs");
         loop {
             let permit = tokio::select! {
-                () = shutdown.cancelled() => break 'bind,
+                () = shutdown.cancelled() => {
+                    hand_back(&server, &mut messages).await;
+                    break 'bind;
+                }
                 permit = capacity.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             };
             let next = tokio::select! {
-                () = shutdown.cancelled() => break 'bind,
+                () = shutdown.cancelled() => {
+                    hand_back(&server, &mut messages).await;
+                    break 'bind;
+                }
                 next = messages.next() => next,
             };
             match next {
@@ -86,6 +92,20 @@ pub(crate) async fn run(pool: Arc<Pool>, shutdown: CancellationToken, grace: Dur
         if drained.is_err() {
             tracing::warn!(%server, calls = in_flight.len(), "grace period over; unfinished jobs will be redelivered");
         }
+    }
+}
+
+/// On shutdown: NAKs the messages already pulled into this worker's buffer but not started, so
+/// other workers get them now instead of after AckWait.
+async fn hand_back(server: &str, messages: &mut pull::Stream) {
+    let mut handed = 0;
+    while let Some(Some(Ok(message))) = messages.next().now_or_never() {
+        if message.ack_with(AckKind::Nak(None)).await.is_ok() {
+            handed += 1;
+        }
+    }
+    if handed > 0 {
+        tracing::info!(%server, jobs = handed, "handed back jobs not started");
     }
 }
 
