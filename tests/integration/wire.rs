@@ -136,8 +136,16 @@ async fn malformed_jobs_are_dead_lettered_with_their_reason_and_the_worker_keeps
     let js = async_nats::jetstream::new(nats.clone());
     let mut dlq = js.get_stream("MCPQ_DLQ").await.expect("dlq stream");
     assert_eq!(dlq.info().await.unwrap().state.messages, cases.len() as u64);
-    let first = dlq.get_raw_message(1).await.expect("first dead letter");
-    let letter: serde_json::Value = serde_json::from_slice(&first.payload).unwrap();
+    // The worker handles messages concurrently, so the letters' order is not the publishing order.
+    let mut letters = Vec::new();
+    for seq in 1..=cases.len() as u64 {
+        let stored = dlq.get_raw_message(seq).await.expect("a dead letter");
+        letters.push(serde_json::from_slice::<serde_json::Value>(&stored.payload).unwrap());
+    }
+    let letter = letters
+        .iter()
+        .find(|l| l["headers"]["Mcpq-Reply-To"] == "pipeline.bad.not-json")
+        .expect("the not-JSON message's dead letter");
     assert_eq!(letter["server"], "web");
     assert_eq!(letter["reason"]["kind"], "malformed_job");
     assert_eq!(letter["raw"], "{this is not json");
