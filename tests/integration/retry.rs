@@ -7,10 +7,11 @@ use std::time::Duration;
 use mcpq_schemas::{ErrorKind, Job, JobStatus, McpRequest, Outcome};
 use mcpq_tests::{fixture::HttpFixture, stack::Stack};
 
-/// The HTTP fixture with a short timeout (a hanging call fails fast) and a quick retry policy.
+/// The HTTP fixture with a short timeout (a hanging call fails fast, yet a quick one never
+/// times out on a loaded machine) and a quick retry policy.
 fn flaky_server(url: &str, max_attempts: u32) -> String {
     format!(
-        "  - name: web\n    type: http\n    endpoint: {url}\n    timeout: 300ms\n    \
+        "  - name: web\n    type: http\n    endpoint: {url}\n    timeout: 1s\n    \
          retry: {{maxAttempts: {max_attempts}, initial: 100ms, max: 400ms}}\n"
     )
 }
@@ -34,7 +35,7 @@ async fn a_flaky_upstream_succeeds_after_retries_with_each_attempt_recorded() {
     let reply = call(
         &stack,
         "flaky",
-        serde_json::json!({"key": "k", "failures": 3, "hang_ms": 2000}),
+        serde_json::json!({"key": "k", "failures": 3, "hang_ms": 4000}),
     )
     .await;
     let Outcome::Ok { result } = &reply.outcome else {
@@ -87,7 +88,7 @@ async fn a_flaky_upstream_succeeds_after_retries_with_each_attempt_recorded() {
 async fn an_always_failing_call_ends_in_one_dead_letter_with_every_attempt() {
     let web = HttpFixture::start().await;
     let stack = Stack::start(&flaky_server(&web.url(), 3)).await;
-    let reply = call(&stack, "slow", serde_json::json!({"ms": 2000})).await;
+    let reply = call(&stack, "slow", serde_json::json!({"ms": 4000})).await;
     let Outcome::Error { error } = &reply.outcome else {
         panic!("a call that always times out cannot succeed: {reply:?}");
     };
@@ -163,7 +164,7 @@ async fn a_dead_letter_is_listed_replayed_after_the_upstream_recovers_and_purged
     let reply = call(
         &stack,
         "flaky",
-        serde_json::json!({"key": "r", "failures": 2, "hang_ms": 2000}),
+        serde_json::json!({"key": "r", "failures": 2, "hang_ms": 4000}),
     )
     .await;
     assert!(matches!(reply.outcome, Outcome::Error { .. }), "{reply:?}");
