@@ -57,6 +57,9 @@ pub struct ServerConfig {
     pub autoscale: Option<AutoScale>,
     /// How failed calls are retried.
     pub retry: RetryConfig,
+    /// How long a job held by a worker that stopped answering waits before redelivery; workers
+    /// send progress acks every third of it while they work.
+    pub ack_wait: Duration,
 }
 
 /// Retries of one server's failed calls: exponential backoff with full jitter.

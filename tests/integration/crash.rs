@@ -21,11 +21,11 @@ async fn rig() -> Rig {
     let nats = NatsServer::start();
     let web = HttpFixture::start().await;
     let config = tempfile::NamedTempFile::new().unwrap();
-    // timeout 2s keeps AckWait (2 × timeout + 10 s) short for the redelivery after a SIGKILL.
+    // A short AckWait: the jobs a SIGKILLed worker held come back soon.
     std::fs::write(
         config.path(),
         format!(
-            "version: \"1.0\"\nservers:\n  - name: web\n    type: http\n    endpoint: {}\n    timeout: 2s\n    concurrency: 8\n",
+            "version: \"1.0\"\nservers:\n  - name: web\n    type: http\n    endpoint: {}\n    timeout: 2s\n    ackWait: 2s\n    concurrency: 8\n",
             web.url()
         ),
     )

@@ -10,9 +10,9 @@ use mcpq_tests::{fixture::HttpFixture, stack::Stack};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_succeed_again_after_nats_server_restarts() {
     let web = HttpFixture::start().await;
-    // A short timeout keeps AckWait short: jobs whose ack was lost in the restart come back soon.
+    // A short AckWait: jobs whose ack was lost in the restart come back soon.
     let servers = format!(
-        "  - name: web\n    type: http\n    endpoint: {}\n    concurrency: 64\n    timeout: 2s\n",
+        "  - name: web\n    type: http\n    endpoint: {}\n    concurrency: 64\n    timeout: 2s\n    ackWait: 2s\n",
         web.url()
     );
     let mut stack = Stack::start(&servers).await;

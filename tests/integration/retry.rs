@@ -252,3 +252,27 @@ async fn a_job_past_its_deadline_is_never_sent_upstream() {
     assert_eq!(web.fixture.calls(), 0, "the upstream never saw it");
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_slower_than_ack_wait_runs_once() {
+    let web = HttpFixture::start().await;
+    let server = format!(
+        "  - name: web\n    type: http\n    endpoint: {}\n    timeout: 20s\n    ackWait: 1s\n",
+        web.url()
+    );
+    let stack = Stack::start(&server).await;
+    let reply = call(&stack, "slow", serde_json::json!({"ms": 3500})).await;
+    assert!(matches!(reply.outcome, Outcome::Ok { .. }), "{reply:?}");
+    let record = stack
+        .client
+        .record(reply.job_id)
+        .await
+        .unwrap()
+        .expect("a record");
+    assert_eq!(
+        record.attempts, 1,
+        "never redelivered while the worker held it"
+    );
+    assert_eq!(web.fixture.calls(), 1, "the upstream ran it once");
+    stack.stop().await;
+}

@@ -28,6 +28,8 @@ pub(crate) struct Pool {
     pub outbox: Outbox,
     pub retry: RetryPolicy,
     pub worker_id: String,
+    /// The consumer's AckWait; progress acks go out every third of it.
+    pub ack_wait: Duration,
 }
 
 /// The part of a message the decision needs, read once, and the job's failed attempts so far.
@@ -95,7 +97,20 @@ pub(crate) async fn handle(pool: &Pool, message: Message) {
         attempt,
         stream_seq
     );
-    run(pool, &message, delivery, job).instrument(span).await;
+    // While the job is held, tell JetStream it is still being worked on, so a call longer than
+    // AckWait is not delivered to a second worker.
+    let keepalive = async {
+        let mut tick = tokio::time::interval(pool.ack_wait / 3);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let _ = message.ack_with(AckKind::Progress).await;
+        }
+    };
+    tokio::select! {
+        () = run(pool, &message, delivery, job).instrument(span) => {}
+        () = keepalive => {}
+    }
 }
 
 async fn run(pool: &Pool, message: &Message, mut delivery: Delivery, job: Job) {

@@ -1,13 +1,17 @@
-//! The pull loop of one server: bind the durable consumer, take messages while there is
-//! capacity, hand each to [`crate::attempt`], and bind again if the consumer disappears.
+//! The pull loop of one server: bind the durable consumer, pull only as many messages as can
+//! start now, hand each to [`crate::attempt`], and bind again if the consumer disappears.
+//!
+//! Pulling only for free slots matters: a message waiting in a client-side buffer gets no
+//! progress acks, so with a slow upstream it could outlive AckWait there and be delivered to a
+//! second worker while the first still holds it.
 
 use std::{sync::Arc, time::Duration};
 
 use async_nats::jetstream::{
     self, AckKind,
-    consumer::{AckPolicy, pull},
+    consumer::{AckPolicy, PullConsumer, pull},
 };
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use mcpq_schemas::names::{JOBS_STREAM, consumer_name, server_jobs_filter};
 use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -17,6 +21,11 @@ use crate::attempt::{self, Pool};
 /// How many deliveries the server allows; kept above the retry policy's attempts so that the
 /// worker's own dead-lettering always runs first.
 const SERVER_MAX_DELIVER_MARGIN: i64 = 5;
+/// Most messages asked for in one pull.
+const MAX_PULL: usize = 256;
+/// How long one pull waits on the server for messages; short, so slots freed meanwhile are
+/// offered again soon.
+const PULL_EXPIRES: Duration = Duration::from_secs(1);
 
 /// Runs until `shutdown`, then waits up to `grace` for calls in flight.
 pub(crate) async fn run(pool: Arc<Pool>, shutdown: CancellationToken, grace: Duration) {
@@ -25,11 +34,8 @@ pub(crate) async fn run(pool: Arc<Pool>, shutdown: CancellationToken, grace: Dur
     let mut in_flight = JoinSet::new();
     let mut backoff = Duration::from_millis(100);
     'bind: while !shutdown.is_cancelled() {
-        let mut messages = match bind(&pool).await {
-            Ok(messages) => {
-                backoff = Duration::from_millis(100);
-                messages
-            }
+        let consumer = match bind(&pool).await {
+            Ok(consumer) => consumer,
             Err(e) => {
                 tracing::warn!(%server, error = %e, retry = ?backoff, "cannot bind the job consumer");
                 tokio::select! {
@@ -42,41 +48,59 @@ pub(crate) async fn run(pool: Arc<Pool>, shutdown: CancellationToken, grace: Dur
         };
         tracing::info!(%server, concurrency = pool.server.concurrency, "consuming jobs");
         loop {
-            let permit = tokio::select! {
-                () = shutdown.cancelled() => {
-                    hand_back(&server, &mut messages).await;
-                    break 'bind;
-                }
-                permit = capacity.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            // Wait for one free slot, then take every other free one: that is what we pull.
+            let mut permits = tokio::select! {
+                () = shutdown.cancelled() => break 'bind,
+                permit = capacity.clone().acquire_owned() => vec![permit.expect("the semaphore is never closed")],
             };
-            let next = tokio::select! {
-                () = shutdown.cancelled() => {
-                    hand_back(&server, &mut messages).await;
-                    break 'bind;
+            while permits.len() < MAX_PULL {
+                match capacity.clone().try_acquire_owned() {
+                    Ok(permit) => permits.push(permit),
+                    Err(_) => break,
                 }
-                next = messages.next() => next,
-            };
-            match next {
-                Some(Ok(message)) => {
-                    let pool = pool.clone();
-                    in_flight.spawn(async move {
-                        attempt::handle(&pool, message).await;
-                        drop(permit);
-                    });
-                }
-                Some(Err(e)) => {
-                    use pull::MessagesErrorKind as K;
-                    match e.kind() {
-                        K::ConsumerDeleted | K::NoResponders | K::RequestLimitExceeded => {
-                            tracing::warn!(%server, error = %e, "job consumer lost; binding again");
-                            continue 'bind;
-                        }
-                        _ => tracing::debug!(%server, error = %e, "pull hiccup"),
-                    }
-                }
-                None => {
-                    tracing::warn!(%server, "job stream ended; binding again");
+            }
+            let pulled = consumer
+                .batch()
+                .max_messages(permits.len())
+                .expires(PULL_EXPIRES)
+                .messages()
+                .await;
+            let mut batch = match pulled {
+                Ok(batch) => batch,
+                Err(e) => {
+                    tracing::warn!(%server, error = %e, "pull failed; binding again");
+                    tokio::time::sleep(backoff).await;
                     continue 'bind;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            loop {
+                let next = tokio::select! {
+                    () = shutdown.cancelled() => {
+                        hand_back(&server, &mut batch).await;
+                        break 'bind;
+                    }
+                    next = batch.next() => next,
+                };
+                match next {
+                    // The pull is over (filled or expired): pull again for what is free.
+                    None => break,
+                    Some(Ok(message)) => {
+                        let Some(permit) = permits.pop() else {
+                            // More than asked for; cannot happen, but never hold it unstarted.
+                            let _ = message.ack_with(AckKind::Nak(None)).await;
+                            continue;
+                        };
+                        let pool = pool.clone();
+                        in_flight.spawn(async move {
+                            attempt::handle(&pool, message).await;
+                            drop(permit);
+                        });
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(%server, error = %e, "pull interrupted; binding again");
+                        continue 'bind;
+                    }
                 }
             }
             while in_flight.try_join_next().is_some() {}
@@ -95,9 +119,12 @@ pub(crate) async fn run(pool: Arc<Pool>, shutdown: CancellationToken, grace: Dur
     }
 }
 
-/// On shutdown: NAKs the messages already pulled into this worker's buffer but not started, so
-/// other workers get them now instead of after AckWait.
-async fn hand_back(server: &str, messages: &mut pull::Stream) {
+/// On shutdown: NAKs messages already delivered to this worker but not started, so other
+/// workers get them now instead of after AckWait.
+async fn hand_back<S, E>(server: &str, messages: &mut S)
+where
+    S: Stream<Item = Result<jetstream::Message, E>> + Unpin,
+{
     let mut handed = 0;
     while let Some(Some(Ok(message))) = messages.next().now_or_never() {
         if message.ack_with(AckKind::Nak(None)).await.is_ok() {
@@ -109,8 +136,8 @@ async fn hand_back(server: &str, messages: &mut pull::Stream) {
     }
 }
 
-/// Creates (or updates) the server's durable consumer and opens a pull stream on it.
-async fn bind(pool: &Pool) -> Result<pull::Stream, String> {
+/// Creates (or updates) the server's durable consumer.
+async fn bind(pool: &Pool) -> Result<PullConsumer, String> {
     let stream = pool
         .outbox
         .js
@@ -118,29 +145,19 @@ async fn bind(pool: &Pool) -> Result<pull::Stream, String> {
         .await
         .map_err(|e| e.to_string())?;
     let server = &pool.server;
-    let consumer: jetstream::consumer::PullConsumer = stream
+    stream
         .create_consumer(pull::Config {
             durable_name: Some(consumer_name(&server.name)),
             description: Some(format!("mcpq workers of server {}", server.name)),
             filter_subject: server_jobs_filter(&server.name),
             ack_policy: AckPolicy::Explicit,
-            // A message can wait in the pull buffer for a free slot (at most one call's
-            // timeout) and then run for one timeout; AckWait covers both, so a slow call is not
-            // redelivered to a second worker while the first still works on it.
-            ack_wait: server.timeout * 2 + Duration::from_secs(10),
-
+            // Workers send progress acks every AckWait/3 while they hold a message, so AckWait
+            // only bounds how long a dead worker's jobs wait before redelivery.
+            ack_wait: pool.ack_wait,
             max_deliver: i64::from(pool.retry.max_attempts) + SERVER_MAX_DELIVER_MARGIN,
             max_ack_pending: 10_000,
             ..Default::default()
         })
-        .await
-        .map_err(|e| e.to_string())?;
-    consumer
-        .stream()
-        .max_messages_per_batch(server.concurrency.clamp(1, 256))
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
         .await
         .map_err(|e| e.to_string())
 }

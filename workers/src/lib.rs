@@ -136,6 +136,7 @@ pub async fn run(
             shutdown.clone(),
         ));
         let retry = RetryPolicy::from(server.retry);
+        let server_ack_wait = server.ack_wait;
         let pool = Arc::new(attempt::Pool {
             server,
             upstream,
@@ -145,6 +146,7 @@ pub async fn run(
                 results: results.clone(),
             },
             retry,
+            ack_wait: server_ack_wait,
 
             worker_id: options.worker_id.clone(),
         });

@@ -77,6 +77,10 @@ pub struct ServerSection {
     /// Upstream calls in flight at once per worker process (default 16).
     #[serde(default)]
     pub concurrency: Option<usize>,
+    /// How long a job held by a worker that died waits before another worker gets it, e.g.
+    /// "30s" (default 30s). Live workers extend it with progress acks while they work.
+    #[serde(default)]
+    pub ack_wait: Option<DurationText>,
     /// Retries of failed calls (default: 3 attempts, backoff from 200ms up to 30s).
     #[serde(default)]
     pub retry: Option<RetrySection>,

@@ -17,6 +17,7 @@ const DEFAULT_CONCURRENCY: usize = 16;
 const MAX_CONCURRENCY: usize = 10_000;
 const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(24 * 3600);
 const MAX_ATTEMPTS: u32 = 100;
+const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
 
 pub(super) fn validate(raw: ConfigFile) -> Result<Config, ConfigErrors> {
     let mut errors = Vec::new();
@@ -282,6 +283,13 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
             target_cpu_percent,
         }
     });
+    let ack_wait = s.ack_wait.map_or(DEFAULT_ACK_WAIT, |d| d.0);
+    if ack_wait < Duration::from_secs(1) || ack_wait > MAX_TIMEOUT {
+        err(
+            "ackWait",
+            format!("{ack_wait:?} is out of range (1s to 24h)"),
+        );
+    }
     let defaults = RetryConfig::default();
     let retry = s.retry.map_or(defaults, |r| RetryConfig {
         max_attempts: r.max_attempts.unwrap_or(defaults.max_attempts),
@@ -320,6 +328,7 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
         replicas,
         autoscale,
         retry,
+        ack_wait,
     })
 }
 
