@@ -51,14 +51,7 @@ impl Dispatcher {
         options: HttpOptions,
     ) -> Result<Dispatcher, DispatcherError> {
         let js = async_nats::jetstream::new(nats.clone());
-        ensure_topology(
-            &js,
-            &Topology {
-                replicas: config.nats.replicas,
-                result_ttl: config.nats.result_ttl,
-            },
-        )
-        .await?;
+        ensure_topology(&js, &Topology::from(&config.nats)).await?;
         let catalog = Catalog::watch(&js)
             .await
             .map_err(DispatcherError::Catalog)?;

@@ -143,11 +143,7 @@ impl Client {
     /// Waits at most `timeout` for the job's record to say it ended, and answers from it.
     pub async fn wait(&self, job_id: Uuid, timeout: Duration) -> Result<Reply, ClientError> {
         let fail = |reason: String| ClientError::Record { job_id, reason };
-        let bucket = self
-            .js
-            .get_key_value(RESULTS_BUCKET)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+        let bucket = self.results(job_id).await?;
         let mut updates = bucket
             .watch_with_history(job_id.to_string())
             .await
@@ -170,14 +166,22 @@ impl Client {
         }
     }
 
+    /// The results bucket (looked up per use: a pipeline's client may start before the bucket
+    /// exists).
+    async fn results(&self, job_id: Uuid) -> Result<jetstream::kv::Store, ClientError> {
+        self.js
+            .get_key_value(RESULTS_BUCKET)
+            .await
+            .map_err(|e| ClientError::Record {
+                job_id,
+                reason: e.to_string(),
+            })
+    }
+
     /// The stored record of a job, if it has one yet.
     pub async fn record(&self, job_id: Uuid) -> Result<Option<JobRecord>, ClientError> {
         let fail = |reason: String| ClientError::Record { job_id, reason };
-        let bucket = self
-            .js
-            .get_key_value(RESULTS_BUCKET)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+        let bucket = self.results(job_id).await?;
         match bucket
             .get(job_id.to_string())
             .await

@@ -46,6 +46,15 @@ pub struct Topology {
     pub result_ttl: Duration,
 }
 
+impl From<&crate::config::NatsConfig> for Topology {
+    fn from(nats: &crate::config::NatsConfig) -> Self {
+        Topology {
+            replicas: nats.replicas,
+            result_ttl: nats.result_ttl,
+        }
+    }
+}
+
 impl Default for Topology {
     fn default() -> Self {
         Topology {

@@ -101,14 +101,7 @@ pub async fn run(
             .collect::<Result<_, _>>()?
     };
     let js = async_nats::jetstream::new(client.clone());
-    ensure_topology(
-        &js,
-        &Topology {
-            replicas: config.nats.replicas,
-            result_ttl: config.nats.result_ttl,
-        },
-    )
-    .await?;
+    ensure_topology(&js, &Topology::from(&config.nats)).await?;
     let bucket = |name: &'static str| {
         let js = js.clone();
         async move {
