@@ -63,6 +63,17 @@ impl Rig {
         ids
     }
 
+    /// Waits until the upstream has started a few calls: the first worker is mid-call.
+    async fn upstream_busy(&self) {
+        let web = &self.web;
+        mcpq_tests::eventually(
+            "the first worker to be mid-call",
+            Duration::from_secs(30),
+            || async move { (web.fixture.calls() >= 4).then_some(()) },
+        )
+        .await;
+    }
+
     async fn all_completed(&self, ids: &[Uuid], within: Duration) {
         let client = self.client.clone();
         let ids = ids.to_vec();
@@ -87,13 +98,7 @@ async fn jobs_of_a_sigkilled_worker_are_done_by_another() {
     let rig = rig().await;
     let first = rig.worker("first");
     let ids = rig.submit_slow(20, 1000).await;
-    let web = &rig.web;
-    mcpq_tests::eventually(
-        "the first worker to be mid-call",
-        Duration::from_secs(30),
-        || async move { (web.fixture.calls() >= 4).then_some(()) },
-    )
-    .await;
+    rig.upstream_busy().await;
     first.signal("KILL");
     drop(first);
     let _second = rig.worker("second");
@@ -107,13 +112,7 @@ async fn a_sigtermed_worker_finishes_its_calls_and_loses_nothing() {
     let rig = rig().await;
     let mut first = rig.worker("first");
     let ids = rig.submit_slow(40, 500).await;
-    let web = &rig.web;
-    mcpq_tests::eventually(
-        "the first worker to be mid-call",
-        Duration::from_secs(30),
-        || async move { (web.fixture.calls() >= 4).then_some(()) },
-    )
-    .await;
+    rig.upstream_busy().await;
     first.signal("TERM");
     let status = first
         .wait(Duration::from_secs(30))

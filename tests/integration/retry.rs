@@ -43,12 +43,7 @@ async fn a_flaky_upstream_succeeds_after_retries_with_each_attempt_recorded() {
     };
     assert_eq!(crate::first_text(result), "answered on call 4");
 
-    let record = stack
-        .client
-        .record(reply.job_id)
-        .await
-        .unwrap()
-        .expect("a record");
+    let record = stack.record(reply.job_id).await;
     assert_eq!(record.status, JobStatus::Completed);
     assert_eq!(record.attempts, 4);
     assert_eq!(
@@ -94,12 +89,7 @@ async fn an_always_failing_call_ends_in_one_dead_letter_with_every_attempt() {
     };
     assert_eq!(error.kind, ErrorKind::Timeout);
 
-    let record = stack
-        .client
-        .record(reply.job_id)
-        .await
-        .unwrap()
-        .expect("a record");
+    let record = stack.record(reply.job_id).await;
     assert_eq!(record.status, JobStatus::Dead);
     assert_eq!(record.failed_attempts.len(), 3);
     assert_eq!(
@@ -242,12 +232,7 @@ async fn a_job_past_its_deadline_is_never_sent_upstream() {
         panic!("an expired job must not run: {reply:?}");
     };
     assert_eq!(error.kind, ErrorKind::Expired, "{error}");
-    let record = stack
-        .client
-        .record(job.id)
-        .await
-        .unwrap()
-        .expect("a record");
+    let record = stack.record(job.id).await;
     assert_eq!(record.status, JobStatus::Expired);
     assert_eq!(web.fixture.calls(), 0, "the upstream never saw it");
     stack.stop().await;
@@ -263,12 +248,7 @@ async fn a_call_slower_than_ack_wait_runs_once() {
     let stack = Stack::start(&server).await;
     let reply = call(&stack, "slow", serde_json::json!({"ms": 3500})).await;
     assert!(matches!(reply.outcome, Outcome::Ok { .. }), "{reply:?}");
-    let record = stack
-        .client
-        .record(reply.job_id)
-        .await
-        .unwrap()
-        .expect("a record");
+    let record = stack.record(reply.job_id).await;
     assert_eq!(
         record.attempts, 1,
         "never redelivered while the worker held it"

@@ -98,6 +98,15 @@ impl Stack {
             .unwrap_or_else(|e| panic!("call {server}/{tool}: {e}"))
     }
 
+    /// The stored record of a job; panics if it has none.
+    pub async fn record(&self, job_id: uuid::Uuid) -> mcpq_schemas::JobRecord {
+        self.client
+            .record(job_id)
+            .await
+            .unwrap_or_else(|e| panic!("read the record of {job_id}: {e}"))
+            .unwrap_or_else(|| panic!("job {job_id} has no record"))
+    }
+
     /// Stops dispatcher and workers and waits for the workers to drain.
     pub async fn stop(mut self) {
         self.stop.cancel();
