@@ -60,6 +60,15 @@ pub struct ServerConfig {
     /// How long a job held by a worker that stopped answering waits before redelivery; workers
     /// send progress acks every third of it while they work.
     pub ack_wait: Duration,
+    /// Calls per second to this upstream, shared by all of its live workers.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A global rate limit: `per_second` calls, bursts of up to `burst`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: u32,
 }
 
 /// Retries of one server's failed calls: exponential backoff with full jitter.

@@ -14,6 +14,8 @@ pub const DLQ_STREAM: &str = "MCPQ_DLQ";
 pub const RESULTS_BUCKET: &str = "mcpq_results";
 /// KV bucket of tool catalogs, keyed by server name.
 pub const CATALOG_BUCKET: &str = "mcpq_catalog";
+/// KV bucket of live workers, keyed `<server>.<worker>`; entries expire unless refreshed.
+pub const WORKERS_BUCKET: &str = "mcpq_workers";
 
 /// Header: the subject a worker publishes the reply (and progress events) to.
 pub const HDR_REPLY_TO: &str = "Mcpq-Reply-To";

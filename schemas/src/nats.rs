@@ -8,7 +8,11 @@ use async_nats::jetstream::{self, kv, stream};
 
 use crate::names::{
     CATALOG_BUCKET, DLQ_STREAM, DLQ_SUBJECTS, JOBS_STREAM, JOBS_SUBJECTS, RESULTS_BUCKET,
+    WORKERS_BUCKET,
 };
+
+/// How long a worker counts as live after its last heartbeat.
+pub const WORKER_TTL: Duration = Duration::from_secs(10);
 
 /// The oldest nats-server mcpq runs on: per-message TTLs and `+TERM` with a reason need 2.11.
 pub const MIN_SERVER_VERSION: (u64, u64) = (2, 11);
@@ -175,6 +179,17 @@ pub async fn ensure_topology(
     })
     .await
     .map_err(|e| fail("bucket mcpq_catalog")(&e))?;
+    js.create_or_update_key_value(kv::Config {
+        bucket: WORKERS_BUCKET.into(),
+        description: "mcpq live workers (heartbeats), keyed by <server>.<worker>".into(),
+        history: 1,
+        max_age: WORKER_TTL,
+        storage: stream::StorageType::Memory,
+        num_replicas: topology.replicas,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| fail("bucket mcpq_workers")(&e))?;
     Ok(())
 }
 

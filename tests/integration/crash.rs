@@ -17,6 +17,11 @@ struct Rig {
 }
 
 async fn rig() -> Rig {
+    rig_with("").await
+}
+
+/// A rig whose server entry ends with `extra` config lines.
+async fn rig_with(extra: &str) -> Rig {
     mcpq_tests::init_logging();
     let nats = NatsServer::start();
     let web = HttpFixture::start().await;
@@ -25,8 +30,8 @@ async fn rig() -> Rig {
     std::fs::write(
         config.path(),
         format!(
-            "version: \"1.0\"\nservers:\n  - name: web\n    type: http\n    endpoint: {}\n    timeout: 2s\n    ackWait: 2s\n    concurrency: 8\n",
-            web.url()
+            "version: \"1.0\"\nservers:\n  - name: web\n    type: http\n    endpoint: {}\n    timeout: 2s\n    ackWait: 2s\n    concurrency: 8\n{extra}",
+            web.url(),
         ),
     )
     .unwrap();
@@ -51,11 +56,16 @@ impl Rig {
 
     /// Submits `n` slow jobs (no reply inbox) and returns their ids.
     async fn submit_slow(&self, n: usize, ms: u64) -> Vec<Uuid> {
+        self.submit(n, "slow", serde_json::json!({"ms": ms})).await
+    }
+
+    /// Submits `n` calls of `tool` (no reply inbox) and returns their ids.
+    async fn submit(&self, n: usize, tool: &str, arguments: serde_json::Value) -> Vec<Uuid> {
         let mut ids = Vec::new();
         for _ in 0..n {
             let job = Job::new(
                 "web",
-                McpRequest::call_tool("slow", serde_json::json!({"ms": ms}).as_object().cloned()),
+                McpRequest::call_tool(tool, arguments.as_object().cloned()),
             );
             self.client.submit(&job).await.expect("submitted");
             ids.push(job.id);
@@ -122,4 +132,67 @@ async fn a_sigtermed_worker_finishes_its_calls_and_loses_nothing() {
     let _second = rig.worker("second");
     rig.all_completed(&ids, Duration::from_secs(90)).await;
     assert_eq!(rig.web.fixture.calls(), 40, "every job ran exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_share_one_rate_limit() {
+    const RATE: f64 = 20.0;
+    let rig = rig_with("    rateLimit: {perSecond: 20, burst: 3}\n").await;
+    let _workers: Vec<_> = ["a", "b", "c"].iter().map(|id| rig.worker(id)).collect();
+
+    // Wait until every worker has counted all three: each heartbeat is a put then a count, so a
+    // put that comes after all three keys exist is followed by a count of three.
+    let nats = connect(&rig.nats.url(), "test-heartbeats").await.unwrap();
+    let bucket = async_nats::jetstream::new(nats)
+        .get_key_value("mcpq_workers")
+        .await
+        .unwrap();
+    let revisions = |bucket: async_nats::jetstream::kv::Store| async move {
+        let mut seen = std::collections::BTreeMap::new();
+        for key in ["web.a", "web.b", "web.c"] {
+            seen.insert(key, bucket.entry(key).await.ok()??.revision);
+        }
+        Some(seen)
+    };
+    let all_three = mcpq_tests::eventually("three heartbeats", Duration::from_secs(30), || {
+        revisions(bucket.clone())
+    })
+    .await;
+    mcpq_tests::eventually(
+        "every worker to beat again",
+        Duration::from_secs(30),
+        || {
+            let (bucket, all_three) = (bucket.clone(), all_three.clone());
+            async move {
+                let now = revisions(bucket).await?;
+                now.iter().all(|(k, r)| *r > all_three[k]).then_some(())
+            }
+        },
+    )
+    .await;
+
+    let ids = rig.submit(90, "stamp", serde_json::json!({})).await;
+    rig.all_completed(&ids, Duration::from_secs(60)).await;
+    let stamps = rig.web.fixture.stamps();
+    assert_eq!(stamps.len(), 90);
+    let first = stamps[0];
+    let seconds = (stamps[89] - first).as_secs_f64();
+    let rate = 89.0 / seconds;
+    // Never faster than the limit (10 % for clocks and scheduling), and no second holds more
+    // than the limit plus the shared burst.
+    assert!(
+        rate <= RATE * 1.1,
+        "3 workers made {rate:.1} calls/s against a limit of {RATE}/s"
+    );
+    for (i, t) in stamps.iter().enumerate() {
+        let in_window = stamps[i..]
+            .iter()
+            .take_while(|u| **u - *t < Duration::from_secs(1))
+            .count();
+        assert!(
+            in_window <= 23,
+            "{in_window} calls within one second at call {i}"
+        );
+    }
+    eprintln!("three workers, limit {RATE}/s: measured {rate:.1} calls/s over {seconds:.1} s");
 }

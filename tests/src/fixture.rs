@@ -62,6 +62,8 @@ struct State {
     listeners: Mutex<Vec<SubscriptionSink>>,
     /// Calls so far per `flaky` key.
     flaky: Mutex<std::collections::HashMap<String, u32>>,
+    /// When each `stamp` call arrived.
+    stamps: Mutex<Vec<std::time::Instant>>,
 }
 
 /// The fixture's tools.
@@ -154,6 +156,17 @@ impl Fixture {
         format!("answered on call {call}")
     }
 
+    #[tool(description = "Note the time of this call (for rate measurements) and answer")]
+    fn stamp(&self) -> String {
+        self.count();
+        self.state
+            .stamps
+            .lock()
+            .expect("stamps")
+            .push(std::time::Instant::now());
+        "stamped".into()
+    }
+
     #[tool(description = "Reveal the bonus tool and tell listeners the tool list changed")]
 
     async fn grow(&self) -> String {
@@ -187,6 +200,11 @@ impl Fixture {
 impl Fixture {
     fn count(&self) -> u64 {
         self.state.calls.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// When each `stamp` call arrived, in order.
+    pub fn stamps(&self) -> Vec<std::time::Instant> {
+        self.state.stamps.lock().expect("stamps").clone()
     }
 
     /// Answered calls so far.

@@ -30,6 +30,8 @@ pub(crate) struct Pool {
     pub worker_id: String,
     /// The consumer's AckWait; progress acks go out every third of it.
     pub ack_wait: Duration,
+    /// This worker's share of the server's rate limit, if it has one.
+    pub limiter: Option<std::sync::Arc<crate::limit::Limiter>>,
 }
 
 /// The part of a message the decision needs, read once, and the job's failed attempts so far.
@@ -134,6 +136,11 @@ async fn run(pool: &Pool, message: &Message, mut delivery: Delivery, job: Job) {
         delivery.history = record.failed_attempts;
     }
     let delivery = &mut delivery;
+    // Over the rate limit the job waits here, held (progress acks continue), then is checked
+    // against its deadline like any other.
+    if let Some(limiter) = &pool.limiter {
+        limiter.ready().await;
+    }
     let now = now_ms();
     let mut timeout = pool.server.timeout;
     if let Some(deadline) = job.deadline_ms {

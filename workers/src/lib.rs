@@ -11,6 +11,7 @@ mod catalog;
 mod consume;
 mod decide;
 mod decode;
+mod limit;
 mod outbox;
 mod upstream;
 
@@ -20,7 +21,7 @@ pub use call::{META_IDEMPOTENCY_KEY, META_JOB_ID};
 pub use decide::{Decision, RetryPolicy, Verdict, decide};
 use mcpq_schemas::{
     config::Config,
-    names::{CATALOG_BUCKET, RESULTS_BUCKET},
+    names::{CATALOG_BUCKET, RESULTS_BUCKET, WORKERS_BUCKET},
     nats::{NatsError, Topology, ensure_topology},
 };
 use tokio_util::sync::CancellationToken;
@@ -115,6 +116,7 @@ pub async fn run(
     };
     let results = bucket(RESULTS_BUCKET).await?;
     let catalog = bucket(CATALOG_BUCKET).await?;
+    let workers = bucket(WORKERS_BUCKET).await?;
 
     let mut tasks = tokio::task::JoinSet::new();
     let mut upstreams = Vec::new();
@@ -129,6 +131,15 @@ pub async fn run(
             shutdown.clone(),
         ));
         let retry = RetryPolicy::from(server.retry);
+        let limiter = server.rate_limit.map(|l| Arc::new(limit::Limiter::new(l)));
+        // The heartbeat outlives the pull loop by its drain, so peers keep our share until then.
+        tasks.spawn(limit::heartbeat(
+            workers.clone(),
+            server.name.clone(),
+            options.worker_id.clone(),
+            limiter.clone(),
+            shutdown.clone(),
+        ));
         let server_ack_wait = server.ack_wait;
         let pool = Arc::new(attempt::Pool {
             server,
@@ -140,7 +151,7 @@ pub async fn run(
             },
             retry,
             ack_wait: server_ack_wait,
-
+            limiter,
             worker_id: options.worker_id.clone(),
         });
         tasks.spawn(consume::run(pool, shutdown.clone(), options.drain_grace));

@@ -81,9 +81,22 @@ pub struct ServerSection {
     /// "30s" (default 30s). Live workers extend it with progress acks while they work.
     #[serde(default)]
     pub ack_wait: Option<DurationText>,
+    /// Calls per second to this upstream, for all its workers together; calls over it wait.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitSection>,
     /// Retries of failed calls (default: 3 attempts, backoff from 200ms up to 30s).
     #[serde(default)]
     pub retry: Option<RetrySection>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateLimitSection {
+    /// Calls per second, e.g. 10 or 0.5.
+    pub per_second: f64,
+    /// Calls that may go at once after a quiet spell (default 1).
+    #[serde(default)]
+    pub burst: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

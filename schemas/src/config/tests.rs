@@ -177,6 +177,16 @@ const BAD: &[(&str, &str, &str)] = &[
     ),
     ("version: \"1.0\"\nservers: []", "servers", "at least one"),
     (
+        "version: \"1.0\"\nservers: [{name: a, type: stdio, command: x, rateLimit: {perSecond: 0}}]",
+        "servers[0].rateLimit.perSecond",
+        "0",
+    ),
+    (
+        "version: \"1.0\"\nservers: [{name: a, type: stdio, command: x, rateLimit: {perSecond: 5, burst: 0}}]",
+        "servers[0].rateLimit.burst",
+        "0",
+    ),
+    (
         "version: \"1.0\"\nservers: [{name: a, type: stdio, command: x, retry: {maxAttempts: 0}}]",
         "servers[0].retry.maxAttempts",
         "0",

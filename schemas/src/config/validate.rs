@@ -3,8 +3,8 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use super::{
-    AutoScale, Config, ConfigError, ConfigErrors, NatsConfig, RetryConfig, Secret, ServerConfig,
-    Transport,
+    AutoScale, Config, ConfigError, ConfigErrors, NatsConfig, RateLimit, RetryConfig, Secret,
+    ServerConfig, Transport,
     raw::{AuthSpec, ConfigFile, NatsSection, Priority, ServerKind, ServerSection},
     secret::is_env_name,
 };
@@ -290,6 +290,25 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
             format!("{ack_wait:?} is out of range (1s to 24h)"),
         );
     }
+    let rate_limit = s.rate_limit.map(|r| {
+        if !(r.per_second > 0.0 && r.per_second <= 1_000_000.0) {
+            err(
+                "rateLimit.perSecond",
+                format!(
+                    "{} is out of range (more than 0, at most 1000000)",
+                    r.per_second
+                ),
+            );
+        }
+        let burst = r.burst.unwrap_or(1);
+        if burst == 0 {
+            err("rateLimit.burst", "0 (at least 1)".into());
+        }
+        RateLimit {
+            per_second: r.per_second,
+            burst,
+        }
+    });
     let defaults = RetryConfig::default();
     let retry = s.retry.map_or(defaults, |r| RetryConfig {
         max_attempts: r.max_attempts.unwrap_or(defaults.max_attempts),
@@ -329,6 +348,7 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
         autoscale,
         retry,
         ack_wait,
+        rate_limit,
     })
 }
 
