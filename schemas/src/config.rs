@@ -62,6 +62,15 @@ pub struct ServerConfig {
     pub ack_wait: Duration,
     /// Calls per second to this upstream, shared by all of its live workers.
     pub rate_limit: Option<RateLimit>,
+    /// When to stop calling an upstream that keeps failing.
+    pub circuit_breaker: Option<CircuitBreaker>,
+}
+
+/// Open after `failure_threshold` retryable failures in a row; probe again after `reset_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CircuitBreaker {
+    pub failure_threshold: u32,
+    pub reset_timeout: Duration,
 }
 
 /// A global rate limit: `per_second` calls, bursts of up to `burst`.

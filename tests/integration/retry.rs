@@ -256,3 +256,61 @@ async fn a_call_slower_than_ack_wait_runs_once() {
     assert_eq!(web.fixture.calls(), 1, "the upstream ran it once");
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_circuit_keeps_jobs_queued_then_closes_after_recovery() {
+    let web = HttpFixture::start().await;
+    let server = format!(
+        "  - name: web\n    type: http\n    endpoint: {}\n    timeout: 500ms\n    concurrency: 1\n    \
+         retry: {{maxAttempts: 10, initial: 50ms, max: 100ms}}\n    \
+         circuitBreaker: {{failureThreshold: 2, resetTimeout: 2s}}\n",
+        web.url()
+    );
+    let stack = Stack::start(&server).await;
+    // The upstream hangs on its first three calls, then answers.
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let job = Job::new(
+            "web",
+            McpRequest::call_tool(
+                "flaky",
+                serde_json::json!({"key": "cb", "failures": 3, "hang_ms": 4000})
+                    .as_object()
+                    .cloned(),
+            ),
+        );
+        stack.client.submit(&job).await.unwrap();
+        ids.push(job.id);
+    }
+    let client = stack.client.clone();
+    mcpq_tests::eventually("all four jobs completed", Duration::from_secs(60), || {
+        let (client, ids) = (client.clone(), ids.clone());
+        async move {
+            for id in ids {
+                if client.record(id).await.ok()??.status != JobStatus::Completed {
+                    return None;
+                }
+            }
+            Some(())
+        }
+    })
+    .await;
+    let stamps = web.fixture.stamps();
+    assert_eq!(stamps.len(), 7, "three failed calls, then one per job");
+    // Two failures open the circuit: nothing is called for the reset timeout, then one probe
+    // (which fails: open again), then one probe that succeeds and closes it.
+    for (a, b) in [(1, 2), (2, 3)] {
+        let gap = stamps[b] - stamps[a];
+        assert!(
+            gap >= Duration::from_secs(2),
+            "call {b} came {gap:?} after call {a}: the circuit was not open"
+        );
+    }
+    // No attempt was burnt while the circuit was open: every attempt is an upstream call.
+    let mut attempts = 0;
+    for id in &ids {
+        attempts += stack.record(*id).await.attempts;
+    }
+    assert_eq!(attempts, 7);
+    stack.stop().await;
+}

@@ -150,6 +150,11 @@ impl Fixture {
             *n += 1;
             *n
         };
+        self.state
+            .stamps
+            .lock()
+            .expect("stamps")
+            .push(std::time::Instant::now());
         if call <= failures {
             tokio::time::sleep(Duration::from_millis(hang_ms)).await;
         }
@@ -202,7 +207,7 @@ impl Fixture {
         self.state.calls.fetch_add(1, Ordering::SeqCst) + 1
     }
 
-    /// When each `stamp` call arrived, in order.
+    /// When each `stamp` and `flaky` call arrived, in order.
     pub fn stamps(&self) -> Vec<std::time::Instant> {
         self.state.stamps.lock().expect("stamps").clone()
     }

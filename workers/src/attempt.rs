@@ -32,6 +32,30 @@ pub(crate) struct Pool {
     pub ack_wait: Duration,
     /// This worker's share of the server's rate limit, if it has one.
     pub limiter: Option<std::sync::Arc<crate::limit::Limiter>>,
+    /// The upstream's circuit breaker, if it has one; the pull loop asks it before pulling.
+    pub breaker: Option<std::sync::Mutex<crate::circuit::Breaker>>,
+}
+
+impl Pool {
+    /// Feeds a call's outcome to the circuit breaker, logging when it opens.
+    fn breaker_record(&self, verdict: Verdict) {
+        let Some(breaker) = &self.breaker else { return };
+        let mut breaker = breaker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = breaker.state();
+        breaker.record(verdict, std::time::Instant::now());
+        let after = breaker.state();
+        if matches!(after, crate::circuit::State::Open { .. })
+            && !matches!(before, crate::circuit::State::Open { .. })
+        {
+            tracing::warn!(server = %self.server.name, "circuit open: the upstream keeps failing; its jobs wait in the queue");
+        } else if matches!(after, crate::circuit::State::Closed { failures: 0 })
+            && matches!(before, crate::circuit::State::HalfOpen { .. })
+        {
+            tracing::info!(server = %self.server.name, "circuit closed: the probe call succeeded");
+        }
+    }
 }
 
 /// The part of a message the decision needs, read once, and the job's failed attempts so far.
@@ -166,7 +190,12 @@ async fn run(pool: &Pool, message: &Message, mut delivery: Delivery, job: Job) {
         }
         timeout = timeout.min(Duration::from_millis(deadline - now));
     }
-    match call(&pool.upstream, &job, timeout).await {
+    let outcome = call(&pool.upstream, &job, timeout).await;
+    pool.breaker_record(match &outcome {
+        CallOutcome::Answered(_) => Verdict::Answered,
+        CallOutcome::Failed { verdict, .. } => *verdict,
+    });
+    match outcome {
         CallOutcome::Answered(result) => {
             let outcome = Outcome::Ok { result };
             finish(

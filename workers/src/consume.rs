@@ -16,7 +16,10 @@ use mcpq_schemas::names::{JOBS_STREAM, consumer_name, server_jobs_filter};
 use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use crate::attempt::{self, Pool};
+use crate::{
+    attempt::{self, Pool},
+    circuit::Gate,
+};
 
 /// How many deliveries the server allows; kept above the retry policy's attempts so that the
 /// worker's own dead-lettering always runs first.
@@ -53,7 +56,22 @@ pub(crate) async fn run(pool: Arc<Pool>, shutdown: CancellationToken, grace: Dur
                 () = shutdown.cancelled() => break 'bind,
                 permit = capacity.clone().acquire_owned() => vec![permit.expect("the semaphore is never closed")],
             };
-            while permits.len() < MAX_PULL {
+            // An open circuit: pull nothing (the jobs stay queued, no attempt is burnt); when
+            // it half-opens, pull one job as the probe. Asked only now that a slot is free, so
+            // the calls that just ended have been counted.
+            let gate = pool.breaker.as_ref().map_or(Gate::Pull, |b| {
+                b.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .gate(std::time::Instant::now())
+            });
+            if let Gate::Wait(pause) = gate {
+                drop(permits);
+                tokio::select! {
+                    () = shutdown.cancelled() => break 'bind,
+                    () = tokio::time::sleep(pause) => continue,
+                }
+            }
+            while permits.len() < MAX_PULL && gate == Gate::Pull {
                 match capacity.clone().try_acquire_owned() {
                     Ok(permit) => permits.push(permit),
                     Err(_) => break,

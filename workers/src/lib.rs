@@ -8,6 +8,7 @@
 mod attempt;
 mod call;
 mod catalog;
+mod circuit;
 mod consume;
 mod decide;
 mod decode;
@@ -141,6 +142,9 @@ pub async fn run(
             shutdown.clone(),
         ));
         let server_ack_wait = server.ack_wait;
+        let breaker = server.circuit_breaker.map(|c| {
+            std::sync::Mutex::new(circuit::Breaker::new(c.failure_threshold, c.reset_timeout))
+        });
         let pool = Arc::new(attempt::Pool {
             server,
             upstream,
@@ -152,6 +156,7 @@ pub async fn run(
             retry,
             ack_wait: server_ack_wait,
             limiter,
+            breaker,
             worker_id: options.worker_id.clone(),
         });
         tasks.spawn(consume::run(pool, shutdown.clone(), options.drain_grace));

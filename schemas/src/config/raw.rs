@@ -81,12 +81,26 @@ pub struct ServerSection {
     /// "30s" (default 30s). Live workers extend it with progress acks while they work.
     #[serde(default)]
     pub ack_wait: Option<DurationText>,
+    /// Stop calling an upstream that keeps failing: its jobs stay queued while open.
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreakerSection>,
     /// Calls per second to this upstream, for all its workers together; calls over it wait.
     #[serde(default)]
     pub rate_limit: Option<RateLimitSection>,
     /// Retries of failed calls (default: 3 attempts, backoff from 200ms up to 30s).
     #[serde(default)]
     pub retry: Option<RetrySection>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CircuitBreakerSection {
+    /// Retryable failures in a row that open the circuit (default 5).
+    #[serde(default)]
+    pub failure_threshold: Option<u32>,
+    /// How long it stays open before one probe call, e.g. "30s" (default 30s).
+    #[serde(default)]
+    pub reset_timeout: Option<DurationText>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

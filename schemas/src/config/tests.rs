@@ -177,6 +177,11 @@ const BAD: &[(&str, &str, &str)] = &[
     ),
     ("version: \"1.0\"\nservers: []", "servers", "at least one"),
     (
+        "version: \"1.0\"\nservers: [{name: a, type: stdio, command: x, circuitBreaker: {failureThreshold: 0}}]",
+        "servers[0].circuitBreaker.failureThreshold",
+        "0",
+    ),
+    (
         "version: \"1.0\"\nservers: [{name: a, type: stdio, command: x, rateLimit: {perSecond: 0}}]",
         "servers[0].rateLimit.perSecond",
         "0",

@@ -3,8 +3,8 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use super::{
-    AutoScale, Config, ConfigError, ConfigErrors, NatsConfig, RateLimit, RetryConfig, Secret,
-    ServerConfig, Transport,
+    AutoScale, CircuitBreaker, Config, ConfigError, ConfigErrors, NatsConfig, RateLimit,
+    RetryConfig, Secret, ServerConfig, Transport,
     raw::{AuthSpec, ConfigFile, NatsSection, Priority, ServerKind, ServerSection},
     secret::is_env_name,
 };
@@ -309,6 +309,19 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
             burst,
         }
     });
+    let circuit_breaker = s.circuit_breaker.map(|c| {
+        let breaker = CircuitBreaker {
+            failure_threshold: c.failure_threshold.unwrap_or(5),
+            reset_timeout: c.reset_timeout.map_or(Duration::from_secs(30), |d| d.0),
+        };
+        if breaker.failure_threshold == 0 {
+            err("circuitBreaker.failureThreshold", "0 (at least 1)".into());
+        }
+        if breaker.reset_timeout.is_zero() {
+            err("circuitBreaker.resetTimeout", "0 (at least 1ms)".into());
+        }
+        breaker
+    });
     let defaults = RetryConfig::default();
     let retry = s.retry.map_or(defaults, |r| RetryConfig {
         max_attempts: r.max_attempts.unwrap_or(defaults.max_attempts),
@@ -349,6 +362,7 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
         retry,
         ack_wait,
         rate_limit,
+        circuit_breaker,
     })
 }
 
