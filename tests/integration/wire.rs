@@ -107,23 +107,29 @@ async fn malformed_jobs_are_dead_lettered_with_their_reason_and_the_worker_keeps
         ("no-request", br#"{"v":1,"id":"0190f5a2-7c1e-7cc0-8a4e-3f1f5c2b9d14","server":"web","submittedAtMs":1}"#.to_vec(), "missing field `request`"),
         ("wrong-server", format!(r#"{{"v":1,"id":"{good_id}","server":"local","request":{{"method":"tools/call","params":{{"name":"echo"}}}},"submittedAtMs":1}}"#).into_bytes(), "published to server \"web\""),
         ("bad-params", br#"{"v":1,"id":"0190f5a2-7c1e-7cc0-8a4e-3f1f5c2b9d15","server":"web","request":{"method":"tools/call","params":{"arguments":{}}},"submittedAtMs":1}"#.to_vec(), "not a valid MCP"),
+        // Just under NATS's default 1 MiB max_payload.
+        ("huge", vec![b'{'; 900_000], "not JSON"),
     ];
-    for (name, body, _) in &cases {
+    // A hundred messages, every kind in turn; the replies come back in any order.
+    const MESSAGES: usize = 100;
+    for i in 0..MESSAGES {
+        let (name, body, _) = &cases[i % cases.len()];
         publish_raw(
             &nats,
             "mcpq.jobs.web.normal",
             body.clone(),
-            &format!("{inbox}.{name}"),
-            name,
+            &format!("{inbox}.{name}-{i}"),
+            &format!("{name}-{i}"),
         )
         .await;
     }
-    for _ in &cases {
+    for _ in 0..MESSAGES {
         let msg = tokio::time::timeout(Duration::from_secs(30), replies.next())
             .await
             .expect("every malformed job is answered")
             .expect("subscription open");
-        let case = msg.subject.rsplit('.').next().unwrap().to_string();
+        let token = msg.subject.rsplit('.').next().unwrap().to_string();
+        let case = token.rsplit_once('-').unwrap().0.to_string();
         let reply: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
         let (_, _, word) = cases.iter().find(|(n, _, _)| *n == case).unwrap();
         assert_eq!(reply["status"], "error", "{case}: {reply}");
@@ -135,21 +141,29 @@ async fn malformed_jobs_are_dead_lettered_with_their_reason_and_the_worker_keeps
     // Every one is in the dead-letter stream with its reason, and none is left in the queue.
     let js = async_nats::jetstream::new(nats.clone());
     let mut dlq = js.get_stream("MCPQ_DLQ").await.expect("dlq stream");
-    assert_eq!(dlq.info().await.unwrap().state.messages, cases.len() as u64);
+    assert_eq!(dlq.info().await.unwrap().state.messages, MESSAGES as u64);
     // The worker handles messages concurrently, so the letters' order is not the publishing order.
     let mut letters = Vec::new();
-    for seq in 1..=cases.len() as u64 {
+    for seq in 1..=MESSAGES as u64 {
         let stored = dlq.get_raw_message(seq).await.expect("a dead letter");
         letters.push(serde_json::from_slice::<serde_json::Value>(&stored.payload).unwrap());
     }
     let letter = letters
         .iter()
-        .find(|l| l["headers"]["Mcpq-Reply-To"] == "pipeline.bad.not-json")
+        .find(|l| l["headers"]["Mcpq-Reply-To"] == "pipeline.bad.not-json-0")
         .expect("the not-JSON message's dead letter");
     assert_eq!(letter["server"], "web");
     assert_eq!(letter["reason"]["kind"], "malformed_job");
     assert_eq!(letter["raw"], "{this is not json");
-    assert_eq!(letter["headers"]["Mcpq-Reply-To"], "pipeline.bad.not-json");
+    let huge = letters
+        .iter()
+        .find(|l| l["headers"]["Mcpq-Reply-To"] == "pipeline.bad.huge-7")
+        .expect("the huge message's dead letter");
+    assert_eq!(
+        huge["raw"].as_str().unwrap().len(),
+        64 * 1024,
+        "raw bodies are cut at 64 KiB"
+    );
     mcpq_tests::eventually(
         "the jobs queue to be empty",
         Duration::from_secs(10),
