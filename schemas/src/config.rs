@@ -52,6 +52,8 @@ pub struct ServerConfig {
     pub timeout: Duration,
     /// Upstream calls in flight at once, per worker process.
     pub concurrency: usize,
+    /// Jobs in flight at once across all workers of this server (the consumer's MaxAckPending).
+    pub max_in_flight: usize,
     /// Worker processes to run for this server (deployment hint).
     pub replicas: u32,
     pub autoscale: Option<AutoScale>,

@@ -196,3 +196,17 @@ async fn three_workers_share_one_rate_limit() {
     }
     eprintln!("three workers, limit {RATE}/s: measured {rate:.1} calls/s over {seconds:.1} s");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_in_flight_caps_calls_across_workers() {
+    let rig = rig_with("    maxInFlight: 3\n").await;
+    let _workers: Vec<_> = ["a", "b"].iter().map(|id| rig.worker(id)).collect();
+    let ids = rig.submit_slow(12, 300).await;
+    rig.all_completed(&ids, Duration::from_secs(60)).await;
+    let peak = rig.web.fixture.slow_peak();
+    assert!(
+        peak <= 3,
+        "{peak} calls ran at once with maxInFlight 3 (two workers of concurrency 8)"
+    );
+    assert!(peak >= 1);
+}

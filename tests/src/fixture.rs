@@ -64,6 +64,9 @@ struct State {
     flaky: Mutex<std::collections::HashMap<String, u32>>,
     /// When each `stamp` call arrived.
     stamps: Mutex<Vec<std::time::Instant>>,
+    /// `slow` calls running now, and the most that ever ran at once.
+    slow_now: AtomicU64,
+    slow_peak: AtomicU64,
 }
 
 /// The fixture's tools.
@@ -122,7 +125,10 @@ impl Fixture {
     #[tool(description = "Sleep, then answer")]
     async fn slow(&self, Parameters(SlowArgs { ms }): Parameters<SlowArgs>) -> String {
         self.count();
+        let now = self.state.slow_now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.state.slow_peak.fetch_max(now, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(ms)).await;
+        self.state.slow_now.fetch_sub(1, Ordering::SeqCst);
         format!("slept {ms} ms")
     }
 
@@ -205,6 +211,11 @@ impl Fixture {
 impl Fixture {
     fn count(&self) -> u64 {
         self.state.calls.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// The most `slow` calls that ever ran at once.
+    pub fn slow_peak(&self) -> u64 {
+        self.state.slow_peak.load(Ordering::SeqCst)
     }
 
     /// When each `stamp` and `flaky` call arrived, in order.

@@ -173,7 +173,7 @@ async fn bind(pool: &Pool) -> Result<PullConsumer, String> {
             // only bounds how long a dead worker's jobs wait before redelivery.
             ack_wait: pool.ack_wait,
             max_deliver: i64::from(pool.retry.max_attempts) + SERVER_MAX_DELIVER_MARGIN,
-            max_ack_pending: 10_000,
+            max_ack_pending: i64::try_from(server.max_in_flight).unwrap_or(i64::MAX),
             ..Default::default()
         })
         .await

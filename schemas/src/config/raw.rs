@@ -77,6 +77,9 @@ pub struct ServerSection {
     /// Upstream calls in flight at once per worker process (default 16).
     #[serde(default)]
     pub concurrency: Option<usize>,
+    /// Jobs in flight at once across all of this server's workers (default 10000).
+    #[serde(default)]
+    pub max_in_flight: Option<usize>,
     /// How long a job held by a worker that died waits before another worker gets it, e.g.
     /// "30s" (default 30s). Live workers extend it with progress acks while they work.
     #[serde(default)]

@@ -18,6 +18,7 @@ const MAX_CONCURRENCY: usize = 10_000;
 const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(24 * 3600);
 const MAX_ATTEMPTS: u32 = 100;
 const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
 
 pub(super) fn validate(raw: ConfigFile) -> Result<Config, ConfigErrors> {
     let mut errors = Vec::new();
@@ -247,6 +248,13 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
             format!("{concurrency} is out of range (1 to {MAX_CONCURRENCY})"),
         );
     }
+    let max_in_flight = s.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT);
+    if max_in_flight == 0 || max_in_flight > 1_000_000 {
+        err(
+            "maxInFlight",
+            format!("{max_in_flight} is out of range (1 to 1000000)"),
+        );
+    }
     let replicas = s.replicas.unwrap_or(1);
     if replicas == 0 {
         err(
@@ -357,6 +365,7 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
         lane,
         timeout,
         concurrency,
+        max_in_flight,
         replicas,
         autoscale,
         retry,
