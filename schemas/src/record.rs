@@ -72,6 +72,8 @@ pub enum ErrorKind {
     Upstream,
     /// The upstream could not be reached or its connection broke.
     UpstreamUnavailable,
+    /// The upstream answered HTTP 429 Too Many Requests.
+    RateLimited,
     /// The upstream did not answer in time.
     Timeout,
     /// The job's deadline passed before it could be started.
@@ -89,6 +91,7 @@ impl ErrorKind {
             ErrorKind::UnknownTool => "unknown_tool",
             ErrorKind::Upstream => "upstream",
             ErrorKind::UpstreamUnavailable => "upstream_unavailable",
+            ErrorKind::RateLimited => "rate_limited",
             ErrorKind::Timeout => "timeout",
             ErrorKind::Expired => "expired",
             ErrorKind::Internal => "internal",

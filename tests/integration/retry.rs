@@ -314,3 +314,31 @@ async fn an_open_circuit_keeps_jobs_queued_then_closes_after_recovery() {
     assert_eq!(attempts, 7);
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_answering_429_is_retried_after_its_retry_after() {
+    let web = HttpFixture::start().await;
+    let stack = Stack::start(&flaky_server(&web.url(), 5)).await;
+    web.fixture.be_busy(2);
+    let reply = call(&stack, "busy", serde_json::json!({})).await;
+    let Outcome::Ok { result } = &reply.outcome else {
+        panic!("a rate-limited call succeeds once the upstream lets it: {reply:?}");
+    };
+    assert_eq!(crate::first_text(result), "not busy any more");
+    assert_eq!(web.fixture.rejected(), 2);
+    let record = stack.record(reply.job_id).await;
+    assert_eq!(
+        record.failed_attempts.len(),
+        2,
+        "{:?}",
+        record.failed_attempts
+    );
+    for attempt in &record.failed_attempts {
+        assert_eq!(attempt.error.kind, ErrorKind::RateLimited, "{attempt:?}");
+        assert!(
+            attempt.retry_in_ms.unwrap() >= 1000,
+            "Retry-After: 1 is honoured: {attempt:?}"
+        );
+    }
+    stack.stop().await;
+}

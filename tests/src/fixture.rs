@@ -64,6 +64,9 @@ struct State {
     flaky: Mutex<std::collections::HashMap<String, u32>>,
     /// When each `stamp` call arrived.
     stamps: Mutex<Vec<std::time::Instant>>,
+    /// `tools/call busy` requests still to answer with HTTP 429, and how many were.
+    busy_left: AtomicU64,
+    rejected: AtomicU64,
     /// `slow` calls running now, and the most that ever ran at once.
     slow_now: AtomicU64,
     slow_peak: AtomicU64,
@@ -167,6 +170,12 @@ impl Fixture {
         format!("answered on call {call}")
     }
 
+    #[tool(description = "Answer; the HTTP fixture answers 429 to it first while told to be busy")]
+    fn busy(&self) -> String {
+        self.count();
+        "not busy any more".into()
+    }
+
     #[tool(description = "Note the time of this call (for rate measurements) and answer")]
     fn stamp(&self) -> String {
         self.count();
@@ -211,6 +220,16 @@ impl Fixture {
 impl Fixture {
     fn count(&self) -> u64 {
         self.state.calls.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Makes the next `n` `tools/call busy` requests over HTTP answer 429.
+    pub fn be_busy(&self, n: u64) {
+        self.state.busy_left.store(n, Ordering::SeqCst);
+    }
+
+    /// How many requests were answered 429.
+    pub fn rejected(&self) -> u64 {
+        self.state.rejected.load(Ordering::SeqCst)
     }
 
     /// The most `slow` calls that ever ran at once.
@@ -265,6 +284,38 @@ impl ServerHandler for Fixture {
     }
 }
 
+/// Answers HTTP 429 with `Retry-After: 1` to `tools/call busy` while `busy_left` lasts, as a
+/// rate-limited API would.
+async fn too_many_requests(
+    state: Arc<State>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, 16 * 1024 * 1024)
+        .await
+        .unwrap_or_default();
+    let is_busy_call = std::str::from_utf8(&bytes).is_ok_and(|b| b.contains("\"name\":\"busy\""));
+    if is_busy_call
+        && state
+            .busy_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    {
+        state.rejected.fetch_add(1, Ordering::SeqCst);
+        return axum::response::Response::builder()
+            .status(429)
+            .header("Retry-After", "1")
+            .body(axum::body::Body::from("too many requests"))
+            .unwrap_or_default();
+    }
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+    .await
+}
+
 /// A fixture served over streamable HTTP on a free loopback port, stopped on drop.
 pub struct HttpFixture {
     pub addr: SocketAddr,
@@ -290,7 +341,13 @@ impl HttpFixture {
                     .with_json_response(true)
                     .with_cancellation_token(stop.child_token()),
             );
-        let router = axum::Router::new().nest_service("/mcp", service);
+        let busy = fixture.state.clone();
+        let router =
+            axum::Router::new()
+                .nest_service("/mcp", service)
+                .layer(axum::middleware::from_fn(move |request, next| {
+                    too_many_requests(busy.clone(), request, next)
+                }));
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .expect("bind a loopback port");

@@ -34,9 +34,32 @@ pub(crate) struct Pool {
     pub limiter: Option<std::sync::Arc<crate::limit::Limiter>>,
     /// The upstream's circuit breaker, if it has one; the pull loop asks it before pulling.
     pub breaker: Option<std::sync::Mutex<crate::circuit::Breaker>>,
+    /// No pulling before this: the upstream answered 429 with a `Retry-After`.
+    pub held_until: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Pool {
+    /// Slows the whole pool down: nothing more is pulled for `pause`.
+    fn hold(&self, pause: Duration) {
+        let until = std::time::Instant::now() + pause;
+        let mut held = self
+            .held_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if held.is_none_or(|h| h < until) {
+            *held = Some(until);
+        }
+    }
+
+    /// How long pulling must still wait, if the pool is held.
+    pub(crate) fn held_for(&self) -> Option<Duration> {
+        let held = *self
+            .held_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        held.and_then(|until| until.checked_duration_since(std::time::Instant::now()))
+    }
+
     /// Feeds a call's outcome to the circuit breaker, logging when it opens.
     fn breaker_record(&self, verdict: Verdict) {
         let Some(breaker) = &self.breaker else { return };
@@ -209,9 +232,18 @@ async fn run(pool: &Pool, message: &Message, mut delivery: Delivery, job: Job) {
             )
             .await;
         }
-        CallOutcome::Failed { error, verdict } => {
+        CallOutcome::Failed {
+            error,
+            verdict,
+            retry_after,
+        } => {
+            if let Some(pause) = retry_after {
+                pool.hold(pause);
+            }
             match decide(verdict, delivery.attempt, &pool.retry, fastrand::f64()) {
                 Decision::Retry(delay) => {
+                    // An upstream that said when to come back is not called before then.
+                    let delay = delay.max(retry_after.unwrap_or_default());
                     tracing::info!(error = %error, ?delay, "attempt failed; retrying");
                     delivery.failed(pool, &error, Some(delay));
                     let record =

@@ -10,6 +10,7 @@ use rmcp::{
         RequestMetaObject,
     },
     service::PeerRequestOptions,
+    transport::streamable_http_client::{HttpStatusError, StreamableHttpError},
 };
 
 use crate::{decide::Verdict, upstream::Upstream};
@@ -26,6 +27,8 @@ pub(crate) enum CallOutcome {
     Failed {
         error: JobError,
         verdict: Verdict,
+        /// The upstream asked not to be called again before this (HTTP 429 `Retry-After`).
+        retry_after: Option<Duration>,
     },
 }
 
@@ -37,6 +40,7 @@ pub(crate) async fn call(upstream: &Upstream, job: &Job, timeout: Duration) -> C
             return CallOutcome::Failed {
                 error,
                 verdict: Verdict::Permanent,
+                retry_after: None,
             };
         }
     };
@@ -46,6 +50,7 @@ pub(crate) async fn call(upstream: &Upstream, job: &Job, timeout: Duration) -> C
             return CallOutcome::Failed {
                 error: JobError::new(ErrorKind::UpstreamUnavailable, e.to_string()),
                 verdict: Verdict::Retryable,
+                retry_after: None,
             };
         }
     };
@@ -78,13 +83,63 @@ pub(crate) async fn call(upstream: &Upstream, job: &Job, timeout: Duration) -> C
                     format!("cannot encode the upstream's result: {e}"),
                 ),
                 verdict: Verdict::Permanent,
+                retry_after: None,
             },
         },
         Err(e) => {
+            if let Some((429, retry_after)) = http_status(&e) {
+                let error = JobError::new(
+                    ErrorKind::RateLimited,
+                    format!(
+                        "server {:?} answered HTTP 429 Too Many Requests{}",
+                        upstream.server(),
+                        retry_after.map_or(String::new(), |d| format!(
+                            " (Retry-After: {}s)",
+                            d.as_secs()
+                        ))
+                    ),
+                );
+                return CallOutcome::Failed {
+                    error,
+                    verdict: Verdict::Retryable,
+                    retry_after,
+                };
+            }
             let (error, verdict) = classify(upstream.server(), e, timeout);
-            CallOutcome::Failed { error, verdict }
+            CallOutcome::Failed {
+                error,
+                verdict,
+                retry_after: None,
+            }
         }
     }
+}
+
+/// The HTTP status (and `Retry-After`, in whole seconds) behind a failed upstream request, when
+/// the transport reports one.
+fn http_status(error: &ServiceError) -> Option<(u16, Option<Duration>)> {
+    let ServiceError::TransportSend(e) = error else {
+        return None;
+    };
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e.error.as_ref());
+    while let Some(e) = next {
+        let status = e.downcast_ref::<HttpStatusError>().or_else(|| {
+            match e.downcast_ref::<StreamableHttpError<reqwest::Error>>() {
+                Some(StreamableHttpError::HttpStatus(status)) => Some(status),
+                _ => None,
+            }
+        });
+        if let Some(status) = status {
+            let retry_after = status
+                .retry_after
+                .as_deref()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            return Some((status.status, retry_after));
+        }
+        next = e.source();
+    }
+    None
 }
 
 /// The job's `{method, params}` as an rmcp request; a request rmcp cannot read is malformed.

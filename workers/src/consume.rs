@@ -64,6 +64,11 @@ pub(crate) async fn run(pool: Arc<Pool>, shutdown: CancellationToken, grace: Dur
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .gate(std::time::Instant::now())
             });
+            // An upstream that answered 429 with Retry-After holds the whole pool.
+            let gate = match pool.held_for() {
+                Some(pause) => Gate::Wait(pause),
+                None => gate,
+            };
             if let Gate::Wait(pause) = gate {
                 drop(permits);
                 tokio::select! {

@@ -157,6 +157,7 @@ pub async fn run(
             ack_wait: server_ack_wait,
             limiter,
             breaker,
+            held_until: std::sync::Mutex::new(None),
             worker_id: options.worker_id.clone(),
         });
         tasks.spawn(consume::run(pool, shutdown.clone(), options.drain_grace));
