@@ -64,6 +64,8 @@ pub struct ServerConfig {
     pub ack_wait: Duration,
     /// Calls per second to this upstream, shared by all of its live workers.
     pub rate_limit: Option<RateLimit>,
+    /// Calls per second to single tools of this upstream, shared the same way.
+    pub tool_rate_limits: BTreeMap<String, RateLimit>,
     /// When to stop calling an upstream that keeps failing.
     pub circuit_breaker: Option<CircuitBreaker>,
 }

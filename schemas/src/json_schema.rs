@@ -16,6 +16,7 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         one::<JobRecord>("job-record.json"),
         one::<DeadLetter>("dead-letter.json"),
         one::<CatalogEntry>("catalog-entry.json"),
+        one::<crate::worker::WorkerBeat>("worker-beat.json"),
         one::<ConfigFile>("config.json"),
     ]
 }

@@ -12,6 +12,7 @@ pub mod json_schema;
 pub mod names;
 pub mod nats;
 pub mod record;
+pub mod worker;
 
 pub use catalog::CatalogEntry;
 pub use dead_letter::{Attempt, DeadLetter};

@@ -282,6 +282,27 @@ async fn an_open_circuit_keeps_jobs_queued_then_closes_after_recovery() {
         stack.client.submit(&job).await.unwrap();
         ids.push(job.id);
     }
+    // Operators see the open circuit in the worker's heartbeat.
+    let nats = async_nats::connect(stack.nats.url()).await.unwrap();
+    let beats = async_nats::jetstream::new(nats)
+        .get_key_value("mcpq_workers")
+        .await
+        .unwrap();
+    let circuit = |beats: async_nats::jetstream::kv::Store| async move {
+        let beat: mcpq_schemas::worker::WorkerBeat =
+            serde_json::from_slice(&beats.get("web.test-worker").await.ok()??).ok()?;
+        Some(beat.circuit)
+    };
+    use mcpq_schemas::worker::CircuitState;
+    mcpq_tests::eventually(
+        "the heartbeat to show the circuit open",
+        Duration::from_secs(20),
+        || {
+            let beats = beats.clone();
+            async move { (circuit(beats).await? == CircuitState::Open).then_some(()) }
+        },
+    )
+    .await;
     let client = stack.client.clone();
     mcpq_tests::eventually("all four jobs completed", Duration::from_secs(60), || {
         let (client, ids) = (client.clone(), ids.clone());
@@ -312,6 +333,15 @@ async fn an_open_circuit_keeps_jobs_queued_then_closes_after_recovery() {
         attempts += stack.record(*id).await.attempts;
     }
     assert_eq!(attempts, 7);
+    mcpq_tests::eventually(
+        "the heartbeat to show the circuit closed",
+        Duration::from_secs(20),
+        || {
+            let beats = beats.clone();
+            async move { (circuit(beats).await? == CircuitState::Closed).then_some(()) }
+        },
+    )
+    .await;
     stack.stop().await;
 }
 
@@ -340,5 +370,44 @@ async fn an_upstream_answering_429_is_retried_after_its_retry_after() {
             "Retry-After: 1 is honoured: {attempt:?}"
         );
     }
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_rate_limit_holds_that_tool_only() {
+    let web = HttpFixture::start().await;
+    let server = format!(
+        "  - name: web\n    type: http\n    endpoint: {}\n    concurrency: 8\n    toolRateLimits: {{stamp: {{perSecond: 5}}}}\n",
+        web.url()
+    );
+    let stack = Stack::start(&server).await;
+    let calls: Vec<_> = (0..11)
+        .map(|_| {
+            let client = stack.client.clone();
+            tokio::spawn(async move {
+                let job = Job::new("web", McpRequest::call_tool("stamp", None));
+                client
+                    .call(&job, Duration::from_secs(60))
+                    .await
+                    .expect("answered")
+            })
+        })
+        .collect();
+    // Another tool of the same server is not held back meanwhile.
+    let reply = call(&stack, "echo", serde_json::json!({"text": "free"})).await;
+    assert!(matches!(reply.outcome, Outcome::Ok { .. }));
+    assert!(
+        web.fixture.stamps().len() < 11,
+        "echo answered before the limited calls were done"
+    );
+    for call in calls {
+        assert!(matches!(call.await.unwrap().outcome, Outcome::Ok { .. }));
+    }
+    let stamps = web.fixture.stamps();
+    let rate = 10.0 / (stamps[10] - stamps[0]).as_secs_f64();
+    assert!(
+        rate <= 5.5,
+        "stamp ran at {rate:.1} calls/s against a limit of 5/s"
+    );
     stack.stop().await;
 }

@@ -32,13 +32,35 @@ pub(crate) struct Pool {
     pub ack_wait: Duration,
     /// This worker's share of the server's rate limit, if it has one.
     pub limiter: Option<std::sync::Arc<crate::limit::Limiter>>,
+    /// Per-tool shares of rate limits, by upstream tool name.
+    pub tool_limiters: std::collections::HashMap<String, std::sync::Arc<crate::limit::Limiter>>,
     /// The upstream's circuit breaker, if it has one; the pull loop asks it before pulling.
     pub breaker: Option<std::sync::Mutex<crate::circuit::Breaker>>,
+    /// Signalled when the breaker opens or closes, so the heartbeat shows it at once.
+    pub circuit_changed: tokio::sync::Notify,
     /// No pulling before this: the upstream answered 429 with a `Retry-After`.
     pub held_until: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Pool {
+    /// The circuit state to show operators.
+    pub(crate) fn circuit_state(&self) -> mcpq_schemas::worker::CircuitState {
+        use crate::circuit::State;
+        use mcpq_schemas::worker::CircuitState;
+        let Some(breaker) = &self.breaker else {
+            return CircuitState::Closed;
+        };
+        match breaker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .state()
+        {
+            State::Closed { .. } => CircuitState::Closed,
+            State::Open { .. } => CircuitState::Open,
+            State::HalfOpen { .. } => CircuitState::HalfOpen,
+        }
+    }
+
     /// Slows the whole pool down: nothing more is pulled for `pause`.
     fn hold(&self, pause: Duration) {
         let until = std::time::Instant::now() + pause;
@@ -69,6 +91,9 @@ impl Pool {
         let before = breaker.state();
         breaker.record(verdict, std::time::Instant::now());
         let after = breaker.state();
+        if std::mem::discriminant(&before) != std::mem::discriminant(&after) {
+            self.circuit_changed.notify_one();
+        }
         if matches!(after, crate::circuit::State::Open { .. })
             && !matches!(before, crate::circuit::State::Open { .. })
         {
@@ -186,6 +211,13 @@ async fn run(pool: &Pool, message: &Message, mut delivery: Delivery, job: Job) {
     // Over the rate limit the job waits here, held (progress acks continue), then is checked
     // against its deadline like any other.
     if let Some(limiter) = &pool.limiter {
+        limiter.ready().await;
+    }
+    if let Some(limiter) = job
+        .request
+        .tool_name()
+        .and_then(|t| pool.tool_limiters.get(t))
+    {
         limiter.ready().await;
     }
     let now = now_ms();

@@ -133,15 +133,12 @@ pub async fn run(
         ));
         let retry = RetryPolicy::from(server.retry);
         let limiter = server.rate_limit.map(|l| Arc::new(limit::Limiter::new(l)));
-        // The heartbeat outlives the pull loop by its drain, so peers keep our share until then.
-        tasks.spawn(limit::heartbeat(
-            workers.clone(),
-            server.name.clone(),
-            options.worker_id.clone(),
-            limiter.clone(),
-            shutdown.clone(),
-        ));
-        let server_ack_wait = server.ack_wait;
+        let tool_limiters = server
+            .tool_rate_limits
+            .iter()
+            .map(|(tool, l)| (tool.clone(), Arc::new(limit::Limiter::new(*l))))
+            .collect();
+        let ack_wait = server.ack_wait;
         let breaker = server.circuit_breaker.map(|c| {
             std::sync::Mutex::new(circuit::Breaker::new(c.failure_threshold, c.reset_timeout))
         });
@@ -154,12 +151,20 @@ pub async fn run(
                 results: results.clone(),
             },
             retry,
-            ack_wait: server_ack_wait,
+            ack_wait,
             limiter,
+            tool_limiters,
             breaker,
+            circuit_changed: tokio::sync::Notify::new(),
             held_until: std::sync::Mutex::new(None),
             worker_id: options.worker_id.clone(),
         });
+        // The heartbeat outlives the pull loop by its drain, so peers keep our share until then.
+        tasks.spawn(limit::heartbeat(
+            workers.clone(),
+            pool.clone(),
+            shutdown.clone(),
+        ));
         tasks.spawn(consume::run(pool, shutdown.clone(), options.drain_grace));
     }
     while tasks.join_next().await.is_some() {}

@@ -12,8 +12,10 @@ use std::{
 use async_nats::jetstream::kv;
 use futures::StreamExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use mcpq_schemas::config::RateLimit;
+use mcpq_schemas::{config::RateLimit, names::ENVELOPE_VERSION, now_ms, worker::WorkerBeat};
 use tokio_util::sync::CancellationToken;
+
+use crate::attempt::Pool;
 
 /// How often a worker renews its heartbeat and recounts its peers.
 const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -69,22 +71,31 @@ fn quota(limit: RateLimit, workers: usize) -> Quota {
         .allow_burst(burst)
 }
 
-/// Keeps this worker's heartbeat for `server` alive and the limiter split over the live
+/// Keeps this worker's heartbeat for the pool's server alive (with its circuit state, written
+/// again at once when the circuit opens or closes) and its limiters split over the live
 /// workers, until `shutdown`; then removes the heartbeat so the others take over its share.
-pub(crate) async fn heartbeat(
-    bucket: kv::Store,
-    server: String,
-    worker_id: String,
-    limiter: Option<Arc<Limiter>>,
-    shutdown: CancellationToken,
-) {
-    let key = format!("{server}.{}", key_safe(&worker_id));
+pub(crate) async fn heartbeat(bucket: kv::Store, pool: Arc<Pool>, shutdown: CancellationToken) {
+    let server = pool.server.name.clone();
+    let key = format!("{server}.{}", key_safe(&pool.worker_id));
     let prefix = format!("{server}.");
+    let limiters: Vec<&Arc<Limiter>> = pool
+        .limiter
+        .iter()
+        .chain(pool.tool_limiters.values())
+        .collect();
     loop {
-        if let Err(e) = bucket.put(&key, worker_id.clone().into()).await {
+        let beat = WorkerBeat {
+            v: ENVELOPE_VERSION,
+            worker_id: pool.worker_id.clone(),
+            server: server.clone(),
+            circuit: pool.circuit_state(),
+            at_ms: now_ms(),
+        };
+        let bytes = serde_json::to_vec(&beat).unwrap_or_default();
+        if let Err(e) = bucket.put(&key, bytes.into()).await {
             tracing::warn!(%server, error = %e, "cannot write the worker heartbeat");
         }
-        if let Some(limiter) = &limiter
+        if !limiters.is_empty()
             && let Ok(keys) = bucket.keys().await
         {
             let live = keys
@@ -92,10 +103,13 @@ pub(crate) async fn heartbeat(
                 .filter(|k| std::future::ready(k.starts_with(&prefix)))
                 .count()
                 .await;
-            limiter.split(live);
+            for limiter in &limiters {
+                limiter.split(live);
+            }
         }
         tokio::select! {
             () = shutdown.cancelled() => break,
+            () = pool.circuit_changed.notified() => {}
             () = tokio::time::sleep(HEARTBEAT) => {}
         }
     }

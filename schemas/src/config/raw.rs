@@ -90,6 +90,9 @@ pub struct ServerSection {
     /// Calls per second to this upstream, for all its workers together; calls over it wait.
     #[serde(default)]
     pub rate_limit: Option<RateLimitSection>,
+    /// Calls per second to single tools (by upstream tool name), on top of `rateLimit`.
+    #[serde(default)]
+    pub tool_rate_limits: BTreeMap<String, RateLimitSection>,
     /// Retries of failed calls (default: 3 attempts, backoff from 200ms up to 30s).
     #[serde(default)]
     pub retry: Option<RetrySection>,

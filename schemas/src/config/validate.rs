@@ -5,7 +5,9 @@ use std::{collections::BTreeMap, time::Duration};
 use super::{
     AutoScale, CircuitBreaker, Config, ConfigError, ConfigErrors, NatsConfig, RateLimit,
     RetryConfig, Secret, ServerConfig, Transport,
-    raw::{AuthSpec, ConfigFile, NatsSection, Priority, ServerKind, ServerSection},
+    raw::{
+        AuthSpec, ConfigFile, NatsSection, Priority, RateLimitSection, ServerKind, ServerSection,
+    },
     secret::is_env_name,
 };
 use crate::{job::Lane, names::is_valid_server_name};
@@ -298,10 +300,10 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
             format!("{ack_wait:?} is out of range (1s to 24h)"),
         );
     }
-    let rate_limit = s.rate_limit.map(|r| {
+    let mut rate = |field: &str, r: RateLimitSection| {
         if !(r.per_second > 0.0 && r.per_second <= 1_000_000.0) {
             err(
-                "rateLimit.perSecond",
+                &format!("{field}.perSecond"),
                 format!(
                     "{} is out of range (more than 0, at most 1000000)",
                     r.per_second
@@ -310,13 +312,22 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
         }
         let burst = r.burst.unwrap_or(1);
         if burst == 0 {
-            err("rateLimit.burst", "0 (at least 1)".into());
+            err(&format!("{field}.burst"), "0 (at least 1)".into());
         }
         RateLimit {
             per_second: r.per_second,
             burst,
         }
-    });
+    };
+    let rate_limit = s.rate_limit.map(|r| rate("rateLimit", r));
+    let tool_rate_limits: BTreeMap<_, _> = s
+        .tool_rate_limits
+        .into_iter()
+        .map(|(tool, r)| {
+            let limit = rate(&format!("toolRateLimits.{tool}"), r);
+            (tool, limit)
+        })
+        .collect();
     let circuit_breaker = s.circuit_breaker.map(|c| {
         let breaker = CircuitBreaker {
             failure_threshold: c.failure_threshold.unwrap_or(5),
@@ -371,6 +382,7 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
         retry,
         ack_wait,
         rate_limit,
+        tool_rate_limits,
         circuit_breaker,
     })
 }
