@@ -17,11 +17,11 @@ struct Rig {
 }
 
 async fn rig() -> Rig {
-    rig_with("").await
+    rig_with(8, "").await
 }
 
 /// A rig whose server entry ends with `extra` config lines.
-async fn rig_with(extra: &str) -> Rig {
+async fn rig_with(concurrency: usize, extra: &str) -> Rig {
     mcpq_tests::init_logging();
     let nats = NatsServer::start();
     let web = HttpFixture::start().await;
@@ -30,7 +30,7 @@ async fn rig_with(extra: &str) -> Rig {
     std::fs::write(
         config.path(),
         format!(
-            "version: \"1.0\"\nservers:\n  - name: web\n    type: http\n    endpoint: {}\n    timeout: 2s\n    ackWait: 2s\n    concurrency: 8\n{extra}",
+            "version: \"1.0\"\nservers:\n  - name: web\n    type: http\n    endpoint: {}\n    timeout: 2s\n    ackWait: 2s\n    concurrency: {concurrency}\n{extra}",
             web.url(),
         ),
     )
@@ -119,10 +119,16 @@ async fn jobs_of_a_sigkilled_worker_are_done_by_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigtermed_worker_finishes_its_calls_and_loses_nothing() {
-    let rig = rig().await;
+    let rig = rig_with(200, "").await;
     let mut first = rig.worker("first");
-    let ids = rig.submit_slow(40, 500).await;
-    rig.upstream_busy().await;
+    let ids = rig.submit_slow(300, 1500).await;
+    let web = &rig.web;
+    mcpq_tests::eventually(
+        "200 calls in flight",
+        Duration::from_secs(60),
+        || async move { (web.fixture.slow_running() >= 200).then_some(()) },
+    )
+    .await;
     first.signal("TERM");
     let status = first
         .wait(Duration::from_secs(30))
@@ -131,13 +137,13 @@ async fn a_sigtermed_worker_finishes_its_calls_and_loses_nothing() {
     assert!(status.success(), "a drained worker exits 0: {status}");
     let _second = rig.worker("second");
     rig.all_completed(&ids, Duration::from_secs(90)).await;
-    assert_eq!(rig.web.fixture.calls(), 40, "every job ran exactly once");
+    assert_eq!(rig.web.fixture.calls(), 300, "every job ran exactly once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_share_one_rate_limit() {
     const RATE: f64 = 20.0;
-    let rig = rig_with("    rateLimit: {perSecond: 20, burst: 3}\n").await;
+    let rig = rig_with(8, "    rateLimit: {perSecond: 20, burst: 3}\n").await;
     let _workers: Vec<_> = ["a", "b", "c"].iter().map(|id| rig.worker(id)).collect();
 
     // Wait until every worker has counted all three: each heartbeat is a put then a count, so a
@@ -199,7 +205,7 @@ async fn three_workers_share_one_rate_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_in_flight_caps_calls_across_workers() {
-    let rig = rig_with("    maxInFlight: 3\n").await;
+    let rig = rig_with(8, "    maxInFlight: 3\n").await;
     let _workers: Vec<_> = ["a", "b"].iter().map(|id| rig.worker(id)).collect();
     let ids = rig.submit_slow(12, 300).await;
     rig.all_completed(&ids, Duration::from_secs(60)).await;

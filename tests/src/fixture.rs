@@ -232,6 +232,11 @@ impl Fixture {
         self.state.rejected.load(Ordering::SeqCst)
     }
 
+    /// `slow` calls running now.
+    pub fn slow_running(&self) -> u64 {
+        self.state.slow_now.load(Ordering::SeqCst)
+    }
+
     /// The most `slow` calls that ever ran at once.
     pub fn slow_peak(&self) -> u64 {
         self.state.slow_peak.load(Ordering::SeqCst)
