@@ -7,7 +7,6 @@ use std::time::Duration;
 use async_nats::jetstream::{AckKind, Message};
 use mcpq_schemas::{
     Attempt, DeadLetter, ErrorKind, Job, JobError, JobRecord, JobStatus, Outcome, Reply,
-    config::ServerConfig,
     names::{ENVELOPE_VERSION, HDR_REPLAY_OF, HDR_REPLY_TO},
     now_ms,
 };
@@ -15,96 +14,10 @@ use tracing::Instrument;
 
 use crate::{
     call::{CallOutcome, call},
-    decide::{Decision, RetryPolicy, Verdict, decide},
+    decide::{Decision, Verdict, decide},
     decode::decode,
-    outbox::Outbox,
-    upstream::Upstream,
+    pool::Pool,
 };
-
-/// Everything a worker needs to serve one server.
-pub(crate) struct Pool {
-    pub server: ServerConfig,
-    pub upstream: Upstream,
-    pub outbox: Outbox,
-    pub retry: RetryPolicy,
-    pub worker_id: String,
-    /// The consumer's AckWait; progress acks go out every third of it.
-    pub ack_wait: Duration,
-    /// This worker's share of the server's rate limit, if it has one.
-    pub limiter: Option<std::sync::Arc<crate::limit::Limiter>>,
-    /// Per-tool shares of rate limits, by upstream tool name.
-    pub tool_limiters: std::collections::HashMap<String, std::sync::Arc<crate::limit::Limiter>>,
-    /// The upstream's circuit breaker, if it has one; the pull loop asks it before pulling.
-    pub breaker: Option<std::sync::Mutex<crate::circuit::Breaker>>,
-    /// Signalled when the breaker opens or closes, so the heartbeat shows it at once.
-    pub circuit_changed: tokio::sync::Notify,
-    /// No pulling before this: the upstream answered 429 with a `Retry-After`.
-    pub held_until: std::sync::Mutex<Option<std::time::Instant>>,
-}
-
-impl Pool {
-    /// The circuit state to show operators.
-    pub(crate) fn circuit_state(&self) -> mcpq_schemas::worker::CircuitState {
-        use crate::circuit::State;
-        use mcpq_schemas::worker::CircuitState;
-        let Some(breaker) = &self.breaker else {
-            return CircuitState::Closed;
-        };
-        match breaker
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .state()
-        {
-            State::Closed { .. } => CircuitState::Closed,
-            State::Open { .. } => CircuitState::Open,
-            State::HalfOpen { .. } => CircuitState::HalfOpen,
-        }
-    }
-
-    /// Slows the whole pool down: nothing more is pulled for `pause`.
-    fn hold(&self, pause: Duration) {
-        let until = std::time::Instant::now() + pause;
-        let mut held = self
-            .held_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if held.is_none_or(|h| h < until) {
-            *held = Some(until);
-        }
-    }
-
-    /// How long pulling must still wait, if the pool is held.
-    pub(crate) fn held_for(&self) -> Option<Duration> {
-        let held = *self
-            .held_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        held.and_then(|until| until.checked_duration_since(std::time::Instant::now()))
-    }
-
-    /// Feeds a call's outcome to the circuit breaker, logging when it opens.
-    fn breaker_record(&self, verdict: Verdict) {
-        let Some(breaker) = &self.breaker else { return };
-        let mut breaker = breaker
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let before = breaker.state();
-        breaker.record(verdict, std::time::Instant::now());
-        let after = breaker.state();
-        if std::mem::discriminant(&before) != std::mem::discriminant(&after) {
-            self.circuit_changed.notify_one();
-        }
-        if matches!(after, crate::circuit::State::Open { .. })
-            && !matches!(before, crate::circuit::State::Open { .. })
-        {
-            tracing::warn!(server = %self.server.name, "circuit open: the upstream keeps failing; its jobs wait in the queue");
-        } else if matches!(after, crate::circuit::State::Closed { failures: 0 })
-            && matches!(before, crate::circuit::State::HalfOpen { .. })
-        {
-            tracing::info!(server = %self.server.name, "circuit closed: the probe call succeeded");
-        }
-    }
-}
 
 /// The part of a message the decision needs, read once, and the job's failed attempts so far.
 struct Delivery {

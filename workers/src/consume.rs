@@ -17,8 +17,8 @@ use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    attempt::{self, Pool},
     circuit::Gate,
+    {attempt, pool::Pool},
 };
 
 /// How many deliveries the server allows; kept above the retry policy's attempts so that the

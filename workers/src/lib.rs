@@ -14,6 +14,7 @@ mod decide;
 mod decode;
 mod limit;
 mod outbox;
+mod pool;
 mod upstream;
 
 use std::{sync::Arc, time::Duration};
@@ -142,7 +143,7 @@ pub async fn run(
         let breaker = server.circuit_breaker.map(|c| {
             std::sync::Mutex::new(circuit::Breaker::new(c.failure_threshold, c.reset_timeout))
         });
-        let pool = Arc::new(attempt::Pool {
+        let pool = Arc::new(pool::Pool {
             server,
             upstream,
             outbox: outbox::Outbox {

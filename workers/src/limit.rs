@@ -15,7 +15,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use mcpq_schemas::{config::RateLimit, names::ENVELOPE_VERSION, now_ms, worker::WorkerBeat};
 use tokio_util::sync::CancellationToken;
 
-use crate::attempt::Pool;
+use crate::pool::Pool;
 
 /// How often a worker renews its heartbeat and recounts its peers.
 const HEARTBEAT: Duration = Duration::from_secs(2);
