@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use mcpq_dispatcher::Client;
-use mcpq_schemas::{Job, JobStatus, McpRequest, nats::connect};
+use mcpq_schemas::{Job, McpRequest, nats::connect};
 use mcpq_tests::{fixture::HttpFixture, nats::NatsServer, stack::WorkerProcess};
 use uuid::Uuid;
 
@@ -85,21 +85,7 @@ impl Rig {
     }
 
     async fn all_completed(&self, ids: &[Uuid], within: Duration) {
-        let client = self.client.clone();
-        let ids = ids.to_vec();
-        mcpq_tests::eventually("every job completed", within, || {
-            let client = client.clone();
-            let ids = ids.clone();
-            async move {
-                for id in ids {
-                    if client.record(id).await.ok()??.status != JobStatus::Completed {
-                        return None;
-                    }
-                }
-                Some(())
-            }
-        })
-        .await;
+        mcpq_tests::all_completed(&self.client, ids, within).await;
     }
 }
 

@@ -59,20 +59,6 @@ async fn calls_succeed_again_after_nats_server_restarts() {
         ids.push(job.id);
     }
     stack.nats.restart();
-    let client = stack.client.clone();
-    mcpq_tests::eventually("all 200 jobs completed", Duration::from_secs(120), || {
-        let client = client.clone();
-        let ids = ids.clone();
-        async move {
-            for id in ids {
-                let record = client.record(id).await.ok()??;
-                if record.status != mcpq_schemas::JobStatus::Completed {
-                    return None;
-                }
-            }
-            Some(())
-        }
-    })
-    .await;
+    mcpq_tests::all_completed(&stack.client, &ids, Duration::from_secs(120)).await;
     stack.stop().await;
 }

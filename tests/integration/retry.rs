@@ -303,19 +303,7 @@ async fn an_open_circuit_keeps_jobs_queued_then_closes_after_recovery() {
         },
     )
     .await;
-    let client = stack.client.clone();
-    mcpq_tests::eventually("all four jobs completed", Duration::from_secs(60), || {
-        let (client, ids) = (client.clone(), ids.clone());
-        async move {
-            for id in ids {
-                if client.record(id).await.ok()??.status != JobStatus::Completed {
-                    return None;
-                }
-            }
-            Some(())
-        }
-    })
-    .await;
+    mcpq_tests::all_completed(&stack.client, &ids, Duration::from_secs(60)).await;
     let stamps = web.fixture.stamps();
     assert_eq!(stamps.len(), 7, "three failed calls, then one per job");
     // Two failures open the circuit: nothing is called for the reset timeout, then one probe

@@ -85,6 +85,23 @@ where
     }
 }
 
+/// Waits until every job in `ids` has a `completed` record, or panics after `within`.
+pub async fn all_completed(client: &mcpq_dispatcher::Client, ids: &[uuid::Uuid], within: Duration) {
+    let ids = ids.to_vec();
+    eventually(&format!("all {} jobs completed", ids.len()), within, || {
+        let (client, ids) = (client.clone(), ids.clone());
+        async move {
+            for id in ids {
+                if client.record(id).await.ok()??.status != mcpq_schemas::JobStatus::Completed {
+                    return None;
+                }
+            }
+            Some(())
+        }
+    })
+    .await;
+}
+
 /// Logs to the test's output when `MCPQ_TEST_LOG` is set (e.g. `MCPQ_TEST_LOG=debug`).
 pub fn init_logging() {
     if let Ok(filter) = std::env::var("MCPQ_TEST_LOG") {
