@@ -21,8 +21,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for _ in $(seq 1 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break
+# Ready when the dispatcher answers: by then mcpq's streams and buckets exist.
+for _ in $(seq 1 200); do
+  python3 -c "import urllib.request,sys; urllib.request.urlopen('http://$listen/healthz', timeout=1)" 2>/dev/null && break
   kill -0 "$up" 2>/dev/null || { echo "demo: mcpq up exited early" >&2; exit 1; }
   sleep 0.1
 done

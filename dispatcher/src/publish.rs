@@ -88,7 +88,13 @@ impl Client {
         let fail = |reason: String| ClientError::Publish {
             job_id: job.id,
             subject: subject.clone(),
-            reason,
+            reason: if reason.contains("no stream found") {
+                format!(
+                    "{reason} (mcpq's streams do not exist yet: start `mcpq up`, a dispatcher or a worker first)"
+                )
+            } else {
+                reason
+            },
         };
         let payload = serde_json::to_vec(job).map_err(|e| fail(e.to_string()))?;
         let mut headers = HeaderMap::new();
