@@ -60,10 +60,17 @@ class Rig:
     """The processes under test, stopped on exit."""
 
     def __init__(self, profile, work):
+        self.procs = []
+        try:
+            self.start(profile, work)
+        except BaseException:
+            self.stop()  # nothing started is left behind, whatever failed
+            raise
+
+    def start(self, profile, work):
         self.bin = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / profile
 
         self.work = pathlib.Path(work)
-        self.procs = []
         self.env = dict(os.environ, PATH=f"{VENV_BIN}:{os.environ['PATH']}", MCPQ_LOG="warn")
         self.nats_port = free_port()
         self.monitor_port = free_port()
