@@ -160,17 +160,24 @@ async fn serve_both(
     ExitCode::SUCCESS
 }
 
+/// Loads the config and connects to its NATS (or `--nats`): what `dispatcher` and `worker`
+/// start with. The error is the exit code, already explained on stderr.
+async fn load_and_connect(
+    common: &Common,
+    name: &str,
+) -> Result<(Config, async_nats::Client, String), ExitCode> {
+    let config = load(&common.config)?;
+    let url = nats_url(common, &config);
+    let nats = connect(&url, name).await.map_err(fail)?;
+    Ok((config, nats, url))
+}
+
 pub async fn dispatcher(args: DispatcherArgs) -> ExitCode {
-    let config = match load(&args.common.config) {
-        Ok(config) => config,
+    let (config, nats, url) = match load_and_connect(&args.common, "mcpq-dispatcher").await {
+        Ok(loaded) => loaded,
         Err(code) => return code,
     };
     let shutdown = on_signal();
-    let url = nats_url(&args.common, &config);
-    let nats = match connect(&url, "mcpq-dispatcher").await {
-        Ok(nats) => nats,
-        Err(e) => return fail(e),
-    };
     let options = HttpOptions {
         allowed_hosts: args.allowed_hosts,
     };
@@ -192,16 +199,11 @@ pub async fn dispatcher(args: DispatcherArgs) -> ExitCode {
 }
 
 pub async fn worker(args: WorkerArgs) -> ExitCode {
-    let config = match load(&args.common.config) {
-        Ok(config) => config,
+    let (config, nats, _url) = match load_and_connect(&args.common, "mcpq-worker").await {
+        Ok(loaded) => loaded,
         Err(code) => return code,
     };
     let shutdown = on_signal();
-    let url = nats_url(&args.common, &config);
-    let nats = match connect(&url, "mcpq-worker").await {
-        Ok(nats) => nats,
-        Err(e) => return fail(e),
-    };
     let mut options = WorkerOptions::new(args.id.unwrap_or_else(mcpq_workers::default_worker_id));
     options.servers = args.servers;
     options.drain_grace = args.drain_grace;

@@ -61,51 +61,55 @@ async fn mcpq_call_prints_the_result_as_json() {
     stack.stop().await;
 }
 
-#[test]
-fn config_check_names_the_field_and_exits_64() {
+/// Runs `mcpq config check FILE`.
+fn config_check(file: &std::path::Path) -> std::process::Output {
+    Command::new(mcpq_bin())
+        .args(["config", "check"])
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
+/// Writes `text` to a temporary config file and checks it: exit code and stderr.
+fn check_text(text: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.yaml");
-    std::fs::write(
-        &file,
-        "version: \"1.0\"\nservers:\n  - name: github\n    type: external\n    endpoint: \"htps://x\"\n    concurency: 4\n",
+    std::fs::write(&file, text).unwrap();
+    let output = config_check(&file);
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
     )
-    .unwrap();
-    let output = Command::new(mcpq_bin())
-        .args(["config", "check"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(64));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+}
+
+#[test]
+fn config_check_names_the_field_and_exits_64() {
+    let (code, stderr) = check_text(
+        "version: \"1.0\"\nservers:\n  - name: github\n    type: external\n    endpoint: \"htps://x\"\n    concurency: 4\n",
+    );
+    assert_eq!(code, Some(64));
     assert!(stderr.contains("servers[0].concurency"), "{stderr}");
 
-    std::fs::write(&file, "version: \"1.0\"\nservers:\n  - name: github\n    type: external\n    endpoint: \"htps://x\"\n").unwrap();
-    let output = Command::new(mcpq_bin())
-        .args(["config", "check"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(64));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (code, stderr) = check_text(
+        "version: \"1.0\"\nservers:\n  - name: github\n    type: external\n    endpoint: \"htps://x\"\n",
+    );
+    assert_eq!(code, Some(64));
     assert!(
         stderr.contains("servers[0].endpoint") && stderr.contains("htps://x"),
         "{stderr}"
     );
 
-    let example = mcpq_tests::repo_root().join("../shared/examples/mcp-infrastructure.yaml");
-    let example = if example.exists() {
-        example
-    } else {
-        mcpq_tests::repo_root().join("deploy/examples/mcp-infrastructure.yaml")
-    };
-    let output = Command::new(mcpq_bin())
-        .args(["config", "check"])
-        .arg(&example)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    // The guide's example loads unchanged: the repo's copy, and the original where it is at hand.
+    let root = mcpq_tests::repo_root();
+    let original = root.join("../shared/examples/mcp-infrastructure.yaml");
+    let copy = root.join("deploy/examples/mcp-infrastructure.yaml");
+    for example in std::iter::once(copy).chain(original.exists().then_some(original)) {
+        let output = config_check(&example);
+        assert!(
+            output.status.success(),
+            "{}: {}",
+            example.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }
