@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::{Router, routing::get, serve::ListenerExt};
+use axum::{routing::get, serve::ListenerExt, Router};
 use rmcp::transport::streamable_http_server::{
     StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
 };
@@ -18,7 +18,8 @@ pub struct HttpOptions {
     pub allowed_hosts: Vec<String>,
 }
 
-/// The router: `/mcp`, `/servers/<name>/mcp` for each configured server, `/healthz`.
+/// The router: `/mcp`, `/servers/<name>/mcp` for each configured server, the `/v1` jobs API,
+/// `/healthz`.
 pub fn router(shared: Arc<Shared>, options: &HttpOptions, shutdown: &CancellationToken) -> Router {
     let mut config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
@@ -35,7 +36,7 @@ pub fn router(shared: Arc<Shared>, options: &HttpOptions, shutdown: &Cancellatio
             config.clone(),
         )
     };
-    let mut router = Router::new()
+    let mut router = crate::api::routes(shared.clone())
         .route("/healthz", get(|| async { "ok\n" }))
         .nest_service("/mcp", mount(Gateway::all(shared.clone())));
     for name in shared.servers.keys() {

@@ -5,11 +5,14 @@
 //! [`publish`] (JetStream publish, wait on the inbox) → `replies` (one inbox subscription per
 //! process, demultiplexed by job id). The dispatcher never talks to an upstream MCP server.
 
+pub mod api;
+pub mod batch;
 pub mod catalog;
 pub mod dead_letters;
 
 pub mod http;
 pub mod ingress;
+mod tasks;
 pub mod publish;
 mod replies;
 
@@ -22,7 +25,7 @@ use mcpq_schemas::{
     config::Config,
     nats::{NatsError, Topology, ensure_topology},
 };
-pub use publish::{Client, ClientError, Submitted};
+pub use publish::{Cancel, Client, ClientError, Submitted};
 use tokio_util::sync::CancellationToken;
 
 /// Why a dispatcher could not start.
@@ -65,6 +68,7 @@ impl Dispatcher {
                     ServerDefaults {
                         lane: s.lane,
                         timeout: s.timeout,
+                        tasks: s.tasks.clone(),
                     },
                 )
             })
@@ -74,6 +78,7 @@ impl Dispatcher {
                 client,
                 catalog,
                 servers,
+                result_ttl: config.nats.result_ttl,
             }),
             options,
         })

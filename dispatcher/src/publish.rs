@@ -3,15 +3,19 @@
 
 use std::time::Duration;
 
-use async_nats::{HeaderMap, jetstream};
+use async_nats::{
+    HeaderMap,
+    jetstream::{self, kv},
+};
 use futures::StreamExt;
 use mcpq_schemas::{
-    Job, JobRecord, Reply,
+    CancelRequest, ErrorKind, Job, JobError, JobRecord, JobStatus, ProgressEvent, Reply,
     names::{
-        HDR_JOB_ID, HDR_MSG_ID, HDR_REPLAY_OF, HDR_REPLY_TO, HDR_TRACEPARENT, RESULTS_BUCKET,
-        job_subject,
+        CANCELS_BUCKET, ENVELOPE_VERSION, HDR_JOB_ID, HDR_MSG_ID, HDR_REPLAY_OF, HDR_REPLY_TO,
+        HDR_TRACEPARENT, RESULTS_BUCKET, job_subject,
     },
 };
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::replies::Inbox;
@@ -44,6 +48,17 @@ pub struct Client {
     inbox: Inbox,
 }
 
+/// What a cancellation did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cancel {
+    /// Requested; the record as it stands (`cancelled` for a job that had not started).
+    Requested(JobRecord),
+    /// The job had ended already; nothing changed.
+    AlreadyEnded(JobRecord),
+    /// No record of such a job (never submitted for later, or expired).
+    NotFound,
+}
+
 /// What JetStream said about a submitted job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Submitted {
@@ -64,10 +79,45 @@ impl Client {
         })
     }
 
-    /// Publishes `job` durably (waits for the stream's acknowledgement), with no reply inbox:
-    /// its outcome is read later from its record (`record`, `wait`).
+    /// Submits `job` for later: its record is created (`queued`), then the job is published
+    /// durably (the stream's acknowledgement awaited) with no reply inbox. Its outcome is read
+    /// later from the record (`record`, `wait`).
+    ///
+    /// A job whose record shows it running or ended already (an idempotency key submitted
+    /// again) is not published again: `duplicate` is set and `stream_seq` is 0.
     pub async fn submit(&self, job: &Job) -> Result<Submitted, ClientError> {
+        let bucket = self.results(job.id).await?;
+        let bytes = serde_json::to_vec(&JobRecord::queued(job)).map_err(|e| ClientError::Record {
+            job_id: job.id,
+            reason: e.to_string(),
+        })?;
+        if bucket.create(job.id.to_string(), bytes.into()).await.is_err() {
+            // It exists (or the write failed: then the publish below tells).
+            if let Some(record) = self.record(job.id).await?
+                && record.status != JobStatus::Queued
+            {
+                return Ok(Submitted {
+                    stream_seq: 0,
+                    duplicate: true,
+                });
+            }
+        }
         self.publish(job, None, job.msg_id(), None).await
+    }
+
+    /// The job's record, created `queued` if it has none yet (a record a worker wrote first
+    /// is kept as it is).
+    pub async fn ensure_record(&self, job: &Job) -> Result<JobRecord, ClientError> {
+        let bucket = self.results(job.id).await?;
+        let queued = JobRecord::queued(job);
+        let bytes = serde_json::to_vec(&queued).map_err(|e| ClientError::Record {
+            job_id: job.id,
+            reason: e.to_string(),
+        })?;
+        match bucket.create(job.id.to_string(), bytes.into()).await {
+            Ok(_) => Ok(queued),
+            Err(_) => Ok(self.record(job.id).await?.unwrap_or(queued)),
+        }
     }
 
     /// Publishes `job` again from the dead letter at `dead_letter_seq`: the same job id (its
@@ -126,7 +176,17 @@ impl Client {
     /// before (same idempotency key) is not run again: the answer comes from the first one's
     /// record.
     pub async fn call(&self, job: &Job, timeout: Duration) -> Result<Reply, ClientError> {
-        let waiting = self.inbox.expect();
+        self.call_with_progress(job, timeout, None).await
+    }
+
+    /// [`Client::call`], with the upstream's progress events sent to `progress` in order.
+    pub async fn call_with_progress(
+        &self,
+        job: &Job,
+        timeout: Duration,
+        progress: Option<mpsc::UnboundedSender<ProgressEvent>>,
+    ) -> Result<Reply, ClientError> {
+        let waiting = self.inbox.expect(progress);
         let reply_to = Some(waiting.subject.clone());
         if self
             .publish(job, reply_to, job.msg_id(), None)
@@ -170,6 +230,101 @@ impl Client {
             Ok(None) => Err(ClientError::InboxClosed { job_id }),
             Err(_) => Err(ClientError::Timeout { job_id, timeout }),
         }
+    }
+
+    /// Cancels a job: a queued job is never started (its record says `cancelled` at once), a
+    /// running one has its upstream request cancelled by its worker. Jobs that have ended are
+    /// left as they are.
+    pub async fn cancel(&self, job_id: Uuid, reason: Option<String>) -> Result<Cancel, ClientError> {
+        let fail = |reason: String| ClientError::Record { job_id, reason };
+        let bucket = self.results(job_id).await?;
+        let Some(entry) = bucket
+            .entry(job_id.to_string())
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .filter(|e| e.operation == kv::Operation::Put)
+        else {
+            return Ok(Cancel::NotFound);
+        };
+        let record: JobRecord =
+            serde_json::from_slice(&entry.value).map_err(|e| fail(e.to_string()))?;
+        if record.status.is_terminal() {
+            return Ok(Cancel::AlreadyEnded(record));
+        }
+        self.request_cancel(job_id, &record.server, reason.clone())
+            .await?;
+        if !matches!(record.status, JobStatus::Queued | JobStatus::Retrying) {
+            return Ok(Cancel::Requested(record));
+        }
+        // Waiting in the queue: it is cancelled now, unless a worker wrote the record meanwhile
+        // (then the worker ends it, having heard the request).
+        let mut cancelled = record.clone();
+        cancelled.status = JobStatus::Cancelled;
+        cancelled.updated_at_ms = mcpq_schemas::now_ms();
+        cancelled.error = Some(JobError::new(
+            ErrorKind::Cancelled,
+            format!(
+                "cancelled before it started{}",
+                reason.map_or(String::new(), |r| format!(" ({r})"))
+            ),
+        ));
+        let bytes = serde_json::to_vec(&cancelled).map_err(|e| fail(e.to_string()))?;
+        match bucket
+            .update(job_id.to_string(), bytes.into(), entry.revision)
+            .await
+        {
+            Ok(_) => Ok(Cancel::Requested(cancelled)),
+            Err(_) => Ok(Cancel::Requested(self.record(job_id).await?.unwrap_or(record))),
+        }
+    }
+
+    /// Stores a cancellation request for a job of `server`, whatever its record says (a call
+    /// in flight may have none yet). Workers hear it at once.
+    pub async fn request_cancel(
+        &self,
+        job_id: Uuid,
+        server: &str,
+        reason: Option<String>,
+    ) -> Result<(), ClientError> {
+        let fail = |reason: String| ClientError::Record { job_id, reason };
+        let bucket = self
+            .js
+            .get_key_value(CANCELS_BUCKET)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let request = CancelRequest {
+            v: ENVELOPE_VERSION,
+            job_id,
+            server: server.to_string(),
+            at_ms: mcpq_schemas::now_ms(),
+            reason,
+        };
+        let bytes = serde_json::to_vec(&request).map_err(|e| fail(e.to_string()))?;
+        bucket
+            .put(job_id.to_string(), bytes.into())
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Every record written from now on (all jobs): one watch for many jobs, as batches use.
+    pub async fn watch_records(
+        &self,
+    ) -> Result<impl futures::Stream<Item = JobRecord> + Send + 'static, ClientError> {
+        let bucket = self.results(Uuid::nil()).await?;
+        let watch = bucket.watch(">").await.map_err(|e| ClientError::Record {
+            job_id: Uuid::nil(),
+            reason: e.to_string(),
+        })?;
+        Ok(watch.filter_map(|entry| async move {
+            let entry = entry.ok()?;
+            serde_json::from_slice::<JobRecord>(&entry.value).ok()
+        }))
+    }
+
+    /// The NATS connection's JetStream context.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
     }
 
     /// The results bucket (looked up per use: a pipeline's client may start before the bucket

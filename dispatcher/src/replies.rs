@@ -13,12 +13,18 @@ use std::{
 
 use futures::StreamExt;
 use mcpq_schemas::{
-    Reply,
-    names::{EVENT_REPLY, HDR_EVENT},
+    ProgressEvent, Reply,
+    names::{EVENT_PROGRESS, EVENT_REPLY, HDR_EVENT},
 };
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
-type Waiters = Arc<std::sync::Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
+/// A caller waiting on its inbox token: where the reply goes, and its progress events if wanted.
+struct Waiter {
+    reply: oneshot::Sender<Reply>,
+    progress: Option<mpsc::UnboundedSender<ProgressEvent>>,
+}
+
+type Waiters = Arc<std::sync::Mutex<HashMap<u64, Waiter>>>;
 
 /// The process's inbox: register a job id, then wait for its reply.
 #[derive(Clone)]
@@ -69,11 +75,18 @@ impl Inbox {
         })
     }
 
-    /// Registers a wait for one reply; publish the job with `subject` as its reply inbox.
-    pub(crate) fn expect(&self) -> Waiting {
+    /// Registers a wait for one reply (and its progress events, to `progress`); publish the job
+    /// with `subject` as its reply inbox.
+    pub(crate) fn expect(&self, progress: Option<mpsc::UnboundedSender<ProgressEvent>>) -> Waiting {
         let token = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        lock(&self.waiters).insert(token, tx);
+        lock(&self.waiters).insert(
+            token,
+            Waiter {
+                reply: tx,
+                progress,
+            },
+        );
         Waiting {
             token,
             subject: format!("{}.{token}", self.prefix),
@@ -96,7 +109,7 @@ impl Drop for Waiting {
     }
 }
 
-fn lock(waiters: &Waiters) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Reply>>> {
+fn lock(waiters: &Waiters) -> std::sync::MutexGuard<'_, HashMap<u64, Waiter>> {
     waiters
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -108,9 +121,6 @@ fn route(waiters: &Waiters, message: async_nats::Message) {
         .as_ref()
         .and_then(|h| h.get(HDR_EVENT))
         .map(|v| v.as_str().to_string());
-    if event.as_deref().is_some_and(|e| e != EVENT_REPLY) {
-        return; // progress and other events: not routed yet
-    }
     let Some(token) = message
         .subject
         .rsplit('.')
@@ -119,6 +129,20 @@ fn route(waiters: &Waiters, message: async_nats::Message) {
     else {
         return;
     };
+    match event.as_deref() {
+        None | Some(EVENT_REPLY) => {}
+        Some(EVENT_PROGRESS) => {
+            if let Ok(progress) = serde_json::from_slice::<ProgressEvent>(&message.payload)
+                && let Some(Waiter {
+                    progress: Some(to), ..
+                }) = lock(waiters).get(&token)
+            {
+                let _ = to.send(progress);
+            }
+            return;
+        }
+        Some(_) => return, // events of newer workers this version does not know
+    }
     let reply: Reply = match serde_json::from_slice(&message.payload) {
         Ok(reply) => reply,
         Err(e) => {
@@ -126,7 +150,7 @@ fn route(waiters: &Waiters, message: async_nats::Message) {
             return;
         }
     };
-    if let Some(tx) = lock(waiters).remove(&token) {
-        let _ = tx.send(reply);
+    if let Some(waiter) = lock(waiters).remove(&token) {
+        let _ = waiter.reply.send(reply);
     }
 }

@@ -68,6 +68,37 @@ pub struct ServerConfig {
     pub tool_rate_limits: BTreeMap<String, RateLimit>,
     /// When to stop calling an upstream that keeps failing.
     pub circuit_breaker: Option<CircuitBreaker>,
+    /// When calls from clients that declare MCP Tasks become tasks.
+    pub tasks: TaskPolicy,
+}
+
+/// Whether a `tools/call` from a client that declared the MCP Tasks extension becomes a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskMode {
+    /// Always a plain result.
+    Never,
+    /// A plain result, unless the call is not done within `taskAfter`: then a task.
+    Optional,
+    /// A task at once.
+    Always,
+}
+
+/// The task rules of one server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskPolicy {
+    pub mode: TaskMode,
+    /// How long an `optional` call runs before it becomes a task.
+    pub after: Duration,
+    /// Per-tool modes, by upstream tool name.
+    pub tools: BTreeMap<String, TaskMode>,
+}
+
+impl TaskPolicy {
+    /// The mode for `tool`.
+    pub fn mode(&self, tool: &str) -> TaskMode {
+        self.tools.get(tool).copied().unwrap_or(self.mode)
+    }
 }
 
 /// Open after `failure_threshold` retryable failures in a row; probe again after `reset_timeout`.

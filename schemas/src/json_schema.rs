@@ -17,12 +17,31 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         one::<DeadLetter>("dead-letter.json"),
         one::<CatalogEntry>("catalog-entry.json"),
         one::<crate::worker::WorkerBeat>("worker-beat.json"),
+        one::<crate::ProgressEvent>("progress-event.json"),
+        one::<crate::CancelRequest>("cancel-request.json"),
+        one::<crate::api::JobSubmission>("job-submission.json"),
+        one::<crate::api::Accepted>("accepted.json"),
+        one::<crate::api::ApiError>("api-error.json"),
+        one::<crate::api::BatchAccepted>("batch-accepted.json"),
+        one::<crate::batch::BatchRecord>("batch-record.json"),
+        one::<crate::batch::BatchStatus>("batch-status.json"),
+        one::<crate::batch::BatchResultLine>("batch-result-line.json"),
         one::<ConfigFile>("config.json"),
     ]
 }
 
+/// Every pinned file under `schemas/json/`, rendered: the schemas and the OpenAPI document.
+pub fn pinned() -> Vec<(&'static str, String)> {
+    let mut files: Vec<_> = all()
+        .into_iter()
+        .map(|(name, schema)| (name, render(&schema)))
+        .collect();
+    files.push(("openapi.json", render(&crate::openapi::document())));
+    files
+}
+
 /// A schema as pinned on disk: pretty JSON with a final newline.
-pub fn render(schema: &Schema) -> String {
+pub fn render(schema: &impl serde::Serialize) -> String {
     let mut text = serde_json::to_string_pretty(schema).unwrap_or_default();
     text.push('\n');
     text

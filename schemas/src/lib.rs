@@ -4,6 +4,8 @@
 //! Only this crate puts serde on wire types. Wire types tolerate unknown fields so that mixed
 //! versions interoperate; config types reject them so that a typo never passes silently.
 
+pub mod api;
+pub mod batch;
 pub mod catalog;
 pub mod config;
 pub mod dead_letter;
@@ -11,13 +13,16 @@ pub mod job;
 pub mod json_schema;
 pub mod names;
 pub mod nats;
+pub mod openapi;
 pub mod record;
 pub mod worker;
 
 pub use catalog::CatalogEntry;
 pub use dead_letter::{Attempt, DeadLetter};
 pub use job::{Job, JsonObject, Lane, McpRequest};
-pub use record::{ErrorKind, JobError, JobRecord, JobStatus, Outcome, Reply};
+pub use record::{
+    CancelRequest, ErrorKind, JobError, JobRecord, JobStatus, Outcome, Progress, ProgressEvent, Reply,
+};
 
 /// Unix time now, in milliseconds.
 pub fn now_ms() -> u64 {

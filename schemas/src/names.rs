@@ -14,6 +14,10 @@ pub const DLQ_STREAM: &str = "MCPQ_DLQ";
 pub const RESULTS_BUCKET: &str = "mcpq_results";
 /// KV bucket of tool catalogs, keyed by server name.
 pub const CATALOG_BUCKET: &str = "mcpq_catalog";
+/// KV bucket of cancellation requests, keyed by job id; workers watch it.
+pub const CANCELS_BUCKET: &str = "mcpq_cancels";
+/// KV bucket of batches (the job ids of each batch, in input order), keyed by batch id.
+pub const BATCHES_BUCKET: &str = "mcpq_batches";
 /// KV bucket of live workers, keyed `<server>.<worker>`; entries expire unless refreshed.
 pub const WORKERS_BUCKET: &str = "mcpq_workers";
 
@@ -33,6 +37,8 @@ pub const HDR_REPLAY_OF: &str = "Mcpq-Replay-Of";
 
 /// `Mcpq-Event` value of the final reply to a job.
 pub const EVENT_REPLY: &str = "reply";
+/// `Mcpq-Event` value of a progress event: the upstream reported progress during the call.
+pub const EVENT_PROGRESS: &str = "progress";
 
 /// Subjects of the jobs stream: `mcpq.jobs.<server>.<lane>`.
 pub const JOBS_SUBJECTS: &str = "mcpq.jobs.>";
@@ -44,9 +50,15 @@ pub fn job_subject(server: &str, lane: crate::job::Lane) -> String {
     format!("mcpq.jobs.{server}.{}", lane.as_str())
 }
 
-/// The filter of one server's consumer: all lanes of that server.
+/// The filter of one server's consumers: all lanes of that server.
 pub fn server_jobs_filter(server: &str) -> String {
     format!("mcpq.jobs.{server}.>")
+}
+
+/// The subject whose messages carry every update of a job's record: KV `mcpq_results` stores
+/// the record for key `<job id>` on it, so a core subscription here hears each status change.
+pub fn record_subject(job_id: &uuid::Uuid) -> String {
+    format!("$KV.{RESULTS_BUCKET}.{job_id}")
 }
 
 /// The subject a dead letter for `server` is published to.
@@ -54,8 +66,14 @@ pub fn dlq_subject(server: &str) -> String {
     format!("mcpq.dlq.{server}")
 }
 
-/// The durable consumer that every worker of `server` shares.
-pub fn consumer_name(server: &str) -> String {
+/// The durable consumer of one lane of `server`, shared by every worker of that server.
+pub fn consumer_name(server: &str, lane: crate::job::Lane) -> String {
+    format!("mcpq-{server}-{}", lane.as_str())
+}
+
+/// The consumer of all lanes of `server` that mcpq before lanes were scheduled used; workers
+/// delete it, since work-queue consumers may not overlap.
+pub fn legacy_consumer_name(server: &str) -> String {
     format!("mcpq-{server}")
 }
 

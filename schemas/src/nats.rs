@@ -7,8 +7,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv, stream};
 
 use crate::names::{
-    CATALOG_BUCKET, DLQ_STREAM, DLQ_SUBJECTS, JOBS_STREAM, JOBS_SUBJECTS, RESULTS_BUCKET,
-    WORKERS_BUCKET,
+    BATCHES_BUCKET, CANCELS_BUCKET, CATALOG_BUCKET, DLQ_STREAM, DLQ_SUBJECTS, JOBS_STREAM,
+    JOBS_SUBJECTS, RESULTS_BUCKET, WORKERS_BUCKET,
 };
 
 /// How long a worker counts as live after its last heartbeat.
@@ -190,6 +190,23 @@ pub async fn ensure_topology(
     })
     .await
     .map_err(|e| fail("bucket mcpq_workers")(&e))?;
+    // Cancellations and batches live as long as the records they refer to.
+    for (bucket, description) in [
+        (CANCELS_BUCKET, "mcpq cancellation requests, keyed by job id"),
+        (BATCHES_BUCKET, "mcpq batches (job ids in input order), keyed by batch id"),
+    ] {
+        js.create_or_update_key_value(kv::Config {
+            bucket: bucket.into(),
+            description: description.into(),
+            history: 1,
+            max_age: topology.result_ttl,
+            storage: stream::StorageType::File,
+            num_replicas: topology.replicas,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| fail(&format!("bucket {bucket}"))(&e))?;
+    }
     Ok(())
 }
 

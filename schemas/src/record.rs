@@ -78,6 +78,9 @@ pub enum ErrorKind {
     Timeout,
     /// The job's deadline passed before it could be started.
     Expired,
+    /// Someone cancelled the job (MCP `notifications/cancelled` or `tasks/cancel`,
+    /// `DELETE /v1/jobs/{id}`, `mcpq job cancel`).
+    Cancelled,
     /// mcpq itself failed.
     Internal,
     #[serde(other)]
@@ -94,6 +97,7 @@ impl ErrorKind {
             ErrorKind::RateLimited => "rate_limited",
             ErrorKind::Timeout => "timeout",
             ErrorKind::Expired => "expired",
+            ErrorKind::Cancelled => "cancelled",
             ErrorKind::Internal => "internal",
             ErrorKind::Unknown => "unknown",
         }
@@ -156,12 +160,35 @@ pub struct JobRecord {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_attempts: Vec<crate::Attempt>,
 
+    /// The latest progress the upstream reported while the job ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
     /// The worker that wrote this record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_id: Option<String>,
 }
 
 impl JobRecord {
+    /// The record of a job that was just accepted and waits in its queue.
+    pub fn queued(job: &crate::Job) -> Self {
+        JobRecord {
+            v: crate::names::ENVELOPE_VERSION,
+            job_id: job.id,
+            server: job.server.clone(),
+            method: job.request.method.clone(),
+            tool: job.request.tool_name().map(str::to_string),
+            status: JobStatus::Queued,
+            attempts: 0,
+            submitted_at_ms: job.submitted_at_ms,
+            updated_at_ms: crate::now_ms(),
+            result: None,
+            error: None,
+            failed_attempts: Vec::new(),
+            progress: None,
+            worker_id: None,
+        }
+    }
+
     /// The reply a caller gets for this record, if the job has ended.
     pub fn to_reply(&self) -> Option<Reply> {
         let outcome = match (self.status, &self.result, &self.error) {
@@ -179,4 +206,43 @@ impl JobRecord {
             outcome,
         })
     }
+}
+
+/// Progress an upstream reported during a call (MCP `notifications/progress`, without the
+/// token: mcpq maps tokens to jobs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    /// Increases with each event; may be fractional.
+    pub progress: f64,
+    /// The value `progress` will reach at the end, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A progress event, published with core NATS to the job's `Mcpq-Reply-To` subject
+/// (header `Mcpq-Event: progress`) before the reply; events of one job arrive in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgressEvent {
+    pub v: u32,
+    pub job_id: Uuid,
+    #[serde(flatten)]
+    pub progress: Progress,
+}
+
+/// A request to cancel a job, stored in KV `mcpq_cancels` under the job id. Workers watch the
+/// bucket: a queued job is then never started, a running one has its upstream request cancelled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CancelRequest {
+    pub v: u32,
+    pub job_id: Uuid,
+    pub server: String,
+    pub at_ms: u64,
+    /// Why, for the record (e.g. "requested by DELETE /v1/jobs").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }

@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, Message};
 use mcpq_schemas::{
-    Attempt, DeadLetter, ErrorKind, Job, JobError, JobRecord, JobStatus, Outcome, Reply,
+    Attempt, DeadLetter, ErrorKind, Job, JobError, JobRecord, JobStatus, Outcome, Progress,
+    ProgressEvent, Reply,
     names::{ENVELOPE_VERSION, HDR_REPLAY_OF, HDR_REPLY_TO},
     now_ms,
 };
+use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::{
@@ -121,6 +123,12 @@ async fn run(pool: &Pool, message: &Message, mut delivery: Delivery, job: Job) {
         delivery.history = record.failed_attempts;
     }
     let delivery = &mut delivery;
+    // Registered before looking for a request, so one that arrives meanwhile still reaches it.
+    let running = pool.cancels.start(job.id);
+    if running.token.is_cancelled() {
+        cancelled(pool, message, delivery, &job, "before it started").await;
+        return;
+    }
     // Over the rate limit the job waits here, held (progress acks continue), then is checked
     // against its deadline like any other.
     if let Some(limiter) = &pool.limiter {
@@ -158,12 +166,37 @@ async fn run(pool: &Pool, message: &Message, mut delivery: Delivery, job: Job) {
         }
         timeout = timeout.min(Duration::from_millis(deadline - now));
     }
-    let outcome = call(&pool.upstream, &job, timeout).await;
+    // Async callers read the record: show them the job runs. (Callers with an inbox hear the
+    // reply; their calls skip this write.)
+    if delivery.reply_to.is_none() {
+        let running = record(pool, &job, delivery, JobStatus::Running, None, None);
+        let _ = pool.outbox.record(&running).await;
+    }
+    let (progress, mut updates) = mpsc::unbounded_channel();
+    let called = call(
+        &pool.upstream,
+        &job,
+        timeout,
+        &running.token,
+        Some(progress),
+    );
+    // Progress goes out in order while the call runs; the last event is out before the reply.
+    let forwarded = async {
+        while let Some(progress) = updates.recv().await {
+            forward_progress(pool, delivery, &job, progress).await;
+        }
+    };
+    let (outcome, ()) = tokio::join!(called, forwarded);
+    if let CallOutcome::Cancelled = outcome {
+        cancelled(pool, message, delivery, &job, "while it ran").await;
+        return;
+    }
     pool.breaker_record(match &outcome {
-        CallOutcome::Answered(_) => Verdict::Answered,
+        CallOutcome::Answered(_) | CallOutcome::Cancelled => Verdict::Answered,
         CallOutcome::Failed { verdict, .. } => *verdict,
     });
     match outcome {
+        CallOutcome::Cancelled => {}
         CallOutcome::Answered(result) => {
             let outcome = Outcome::Ok { result };
             finish(
@@ -209,6 +242,49 @@ async fn run(pool: &Pool, message: &Message, mut delivery: Delivery, job: Job) {
             }
         }
     }
+}
+
+/// Sends a progress event to the caller's inbox; async jobs get it in their record instead.
+async fn forward_progress(pool: &Pool, delivery: &Delivery, job: &Job, progress: Progress) {
+    match delivery.reply_to.as_deref() {
+        Some(inbox) => {
+            let event = ProgressEvent {
+                v: ENVELOPE_VERSION,
+                job_id: job.id,
+                progress,
+            };
+            if let Err(e) = pool.outbox.progress(inbox, &event).await {
+                tracing::debug!(error = %e, "cannot publish a progress event");
+            }
+        }
+        None => {
+            let mut running = record(pool, job, delivery, JobStatus::Running, None, None);
+            running.progress = Some(progress);
+            let _ = pool.outbox.record(&running).await;
+        }
+    }
+}
+
+/// Ends a cancelled job: recorded `cancelled`, the caller told, the message acked (a
+/// cancellation is not a failure to dead-letter).
+async fn cancelled(pool: &Pool, message: &Message, delivery: &Delivery, job: &Job, when: &str) {
+    let reason = pool
+        .cancels
+        .request(&job.id)
+        .and_then(|r| r.reason)
+        .map_or(String::new(), |r| format!(" ({r})"));
+    tracing::info!(when, "job cancelled");
+    let error = JobError::new(ErrorKind::Cancelled, format!("cancelled {when}{reason}"));
+    finish(
+        pool,
+        message,
+        delivery,
+        job,
+        JobStatus::Cancelled,
+        Outcome::Error { error },
+        AckKind::Ack,
+    )
+    .await;
 }
 
 /// Records the outcome and replies, then acks (or terms) the message. If the record cannot be
@@ -345,6 +421,7 @@ fn record(
         error,
         worker_id: Some(pool.worker_id.clone()),
         failed_attempts: delivery.history.clone(),
+        progress: None,
     }
 }
 

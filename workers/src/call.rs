@@ -2,16 +2,19 @@
 
 use std::time::Duration;
 
-use mcpq_schemas::{ErrorKind, Job, JobError};
+use mcpq_schemas::{ErrorKind, Job, JobError, Progress};
 use rmcp::{
     ServiceError,
     model::{
-        CallToolRequestParams, ClientRequest, GetPromptRequestParams, ReadResourceRequestParams,
-        RequestMetaObject,
+        CallToolRequestParams, CancelledNotification, CancelledNotificationParam, ClientRequest, GetPromptRequestParams, ProgressToken,
+        ReadResourceRequestParams, RequestMetaObject,
     },
     service::PeerRequestOptions,
     transport::streamable_http_client::{HttpStatusError, StreamableHttpError},
 };
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::{decide::Verdict, upstream::Upstream};
 
@@ -22,6 +25,8 @@ pub const META_IDEMPOTENCY_KEY: &str = "io.mcpq/idempotencyKey";
 /// How one attempt at a job ended.
 #[derive(Debug)]
 pub(crate) enum CallOutcome {
+    /// Cancelled while running; the upstream was sent `notifications/cancelled`.
+    Cancelled,
     /// The upstream's MCP result, as JSON.
     Answered(serde_json::Value),
     Failed {
@@ -32,8 +37,15 @@ pub(crate) enum CallOutcome {
     },
 }
 
-/// Sends the job's request upstream and waits at most `timeout` for the answer.
-pub(crate) async fn call(upstream: &Upstream, job: &Job, timeout: Duration) -> CallOutcome {
+/// Sends the job's request upstream and waits at most `timeout` for the answer, or until
+/// `cancel`. Progress the upstream reports goes to `progress`.
+pub(crate) async fn call(
+    upstream: &Upstream,
+    job: &Job,
+    timeout: Duration,
+    cancel: &CancellationToken,
+    progress: Option<mpsc::UnboundedSender<Progress>>,
+) -> CallOutcome {
     let request = match to_client_request(job) {
         Ok(request) => request,
         Err(error) => {
@@ -71,7 +83,23 @@ pub(crate) async fn call(upstream: &Upstream, job: &Job, timeout: Duration) -> C
     let mut options = PeerRequestOptions::with_timeout(timeout);
     options.meta = Some(meta);
     let answer = match peer.send_request_with_option(request, options).await {
-        Ok(handle) => handle.await_response().await,
+        Ok(handle) => {
+            let _route = progress.map(|to| Route::add(upstream, handle.progress_token.clone(), to));
+            let id = handle.id.clone();
+            tokio::select! {
+                answer = handle.await_response() => answer,
+                () = cancel.cancelled() => {
+                    let notification = CancelledNotification::new(CancelledNotificationParam::new(
+                        Some(id),
+                        Some("cancelled through mcpq".into()),
+                    ));
+                    if let Err(e) = peer.send_notification(notification.into()).await {
+                        tracing::warn!(error = %e, "cannot tell the upstream the call was cancelled");
+                    }
+                    return CallOutcome::Cancelled;
+                }
+            }
+        }
         Err(e) => Err(e),
     };
     match answer {
@@ -113,6 +141,29 @@ pub(crate) async fn call(upstream: &Upstream, job: &Job, timeout: Duration) -> C
             }
         }
     }
+}
+
+/// A call's entry in the upstream's progress routes, removed when the call ends.
+struct Route<'a> {
+    upstream: &'a Upstream,
+    token: ProgressToken,
+}
+
+impl<'a> Route<'a> {
+    fn add(upstream: &'a Upstream, token: ProgressToken, to: mpsc::UnboundedSender<Progress>) -> Self {
+        lock(&upstream.events().progress).insert(token.clone(), to);
+        Route { upstream, token }
+    }
+}
+
+impl Drop for Route<'_> {
+    fn drop(&mut self) {
+        lock(&self.upstream.events().progress).remove(&self.token);
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The HTTP status (and `Retry-After`, in whole seconds) behind a failed upstream request, when

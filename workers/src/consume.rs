@@ -5,42 +5,68 @@
 //! progress acks, so with a slow upstream it could outlive AckWait there and be delivered to a
 //! second worker while the first still holds it.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use async_nats::jetstream::{
     self, AckKind,
     consumer::{AckPolicy, PullConsumer, pull},
 };
-use futures::{FutureExt, Stream, StreamExt};
-use mcpq_schemas::names::{JOBS_STREAM, consumer_name, server_jobs_filter};
-use tokio::{sync::Semaphore, task::JoinSet};
+use futures::{FutureExt, Stream, StreamExt, stream::SelectAll};
+use mcpq_schemas::{
+    Lane,
+    names::{JOBS_STREAM, consumer_name, job_subject, legacy_consumer_name},
+};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    task::JoinSet,
+};
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    circuit::Gate,
-    {attempt, pool::Pool},
-};
+use crate::{attempt, circuit::Gate, lanes::Picker, pool::Pool};
 
 /// How many deliveries the server allows; kept above the retry policy's attempts so that the
 /// worker's own dead-lettering always runs first.
 const SERVER_MAX_DELIVER_MARGIN: i64 = 5;
 /// Most messages asked for in one pull.
 const MAX_PULL: usize = 256;
-/// How long one pull waits on the server for messages; short, so slots freed meanwhile are
-/// offered again soon.
-const PULL_EXPIRES: Duration = Duration::from_secs(1);
+
+/// How long an idle long poll waits for a job when it covers every lane.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+/// ... and when it covers only some lanes (fewer free slots than lanes), so the others are
+/// looked at again soon.
+const PARTIAL_POLL: Duration = Duration::from_millis(100);
+/// A lane found empty is not asked again for this long while others keep the slots busy.
+const EMPTY_RECHECK: Duration = Duration::from_millis(20);
+
+/// A long poll on one lane: at most one message, started with the slot it will run in.
+type Poll = futures::stream::BoxStream<'static, Polled>;
+
+enum Polled {
+    /// The job the poll waited for, with the slot it holds.
+    Job(Lane, jetstream::Message, OwnedSemaphorePermit),
+    /// The poll is over (and its slot free, if no job came).
+    Ended(Lane),
+}
 
 /// Runs until `shutdown`, then waits up to `grace` for calls in flight.
+///
+/// Each round takes the free slots and asks the lanes, in the order [`Picker`] gives, for that
+/// many jobs without waiting. When no lane has any, one long poll per lane waits for the next
+/// job (each holding one slot); rounds start again once one of them answers or expires.
 pub(crate) async fn run(pool: Arc<Pool>, shutdown: CancellationToken, grace: Duration) {
     let server = pool.server.name.clone();
     let capacity = Arc::new(Semaphore::new(pool.server.concurrency));
     let mut in_flight = JoinSet::new();
     let mut backoff = Duration::from_millis(100);
+    let mut picker = Picker::default();
     'bind: while !shutdown.is_cancelled() {
-        let consumer = match bind(&pool).await {
-            Ok(consumer) => consumer,
+        let consumers = match bind(&pool).await {
+            Ok(consumers) => consumers,
             Err(e) => {
-                tracing::warn!(%server, error = %e, retry = ?backoff, "cannot bind the job consumer");
+                tracing::warn!(%server, error = %e, retry = ?backoff, "cannot bind the job consumers");
                 tokio::select! {
                     () = shutdown.cancelled() => break 'bind,
                     () = tokio::time::sleep(backoff) => {}
@@ -50,11 +76,35 @@ pub(crate) async fn run(pool: Arc<Pool>, shutdown: CancellationToken, grace: Dur
             }
         };
         tracing::info!(%server, concurrency = pool.server.concurrency, "consuming jobs");
+        let mut polls: SelectAll<Poll> = SelectAll::new();
+        let mut polling = [false; 3];
+        let mut empty_since: [Option<Instant>; 3] = [None; 3];
+        // Whether a round found nothing; then only a long poll's answer starts the next one.
+        let mut idle = false;
         loop {
-            // Wait for one free slot, then take every other free one: that is what we pull.
             let mut permits = tokio::select! {
-                () = shutdown.cancelled() => break 'bind,
-                permit = capacity.clone().acquire_owned() => vec![permit.expect("the semaphore is never closed")],
+                () = shutdown.cancelled() => {
+                    // Jobs a poll already received go back now, not after AckWait.
+                    while let Some(Some(polled)) = polls.next().now_or_never() {
+                        if let Polled::Job(_, message, _) = polled {
+                            let _ = message.ack_with(AckKind::Nak(None)).await;
+                        }
+                    }
+                    break 'bind;
+                }
+                polled = polls.next(), if !polls.is_empty() => {
+                    idle = false;
+                    match polled {
+                        Some(Polled::Job(lane, message, permit)) => {
+                            picker.served(lane, 1);
+                            start(&mut in_flight, &pool, message, permit);
+                        }
+                        Some(Polled::Ended(lane)) => polling[lane_index(lane)] = false,
+                        None => {}
+                    }
+                    continue;
+                }
+                permit = capacity.clone().acquire_owned(), if !idle => vec![permit.expect("the semaphore is never closed")],
             };
             // An open circuit: pull nothing (the jobs stay queued, no attempt is burnt); when
             // it half-opens, pull one job as the probe. Asked only now that a slot is free, so
@@ -62,7 +112,7 @@ pub(crate) async fn run(pool: Arc<Pool>, shutdown: CancellationToken, grace: Dur
             let gate = pool.breaker.as_ref().map_or(Gate::Pull, |b| {
                 b.lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .gate(std::time::Instant::now())
+                    .gate(Instant::now())
             });
             // An upstream that answered 429 with Retry-After holds the whole pool.
             let gate = match pool.held_for() {
@@ -82,50 +132,91 @@ pub(crate) async fn run(pool: Arc<Pool>, shutdown: CancellationToken, grace: Dur
                     Err(_) => break,
                 }
             }
-            let pulled = consumer
-                .batch()
-                .max_messages(permits.len())
-                .expires(PULL_EXPIRES)
-                .messages()
-                .await;
-            let mut batch = match pulled {
-                Ok(batch) => batch,
-                Err(e) => {
-                    tracing::warn!(%server, error = %e, "pull failed; binding again");
-                    tokio::time::sleep(backoff).await;
-                    continue 'bind;
+            // Ask the lanes in turn, without waiting, for as many jobs as there are slots.
+            let mut fetched = 0;
+            for lane in picker.order() {
+                let i = lane_index(lane);
+                if permits.is_empty() {
+                    break;
                 }
-            };
-            backoff = Duration::from_millis(100);
-            loop {
-                let next = tokio::select! {
-                    () = shutdown.cancelled() => {
-                        hand_back(&server, &mut batch).await;
-                        break 'bind;
-                    }
-                    next = batch.next() => next,
-                };
-                match next {
-                    // The pull is over (filled or expired): pull again for what is free.
-                    None => break,
-                    Some(Ok(message)) => {
-                        let Some(permit) = permits.pop() else {
-                            // More than asked for; cannot happen, but never hold it unstarted.
-                            let _ = message.ack_with(AckKind::Nak(None)).await;
-                            continue;
-                        };
-                        let pool = pool.clone();
-                        in_flight.spawn(async move {
-                            attempt::handle(&pool, message).await;
-                            drop(permit);
-                        });
-                    }
-                    Some(Err(e)) => {
-                        tracing::warn!(%server, error = %e, "pull interrupted; binding again");
+                if empty_since[i].is_some_and(|at| at.elapsed() < EMPTY_RECHECK) && !polls.is_empty() {
+                    continue;
+                }
+                let mut batch = match consumers[i].fetch().max_messages(permits.len()).messages().await {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        tracing::warn!(%server, error = %e, "pull failed; binding again");
+                        tokio::time::sleep(backoff).await;
                         continue 'bind;
                     }
+                };
+                let mut got = 0;
+                loop {
+                    let next = tokio::select! {
+                        () = shutdown.cancelled() => {
+                            hand_back(&server, &mut batch).await;
+                            break 'bind;
+                        }
+                        next = batch.next() => next,
+                    };
+                    match next {
+                        None => break,
+                        Some(Ok(message)) => {
+                            let Some(permit) = permits.pop() else {
+                                // More than asked for; cannot happen, but never hold it unstarted.
+                                let _ = message.ack_with(AckKind::Nak(None)).await;
+                                continue;
+                            };
+                            got += 1;
+                            start(&mut in_flight, &pool, message, permit);
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(%server, error = %e, "pull interrupted; binding again");
+                            continue 'bind;
+                        }
+                    }
                 }
+                if got == 0 {
+                    picker.empty(lane);
+                    empty_since[i] = Some(Instant::now());
+                } else {
+                    picker.served(lane, got);
+                    empty_since[i] = None;
+                }
+                fetched += got;
             }
+            backoff = Duration::from_millis(100);
+            if fetched == 0 {
+                // Nothing queued anywhere: wait on every lane not already waited on.
+                let lanes: Vec<Lane> = picker
+                    .order()
+                    .into_iter()
+                    .filter(|lane| !polling[lane_index(*lane)])
+                    .collect();
+                let expires = if permits.len() >= lanes.len() { IDLE_POLL } else { PARTIAL_POLL };
+                for lane in lanes {
+                    let Some(permit) = permits.pop() else { break };
+                    let pulled = consumers[lane_index(lane)]
+                        .batch()
+                        .max_messages(1)
+                        .expires(expires)
+                        .messages()
+                        .await;
+                    match pulled {
+                        Ok(batch) => {
+                            polling[lane_index(lane)] = true;
+                            polls.push(long_poll(lane, batch, permit));
+                        }
+                        Err(e) => {
+                            tracing::warn!(%server, error = %e, "pull failed; binding again");
+                            tokio::time::sleep(backoff).await;
+                            continue 'bind;
+                        }
+                    }
+                }
+                idle = !polls.is_empty();
+            }
+            drop(permits);
             while in_flight.try_join_next().is_some() {}
         }
     }
@@ -139,6 +230,49 @@ pub(crate) async fn run(pool: Arc<Pool>, shutdown: CancellationToken, grace: Dur
         if drained.is_err() {
             tracing::warn!(%server, calls = in_flight.len(), "grace period over; unfinished jobs will be redelivered");
         }
+    }
+}
+
+fn start(
+    in_flight: &mut JoinSet<()>,
+    pool: &Arc<Pool>,
+    message: jetstream::Message,
+    permit: OwnedSemaphorePermit,
+) {
+    let pool = pool.clone();
+    in_flight.spawn(async move {
+        attempt::handle(&pool, message).await;
+        drop(permit);
+    });
+}
+
+/// A long poll as a stream: its one message with its slot, if one comes, then the end (which
+/// frees the slot if no message took it). Errors end it too: the next round binds again if the
+/// consumer is gone.
+fn long_poll(lane: Lane, batch: pull::Batch, permit: OwnedSemaphorePermit) -> Poll {
+    futures::stream::unfold(Some((batch, Some(permit))), move |state| async move {
+        let (mut batch, mut permit) = state?;
+        loop {
+            match batch.next().await {
+                Some(Ok(message)) => match permit.take() {
+                    Some(slot) => return Some((Polled::Job(lane, message, slot), Some((batch, None)))),
+                    None => {
+                        // A second message on a poll for one: hand it back at once.
+                        let _ = message.ack_with(AckKind::Nak(None)).await;
+                    }
+                },
+                Some(Err(_)) | None => return Some((Polled::Ended(lane), None)),
+            }
+        }
+    })
+    .boxed()
+}
+
+fn lane_index(lane: Lane) -> usize {
+    match lane {
+        Lane::High => 0,
+        Lane::Normal => 1,
+        Lane::Low => 2,
     }
 }
 
@@ -159,8 +293,9 @@ where
     }
 }
 
-/// Creates (or updates) the server's durable consumer.
-async fn bind(pool: &Pool) -> Result<PullConsumer, String> {
+/// Creates (or updates) the server's durable consumers, one per lane, and removes the
+/// all-lanes consumer of earlier versions (work-queue consumers may not overlap).
+async fn bind(pool: &Pool) -> Result<[PullConsumer; 3], String> {
     let stream = pool
         .outbox
         .js
@@ -168,19 +303,29 @@ async fn bind(pool: &Pool) -> Result<PullConsumer, String> {
         .await
         .map_err(|e| e.to_string())?;
     let server = &pool.server;
-    stream
-        .create_consumer(pull::Config {
-            durable_name: Some(consumer_name(&server.name)),
-            description: Some(format!("mcpq workers of server {}", server.name)),
-            filter_subject: server_jobs_filter(&server.name),
-            ack_policy: AckPolicy::Explicit,
-            // Workers send progress acks every AckWait/3 while they hold a message, so AckWait
-            // only bounds how long a dead worker's jobs wait before redelivery.
-            ack_wait: pool.ack_wait,
-            max_deliver: i64::from(pool.retry.max_attempts) + SERVER_MAX_DELIVER_MARGIN,
-            max_ack_pending: i64::try_from(server.max_in_flight).unwrap_or(i64::MAX),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| e.to_string())
+    let legacy = legacy_consumer_name(&server.name);
+    if stream.consumer_info(&legacy).await.is_ok() {
+        tracing::info!(server = %server.name, consumer = %legacy, "removing the all-lanes consumer of an earlier mcpq");
+        let _ = stream.delete_consumer(&legacy).await;
+    }
+    let mut consumers = Vec::with_capacity(3);
+    for lane in Lane::ALL {
+        let consumer = stream
+            .create_consumer(pull::Config {
+                durable_name: Some(consumer_name(&server.name, lane)),
+                description: Some(format!("mcpq workers of server {}, lane {}", server.name, lane.as_str())),
+                filter_subject: job_subject(&server.name, lane),
+                ack_policy: AckPolicy::Explicit,
+                // Workers send progress acks every AckWait/3 while they hold a message, so
+                // AckWait only bounds how long a dead worker's jobs wait before redelivery.
+                ack_wait: pool.ack_wait,
+                max_deliver: i64::from(pool.retry.max_attempts) + SERVER_MAX_DELIVER_MARGIN,
+                max_ack_pending: i64::try_from(server.max_in_flight).unwrap_or(i64::MAX),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        consumers.push(consumer);
+    }
+    consumers.try_into().map_err(|_| "three lanes, three consumers".to_string())
 }

@@ -7,11 +7,13 @@
 
 mod attempt;
 mod call;
+mod cancel;
 mod catalog;
 mod circuit;
 mod consume;
 mod decide;
 mod decode;
+mod lanes;
 mod limit;
 mod outbox;
 mod pool;
@@ -23,7 +25,7 @@ pub use call::{META_IDEMPOTENCY_KEY, META_JOB_ID};
 pub use decide::{Decision, RetryPolicy, Verdict, decide};
 use mcpq_schemas::{
     config::Config,
-    names::{CATALOG_BUCKET, RESULTS_BUCKET, WORKERS_BUCKET},
+    names::{CANCELS_BUCKET, CATALOG_BUCKET, RESULTS_BUCKET, WORKERS_BUCKET},
     nats::{NatsError, Topology, ensure_topology},
 };
 use tokio_util::sync::CancellationToken;
@@ -119,6 +121,14 @@ pub async fn run(
     let results = bucket(RESULTS_BUCKET).await?;
     let catalog = bucket(CATALOG_BUCKET).await?;
     let workers = bucket(WORKERS_BUCKET).await?;
+    // Requests stored before this worker started are known before it takes a job.
+    let cancels = Arc::new(cancel::Cancels::default());
+    cancel::follow(bucket(CANCELS_BUCKET).await?, cancels.clone(), shutdown.clone())
+        .await
+        .map_err(|reason| WorkerError::Bucket {
+            bucket: CANCELS_BUCKET,
+            reason,
+        })?;
 
     let mut tasks = tokio::task::JoinSet::new();
     let mut upstreams = Vec::new();
@@ -158,6 +168,7 @@ pub async fn run(
             breaker,
             circuit_changed: tokio::sync::Notify::new(),
             held_until: std::sync::Mutex::new(None),
+            cancels: cancels.clone(),
             worker_id: options.worker_id.clone(),
         });
         // The heartbeat outlives the pull loop by its drain, so peers keep our share until then.

@@ -11,6 +11,7 @@ use mcpq_schemas::{config::ServerConfig, worker::CircuitState};
 use tokio::sync::Notify;
 
 use crate::{
+    cancel::Cancels,
     circuit::{Breaker, State},
     decide::{RetryPolicy, Verdict},
     limit::Limiter,
@@ -37,6 +38,8 @@ pub(crate) struct Pool {
     pub circuit_changed: Notify,
     /// No pulling before this: the upstream answered 429 with a `Retry-After`.
     pub held_until: Mutex<Option<Instant>>,
+    /// Cancellation requests (shared by every pool of the process).
+    pub cancels: Arc<Cancels>,
 }
 
 impl Pool {

@@ -5,7 +5,7 @@ use std::{borrow::Cow, collections::BTreeMap, fmt};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, de};
 
-use super::ConfigError;
+use super::{ConfigError, TaskMode};
 
 /// `mcp-infrastructure.yaml`.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -96,6 +96,16 @@ pub struct ServerSection {
     /// Retries of failed calls (default: 3 attempts, backoff from 200ms up to 30s).
     #[serde(default)]
     pub retry: Option<RetrySection>,
+    /// MCP Tasks for clients that declare the extension: `never`, `optional` (a call not done
+    /// within `taskAfter` becomes a task) or `always` (default optional).
+    #[serde(default)]
+    pub tasks: Option<TaskMode>,
+    /// How long an `optional` call may run before it becomes a task, e.g. "10s" (default 10s).
+    #[serde(default)]
+    pub task_after: Option<DurationText>,
+    /// `tasks` for single tools (by upstream tool name), overriding the server's.
+    #[serde(default)]
+    pub tool_tasks: BTreeMap<String, TaskMode>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use super::{
     AutoScale, CircuitBreaker, Config, ConfigError, ConfigErrors, NatsConfig, RateLimit,
-    RetryConfig, Secret, ServerConfig, Transport,
+    RetryConfig, Secret, ServerConfig, TaskMode, TaskPolicy, Transport,
     raw::{
         AuthSpec, ConfigFile, NatsSection, Priority, RateLimitSection, ServerKind, ServerSection,
     },
@@ -370,6 +370,11 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
         Some(Priority::Medium | Priority::Normal) | None => Lane::Normal,
         Some(Priority::Low) => Lane::Low,
     };
+    let tasks = TaskPolicy {
+        mode: s.tasks.unwrap_or(TaskMode::Optional),
+        after: s.task_after.map_or(Duration::from_secs(10), |d| d.0),
+        tools: s.tool_tasks,
+    };
     (errors.len() == before).then_some(ServerConfig {
         name: s.name,
         transport,
@@ -384,6 +389,7 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
         rate_limit,
         tool_rate_limits,
         circuit_breaker,
+        tasks,
     })
 }
 

@@ -4,15 +4,21 @@
 mod http;
 mod stdio;
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use mcpq_schemas::config::{SecretError, ServerConfig, Transport};
+use mcpq_schemas::{
+    Progress,
+    config::{SecretError, ServerConfig, Transport},
+};
 use rmcp::{
     ClientHandler, RoleClient,
-    model::{ClientCapabilities, ClientConfig, Implementation, ProtocolVersion},
+    model::{
+        ClientCapabilities, ClientConfig, Implementation, ProgressNotificationParam,
+        ProgressToken, ProtocolVersion,
+    },
     service::{ClientLifecycleMode, ClientServiceExt, NotificationContext, Peer, RunningService},
 };
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::{Mutex, Notify, mpsc};
 
 /// Why an upstream session could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -57,16 +63,40 @@ struct Inner {
     events: Events,
 }
 
+/// Where each call in flight wants its progress, by the progress token rmcp gave its request.
+pub(crate) type ProgressRoutes =
+    Arc<std::sync::Mutex<HashMap<ProgressToken, mpsc::UnboundedSender<Progress>>>>;
+
 /// What the upstream tells us outside of replies.
 #[derive(Clone)]
 pub(crate) struct Events {
     /// Signalled when the upstream says its tool list changed.
     pub tools_changed: Arc<Notify>,
+    /// `notifications/progress` go to the call that holds the token.
+    pub progress: ProgressRoutes,
 }
 
 impl ClientHandler for Events {
     async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
         self.tools_changed.notify_one();
+    }
+
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        let routes = self
+            .progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(route) = routes.get(&params.progress_token) {
+            let _ = route.send(Progress {
+                progress: params.progress,
+                total: params.total,
+                message: params.message,
+            });
+        }
     }
 
     fn get_info(&self) -> ClientConfig {
@@ -98,6 +128,7 @@ impl Upstream {
                 session: Mutex::new(None),
                 events: Events {
                     tools_changed: Arc::new(Notify::new()),
+                    progress: ProgressRoutes::default(),
                 },
             }),
         })

@@ -1,0 +1,110 @@
+//! Batches: many jobs submitted together under one id, counted and read back in input order.
+//! The HTTP API (`/v1/batches`) and `mcpq batch run` both use these.
+
+use futures::{StreamExt, TryStreamExt, stream};
+use mcpq_schemas::{
+    Job, JobRecord,
+    batch::{BatchRecord, BatchResultLine, BatchStatus},
+    names::{BATCHES_BUCKET, ENVELOPE_VERSION},
+    now_ms,
+};
+use uuid::Uuid;
+
+use crate::{Client, ClientError};
+
+/// How many submissions or reads of one batch are in flight at once.
+pub const IN_FLIGHT: usize = 64;
+
+impl Client {
+    /// Stores the batch (its job ids in order), then submits every job, `IN_FLIGHT` at a time.
+    /// Submitting the same batch again (same id, same idempotent jobs) adds nothing.
+    pub async fn submit_batch(&self, batch_id: Uuid, jobs: &[Job]) -> Result<BatchRecord, ClientError> {
+        let record = BatchRecord {
+            v: ENVELOPE_VERSION,
+            batch_id,
+            created_at_ms: now_ms(),
+            jobs: jobs.iter().map(|j| j.id).collect(),
+        };
+        let fail = |reason: String| ClientError::Record {
+            job_id: batch_id,
+            reason,
+        };
+        let bucket = self
+            .jetstream()
+            .get_key_value(BATCHES_BUCKET)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let bytes = serde_json::to_vec(&record).map_err(|e| fail(e.to_string()))?;
+        if bucket.create(batch_id.to_string(), bytes.into()).await.is_err()
+            && self.batch(batch_id).await?.is_none()
+        {
+            return Err(fail("cannot store the batch".into()));
+        }
+        // Owned items and a cloned client per future: borrowed ones make the future not Send.
+        stream::iter(jobs.to_vec())
+            .map(|job| {
+                let client = self.clone();
+                async move { client.submit(&job).await }
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .try_for_each(|_| async { Ok(()) })
+            .await?;
+        Ok(record)
+    }
+
+    /// The stored batch, if there is one with that id.
+    pub async fn batch(&self, batch_id: Uuid) -> Result<Option<BatchRecord>, ClientError> {
+        let fail = |reason: String| ClientError::Record {
+            job_id: batch_id,
+            reason,
+        };
+        let bucket = self
+            .jetstream()
+            .get_key_value(BATCHES_BUCKET)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        match bucket
+            .get(batch_id.to_string())
+            .await
+            .map_err(|e| fail(e.to_string()))?
+        {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| fail(e.to_string())),
+        }
+    }
+
+    /// The records of `jobs`, in the same order (`None` where a job has none).
+    pub async fn records(&self, jobs: &[Uuid]) -> Result<Vec<Option<JobRecord>>, ClientError> {
+        stream::iter(jobs.to_vec())
+            .map(|id| {
+                let client = self.clone();
+                async move { client.record(id).await }
+            })
+            .buffered(IN_FLIGHT)
+            .try_collect()
+            .await
+    }
+
+    /// Counts of the batch's jobs by status.
+    pub async fn batch_status(&self, batch: &BatchRecord) -> Result<BatchStatus, ClientError> {
+        let records = self.records(&batch.jobs).await?;
+        Ok(BatchStatus::count(
+            batch.batch_id,
+            records.iter().map(|r| r.as_ref().map(|r| r.status)),
+        ))
+    }
+
+    /// One result line per job of the batch, in input order.
+    pub async fn batch_results(&self, batch: &BatchRecord) -> Result<Vec<BatchResultLine>, ClientError> {
+        let records = self.records(&batch.jobs).await?;
+        Ok(batch
+            .jobs
+            .iter()
+            .zip(&records)
+            .enumerate()
+            .map(|(index, (id, record))| BatchResultLine::new(index, *id, record.as_ref()))
+            .collect())
+    }
+}

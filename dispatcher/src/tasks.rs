@@ -1,0 +1,106 @@
+//! MCP Tasks (extension `io.modelcontextprotocol/tasks`, SEP-2663) served from JetStream: the
+//! task id is the job id and the task's state is the job's record, so a task outlives the
+//! dispatcher that created it and any replica answers `tasks/get` and `tasks/cancel`.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use mcpq_schemas::{JobRecord, JobStatus};
+use rmcp::{
+    ErrorData,
+    model::{DetailedTask, ErrorCode, JsonObject, Task, TaskPayload, TaskStatus},
+};
+use uuid::Uuid;
+
+/// How often clients are asked to poll `tasks/get`.
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+fn iso8601(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// The task id a client sent, as a job id.
+pub(crate) fn job_id(task_id: &str) -> Result<Uuid, ErrorData> {
+    task_id
+        .parse()
+        .map_err(|_| ErrorData::invalid_params(format!("unknown task {task_id:?}"), None))
+}
+
+/// The task's base fields from the job's record.
+pub(crate) fn task(record: &JobRecord, ttl: Duration) -> Task {
+    let (status, message) = match record.status {
+        JobStatus::Queued => (TaskStatus::Working, "queued".to_string()),
+        JobStatus::Running => (
+            TaskStatus::Working,
+            match &record.progress {
+                Some(p) => format!(
+                    "running (progress {}{})",
+                    p.progress,
+                    p.total.map_or(String::new(), |t| format!(" of {t}"))
+                ),
+                None => "running".into(),
+            },
+        ),
+        JobStatus::Retrying => (
+            TaskStatus::Working,
+            format!("retrying after {} failed attempts", record.failed_attempts.len()),
+        ),
+        JobStatus::Completed => (TaskStatus::Completed, "completed".into()),
+        JobStatus::Cancelled => (TaskStatus::Cancelled, "cancelled".into()),
+        JobStatus::Failed | JobStatus::Dead | JobStatus::Expired | JobStatus::Unknown => (
+            TaskStatus::Failed,
+            record
+                .error
+                .as_ref()
+                .map_or_else(|| "failed".into(), ToString::to_string),
+        ),
+    };
+    Task::new(
+        record.job_id.to_string(),
+        status,
+        iso8601(record.submitted_at_ms),
+        iso8601(record.updated_at_ms),
+    )
+    .with_status_message(message)
+    .with_ttl_ms(ttl.as_millis() as u64)
+    .with_poll_interval_ms(POLL_INTERVAL.as_millis() as u64)
+}
+
+/// The task with its payload: the result or error once the job has ended.
+pub(crate) fn detailed(record: &JobRecord, ttl: Duration) -> DetailedTask {
+    let payload = match record.status {
+        JobStatus::Completed => TaskPayload::Completed {
+            result: record
+                .result
+                .as_ref()
+                .and_then(|r| r.as_object().cloned())
+                .unwrap_or_default(),
+        },
+        JobStatus::Cancelled => TaskPayload::Cancelled,
+        JobStatus::Failed | JobStatus::Dead | JobStatus::Expired | JobStatus::Unknown => {
+            let error = record.error.as_ref();
+            let mut object = JsonObject::new();
+            object.insert(
+                "code".into(),
+                error
+                    .and_then(|e| e.code)
+                    .unwrap_or(i64::from(ErrorCode::INTERNAL_ERROR.0))
+                    .into(),
+            );
+            object.insert(
+                "message".into(),
+                error.map_or("failed", |e| e.message.as_str()).into(),
+            );
+            object.insert(
+                "data".into(),
+                serde_json::json!({
+                    "jobId": record.job_id,
+                    "kind": error.map(|e| e.kind),
+                    "upstream": error.and_then(|e| e.data.clone()),
+                }),
+            );
+            TaskPayload::Failed { error: object }
+        }
+        JobStatus::Queued | JobStatus::Running | JobStatus::Retrying => TaskPayload::Working,
+    };
+    DetailedTask::new(task(record, ttl), payload)
+}

@@ -1,0 +1,93 @@
+//! The dispatcher's HTTP jobs API (`/v1/jobs`, `/v1/batches`): request and response bodies.
+//! The OpenAPI document built from these types is pinned as `schemas/json/openapi.json`.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{Job, JobStatus, JsonObject, Lane, McpRequest, now_ms};
+
+/// One tool call to run asynchronously: the body of `POST /v1/jobs`, and one line of a batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobSubmission {
+    /// The upstream server's name from the config.
+    pub server: String,
+    /// The tool's name on that server (not prefixed).
+    pub tool: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<JsonObject>,
+    /// Submissions with the same key (per server) are one job; also read from the
+    /// `Idempotency-Key` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Priority lane; the server's configured `priority` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lane: Option<Lane>,
+    /// The job must start within this many milliseconds of submission, or it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+impl JobSubmission {
+    /// The job this submission becomes, with the server's default lane when none is given.
+    pub fn to_job(&self, default_lane: Lane) -> Job {
+        let mut job = Job::new(
+            &self.server,
+            McpRequest::call_tool(&self.tool, self.arguments.clone()),
+        );
+        if let Some(key) = &self.idempotency_key {
+            job = job.with_idempotency_key(key);
+        }
+        job.lane = self.lane.unwrap_or(default_lane);
+        job.deadline_ms = self.timeout_ms.map(|t| now_ms() + t);
+        job
+    }
+}
+
+/// The answer to an accepted submission (`202 Accepted`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Accepted {
+    /// The job id: read the job at `/v1/jobs/{id}`.
+    pub id: Uuid,
+    pub status: JobStatus,
+    /// A job with the same idempotency key existed already; this submission added nothing.
+    pub duplicate: bool,
+}
+
+/// Every error of the HTTP API: a stable code to branch on and a message for a person.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ApiError {
+    pub code: ApiErrorCode,
+    pub message: String,
+}
+
+/// What went wrong, for programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiErrorCode {
+    /// The body or a parameter is not what the API expects (400).
+    BadRequest,
+    /// No server of that name is configured (404 on submit: nothing was queued).
+    UnknownServer,
+    /// The server has no tool of that name (404 on submit: nothing was queued).
+    UnknownTool,
+    /// No job or batch with that id (never submitted, or its record expired) (404).
+    NotFound,
+    /// The job has already ended; it cannot be cancelled (409).
+    AlreadyEnded,
+    /// NATS did not accept the job or answer a read; retry later (503).
+    Unavailable,
+    #[serde(other)]
+    Unknown,
+}
+
+/// The answer to `POST /v1/batches`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchAccepted {
+    pub batch_id: Uuid,
+    /// Calls in the batch (lines of the body).
+    pub total: usize,
+}
