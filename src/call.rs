@@ -5,7 +5,7 @@ use std::{process::ExitCode, time::Duration};
 
 use mcpq_dispatcher::Client;
 use mcpq_schemas::{
-    Job, Lane, McpRequest, Outcome,
+    Job, JsonObject, Lane, McpRequest, Outcome,
     config::{Config, DEFAULT_NATS_URL},
     nats::connect,
     now_ms,
@@ -34,75 +34,87 @@ pub struct CallArgs {
     idempotency_key: Option<String>,
 }
 
-fn parse_lane(text: &str) -> Result<Lane, String> {
+pub fn parse_lane(text: &str) -> Result<Lane, String> {
     serde_json::from_value(serde_json::Value::String(text.into()))
         .map_err(|_| format!("{text:?} is not a lane (high, normal or low)"))
 }
 
-pub async fn run(args: CallArgs) -> ExitCode {
-    let arguments = match args
-        .arguments
-        .as_deref()
-        .map(serde_json::from_str::<serde_json::Value>)
-    {
-        None => None,
-        Some(Ok(serde_json::Value::Object(map))) => Some(map),
+/// A tool's arguments from the command line: a JSON object, or nothing.
+pub fn parse_arguments(text: Option<&str>) -> Result<Option<JsonObject>, ExitCode> {
+    match text.map(serde_json::from_str::<serde_json::Value>) {
+        None => Ok(None),
+        Some(Ok(serde_json::Value::Object(map))) => Ok(Some(map)),
         Some(Ok(other)) => {
             eprintln!("mcpq: arguments must be a JSON object, got {other}");
-            return ExitCode::from(EXIT_CONFIG);
+            Err(ExitCode::from(EXIT_CONFIG))
         }
         Some(Err(e)) => {
             eprintln!(
                 "mcpq: arguments are not JSON: {e} (write them like '{{\"timezone\": \"UTC\"}}')"
             );
-            return ExitCode::from(EXIT_CONFIG);
+            Err(ExitCode::from(EXIT_CONFIG))
         }
-    };
-    // The config is optional here: a pipeline may only know the NATS URL. When there is one,
-    // a server it does not name is refused rather than queued for workers that never come.
-    let config = if args.common.config.exists() {
-        match Config::load(&args.common.config) {
+    }
+}
+
+/// A client on the NATS server that `common` names, and the config if there is one. The config
+/// is optional: a pipeline may only know the NATS URL. When there is one, `servers` it does not
+/// name are refused rather than queued for workers that never come.
+pub async fn connect_client(
+    common: &Common,
+    servers: &[&str],
+    name: &str,
+) -> Result<(Client, Option<Config>), ExitCode> {
+    let config = if common.config.exists() {
+        match Config::load(&common.config) {
             Ok(config) => Some(config),
             Err(errors) => {
                 eprintln!(
                     "mcpq: {} is not a valid config:\n{errors}",
-                    args.common.config.display()
+                    common.config.display()
                 );
-                return ExitCode::from(EXIT_CONFIG);
+                return Err(ExitCode::from(EXIT_CONFIG));
             }
         }
     } else {
         None
     };
-    if let Some(config) = &config
-        && config.server(&args.server).is_none()
-    {
-        eprintln!(
-            "mcpq: unknown server {:?} (configured in {}: {})",
-            args.server,
-            args.common.config.display(),
-            config.server_names().join(", ")
-        );
-        return ExitCode::from(EXIT_CONFIG);
+    if let Some(config) = &config {
+        for server in servers {
+            if config.server(server).is_none() {
+                eprintln!(
+                    "mcpq: unknown server {server:?} (configured in {}: {})",
+                    common.config.display(),
+                    config.server_names().join(", ")
+                );
+                return Err(ExitCode::from(EXIT_CONFIG));
+            }
+        }
     }
-    let url = match (&args.common.nats, &config) {
+    let url = match (&common.nats, &config) {
         (Some(url), _) => url.clone(),
         (None, Some(config)) => config.nats.url_or_default().to_string(),
         (None, None) => DEFAULT_NATS_URL.to_string(),
     };
-    let nats = match connect(&url, "mcpq-call").await {
-        Ok(nats) => nats,
-        Err(e) => {
-            eprintln!("mcpq: {e}");
-            return ExitCode::FAILURE;
-        }
+    let nats = connect(&url, name).await.map_err(|e| {
+        eprintln!("mcpq: {e}");
+        ExitCode::FAILURE
+    })?;
+    let client = Client::new(nats).await.map_err(|e| {
+        eprintln!("mcpq: {e}");
+        ExitCode::FAILURE
+    })?;
+    Ok((client, config))
+}
+
+pub async fn run(args: CallArgs) -> ExitCode {
+    let arguments = match parse_arguments(args.arguments.as_deref()) {
+        Ok(arguments) => arguments,
+        Err(code) => return code,
     };
-    let client = match Client::new(nats).await {
-        Ok(client) => client,
-        Err(e) => {
-            eprintln!("mcpq: {e}");
-            return ExitCode::FAILURE;
-        }
+    let client = match connect_client(&args.common, &[&args.server], "mcpq-call").await {
+        Ok((client, _)) => client,
+        Err(code) => return code,
     };
     let mut job = Job::new(&args.server, McpRequest::call_tool(&args.tool, arguments));
     job.lane = args.lane;

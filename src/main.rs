@@ -1,10 +1,12 @@
 //! `mcpq`: one CLI over the dispatcher and worker libraries. It parses arguments, loads the
 //! config and hands over; the logic lives in the libraries.
 
+mod batch;
 mod bench;
 mod call;
 mod config_cmd;
 mod dlq;
+mod jobs;
 mod local_nats;
 mod run;
 
@@ -53,6 +55,12 @@ enum Command {
     Worker(run::WorkerArgs),
     /// Call a tool through the queue, NATS-native, and print its result as JSON.
     Call(call::CallArgs),
+    /// Submit a call for later, NATS-native, and print its job id.
+    Submit(jobs::SubmitArgs),
+    /// Jobs by id: get, wait, cancel.
+    Job(jobs::JobArgs),
+    /// Batches of calls from a JSON-lines file.
+    Batch(batch::BatchArgs),
     /// Load-test a running mcpq: jobs published to JetStream, replies awaited on an inbox.
     Bench(bench::BenchArgs),
     /// Dead letters: list, show, replay, purge.
@@ -89,6 +97,9 @@ fn main() -> ExitCode {
             Command::Dispatcher(args) => run::dispatcher(args).await,
             Command::Worker(args) => run::worker(args).await,
             Command::Call(args) => call::run(args).await,
+            Command::Submit(args) => jobs::submit(args).await,
+            Command::Job(args) => jobs::run(args).await,
+            Command::Batch(args) => batch::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Dlq(args) => dlq::run(args).await,
 

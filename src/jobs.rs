@@ -1,0 +1,162 @@
+//! `mcpq submit` and `mcpq job get|wait|cancel`: calls for later, by job id, over NATS.
+
+use std::{process::ExitCode, time::Duration};
+
+use mcpq_dispatcher::Cancel;
+use mcpq_schemas::{Job, Lane, McpRequest, now_ms};
+use uuid::Uuid;
+
+use crate::{
+    Common, EXIT_CONFIG,
+    call::{connect_client, parse_arguments, parse_lane},
+};
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| e.to_string())
+}
+
+#[derive(clap::Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The server, as named in the config.
+    server: String,
+    /// The tool, under the upstream's own name.
+    tool: String,
+    /// The tool's arguments as a JSON object.
+    arguments: Option<String>,
+    /// Priority lane: high, normal or low.
+    #[arg(long, default_value = "normal", value_parser = parse_lane)]
+    lane: Lane,
+    /// Idempotency key: submissions with the same key are one job.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    /// The job expires unless it starts within this long.
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
+}
+
+/// Submits one job with no inbox and prints its id.
+pub async fn submit(args: SubmitArgs) -> ExitCode {
+    let arguments = match parse_arguments(args.arguments.as_deref()) {
+        Ok(arguments) => arguments,
+        Err(code) => return code,
+    };
+    let client = match connect_client(&args.common, &[&args.server], "mcpq-submit").await {
+        Ok((client, _)) => client,
+        Err(code) => return code,
+    };
+    let mut job = Job::new(&args.server, McpRequest::call_tool(&args.tool, arguments));
+    job.lane = args.lane;
+    if let Some(key) = args.idempotency_key {
+        job = job.with_idempotency_key(key);
+    }
+    job.deadline_ms = args.timeout.map(|t| now_ms() + t.as_millis() as u64);
+    match client.submit(&job).await {
+        Ok(submitted) => {
+            if submitted.duplicate {
+                eprintln!("mcpq: a job with this idempotency key exists already");
+            }
+            println!("{}", job.id);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mcpq: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct JobArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    command: JobCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum JobCommand {
+    /// Print the job's record (status, attempts, progress, result or error) as JSON.
+    Get { id: String },
+    /// Wait for the job to end and print its record; exit 1 if it did not complete, 2 if it
+    /// did not end in time.
+    Wait {
+        id: String,
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Cancel the job: a queued job never runs, a running one has its upstream call cancelled.
+    Cancel { id: String },
+}
+
+pub async fn run(args: JobArgs) -> ExitCode {
+    let id = match &args.command {
+        JobCommand::Get { id } | JobCommand::Wait { id, .. } | JobCommand::Cancel { id } => id,
+    };
+    let Ok(id) = id.parse::<Uuid>() else {
+        eprintln!("mcpq: {id:?} is not a job id (ids are UUIDs, as `mcpq submit` prints them)");
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let client = match connect_client(&args.common, &[], "mcpq-job").await {
+        Ok((client, _)) => client,
+        Err(code) => return code,
+    };
+    let print = |record: &mcpq_schemas::JobRecord| {
+        println!("{}", serde_json::to_string_pretty(record).unwrap_or_default());
+    };
+    let missing = || {
+        eprintln!("mcpq: no job {id} (never submitted for later, or its record expired)");
+        ExitCode::FAILURE
+    };
+    let result = async {
+        match args.command {
+            JobCommand::Get { .. } => Ok(match client.record(id).await? {
+                Some(record) => {
+                    print(&record);
+                    ExitCode::SUCCESS
+                }
+                None => missing(),
+            }),
+            JobCommand::Wait { timeout, .. } => {
+                let _ = client.wait(id, timeout).await;
+                Ok(match client.record(id).await? {
+                    Some(record) => {
+                        print(&record);
+                        match record.status {
+                            mcpq_schemas::JobStatus::Completed => ExitCode::SUCCESS,
+                            status if status.is_terminal() => ExitCode::FAILURE,
+                            _ => {
+                                eprintln!("mcpq: job {id} has not ended within {timeout:?}");
+                                ExitCode::from(2)
+                            }
+                        }
+                    }
+                    None => missing(),
+                })
+            }
+            JobCommand::Cancel { .. } => Ok(
+                match client.cancel(id, Some("requested by mcpq job cancel".into())).await? {
+                    Cancel::Requested(record) => {
+                        print(&record);
+                        ExitCode::SUCCESS
+                    }
+                    Cancel::AlreadyEnded(record) => {
+                        eprintln!("mcpq: job {id} has already ended; nothing to cancel");
+                        print(&record);
+                        ExitCode::FAILURE
+                    }
+                    Cancel::NotFound => missing(),
+                },
+            ),
+        }
+    };
+    match result.await {
+        Ok(code) => code,
+        Err(e) => {
+            let e: mcpq_dispatcher::ClientError = e;
+            eprintln!("mcpq: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
