@@ -3,14 +3,17 @@
 #![allow(clippy::unwrap_used)]
 
 mod cli;
+mod batch;
 mod crash;
 mod flow;
 mod idempotency;
+mod jobs;
 mod load;
 mod restart;
 mod retry;
 mod schemas;
 mod stdio;
+mod tasks;
 mod wire;
 
 use mcpq_tests::fixture_bin;

@@ -14,9 +14,13 @@ use std::{
 use rmcp::{
     ErrorData, ServerHandler, ServiceExt,
     handler::server::{router::tool::ToolRouter, wrapper::Parameters},
-    model::{CallToolResult, ContentBlock, ServerCapabilities, ServerConfig, SubscriptionFilter},
+    model::{
+        CallToolResult, ContentBlock, ProgressNotificationParam, ServerCapabilities, ServerConfig,
+        SubscriptionFilter,
+    },
     schemars,
-    service::{SubscriptionContext, SubscriptionSink},
+    RoleServer,
+    service::{RequestContext, SubscriptionContext, SubscriptionSink},
     tool, tool_handler, tool_router,
     transport::streamable_http_server::{
         StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
@@ -47,6 +51,29 @@ pub struct FlakyArgs {
 }
 
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct ProgressArgs {
+    /// How many progress notifications to send before answering.
+    pub steps: u32,
+}
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct HoldArgs {
+    /// Names this call in `held()` and `cancelled()`.
+    pub tag: String,
+    /// Answer after this many milliseconds, unless cancelled first.
+    pub ms: u64,
+}
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct MarkArgs {
+    /// Recorded in call order (see `marks()`).
+    pub tag: String,
+    /// How long to take, in milliseconds.
+    #[serde(default)]
+    pub ms: u64,
+}
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 pub struct SlowArgs {
     /// How long to sleep before answering, in milliseconds.
     pub ms: u64,
@@ -70,6 +97,11 @@ struct State {
     /// `slow` calls running now, and the most that ever ran at once.
     slow_now: AtomicU64,
     slow_peak: AtomicU64,
+    /// Tags of `hold` calls that started, and of those the client cancelled.
+    held: Mutex<Vec<String>>,
+    cancelled: Mutex<Vec<String>>,
+    /// Tags of `mark` calls, in arrival order.
+    marks: Mutex<Vec<String>>,
 }
 
 /// The fixture's tools.
@@ -133,6 +165,54 @@ impl Fixture {
         tokio::time::sleep(Duration::from_millis(ms)).await;
         self.state.slow_now.fetch_sub(1, Ordering::SeqCst);
         format!("slept {ms} ms")
+    }
+
+    #[tool(description = "Report progress `steps` times (step i of steps), then answer")]
+    async fn progress(
+        &self,
+        Parameters(ProgressArgs { steps }): Parameters<ProgressArgs>,
+        context: RequestContext<RoleServer>,
+    ) -> String {
+        self.count();
+        if let Some(token) = context.meta.get_progress_token() {
+            for step in 1..=steps {
+                let _ = context
+                    .peer
+                    .notify_progress(
+                        ProgressNotificationParam::new(token.clone(), f64::from(step))
+                            .with_total(f64::from(steps))
+                            .with_message(format!("step {step}")),
+                    )
+                    .await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        format!("{steps} steps done")
+    }
+
+    #[tool(description = "Answer after `ms`, unless the client cancels first (then noted)")]
+    async fn hold(
+        &self,
+        Parameters(HoldArgs { tag, ms }): Parameters<HoldArgs>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<String, ErrorData> {
+        self.count();
+        self.state.held.lock().expect("held").push(tag.clone());
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(ms)) => Ok(format!("held {tag}")),
+            () = context.ct.cancelled() => {
+                self.state.cancelled.lock().expect("cancelled").push(tag.clone());
+                Err(ErrorData::internal_error("cancelled", None))
+            }
+        }
+    }
+
+    #[tool(description = "Note the tag in call order, take `ms`, answer")]
+    async fn mark(&self, Parameters(MarkArgs { tag, ms }): Parameters<MarkArgs>) -> String {
+        self.count();
+        self.state.marks.lock().expect("marks").push(tag.clone());
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        tag
     }
 
     #[tool(description = "The process id and how many calls this server has answered")]
@@ -245,6 +325,21 @@ impl Fixture {
     /// When each `stamp` and `flaky` call arrived, in order.
     pub fn stamps(&self) -> Vec<std::time::Instant> {
         self.state.stamps.lock().expect("stamps").clone()
+    }
+
+    /// Tags of `hold` calls that started.
+    pub fn held(&self) -> Vec<String> {
+        self.state.held.lock().expect("held").clone()
+    }
+
+    /// Tags of `hold` calls the client cancelled (the fixture saw the cancellation).
+    pub fn cancelled(&self) -> Vec<String> {
+        self.state.cancelled.lock().expect("cancelled").clone()
+    }
+
+    /// Tags of `mark` calls, in arrival order.
+    pub fn marks(&self) -> Vec<String> {
+        self.state.marks.lock().expect("marks").clone()
     }
 
     /// Answered calls so far.

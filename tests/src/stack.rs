@@ -17,6 +17,8 @@ pub struct Stack {
     pub addr: SocketAddr,
     pub client: Client,
     stop: CancellationToken,
+    /// Stops the first dispatcher only.
+    dispatcher_stop: CancellationToken,
     workers: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -50,8 +52,9 @@ impl Stack {
             .await
             .expect("dispatcher starts");
         let catalog = dispatcher.catalog().clone();
+        let dispatcher_stop = stop.child_token();
         let (addr, serving) = dispatcher
-            .listen("127.0.0.1:0".parse().expect("addr"), stop.clone())
+            .listen("127.0.0.1:0".parse().expect("addr"), dispatcher_stop.clone())
             .await
             .expect("dispatcher listens");
         tokio::spawn(serving);
@@ -72,8 +75,38 @@ impl Stack {
             addr,
             client,
             stop,
+            dispatcher_stop,
             workers: Some(workers),
         }
+    }
+
+    /// Stops the first dispatcher (workers keep running); its address stops answering.
+    pub fn stop_dispatcher(&self) {
+        self.dispatcher_stop.cancel();
+    }
+
+    /// Starts another dispatcher replica on the same NATS and config; returns its address.
+    /// It stops with the stack.
+    pub async fn another_dispatcher(&self) -> SocketAddr {
+        let nats = connect(&self.nats.url(), "test-dispatcher-2")
+            .await
+            .expect("connect dispatcher");
+        let dispatcher = Dispatcher::new(nats, &self.config, HttpOptions::default())
+            .await
+            .expect("dispatcher starts");
+        let catalog = dispatcher.catalog().clone();
+        let (addr, serving) = dispatcher
+            .listen("127.0.0.1:0".parse().expect("addr"), self.stop.child_token())
+            .await
+            .expect("dispatcher listens");
+        tokio::spawn(serving);
+        let names: Vec<String> = self.config.servers.iter().map(|s| s.name.clone()).collect();
+        crate::eventually("the new dispatcher's catalog", Duration::from_secs(30), || {
+            let ready = names.iter().all(|n| catalog.server(n).is_some());
+            async move { ready.then_some(()) }
+        })
+        .await;
+        addr
     }
 
     /// The aggregated MCP endpoint.

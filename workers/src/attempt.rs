@@ -29,6 +29,8 @@ struct Delivery {
     attempt: u32,
     stream_seq: u64,
     history: Vec<Attempt>,
+    /// The last progress the upstream reported, kept on the job's record.
+    progress: Option<Progress>,
 }
 
 impl Delivery {
@@ -67,6 +69,7 @@ pub(crate) async fn handle(pool: &Pool, message: Message) {
         attempt,
         stream_seq,
         history: Vec::new(),
+        progress: None,
     };
     let job = match decode(&pool.server.name, &message.payload) {
         Ok(job) => job,
@@ -182,11 +185,17 @@ async fn run(pool: &Pool, message: &Message, mut delivery: Delivery, job: Job) {
     );
     // Progress goes out in order while the call runs; the last event is out before the reply.
     let forwarded = async {
+        let mut last = None;
         while let Some(progress) = updates.recv().await {
-            forward_progress(pool, delivery, &job, progress).await;
+            forward_progress(pool, delivery, &job, progress.clone()).await;
+            last = Some(progress);
         }
+        last
     };
-    let (outcome, ()) = tokio::join!(called, forwarded);
+    let (outcome, last) = tokio::join!(called, forwarded);
+    if last.is_some() {
+        delivery.progress = last;
+    }
     if let CallOutcome::Cancelled = outcome {
         cancelled(pool, message, delivery, &job, "while it ran").await;
         return;
@@ -421,7 +430,7 @@ fn record(
         error,
         worker_id: Some(pool.worker_id.clone()),
         failed_attempts: delivery.history.clone(),
-        progress: None,
+        progress: delivery.progress.clone(),
     }
 }
 

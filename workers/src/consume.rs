@@ -38,6 +38,8 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 /// ... and when it covers only some lanes (fewer free slots than lanes), so the others are
 /// looked at again soon.
 const PARTIAL_POLL: Duration = Duration::from_millis(100);
+/// A fetch (which does not wait on the server) unanswered this long was lost.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// A lane found empty is not asked again for this long while others keep the slots busy.
 const EMPTY_RECHECK: Duration = Duration::from_millis(20);
 
@@ -157,7 +159,14 @@ pub(crate) async fn run(pool: Arc<Pool>, shutdown: CancellationToken, grace: Dur
                             hand_back(&server, &mut batch).await;
                             break 'bind;
                         }
-                        next = batch.next() => next,
+                        next = tokio::time::timeout(FETCH_TIMEOUT, batch.next()) => match next {
+                            Ok(next) => next,
+                            Err(_) => {
+                                // The answer to a fetch was lost (NATS restarted): start over.
+                                tracing::warn!(%server, "no answer to a fetch; binding again");
+                                continue 'bind;
+                            }
+                        },
                     };
                     match next {
                         None => break,
