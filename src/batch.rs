@@ -148,13 +148,12 @@ async fn execute(client: &Client, jobs: Vec<Job>, args: &RunArgs) -> Result<Stri
     });
     let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
     bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} ended · {msg} · {per_sec} · ETA {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template("{bar:30} {pos}/{len} ended · {msg} · {per_sec} · ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut output = std::io::BufWriter::new(
-        std::fs::File::create(&args.output).map_err(|e| BatchError::Output(args.output.clone(), e))?,
+        std::fs::File::create(&args.output)
+            .map_err(|e| BatchError::Output(args.output.clone(), e))?,
     );
     let (mut failed, mut reused) = (0usize, 0usize);
     let mut results = futures::stream::iter(jobs.into_iter().enumerate())
@@ -185,7 +184,8 @@ async fn execute(client: &Client, jobs: Vec<Job>, args: &RunArgs) -> Result<Stri
             reused += 1;
         }
         let line = BatchResultLine::new(index, id, Some(&record));
-        serde_json::to_writer(&mut output, &line).map_err(|e| BatchError::Output(args.output.clone(), e.into()))?;
+        serde_json::to_writer(&mut output, &line)
+            .map_err(|e| BatchError::Output(args.output.clone(), e.into()))?;
         output
             .write_all(b"\n")
             .map_err(|e| BatchError::Output(args.output.clone(), e))?;
@@ -217,6 +217,8 @@ enum BatchError {
     Client(#[from] ClientError),
     #[error("cannot write {0}: {1}")]
     Output(PathBuf, std::io::Error),
-    #[error("the watch on job records ended (NATS connection lost?); run the batch again to resume")]
+    #[error(
+        "the watch on job records ended (NATS connection lost?); run the batch again to resume"
+    )]
     WatchEnded,
 }

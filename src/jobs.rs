@@ -103,7 +103,10 @@ pub async fn run(args: JobArgs) -> ExitCode {
         Err(code) => return code,
     };
     let print = |record: &mcpq_schemas::JobRecord| {
-        println!("{}", serde_json::to_string_pretty(record).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(record).unwrap_or_default()
+        );
     };
     let missing = || {
         eprintln!("mcpq: no job {id} (never submitted for later, or its record expired)");
@@ -136,7 +139,10 @@ pub async fn run(args: JobArgs) -> ExitCode {
                 })
             }
             JobCommand::Cancel { .. } => Ok(
-                match client.cancel(id, Some("requested by mcpq job cancel".into())).await? {
+                match client
+                    .cancel(id, Some("requested by mcpq job cancel".into()))
+                    .await?
+                {
                     Cancel::Requested(record) => {
                         print(&record);
                         ExitCode::SUCCESS

@@ -134,7 +134,10 @@ async fn submit(
 }
 
 /// `GET /v1/jobs/{id}`.
-async fn job(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Result<Response, Failure> {
+async fn job(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> Result<Response, Failure> {
     let id = parse_id(&id, "job")?;
     match shared.client.record(id).await? {
         Some(record) => Ok(Json(record).into_response()),
@@ -178,7 +181,10 @@ async fn wait(
 }
 
 /// `DELETE /v1/jobs/{id}`.
-async fn cancel(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Result<Response, Failure> {
+async fn cancel(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> Result<Response, Failure> {
     let id = parse_id(&id, "job")?;
     match shared
         .client
@@ -208,8 +214,8 @@ async fn submit_batch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<BatchAccepted>), Failure> {
-    let text = std::str::from_utf8(&body)
-        .map_err(|_| bad_request("the body is not UTF-8 text".into()))?;
+    let text =
+        std::str::from_utf8(&body).map_err(|_| bad_request("the body is not UTF-8 text".into()))?;
     let key = idempotency_key(&headers);
     let batch_id = key.as_deref().map_or_else(Uuid::now_v7, |key| {
         mcpq_schemas::job::idempotent_id("batch", key)
@@ -225,10 +231,16 @@ async fn submit_batch(
                 number + 1
             ))
         })?;
-        let defaults = shared.check(&submission.server, &submission.tool).map_err(|refusal| {
-            let Failure(status, code, message) = Failure::from(refusal);
-            Failure(status, code, format!("line {}: {message}; nothing was queued", number + 1))
-        })?;
+        let defaults = shared
+            .check(&submission.server, &submission.tool)
+            .map_err(|refusal| {
+                let Failure(status, code, message) = Failure::from(refusal);
+                Failure(
+                    status,
+                    code,
+                    format!("line {}: {message}; nothing was queued", number + 1),
+                )
+            })?;
         // Each call is idempotent within its batch, so submitting the batch again adds nothing.
         if submission.idempotency_key.is_none() {
             submission.idempotency_key = Some(format!("batch:{batch_id}:{}", jobs.len()));
@@ -251,7 +263,10 @@ async fn submit_batch(
 }
 
 /// `GET /v1/batches/{id}`.
-async fn batch(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Result<Response, Failure> {
+async fn batch(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> Result<Response, Failure> {
     let id = parse_id(&id, "batch")?;
     let batch = shared
         .client

@@ -18,7 +18,11 @@ pub const IN_FLIGHT: usize = 64;
 impl Client {
     /// Stores the batch (its job ids in order), then submits every job, `IN_FLIGHT` at a time.
     /// Submitting the same batch again (same id, same idempotent jobs) adds nothing.
-    pub async fn submit_batch(&self, batch_id: Uuid, jobs: &[Job]) -> Result<BatchRecord, ClientError> {
+    pub async fn submit_batch(
+        &self,
+        batch_id: Uuid,
+        jobs: &[Job],
+    ) -> Result<BatchRecord, ClientError> {
         let record = BatchRecord {
             v: ENVELOPE_VERSION,
             batch_id,
@@ -35,7 +39,10 @@ impl Client {
             .await
             .map_err(|e| fail(e.to_string()))?;
         let bytes = serde_json::to_vec(&record).map_err(|e| fail(e.to_string()))?;
-        if bucket.create(batch_id.to_string(), bytes.into()).await.is_err()
+        if bucket
+            .create(batch_id.to_string(), bytes.into())
+            .await
+            .is_err()
             && self.batch(batch_id).await?.is_none()
         {
             return Err(fail("cannot store the batch".into()));
@@ -97,7 +104,10 @@ impl Client {
     }
 
     /// One result line per job of the batch, in input order.
-    pub async fn batch_results(&self, batch: &BatchRecord) -> Result<Vec<BatchResultLine>, ClientError> {
+    pub async fn batch_results(
+        &self,
+        batch: &BatchRecord,
+    ) -> Result<Vec<BatchResultLine>, ClientError> {
         let records = self.records(&batch.jobs).await?;
         Ok(batch
             .jobs

@@ -16,21 +16,16 @@ use rmcp::{
     ErrorData, RoleServer, ServerHandler,
     model::{
         CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams,
-        CreateTaskResult, ErrorCode, GetTaskParams, GetTaskResult, Implementation,
-        ListToolsResult, PaginatedRequestParams, ProgressNotificationParam, ProgressToken,
-        ServerCapabilities, ServerConfig, SubscriptionFilter, Tool, UpdateTaskParams,
+        CreateTaskResult, ErrorCode, GetTaskParams, GetTaskResult, Implementation, ListToolsResult,
+        PaginatedRequestParams, ProgressNotificationParam, ProgressToken, ServerCapabilities,
+        ServerConfig, SubscriptionFilter, Tool, UpdateTaskParams,
     },
     service::{RequestContext, SubscriptionContext},
 };
 
 use tracing::Instrument;
 
-use crate::{
-    Cancel,
-    catalog::Catalog,
-    publish::Client,
-    tasks,
-};
+use crate::{Cancel, catalog::Catalog, publish::Client, tasks};
 
 /// Separates server and tool in aggregated tool names.
 pub const NAME_SEPARATOR: &str = "__";
@@ -369,7 +364,10 @@ impl ServerHandler for Gateway {
         _context: RequestContext<RoleServer>,
     ) -> Result<GetTaskResult, ErrorData> {
         let record = self.task_record(&request.task_id).await?;
-        Ok(GetTaskResult::new(tasks::detailed(&record, self.shared.result_ttl)))
+        Ok(GetTaskResult::new(tasks::detailed(
+            &record,
+            self.shared.result_ttl,
+        )))
     }
 
     async fn update_task(

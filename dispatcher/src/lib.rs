@@ -12,9 +12,9 @@ pub mod dead_letters;
 
 pub mod http;
 pub mod ingress;
-mod tasks;
 pub mod publish;
 mod replies;
+mod tasks;
 
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 

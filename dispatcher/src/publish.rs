@@ -87,11 +87,16 @@ impl Client {
     /// again) is not published again: `duplicate` is set and `stream_seq` is 0.
     pub async fn submit(&self, job: &Job) -> Result<Submitted, ClientError> {
         let bucket = self.results(job.id).await?;
-        let bytes = serde_json::to_vec(&JobRecord::queued(job)).map_err(|e| ClientError::Record {
-            job_id: job.id,
-            reason: e.to_string(),
-        })?;
-        if bucket.create(job.id.to_string(), bytes.into()).await.is_err() {
+        let bytes =
+            serde_json::to_vec(&JobRecord::queued(job)).map_err(|e| ClientError::Record {
+                job_id: job.id,
+                reason: e.to_string(),
+            })?;
+        if bucket
+            .create(job.id.to_string(), bytes.into())
+            .await
+            .is_err()
+        {
             // It exists (or the write failed: then the publish below tells).
             if let Some(record) = self.record(job.id).await?
                 && record.status != JobStatus::Queued
@@ -235,7 +240,11 @@ impl Client {
     /// Cancels a job: a queued job is never started (its record says `cancelled` at once), a
     /// running one has its upstream request cancelled by its worker. Jobs that have ended are
     /// left as they are.
-    pub async fn cancel(&self, job_id: Uuid, reason: Option<String>) -> Result<Cancel, ClientError> {
+    pub async fn cancel(
+        &self,
+        job_id: Uuid,
+        reason: Option<String>,
+    ) -> Result<Cancel, ClientError> {
         let fail = |reason: String| ClientError::Record { job_id, reason };
         let bucket = self.results(job_id).await?;
         let Some(entry) = bucket
@@ -274,7 +283,9 @@ impl Client {
             .await
         {
             Ok(_) => Ok(Cancel::Requested(cancelled)),
-            Err(_) => Ok(Cancel::Requested(self.record(job_id).await?.unwrap_or(record))),
+            Err(_) => Ok(Cancel::Requested(
+                self.record(job_id).await?.unwrap_or(record),
+            )),
         }
     }
 

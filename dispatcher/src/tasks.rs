@@ -42,7 +42,10 @@ pub(crate) fn task(record: &JobRecord, ttl: Duration) -> Task {
         ),
         JobStatus::Retrying => (
             TaskStatus::Working,
-            format!("retrying after {} failed attempts", record.failed_attempts.len()),
+            format!(
+                "retrying after {} failed attempts",
+                record.failed_attempts.len()
+            ),
         ),
         JobStatus::Completed => (TaskStatus::Completed, "completed".into()),
         JobStatus::Cancelled => (TaskStatus::Cancelled, "cancelled".into()),

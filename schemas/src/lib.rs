@@ -21,7 +21,8 @@ pub use catalog::CatalogEntry;
 pub use dead_letter::{Attempt, DeadLetter};
 pub use job::{Job, JsonObject, Lane, McpRequest};
 pub use record::{
-    CancelRequest, ErrorKind, JobError, JobRecord, JobStatus, Outcome, Progress, ProgressEvent, Reply,
+    CancelRequest, ErrorKind, JobError, JobRecord, JobStatus, Outcome, Progress, ProgressEvent,
+    Reply,
 };
 
 /// Unix time now, in milliseconds.

@@ -192,8 +192,14 @@ pub async fn ensure_topology(
     .map_err(|e| fail("bucket mcpq_workers")(&e))?;
     // Cancellations and batches live as long as the records they refer to.
     for (bucket, description) in [
-        (CANCELS_BUCKET, "mcpq cancellation requests, keyed by job id"),
-        (BATCHES_BUCKET, "mcpq batches (job ids in input order), keyed by batch id"),
+        (
+            CANCELS_BUCKET,
+            "mcpq cancellation requests, keyed by job id",
+        ),
+        (
+            BATCHES_BUCKET,
+            "mcpq batches (job ids in input order), keyed by batch id",
+        ),
     ] {
         js.create_or_update_key_value(kv::Config {
             bucket: bucket.into(),

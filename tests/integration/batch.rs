@@ -3,17 +3,20 @@
 
 use std::{process::Command, time::Duration};
 
-use mcpq_schemas::{JobStatus, batch::{BatchResultLine, BatchStatus}};
+use mcpq_schemas::{
+    JobStatus,
+    batch::{BatchResultLine, BatchStatus},
+};
 use mcpq_tests::{eventually, fixture::HttpFixture, mcpq_bin, stack::Stack};
 use serde_json::json;
 
-/// 2,000 calls: every 20th a permanent failure (bad arguments, a JSON-RPC error), every 10th
+/// 2,000 calls: every 20th a permanent failure (a JSON-RPC error), every 10th
 /// (of the rest) flaky (hangs past the timeout once, then answers), the others echo.
 fn calls() -> Vec<serde_json::Value> {
     (0..2000)
         .map(|i| {
             if i % 20 == 0 {
-                json!({"server": "web", "tool": "math.add", "arguments": {"a": "not a number", "b": 1}})
+                json!({"server": "web", "tool": "reject"})
             } else if i % 10 == 5 {
                 json!({"server": "web", "tool": "flaky", "arguments": {"key": format!("k{i}"), "failures": 1, "hang_ms": 3000}})
             } else {
@@ -72,14 +75,18 @@ async fn a_batch_run_interrupted_and_run_again_executes_no_call_twice() {
     let mut first = run().spawn().unwrap();
     let written = output.clone();
     eventually("a quarter of the results", Duration::from_secs(120), || {
-        let lines = std::fs::read_to_string(&written).map(|t| t.lines().count()).unwrap_or(0);
+        let lines = std::fs::read_to_string(&written)
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
         async move { (lines >= 500).then_some(()) }
     })
     .await;
     first.kill().unwrap();
     first.wait().unwrap();
     // Run again: it finishes, and the output is complete and in order.
-    let finished = tokio::task::spawn_blocking(move || run().output().unwrap()).await.unwrap();
+    let finished = tokio::task::spawn_blocking(move || run().output().unwrap())
+        .await
+        .unwrap();
     let stderr = String::from_utf8_lossy(&finished.stderr);
     assert!(finished.status.success(), "batch run failed: {stderr}");
     assert!(stderr.contains("answered by an earlier run"), "{stderr}");
@@ -91,10 +98,14 @@ async fn a_batch_run_interrupted_and_run_again_executes_no_call_twice() {
     check(&lines);
     // Upstream executions: each call once, plus the one hang of each flaky call.
     let flaky = (0..2000).filter(|i| i % 20 != 0 && i % 10 == 5).count() as u64;
-    eventually("the upstream's call count settles", Duration::from_secs(10), || {
-        let calls = fixture.fixture.calls();
-        async move { (calls == 2000 + flaky).then_some(()) }
-    })
+    eventually(
+        "the upstream's call count settles",
+        Duration::from_secs(10),
+        || {
+            let calls = fixture.fixture.calls();
+            async move { (calls == 2000 + flaky).then_some(()) }
+        },
+    )
     .await;
     stack.stop().await;
 }
@@ -112,7 +123,7 @@ async fn a_batch_over_http_reports_counts_and_results_in_order() {
     let body: String = (0..200)
         .map(|i| {
             let call = if i % 10 == 0 {
-                json!({"server": "web", "tool": "math.add", "arguments": {"a": "x", "b": 1}})
+                json!({"server": "web", "tool": "reject"})
             } else {
                 json!({"server": "web", "tool": "echo", "arguments": {"text": format!("b-{i}")}})
             };
@@ -141,7 +152,10 @@ async fn a_batch_over_http_reports_counts_and_results_in_order() {
         status.done.then_some(status)
     })
     .await;
-    assert_eq!((status.total, status.completed, status.failed), (200, 180, 20));
+    assert_eq!(
+        (status.total, status.completed, status.failed),
+        (200, 180, 20)
+    );
     // Posting the same batch again (same key) adds nothing.
     let again: mcpq_schemas::api::BatchAccepted = post().await.unwrap().json().await.unwrap();
     assert_eq!(again.batch_id, accepted.batch_id);
@@ -153,17 +167,27 @@ async fn a_batch_over_http_reports_counts_and_results_in_order() {
         .text()
         .await
         .unwrap();
-    let lines: Vec<BatchResultLine> = results.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<BatchResultLine> = results
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 200);
     for (i, line) in lines.iter().enumerate() {
         assert_eq!(line.index, i);
         if i % 10 == 0 {
             assert_eq!(line.status, JobStatus::Failed);
         } else {
-            assert_eq!(crate::first_text(line.result.as_ref().unwrap()), format!("b-{i}"));
+            assert_eq!(
+                crate::first_text(line.result.as_ref().unwrap()),
+                format!("b-{i}")
+            );
         }
     }
-    assert_eq!(fixture.fixture.calls(), 200, "the second POST executed nothing");
+    assert_eq!(
+        fixture.fixture.calls(),
+        200,
+        "the second POST executed nothing"
+    );
     // A bad line is refused by number, and nothing is queued.
     let response = http
         .post(format!("{base}/v1/batches"))
@@ -173,6 +197,9 @@ async fn a_batch_over_http_reports_counts_and_results_in_order() {
         .unwrap();
     assert_eq!(response.status(), 404);
     let error: serde_json::Value = response.json().await.unwrap();
-    assert!(error["message"].as_str().unwrap().starts_with("line 2:"), "{error}");
+    assert!(
+        error["message"].as_str().unwrap().starts_with("line 2:"),
+        "{error}"
+    );
     stack.stop().await;
 }

@@ -20,7 +20,10 @@ fn web(url: &str, extra: &str) -> String {
 }
 
 fn job(tool: &str, arguments: serde_json::Value) -> Job {
-    Job::new("web", McpRequest::call_tool(tool, arguments.as_object().cloned()))
+    Job::new(
+        "web",
+        McpRequest::call_tool(tool, arguments.as_object().cloned()),
+    )
 }
 
 /// Waits until every job's record has ended; returns the records in order.
@@ -84,7 +87,11 @@ async fn ten_thousand_async_jobs_over_nats_and_over_http_all_come_back() {
             assert_eq!(crate::first_text(result), format!("{prefix}-{i}"));
         }
     }
-    assert_eq!(fixture.fixture.clone().calls(), 2 * n as u64, "each job ran once");
+    assert_eq!(
+        fixture.fixture.clone().calls(),
+        2 * n as u64,
+        "each job ran once"
+    );
 
     // The record over HTTP, and the long poll.
     let id = http_ids[17];
@@ -121,15 +128,37 @@ async fn the_jobs_api_answers_errors_as_json_with_a_code() {
         }
     };
     let post = |body: serde_json::Value| http.post(format!("{base}/v1/jobs")).json(&body).send();
-    let message = error(404, "unknown_server")(post(json!({"server": "nope", "tool": "echo"})).await.unwrap()).await;
+    let message = error(404, "unknown_server")(
+        post(json!({"server": "nope", "tool": "echo"}))
+            .await
+            .unwrap(),
+    )
+    .await;
     assert!(message.contains("web"), "{message}");
-    let message = error(404, "unknown_tool")(post(json!({"server": "web", "tool": "nope"})).await.unwrap()).await;
+    let message = error(404, "unknown_tool")(
+        post(json!({"server": "web", "tool": "nope"}))
+            .await
+            .unwrap(),
+    )
+    .await;
     assert!(message.contains("echo"), "{message}");
     let message = error(400, "bad_request")(post(json!({"server": "web"})).await.unwrap()).await;
     assert!(message.contains("tool"), "{message}");
     let unknown = uuid::Uuid::now_v7();
-    error(404, "not_found")(http.get(format!("{base}/v1/jobs/{unknown}")).send().await.unwrap()).await;
-    error(400, "bad_request")(http.get(format!("{base}/v1/jobs/xyz")).send().await.unwrap()).await;
+    error(404, "not_found")(
+        http.get(format!("{base}/v1/jobs/{unknown}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    error(400, "bad_request")(
+        http.get(format!("{base}/v1/jobs/xyz"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
 
     // An idempotency key in the header makes a second submission a duplicate of the first.
     let submit = || {
@@ -141,10 +170,19 @@ async fn the_jobs_api_answers_errors_as_json_with_a_code() {
     let first: mcpq_schemas::api::Accepted = submit().await.unwrap().json().await.unwrap();
     ended(&stack, &[first.id], Duration::from_secs(30)).await;
     let second: mcpq_schemas::api::Accepted = submit().await.unwrap().json().await.unwrap();
-    assert_eq!((second.id, second.duplicate, second.status), (first.id, true, JobStatus::Completed));
+    assert_eq!(
+        (second.id, second.duplicate, second.status),
+        (first.id, true, JobStatus::Completed)
+    );
     assert_eq!(fixture.fixture.clone().calls(), 1);
     // Cancelling a job that ended is a conflict.
-    error(409, "already_ended")(http.delete(format!("{base}/v1/jobs/{}", first.id)).send().await.unwrap()).await;
+    error(409, "already_ended")(
+        http.delete(format!("{base}/v1/jobs/{}", first.id))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
 
     // The OpenAPI document served is the one pinned in the repo.
     let served: serde_json::Value = http
@@ -156,7 +194,8 @@ async fn the_jobs_api_answers_errors_as_json_with_a_code() {
         .await
         .unwrap();
     let pinned: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(mcpq_tests::repo_root().join("schemas/json/openapi.json")).unwrap(),
+        &std::fs::read_to_string(mcpq_tests::repo_root().join("schemas/json/openapi.json"))
+            .unwrap(),
     )
     .unwrap();
     assert_eq!(served, pinned);
@@ -166,12 +205,15 @@ async fn the_jobs_api_answers_errors_as_json_with_a_code() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_jobs_never_start_when_queued_and_are_cancelled_upstream_when_running() {
     let fixture = HttpFixture::start().await;
-    let stack = Stack::start(&web(&fixture.url(), "    concurrency: 1\n    timeout: 60s\n")).await;
+    let stack = Stack::start(&web(&fixture.url(), "    concurrency: 1\n")).await;
     let upstream = fixture.fixture.clone();
     let running = job("hold", json!({"tag": "running", "ms": 60_000}));
     stack.client.submit(&running).await.unwrap();
     eventually("the first job runs", Duration::from_secs(30), || async {
-        upstream.held().contains(&"running".to_string()).then_some(())
+        upstream
+            .held()
+            .contains(&"running".to_string())
+            .then_some(())
     })
     .await;
     // Queued behind it (one slot): cancelled over HTTP, it says so at once.
@@ -186,18 +228,35 @@ async fn cancelled_jobs_never_start_when_queued_and_are_cancelled_upstream_when_
     let record: JobRecord = response.json().await.unwrap();
     assert_eq!(record.status, JobStatus::Cancelled);
     // The running one: its upstream request is cancelled.
-    let cancel = stack.client.cancel(running.id, Some("test".into())).await.unwrap();
+    let cancel = stack
+        .client
+        .cancel(running.id, Some("test".into()))
+        .await
+        .unwrap();
     assert!(matches!(cancel, Cancel::Requested(_)), "{cancel:?}");
     let records = ended(&stack, &[running.id], Duration::from_secs(30)).await;
     assert_eq!(records[0].status, JobStatus::Cancelled, "{:?}", records[0]);
-    eventually("the upstream saw the cancellation", Duration::from_secs(30), || async {
-        upstream.cancelled().contains(&"running".to_string()).then_some(())
-    })
+    eventually(
+        "the upstream saw the cancellation",
+        Duration::from_secs(30),
+        || async {
+            upstream
+                .cancelled()
+                .contains(&"running".to_string())
+                .then_some(())
+        },
+    )
     .await;
     // A job queued after the cancelled one runs; by then the cancelled one was taken and dropped.
-    let after = stack.call("web", "hold", json!({"tag": "after", "ms": 1})).await;
+    let after = stack
+        .call("web", "hold", json!({"tag": "after", "ms": 1}))
+        .await;
     assert!(matches!(after.outcome, Outcome::Ok { .. }), "{after:?}");
-    assert_eq!(upstream.held(), ["running", "after"], "the queued job must never start");
+    assert_eq!(
+        upstream.held(),
+        ["running", "after"],
+        "the queued job must never start"
+    );
     assert_eq!(stack.record(queued.id).await.status, JobStatus::Cancelled);
 
     // An MCP client that goes away (2026-07-28: the response stream closes) cancels its call.
@@ -210,17 +269,28 @@ async fn cancelled_jobs_never_start_when_queued_and_are_cancelled_upstream_when_
         )
         .await
         .unwrap();
-    let params = CallToolRequestParams::new("hold")
-        .with_arguments(json!({"tag": "mcp", "ms": 60_000}).as_object().cloned().unwrap());
+    let params = CallToolRequestParams::new("hold").with_arguments(
+        json!({"tag": "mcp", "ms": 60_000})
+            .as_object()
+            .cloned()
+            .unwrap(),
+    );
     let call = tokio::spawn(async move { client.call_tool(params).await });
     eventually("the MCP call runs", Duration::from_secs(30), || async {
         upstream.held().contains(&"mcp".to_string()).then_some(())
     })
     .await;
     call.abort();
-    eventually("the upstream saw the MCP call cancelled", Duration::from_secs(30), || async {
-        upstream.cancelled().contains(&"mcp".to_string()).then_some(())
-    })
+    eventually(
+        "the upstream saw the MCP call cancelled",
+        Duration::from_secs(30),
+        || async {
+            upstream
+                .cancelled()
+                .contains(&"mcp".to_string())
+                .then_some(())
+        },
+    )
     .await;
     stack.stop().await;
 }
@@ -232,8 +302,15 @@ struct Listener {
 }
 
 impl ClientHandler for Listener {
-    async fn on_progress(&self, params: ProgressNotificationParam, _: NotificationContext<RoleClient>) {
-        self.heard.lock().unwrap().push((params.progress, params.message));
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _: NotificationContext<RoleClient>,
+    ) {
+        self.heard
+            .lock()
+            .unwrap()
+            .push((params.progress, params.message));
     }
 }
 
@@ -241,8 +318,9 @@ impl ClientHandler for Listener {
 async fn upstream_progress_reaches_mcp_clients_nats_callers_and_records_in_order() {
     let fixture = HttpFixture::start().await;
     let stack = Stack::start(&web(&fixture.url(), "")).await;
-    let expected: Vec<(f64, Option<String>)> =
-        (1..=5).map(|i| (f64::from(i), Some(format!("step {i}")))).collect();
+    let expected: Vec<(f64, Option<String>)> = (1..=5)
+        .map(|i| (f64::from(i), Some(format!("step {i}"))))
+        .collect();
 
     for version in [ProtocolVersion::V_2026_07_28, ProtocolVersion::V_2025_06_18] {
         let listener = Listener::default();
@@ -264,10 +342,7 @@ async fn upstream_progress_reaches_mcp_clients_nats_callers_and_records_in_order
         let params = CallToolRequestParams::new("progress")
             .with_arguments(json!({"steps": 5}).as_object().cloned().unwrap());
         let result = client.call_tool(params).await.unwrap();
-        assert_eq!(
-            result.content[0].as_text().unwrap().text,
-            "5 steps done"
-        );
+        assert_eq!(result.content[0].as_text().unwrap().text, "5 steps done");
         // Every event arrived, in order, before the result.
         assert_eq!(*listener.heard.lock().unwrap(), expected, "{version}");
     }
@@ -276,7 +351,11 @@ async fn upstream_progress_reaches_mcp_clients_nats_callers_and_records_in_order
     let (to, mut events) = tokio::sync::mpsc::unbounded_channel();
     let reply = stack
         .client
-        .call_with_progress(&job("progress", json!({"steps": 5})), Duration::from_secs(30), Some(to))
+        .call_with_progress(
+            &job("progress", json!({"steps": 5})),
+            Duration::from_secs(30),
+            Some(to),
+        )
         .await
         .unwrap();
     assert!(matches!(reply.outcome, Outcome::Ok { .. }));
@@ -300,7 +379,10 @@ async fn the_high_lane_drains_before_the_low_lane_without_starving_it() {
     let fixture = HttpFixture::start().await;
     let stack = Stack::start(&web(&fixture.url(), "    concurrency: 1\n")).await;
     let submit = |lane: Lane, i: usize| {
-        let mut job = job("mark", json!({"tag": format!("{}-{i}", lane.as_str()), "ms": 20}));
+        let mut job = job(
+            "mark",
+            json!({"tag": format!("{}-{i}", lane.as_str()), "ms": 20}),
+        );
         job.lane = lane;
         job
     };
@@ -322,8 +404,14 @@ async fn the_high_lane_drains_before_the_low_lane_without_starving_it() {
         "high should drain well before low: {marks:?}"
     );
     // ...and low kept moving meanwhile (about one slot in five).
-    let low_meanwhile = marks[first_high..last_high].iter().filter(|m| !is_high(m)).count();
-    assert!(low_meanwhile >= 5, "low starved while high drained: {marks:?}");
+    let low_meanwhile = marks[first_high..last_high]
+        .iter()
+        .filter(|m| !is_high(m))
+        .count();
+    assert!(
+        low_meanwhile >= 5,
+        "low starved while high drained: {marks:?}"
+    );
     // Within a lane, order is kept.
     let highs: Vec<_> = marks.iter().filter(|m| is_high(m)).cloned().collect();
     let expected: Vec<_> = (0..50).map(|i| format!("high-{i}")).collect();

@@ -2,8 +2,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod cli;
 mod batch;
+mod cli;
 mod crash;
 mod flow;
 mod idempotency;

@@ -36,13 +36,18 @@ async fn connect(addr: SocketAddr, tasks: bool) -> McpClient {
 }
 
 fn call(tool: &str, arguments: serde_json::Value) -> CallToolRequestParams {
-    CallToolRequestParams::new(tool.to_string()).with_arguments(arguments.as_object().cloned().unwrap())
+    CallToolRequestParams::new(tool.to_string())
+        .with_arguments(arguments.as_object().cloned().unwrap())
 }
 
 /// Polls `tasks/get` until the task has ended; its payload.
 async fn ended(client: &McpClient, task_id: &str) -> TaskPayload {
     eventually("the task ended", Duration::from_secs(30), || async {
-        let task = client.get_task(GetTaskParams::new(task_id)).await.ok()?.task;
+        let task = client
+            .get_task(GetTaskParams::new(task_id))
+            .await
+            .ok()?
+            .task;
         task.status().is_terminal().then_some(task.payload)
     })
     .await
@@ -50,7 +55,9 @@ async fn ended(client: &McpClient, task_id: &str) -> TaskPayload {
 
 fn text(payload: &TaskPayload) -> String {
     match payload {
-        TaskPayload::Completed { result } => result["content"][0]["text"].as_str().unwrap().to_string(),
+        TaskPayload::Completed { result } => {
+            result["content"][0]["text"].as_str().unwrap().to_string()
+        }
         other => panic!("expected a completed task, got {other:?}"),
     }
 }
@@ -67,12 +74,22 @@ async fn tasks_are_durable_served_by_any_replica_and_cancellable() {
 
     // A quick call stays a plain result even for a client that declares tasks.
     let first = connect(stack.addr, true).await;
-    match first.call_tool_once(call("slow", json!({"ms": 1}))).await.unwrap() {
-        CallToolResponse::Complete(result) => assert_eq!(result.content[0].as_text().unwrap().text, "slept 1 ms"),
+    match first
+        .call_tool_once(call("slow", json!({"ms": 1})))
+        .await
+        .unwrap()
+    {
+        CallToolResponse::Complete(result) => {
+            assert_eq!(result.content[0].as_text().unwrap().text, "slept 1 ms")
+        }
         other => panic!("a quick call must not become a task: {other:?}"),
     }
     // A slow one becomes a task after taskAfter.
-    let CallToolResponse::Task(created) = first.call_tool_once(call("slow", json!({"ms": 2000}))).await.unwrap() else {
+    let CallToolResponse::Task(created) = first
+        .call_tool_once(call("slow", json!({"ms": 2000})))
+        .await
+        .unwrap()
+    else {
         panic!("a slow call must become a task");
     };
     assert_eq!(created.task.status, TaskStatus::Working);
@@ -80,7 +97,10 @@ async fn tasks_are_durable_served_by_any_replica_and_cancellable() {
     assert!(created.task.poll_interval_ms.is_some() && created.task.ttl_ms.is_some());
     // Another replica knows it...
     let second = connect(replica, true).await;
-    let seen = second.get_task(GetTaskParams::new(task_id.as_str())).await.unwrap();
+    let seen = second
+        .get_task(GetTaskParams::new(task_id.as_str()))
+        .await
+        .unwrap();
     assert_eq!(seen.task.task.task_id, task_id);
     // ...and so does a dispatcher started after the first one stopped.
     stack.stop_dispatcher();
@@ -89,17 +109,28 @@ async fn tasks_are_durable_served_by_any_replica_and_cancellable() {
     assert_eq!(text(&ended(&third, &task_id).await), "slept 2000 ms");
 
     // `always`: a task at once; `never`: a plain result.
-    let CallToolResponse::Task(echo) = third.call_tool_once(call("echo", json!({"text": "hi"}))).await.unwrap() else {
+    let CallToolResponse::Task(echo) = third
+        .call_tool_once(call("echo", json!({"text": "hi"})))
+        .await
+        .unwrap()
+    else {
         panic!("echo is configured `always`");
     };
     assert_eq!(text(&ended(&third, &echo.task.task_id).await), "hi");
     assert!(matches!(
-        third.call_tool_once(call("math.add", json!({"a": 1, "b": 2}))).await.unwrap(),
+        third
+            .call_tool_once(call("math.add", json!({"a": 1, "b": 2})))
+            .await
+            .unwrap(),
         CallToolResponse::Complete(_)
     ));
 
     // tasks/cancel reaches the upstream call.
-    let CallToolResponse::Task(held) = third.call_tool_once(call("hold", json!({"tag": "task", "ms": 60_000}))).await.unwrap() else {
+    let CallToolResponse::Task(held) = third
+        .call_tool_once(call("hold", json!({"tag": "task", "ms": 60_000})))
+        .await
+        .unwrap()
+    else {
         panic!("a long call must become a task");
     };
     let upstream = fixture.fixture.clone();
@@ -107,16 +138,32 @@ async fn tasks_are_durable_served_by_any_replica_and_cancellable() {
         upstream.held().contains(&"task".to_string()).then_some(())
     })
     .await;
-    third.cancel_task(CancelTaskParams::new(held.task.task_id.as_str())).await.unwrap();
-    assert_eq!(ended(&third, &held.task.task_id).await, TaskPayload::Cancelled);
-    eventually("the upstream saw the cancellation", Duration::from_secs(30), || async {
-        upstream.cancelled().contains(&"task".to_string()).then_some(())
-    })
+    third
+        .cancel_task(CancelTaskParams::new(held.task.task_id.as_str()))
+        .await
+        .unwrap();
+    assert_eq!(
+        ended(&third, &held.task.task_id).await,
+        TaskPayload::Cancelled
+    );
+    eventually(
+        "the upstream saw the cancellation",
+        Duration::from_secs(30),
+        || async {
+            upstream
+                .cancelled()
+                .contains(&"task".to_string())
+                .then_some(())
+        },
+    )
     .await;
 
     // A client that does not declare the extension waits for a plain result.
     let plain = connect(restarted, false).await;
-    let result = plain.call_tool(call("slow", json!({"ms": 800}))).await.unwrap();
+    let result = plain
+        .call_tool(call("slow", json!({"ms": 800})))
+        .await
+        .unwrap();
     assert_eq!(result.content[0].as_text().unwrap().text, "slept 800 ms");
     stack.stop().await;
 }

@@ -12,14 +12,13 @@ use std::{
 };
 
 use rmcp::{
-    ErrorData, ServerHandler, ServiceExt,
+    ErrorData, RoleServer, ServerHandler, ServiceExt,
     handler::server::{router::tool::ToolRouter, wrapper::Parameters},
     model::{
         CallToolResult, ContentBlock, ProgressNotificationParam, ServerCapabilities, ServerConfig,
         SubscriptionFilter,
     },
     schemars,
-    RoleServer,
     service::{RequestContext, SubscriptionContext, SubscriptionSink},
     tool, tool_handler, tool_router,
     transport::streamable_http_server::{
@@ -205,6 +204,15 @@ impl Fixture {
                 Err(ErrorData::internal_error("cancelled", None))
             }
         }
+    }
+
+    #[tool(description = "Answer with a JSON-RPC error (invalid params): a permanent failure")]
+    fn reject(&self) -> Result<String, ErrorData> {
+        self.count();
+        Err(ErrorData::invalid_params(
+            "the fixture rejects this call on purpose",
+            None,
+        ))
     }
 
     #[tool(description = "Note the tag in call order, take `ms`, answer")]

@@ -54,7 +54,10 @@ impl Stack {
         let catalog = dispatcher.catalog().clone();
         let dispatcher_stop = stop.child_token();
         let (addr, serving) = dispatcher
-            .listen("127.0.0.1:0".parse().expect("addr"), dispatcher_stop.clone())
+            .listen(
+                "127.0.0.1:0".parse().expect("addr"),
+                dispatcher_stop.clone(),
+            )
             .await
             .expect("dispatcher listens");
         tokio::spawn(serving);
@@ -96,15 +99,22 @@ impl Stack {
             .expect("dispatcher starts");
         let catalog = dispatcher.catalog().clone();
         let (addr, serving) = dispatcher
-            .listen("127.0.0.1:0".parse().expect("addr"), self.stop.child_token())
+            .listen(
+                "127.0.0.1:0".parse().expect("addr"),
+                self.stop.child_token(),
+            )
             .await
             .expect("dispatcher listens");
         tokio::spawn(serving);
         let names: Vec<String> = self.config.servers.iter().map(|s| s.name.clone()).collect();
-        crate::eventually("the new dispatcher's catalog", Duration::from_secs(30), || {
-            let ready = names.iter().all(|n| catalog.server(n).is_some());
-            async move { ready.then_some(()) }
-        })
+        crate::eventually(
+            "the new dispatcher's catalog",
+            Duration::from_secs(30),
+            || {
+                let ready = names.iter().all(|n| catalog.server(n).is_some());
+                async move { ready.then_some(()) }
+            },
+        )
         .await;
         addr
     }

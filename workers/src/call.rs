@@ -6,8 +6,8 @@ use mcpq_schemas::{ErrorKind, Job, JobError, Progress};
 use rmcp::{
     ServiceError,
     model::{
-        CallToolRequestParams, CancelledNotification, CancelledNotificationParam, ClientRequest, GetPromptRequestParams, ProgressToken,
-        ReadResourceRequestParams, RequestMetaObject,
+        CallToolRequestParams, CancelledNotification, CancelledNotificationParam, ClientRequest,
+        GetPromptRequestParams, ProgressToken, ReadResourceRequestParams, RequestMetaObject,
     },
     service::PeerRequestOptions,
     transport::streamable_http_client::{HttpStatusError, StreamableHttpError},
@@ -150,7 +150,11 @@ struct Route<'a> {
 }
 
 impl<'a> Route<'a> {
-    fn add(upstream: &'a Upstream, token: ProgressToken, to: mpsc::UnboundedSender<Progress>) -> Self {
+    fn add(
+        upstream: &'a Upstream,
+        token: ProgressToken,
+        to: mpsc::UnboundedSender<Progress>,
+    ) -> Self {
         lock(&upstream.events().progress).insert(token.clone(), to);
         Route { upstream, token }
     }

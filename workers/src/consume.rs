@@ -141,10 +141,17 @@ pub(crate) async fn run(pool: Arc<Pool>, shutdown: CancellationToken, grace: Dur
                 if permits.is_empty() {
                     break;
                 }
-                if empty_since[i].is_some_and(|at| at.elapsed() < EMPTY_RECHECK) && !polls.is_empty() {
+                if empty_since[i].is_some_and(|at| at.elapsed() < EMPTY_RECHECK)
+                    && !polls.is_empty()
+                {
                     continue;
                 }
-                let mut batch = match consumers[i].fetch().max_messages(permits.len()).messages().await {
+                let mut batch = match consumers[i]
+                    .fetch()
+                    .max_messages(permits.len())
+                    .messages()
+                    .await
+                {
                     Ok(batch) => batch,
                     Err(e) => {
                         tracing::warn!(%server, error = %e, "pull failed; binding again");
@@ -202,7 +209,11 @@ pub(crate) async fn run(pool: Arc<Pool>, shutdown: CancellationToken, grace: Dur
                     .into_iter()
                     .filter(|lane| !polling[lane_index(*lane)])
                     .collect();
-                let expires = if permits.len() >= lanes.len() { IDLE_POLL } else { PARTIAL_POLL };
+                let expires = if permits.len() >= lanes.len() {
+                    IDLE_POLL
+                } else {
+                    PARTIAL_POLL
+                };
                 for lane in lanes {
                     let Some(permit) = permits.pop() else { break };
                     let pulled = consumers[lane_index(lane)]
@@ -264,7 +275,9 @@ fn long_poll(lane: Lane, batch: pull::Batch, permit: OwnedSemaphorePermit) -> Po
         loop {
             match batch.next().await {
                 Some(Ok(message)) => match permit.take() {
-                    Some(slot) => return Some((Polled::Job(lane, message, slot), Some((batch, None)))),
+                    Some(slot) => {
+                        return Some((Polled::Job(lane, message, slot), Some((batch, None))));
+                    }
                     None => {
                         // A second message on a poll for one: hand it back at once.
                         let _ = message.ack_with(AckKind::Nak(None)).await;
@@ -322,7 +335,11 @@ async fn bind(pool: &Pool) -> Result<[PullConsumer; 3], String> {
         let consumer = stream
             .create_consumer(pull::Config {
                 durable_name: Some(consumer_name(&server.name, lane)),
-                description: Some(format!("mcpq workers of server {}, lane {}", server.name, lane.as_str())),
+                description: Some(format!(
+                    "mcpq workers of server {}, lane {}",
+                    server.name,
+                    lane.as_str()
+                )),
                 filter_subject: job_subject(&server.name, lane),
                 ack_policy: AckPolicy::Explicit,
                 // Workers send progress acks every AckWait/3 while they hold a message, so
@@ -336,5 +353,7 @@ async fn bind(pool: &Pool) -> Result<[PullConsumer; 3], String> {
             .map_err(|e| e.to_string())?;
         consumers.push(consumer);
     }
-    consumers.try_into().map_err(|_| "three lanes, three consumers".to_string())
+    consumers
+        .try_into()
+        .map_err(|_| "three lanes, three consumers".to_string())
 }

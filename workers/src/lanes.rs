@@ -9,7 +9,8 @@
 use mcpq_schemas::Lane;
 
 /// Share of free slots per lane when all lanes are busy.
-pub(crate) const WEIGHTS: [(Lane, f64); 3] = [(Lane::High, 4.0), (Lane::Normal, 2.0), (Lane::Low, 1.0)];
+pub(crate) const WEIGHTS: [(Lane, f64); 3] =
+    [(Lane::High, 4.0), (Lane::Normal, 2.0), (Lane::Low, 1.0)];
 
 /// Virtual time per lane: slots served divided by weight. The lane furthest behind goes first.
 #[derive(Debug, Default, Clone)]
@@ -100,7 +101,11 @@ mod tests {
         assert_eq!(run(&mut picker, [0, 0, 1000], 1000), [0, 0, 1000]);
         // ...then high and low are both busy: low still gets its share (1 in 5) at once.
         let taken = run(&mut picker, [1000, 0, 1000], 70);
-        assert!((12..=15).contains(&taken[2]), "low got {} of 70 slots", taken[2]);
+        assert!(
+            (12..=15).contains(&taken[2]),
+            "low got {} of 70 slots",
+            taken[2]
+        );
     }
 
     #[test]

@@ -123,12 +123,16 @@ pub async fn run(
     let workers = bucket(WORKERS_BUCKET).await?;
     // Requests stored before this worker started are known before it takes a job.
     let cancels = Arc::new(cancel::Cancels::default());
-    cancel::follow(bucket(CANCELS_BUCKET).await?, cancels.clone(), shutdown.clone())
-        .await
-        .map_err(|reason| WorkerError::Bucket {
-            bucket: CANCELS_BUCKET,
-            reason,
-        })?;
+    cancel::follow(
+        bucket(CANCELS_BUCKET).await?,
+        cancels.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .map_err(|reason| WorkerError::Bucket {
+        bucket: CANCELS_BUCKET,
+        reason,
+    })?;
 
     let mut tasks = tokio::task::JoinSet::new();
     let mut upstreams = Vec::new();

@@ -13,8 +13,8 @@ use mcpq_schemas::{
 use rmcp::{
     ClientHandler, RoleClient,
     model::{
-        ClientCapabilities, ClientConfig, Implementation, ProgressNotificationParam,
-        ProgressToken, ProtocolVersion,
+        ClientCapabilities, ClientConfig, Implementation, ProgressNotificationParam, ProgressToken,
+        ProtocolVersion,
     },
     service::{ClientLifecycleMode, ClientServiceExt, NotificationContext, Peer, RunningService},
 };
