@@ -295,10 +295,13 @@ async fn cancelled_jobs_never_start_when_queued_and_are_cancelled_upstream_when_
     stack.stop().await;
 }
 
+/// A progress value and its message, as heard.
+type Heard = (f64, Option<String>);
+
 /// An rmcp client that keeps the progress notifications it hears.
 #[derive(Clone, Default)]
 struct Listener {
-    heard: Arc<std::sync::Mutex<Vec<(f64, Option<String>)>>>,
+    heard: Arc<std::sync::Mutex<Vec<Heard>>>,
 }
 
 impl ClientHandler for Listener {

@@ -48,7 +48,7 @@ type Poll = futures::stream::BoxStream<'static, Polled>;
 
 enum Polled {
     /// The job the poll waited for, with the slot it holds.
-    Job(Lane, jetstream::Message, OwnedSemaphorePermit),
+    Job(Lane, Box<jetstream::Message>, OwnedSemaphorePermit),
     /// The poll is over (and its slot free, if no job came).
     Ended(Lane),
 }
@@ -99,7 +99,7 @@ pub(crate) async fn run(pool: Arc<Pool>, shutdown: CancellationToken, grace: Dur
                     match polled {
                         Some(Polled::Job(lane, message, permit)) => {
                             picker.served(lane, 1);
-                            start(&mut in_flight, &pool, message, permit);
+                            start(&mut in_flight, &pool, *message, permit);
                         }
                         Some(Polled::Ended(lane)) => polling[lane_index(lane)] = false,
                         None => {}
@@ -276,7 +276,10 @@ fn long_poll(lane: Lane, batch: pull::Batch, permit: OwnedSemaphorePermit) -> Po
             match batch.next().await {
                 Some(Ok(message)) => match permit.take() {
                     Some(slot) => {
-                        return Some((Polled::Job(lane, message, slot), Some((batch, None))));
+                        return Some((
+                            Polled::Job(lane, Box::new(message), slot),
+                            Some((batch, None)),
+                        ));
                     }
                     None => {
                         // A second message on a poll for one: hand it back at once.
