@@ -421,3 +421,33 @@ async fn the_high_lane_drains_before_the_low_lane_without_starving_it() {
     assert_eq!(highs, expected);
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_example_submits_waits_batches_and_cancels() {
+    let root = mcpq_tests::repo_root();
+    let source = std::fs::read_to_string(root.join("dispatcher/examples/pipeline.rs")).unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert!(
+        readme.contains(&source),
+        "README.md's Rust example differs from dispatcher/examples/pipeline.rs: copy the file into the README"
+    );
+    let fixture = HttpFixture::start().await;
+    let stack = Stack::start(&web(&fixture.url(), "")).await;
+    let example = mcpq_tests::example_bin("pipeline");
+    let url = stack.nats.url();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(example)
+            .args([url.as_str(), "web", "echo", r#"{"text": "from rust"}"#])
+            .output()
+            .expect("run the example")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("from rust"), "{stdout}");
+    assert!(stdout.contains(": 3 of 3 completed"), "{stdout}");
+    assert!(stdout.contains("line 2: Completed"), "{stdout}");
+    assert!(stdout.contains("cancel requested") || stdout.contains("too late"), "{stdout}");
+    stack.stop().await;
+}

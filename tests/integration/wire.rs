@@ -223,3 +223,62 @@ async fn the_readmes_python_pipeline_works() {
     );
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_async_python_pipeline_works() {
+    let root = mcpq_tests::repo_root();
+    let script = root.join("deploy/examples/async_pipeline.py");
+    let source = std::fs::read_to_string(&script).unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert!(
+        readme.contains(&source),
+        "README.md's async Python example differs from deploy/examples/async_pipeline.py: copy the file into the README"
+    );
+
+    let web = HttpFixture::start().await;
+    let stack = Stack::start(&two_fixtures(&web.url())).await;
+    let python = mcpq_tests::required_program("python3");
+    let url = stack.nats.url();
+    let calls: String = (0..50)
+        .map(|i| {
+            let call = if i == 7 {
+                serde_json::json!({"server": "web", "tool": "reject"})
+            } else {
+                serde_json::json!({"server": "web", "tool": "echo", "arguments": {"text": format!("async-{i}")}})
+            };
+            format!("{call}\n")
+        })
+        .collect();
+    let output = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = std::process::Command::new(python)
+            .arg(script)
+            .arg(url.as_str())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run python3");
+        child.stdin.take().unwrap().write_all(calls.as_bytes()).unwrap();
+        child.wait_with_output().expect("python3 ends")
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "async_pipeline.py failed: {stderr}");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON lines"))
+        .collect();
+    assert_eq!(lines.len(), 50);
+    for (i, line) in lines.iter().enumerate() {
+        if i == 7 {
+            assert_eq!(line["status"], "failed", "{line}");
+            assert_eq!(line["error"]["kind"], "upstream", "{line}");
+        } else {
+            assert_eq!(line["status"], "completed", "{line}");
+            assert_eq!(crate::first_text(&line["result"]), format!("async-{i}"));
+        }
+    }
+    stack.stop().await;
+}

@@ -59,6 +59,11 @@ pub fn mcpq_bin() -> PathBuf {
     workspace_binary("mcpq")
 }
 
+/// The example `name` of the dispatcher crate (`cargo test` builds examples).
+pub fn example_bin(name: &str) -> PathBuf {
+    workspace_binary(&format!("examples/{name}"))
+}
+
 /// The stdio fixture binary.
 pub fn fixture_bin() -> PathBuf {
     workspace_binary("mcpq-fixture")
