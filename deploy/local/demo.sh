@@ -36,4 +36,17 @@ echo
 echo "== tools/list and tools/call over MCP HTTP at http://$listen/mcp"
 python3 deploy/local/mcp_http_demo.py "http://$listen/mcp"
 echo
+echo "== a call for later: POST http://$listen/v1/jobs, then GET /v1/jobs/{id}/wait"
+python3 - "$listen" <<'PY'
+import json, sys, urllib.request
+base = f"http://{sys.argv[1]}"
+body = json.dumps({"server": "time", "tool": "convert_time",
+                   "arguments": {"source_timezone": "UTC", "time": "12:00", "target_timezone": "Asia/Tokyo"}}).encode()
+request = urllib.request.Request(f"{base}/v1/jobs", data=body, headers={"Content-Type": "application/json"})
+accepted = json.load(urllib.request.urlopen(request, timeout=10))
+print("accepted:", json.dumps(accepted))
+record = json.load(urllib.request.urlopen(f"{base}/v1/jobs/{accepted['id']}/wait?timeout=60s", timeout=70))
+print(f"record: {record['status']} after {record['attempts']} attempt(s):", record["result"]["content"][0]["text"])
+PY
+echo
 echo "demo: done (stopping mcpq)"
