@@ -235,6 +235,50 @@ def scale(rig, jobs):
     return text
 
 
+def asynchronous(rig, jobs):
+    """Calls for later with a worker running: submissions accepted per second over NATS and over
+    the HTTP jobs API, then a batch run end to end."""
+    base = f"http://127.0.0.1:{rig.listen_port}"
+    call = ["--server", "fast", "--tool", "echo", "--args", '{"text": "x"}', "--calls", str(jobs)]
+    nats = rig.bench(*call, "--no-wait", "--concurrency", "64")
+    http = rig.bench(*call, "--jobs-api", base, "--concurrency", "64")
+    wait_drained(rig)
+    calls = rig.work / "calls.jsonl"
+    calls.write_text("".join(json.dumps({"server": "fast", "tool": "echo", "arguments": {"text": f"b{i}"}}) + "\n"
+                             for i in range(jobs)))
+    t0 = time.time()
+    out = subprocess.run([str(rig.bin / "mcpq"), "batch", "run", "--config", str(rig.config), str(calls),
+                          "-o", str(rig.work / "results.jsonl"), "--in-flight", "256"],
+                         env=rig.env, capture_output=True, text=True)
+    batch_s = time.time() - t0
+    if out.returncode != 0:
+        sys.exit(f"bench: batch run failed: {out.stderr}")
+    lines = (rig.work / "results.jsonl").read_text().splitlines()
+    completed = sum(1 for l in lines if json.loads(l)["status"] == "completed")
+    print(f"  nats submit {nats['calls_per_s']:.0f}/s, http submit {http['calls_per_s']:.0f}/s, "
+          f"batch {jobs / batch_s:.0f} calls/s", flush=True)
+    return (
+        f"- async submission over NATS (`mcpq bench --no-wait`: `queued` record + JetStream publish, "
+        f"concurrency 64, {jobs:,} jobs, a worker draining meanwhile): **{nats['calls_per_s']:,.0f} jobs/s accepted**, "
+        f"p50 {nats['p50_ms']:.2f} ms, p99 {nats['p99_ms']:.2f} ms, errors {nats['errors']}\n"
+        f"- async submission over HTTP (`mcpq bench --jobs-api`: `POST /v1/jobs`, concurrency 64): "
+        f"**{http['calls_per_s']:,.0f} jobs/s accepted**, p50 {http['p50_ms']:.2f} ms, p99 {http['p99_ms']:.2f} ms, "
+        f"errors {http['errors']}\n"
+        f"- `mcpq batch run` of {jobs:,} echo calls (in-flight 256, one worker of concurrency 256): "
+        f"**{jobs / batch_s:,.0f} calls/s** end to end ({batch_s:.1f} s, submission to the last result line written); "
+        f"{completed:,} of {len(lines):,} lines completed\n"
+    )
+
+
+def wait_drained(rig, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if stream_messages(rig, "MCPQ_JOBS") == 0:
+            return
+        time.sleep(0.5)
+    sys.exit("bench: the queue did not drain")
+
+
 def stream_messages(rig, name):
     import urllib.request
     with urllib.request.urlopen(f"http://127.0.0.1:{rig.monitor_port}/jsz?streams=true") as response:
@@ -285,14 +329,17 @@ def main():
 
             rows, rss = compare(rig, concurrencies, args.seconds, 2000 if args.smoke else 20000)
             text = table(rows, rss, concurrencies)
+            async_text = asynchronous(rig, 500 if args.smoke else 20000)
             print()
             print(text)
+            print(async_text)
             errors = sum(r["errors"] for r in rows)
             if args.write:
                 command = "make bench"
                 header = (f"Measured {time.strftime('%Y-%m-%d')} with `{command}` "
                           f"({args.seconds:g} s per cell), on {versions(rig)}.\n\n")
                 write("bench", header + text)
+                write("async", header + async_text)
             if errors:
                 sys.exit(f"bench: {errors} calls failed")
         finally:

@@ -4,6 +4,7 @@
 //! JetStream work-queue round trip with no MCP at all, the physical limit of the queue hop.
 
 mod floor;
+mod jobs_api;
 mod mcp;
 mod nats;
 
@@ -29,9 +30,13 @@ pub struct BenchArgs {
     /// NATS URL (NATS and floor modes).
     #[arg(long, env = "MCPQ_NATS_URL", default_value = DEFAULT_NATS_URL)]
     nats: String,
-    /// The server whose queue the jobs go to (NATS mode).
+    /// The server whose queue the jobs go to (NATS and jobs-API modes).
     #[arg(long, required_unless_present_any = ["mcp", "floor"])]
     server: Option<String>,
+    /// Submit jobs for later through a dispatcher's HTTP jobs API at this base URL instead
+    /// (e.g. http://127.0.0.1:7400): measures accepted jobs/s.
+    #[arg(long, requires = "server", conflicts_with_all = ["mcp", "floor"])]
+    jobs_api: Option<String>,
     /// Call an MCP endpoint with an MCP client instead (e.g. http://127.0.0.1:7400/servers/x/mcp).
     #[arg(long, conflicts_with_all = ["server", "floor"])]
     mcp: Option<String>,
@@ -81,6 +86,13 @@ pub async fn run(args: BenchArgs) -> ExitCode {
     }
     let caller = if let Some(url) = &args.mcp {
         mcp::caller(url, &args.tool, arguments, args.concurrency).await
+    } else if let Some(base) = &args.jobs_api {
+        Ok(jobs_api::caller(
+            base,
+            args.server.as_deref().unwrap_or_default(),
+            &args.tool,
+            arguments,
+        ))
     } else if args.floor {
         floor::caller(&args.nats, args.payload_bytes.unwrap_or(16)).await
     } else {
@@ -95,10 +107,11 @@ pub async fn run(args: BenchArgs) -> ExitCode {
         }
     };
     let report = drive(caller, args.concurrency.max(1), args.calls, args.duration).await;
-    let mode = match (&args.mcp, args.floor) {
-        (Some(_), _) => "mcp",
-        (None, true) => "floor",
-        (None, false) => "nats",
+    let mode = match (&args.mcp, &args.jobs_api, args.floor) {
+        (Some(_), _, _) => "mcp",
+        (None, Some(_), _) => "jobs-api",
+        (None, None, true) => "floor",
+        (None, None, false) => "nats",
     };
     report.print(mode, args.concurrency, args.json);
     if report.errors.is_empty() {
