@@ -169,12 +169,6 @@ async fn run(pool: &Pool, message: &Message, mut delivery: Delivery, job: Job) {
         }
         timeout = timeout.min(Duration::from_millis(deadline - now));
     }
-    // Async callers read the record: show them the job runs. (Callers with an inbox hear the
-    // reply; their calls skip this write.)
-    if delivery.reply_to.is_none() {
-        let running = record(pool, &job, delivery, JobStatus::Running, None, None);
-        let _ = pool.outbox.record(&running).await;
-    }
     let (progress, mut updates) = mpsc::unbounded_channel();
     let called = call(
         &pool.upstream,
@@ -185,6 +179,12 @@ async fn run(pool: &Pool, message: &Message, mut delivery: Delivery, job: Job) {
     );
     // Progress goes out in order while the call runs; the last event is out before the reply.
     let forwarded = async {
+        // Async callers read the record: show them the job runs, while the call goes out.
+        // (Callers with an inbox hear the reply; their calls skip this write.)
+        if delivery.reply_to.is_none() {
+            let running = record(pool, &job, delivery, JobStatus::Running, None, None);
+            let _ = pool.outbox.record(&running).await;
+        }
         let mut last = None;
         while let Some(progress) = updates.recv().await {
             forward_progress(pool, delivery, &job, progress.clone()).await;

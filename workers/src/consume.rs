@@ -43,13 +43,13 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// A lane found empty is not asked again for this long while others keep the slots busy.
 const EMPTY_RECHECK: Duration = Duration::from_millis(20);
 
-/// A long poll on one lane: at most one message, started with the slot it will run in.
+/// A long poll on one lane: as many messages as it holds slots, each started in one of them.
 type Poll = futures::stream::BoxStream<'static, Polled>;
 
 enum Polled {
     /// The job the poll waited for, with the slot it holds.
     Job(Lane, Box<jetstream::Message>, OwnedSemaphorePermit),
-    /// The poll is over (and its slot free, if no job came).
+    /// The poll is over (and the slots no job took are free).
     Ended(Lane),
 }
 
@@ -81,6 +81,8 @@ pub(crate) async fn run(pool: Arc<Pool>, shutdown: CancellationToken, grace: Dur
         let mut polls: SelectAll<Poll> = SelectAll::new();
         let mut polling = [false; 3];
         let mut empty_since: [Option<Instant>; 3] = [None; 3];
+        // When each lane last gave a job.
+        let mut last_job: [Option<Instant>; 3] = [None; 3];
         // Whether a round found nothing; then only a long poll's answer starts the next one.
         let mut idle = false;
         loop {
@@ -99,6 +101,7 @@ pub(crate) async fn run(pool: Arc<Pool>, shutdown: CancellationToken, grace: Dur
                     match polled {
                         Some(Polled::Job(lane, message, permit)) => {
                             picker.served(lane, 1);
+                            last_job[lane_index(lane)] = Some(Instant::now());
                             start(&mut in_flight, &pool, *message, permit);
                         }
                         Some(Polled::Ended(lane)) => polling[lane_index(lane)] = false,
@@ -141,8 +144,10 @@ pub(crate) async fn run(pool: Arc<Pool>, shutdown: CancellationToken, grace: Dur
                 if permits.is_empty() {
                     break;
                 }
-                if empty_since[i].is_some_and(|at| at.elapsed() < EMPTY_RECHECK)
-                    && !polls.is_empty()
+                // A lane with a poll waiting has nothing queued: the poll would have its jobs.
+                if polling[i]
+                    || (empty_since[i].is_some_and(|at| at.elapsed() < EMPTY_RECHECK)
+                        && !polls.is_empty())
                 {
                     continue;
                 }
@@ -198,34 +203,46 @@ pub(crate) async fn run(pool: Arc<Pool>, shutdown: CancellationToken, grace: Dur
                 } else {
                     picker.served(lane, got);
                     empty_since[i] = None;
+                    last_job[i] = Some(Instant::now());
                 }
                 fetched += got;
             }
             backoff = Duration::from_millis(100);
             if fetched == 0 {
                 // Nothing queued anywhere: wait on every lane not already waited on.
-                let lanes: Vec<Lane> = picker
-                    .order()
+                // With fewer free slots than lanes, the lanes that gave jobs most recently are
+                // waited on first.
+                let mut lanes: Vec<Lane> = Lane::ALL
                     .into_iter()
                     .filter(|lane| !polling[lane_index(*lane)])
                     .collect();
+                lanes.sort_by_key(|lane| std::cmp::Reverse(last_job[lane_index(*lane)]));
                 let expires = if permits.len() >= lanes.len() {
                     IDLE_POLL
                 } else {
                     PARTIAL_POLL
                 };
+                // The free slots are shared between the polls: one poll takes as many jobs as
+                // it holds slots, so steady traffic on one lane needs few pull requests.
+                let share = permits.len() / lanes.len().max(1);
+                let mut extra = permits.len() % lanes.len().max(1);
                 for lane in lanes {
-                    let Some(permit) = permits.pop() else { break };
+                    let take = (share + usize::from(extra > 0)).min(permits.len());
+                    extra = extra.saturating_sub(1);
+                    if take == 0 {
+                        break;
+                    }
+                    let slots: Vec<_> = permits.drain(permits.len() - take..).collect();
                     let pulled = consumers[lane_index(lane)]
                         .batch()
-                        .max_messages(1)
+                        .max_messages(slots.len())
                         .expires(expires)
                         .messages()
                         .await;
                     match pulled {
                         Ok(batch) => {
                             polling[lane_index(lane)] = true;
-                            polls.push(long_poll(lane, batch, permit));
+                            polls.push(long_poll(lane, batch, slots));
                         }
                         Err(e) => {
                             tracing::warn!(%server, error = %e, "pull failed; binding again");
@@ -266,23 +283,20 @@ fn start(
     });
 }
 
-/// A long poll as a stream: its one message with its slot, if one comes, then the end (which
-/// frees the slot if no message took it). Errors end it too: the next round binds again if the
-/// consumer is gone.
-fn long_poll(lane: Lane, batch: pull::Batch, permit: OwnedSemaphorePermit) -> Poll {
-    futures::stream::unfold(Some((batch, Some(permit))), move |state| async move {
-        let (mut batch, mut permit) = state?;
+/// A long poll as a stream: each message with a slot it holds, then the end (which frees the
+/// slots no message took). Errors end it too: the next round binds again if the consumer is gone.
+fn long_poll(lane: Lane, batch: pull::Batch, slots: Vec<OwnedSemaphorePermit>) -> Poll {
+    futures::stream::unfold(Some((batch, slots)), move |state| async move {
+        let (mut batch, mut slots) = state?;
         loop {
             match batch.next().await {
-                Some(Ok(message)) => match permit.take() {
+                Some(Ok(message)) => match slots.pop() {
                     Some(slot) => {
-                        return Some((
-                            Polled::Job(lane, Box::new(message), slot),
-                            Some((batch, None)),
-                        ));
+                        let job = Polled::Job(lane, Box::new(message), slot);
+                        return Some((job, Some((batch, slots))));
                     }
                     None => {
-                        // A second message on a poll for one: hand it back at once.
+                        // More messages than asked for: hand the extra back at once.
                         let _ = message.ack_with(AckKind::Nak(None)).await;
                     }
                 },
