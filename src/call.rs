@@ -107,6 +107,24 @@ pub async fn connect_client(
     Ok((client, config))
 }
 
+/// A `tools/call` job from command-line arguments; `deadline` from now.
+pub fn tool_job(
+    server: &str,
+    tool: &str,
+    arguments: Option<JsonObject>,
+    lane: Lane,
+    idempotency_key: Option<String>,
+    deadline: Option<Duration>,
+) -> Job {
+    let mut job = Job::new(server, McpRequest::call_tool(tool, arguments));
+    job.lane = lane;
+    if let Some(key) = idempotency_key {
+        job = job.with_idempotency_key(key);
+    }
+    job.deadline_ms = deadline.map(|d| now_ms() + d.as_millis() as u64);
+    job
+}
+
 pub async fn run(args: CallArgs) -> ExitCode {
     let arguments = match parse_arguments(args.arguments.as_deref()) {
         Ok(arguments) => arguments,
@@ -116,12 +134,14 @@ pub async fn run(args: CallArgs) -> ExitCode {
         Ok((client, _)) => client,
         Err(code) => return code,
     };
-    let mut job = Job::new(&args.server, McpRequest::call_tool(&args.tool, arguments));
-    job.lane = args.lane;
-    if let Some(key) = args.idempotency_key {
-        job = job.with_idempotency_key(key);
-    }
-    job.deadline_ms = Some(now_ms() + args.timeout.as_millis() as u64);
+    let job = tool_job(
+        &args.server,
+        &args.tool,
+        arguments,
+        args.lane,
+        args.idempotency_key,
+        Some(args.timeout),
+    );
     match client.call(&job, args.timeout).await {
         Ok(reply) => match reply.outcome {
             Outcome::Ok { result } => {

@@ -3,12 +3,12 @@
 use std::{process::ExitCode, time::Duration};
 
 use mcpq_dispatcher::Cancel;
-use mcpq_schemas::{Job, Lane, McpRequest, now_ms};
+use mcpq_schemas::Lane;
 use uuid::Uuid;
 
 use crate::{
     Common, EXIT_CONFIG,
-    call::{connect_client, parse_arguments, parse_lane},
+    call::{connect_client, parse_arguments, parse_lane, tool_job},
 };
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -46,12 +46,14 @@ pub async fn submit(args: SubmitArgs) -> ExitCode {
         Ok((client, _)) => client,
         Err(code) => return code,
     };
-    let mut job = Job::new(&args.server, McpRequest::call_tool(&args.tool, arguments));
-    job.lane = args.lane;
-    if let Some(key) = args.idempotency_key {
-        job = job.with_idempotency_key(key);
-    }
-    job.deadline_ms = args.timeout.map(|t| now_ms() + t.as_millis() as u64);
+    let job = tool_job(
+        &args.server,
+        &args.tool,
+        arguments,
+        args.lane,
+        args.idempotency_key,
+        args.timeout,
+    );
     match client.submit(&job).await {
         Ok(submitted) => {
             if submitted.duplicate {

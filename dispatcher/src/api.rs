@@ -15,6 +15,7 @@ use axum::{
 use mcpq_schemas::{
     JobStatus,
     api::{Accepted, ApiError, ApiErrorCode, BatchAccepted, JobSubmission},
+    batch::BatchRecord,
 };
 use uuid::Uuid;
 
@@ -267,12 +268,7 @@ async fn batch(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
 ) -> Result<Response, Failure> {
-    let id = parse_id(&id, "batch")?;
-    let batch = shared
-        .client
-        .batch(id)
-        .await?
-        .ok_or_else(|| not_found("batch", id))?;
+    let batch = stored_batch(&shared, &id).await?;
     Ok(Json(shared.client.batch_status(&batch).await?).into_response())
 }
 
@@ -281,16 +277,20 @@ async fn batch_results(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
 ) -> Result<Response, Failure> {
-    let id = parse_id(&id, "batch")?;
-    let batch = shared
-        .client
-        .batch(id)
-        .await?
-        .ok_or_else(|| not_found("batch", id))?;
+    let batch = stored_batch(&shared, &id).await?;
     let mut body = Vec::new();
     for line in shared.client.batch_results(&batch).await? {
         let _ = serde_json::to_writer(&mut body, &line);
         body.push(b'\n');
     }
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+async fn stored_batch(shared: &Shared, id: &str) -> Result<BatchRecord, Failure> {
+    let id = parse_id(id, "batch")?;
+    shared
+        .client
+        .batch(id)
+        .await?
+        .ok_or_else(|| not_found("batch", id))
 }

@@ -33,11 +33,7 @@ impl Client {
             job_id: batch_id,
             reason,
         };
-        let bucket = self
-            .jetstream()
-            .get_key_value(BATCHES_BUCKET)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+        let bucket = self.bucket(BATCHES_BUCKET, batch_id).await?;
         let bytes = serde_json::to_vec(&record).map_err(|e| fail(e.to_string()))?;
         if bucket
             .create(batch_id.to_string(), bytes.into())
@@ -61,25 +57,7 @@ impl Client {
 
     /// The stored batch, if there is one with that id.
     pub async fn batch(&self, batch_id: Uuid) -> Result<Option<BatchRecord>, ClientError> {
-        let fail = |reason: String| ClientError::Record {
-            job_id: batch_id,
-            reason,
-        };
-        let bucket = self
-            .jetstream()
-            .get_key_value(BATCHES_BUCKET)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        match bucket
-            .get(batch_id.to_string())
-            .await
-            .map_err(|e| fail(e.to_string()))?
-        {
-            None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| fail(e.to_string())),
-        }
+        self.get_json(BATCHES_BUCKET, batch_id).await
     }
 
     /// The records of `jobs`, in the same order (`None` where a job has none).

@@ -298,11 +298,7 @@ impl Client {
         reason: Option<String>,
     ) -> Result<(), ClientError> {
         let fail = |reason: String| ClientError::Record { job_id, reason };
-        let bucket = self
-            .js
-            .get_key_value(CANCELS_BUCKET)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+        let bucket = self.bucket(CANCELS_BUCKET, job_id).await?;
         let request = CancelRequest {
             v: ENVELOPE_VERSION,
             job_id,
@@ -341,21 +337,30 @@ impl Client {
     /// The results bucket (looked up per use: a pipeline's client may start before the bucket
     /// exists).
     async fn results(&self, job_id: Uuid) -> Result<jetstream::kv::Store, ClientError> {
+        self.bucket(RESULTS_BUCKET, job_id).await
+    }
+
+    /// A KV bucket of mcpq's, for an operation on `id` (named in the error).
+    pub(crate) async fn bucket(&self, name: &str, id: Uuid) -> Result<kv::Store, ClientError> {
         self.js
-            .get_key_value(RESULTS_BUCKET)
+            .get_key_value(name)
             .await
             .map_err(|e| ClientError::Record {
-                job_id,
+                job_id: id,
                 reason: e.to_string(),
             })
     }
 
-    /// The stored record of a job, if it has one yet.
-    pub async fn record(&self, job_id: Uuid) -> Result<Option<JobRecord>, ClientError> {
-        let fail = |reason: String| ClientError::Record { job_id, reason };
-        let bucket = self.results(job_id).await?;
+    /// The JSON value at key `id` of bucket `name`, if there is one.
+    pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+        id: Uuid,
+    ) -> Result<Option<T>, ClientError> {
+        let fail = |reason: String| ClientError::Record { job_id: id, reason };
+        let bucket = self.bucket(name, id).await?;
         match bucket
-            .get(job_id.to_string())
+            .get(id.to_string())
             .await
             .map_err(|e| fail(e.to_string()))?
         {
@@ -364,5 +369,10 @@ impl Client {
                 .map(Some)
                 .map_err(|e| fail(e.to_string())),
         }
+    }
+
+    /// The stored record of a job, if it has one yet.
+    pub async fn record(&self, job_id: Uuid) -> Result<Option<JobRecord>, ClientError> {
+        self.get_json(RESULTS_BUCKET, job_id).await
     }
 }

@@ -159,17 +159,6 @@ pub async fn ensure_topology(
     .await
     .map_err(|e| fail("stream MCPQ_DLQ")(&e))?;
     js.create_or_update_key_value(kv::Config {
-        bucket: RESULTS_BUCKET.into(),
-        description: "mcpq job records, keyed by job id".into(),
-        history: 1,
-        max_age: topology.result_ttl,
-        storage: stream::StorageType::File,
-        num_replicas: topology.replicas,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| fail("bucket mcpq_results")(&e))?;
-    js.create_or_update_key_value(kv::Config {
         bucket: CATALOG_BUCKET.into(),
         description: "mcpq tool catalogs, keyed by server".into(),
         history: 1,
@@ -190,8 +179,9 @@ pub async fn ensure_topology(
     })
     .await
     .map_err(|e| fail("bucket mcpq_workers")(&e))?;
-    // Cancellations and batches live as long as the records they refer to.
+    // Records, and the cancellations and batches that refer to them, live `resultTtl`.
     for (bucket, description) in [
+        (RESULTS_BUCKET, "mcpq job records, keyed by job id"),
         (
             CANCELS_BUCKET,
             "mcpq cancellation requests, keyed by job id",

@@ -209,13 +209,7 @@ async fn cancelled_jobs_never_start_when_queued_and_are_cancelled_upstream_when_
     let upstream = fixture.fixture.clone();
     let running = job("hold", json!({"tag": "running", "ms": 60_000}));
     stack.client.submit(&running).await.unwrap();
-    eventually("the first job runs", Duration::from_secs(30), || async {
-        upstream
-            .held()
-            .contains(&"running".to_string())
-            .then_some(())
-    })
-    .await;
+    upstream.until_held("running").await;
     // Queued behind it (one slot): cancelled over HTTP, it says so at once.
     let queued = job("hold", json!({"tag": "queued", "ms": 10}));
     stack.client.submit(&queued).await.unwrap();
@@ -236,17 +230,7 @@ async fn cancelled_jobs_never_start_when_queued_and_are_cancelled_upstream_when_
     assert!(matches!(cancel, Cancel::Requested(_)), "{cancel:?}");
     let records = ended(&stack, &[running.id], Duration::from_secs(30)).await;
     assert_eq!(records[0].status, JobStatus::Cancelled, "{:?}", records[0]);
-    eventually(
-        "the upstream saw the cancellation",
-        Duration::from_secs(30),
-        || async {
-            upstream
-                .cancelled()
-                .contains(&"running".to_string())
-                .then_some(())
-        },
-    )
-    .await;
+    upstream.until_cancelled("running").await;
     // A job queued after the cancelled one runs; by then the cancelled one was taken and dropped.
     let after = stack
         .call("web", "hold", json!({"tag": "after", "ms": 1}))
@@ -276,22 +260,9 @@ async fn cancelled_jobs_never_start_when_queued_and_are_cancelled_upstream_when_
             .unwrap(),
     );
     let call = tokio::spawn(async move { client.call_tool(params).await });
-    eventually("the MCP call runs", Duration::from_secs(30), || async {
-        upstream.held().contains(&"mcp".to_string()).then_some(())
-    })
-    .await;
+    upstream.until_held("mcp").await;
     call.abort();
-    eventually(
-        "the upstream saw the MCP call cancelled",
-        Duration::from_secs(30),
-        || async {
-            upstream
-                .cancelled()
-                .contains(&"mcp".to_string())
-                .then_some(())
-        },
-    )
-    .await;
+    upstream.until_cancelled("mcp").await;
     stack.stop().await;
 }
 

@@ -134,10 +134,7 @@ async fn tasks_are_durable_served_by_any_replica_and_cancellable() {
         panic!("a long call must become a task");
     };
     let upstream = fixture.fixture.clone();
-    eventually("the held call runs", Duration::from_secs(30), || async {
-        upstream.held().contains(&"task".to_string()).then_some(())
-    })
-    .await;
+    upstream.until_held("task").await;
     third
         .cancel_task(CancelTaskParams::new(held.task.task_id.as_str()))
         .await
@@ -146,17 +143,7 @@ async fn tasks_are_durable_served_by_any_replica_and_cancellable() {
         ended(&third, &held.task.task_id).await,
         TaskPayload::Cancelled
     );
-    eventually(
-        "the upstream saw the cancellation",
-        Duration::from_secs(30),
-        || async {
-            upstream
-                .cancelled()
-                .contains(&"task".to_string())
-                .then_some(())
-        },
-    )
-    .await;
+    upstream.until_cancelled("task").await;
 
     // A client that does not declare the extension waits for a plain result.
     let plain = connect(restarted, false).await;

@@ -345,6 +345,28 @@ impl Fixture {
         self.state.cancelled.lock().expect("cancelled").clone()
     }
 
+    /// Waits until a `hold` call tagged `tag` has started.
+    pub async fn until_held(&self, tag: &str) {
+        crate::eventually(&format!("hold {tag:?} runs"), Duration::from_secs(30), || {
+            let held = self.held().iter().any(|t| t == tag);
+            async move { held.then_some(()) }
+        })
+        .await;
+    }
+
+    /// Waits until the fixture has seen the `hold` call tagged `tag` cancelled by its client.
+    pub async fn until_cancelled(&self, tag: &str) {
+        crate::eventually(
+            &format!("the upstream sees hold {tag:?} cancelled"),
+            Duration::from_secs(30),
+            || {
+                let cancelled = self.cancelled().iter().any(|t| t == tag);
+                async move { cancelled.then_some(()) }
+            },
+        )
+        .await;
+    }
+
     /// Tags of `mark` calls, in arrival order.
     pub fn marks(&self) -> Vec<String> {
         self.state.marks.lock().expect("marks").clone()

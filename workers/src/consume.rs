@@ -1,5 +1,6 @@
-//! The pull loop of one server: bind the durable consumer, pull only as many messages as can
-//! start now, hand each to [`crate::attempt`], and bind again if the consumer disappears.
+//! The pull loop of one server: bind its three lane consumers, pull only as many messages as
+//! can start now — lanes shared by [`crate::lanes`] — hand each to [`crate::attempt`], and bind
+//! again if a consumer disappears.
 //!
 //! Pulling only for free slots matters: a message waiting in a client-side buffer gets no
 //! progress acks, so with a slow upstream it could outlive AckWait there and be delivered to a
@@ -56,8 +57,8 @@ enum Polled {
 /// Runs until `shutdown`, then waits up to `grace` for calls in flight.
 ///
 /// Each round takes the free slots and asks the lanes, in the order [`Picker`] gives, for that
-/// many jobs without waiting. When no lane has any, one long poll per lane waits for the next
-/// job (each holding one slot); rounds start again once one of them answers or expires.
+/// many jobs without waiting. When no lane has any, one long poll per lane waits for jobs, the
+/// free slots shared between the polls; a round starts again whenever a poll delivers or ends.
 pub(crate) async fn run(pool: Arc<Pool>, shutdown: CancellationToken, grace: Duration) {
     let server = pool.server.name.clone();
     let capacity = Arc::new(Semaphore::new(pool.server.concurrency));
