@@ -40,7 +40,10 @@ async fn main() -> anyhow::Result<()> {
         client.wait(job.id, Duration::from_secs(60)).await?;
     }
     let status = client.batch_status(&batch).await?;
-    println!("batch {}: {} of {} completed", batch.batch_id, status.completed, status.total);
+    println!(
+        "batch {}: {} of {} completed",
+        batch.batch_id, status.completed, status.total
+    );
     for line in client.batch_results(&batch).await? {
         println!("  line {}: {:?}", line.index, line.status);
     }
@@ -48,7 +51,10 @@ async fn main() -> anyhow::Result<()> {
     // Cancel: a queued job never runs; a running one has its upstream request cancelled.
     let job = call();
     client.submit(&job).await?;
-    match client.cancel(job.id, Some("changed my mind".into())).await? {
+    match client
+        .cancel(job.id, Some("changed my mind".into()))
+        .await?
+    {
         Cancel::Requested(record) => println!("cancel requested: job is {:?}", record.status),
         Cancel::AlreadyEnded(record) => println!("too late: job is {:?}", record.status),
         Cancel::NotFound => println!("no such job"),

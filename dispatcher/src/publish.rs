@@ -1,7 +1,11 @@
 //! The embeddable client: publish jobs to JetStream and await their replies, without HTTP.
 //! The MCP endpoints use it, `mcpq call` uses it, and so can any Rust pipeline.
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use async_nats::{
     HeaderMap,
@@ -46,6 +50,11 @@ pub enum ClientError {
 pub struct Client {
     js: jetstream::Context,
     inbox: Inbox,
+    buckets: Arc<Mutex<HashMap<&'static str, kv::Store>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// What a cancellation did.
@@ -76,6 +85,7 @@ impl Client {
         Ok(Client {
             js: jetstream::new(nats),
             inbox,
+            buckets: Arc::default(),
         })
     }
 
@@ -92,22 +102,23 @@ impl Client {
                 job_id: job.id,
                 reason: e.to_string(),
             })?;
-        if bucket
-            .create(job.id.to_string(), bytes.into())
-            .await
-            .is_err()
+        // Record and job are written at once: `create` writes only where there is no record,
+        // so a worker's record — if the worker was quicker — is never overwritten, and a job
+        // submitted again (same idempotency key) keeps its record. A resubmission inside the
+        // duplicate window is dropped by JetStream; after it, the worker answers it from the
+        // record.
+        let (created, published) = tokio::join!(
+            bucket.create(job.id.to_string(), bytes.into()),
+            self.publish(job, None, job.msg_id(), None)
+        );
+        let mut submitted = published?;
+        if created.is_err()
+            && let Some(record) = self.record(job.id).await?
+            && record.status.is_terminal()
         {
-            // It exists (or the write failed: then the publish below tells).
-            if let Some(record) = self.record(job.id).await?
-                && record.status != JobStatus::Queued
-            {
-                return Ok(Submitted {
-                    stream_seq: 0,
-                    duplicate: true,
-                });
-            }
+            submitted.duplicate = true;
         }
-        self.publish(job, None, job.msg_id(), None).await
+        Ok(submitted)
     }
 
     /// The job's record, created `queued` if it has none yet (a record a worker wrote first
@@ -340,21 +351,33 @@ impl Client {
         self.bucket(RESULTS_BUCKET, job_id).await
     }
 
-    /// A KV bucket of mcpq's, for an operation on `id` (named in the error).
-    pub(crate) async fn bucket(&self, name: &str, id: Uuid) -> Result<kv::Store, ClientError> {
-        self.js
+    /// A KV bucket of mcpq's, for an operation on `id` (named in the error). Looked up once
+    /// and kept (a lookup is a JetStream request); a bucket that does not exist yet is looked
+    /// up again next time.
+    pub(crate) async fn bucket(
+        &self,
+        name: &'static str,
+        id: Uuid,
+    ) -> Result<kv::Store, ClientError> {
+        if let Some(bucket) = lock(&self.buckets).get(name) {
+            return Ok(bucket.clone());
+        }
+        let bucket = self
+            .js
             .get_key_value(name)
             .await
             .map_err(|e| ClientError::Record {
                 job_id: id,
                 reason: e.to_string(),
-            })
+            })?;
+        lock(&self.buckets).insert(name, bucket.clone());
+        Ok(bucket)
     }
 
     /// The JSON value at key `id` of bucket `name`, if there is one.
     pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
         &self,
-        name: &str,
+        name: &'static str,
         id: Uuid,
     ) -> Result<Option<T>, ClientError> {
         let fail = |reason: String| ClientError::Record { job_id: id, reason };

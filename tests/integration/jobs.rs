@@ -415,10 +415,17 @@ async fn the_rust_client_example_submits_waits_batches_and_cancels() {
     .await
     .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(stdout.contains("from rust"), "{stdout}");
     assert!(stdout.contains(": 3 of 3 completed"), "{stdout}");
     assert!(stdout.contains("line 2: Completed"), "{stdout}");
-    assert!(stdout.contains("cancel requested") || stdout.contains("too late"), "{stdout}");
+    assert!(
+        stdout.contains("cancel requested") || stdout.contains("too late"),
+        "{stdout}"
+    );
     stack.stop().await;
 }

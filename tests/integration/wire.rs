@@ -259,13 +259,21 @@ async fn the_readmes_async_python_pipeline_works() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("run python3");
-        child.stdin.take().unwrap().write_all(calls.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(calls.as_bytes())
+            .unwrap();
         child.wait_with_output().expect("python3 ends")
     })
     .await
     .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "async_pipeline.py failed: {stderr}");
+    assert!(
+        output.status.success(),
+        "async_pipeline.py failed: {stderr}"
+    );
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON lines"))

@@ -347,10 +347,14 @@ impl Fixture {
 
     /// Waits until a `hold` call tagged `tag` has started.
     pub async fn until_held(&self, tag: &str) {
-        crate::eventually(&format!("hold {tag:?} runs"), Duration::from_secs(30), || {
-            let held = self.held().iter().any(|t| t == tag);
-            async move { held.then_some(()) }
-        })
+        crate::eventually(
+            &format!("hold {tag:?} runs"),
+            Duration::from_secs(30),
+            || {
+                let held = self.held().iter().any(|t| t == tag);
+                async move { held.then_some(()) }
+            },
+        )
         .await;
     }
 

@@ -210,26 +210,33 @@ pub(crate) async fn run(pool: Arc<Pool>, shutdown: CancellationToken, grace: Dur
             }
             backoff = Duration::from_millis(100);
             if fetched == 0 {
-                // Nothing queued anywhere: wait on every lane not already waited on.
-                // With fewer free slots than lanes, the lanes that gave jobs most recently are
-                // waited on first.
+                // Nothing queued anywhere: wait on every lane not already waited on, the lane
+                // that gave jobs last (at first the server's default lane) with every free slot
+                // but one for each other lane. A burst then starts at full concurrency, and a
+                // job in another lane is still taken at once.
                 let mut lanes: Vec<Lane> = Lane::ALL
                     .into_iter()
                     .filter(|lane| !polling[lane_index(*lane)])
                     .collect();
-                lanes.sort_by_key(|lane| std::cmp::Reverse(last_job[lane_index(*lane)]));
+                lanes.sort_by_key(|lane| {
+                    (
+                        std::cmp::Reverse(last_job[lane_index(*lane)]),
+                        *lane != pool.server.lane,
+                    )
+                });
                 let expires = if permits.len() >= lanes.len() {
                     IDLE_POLL
                 } else {
                     PARTIAL_POLL
                 };
-                // The free slots are shared between the polls: one poll takes as many jobs as
-                // it holds slots, so steady traffic on one lane needs few pull requests.
-                let share = permits.len() / lanes.len().max(1);
-                let mut extra = permits.len() % lanes.len().max(1);
-                for lane in lanes {
-                    let take = (share + usize::from(extra > 0)).min(permits.len());
-                    extra = extra.saturating_sub(1);
+                let others = lanes.len().saturating_sub(1);
+                for (n, lane) in lanes.into_iter().enumerate() {
+                    let take = if n == 0 {
+                        permits.len().saturating_sub(others).max(1)
+                    } else {
+                        1
+                    }
+                    .min(permits.len());
                     if take == 0 {
                         break;
                     }
