@@ -98,7 +98,6 @@ pub(crate) async fn run(pool: Arc<Pool>, shutdown: CancellationToken, grace: Dur
                     break 'bind;
                 }
                 polled = polls.next(), if !polls.is_empty() => {
-                    idle = false;
                     match polled {
                         Some(Polled::Job(lane, message, permit)) => {
                             picker.served(lane, 1);
@@ -108,6 +107,9 @@ pub(crate) async fn run(pool: Arc<Pool>, shutdown: CancellationToken, grace: Dur
                         Some(Polled::Ended(lane)) => polling[lane_index(lane)] = false,
                         None => {}
                     }
+                    // While every lane has a poll waiting, new jobs come to the polls: a round
+                    // would find nothing to do.
+                    idle = polling.iter().all(|p| *p);
                     continue;
                 }
                 permit = capacity.clone().acquire_owned(), if !idle => vec![permit.expect("the semaphore is never closed")],
