@@ -50,11 +50,6 @@ pub fn job_subject(server: &str, lane: crate::job::Lane) -> String {
     format!("mcpq.jobs.{server}.{}", lane.as_str())
 }
 
-/// The filter of one server's consumers: all lanes of that server.
-pub fn server_jobs_filter(server: &str) -> String {
-    format!("mcpq.jobs.{server}.>")
-}
-
 /// The subject whose messages carry every update of a job's record: KV `mcpq_results` stores
 /// the record for key `<job id>` on it, so a core subscription here hears each status change.
 pub fn record_subject(job_id: &uuid::Uuid) -> String {

@@ -24,3 +24,55 @@ fn pinned_json_schemas_match_the_types() {
          Regenerate with `make schemas` and review the diff"
     );
 }
+
+/// The README's wire-protocol section names every stream, bucket, header and event value that
+/// `schemas/src/names.rs` defines, so pipelines in other languages can rely on it.
+#[test]
+fn the_readme_names_every_nats_name() {
+    use mcpq_schemas::names::*;
+    let readme = std::fs::read_to_string(mcpq_tests::repo_root().join("README.md")).unwrap();
+    let names = [
+        JOBS_STREAM,
+        DLQ_STREAM,
+        RESULTS_BUCKET,
+        CATALOG_BUCKET,
+        WORKERS_BUCKET,
+        CANCELS_BUCKET,
+        BATCHES_BUCKET,
+        HDR_REPLY_TO,
+        HDR_JOB_ID,
+        HDR_EVENT,
+        HDR_MSG_ID,
+        HDR_TRACEPARENT,
+        HDR_REPLAY_OF,
+        EVENT_REPLY,
+        EVENT_PROGRESS,
+    ];
+    let missing: Vec<_> = names
+        .iter()
+        .filter(|name| {
+            !readme.contains(&format!("`{name}")) && !readme.contains(&format!("{name}`"))
+        })
+        .collect();
+    assert!(missing.is_empty(), "README.md does not name {missing:?}");
+    for (subject, shown) in [
+        (
+            job_subject("github", mcpq_schemas::Lane::High),
+            "`mcpq.jobs.<server>.<lane>`",
+        ),
+        (dlq_subject("github"), "`mcpq.dlq.<server>`"),
+        (
+            consumer_name("github", mcpq_schemas::Lane::High),
+            "`mcpq-<server>-<lane>`",
+        ),
+        (
+            record_subject(&uuid::Uuid::nil()),
+            "`$KV.mcpq_results.<job id>`",
+        ),
+    ] {
+        assert!(
+            readme.contains(shown),
+            "README.md does not show {shown} (e.g. {subject})"
+        );
+    }
+}
