@@ -39,6 +39,9 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 /// ... and when it covers only some lanes (fewer free slots than lanes), so the others are
 /// looked at again soon.
 const PARTIAL_POLL: Duration = Duration::from_millis(100);
+/// How long the one-slot polls of the lanes that are not the busy one wait: the slot they hold
+/// is back soon if the busy lane needs it.
+const SIDE_POLL: Duration = Duration::from_millis(250);
 /// A fetch (which does not wait on the server) unanswered this long was lost.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// A lane found empty is not asked again for this long while others keep the slots busy.
@@ -212,33 +215,36 @@ pub(crate) async fn run(pool: Arc<Pool>, shutdown: CancellationToken, grace: Dur
             }
             backoff = Duration::from_millis(100);
             if fetched == 0 {
-                // Nothing queued anywhere: wait on every lane not already waited on, the lane
-                // that gave jobs last (at first the server's default lane) with every free slot
-                // but one for each other lane. A burst then starts at full concurrency, and a
-                // job in another lane is still taken at once.
-                let mut lanes: Vec<Lane> = Lane::ALL
-                    .into_iter()
-                    .filter(|lane| !polling[lane_index(*lane)])
-                    .collect();
+                // Nothing queued anywhere: wait on every lane not already waited on. The busy
+                // lane — the one that gave jobs last, at first the server's default lane — gets
+                // every free slot but one for each other lane; the others get one slot for a
+                // short while. A burst then starts at full concurrency, and a job in another
+                // lane is still taken at once.
+                let mut lanes = Lane::ALL;
                 lanes.sort_by_key(|lane| {
                     (
                         std::cmp::Reverse(last_job[lane_index(*lane)]),
                         *lane != pool.server.lane,
                     )
                 });
+                let busy = lanes[0];
+                let lanes: Vec<Lane> = lanes
+                    .into_iter()
+                    .filter(|lane| !polling[lane_index(*lane)])
+                    .collect();
                 let expires = if permits.len() >= lanes.len() {
                     IDLE_POLL
                 } else {
                     PARTIAL_POLL
                 };
-                let others = lanes.len().saturating_sub(1);
-                for (n, lane) in lanes.into_iter().enumerate() {
-                    let take = if n == 0 {
-                        permits.len().saturating_sub(others).max(1)
+                let side = lanes.iter().filter(|lane| **lane != busy).count();
+                for lane in lanes {
+                    let (take, expires) = if lane == busy {
+                        (permits.len().saturating_sub(side).max(1), expires)
                     } else {
-                        1
-                    }
-                    .min(permits.len());
+                        (1, expires.min(SIDE_POLL))
+                    };
+                    let take = take.min(permits.len());
                     if take == 0 {
                         break;
                     }
