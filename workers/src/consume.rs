@@ -144,7 +144,6 @@ pub(crate) async fn run(pool: Arc<Pool>, shutdown: CancellationToken, grace: Dur
                 }
             }
             // Ask the lanes in turn, without waiting, for as many jobs as there are slots.
-            let mut fetched = 0;
             for lane in picker.order() {
                 let i = lane_index(lane);
                 if permits.is_empty() {
@@ -211,11 +210,13 @@ pub(crate) async fn run(pool: Arc<Pool>, shutdown: CancellationToken, grace: Dur
                     empty_since[i] = None;
                     last_job[i] = Some(Instant::now());
                 }
-                fetched += got;
             }
             backoff = Duration::from_millis(100);
-            if fetched == 0 {
-                // Nothing queued anywhere: wait on every lane not already waited on. The busy
+            if !permits.is_empty() {
+                // Slots left after asking every lane: nothing is queued anywhere now (a lane
+                // skipped above has a poll waiting, or was empty a moment ago). Asking again at
+                // once would cost a request per few jobs; wait instead, on every lane not
+                // already waited on. The busy
                 // lane — the one that gave jobs last, at first the server's default lane — gets
                 // every free slot but one for each other lane; the others get one slot for a
                 // short while. A burst then starts at full concurrency, and a job in another
