@@ -13,8 +13,9 @@ use mcpq_schemas::{
 
 use crate::{Common, EXIT_CONFIG};
 
+/// One tool call from the command line: `mcpq call` and `mcpq submit` share it.
 #[derive(clap::Args)]
-pub struct CallArgs {
+pub struct ToolCall {
     #[command(flatten)]
     common: Common,
     /// The server, as named in the config.
@@ -23,15 +24,35 @@ pub struct CallArgs {
     tool: String,
     /// The tool's arguments as a JSON object.
     arguments: Option<String>,
-    /// How long to wait for the reply.
-    #[arg(long, default_value = "60s", value_parser = |s: &str| humantime::parse_duration(s).map_err(|e| e.to_string()))]
-    timeout: Duration,
     /// Priority lane: high, normal or low.
     #[arg(long, default_value = "normal", value_parser = parse_lane)]
     lane: Lane,
-    /// Idempotency key: a second call with the same key inside the duplicate window is dropped.
+    /// Idempotency key: calls with the same key (per server) are one job, run once.
     #[arg(long)]
     idempotency_key: Option<String>,
+}
+
+impl ToolCall {
+    /// A client on the NATS server the arguments name, and the call as a job with no deadline.
+    pub async fn prepare(&self, name: &str) -> Result<(Client, Job), ExitCode> {
+        let arguments = parse_arguments(self.arguments.as_deref())?;
+        let (client, _) = connect_client(&self.common, &[&self.server], name).await?;
+        let mut job = Job::new(&self.server, McpRequest::call_tool(&self.tool, arguments));
+        job.lane = self.lane;
+        if let Some(key) = &self.idempotency_key {
+            job = job.with_idempotency_key(key);
+        }
+        Ok((client, job))
+    }
+}
+
+#[derive(clap::Args)]
+pub struct CallArgs {
+    #[command(flatten)]
+    call: ToolCall,
+    /// How long to wait for the reply.
+    #[arg(long, default_value = "60s", value_parser = |s: &str| humantime::parse_duration(s).map_err(|e| e.to_string()))]
+    timeout: Duration,
 }
 
 pub fn parse_lane(text: &str) -> Result<Lane, String> {
@@ -107,41 +128,12 @@ pub async fn connect_client(
     Ok((client, config))
 }
 
-/// A `tools/call` job from command-line arguments; `deadline` from now.
-pub fn tool_job(
-    server: &str,
-    tool: &str,
-    arguments: Option<JsonObject>,
-    lane: Lane,
-    idempotency_key: Option<String>,
-    deadline: Option<Duration>,
-) -> Job {
-    let mut job = Job::new(server, McpRequest::call_tool(tool, arguments));
-    job.lane = lane;
-    if let Some(key) = idempotency_key {
-        job = job.with_idempotency_key(key);
-    }
-    job.deadline_ms = deadline.map(|d| now_ms() + d.as_millis() as u64);
-    job
-}
-
 pub async fn run(args: CallArgs) -> ExitCode {
-    let arguments = match parse_arguments(args.arguments.as_deref()) {
-        Ok(arguments) => arguments,
+    let (client, mut job) = match args.call.prepare("mcpq-call").await {
+        Ok(prepared) => prepared,
         Err(code) => return code,
     };
-    let client = match connect_client(&args.common, &[&args.server], "mcpq-call").await {
-        Ok((client, _)) => client,
-        Err(code) => return code,
-    };
-    let job = tool_job(
-        &args.server,
-        &args.tool,
-        arguments,
-        args.lane,
-        args.idempotency_key,
-        Some(args.timeout),
-    );
+    job.deadline_ms = Some(now_ms() + args.timeout.as_millis() as u64);
     match client.call(&job, args.timeout).await {
         Ok(reply) => match reply.outcome {
             Outcome::Ok { result } => {

@@ -3,12 +3,11 @@
 use std::{process::ExitCode, time::Duration};
 
 use mcpq_dispatcher::Cancel;
-use mcpq_schemas::Lane;
 use uuid::Uuid;
 
 use crate::{
     Common, EXIT_CONFIG,
-    call::{connect_client, parse_arguments, parse_lane, tool_job},
+    call::{ToolCall, connect_client},
 };
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -18,19 +17,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 #[derive(clap::Args)]
 pub struct SubmitArgs {
     #[command(flatten)]
-    common: Common,
-    /// The server, as named in the config.
-    server: String,
-    /// The tool, under the upstream's own name.
-    tool: String,
-    /// The tool's arguments as a JSON object.
-    arguments: Option<String>,
-    /// Priority lane: high, normal or low.
-    #[arg(long, default_value = "normal", value_parser = parse_lane)]
-    lane: Lane,
-    /// Idempotency key: submissions with the same key are one job.
-    #[arg(long)]
-    idempotency_key: Option<String>,
+    call: ToolCall,
     /// The job expires unless it starts within this long.
     #[arg(long, value_parser = parse_duration)]
     timeout: Option<Duration>,
@@ -38,22 +25,13 @@ pub struct SubmitArgs {
 
 /// Submits one job with no inbox and prints its id.
 pub async fn submit(args: SubmitArgs) -> ExitCode {
-    let arguments = match parse_arguments(args.arguments.as_deref()) {
-        Ok(arguments) => arguments,
+    let (client, mut job) = match args.call.prepare("mcpq-submit").await {
+        Ok(prepared) => prepared,
         Err(code) => return code,
     };
-    let client = match connect_client(&args.common, &[&args.server], "mcpq-submit").await {
-        Ok((client, _)) => client,
-        Err(code) => return code,
-    };
-    let job = tool_job(
-        &args.server,
-        &args.tool,
-        arguments,
-        args.lane,
-        args.idempotency_key,
-        args.timeout,
-    );
+    job.deadline_ms = args
+        .timeout
+        .map(|t| mcpq_schemas::now_ms() + t.as_millis() as u64);
     match client.submit(&job).await {
         Ok(submitted) => {
             if submitted.duplicate {
@@ -123,23 +101,20 @@ pub async fn run(args: JobArgs) -> ExitCode {
                 }
                 None => missing(),
             }),
-            JobCommand::Wait { timeout, .. } => {
-                let _ = client.wait(id, timeout).await;
-                Ok(match client.record(id).await? {
-                    Some(record) => {
-                        print(&record);
-                        match record.status {
-                            mcpq_schemas::JobStatus::Completed => ExitCode::SUCCESS,
-                            status if status.is_terminal() => ExitCode::FAILURE,
-                            _ => {
-                                eprintln!("mcpq: job {id} has not ended within {timeout:?}");
-                                ExitCode::from(2)
-                            }
+            JobCommand::Wait { timeout, .. } => Ok(match client.wait_record(id, timeout).await? {
+                Some(record) => {
+                    print(&record);
+                    match record.status {
+                        mcpq_schemas::JobStatus::Completed => ExitCode::SUCCESS,
+                        status if status.is_terminal() => ExitCode::FAILURE,
+                        _ => {
+                            eprintln!("mcpq: job {id} has not ended within {timeout:?}");
+                            ExitCode::from(2)
                         }
                     }
-                    None => missing(),
-                })
-            }
+                }
+                None => missing(),
+            }),
             JobCommand::Cancel { .. } => Ok(
                 match client
                     .cancel(id, Some("requested by mcpq job cancel".into()))

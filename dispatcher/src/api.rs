@@ -167,10 +167,9 @@ async fn wait(
     if shared.client.record(id).await?.is_none() {
         return Err(not_found("job", id));
     }
-    let _ = shared.client.wait(id, timeout).await;
     let record = shared
         .client
-        .record(id)
+        .wait_record(id, timeout)
         .await?
         .ok_or_else(|| not_found("job", id))?;
     let status = if record.status.is_terminal() {

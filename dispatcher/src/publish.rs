@@ -224,27 +224,44 @@ impl Client {
 
     /// Waits at most `timeout` for the job's record to say it ended, and answers from it.
     pub async fn wait(&self, job_id: Uuid, timeout: Duration) -> Result<Reply, ClientError> {
+        self.wait_record(job_id, timeout)
+            .await?
+            .and_then(|record| record.to_reply())
+            .ok_or(ClientError::Timeout { job_id, timeout })
+    }
+
+    /// Waits at most `timeout` for the job's record to say it ended; the record as it stands
+    /// then (`None` if the job has none).
+    pub async fn wait_record(
+        &self,
+        job_id: Uuid,
+        timeout: Duration,
+    ) -> Result<Option<JobRecord>, ClientError> {
         let fail = |reason: String| ClientError::Record { job_id, reason };
         let bucket = self.results(job_id).await?;
         let mut updates = bucket
             .watch_with_history(job_id.to_string())
             .await
             .map_err(|e| fail(e.to_string()))?;
+        let mut last = None;
         let ended = async {
             while let Some(entry) = updates.next().await {
                 let Ok(entry) = entry else { continue };
-                if let Ok(record) = serde_json::from_slice::<JobRecord>(&entry.value)
-                    && let Some(reply) = record.to_reply()
-                {
-                    return Some(reply);
+                if let Ok(record) = serde_json::from_slice::<JobRecord>(&entry.value) {
+                    let done = record.status.is_terminal();
+                    last = Some(record);
+                    if done {
+                        return true;
+                    }
                 }
             }
-            None
+            false
         };
         match tokio::time::timeout(timeout, ended).await {
-            Ok(Some(reply)) => Ok(reply),
-            Ok(None) => Err(ClientError::InboxClosed { job_id }),
-            Err(_) => Err(ClientError::Timeout { job_id, timeout }),
+            Ok(false) => Err(fail(
+                "the watch on its record ended (NATS connection lost?)".into(),
+            )),
+            Ok(true) | Err(_) => Ok(last),
         }
     }
 
