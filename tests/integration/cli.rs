@@ -113,3 +113,59 @@ fn config_check_names_the_field_and_exits_64() {
         );
     }
 }
+
+/// `mcpq submit` prints a job id; `mcpq job wait` and `get` print its record; cancelling a job
+/// that ended is refused (exit 1); a bad id is a usage error (exit 64).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcpq_submit_and_job_commands_work_by_id() {
+    let web = HttpFixture::start().await;
+    let stack = Stack::start(&two_fixtures(&web.url())).await;
+    let url = stack.nats.url();
+    let mcpq = move |args: &[&str]| {
+        // `--nats` right after the command: `job` takes it before its subcommand.
+        let output = Command::new(mcpq_bin())
+            .arg(args[0])
+            .args(["--nats", &url])
+            .args(&args[1..])
+            .env_remove("MCPQ_CONFIG")
+            .output()
+            .expect("run mcpq");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).trim().to_string(),
+        )
+    };
+    let run = |args: Vec<String>| {
+        let mcpq = mcpq.clone();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            mcpq(&args)
+        })
+    };
+    let owned = |args: &[&str]| args.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    let (code, id) = run(owned(&["submit", "web", "echo", r#"{"text": "later"}"#]))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+    let id: uuid::Uuid = id.parse().expect("submit prints the job id");
+    let (code, waited) = run(owned(&["job", "wait", &id.to_string(), "--timeout", "30s"]))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{waited}");
+    let record: mcpq_schemas::JobRecord = serde_json::from_str(&waited).unwrap();
+    assert_eq!(record.status, mcpq_schemas::JobStatus::Completed);
+    assert_eq!(crate::first_text(record.result.as_ref().unwrap()), "later");
+    let (code, got) = run(owned(&["job", "get", &id.to_string()])).await.unwrap();
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        serde_json::from_str::<mcpq_schemas::JobRecord>(&got).unwrap(),
+        record
+    );
+    let (code, _) = run(owned(&["job", "cancel", &id.to_string()]))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(1), "a job that ended cannot be cancelled");
+    let (code, _) = run(owned(&["job", "get", "not-an-id"])).await.unwrap();
+    assert_eq!(code, Some(64));
+    stack.stop().await;
+}
