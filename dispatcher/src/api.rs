@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::{
     Cancel, ClientError,
-    ingress::{Refusal, Shared},
+    shared::{Refusal, Shared},
 };
 
 /// Longest `?timeout=` a wait accepts.
@@ -69,6 +69,7 @@ impl From<Refusal> for Failure {
         let code = match refusal {
             Refusal::UnknownServer(_) => ApiErrorCode::UnknownServer,
             Refusal::UnknownTool(_) => ApiErrorCode::UnknownTool,
+            Refusal::UnknownName(_) => ApiErrorCode::NotFound,
         };
         Failure(StatusCode::NOT_FOUND, code, refusal.message().to_string())
     }

@@ -9,7 +9,7 @@ use rmcp::transport::streamable_http_server::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::ingress::{Gateway, Shared};
+use crate::{Shared, ingress::Gateway};
 
 /// HTTP options of a dispatcher.
 #[derive(Debug, Clone, Default)]
@@ -31,7 +31,7 @@ pub fn router(shared: Arc<Shared>, options: &HttpOptions, shutdown: &Cancellatio
     }
     let mount = |gateway: Gateway| {
         StreamableHttpService::new(
-            move || Ok(gateway.clone()),
+            move || Ok(gateway.fresh()),
             Arc::new(LocalSessionManager::default()),
             config.clone(),
         )

@@ -14,18 +14,21 @@ pub mod http;
 pub mod ingress;
 pub mod publish;
 mod replies;
+mod shared;
 mod tasks;
 
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 pub use catalog::Catalog;
 pub use http::HttpOptions;
-pub use ingress::{Gateway, NAME_SEPARATOR, ServerDefaults, Shared};
+pub use ingress::{Gateway, NAME_SEPARATOR};
 use mcpq_schemas::{
     config::Config,
     nats::{NatsError, Topology, ensure_topology},
 };
 pub use publish::{Cancel, Client, ClientError, Submitted};
+pub use replies::Event;
+pub use shared::{Refusal, ServerDefaults, Shared};
 use tokio_util::sync::CancellationToken;
 
 /// Why a dispatcher could not start.

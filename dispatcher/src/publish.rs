@@ -13,7 +13,7 @@ use async_nats::{
 };
 use futures::StreamExt;
 use mcpq_schemas::{
-    CancelRequest, ErrorKind, Job, JobError, JobRecord, JobStatus, ProgressEvent, Reply,
+    CancelRequest, ErrorKind, Job, JobError, JobRecord, JobStatus, Reply,
     names::{
         CANCELS_BUCKET, ENVELOPE_VERSION, HDR_JOB_ID, HDR_MSG_ID, HDR_REPLAY_OF, HDR_REPLY_TO,
         HDR_TRACEPARENT, RESULTS_BUCKET, job_subject,
@@ -22,7 +22,7 @@ use mcpq_schemas::{
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::replies::Inbox;
+use crate::replies::{Event, Inbox};
 
 /// Why a job could not be submitted or answered.
 #[derive(Debug, thiserror::Error)]
@@ -192,17 +192,18 @@ impl Client {
     /// before (same idempotency key) is not run again: the answer comes from the first one's
     /// record.
     pub async fn call(&self, job: &Job, timeout: Duration) -> Result<Reply, ClientError> {
-        self.call_with_progress(job, timeout, None).await
+        self.call_with_events(job, timeout, None).await
     }
 
-    /// [`Client::call`], with the upstream's progress events sent to `progress` in order.
-    pub async fn call_with_progress(
+    /// [`Client::call`], with what the upstream reports during the call — progress, and log
+    /// messages when the job has a `log_level` — sent to `events` in order.
+    pub async fn call_with_events(
         &self,
         job: &Job,
         timeout: Duration,
-        progress: Option<mpsc::UnboundedSender<ProgressEvent>>,
+        events: Option<mpsc::UnboundedSender<Event>>,
     ) -> Result<Reply, ClientError> {
-        let waiting = self.inbox.expect(progress);
+        let waiting = self.inbox.expect(events);
         let reply_to = Some(waiting.subject.clone());
         if self
             .publish(job, reply_to, job.msg_id(), None)

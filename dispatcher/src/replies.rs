@@ -13,15 +13,22 @@ use std::{
 
 use futures::StreamExt;
 use mcpq_schemas::{
-    ProgressEvent, Reply,
-    names::{EVENT_PROGRESS, EVENT_REPLY, HDR_EVENT},
+    LogEvent, ProgressEvent, Reply,
+    names::{EVENT_LOG, EVENT_PROGRESS, EVENT_REPLY, HDR_EVENT},
 };
 use tokio::sync::{mpsc, oneshot};
 
-/// A caller waiting on its inbox token: where the reply goes, and its progress events if wanted.
+/// What a worker reports on a caller's inbox before the reply, in the order it reported it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Progress(ProgressEvent),
+    Log(LogEvent),
+}
+
+/// A caller waiting on its inbox token: where the reply goes, and its events if wanted.
 struct Waiter {
     reply: oneshot::Sender<Reply>,
-    progress: Option<mpsc::UnboundedSender<ProgressEvent>>,
+    events: Option<mpsc::UnboundedSender<Event>>,
 }
 
 type Waiters = Arc<std::sync::Mutex<HashMap<u64, Waiter>>>;
@@ -75,18 +82,12 @@ impl Inbox {
         })
     }
 
-    /// Registers a wait for one reply (and its progress events, to `progress`); publish the job
-    /// with `subject` as its reply inbox.
-    pub(crate) fn expect(&self, progress: Option<mpsc::UnboundedSender<ProgressEvent>>) -> Waiting {
+    /// Registers a wait for one reply (and its events, to `events`); publish the job with
+    /// `subject` as its reply inbox.
+    pub(crate) fn expect(&self, events: Option<mpsc::UnboundedSender<Event>>) -> Waiting {
         let token = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        lock(&self.waiters).insert(
-            token,
-            Waiter {
-                reply: tx,
-                progress,
-            },
-        );
+        lock(&self.waiters).insert(token, Waiter { reply: tx, events });
         Waiting {
             token,
             subject: format!("{}.{token}", self.prefix),
@@ -129,19 +130,24 @@ fn route(waiters: &Waiters, message: async_nats::Message) {
     else {
         return;
     };
-    match event.as_deref() {
-        None | Some(EVENT_REPLY) => {}
-        Some(EVENT_PROGRESS) => {
-            if let Ok(progress) = serde_json::from_slice::<ProgressEvent>(&message.payload)
-                && let Some(Waiter {
-                    progress: Some(to), ..
-                }) = lock(waiters).get(&token)
-            {
-                let _ = to.send(progress);
-            }
-            return;
-        }
+    let event = match event.as_deref() {
+        None | Some(EVENT_REPLY) => None,
+        Some(EVENT_PROGRESS) => serde_json::from_slice(&message.payload)
+            .ok()
+            .map(Event::Progress),
+        Some(EVENT_LOG) => serde_json::from_slice(&message.payload)
+            .ok()
+            .map(Event::Log),
         Some(_) => return, // events of newer workers this version does not know
+    };
+    if let Some(event) = event {
+        if let Some(Waiter {
+            events: Some(to), ..
+        }) = lock(waiters).get(&token)
+        {
+            let _ = to.send(event);
+        }
+        return;
     }
     let reply: Reply = match serde_json::from_slice(&message.payload) {
         Ok(reply) => reply,

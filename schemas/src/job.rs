@@ -40,6 +40,11 @@ pub struct Job {
     pub traceparent: Option<String>,
     /// Unix time in milliseconds when the job was submitted.
     pub submitted_at_ms: u64,
+    /// The least severe log level the caller wants to hear (`debug` ... `emergency`): the
+    /// upstream's log messages during the call at or above it come to the inbox as log events.
+    /// Absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
 }
 
 /// An MCP request: the JSON-RPC method and its params, without the JSON-RPC id.
@@ -87,6 +92,7 @@ impl Job {
             lane: Lane::default(),
             traceparent: None,
             submitted_at_ms: crate::now_ms(),
+            log_level: None,
         }
     }
 

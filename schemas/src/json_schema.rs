@@ -18,6 +18,7 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         one::<CatalogEntry>("catalog-entry.json"),
         one::<crate::worker::WorkerBeat>("worker-beat.json"),
         one::<crate::ProgressEvent>("progress-event.json"),
+        one::<crate::LogEvent>("log-event.json"),
         one::<crate::CancelRequest>("cancel-request.json"),
         one::<crate::api::JobSubmission>("job-submission.json"),
         one::<crate::api::Accepted>("accepted.json"),

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod batch;
+pub mod bridge;
 pub mod catalog;
 pub mod config;
 pub mod dead_letter;
@@ -21,8 +22,8 @@ pub use catalog::CatalogEntry;
 pub use dead_letter::{Attempt, DeadLetter};
 pub use job::{Job, JsonObject, Lane, McpRequest};
 pub use record::{
-    CancelRequest, ErrorKind, JobError, JobRecord, JobStatus, Outcome, Progress, ProgressEvent,
-    Reply,
+    CancelRequest, ErrorKind, JobError, JobRecord, JobStatus, LogEvent, LogMessage, Outcome,
+    Progress, ProgressEvent, Reply,
 };
 
 /// Unix time now, in milliseconds.

@@ -39,6 +39,8 @@ pub const HDR_REPLAY_OF: &str = "Mcpq-Replay-Of";
 pub const EVENT_REPLY: &str = "reply";
 /// `Mcpq-Event` value of a progress event: the upstream reported progress during the call.
 pub const EVENT_PROGRESS: &str = "progress";
+/// `Mcpq-Event` value of a log event: the upstream sent a log message during the call.
+pub const EVENT_LOG: &str = "log";
 
 /// Subjects of the jobs stream: `mcpq.jobs.<server>.<lane>`.
 pub const JOBS_SUBJECTS: &str = "mcpq.jobs.>";

@@ -233,6 +233,30 @@ pub struct ProgressEvent {
     pub progress: Progress,
 }
 
+/// A log message an upstream sent during a call (MCP `notifications/message`), for a caller
+/// that asked for log messages (the job's `logLevel`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LogMessage {
+    /// `debug`, `info`, `notice`, `warning`, `error`, `critical`, `alert` or `emergency`.
+    pub level: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logger: Option<String>,
+    /// Anything JSON, as the upstream sent it.
+    pub data: serde_json::Value,
+}
+
+/// A log event, published with core NATS to the job's `Mcpq-Reply-To` subject (header
+/// `Mcpq-Event: log`) before the reply, in order with the job's progress events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LogEvent {
+    pub v: u32,
+    pub job_id: Uuid,
+    #[serde(flatten)]
+    pub message: LogMessage,
+}
+
 /// A request to cancel a job, stored in KV `mcpq_cancels` under the job id. Workers watch the
 /// bucket: a queued job is then never started, a running one has its upstream request cancelled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

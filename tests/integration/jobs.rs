@@ -325,7 +325,7 @@ async fn upstream_progress_reaches_mcp_clients_nats_callers_and_records_in_order
     let (to, mut events) = tokio::sync::mpsc::unbounded_channel();
     let reply = stack
         .client
-        .call_with_progress(
+        .call_with_events(
             &job("progress", json!({"steps": 5})),
             Duration::from_secs(30),
             Some(to),
@@ -335,6 +335,9 @@ async fn upstream_progress_reaches_mcp_clients_nats_callers_and_records_in_order
     assert!(matches!(reply.outcome, Outcome::Ok { .. }));
     let mut heard = Vec::new();
     while let Ok(event) = events.try_recv() {
+        let mcpq_dispatcher::Event::Progress(event) = event else {
+            panic!("only progress was asked for: {event:?}");
+        };
         heard.push((event.progress.progress, event.progress.message));
     }
     assert_eq!(heard, expected);

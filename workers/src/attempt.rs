@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, Message};
 use mcpq_schemas::{
-    Attempt, DeadLetter, ErrorKind, Job, JobError, JobRecord, JobStatus, Outcome, Progress,
-    ProgressEvent, Reply,
+    Attempt, DeadLetter, ErrorKind, Job, JobError, JobRecord, JobStatus, LogEvent, LogMessage,
+    Outcome, Progress, ProgressEvent, Reply,
     names::{ENVELOPE_VERSION, HDR_REPLAY_OF, HDR_REPLY_TO},
     now_ms,
 };
@@ -19,6 +19,7 @@ use crate::{
     decide::{Decision, Verdict, decide},
     decode::decode,
     pool::Pool,
+    upstream::CallEvent,
 };
 
 /// The part of a message the decision needs, read once, and the job's failed attempts so far.
@@ -169,15 +170,10 @@ async fn run(pool: &Pool, message: &Message, mut delivery: Delivery, job: Job) {
         }
         timeout = timeout.min(Duration::from_millis(deadline - now));
     }
-    let (progress, mut updates) = mpsc::unbounded_channel();
-    let called = call(
-        &pool.upstream,
-        &job,
-        timeout,
-        &running.token,
-        Some(progress),
-    );
-    // Progress goes out in order while the call runs; the last event is out before the reply.
+    let (events, mut updates) = mpsc::unbounded_channel();
+    let called = call(&pool.upstream, &job, timeout, &running.token, Some(events));
+    // Progress and log events go out in order while the call runs; the last one is out before
+    // the reply.
     let forwarded = async {
         // Async callers read the record: show them the job runs, while the call goes out.
         // (Callers with an inbox hear the reply; their calls skip this write.)
@@ -186,9 +182,14 @@ async fn run(pool: &Pool, message: &Message, mut delivery: Delivery, job: Job) {
             let _ = pool.outbox.record(&running).await;
         }
         let mut last = None;
-        while let Some(progress) = updates.recv().await {
-            forward_progress(pool, delivery, &job, progress.clone()).await;
-            last = Some(progress);
+        while let Some(event) = updates.recv().await {
+            match event {
+                CallEvent::Progress(progress) => {
+                    forward_progress(pool, delivery, &job, progress.clone()).await;
+                    last = Some(progress);
+                }
+                CallEvent::Log(message) => forward_log(pool, delivery, &job, message).await,
+            }
         }
         last
     };
@@ -270,6 +271,20 @@ async fn forward_progress(pool: &Pool, delivery: &Delivery, job: &Job, progress:
             let mut running = record(pool, job, delivery, JobStatus::Running, None, None);
             running.progress = Some(progress);
             let _ = pool.outbox.record(&running).await;
+        }
+    }
+}
+
+/// Sends a log event to the caller's inbox (a job without one has nobody to tell).
+async fn forward_log(pool: &Pool, delivery: &Delivery, job: &Job, message: LogMessage) {
+    if let Some(inbox) = delivery.reply_to.as_deref() {
+        let event = LogEvent {
+            v: ENVELOPE_VERSION,
+            job_id: job.id,
+            message,
+        };
+        if let Err(e) = pool.outbox.log(inbox, &event).await {
+            tracing::debug!(error = %e, "cannot publish a log event");
         }
     }
 }

@@ -2,12 +2,13 @@
 
 use std::time::Duration;
 
-use mcpq_schemas::{ErrorKind, Job, JobError, Progress};
+use mcpq_schemas::{ErrorKind, Job, JobError, bridge};
 use rmcp::{
     ServiceError,
     model::{
         CallToolRequestParams, CancelledNotification, CancelledNotificationParam, ClientRequest,
-        GetPromptRequestParams, ProgressToken, ReadResourceRequestParams, RequestMetaObject,
+        CompleteRequestParams, GetPromptRequestParams, ProgressToken, ReadResourceRequestParams,
+        RequestMetaObject,
     },
     service::PeerRequestOptions,
     transport::streamable_http_client::{HttpStatusError, StreamableHttpError},
@@ -16,7 +17,10 @@ use rmcp::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::{decide::Verdict, upstream::Upstream};
+use crate::{
+    decide::Verdict,
+    upstream::{CallEvent, LogRoute, Upstream, lock},
+};
 
 /// `_meta` keys mcpq adds to every upstream request, so upstream tools can dedupe and correlate.
 pub const META_JOB_ID: &str = "io.mcpq/jobId";
@@ -27,7 +31,7 @@ pub const META_IDEMPOTENCY_KEY: &str = "io.mcpq/idempotencyKey";
 pub(crate) enum CallOutcome {
     /// Cancelled while running; the upstream was sent `notifications/cancelled`.
     Cancelled,
-    /// The upstream's MCP result, as JSON.
+    /// The upstream's MCP result, as JSON in the canonical shape (see `mcpq_schemas::bridge`).
     Answered(serde_json::Value),
     Failed {
         error: JobError,
@@ -38,13 +42,14 @@ pub(crate) enum CallOutcome {
 }
 
 /// Sends the job's request upstream and waits at most `timeout` for the answer, or until
-/// `cancel`. Progress the upstream reports goes to `progress`.
+/// `cancel`. Progress the upstream reports, and its log messages at or above the job's
+/// `logLevel`, go to `events`.
 pub(crate) async fn call(
     upstream: &Upstream,
     job: &Job,
     timeout: Duration,
     cancel: &CancellationToken,
-    progress: Option<mpsc::UnboundedSender<Progress>>,
+    events: Option<mpsc::UnboundedSender<CallEvent>>,
 ) -> CallOutcome {
     let request = match to_client_request(job) {
         Ok(request) => request,
@@ -80,11 +85,25 @@ pub(crate) async fn call(
             .0
             .insert("traceparent".into(), traceparent.clone().into());
     }
+    if let Some(level) = &job.log_level {
+        // 2026-07-28 upstreams send log messages only to requests that opt in.
+        meta.0
+            .0
+            .insert(bridge::META_LOG_LEVEL.into(), level.clone().into());
+    }
     let mut options = PeerRequestOptions::with_timeout(timeout);
     options.meta = Some(meta);
+    let log_route = match (&events, &job.log_level) {
+        (Some(to), Some(level)) => Some(LogRoute {
+            to: to.clone(),
+            min_level: level.clone(),
+        }),
+        _ => None,
+    };
+    let _in_flight = InFlight::add(upstream, log_route);
     let answer = match peer.send_request_with_option(request, options).await {
         Ok(handle) => {
-            let _route = progress.map(|to| Route::add(upstream, handle.progress_token.clone(), to));
+            let _route = events.map(|to| Route::add(upstream, handle.progress_token.clone(), to));
             let id = handle.id.clone();
             tokio::select! {
                 answer = handle.await_response() => answer,
@@ -104,7 +123,7 @@ pub(crate) async fn call(
     };
     match answer {
         Ok(result) => match serde_json::to_value(&result) {
-            Ok(value) => CallOutcome::Answered(value),
+            Ok(value) => CallOutcome::Answered(bridge::canonical_result(value)),
             Err(e) => CallOutcome::Failed {
                 error: JobError::new(
                     ErrorKind::Internal,
@@ -153,7 +172,7 @@ impl<'a> Route<'a> {
     fn add(
         upstream: &'a Upstream,
         token: ProgressToken,
-        to: mpsc::UnboundedSender<Progress>,
+        to: mpsc::UnboundedSender<CallEvent>,
     ) -> Self {
         lock(&upstream.events().progress).insert(token.clone(), to);
         Route { upstream, token }
@@ -166,8 +185,25 @@ impl Drop for Route<'_> {
     }
 }
 
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+/// A call's entry among the upstream's calls in flight, removed when the call ends.
+struct InFlight<'a> {
+    upstream: &'a Upstream,
+    key: u64,
+}
+
+impl<'a> InFlight<'a> {
+    fn add(upstream: &'a Upstream, logs: Option<LogRoute>) -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let key = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        lock(&upstream.events().calls).insert(key, logs);
+        InFlight { upstream, key }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        lock(&self.upstream.events().calls).remove(&self.key);
+    }
 }
 
 /// The HTTP status (and `Retry-After`, in whole seconds) behind a failed upstream request, when
@@ -213,6 +249,7 @@ fn to_client_request(job: &Job) -> Result<ClientRequest, JobError> {
         "tools/call" => check::<CallToolRequestParams>(&params).map_err(malformed)?,
         "resources/read" => check::<ReadResourceRequestParams>(&params).map_err(malformed)?,
         "prompts/get" => check::<GetPromptRequestParams>(&params).map_err(malformed)?,
+        "completion/complete" => check::<CompleteRequestParams>(&params).map_err(malformed)?,
         _ => {}
     }
     let mut value = serde_json::json!({ "method": method });

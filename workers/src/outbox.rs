@@ -3,8 +3,8 @@
 
 use async_nats::{HeaderMap, jetstream};
 use mcpq_schemas::{
-    DeadLetter, JobRecord, ProgressEvent, Reply,
-    names::{EVENT_PROGRESS, EVENT_REPLY, HDR_EVENT, HDR_JOB_ID, dlq_subject},
+    DeadLetter, JobRecord, LogEvent, ProgressEvent, Reply,
+    names::{EVENT_LOG, EVENT_PROGRESS, EVENT_REPLY, HDR_EVENT, HDR_JOB_ID, dlq_subject},
 };
 
 /// A write that failed; the message is then left un-acked so it comes back.
@@ -70,6 +70,18 @@ impl Outbox {
             .publish_with_headers(inbox.to_string(), headers, bytes.into())
             .await
             .map_err(|e| fail("publish progress")(&e))
+    }
+
+    /// Publishes a log event to the caller's inbox.
+    pub(crate) async fn log(&self, inbox: &str, event: &LogEvent) -> Result<(), WriteError> {
+        let bytes = serde_json::to_vec(event).map_err(|e| fail("encode log event")(&e))?;
+        let mut headers = HeaderMap::new();
+        headers.insert(HDR_EVENT, EVENT_LOG);
+        headers.insert(HDR_JOB_ID, event.job_id.to_string().as_str());
+        self.client
+            .publish_with_headers(inbox.to_string(), headers, bytes.into())
+            .await
+            .map_err(|e| fail("publish log event")(&e))
     }
 
     /// Stores a dead letter, waiting for the stream to acknowledge it.

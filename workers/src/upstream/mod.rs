@@ -7,14 +7,15 @@ mod stdio;
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use mcpq_schemas::{
-    Progress,
+    LogMessage, Progress, bridge,
     config::{SecretError, ServerConfig, Transport},
 };
+#[allow(deprecated)] // logging is deprecated by SEP-2577; upstreams still log
 use rmcp::{
     ClientHandler, RoleClient,
     model::{
-        ClientCapabilities, ClientConfig, Implementation, ProgressNotificationParam, ProgressToken,
-        ProtocolVersion,
+        ClientCapabilities, ClientConfig, Implementation, LoggingMessageNotificationParam,
+        ProgressNotificationParam, ProgressToken, ProtocolVersion,
     },
     service::{ClientLifecycleMode, ClientServiceExt, NotificationContext, Peer, RunningService},
 };
@@ -63,22 +64,50 @@ struct Inner {
     events: Events,
 }
 
+/// What the upstream reports during one call, in the order it reported it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum CallEvent {
+    Progress(Progress),
+    Log(LogMessage),
+}
+
 /// Where each call in flight wants its progress, by the progress token rmcp gave its request.
 pub(crate) type ProgressRoutes =
-    Arc<std::sync::Mutex<HashMap<ProgressToken, mpsc::UnboundedSender<Progress>>>>;
+    Arc<std::sync::Mutex<HashMap<ProgressToken, mpsc::UnboundedSender<CallEvent>>>>;
+
+/// Every call in flight on this upstream, by a number of the worker's; those whose caller wants
+/// log messages hold where to send them and from which level.
+pub(crate) type CallsInFlight = Arc<std::sync::Mutex<HashMap<u64, Option<LogRoute>>>>;
+
+/// Where one call's log messages go.
+#[derive(Clone)]
+pub(crate) struct LogRoute {
+    pub to: mpsc::UnboundedSender<CallEvent>,
+    pub min_level: String,
+}
 
 /// What the upstream tells us outside of replies.
 #[derive(Clone)]
 pub(crate) struct Events {
-    /// Signalled when the upstream says its tool list changed.
-    pub tools_changed: Arc<Notify>,
+    /// Signalled when the upstream says its tools, resources or prompts changed.
+    pub offer_changed: Arc<Notify>,
     /// `notifications/progress` go to the call that holds the token.
     pub progress: ProgressRoutes,
+    /// `notifications/message` go to the call in flight, when there is exactly one.
+    pub calls: CallsInFlight,
 }
 
 impl ClientHandler for Events {
     async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
-        self.tools_changed.notify_one();
+        self.offer_changed.notify_one();
+    }
+
+    async fn on_resource_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.offer_changed.notify_one();
+    }
+
+    async fn on_prompt_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.offer_changed.notify_one();
     }
 
     async fn on_progress(
@@ -86,16 +115,40 @@ impl ClientHandler for Events {
         params: ProgressNotificationParam,
         _context: NotificationContext<RoleClient>,
     ) {
-        let routes = self
-            .progress
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let routes = lock(&self.progress);
         if let Some(route) = routes.get(&params.progress_token) {
-            let _ = route.send(Progress {
+            let _ = route.send(CallEvent::Progress(Progress {
                 progress: params.progress,
                 total: params.total,
                 message: params.message,
-            });
+            }));
+        }
+    }
+
+    #[allow(deprecated)] // logging is deprecated by SEP-2577; upstreams still log
+    /// A log message names no request, so it can only be given to the call it belongs to
+    /// when one call alone is in flight on this session; otherwise it is not guessed at (and
+    /// never shown to another caller), only logged here.
+    async fn on_logging_message(
+        &self,
+        params: LoggingMessageNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        let level = serde_json::to_value(params.level)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| "info".into());
+        let calls = lock(&self.calls);
+        let mut only = calls.values();
+        match (only.next(), only.next()) {
+            (Some(Some(route)), None) if bridge::log_passes(&level, &route.min_level) => {
+                let _ = route.to.send(CallEvent::Log(LogMessage {
+                    level,
+                    logger: params.logger,
+                    data: params.data,
+                }));
+            }
+            _ => tracing::debug!(level, data = %params.data, "upstream log message"),
         }
     }
 
@@ -127,8 +180,9 @@ impl Upstream {
                 connector,
                 session: Mutex::new(None),
                 events: Events {
-                    tools_changed: Arc::new(Notify::new()),
+                    offer_changed: Arc::new(Notify::new()),
                     progress: ProgressRoutes::default(),
+                    calls: CallsInFlight::default(),
                 },
             }),
         })
@@ -188,4 +242,8 @@ impl Upstream {
             let _ = session.close_with_timeout(grace).await;
         }
     }
+}
+
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

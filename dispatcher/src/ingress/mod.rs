@@ -1,0 +1,593 @@
+//! The MCP endpoints: an rmcp `ServerHandler` that serves every list — tools, resources,
+//! resource templates, prompts — from the catalog, and turns each `tools/call`,
+//! `resources/read`, `prompts/get` and `completion/complete` into a job ([`relay`]), answering
+//! with the job's result in the revision the client speaks (`mcpq_schemas::bridge`).
+//!
+//! `/mcp` serves every server's offer under aggregated names ([`names`]); `/servers/<name>/mcp`
+//! serves one server's under the upstream's own names.
+
+pub mod names;
+mod relay;
+
+use std::sync::{Arc, Mutex};
+
+use mcpq_schemas::{
+    CatalogEntry, JobRecord, JsonObject, McpRequest,
+    bridge::{self, Era},
+    config::TaskMode,
+};
+#[allow(deprecated)] // logging is deprecated by SEP-2577; 2025-era clients still set levels
+use rmcp::{
+    ErrorData, RoleServer, ServerHandler,
+    model::{
+        CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams,
+        CompleteRequestParams, CompleteResult, CreateTaskResult, GetPromptRequestParams,
+        GetPromptResponse, GetPromptResult, GetTaskParams, GetTaskResult, Implementation,
+        ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
+        PaginatedRequestParams, Prompt, ReadResourceRequestParams, ReadResourceResponse,
+        ReadResourceResult, Reference, Resource, ResourceTemplate, ServerCapabilities,
+        ServerConfig, SetLevelRequestParams, SubscriptionFilter, Tool, UpdateTaskParams,
+    },
+    service::{RequestContext, SubscriptionContext},
+};
+
+pub use self::names::NAME_SEPARATOR;
+pub use self::relay::{META_IDEMPOTENCY_KEY, META_LANE, META_TIMEOUT_MS};
+use self::relay::{Relayed, Request, internal, relay};
+use crate::{Cancel, shared::Shared, tasks};
+
+/// One MCP endpoint (all servers, or one) for one client: per session for 2025-era clients,
+/// per request for 2026-07-28 ones.
+#[derive(Clone)]
+pub struct Gateway {
+    scope: Option<String>,
+    shared: Arc<Shared>,
+    /// The level a 2025-era session chose with `logging/setLevel`.
+    log_level: Arc<Mutex<Option<String>>>,
+}
+
+impl Gateway {
+    /// The aggregated endpoint.
+    pub fn all(shared: Arc<Shared>) -> Self {
+        Gateway {
+            scope: None,
+            shared,
+            log_level: Arc::default(),
+        }
+    }
+
+    /// The endpoint of one server.
+    pub fn server(shared: Arc<Shared>, name: String) -> Self {
+        Gateway {
+            scope: Some(name),
+            shared,
+            log_level: Arc::default(),
+        }
+    }
+
+    /// A fresh copy for a new session: same endpoint, nothing the last session chose.
+    pub fn fresh(&self) -> Self {
+        Gateway {
+            scope: self.scope.clone(),
+            shared: self.shared.clone(),
+            log_level: Arc::default(),
+        }
+    }
+
+    /// Splits a tool or prompt name as this endpoint exposes it into (server, upstream name).
+    fn resolve<'a>(&'a self, name: &'a str, what: &str) -> Result<(&'a str, &'a str), ErrorData> {
+        match &self.scope {
+            Some(server) => Ok((server.as_str(), name)),
+            None => names::split_name(name).ok_or_else(|| {
+                ErrorData::invalid_params(
+                    format!(
+                        "unknown {what} {name:?}: {what}s here are named <server>{NAME_SEPARATOR}<name> (servers: {})",
+                        self.server_list()
+                    ),
+                    None,
+                )
+            }),
+        }
+    }
+
+    /// Splits a resource URI (or template) as this endpoint exposes it into (server, upstream
+    /// URI).
+    fn resolve_uri<'a>(&'a self, uri: &'a str) -> Result<(&'a str, &'a str), ErrorData> {
+        match &self.scope {
+            Some(server) => Ok((server.as_str(), uri)),
+            None => names::split_uri(uri).ok_or_else(|| {
+                ErrorData::invalid_params(
+                    format!(
+                        "unknown resource {uri:?}: resources here are named {}<server>/<uri> (servers: {})",
+                        names::URI_PREFIX,
+                        self.server_list()
+                    ),
+                    None,
+                )
+            }),
+        }
+    }
+
+    fn server_list(&self) -> String {
+        self.shared
+            .servers
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The catalog entries this endpoint serves.
+    fn entries(&self) -> Vec<(String, CatalogEntry)> {
+        match &self.scope {
+            Some(server) => self
+                .shared
+                .catalog
+                .server(server)
+                .map(|entry| (server.clone(), entry))
+                .into_iter()
+                .collect(),
+            None => self.shared.entries().into_iter().collect(),
+        }
+    }
+
+    /// Every entry's items, renamed for this endpoint by `rename` when it is the aggregated one.
+    fn list<T>(
+        &self,
+        items: impl Fn(CatalogEntry) -> Vec<T>,
+        rename: impl Fn(&str, &mut T),
+    ) -> Vec<T> {
+        let aggregated = self.scope.is_none();
+        self.entries()
+            .into_iter()
+            .flat_map(|(server, entry)| {
+                let mut items = items(entry);
+                if aggregated {
+                    items.iter_mut().for_each(|item| rename(&server, item));
+                }
+                items
+            })
+            .collect()
+    }
+
+    fn tools(&self) -> Vec<Tool> {
+        self.list(
+            |e| e.tools,
+            |server, tool: &mut Tool| tool.name = names::join_name(server, &tool.name).into(),
+        )
+    }
+
+    fn resources(&self) -> Vec<Resource> {
+        self.list(
+            |e| e.resources,
+            |server, r: &mut Resource| r.uri = names::join_uri(server, &r.uri),
+        )
+    }
+
+    fn resource_templates(&self) -> Vec<ResourceTemplate> {
+        self.list(
+            |e| e.resource_templates,
+            |server, t: &mut ResourceTemplate| {
+                t.uri_template = names::join_uri(server, &t.uri_template);
+            },
+        )
+    }
+
+    fn prompts(&self) -> Vec<Prompt> {
+        self.list(
+            |e| e.prompts,
+            |server, p: &mut Prompt| p.name = names::join_name(server, &p.name),
+        )
+    }
+
+    /// What this endpoint can do: tools and tasks always; resources, prompts, completions and
+    /// logging when an upstream behind it declared them (all lists change with the catalog).
+    fn capabilities(&self) -> ServerCapabilities {
+        let entries = self.entries();
+        let any = |has: fn(&ServerCapabilities) -> bool| {
+            entries.iter().any(|(_, e)| has(&e.capabilities))
+        };
+        let mut caps = serde_json::json!({"tools": {"listChanged": true}});
+        if any(|c| c.resources.is_some()) {
+            caps["resources"] = serde_json::json!({"listChanged": true});
+        }
+        if any(|c| c.prompts.is_some()) {
+            caps["prompts"] = serde_json::json!({"listChanged": true});
+        }
+        if any(|c| c.completions.is_some()) {
+            caps["completions"] = serde_json::json!({});
+        }
+        if any(|c| c.logging.is_some()) {
+            caps["logging"] = serde_json::json!({});
+        }
+        let mut caps: ServerCapabilities = serde_json::from_value(caps).unwrap_or_default();
+        caps.extensions = ServerCapabilities::builder()
+            .enable_tasks()
+            .build()
+            .extensions;
+        caps
+    }
+
+    /// The least severe log level this caller wants: a 2026-07-28 request says so in its
+    /// `_meta` (no opt-in, no messages); a 2025-era session chose it with `logging/setLevel`
+    /// (and hears everything until it does, as from the upstream directly).
+    fn log_level(&self, context: &RequestContext<RoleServer>) -> Option<String> {
+        let version = context.protocol_version();
+        match Era::of(version.as_ref().map(|v| v.as_str())) {
+            Era::Stateless => context
+                .meta
+                .0
+                .get(bridge::META_LOG_LEVEL)
+                .and_then(|l| l.as_str())
+                .map(str::to_string),
+            Era::Session => Some(
+                lock(&self.log_level)
+                    .clone()
+                    .unwrap_or_else(|| "debug".into()),
+            ),
+        }
+    }
+
+    /// Relays a request that is not a tool call and reads its answer as `T`.
+    async fn relay_as<T: serde::de::DeserializeOwned>(
+        &self,
+        server: &str,
+        request: McpRequest,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<T, ErrorData> {
+        let mut request = request;
+        let method = request.method.clone();
+        // The client's `_meta` is for mcpq (and names its own revision): the worker sends the
+        // upstream its own.
+        let meta = request
+            .params
+            .as_mut()
+            .and_then(|p| p.remove("_meta"))
+            .and_then(|m| match m {
+                serde_json::Value::Object(m) => Some(m),
+                _ => None,
+            });
+        let request = Request {
+            server,
+            request,
+            meta: meta.as_ref(),
+            context,
+            log_level: self.log_level(context),
+            task: TaskMode::Never,
+        };
+        let era = request.era();
+        match relay(&self.shared, request).await? {
+            Relayed::Answer(result) => read_result(era, &method, result),
+            Relayed::Task(job) => Err(ErrorData::internal_error(
+                format!("job {}: only tool calls become tasks", job.id),
+                None,
+            )),
+        }
+    }
+}
+
+/// The request's params as JSON, without mcpq's own view of them.
+fn params_of<T: serde::Serialize>(params: &T) -> JsonObject {
+    match serde_json::to_value(params) {
+        Ok(serde_json::Value::Object(object)) => object,
+        _ => JsonObject::new(),
+    }
+}
+
+/// A canonical result as the client's revision has it, read as `T`.
+fn read_result<T: serde::de::DeserializeOwned>(
+    era: Era,
+    method: &str,
+    result: serde_json::Value,
+) -> Result<T, ErrorData> {
+    serde_json::from_value(bridge::result_for(era, method, result)).map_err(|e| {
+        ErrorData::internal_error(
+            format!("the upstream's answer is not a valid {method} result: {e}"),
+            None,
+        )
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl ServerHandler for Gateway {
+    fn get_info(&self) -> ServerConfig {
+        let name = match &self.scope {
+            Some(server) => format!("mcpq/{server}"),
+            None => "mcpq".to_string(),
+        };
+        ServerConfig::new(self.capabilities())
+            .with_server_info(Implementation::new(name, env!("CARGO_PKG_VERSION")))
+            .with_instructions(match &self.scope {
+                Some(server) => format!(
+                    "Tools, resources and prompts of the upstream MCP server {server:?}, called through the mcpq queue."
+                ),
+                None => format!(
+                    "Tools, resources and prompts of several upstream MCP servers, called through the mcpq queue; tools and prompts are named <server>{NAME_SEPARATOR}<name>, resources {}<server>/<uri>.",
+                    names::URI_PREFIX
+                ),
+            })
+    }
+
+    /// List changes only; rmcp intersects this with what the client asked for.
+    fn accepted_subscription_filter(
+        &self,
+        _requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        Some(
+            SubscriptionFilter::builder()
+                .tools_list_changed()
+                .resources_list_changed()
+                .prompts_list_changed()
+                .build(),
+        )
+    }
+
+    /// 2026-07-28 clients hear about catalog changes on a `subscriptions/listen` stream.
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        let mut changes = self.shared.catalog.changes();
+        changes.mark_unchanged();
+        let accepted = context.accepted().clone();
+        loop {
+            tokio::select! {
+                () = context.cancelled() => return Ok(()),
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    let sink = context.sink();
+                    let sent = async {
+                        if accepted.tools_list_changed == Some(true) {
+                            sink.notify_tool_list_changed().await?;
+                        }
+                        if accepted.resources_list_changed == Some(true) {
+                            sink.notify_resource_list_changed().await?;
+                        }
+                        if accepted.prompts_list_changed == Some(true) {
+                            sink.notify_prompt_list_changed().await?;
+                        }
+                        Ok::<(), rmcp::service::SubscriptionSendError>(())
+                    };
+                    if sent.await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(self.tools()))
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        Ok(ListResourcesResult::with_all_items(self.resources()))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        Ok(ListResourceTemplatesResult::with_all_items(
+            self.resource_templates(),
+        ))
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        Ok(ListPromptsResult::with_all_items(self.prompts()))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let (server, uri) = self.resolve_uri(&request.uri)?;
+        let mut params = params_of(&request);
+        params.insert("uri".into(), uri.into());
+        let request = McpRequest {
+            method: "resources/read".into(),
+            params: Some(params),
+        };
+        self.relay_as::<ReadResourceResult>(server, request, &context)
+            .await
+            .map(ReadResourceResponse::Complete)
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let (server, name) = self.resolve(&request.name, "prompt")?;
+        self.shared
+            .check_prompt(server, name)
+            .map_err(|refusal| ErrorData::invalid_params(refusal.message().to_string(), None))?;
+        let mut params = params_of(&request);
+        params.insert("name".into(), name.into());
+        let request = McpRequest {
+            method: "prompts/get".into(),
+            params: Some(params),
+        };
+        self.relay_as::<GetPromptResult>(server, request, &context)
+            .await
+            .map(GetPromptResponse::Complete)
+    }
+
+    async fn complete(
+        &self,
+        request: CompleteRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, ErrorData> {
+        let (server, reference) = match &request.r#ref {
+            Reference::Prompt(prompt) => {
+                let (server, name) = self.resolve(&prompt.name, "prompt")?;
+                (
+                    server,
+                    serde_json::json!({"type": "ref/prompt", "name": name}),
+                )
+            }
+            Reference::Resource(resource) => {
+                let (server, uri) = self.resolve_uri(&resource.uri)?;
+                (
+                    server,
+                    serde_json::json!({"type": "ref/resource", "uri": uri}),
+                )
+            }
+            _ => {
+                return Err(ErrorData::invalid_params(
+                    "completion/complete: ref must be ref/prompt or ref/resource",
+                    None,
+                ));
+            }
+        };
+        let mut params = params_of(&request);
+        params.insert("ref".into(), reference);
+        let request = McpRequest {
+            method: "completion/complete".into(),
+            params: Some(params),
+        };
+        self.relay_as(server, request, &context).await
+    }
+
+    #[allow(deprecated)] // logging is deprecated by SEP-2577; 2025-era clients still set levels
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let level = serde_json::to_value(request.level)
+            .ok()
+            .and_then(|l| l.as_str().map(str::to_string));
+        *lock(&self.log_level) = level;
+        Ok(())
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let (server, tool) = self.resolve(&request.name, "tool")?;
+        let defaults = self
+            .shared
+            .check(server, tool)
+            .map_err(|refusal| ErrorData::invalid_params(refusal.message().to_string(), None))?;
+        let declared_tasks = context
+            .client_capabilities()
+            .is_some_and(|caps| caps.supports_tasks());
+        let meta = request.meta.as_ref().map(|m| &m.0.0);
+        let relayed = Request {
+            server,
+            request: McpRequest::call_tool(tool, request.arguments.clone()),
+            meta,
+            context: &context,
+            log_level: self.log_level(&context),
+            task: if declared_tasks {
+                defaults.tasks.mode(tool)
+            } else {
+                TaskMode::Never
+            },
+        };
+        let era = relayed.era();
+        match relay(&self.shared, relayed).await? {
+            Relayed::Answer(result) => read_result::<CallToolResult>(era, "tools/call", result)
+                .map(CallToolResponse::Complete),
+            Relayed::Task(job) => self.task_created(&job).await,
+        }
+    }
+
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, ErrorData> {
+        let record = self.task_record(&request.task_id).await?;
+        Ok(GetTaskResult::new(tasks::detailed(
+            &record,
+            self.shared.result_ttl,
+        )))
+    }
+
+    async fn update_task(
+        &self,
+        request: UpdateTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let record = self.task_record(&request.task_id).await?;
+        Err(ErrorData::invalid_params(
+            format!(
+                "task {} is not waiting for input (mcpq tasks never ask for any)",
+                record.job_id
+            ),
+            None,
+        ))
+    }
+
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let job_id = tasks::job_id(&request.task_id)?;
+        match self
+            .shared
+            .client
+            .cancel(job_id, Some("requested by tasks/cancel".into()))
+            .await
+            .map_err(|e| ErrorData::internal_error(e.to_string(), None))?
+        {
+            Cancel::Requested(_) | Cancel::AlreadyEnded(_) => Ok(()),
+            Cancel::NotFound => Err(unknown_task(&request.task_id)),
+        }
+    }
+}
+
+impl Gateway {
+    /// A task for `job`, once its record exists: created here if the worker has not written
+    /// one yet (an existing record is left alone).
+    async fn task_created(&self, job: &mcpq_schemas::Job) -> Result<CallToolResponse, ErrorData> {
+        let record = self
+            .shared
+            .client
+            .ensure_record(job)
+            .await
+            .map_err(|e| internal(job, &e))?;
+        Ok(CallToolResponse::Task(CreateTaskResult::new(tasks::task(
+            &record,
+            self.shared.result_ttl,
+        ))))
+    }
+
+    async fn task_record(&self, task_id: &str) -> Result<JobRecord, ErrorData> {
+        let job_id = tasks::job_id(task_id)?;
+        self.shared
+            .client
+            .record(job_id)
+            .await
+            .map_err(|e| ErrorData::internal_error(e.to_string(), None))?
+            .ok_or_else(|| unknown_task(task_id))
+    }
+}
+
+fn unknown_task(task_id: &str) -> ErrorData {
+    ErrorData::invalid_params(
+        format!("unknown task {task_id:?} (never created here, or expired)"),
+        None,
+    )
+}

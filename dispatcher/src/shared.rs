@@ -1,0 +1,95 @@
+//! What every endpoint of one dispatcher shares — the NATS client, the watched catalog, each
+//! configured server's defaults — and the checks made before anything is queued.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use mcpq_schemas::{CatalogEntry, Lane, config::TaskPolicy};
+
+use crate::{catalog::Catalog, publish::Client};
+
+/// What the dispatcher knows about one configured server.
+#[derive(Debug, Clone)]
+pub struct ServerDefaults {
+    pub lane: Lane,
+    pub timeout: Duration,
+    pub tasks: TaskPolicy,
+}
+
+/// State shared by every endpoint of one dispatcher.
+pub struct Shared {
+    pub client: Client,
+    pub catalog: Catalog,
+    pub servers: BTreeMap<String, ServerDefaults>,
+    /// How long job records (and so tasks) are kept.
+    pub result_ttl: Duration,
+}
+
+/// Why a call is refused before anything is queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    UnknownServer(String),
+    UnknownTool(String),
+    /// A prompt, or a resource, the server does not offer.
+    UnknownName(String),
+}
+
+impl Refusal {
+    pub fn message(&self) -> &str {
+        match self {
+            Refusal::UnknownServer(m) | Refusal::UnknownTool(m) | Refusal::UnknownName(m) => m,
+        }
+    }
+}
+
+impl Shared {
+    /// The defaults of `server`, if it is configured.
+    pub fn server(&self, server: &str) -> Result<&ServerDefaults, Refusal> {
+        self.servers.get(server).ok_or_else(|| {
+            let known: Vec<_> = self.servers.keys().map(String::as_str).collect();
+            Refusal::UnknownServer(format!(
+                "unknown server {server:?} (servers: {})",
+                known.join(", ")
+            ))
+        })
+    }
+
+    /// The defaults of `server`, if it is configured and (once its catalog is known) has `tool`.
+    /// A server whose catalog is not published yet still takes jobs: they wait in the queue for
+    /// its workers.
+    pub fn check(&self, server: &str, tool: &str) -> Result<&ServerDefaults, Refusal> {
+        let defaults = self.server(server)?;
+        if let Some(entry) = self.catalog.server(server)
+            && !entry.tools.iter().any(|t| t.name == tool)
+        {
+            let known: Vec<_> = entry.tools.iter().map(|t| t.name.as_ref()).collect();
+            return Err(Refusal::UnknownTool(format!(
+                "unknown tool {tool:?} on server {server:?} (tools: {})",
+                known.join(", ")
+            )));
+        }
+        Ok(defaults)
+    }
+
+    /// The defaults of `server`, if it is configured and (once its catalog is known) has the
+    /// prompt `name`.
+    pub fn check_prompt(&self, server: &str, name: &str) -> Result<&ServerDefaults, Refusal> {
+        let defaults = self.server(server)?;
+        if let Some(entry) = self.catalog.server(server)
+            && !entry.prompts.iter().any(|p| p.name == name)
+        {
+            let known: Vec<_> = entry.prompts.iter().map(|p| p.name.as_str()).collect();
+            return Err(Refusal::UnknownName(format!(
+                "unknown prompt {name:?} on server {server:?} (prompts: {})",
+                known.join(", ")
+            )));
+        }
+        Ok(defaults)
+    }
+
+    /// The catalog entries of the configured servers, by name.
+    pub fn entries(&self) -> BTreeMap<String, CatalogEntry> {
+        let mut all = self.catalog.all();
+        all.retain(|server, _| self.servers.contains_key(server));
+        all
+    }
+}
