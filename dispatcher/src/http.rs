@@ -9,7 +9,7 @@ use rmcp::transport::streamable_http_server::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{Shared, ingress::Gateway};
+use crate::{Shared, ingress::Gateway, sessions::KvSessions};
 
 /// HTTP options of a dispatcher.
 #[derive(Debug, Clone, Default)]
@@ -20,12 +20,22 @@ pub struct HttpOptions {
 
 /// The router: `/mcp`, `/servers/<name>/mcp` for each configured server, the `/v1` jobs API,
 /// `/healthz`.
-pub fn router(shared: Arc<Shared>, options: &HttpOptions, shutdown: &CancellationToken) -> Router {
+///
+/// 2026-07-28 clients are served statelessly; 2025-era clients that `initialize` get a session
+/// (`Mcp-Session-Id`), which server-to-client requests, `logging/setLevel` and resource
+/// subscriptions need; any replica can carry it on (see `sessions`).
+pub(crate) fn router(
+    shared: Arc<Shared>,
+    sessions: Arc<KvSessions>,
+    options: &HttpOptions,
+    shutdown: &CancellationToken,
+) -> Router {
     let mut config = StreamableHttpServerConfig::default()
-        .with_legacy_session_mode(false)
+        .with_legacy_session_mode(true)
         .with_json_response(true)
         .with_sse_keep_alive(Some(Duration::from_secs(15)))
         .with_cancellation_token(shutdown.child_token());
+    config.session_store = Some(sessions);
     if !options.allowed_hosts.is_empty() {
         config = config.with_allowed_hosts(options.allowed_hosts.clone());
     }

@@ -14,6 +14,7 @@ pub mod http;
 pub mod ingress;
 pub mod publish;
 mod replies;
+mod sessions;
 mod shared;
 mod tasks;
 
@@ -38,7 +39,7 @@ pub enum DispatcherError {
     Nats(#[from] NatsError),
     #[error(transparent)]
     Client(#[from] ClientError),
-    #[error("cannot watch the tool catalog: {0}")]
+    #[error("cannot read mcpq's buckets: {0}")]
     Catalog(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -47,6 +48,7 @@ pub enum DispatcherError {
 /// A dispatcher ready to serve: topology ensured, catalog watched, inbox open.
 pub struct Dispatcher {
     shared: Arc<Shared>,
+    sessions: Arc<sessions::KvSessions>,
     options: HttpOptions,
 }
 
@@ -59,6 +61,9 @@ impl Dispatcher {
         let js = async_nats::jetstream::new(nats.clone());
         ensure_topology(&js, &Topology::from(&config.nats)).await?;
         let catalog = Catalog::watch(&js)
+            .await
+            .map_err(DispatcherError::Catalog)?;
+        let sessions = sessions::KvSessions::open(&js)
             .await
             .map_err(DispatcherError::Catalog)?;
         let client = Client::new(nats).await?;
@@ -83,6 +88,7 @@ impl Dispatcher {
                 servers,
                 result_ttl: config.nats.result_ttl,
             }),
+            sessions: Arc::new(sessions),
             options,
         })
     }
@@ -98,7 +104,7 @@ impl Dispatcher {
         listener: tokio::net::TcpListener,
         shutdown: CancellationToken,
     ) -> Result<(), DispatcherError> {
-        let router = http::router(self.shared, &self.options, &shutdown);
+        let router = http::router(self.shared, self.sessions, &self.options, &shutdown);
         http::serve(listener, router, shutdown).await?;
         Ok(())
     }

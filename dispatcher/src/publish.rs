@@ -13,7 +13,7 @@ use async_nats::{
 };
 use futures::StreamExt;
 use mcpq_schemas::{
-    CancelRequest, ErrorKind, Job, JobError, JobRecord, JobStatus, Reply,
+    CancelRequest, ErrorKind, InputAnswer, Job, JobError, JobRecord, JobStatus, Reply,
     names::{
         CANCELS_BUCKET, ENVELOPE_VERSION, HDR_JOB_ID, HDR_MSG_ID, HDR_REPLAY_OF, HDR_REPLY_TO,
         HDR_TRACEPARENT, RESULTS_BUCKET, job_subject,
@@ -43,6 +43,10 @@ pub enum ClientError {
     InboxClosed { job_id: Uuid },
     #[error("job {job_id}: cannot read its record: {reason}")]
     Record { job_id: Uuid, reason: String },
+    #[error(
+        "job {job_id}: no longer waits for an answer to question {question:?} (it ended, or its worker stopped)"
+    )]
+    NotAsking { job_id: Uuid, question: String },
 }
 
 /// A handle on mcpq for submitting jobs; cheap to clone.
@@ -220,6 +224,56 @@ impl Client {
                 job_id: job.id,
                 timeout,
             }),
+        }
+    }
+
+    /// The NATS connection under this client.
+    pub fn nats(&self) -> async_nats::Client {
+        self.js.client()
+    }
+
+    /// Answers a question the upstream of a job asked ([`Event::Input`], its `answerTo`); the
+    /// job's events and reply keep going where they went.
+    pub async fn answer(&self, answer_to: &str, answer: &InputAnswer) -> Result<(), ClientError> {
+        let not_asking = || ClientError::NotAsking {
+            job_id: answer.job_id,
+            question: answer.id.clone(),
+        };
+        let body = serde_json::to_vec(answer).map_err(|e| ClientError::Publish {
+            job_id: answer.job_id,
+            subject: answer_to.to_string(),
+            reason: e.to_string(),
+        })?;
+        let nats = self.js.client();
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            nats.request(answer_to.to_string(), body.into()),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) | Err(_) => Err(not_asking()),
+        }
+    }
+
+    /// Answers a question, taking over the job from here: its later events go to `events`, its
+    /// reply comes back from this call (waited for at most `timeout`). A 2026-07-28 MCP client
+    /// retrying its request with the answer does this, on any dispatcher replica.
+    pub async fn answer_and_wait(
+        &self,
+        answer_to: &str,
+        mut answer: InputAnswer,
+        timeout: Duration,
+        events: Option<mpsc::UnboundedSender<Event>>,
+    ) -> Result<Reply, ClientError> {
+        let job_id = answer.job_id;
+        let waiting = self.inbox.expect(events);
+        answer.reply_to = Some(waiting.subject.clone());
+        self.answer(answer_to, &answer).await?;
+        match tokio::time::timeout(timeout, waiting.reply()).await {
+            Ok(Some(reply)) => Ok(reply),
+            Ok(None) => Err(ClientError::InboxClosed { job_id }),
+            Err(_) => Err(ClientError::Timeout { job_id, timeout }),
         }
     }
 

@@ -13,8 +13,8 @@ use std::{
 
 use futures::StreamExt;
 use mcpq_schemas::{
-    LogEvent, ProgressEvent, Reply,
-    names::{EVENT_LOG, EVENT_PROGRESS, EVENT_REPLY, HDR_EVENT},
+    InputAck, InputRequestEvent, LogEvent, ProgressEvent, Reply,
+    names::{EVENT_INPUT, EVENT_LOG, EVENT_PROGRESS, EVENT_REPLY, HDR_EVENT},
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -23,6 +23,8 @@ use tokio::sync::{mpsc, oneshot};
 pub enum Event {
     Progress(ProgressEvent),
     Log(LogEvent),
+    /// The upstream asks the caller something; answer with [`crate::Client::answer`].
+    Input(InputRequestEvent),
 }
 
 /// A caller waiting on its inbox token: where the reply goes, and its events if wanted.
@@ -68,9 +70,13 @@ impl Inbox {
         let waiters: Waiters = Arc::default();
         let router = tokio::spawn({
             let waiters = waiters.clone();
+            let client = client.clone();
             async move {
                 while let Some(message) = subscription.next().await {
-                    route(&waiters, message);
+                    if let Some((reply, ack)) = route(&waiters, message) {
+                        let body = serde_json::to_vec(&ack).unwrap_or_default();
+                        let _ = client.publish(reply, body.into()).await;
+                    }
                 }
             }
         });
@@ -116,7 +122,12 @@ fn lock(waiters: &Waiters) -> std::sync::MutexGuard<'_, HashMap<u64, Waiter>> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn route(waiters: &Waiters, message: async_nats::Message) {
+/// Hands the message to its waiter; for a question, what to answer the worker (it takes it if
+/// someone waits for the call's events).
+fn route(
+    waiters: &Waiters,
+    message: async_nats::Message,
+) -> Option<(async_nats::Subject, InputAck)> {
     let event = message
         .headers
         .as_ref()
@@ -128,35 +139,47 @@ fn route(waiters: &Waiters, message: async_nats::Message) {
         .next()
         .and_then(|token| token.parse::<u64>().ok())
     else {
-        return;
+        return None;
     };
     let event = match event.as_deref() {
         None | Some(EVENT_REPLY) => None,
-        Some(EVENT_PROGRESS) => serde_json::from_slice(&message.payload)
-            .ok()
-            .map(Event::Progress),
-        Some(EVENT_LOG) => serde_json::from_slice(&message.payload)
-            .ok()
-            .map(Event::Log),
-        Some(_) => return, // events of newer workers this version does not know
+        Some(EVENT_PROGRESS) => Some(serde_json::from_slice(&message.payload).map(Event::Progress)),
+        Some(EVENT_LOG) => Some(serde_json::from_slice(&message.payload).map(Event::Log)),
+        Some(EVENT_INPUT) => Some(serde_json::from_slice(&message.payload).map(Event::Input)),
+        Some(_) => return None, // events of newer workers this version does not know
     };
     if let Some(event) = event {
-        if let Some(Waiter {
-            events: Some(to), ..
-        }) = lock(waiters).get(&token)
-        {
-            let _ = to.send(event);
-        }
-        return;
+        let taken = match (event, lock(waiters).get(&token)) {
+            (
+                Ok(event),
+                Some(Waiter {
+                    events: Some(to), ..
+                }),
+            ) => to.send(event).is_ok(),
+            _ => false,
+        };
+        let ack = if taken {
+            InputAck {
+                ok: true,
+                reason: None,
+            }
+        } else {
+            InputAck {
+                ok: false,
+                reason: Some("nobody waits for this call's events any more".into()),
+            }
+        };
+        return message.reply.map(|reply| (reply, ack));
     }
     let reply: Reply = match serde_json::from_slice(&message.payload) {
         Ok(reply) => reply,
         Err(e) => {
             tracing::warn!(subject = %message.subject, error = %e, "unreadable reply dropped");
-            return;
+            return None;
         }
     };
     if let Some(waiter) = lock(waiters).remove(&token) {
         let _ = waiter.reply.send(reply);
     }
+    None
 }

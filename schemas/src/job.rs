@@ -45,6 +45,11 @@ pub struct Job {
     /// Absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_level: Option<String>,
+    /// What the caller can answer when the upstream asks during the call, as MCP client
+    /// capabilities (`sampling`, `elicitation`, `roots`); questions it cannot answer are
+    /// refused at once. Absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_capabilities: Option<serde_json::Value>,
 }
 
 /// An MCP request: the JSON-RPC method and its params, without the JSON-RPC id.
@@ -93,6 +98,7 @@ impl Job {
             traceparent: None,
             submitted_at_ms: crate::now_ms(),
             log_level: None,
+            client_capabilities: None,
         }
     }
 

@@ -22,8 +22,8 @@ pub use catalog::CatalogEntry;
 pub use dead_letter::{Attempt, DeadLetter};
 pub use job::{Job, JsonObject, Lane, McpRequest};
 pub use record::{
-    CancelRequest, ErrorKind, JobError, JobRecord, JobStatus, LogEvent, LogMessage, Outcome,
-    Progress, ProgressEvent, Reply,
+    CancelRequest, ErrorKind, InputAck, InputAnswer, InputRequestEvent, JobError, JobRecord,
+    JobStatus, LogEvent, LogMessage, Outcome, Progress, ProgressEvent, Reply, ResourceUpdatedEvent,
 };
 
 /// Unix time now, in milliseconds.

@@ -18,6 +18,9 @@ pub const CATALOG_BUCKET: &str = "mcpq_catalog";
 pub const CANCELS_BUCKET: &str = "mcpq_cancels";
 /// KV bucket of batches (the job ids of each batch, in input order), keyed by batch id.
 pub const BATCHES_BUCKET: &str = "mcpq_batches";
+/// KV bucket of 2025-era MCP sessions (the client's `initialize`), keyed by `Mcp-Session-Id`, so
+/// that any dispatcher replica can carry on a session another one opened.
+pub const SESSIONS_BUCKET: &str = "mcpq_sessions";
 /// KV bucket of live workers, keyed `<server>.<worker>`; entries expire unless refreshed.
 pub const WORKERS_BUCKET: &str = "mcpq_workers";
 
@@ -41,6 +44,8 @@ pub const EVENT_REPLY: &str = "reply";
 pub const EVENT_PROGRESS: &str = "progress";
 /// `Mcpq-Event` value of a log event: the upstream sent a log message during the call.
 pub const EVENT_LOG: &str = "log";
+/// `Mcpq-Event` value of an input request: the upstream asks the caller something.
+pub const EVENT_INPUT: &str = "input";
 
 /// Subjects of the jobs stream: `mcpq.jobs.<server>.<lane>`.
 pub const JOBS_SUBJECTS: &str = "mcpq.jobs.>";
@@ -57,6 +62,20 @@ pub fn job_subject(server: &str, lane: crate::job::Lane) -> String {
 pub fn record_subject(job_id: &uuid::Uuid) -> String {
     format!("$KV.{RESULTS_BUCKET}.{job_id}")
 }
+
+/// The subject where the worker running `job_id` waits for the answer to its question `id`.
+pub fn input_subject(job_id: &uuid::Uuid, id: &str) -> String {
+    format!("mcpq.input.{job_id}.{id}")
+}
+
+/// The subject where workers announce that a resource of `server` changed (MCP
+/// `notifications/resources/updated`), for dispatchers with clients subscribed to it.
+pub fn resource_updated_subject(server: &str) -> String {
+    format!("mcpq.events.{server}.resource_updated")
+}
+
+/// Every server's resource updates.
+pub const RESOURCE_UPDATED_SUBJECTS: &str = "mcpq.events.*.resource_updated";
 
 /// The subject a dead letter for `server` is published to.
 pub fn dlq_subject(server: &str) -> String {

@@ -8,7 +8,7 @@ use async_nats::jetstream::{self, kv, stream};
 
 use crate::names::{
     BATCHES_BUCKET, CANCELS_BUCKET, CATALOG_BUCKET, DLQ_STREAM, DLQ_SUBJECTS, JOBS_STREAM,
-    JOBS_SUBJECTS, RESULTS_BUCKET, WORKERS_BUCKET,
+    JOBS_SUBJECTS, RESULTS_BUCKET, SESSIONS_BUCKET, WORKERS_BUCKET,
 };
 
 /// How long a worker counts as live after its last heartbeat.
@@ -189,6 +189,10 @@ pub async fn ensure_topology(
         (
             BATCHES_BUCKET,
             "mcpq batches (job ids in input order), keyed by batch id",
+        ),
+        (
+            SESSIONS_BUCKET,
+            "mcpq 2025-era MCP sessions (the client's initialize), keyed by session id",
         ),
     ] {
         js.create_or_update_key_value(kv::Config {

@@ -78,6 +78,9 @@ pub enum ErrorKind {
     Timeout,
     /// The job's deadline passed before it could be started.
     Expired,
+    /// The upstream asked the caller something (sampling, elicitation, roots) that the caller
+    /// could not or did not answer.
+    NoAnswer,
     /// Someone cancelled the job (MCP `notifications/cancelled` or `tasks/cancel`,
     /// `DELETE /v1/jobs/{id}`, `mcpq job cancel`).
     Cancelled,
@@ -97,6 +100,7 @@ impl ErrorKind {
             ErrorKind::RateLimited => "rate_limited",
             ErrorKind::Timeout => "timeout",
             ErrorKind::Expired => "expired",
+            ErrorKind::NoAnswer => "no_answer",
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::Internal => "internal",
             ErrorKind::Unknown => "unknown",
@@ -255,6 +259,70 @@ pub struct LogEvent {
     pub job_id: Uuid,
     #[serde(flatten)]
     pub message: LogMessage,
+}
+
+/// A request the upstream made of the caller during a call (`sampling/createMessage`,
+/// `elicitation/create`, `roots/list`), published with core NATS as a *request* to the job's
+/// `Mcpq-Reply-To` subject (header `Mcpq-Event: input`), in order with progress and log events.
+///
+/// The receiver replies to the event message at once: an empty body or `{"ok": true}` takes
+/// the question, `{"ok": false, "reason": "..."}` refuses it (the upstream is then told why).
+/// It answers later by sending an [`InputAnswer`] as a request to `answerTo`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InputRequestEvent {
+    pub v: u32,
+    pub job_id: Uuid,
+    /// Names this question among the job's questions.
+    pub id: String,
+    /// The MCP method the upstream called, e.g. `sampling/createMessage`.
+    pub method: String,
+    /// Its params, exactly as the upstream sent them.
+    #[serde(default)]
+    pub params: serde_json::Value,
+    /// Where to send the answer: `mcpq.input.<job id>.<id>`.
+    pub answer_to: String,
+}
+
+/// The caller's answer to an [`InputRequestEvent`], sent as a request to its `answerTo`; the
+/// worker replies `{"ok": true}` once it has it (no responder: the job no longer waits).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InputAnswer {
+    pub v: u32,
+    pub job_id: Uuid,
+    pub id: String,
+    /// The MCP result for the upstream (e.g. a `CreateMessageResult`), or
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    /// why the caller will not answer: a JSON-RPC error `{code, message, data?}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<serde_json::Value>,
+    /// Send the rest of the job's events and its reply here from now on (a caller that
+    /// answers from another process than the one that asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+}
+
+/// What a receiver says to an [`InputRequestEvent`] or an [`InputAnswer`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InputAck {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A resource of an upstream changed: published with core NATS to
+/// `mcpq.events.<server>.resource_updated` by the worker whose upstream session is subscribed to
+/// it (a `resources/subscribe` job), for every dispatcher with a client subscribed to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceUpdatedEvent {
+    pub v: u32,
+    pub server: String,
+    /// The upstream's URI of the resource, as it sent it.
+    pub uri: String,
 }
 
 /// A request to cancel a job, stored in KV `mcpq_cancels` under the job id. Workers watch the

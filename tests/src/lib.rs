@@ -2,6 +2,7 @@
 //! mcpq's dispatcher and workers run in-process (or as the real `mcpq` binary), and polling
 //! helpers that wait for a condition instead of sleeping.
 
+pub mod conformance;
 pub mod fixture;
 pub mod nats;
 pub mod stack;

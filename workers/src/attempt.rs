@@ -15,16 +15,18 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::{
+    ask::{Asker, ReplyTo},
     call::{CallOutcome, call},
     decide::{Decision, Verdict, decide},
     decode::decode,
     pool::Pool,
-    upstream::CallEvent,
+    upstream::{CallEvent, lock},
 };
 
 /// The part of a message the decision needs, read once, and the job's failed attempts so far.
 struct Delivery {
-    reply_to: Option<String>,
+    /// Where the caller waits, if anyone does; an answer to an upstream's question may move it.
+    reply_to: ReplyTo,
     /// Replayed from a dead letter: run it again even though its record says it ended.
     replay: bool,
     attempt: u32,
@@ -35,6 +37,11 @@ struct Delivery {
 }
 
 impl Delivery {
+    /// The subject the caller waits on now.
+    fn reply_to(&self) -> Option<String> {
+        lock(&self.reply_to).clone()
+    }
+
     /// Adds this attempt's failure to the history.
     fn failed(&mut self, pool: &Pool, error: &JobError, retry_in: Option<Duration>) {
         self.history.push(Attempt {
@@ -58,11 +65,13 @@ pub(crate) async fn handle(pool: &Pool, message: Message) {
         })
         .unwrap_or((1, 0));
     let delivery = Delivery {
-        reply_to: message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(HDR_REPLY_TO))
-            .map(|v| v.to_string()),
+        reply_to: ReplyTo::new(std::sync::Mutex::new(
+            message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(HDR_REPLY_TO))
+                .map(|v| v.to_string()),
+        )),
         replay: message
             .headers
             .as_ref()
@@ -119,7 +128,7 @@ async fn run(pool: &Pool, message: &Message, mut delivery: Delivery, job: Job) {
             tracing::info!(status = ?record.status, "already done; answering from the record");
             let _ = pool
                 .outbox
-                .reply(delivery.reply_to.as_deref(), &reply)
+                .reply(delivery.reply_to().as_deref(), &reply)
                 .await;
             ack(message, AckKind::Ack).await;
             return;
@@ -171,13 +180,28 @@ async fn run(pool: &Pool, message: &Message, mut delivery: Delivery, job: Job) {
         timeout = timeout.min(Duration::from_millis(deadline - now));
     }
     let (events, mut updates) = mpsc::unbounded_channel();
-    let called = call(&pool.upstream, &job, timeout, &running.token, Some(events));
+    let asker = Asker {
+        nats: pool.outbox.client.clone(),
+        job_id: job.id,
+        reply_to: delivery.reply_to.clone(),
+        capabilities: job.client_capabilities.clone(),
+        deadline: tokio::time::Instant::now() + timeout,
+        next: Default::default(),
+    };
+    let called = call(
+        &pool.upstream,
+        &job,
+        timeout,
+        &running.token,
+        Some(events),
+        Some(asker),
+    );
     // Progress and log events go out in order while the call runs; the last one is out before
     // the reply.
     let forwarded = async {
         // Async callers read the record: show them the job runs, while the call goes out.
         // (Callers with an inbox hear the reply; their calls skip this write.)
-        if delivery.reply_to.is_none() {
+        if delivery.reply_to().is_none() {
             let running = record(pool, &job, delivery, JobStatus::Running, None, None);
             let _ = pool.outbox.record(&running).await;
         }
@@ -256,7 +280,7 @@ async fn run(pool: &Pool, message: &Message, mut delivery: Delivery, job: Job) {
 
 /// Sends a progress event to the caller's inbox; async jobs get it in their record instead.
 async fn forward_progress(pool: &Pool, delivery: &Delivery, job: &Job, progress: Progress) {
-    match delivery.reply_to.as_deref() {
+    match delivery.reply_to().as_deref() {
         Some(inbox) => {
             let event = ProgressEvent {
                 v: ENVELOPE_VERSION,
@@ -277,7 +301,7 @@ async fn forward_progress(pool: &Pool, delivery: &Delivery, job: &Job, progress:
 
 /// Sends a log event to the caller's inbox (a job without one has nobody to tell).
 async fn forward_log(pool: &Pool, delivery: &Delivery, job: &Job, message: LogMessage) {
-    if let Some(inbox) = delivery.reply_to.as_deref() {
+    if let Some(inbox) = delivery.reply_to().as_deref() {
         let event = LogEvent {
             v: ENVELOPE_VERSION,
             job_id: job.id,
@@ -335,9 +359,10 @@ async fn finish(
     // The reply does not wait for the record (that would add a JetStream round trip to every
     // call); the ack does. A record that fails leaves the message un-acked: it comes back and,
     // at worst, runs again — at-least-once, never lost.
+    let reply_to = delivery.reply_to();
     let (recorded, replied) = tokio::join!(
         pool.outbox.record(&record),
-        pool.outbox.reply(delivery.reply_to.as_deref(), &reply)
+        pool.outbox.reply(reply_to.as_deref(), &reply)
     );
     if let Err(e) = replied {
         tracing::warn!(error = %e, "cannot publish the reply; the result stays in the record");
@@ -404,7 +429,7 @@ async fn dead_letter(
         }
         None => {
             // No job id to record under; the caller still hears why, if it left an inbox.
-            if let Some(inbox) = delivery.reply_to.as_deref() {
+            if let Some(inbox) = delivery.reply_to().as_deref() {
                 let id = message
                     .headers
                     .as_ref()

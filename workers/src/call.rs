@@ -4,13 +4,13 @@ use std::time::Duration;
 
 use mcpq_schemas::{ErrorKind, Job, JobError, bridge};
 use rmcp::{
-    ServiceError,
+    RoleClient, ServiceError,
     model::{
         CallToolRequestParams, CancelledNotification, CancelledNotificationParam, ClientRequest,
-        CompleteRequestParams, GetPromptRequestParams, ProgressToken, ReadResourceRequestParams,
-        RequestMetaObject,
+        CompleteRequestParams, GetPromptRequestParams, InputRequiredResult, ProgressToken,
+        ReadResourceRequestParams, RequestMetaObject, ServerResult,
     },
-    service::PeerRequestOptions,
+    service::{Peer, PeerRequestOptions},
     transport::streamable_http_client::{HttpStatusError, StreamableHttpError},
 };
 
@@ -18,8 +18,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    ask::Asker,
     decide::Verdict,
-    upstream::{CallEvent, LogRoute, Upstream, lock},
+    upstream::{CallEntry, CallEvent, LogRoute, Upstream, lock},
 };
 
 /// `_meta` keys mcpq adds to every upstream request, so upstream tools can dedupe and correlate.
@@ -50,49 +51,23 @@ pub(crate) async fn call(
     timeout: Duration,
     cancel: &CancellationToken,
     events: Option<mpsc::UnboundedSender<CallEvent>>,
+    asker: Option<Asker>,
 ) -> CallOutcome {
-    let request = match to_client_request(job) {
-        Ok(request) => request,
-        Err(error) => {
-            return CallOutcome::Failed {
-                error,
-                verdict: Verdict::Permanent,
-                retry_after: None,
-            };
-        }
+    let failed = |error, verdict| CallOutcome::Failed {
+        error,
+        verdict,
+        retry_after: None,
     };
     let peer = match upstream.peer().await {
         Ok(peer) => peer,
         Err(e) => {
-            return CallOutcome::Failed {
-                error: JobError::new(ErrorKind::UpstreamUnavailable, e.to_string()),
-                verdict: Verdict::Retryable,
-                retry_after: None,
-            };
+            let error = JobError::new(ErrorKind::UpstreamUnavailable, e.to_string());
+            return failed(error, Verdict::Retryable);
         }
     };
-    let mut meta = RequestMetaObject::new();
-    meta.0
-        .0
-        .insert(META_JOB_ID.into(), job.id.to_string().into());
-    if let Some(key) = &job.idempotency_key {
-        meta.0
-            .0
-            .insert(META_IDEMPOTENCY_KEY.into(), key.clone().into());
+    if let Some(answer) = subscription(upstream, &peer, job) {
+        return answer;
     }
-    if let Some(traceparent) = &job.traceparent {
-        meta.0
-            .0
-            .insert("traceparent".into(), traceparent.clone().into());
-    }
-    if let Some(level) = &job.log_level {
-        // 2026-07-28 upstreams send log messages only to requests that opt in.
-        meta.0
-            .0
-            .insert(bridge::META_LOG_LEVEL.into(), level.clone().into());
-    }
-    let mut options = PeerRequestOptions::with_timeout(timeout);
-    options.meta = Some(meta);
     let log_route = match (&events, &job.log_level) {
         (Some(to), Some(level)) => Some(LogRoute {
             to: to.clone(),
@@ -100,65 +75,195 @@ pub(crate) async fn call(
         }),
         _ => None,
     };
-    let _in_flight = InFlight::add(upstream, log_route);
-    let answer = match peer.send_request_with_option(request, options).await {
-        Ok(handle) => {
-            let _route = events.map(|to| Route::add(upstream, handle.progress_token.clone(), to));
-            let id = handle.id.clone();
-            tokio::select! {
-                answer = handle.await_response() => answer,
-                () = cancel.cancelled() => {
-                    let notification = CancelledNotification::new(CancelledNotificationParam::new(
-                        Some(id),
-                        Some("cancelled through mcpq".into()),
-                    ));
-                    if let Err(e) = peer.send_notification(notification.into()).await {
-                        tracing::warn!(error = %e, "cannot tell the upstream the call was cancelled");
+    let in_flight = InFlight::add(
+        upstream,
+        CallEntry {
+            logs: log_route,
+            asker: asker.clone(),
+            request_id: None,
+        },
+    );
+    // A 2026-07-28 upstream asks in its result (`input_required`); the request is then sent
+    // again with the caller's answers, up to `MAX_ROUNDS` times.
+    let mut answers: Option<(serde_json::Value, Option<String>)> = None;
+    for round in 0.. {
+        let request = match to_client_request(job, answers.take()) {
+            Ok(request) => request,
+            Err(error) => return failed(error, Verdict::Permanent),
+        };
+        let answer = match send(
+            &peer, upstream, job, request, timeout, cancel, &events, &in_flight,
+        )
+        .await
+        {
+            Sent::Answer(answer) => answer,
+            Sent::Cancelled => return CallOutcome::Cancelled,
+        };
+        let result = match answer {
+            Ok(ServerResult::InputRequiredResult(asked)) if round < MAX_ROUNDS => {
+                match answer_questions(asker.as_ref(), asked).await {
+                    Ok(next) => {
+                        answers = Some(next);
+                        continue;
                     }
-                    return CallOutcome::Cancelled;
+                    Err(error) => return failed(error, Verdict::Permanent),
                 }
             }
-        }
-        Err(e) => Err(e),
-    };
-    match answer {
-        Ok(result) => match serde_json::to_value(&result) {
+            Ok(result) => result,
+            Err(e) => return failure(upstream.server(), e, timeout),
+        };
+        return match serde_json::to_value(&result) {
             Ok(value) => CallOutcome::Answered(bridge::canonical_result(value)),
-            Err(e) => CallOutcome::Failed {
-                error: JobError::new(
+            Err(e) => failed(
+                JobError::new(
                     ErrorKind::Internal,
                     format!("cannot encode the upstream's result: {e}"),
                 ),
-                verdict: Verdict::Permanent,
-                retry_after: None,
-            },
-        },
-        Err(e) => {
-            if let Some((429, retry_after)) = http_status(&e) {
-                let error = JobError::new(
-                    ErrorKind::RateLimited,
-                    format!(
-                        "server {:?} answered HTTP 429 Too Many Requests{}",
-                        upstream.server(),
-                        retry_after.map_or(String::new(), |d| format!(
-                            " (Retry-After: {}s)",
-                            d.as_secs()
-                        ))
-                    ),
-                );
-                return CallOutcome::Failed {
-                    error,
-                    verdict: Verdict::Retryable,
-                    retry_after,
-                };
+                Verdict::Permanent,
+            ),
+        };
+    }
+    unreachable!("the loop returns")
+}
+
+/// `resources/subscribe` and `resources/unsubscribe` change this session's subscriptions; a
+/// 2026-07-28 upstream has no such methods (`subscribe::listen_loop` listens for it), so the
+/// job is answered here. A 2025-era upstream is asked as usual.
+fn subscription(upstream: &Upstream, peer: &Peer<RoleClient>, job: &Job) -> Option<CallOutcome> {
+    let subscribe = match job.request.method.as_str() {
+        "resources/subscribe" => true,
+        "resources/unsubscribe" => false,
+        _ => return None,
+    };
+    let uri = job
+        .request
+        .params
+        .as_ref()
+        .and_then(|p| p.get("uri"))
+        .and_then(|u| u.as_str())?;
+    upstream.subscriptions().set(uri, subscribe);
+    let modern = peer
+        .peer_info()
+        .is_some_and(|i| !i.protocol_version.has_initialize());
+    modern.then(|| CallOutcome::Answered(bridge::canonical_result(serde_json::json!({}))))
+}
+
+/// The most `input_required` rounds one call may take.
+const MAX_ROUNDS: usize = 10;
+
+enum Sent {
+    Answer(Result<ServerResult, ServiceError>),
+    Cancelled,
+}
+
+/// Sends one request upstream and waits for its answer (or the cancellation).
+#[allow(clippy::too_many_arguments)]
+async fn send(
+    peer: &Peer<RoleClient>,
+    upstream: &Upstream,
+    job: &Job,
+    request: ClientRequest,
+    timeout: Duration,
+    cancel: &CancellationToken,
+    events: &Option<mpsc::UnboundedSender<CallEvent>>,
+    in_flight: &InFlight<'_>,
+) -> Sent {
+    let mut options = PeerRequestOptions::with_timeout(timeout);
+    options.meta = Some(upstream_meta(job));
+    let handle = match peer.send_request_with_option(request, options).await {
+        Ok(handle) => handle,
+        Err(e) => return Sent::Answer(Err(e)),
+    };
+    in_flight.sent(handle.id.clone());
+    let _route = events
+        .clone()
+        .map(|to| Route::add(upstream, handle.progress_token.clone(), to));
+    let id = handle.id.clone();
+    tokio::select! {
+        answer = handle.await_response() => Sent::Answer(answer),
+        () = cancel.cancelled() => {
+            let notification = CancelledNotification::new(CancelledNotificationParam::new(
+                Some(id),
+                Some("cancelled through mcpq".into()),
+            ));
+            if let Err(e) = peer.send_notification(notification.into()).await {
+                tracing::warn!(error = %e, "cannot tell the upstream the call was cancelled");
             }
-            let (error, verdict) = classify(upstream.server(), e, timeout);
-            CallOutcome::Failed {
-                error,
-                verdict,
-                retry_after: None,
-            }
+            Sent::Cancelled
         }
+    }
+}
+
+/// The `_meta` mcpq sends upstream with a job's request.
+fn upstream_meta(job: &Job) -> RequestMetaObject {
+    let mut meta = RequestMetaObject::new();
+    let map = &mut meta.0.0;
+    map.insert(META_JOB_ID.into(), job.id.to_string().into());
+    if let Some(key) = &job.idempotency_key {
+        map.insert(META_IDEMPOTENCY_KEY.into(), key.clone().into());
+    }
+    if let Some(traceparent) = &job.traceparent {
+        map.insert("traceparent".into(), traceparent.clone().into());
+    }
+    if let Some(level) = &job.log_level {
+        // 2026-07-28 upstreams send log messages only to requests that opt in.
+        map.insert(bridge::META_LOG_LEVEL.into(), level.clone().into());
+    }
+    meta
+}
+
+/// Asks the caller every question of an `input_required` result; the answers and the request
+/// state to send back.
+async fn answer_questions(
+    asker: Option<&Asker>,
+    asked: InputRequiredResult,
+) -> Result<(serde_json::Value, Option<String>), JobError> {
+    let mut answers = serde_json::Map::new();
+    for (key, question) in asked.input_requests.unwrap_or_default() {
+        let question = serde_json::to_value(&question).unwrap_or_default();
+        let method = question["method"].as_str().unwrap_or_default().to_string();
+        let params = question.get("params").cloned().unwrap_or_default();
+        let no_answer = |message: String| JobError::new(ErrorKind::NoAnswer, message);
+        let Some(asker) = asker else {
+            return Err(no_answer(format!(
+                "the upstream asked {method}, and nobody can answer for this job"
+            )));
+        };
+        let answer = asker.ask(&method, params).await.map_err(|e| {
+            no_answer(format!(
+                "the upstream asked {method}, and got no answer: {}",
+                e.message
+            ))
+        })?;
+        answers.insert(key, answer);
+    }
+    Ok((serde_json::Value::Object(answers), asked.request_state))
+}
+
+/// A failed upstream request as the attempt's outcome.
+fn failure(server: &str, e: ServiceError, timeout: Duration) -> CallOutcome {
+    if let Some((429, retry_after)) = http_status(&e) {
+        let error = JobError::new(
+            ErrorKind::RateLimited,
+            format!(
+                "server {server:?} answered HTTP 429 Too Many Requests{}",
+                retry_after.map_or(String::new(), |d| format!(
+                    " (Retry-After: {}s)",
+                    d.as_secs()
+                ))
+            ),
+        );
+        return CallOutcome::Failed {
+            error,
+            verdict: Verdict::Retryable,
+            retry_after,
+        };
+    }
+    let (error, verdict) = classify(server, e, timeout);
+    CallOutcome::Failed {
+        error,
+        verdict,
+        retry_after: None,
     }
 }
 
@@ -174,7 +279,7 @@ impl<'a> Route<'a> {
         token: ProgressToken,
         to: mpsc::UnboundedSender<CallEvent>,
     ) -> Self {
-        lock(&upstream.events().progress).insert(token.clone(), to);
+        lock(&upstream.events().progress).add(token.clone(), to);
         Route { upstream, token }
     }
 }
@@ -192,11 +297,18 @@ struct InFlight<'a> {
 }
 
 impl<'a> InFlight<'a> {
-    fn add(upstream: &'a Upstream, logs: Option<LogRoute>) -> Self {
+    fn add(upstream: &'a Upstream, entry: CallEntry) -> Self {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let key = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        lock(&upstream.events().calls).insert(key, logs);
+        lock(&upstream.events().calls).insert(key, entry);
         InFlight { upstream, key }
+    }
+
+    /// Notes the id of the call's request upstream: questions on its response stream are its.
+    fn sent(&self, id: rmcp::model::RequestId) {
+        if let Some(entry) = lock(&self.upstream.events().calls).get_mut(&self.key) {
+            entry.request_id = Some(id);
+        }
     }
 }
 
@@ -233,12 +345,23 @@ fn http_status(error: &ServiceError) -> Option<(u16, Option<Duration>)> {
     None
 }
 
-/// The job's `{method, params}` as an rmcp request; a request rmcp cannot read is malformed.
-/// A standard method whose params do not fit its type would otherwise pass as a custom request
-/// and reach the upstream, so the params of the methods mcpq routes are checked by type.
-fn to_client_request(job: &Job) -> Result<ClientRequest, JobError> {
+/// The job's `{method, params}` as an rmcp request (with the caller's answers of an earlier
+/// round, when there were questions); a request rmcp cannot read is malformed. A standard
+/// method whose params do not fit its type would otherwise pass as a custom request and reach
+/// the upstream, so the params of the methods mcpq routes are checked by type.
+fn to_client_request(
+    job: &Job,
+    answers: Option<(serde_json::Value, Option<String>)>,
+) -> Result<ClientRequest, JobError> {
     let method = job.request.method.as_str();
-    let params = serde_json::Value::Object(job.request.params.clone().unwrap_or_default());
+    let mut params = job.request.params.clone().unwrap_or_default();
+    if let Some((responses, state)) = answers {
+        params.insert("inputResponses".into(), responses);
+        if let Some(state) = state {
+            params.insert("requestState".into(), state.into());
+        }
+    }
+    let params = serde_json::Value::Object(params);
     let malformed = |e: serde_json::Error| {
         JobError::new(
             ErrorKind::MalformedJob,
@@ -253,7 +376,7 @@ fn to_client_request(job: &Job) -> Result<ClientRequest, JobError> {
         _ => {}
     }
     let mut value = serde_json::json!({ "method": method });
-    if job.request.params.is_some() {
+    if params.as_object().is_some_and(|p| !p.is_empty()) || job.request.params.is_some() {
         value["params"] = params;
     }
     serde_json::from_value(value).map_err(malformed)
@@ -316,7 +439,7 @@ mod tests {
         let args = serde_json::json!({"x": 1}).as_object().cloned();
         let job = Job::new("s", McpRequest::call_tool("echo.v2", args));
         assert!(matches!(
-            to_client_request(&job),
+            to_client_request(&job, None),
             Ok(ClientRequest::CallToolRequest(_))
         ));
         let list = Job::new(
@@ -327,7 +450,7 @@ mod tests {
             },
         );
         assert!(matches!(
-            to_client_request(&list),
+            to_client_request(&list, None),
             Ok(ClientRequest::ListToolsRequest(_))
         ));
     }
@@ -345,7 +468,7 @@ mod tests {
                     params,
                 },
             );
-            let err = to_client_request(&job).unwrap_err();
+            let err = to_client_request(&job, None).unwrap_err();
             assert_eq!(err.kind, ErrorKind::MalformedJob);
             assert!(err.message.contains("name"), "{}", err.message);
         }

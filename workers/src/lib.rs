@@ -5,6 +5,7 @@
 //! reply, ack / NAK / dead-letter), an rmcp client session to the upstream ([`upstream`]), and
 //! the tool catalog published to KV ([`catalog`]). Workers never hold client connections.
 
+mod ask;
 mod attempt;
 mod call;
 mod cancel;
@@ -17,6 +18,7 @@ mod lanes;
 mod limit;
 mod outbox;
 mod pool;
+mod subscribe;
 mod upstream;
 
 use std::{sync::Arc, time::Duration};
@@ -139,6 +141,15 @@ pub async fn run(
     for server in servers {
         let upstream = upstream::Upstream::new(&server)?;
         upstreams.push(upstream.clone());
+        if let Some(updates) = upstream.take_updates() {
+            tasks.spawn(subscribe::announce(
+                client.clone(),
+                server.name.clone(),
+                updates,
+                shutdown.clone(),
+            ));
+        }
+        tasks.spawn(subscribe::listen_loop(upstream.clone(), shutdown.clone()));
         tasks.spawn(catalog::publish_loop(
             upstream.clone(),
             catalog.clone(),

@@ -8,6 +8,7 @@
 
 pub mod names;
 mod relay;
+mod subscriptions;
 
 use std::sync::{Arc, Mutex};
 
@@ -23,17 +24,18 @@ use rmcp::{
         CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams,
         CompleteRequestParams, CompleteResult, CreateTaskResult, GetPromptRequestParams,
         GetPromptResponse, GetPromptResult, GetTaskParams, GetTaskResult, Implementation,
-        ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
-        PaginatedRequestParams, Prompt, ReadResourceRequestParams, ReadResourceResponse,
-        ReadResourceResult, Reference, Resource, ResourceTemplate, ServerCapabilities,
-        ServerConfig, SetLevelRequestParams, SubscriptionFilter, Tool, UpdateTaskParams,
+        InputRequiredResult, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
+        ListToolsResult, PaginatedRequestParams, Prompt, ReadResourceRequestParams,
+        ReadResourceResponse, ReadResourceResult, Reference, Resource, ResourceTemplate,
+        ServerCapabilities, ServerConfig, SetLevelRequestParams, SubscribeRequestParams,
+        SubscriptionFilter, Tool, UnsubscribeRequestParams, UpdateTaskParams,
     },
     service::{RequestContext, SubscriptionContext},
 };
 
 pub use self::names::NAME_SEPARATOR;
 pub use self::relay::{META_IDEMPOTENCY_KEY, META_LANE, META_TIMEOUT_MS};
-use self::relay::{Relayed, Request, internal, relay};
+use self::relay::{Relayed, Request, Resume, internal, relay};
 use crate::{Cancel, shared::Shared, tasks};
 
 /// One MCP endpoint (all servers, or one) for one client: per session for 2025-era clients,
@@ -44,34 +46,69 @@ pub struct Gateway {
     shared: Arc<Shared>,
     /// The level a 2025-era session chose with `logging/setLevel`.
     log_level: Arc<Mutex<Option<String>>>,
+    /// The resources a 2025-era session subscribed to, and the task that passes their updates
+    /// on (stopped with the session).
+    subscribed: subscriptions::Subscribed,
+    forwarder: Arc<Mutex<Option<AbortOnDrop>>>,
+}
+
+/// A task aborted when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Gateway {
     /// The aggregated endpoint.
     pub fn all(shared: Arc<Shared>) -> Self {
-        Gateway {
-            scope: None,
-            shared,
-            log_level: Arc::default(),
-        }
+        Gateway::new(None, shared)
     }
 
     /// The endpoint of one server.
     pub fn server(shared: Arc<Shared>, name: String) -> Self {
-        Gateway {
-            scope: Some(name),
-            shared,
-            log_level: Arc::default(),
-        }
+        Gateway::new(Some(name), shared)
     }
 
     /// A fresh copy for a new session: same endpoint, nothing the last session chose.
     pub fn fresh(&self) -> Self {
+        Gateway::new(self.scope.clone(), self.shared.clone())
+    }
+
+    fn new(scope: Option<String>, shared: Arc<Shared>) -> Self {
         Gateway {
-            scope: self.scope.clone(),
-            shared: self.shared.clone(),
+            scope,
+            shared,
             log_level: Arc::default(),
+            subscribed: Arc::default(),
+            forwarder: Arc::default(),
         }
+    }
+
+    /// Asks a worker to subscribe its upstream to `uri` of `server` (or to unsubscribe).
+    async fn subscription_job(
+        &self,
+        server: &str,
+        uri: &str,
+        subscribe: bool,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let method = if subscribe {
+            "resources/subscribe"
+        } else {
+            "resources/unsubscribe"
+        };
+        let mut params = JsonObject::new();
+        params.insert("uri".into(), uri.into());
+        let request = McpRequest {
+            method: method.into(),
+            params: Some(params),
+        };
+        self.relay_as::<serde_json::Value>(server, request, context, None)
+            .await
+            .map(drop)
     }
 
     /// Splits a tool or prompt name as this endpoint exposes it into (server, upstream name).
@@ -189,7 +226,8 @@ impl Gateway {
         };
         let mut caps = serde_json::json!({"tools": {"listChanged": true}});
         if any(|c| c.resources.is_some()) {
-            caps["resources"] = serde_json::json!({"listChanged": true});
+            let subscribe = any(|c| c.resources.as_ref().and_then(|r| r.subscribe) == Some(true));
+            caps["resources"] = serde_json::json!({"listChanged": true, "subscribe": subscribe});
         }
         if any(|c| c.prompts.is_some()) {
             caps["prompts"] = serde_json::json!({"listChanged": true});
@@ -234,7 +272,8 @@ impl Gateway {
         server: &str,
         request: McpRequest,
         context: &RequestContext<RoleServer>,
-    ) -> Result<T, ErrorData> {
+        resume: Option<Resume>,
+    ) -> Result<Answered<T>, ErrorData> {
         let mut request = request;
         let method = request.method.clone();
         // The client's `_meta` is for mcpq (and names its own revision): the worker sends the
@@ -254,16 +293,24 @@ impl Gateway {
             context,
             log_level: self.log_level(context),
             task: TaskMode::Never,
+            resume,
         };
         let era = request.era();
         match relay(&self.shared, request).await? {
-            Relayed::Answer(result) => read_result(era, &method, result),
+            Relayed::Answer(result) => read_result(era, &method, result).map(Answered::Complete),
+            Relayed::InputRequired(asked) => Ok(Answered::InputRequired(asked)),
             Relayed::Task(job) => Err(ErrorData::internal_error(
                 format!("job {}: only tool calls become tasks", job.id),
                 None,
             )),
         }
     }
+}
+
+/// A relayed request's answer: the result, or (2026-07-28) a question for the client first.
+enum Answered<T> {
+    Complete(T),
+    InputRequired(InputRequiredResult),
 }
 
 /// The request's params as JSON, without mcpq's own view of them.
@@ -314,25 +361,42 @@ impl ServerHandler for Gateway {
     /// List changes only; rmcp intersects this with what the client asked for.
     fn accepted_subscription_filter(
         &self,
-        _requested: &SubscriptionFilter,
+        requested: &SubscriptionFilter,
     ) -> Option<SubscriptionFilter> {
-        Some(
-            SubscriptionFilter::builder()
-                .tools_list_changed()
-                .resources_list_changed()
-                .prompts_list_changed()
-                .build(),
-        )
+        let mut accepted = SubscriptionFilter::builder()
+            .tools_list_changed()
+            .resources_list_changed()
+            .prompts_list_changed();
+        if let Some(uris) = &requested.resource_subscriptions {
+            accepted = accepted.resource_subscriptions(uris.clone());
+        }
+        Some(accepted.build())
     }
 
-    /// 2026-07-28 clients hear about catalog changes on a `subscriptions/listen` stream.
+    /// 2026-07-28 clients hear about catalog changes, and about the resources they name, on a
+    /// `subscriptions/listen` stream.
     async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
         let mut changes = self.shared.catalog.changes();
         changes.mark_unchanged();
         let accepted = context.accepted().clone();
+        let subscribed = subscriptions::Subscribed::default();
+        for uri in accepted.resource_subscriptions.iter().flatten() {
+            let (server, uri) = self.resolve_uri(uri)?;
+            self.subscription_job(server, uri, true, context.request_context())
+                .await?;
+            lock(&subscribed).insert((server.to_string(), uri.to_string()));
+        }
+        let forward = subscriptions::forward(
+            self.shared.client.nats(),
+            subscribed,
+            self.scope.is_none(),
+            subscriptions::ListenSink(context.sink().clone()),
+        );
+        tokio::pin!(forward);
         loop {
             tokio::select! {
                 () = context.cancelled() => return Ok(()),
+                () = &mut forward, if accepted.resource_subscriptions.is_some() => return Ok(()),
                 changed = changes.changed() => {
                     if changed.is_err() {
                         return Ok(());
@@ -398,15 +462,25 @@ impl ServerHandler for Gateway {
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
         let (server, uri) = self.resolve_uri(&request.uri)?;
+        let resume = Resume::from_request(
+            request.request_state.as_deref(),
+            request.input_responses.as_ref(),
+        )?;
         let mut params = params_of(&request);
         params.insert("uri".into(), uri.into());
         let request = McpRequest {
             method: "resources/read".into(),
             params: Some(params),
         };
-        self.relay_as::<ReadResourceResult>(server, request, &context)
-            .await
-            .map(ReadResourceResponse::Complete)
+        Ok(
+            match self
+                .relay_as::<ReadResourceResult>(server, request, &context, resume)
+                .await?
+            {
+                Answered::Complete(result) => ReadResourceResponse::Complete(result),
+                Answered::InputRequired(asked) => ReadResourceResponse::InputRequired(asked),
+            },
+        )
     }
 
     async fn get_prompt(
@@ -418,15 +492,25 @@ impl ServerHandler for Gateway {
         self.shared
             .check_prompt(server, name)
             .map_err(|refusal| ErrorData::invalid_params(refusal.message().to_string(), None))?;
+        let resume = Resume::from_request(
+            request.request_state.as_deref(),
+            request.input_responses.as_ref(),
+        )?;
         let mut params = params_of(&request);
         params.insert("name".into(), name.into());
         let request = McpRequest {
             method: "prompts/get".into(),
             params: Some(params),
         };
-        self.relay_as::<GetPromptResult>(server, request, &context)
-            .await
-            .map(GetPromptResponse::Complete)
+        Ok(
+            match self
+                .relay_as::<GetPromptResult>(server, request, &context, resume)
+                .await?
+            {
+                Answered::Complete(result) => GetPromptResponse::Complete(result),
+                Answered::InputRequired(asked) => GetPromptResponse::InputRequired(asked),
+            },
+        )
     }
 
     async fn complete(
@@ -462,7 +546,43 @@ impl ServerHandler for Gateway {
             method: "completion/complete".into(),
             params: Some(params),
         };
-        self.relay_as(server, request, &context).await
+        match self.relay_as(server, request, &context, None).await? {
+            Answered::Complete(result) => Ok(result),
+            Answered::InputRequired(_) => Err(ErrorData::internal_error(
+                "the upstream asked the client something during completion/complete, which has no way to ask",
+                None,
+            )),
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let (server, uri) = self.resolve_uri(&request.uri)?;
+        self.subscription_job(server, uri, true, &context).await?;
+        lock(&self.subscribed).insert((server.to_string(), uri.to_string()));
+        let mut forwarder = lock(&self.forwarder);
+        if forwarder.is_none() {
+            *forwarder = Some(AbortOnDrop(tokio::spawn(subscriptions::forward(
+                self.shared.client.nats(),
+                self.subscribed.clone(),
+                self.scope.is_none(),
+                subscriptions::SessionPeer(context.peer.clone()),
+            ))));
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let (server, uri) = self.resolve_uri(&request.uri)?;
+        lock(&self.subscribed).remove(&(server.to_string(), uri.to_string()));
+        self.subscription_job(server, uri, false, &context).await
     }
 
     #[allow(deprecated)] // logging is deprecated by SEP-2577; 2025-era clients still set levels
@@ -492,22 +612,28 @@ impl ServerHandler for Gateway {
             .client_capabilities()
             .is_some_and(|caps| caps.supports_tasks());
         let meta = request.meta.as_ref().map(|m| &m.0.0);
+        let resume = Resume::from_request(
+            request.request_state.as_deref(),
+            request.input_responses.as_ref(),
+        )?;
         let relayed = Request {
             server,
             request: McpRequest::call_tool(tool, request.arguments.clone()),
             meta,
             context: &context,
             log_level: self.log_level(&context),
-            task: if declared_tasks {
+            task: if declared_tasks && resume.is_none() {
                 defaults.tasks.mode(tool)
             } else {
                 TaskMode::Never
             },
+            resume,
         };
         let era = relayed.era();
         match relay(&self.shared, relayed).await? {
             Relayed::Answer(result) => read_result::<CallToolResult>(era, "tools/call", result)
                 .map(CallToolResponse::Complete),
+            Relayed::InputRequired(asked) => Ok(CallToolResponse::InputRequired(asked)),
             Relayed::Task(job) => self.task_created(&job).await,
         }
     }
@@ -567,7 +693,7 @@ impl Gateway {
             .client
             .ensure_record(job)
             .await
-            .map_err(|e| internal(job, &e))?;
+            .map_err(|e| internal(job.id, &e))?;
         Ok(CallToolResponse::Task(CreateTaskResult::new(tasks::task(
             &record,
             self.shared.result_ttl,

@@ -2,20 +2,25 @@
 //! waited for, with the upstream's progress and log messages relayed to the client in order on
 //! the request's response stream, and the job cancelled if the client goes away.
 
-use std::time::Duration;
+use std::{pin::Pin, time::Duration};
 
 use mcpq_schemas::{
-    Job, JobError, JsonObject, McpRequest, Outcome, ProgressEvent,
+    InputAnswer, InputRequestEvent, Job, JobError, JsonObject, McpRequest, Outcome, ProgressEvent,
     bridge::{self, Era},
     config::TaskMode,
+    names::{ENVELOPE_VERSION, input_subject},
     now_ms,
 };
 use rmcp::{
     ErrorData, RoleServer,
-    model::{ErrorCode, ProgressNotificationParam, ProgressToken},
+    model::{
+        ErrorCode, InputRequiredResult, InputResponses, ProgressNotificationParam, ProgressToken,
+        ServerRequest,
+    },
     service::RequestContext,
 };
 use tracing::Instrument;
+use uuid::Uuid;
 
 use crate::{Event, shared::Shared};
 
@@ -37,6 +42,58 @@ pub(super) enum Relayed {
     Answer(serde_json::Value),
     /// The call became a task (tools only): the job is stored; the client polls it.
     Task(Job),
+    /// The upstream asks a 2026-07-28 client something: the client retries its request with
+    /// the answer (the job waits meanwhile).
+    InputRequired(InputRequiredResult),
+}
+
+/// Starts every `requestState` mcpq hands out: `mcpq/<job id>/<question id>`.
+const STATE_PREFIX: &str = "mcpq/";
+
+/// A 2026-07-28 client's retried request: its answer to the question an earlier round asked.
+pub(super) struct Resume {
+    job_id: Uuid,
+    question: String,
+    answer: serde_json::Value,
+}
+
+impl Resume {
+    /// From a request's `requestState` and `inputResponses`; `None` when it is no retry.
+    pub fn from_request(
+        state: Option<&str>,
+        responses: Option<&InputResponses>,
+    ) -> Result<Option<Resume>, ErrorData> {
+        let Some(state) = state else {
+            return Ok(None);
+        };
+        let bad = || {
+            ErrorData::invalid_params(
+                format!(
+                    "requestState {state:?} was not issued by mcpq (send back the one you got)"
+                ),
+                None,
+            )
+        };
+        let (job_id, question) = state
+            .strip_prefix(STATE_PREFIX)
+            .and_then(|rest| rest.split_once('/'))
+            .ok_or_else(bad)?;
+        let job_id = job_id.parse().map_err(|_| bad())?;
+        let answer = responses
+            .and_then(|r| r.get(question))
+            .cloned()
+            .ok_or_else(|| {
+                ErrorData::invalid_params(
+                    format!("inputResponses has no answer to {question:?}, which requestState {state:?} asks for"),
+                    None,
+                )
+            })?;
+        Ok(Some(Resume {
+            job_id,
+            question: question.to_string(),
+            answer,
+        }))
+    }
 }
 
 /// One request on its way: who asked, and how.
@@ -50,6 +107,8 @@ pub(super) struct Request<'a> {
     pub log_level: Option<String>,
     /// Tools only: whether (and when) the call becomes a task.
     pub task: TaskMode,
+    /// A retry that carries the answer to the job's question: the job runs already.
+    pub resume: Option<Resume>,
 }
 
 impl Request<'_> {
@@ -68,6 +127,125 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
     let meta = request.meta;
     let asked = wait_asked(meta)?;
     let wait = asked.unwrap_or(defaults.timeout + QUEUE_ALLOWANCE);
+    let context = request.context;
+    let era = request.era();
+    let (events, mut updates) = tokio::sync::mpsc::unbounded_channel();
+    let (job, call): (Option<Job>, Pin<Box<dyn Future<Output = _> + Send + '_>>) =
+        match request.resume {
+            Some(resume) => {
+                let answer = InputAnswer {
+                    v: ENVELOPE_VERSION,
+                    job_id: resume.job_id,
+                    id: resume.question.clone(),
+                    result: Some(resume.answer),
+                    error: None,
+                    reply_to: None,
+                };
+                let subject = input_subject(&resume.job_id, &resume.question);
+                let call = async move {
+                    shared
+                        .client
+                        .answer_and_wait(&subject, answer, wait, Some(events))
+                        .await
+                };
+                (None, Box::pin(call))
+            }
+            None => {
+                let job = new_job(&request, defaults, meta, asked, wait)?;
+                if request.task == TaskMode::Always {
+                    // The record and the job are stored before the client hears of the task; a
+                    // task has no deadline unless the caller set one.
+                    let mut job = job;
+                    job.deadline_ms = asked.map(deadline);
+                    shared
+                        .client
+                        .submit(&job)
+                        .await
+                        .map_err(|e| internal(job.id, &e))?;
+                    return Ok(Relayed::Task(job));
+                }
+                let submitted = job.clone();
+                let call = async move {
+                    shared
+                        .client
+                        .call_with_events(&submitted, wait, Some(events))
+                        .await
+                };
+                (Some(job), Box::pin(call))
+            }
+        };
+    let job_id = job.as_ref().map_or_else(Uuid::nil, |j| j.id);
+    let span = tracing::info_span!("relay", %job_id, server = request.server);
+    let call = call.instrument(span);
+    tokio::pin!(call);
+    let token = context.meta.get_progress_token().or_else(|| {
+        meta.and_then(|m| m.get("progressToken"))
+            .and_then(|t| serde_json::from_value(t.clone()).ok())
+    });
+    // A caller that goes away (a dropped response stream, `notifications/cancelled`)
+    // cancels the job, queued or running.
+    let mut guard = CancelOnDrop {
+        client: shared.client.clone(),
+        job_id,
+        server: request.server.to_string(),
+        armed: job.is_some(),
+    };
+    let become_task = async {
+        match request.task {
+            TaskMode::Optional => tokio::time::sleep(defaults.tasks.after).await,
+            _ => std::future::pending::<()>().await,
+        }
+    };
+    tokio::pin!(become_task);
+    let reply = loop {
+        tokio::select! {
+            reply = &mut call => break reply,
+            Some(event) = updates.recv() => {
+                if let Some(asked) = handle(shared, context, era, token.as_ref(), event).await {
+                    guard.armed = false;
+                    return Ok(Relayed::InputRequired(asked));
+                }
+            }
+            () = context.ct.cancelled() => {
+                return Err(ErrorData::new(
+                    ErrorCode::INVALID_REQUEST,
+                    format!("job {job_id}: cancelled by the client"),
+                    Some(serde_json::json!({"jobId": job_id, "kind": "cancelled"})),
+                ));
+            }
+            () = &mut become_task, if job.is_some() => {
+                guard.armed = false;
+                if let Some(job) = job {
+                    return Ok(Relayed::Task(job));
+                }
+            }
+        }
+    };
+    guard.armed = false;
+    // Events sent before the reply go out before the result.
+    while let Ok(event) = updates.try_recv() {
+        if let Some(asked) = handle(shared, context, era, token.as_ref(), event).await {
+            return Ok(Relayed::InputRequired(asked));
+        }
+    }
+    let reply = reply.map_err(|e| match &e {
+        crate::ClientError::NotAsking { .. } => ErrorData::invalid_params(e.to_string(), None),
+        _ => internal(job_id, &e),
+    })?;
+    match reply.outcome {
+        Outcome::Ok { result } => Ok(Relayed::Answer(result)),
+        Outcome::Error { error } => Err(to_mcp_error(era, reply.job_id, error)),
+    }
+}
+
+/// The job for a new request, from its `_meta` and the server's defaults.
+fn new_job(
+    request: &Request<'_>,
+    defaults: &crate::ServerDefaults,
+    meta: Option<&JsonObject>,
+    asked: Option<Duration>,
+    wait: Duration,
+) -> Result<Job, ErrorData> {
     let mut job = Job::new(request.server, request.request.clone());
     job.lane = match meta.and_then(|m| m.get(META_LANE)) {
         None => defaults.lane,
@@ -78,7 +256,7 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
             )
         })?,
     };
-    job.deadline_ms = Some(deadline(wait));
+    job.deadline_ms = Some(deadline(asked.unwrap_or(wait)));
     if let Some(key) = meta
         .and_then(|m| m.get(META_IDEMPOTENCY_KEY))
         .and_then(|v| v.as_str())
@@ -90,71 +268,83 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
         .and_then(|v| v.as_str())
         .map(str::to_string);
     job.log_level = request.log_level.clone();
-    let span = tracing::info_span!("relay", job_id = %job.id, server = request.server, method = %job.request.method);
-    if request.task == TaskMode::Always {
-        // The record and the job are stored before the client hears of the task; a task has
-        // no deadline unless the caller set one.
-        job.deadline_ms = asked.map(deadline);
-        shared
-            .client
-            .submit(&job)
-            .instrument(span)
-            .await
-            .map_err(|e| internal(&job, &e))?;
-        return Ok(Relayed::Task(job));
+    job.client_capabilities = request
+        .context
+        .client_capabilities()
+        .and_then(|c| serde_json::to_value(c).ok());
+    Ok(job)
+}
+
+/// Relays one event to the client: progress when it sent a progress token, log messages (the
+/// worker only sends those at or above the caller's level), and the upstream's questions — to a
+/// 2025-era session as a request of its own (the answer goes back at once), to a 2026-07-28
+/// client as the `input_required` result returned here.
+async fn handle(
+    shared: &Shared,
+    context: &RequestContext<RoleServer>,
+    era: Era,
+    token: Option<&ProgressToken>,
+    event: Event,
+) -> Option<InputRequiredResult> {
+    let Event::Input(question) = event else {
+        notify(context, token, event).await;
+        return None;
+    };
+    let asked = serde_json::json!({"method": question.method, "params": question.params});
+    if era == Era::Stateless {
+        let requests = serde_json::json!({ question.id.clone(): asked });
+        return match serde_json::from_value(requests) {
+            Ok(requests) => Some(InputRequiredResult::new(
+                Some(requests),
+                Some(format!("{STATE_PREFIX}{}/{}", question.job_id, question.id)),
+            )),
+            Err(e) => {
+                let error = serde_json::json!({"code": -32602, "message": format!("mcpq cannot relay {}: {e}", question.method)});
+                answer(shared, &question, Err(error)).await;
+                None
+            }
+        };
     }
-    let context = request.context;
-    let token = context.meta.get_progress_token().or_else(|| {
-        meta.and_then(|m| m.get("progressToken"))
-            .and_then(|t| serde_json::from_value(t.clone()).ok())
+    let answered = match serde_json::from_value::<ServerRequest>(asked) {
+        Ok(request) => match context.peer.send_request(request).await {
+            Ok(result) => serde_json::to_value(result).map_err(|e| e.to_string()),
+            Err(rmcp::ServiceError::McpError(e)) => {
+                let error =
+                    serde_json::json!({"code": e.code.0, "message": e.message, "data": e.data});
+                answer(shared, &question, Err(error)).await;
+                return None;
+            }
+            Err(e) => Err(e.to_string()),
+        },
+        Err(e) => Err(e.to_string()),
+    };
+    let answered = answered.map_err(|e| {
+        serde_json::json!({"code": -32603, "message": format!("the client did not answer {}: {e}", question.method)})
     });
-    let wants_events = token.is_some() || job.log_level.is_some();
-    let (events, mut updates) = tokio::sync::mpsc::unbounded_channel();
-    // A caller that goes away (a dropped response stream, `notifications/cancelled`)
-    // cancels the job, queued or running.
-    let mut guard = CancelOnDrop {
-        client: shared.client.clone(),
-        job_id: job.id,
-        server: request.server.to_string(),
-        armed: true,
+    answer(shared, &question, answered).await;
+    None
+}
+
+/// Sends the client's answer (or refusal) to the worker that asked.
+async fn answer(
+    shared: &Shared,
+    question: &InputRequestEvent,
+    answered: Result<serde_json::Value, serde_json::Value>,
+) {
+    let (result, error) = match answered {
+        Ok(result) => (Some(result), None),
+        Err(error) => (None, Some(error)),
     };
-    let call = shared
-        .client
-        .call_with_events(&job, wait, wants_events.then_some(events))
-        .instrument(span);
-    tokio::pin!(call);
-    let become_task = async {
-        match request.task {
-            TaskMode::Optional => tokio::time::sleep(defaults.tasks.after).await,
-            _ => std::future::pending::<()>().await,
-        }
+    let answer = InputAnswer {
+        v: ENVELOPE_VERSION,
+        job_id: question.job_id,
+        id: question.id.clone(),
+        result,
+        error,
+        reply_to: None,
     };
-    tokio::pin!(become_task);
-    let reply = loop {
-        tokio::select! {
-            reply = &mut call => break reply,
-            Some(event) = updates.recv() => notify(context, token.as_ref(), event).await,
-            () = context.ct.cancelled() => {
-                return Err(ErrorData::new(
-                    ErrorCode::INVALID_REQUEST,
-                    format!("job {}: cancelled by the client", job.id),
-                    Some(serde_json::json!({"jobId": job.id, "kind": "cancelled"})),
-                ));
-            }
-            () = &mut become_task => {
-                guard.armed = false;
-                return Ok(Relayed::Task(job.clone()));
-            }
-        }
-    };
-    guard.armed = false;
-    // Events sent before the reply go out before the result.
-    while let Ok(event) = updates.try_recv() {
-        notify(context, token.as_ref(), event).await;
-    }
-    match reply.map_err(|e| internal(&job, &e))?.outcome {
-        Outcome::Ok { result } => Ok(Relayed::Answer(result)),
-        Outcome::Error { error } => Err(to_mcp_error(request.era(), job.id, error)),
+    if let Err(e) = shared.client.answer(&question.answer_to, &answer).await {
+        tracing::info!(error = %e, "the answer found no worker waiting for it");
     }
 }
 
@@ -180,8 +370,7 @@ fn deadline(wait: Duration) -> u64 {
     now_ms().saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Relays one event to the client: progress when it sent a progress token, log messages (the
-/// worker only sends those at or above the caller's level).
+/// Relays a progress or log event to the client.
 async fn notify(context: &RequestContext<RoleServer>, token: Option<&ProgressToken>, event: Event) {
     match event {
         Event::Progress(event) => {
@@ -203,6 +392,7 @@ async fn notify(context: &RequestContext<RoleServer>, token: Option<&ProgressTok
                 Err(e) => tracing::debug!(error = %e, "log message with an unknown level dropped"),
             }
         }
+        Event::Input(_) => {}
     }
 }
 
@@ -221,8 +411,8 @@ async fn notify_progress(
     let _ = context.peer.notify_progress(param).await;
 }
 
-pub(super) fn internal(job: &Job, e: &crate::ClientError) -> ErrorData {
-    ErrorData::internal_error(e.to_string(), Some(serde_json::json!({"jobId": job.id})))
+pub(super) fn internal(job_id: Uuid, e: &crate::ClientError) -> ErrorData {
+    ErrorData::internal_error(e.to_string(), Some(serde_json::json!({"jobId": job_id})))
 }
 
 /// A job error as the JSON-RPC error the caller sees. Upstream JSON-RPC errors keep their code

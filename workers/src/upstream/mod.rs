@@ -12,13 +12,20 @@ use mcpq_schemas::{
 };
 #[allow(deprecated)] // logging is deprecated by SEP-2577; upstreams still log
 use rmcp::{
-    ClientHandler, RoleClient,
+    ClientHandler, ErrorData, RoleClient,
     model::{
-        ClientCapabilities, ClientConfig, Implementation, LoggingMessageNotificationParam,
-        ProgressNotificationParam, ProgressToken, ProtocolVersion,
+        ClientCapabilities, ClientConfig, CreateMessageRequestParams, CreateMessageResult,
+        ElicitRequestParams, ElicitResult, ErrorCode, Implementation, ListRootsResult,
+        LoggingMessageNotificationParam, ProgressNotificationParam, ProgressToken, ProtocolVersion,
+        RequestId, ResourceUpdatedNotificationParam,
     },
-    service::{ClientLifecycleMode, ClientServiceExt, NotificationContext, Peer, RunningService},
+    service::{
+        ClientLifecycleMode, ClientServiceExt, InboundStreamOrigin, NotificationContext, Peer,
+        RequestContext, RunningService,
+    },
 };
+
+use crate::{ask::Asker, subscribe::Subscriptions};
 use tokio::sync::{Mutex, Notify, mpsc};
 
 /// Why an upstream session could not be opened.
@@ -58,6 +65,8 @@ pub(crate) struct Upstream {
 }
 
 struct Inner {
+    /// The receiving end of the resource updates, until the worker takes it.
+    updates: std::sync::Mutex<Option<mpsc::UnboundedReceiver<String>>>,
     server: String,
     connector: Connector,
     session: Mutex<Option<Session>>,
@@ -72,12 +81,59 @@ pub(crate) enum CallEvent {
 }
 
 /// Where each call in flight wants its progress, by the progress token rmcp gave its request.
-pub(crate) type ProgressRoutes =
-    Arc<std::sync::Mutex<HashMap<ProgressToken, mpsc::UnboundedSender<CallEvent>>>>;
+pub(crate) type ProgressRoutes = Arc<std::sync::Mutex<Progressing>>;
 
-/// Every call in flight on this upstream, by a number of the worker's; those whose caller wants
-/// log messages hold where to send them and from which level.
-pub(crate) type CallsInFlight = Arc<std::sync::Mutex<HashMap<u64, Option<LogRoute>>>>;
+/// Progress routes, and progress that came before its call's route was in place (an upstream
+/// may report progress before rmcp hands the request back to the worker).
+#[derive(Default)]
+pub(crate) struct Progressing {
+    routes: HashMap<ProgressToken, mpsc::UnboundedSender<CallEvent>>,
+    early: HashMap<ProgressToken, Vec<Progress>>,
+}
+
+/// How many calls' early progress is kept at most; older ones belonged to calls that ended.
+const EARLY_CALLS: usize = 256;
+
+impl Progressing {
+    /// Routes `token`'s progress to `to`, starting with whatever came early.
+    pub(crate) fn add(&mut self, token: ProgressToken, to: mpsc::UnboundedSender<CallEvent>) {
+        for progress in self.early.remove(&token).unwrap_or_default() {
+            let _ = to.send(CallEvent::Progress(progress));
+        }
+        self.routes.insert(token, to);
+    }
+
+    pub(crate) fn remove(&mut self, token: &ProgressToken) {
+        self.routes.remove(token);
+        self.early.remove(token);
+    }
+
+    fn route(&mut self, token: ProgressToken, progress: Progress) {
+        match self.routes.get(&token) {
+            Some(to) => {
+                let _ = to.send(CallEvent::Progress(progress));
+            }
+            None => {
+                if self.early.len() >= EARLY_CALLS {
+                    self.early.clear();
+                }
+                self.early.entry(token).or_default().push(progress);
+            }
+        }
+    }
+}
+
+/// Every call in flight on this upstream, by a number of the worker's.
+pub(crate) type CallsInFlight = Arc<std::sync::Mutex<HashMap<u64, CallEntry>>>;
+
+/// One call in flight: where its log messages go (if its caller wants them), who answers the
+/// upstream's questions, and the id of its request upstream once sent.
+#[derive(Clone, Default)]
+pub(crate) struct CallEntry {
+    pub logs: Option<LogRoute>,
+    pub asker: Option<Asker>,
+    pub request_id: Option<RequestId>,
+}
 
 /// Where one call's log messages go.
 #[derive(Clone)]
@@ -95,8 +151,11 @@ pub(crate) struct Events {
     pub progress: ProgressRoutes,
     /// `notifications/message` go to the call in flight, when there is exactly one.
     pub calls: CallsInFlight,
+    /// `notifications/resources/updated` are announced to dispatchers.
+    pub subscriptions: Subscriptions,
 }
 
+#[allow(deprecated)] // sampling, roots and logging are deprecated by SEP-2577; upstreams still use them
 impl ClientHandler for Events {
     async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
         self.offer_changed.notify_one();
@@ -110,19 +169,27 @@ impl ClientHandler for Events {
         self.offer_changed.notify_one();
     }
 
+    async fn on_resource_updated(
+        &self,
+        params: ResourceUpdatedNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        self.subscriptions.updated(params.uri);
+    }
+
     async fn on_progress(
         &self,
         params: ProgressNotificationParam,
         _context: NotificationContext<RoleClient>,
     ) {
-        let routes = lock(&self.progress);
-        if let Some(route) = routes.get(&params.progress_token) {
-            let _ = route.send(CallEvent::Progress(Progress {
+        lock(&self.progress).route(
+            params.progress_token,
+            Progress {
                 progress: params.progress,
                 total: params.total,
                 message: params.message,
-            }));
-        }
+            },
+        );
     }
 
     #[allow(deprecated)] // logging is deprecated by SEP-2577; upstreams still log
@@ -140,8 +207,8 @@ impl ClientHandler for Events {
             .unwrap_or_else(|| "info".into());
         let calls = lock(&self.calls);
         let mut only = calls.values();
-        match (only.next(), only.next()) {
-            (Some(Some(route)), None) if bridge::log_passes(&level, &route.min_level) => {
+        match (only.next().and_then(|c| c.logs.as_ref()), only.next()) {
+            (Some(route), None) if bridge::log_passes(&level, &route.min_level) => {
                 let _ = route.to.send(CallEvent::Log(LogMessage {
                     level,
                     logger: params.logger,
@@ -152,11 +219,97 @@ impl ClientHandler for Events {
         }
     }
 
+    async fn create_message(
+        &self,
+        params: CreateMessageRequestParams,
+        context: RequestContext<RoleClient>,
+    ) -> Result<CreateMessageResult, ErrorData> {
+        self.relay("sampling/createMessage", &params, &context)
+            .await
+    }
+
+    async fn create_elicitation(
+        &self,
+        params: ElicitRequestParams,
+        context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, ErrorData> {
+        self.relay("elicitation/create", &params, &context).await
+    }
+
+    /// Asked outside of any call (server-everything asks at once), the worker has no roots.
+    async fn list_roots(
+        &self,
+        context: RequestContext<RoleClient>,
+    ) -> Result<ListRootsResult, ErrorData> {
+        if lock(&self.calls).is_empty() {
+            return Ok(ListRootsResult::default());
+        }
+        self.relay("roots/list", &serde_json::json!({}), &context)
+            .await
+    }
+
+    /// The worker can answer whatever the caller of a call can: it asks them.
     fn get_info(&self) -> ClientConfig {
+        let capabilities = serde_json::json!({"sampling": {}, "elicitation": {}, "roots": {}});
         ClientConfig::new(
-            ClientCapabilities::default(),
+            serde_json::from_value::<ClientCapabilities>(capabilities).unwrap_or_default(),
             Implementation::new("mcpq-worker", env!("CARGO_PKG_VERSION")),
         )
+    }
+}
+
+impl Events {
+    /// Relays a question of the upstream to the caller of the call it belongs to: the call
+    /// whose request's response stream carried it, or else the only call in flight.
+    async fn relay<P: serde::Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        params: &P,
+        context: &RequestContext<RoleClient>,
+    ) -> Result<R, ErrorData> {
+        let origin = match context.extensions.get::<InboundStreamOrigin>() {
+            Some(InboundStreamOrigin::OutboundRequest(id)) => Some(id.clone()),
+            _ => None,
+        };
+        let asker = {
+            let calls = lock(&self.calls);
+            let by_origin = origin.and_then(|id| {
+                calls
+                    .values()
+                    .find(|c| c.request_id.as_ref() == Some(&id))
+                    .cloned()
+            });
+            let only = || {
+                let mut all = calls.values();
+                match (all.next(), all.next()) {
+                    (Some(call), None) => Some(call.clone()),
+                    _ => None,
+                }
+            };
+            by_origin.or_else(only).map(|c| c.asker)
+        };
+        let Some(asker) = asker else {
+            return Err(ErrorData::internal_error(
+                format!("mcpq cannot tell which of the calls in flight {method} belongs to"),
+                None,
+            ));
+        };
+        let Some(asker) = asker else {
+            return Err(ErrorData::new(
+                ErrorCode::METHOD_NOT_FOUND,
+                format!("nobody can answer {method} for this call"),
+                None,
+            ));
+        };
+        let params = serde_json::to_value(params)
+            .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+        let answer = asker.ask(method, params).await?;
+        serde_json::from_value(answer).map_err(|e| {
+            ErrorData::invalid_params(
+                format!("the caller's answer to {method} is not valid: {e}"),
+                None,
+            )
+        })
     }
 }
 
@@ -174,8 +327,10 @@ impl Upstream {
                 stdio::StdioConnector::new(&server.name, command, args, env)?,
             ),
         };
+        let (subscriptions, updates) = Subscriptions::new();
         Ok(Upstream {
             inner: Arc::new(Inner {
+                updates: std::sync::Mutex::new(Some(updates)),
                 server: server.name.clone(),
                 connector,
                 session: Mutex::new(None),
@@ -183,6 +338,7 @@ impl Upstream {
                     offer_changed: Arc::new(Notify::new()),
                     progress: ProgressRoutes::default(),
                     calls: CallsInFlight::default(),
+                    subscriptions,
                 },
             }),
         })
@@ -190,6 +346,16 @@ impl Upstream {
 
     pub(crate) fn server(&self) -> &str {
         &self.inner.server
+    }
+
+    /// The resource subscriptions of this upstream's session.
+    pub(crate) fn subscriptions(&self) -> &Subscriptions {
+        &self.inner.events.subscriptions
+    }
+
+    /// The upstream's resource updates, once (for `subscribe::announce`).
+    pub(crate) fn take_updates(&self) -> Option<mpsc::UnboundedReceiver<String>> {
+        lock(&self.inner.updates).take()
     }
 
     pub(crate) fn events(&self) -> &Events {

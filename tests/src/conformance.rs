@@ -1,0 +1,581 @@
+//! The conformance fixture: a real rmcp MCP server with the tools, resources, prompts and
+//! completions that the official conformance suite (`@modelcontextprotocol/conformance`) calls,
+//! so the suite can run against it directly and through mcpq's `/servers/<name>/mcp`. It can be
+//! pinned to one protocol revision, which makes it an upstream of each era for the bridging
+//! tests. Served over streamable HTTP (with 2025-era sessions) or stdio by `mcpq-fixture
+//! conformance`.
+//!
+//! What it asks of its client during a call (sampling, elicitation, roots) it asks the way the
+//! client's revision has it: a server-to-client request for 2025-era sessions, an
+//! `input_required` result (and the answers in the retried request) for 2026-07-28.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+#[allow(deprecated)] // logging is deprecated by SEP-2577; the suite still tests it
+use rmcp::{
+    ErrorData, RoleServer, ServerHandler, ServiceExt,
+    model::{
+        CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams,
+        CompleteResult, GetPromptRequestParams, GetPromptResponse, GetPromptResult,
+        InputRequiredResult, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
+        ListToolsResult, PaginatedRequestParams, ProgressNotificationParam, ProtocolVersion,
+        ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, ServerCapabilities,
+        ServerConfig, ServerRequest, SetLevelRequestParams, SubscribeRequestParams,
+        UnsubscribeRequestParams,
+    },
+    service::RequestContext,
+    transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
+    },
+};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+/// A 1×1 red PNG.
+pub const PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==";
+/// A tiny WAV file (44-byte header, no samples).
+pub const WAV: &str = "UklGRiQAAABXQVZFZm10IBAAAAABAAEAQB8AAIA+AAACABAAZGF0YQAAAAA=";
+
+/// The conformance fixture; cheap to clone (clones share what they observed).
+#[derive(Clone, Default)]
+pub struct Conformance {
+    /// Serve only this revision, when set.
+    pinned: Option<ProtocolVersion>,
+    /// URIs clients subscribed to, in order (unsubscribes remove them).
+    subscriptions: Arc<Mutex<Vec<String>>>,
+}
+
+impl Conformance {
+    pub fn new(pinned: Option<ProtocolVersion>) -> Self {
+        Conformance {
+            pinned,
+            ..Conformance::default()
+        }
+    }
+
+    pub fn subscriptions(&self) -> Vec<String> {
+        self.subscriptions.lock().expect("subscriptions").clone()
+    }
+
+    pub async fn serve_stdio(self) -> anyhow::Result<()> {
+        let running = self.serve(rmcp::transport::stdio()).await?;
+        running.waiting().await?;
+        Ok(())
+    }
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> T {
+    serde_json::from_value(value).expect("the fixture's own JSON fits rmcp's types")
+}
+
+fn tools() -> Value {
+    let none = json!({"type": "object", "properties": {}});
+    let string_arg = |name: &str, what: &str| json!({"type": "object", "properties": {name: {"type": "string", "description": what}}, "required": [name]});
+    let tool = |name: &str, description: &str, schema: &Value| json!({"name": name, "description": description, "inputSchema": schema});
+    json!([
+        tool("test_simple_text", "Answers with one text block", &none),
+        tool("test_image_content", "Answers with a PNG image", &none),
+        tool("test_audio_content", "Answers with a WAV clip", &none),
+        tool("test_embedded_resource", "Answers with an embedded resource", &none),
+        tool("test_multiple_content_types", "Answers with text, an image and a resource", &none),
+        tool("test_tool_with_logging", "Logs three messages while it runs", &none),
+        tool("test_error_handling", "Always fails (isError: true)", &none),
+        tool("test_tool_with_progress", "Reports progress 0, 50, 100 of 100", &none),
+        tool("test_sampling", "Asks the client's LLM to answer a prompt", &string_arg("prompt", "The prompt to send to the LLM")),
+        tool("test_elicitation", "Asks the user for a name and an email", &string_arg("message", "The message to show the user")),
+        tool("test_elicitation_sep1034_defaults", "Asks the user, with defaults for every field", &none),
+        tool("test_elicitation_sep1330_enums", "Asks the user to pick from every kind of enum", &none),
+        tool("test_list_roots", "Asks the client for its roots", &none),
+        {
+            "name": "json_schema_2020_12_tool",
+            "description": "Tool with JSON Schema 2020-12 features",
+            "inputSchema": {
+                "$schema": "https://json-schema.org/draft/2020-12/schema",
+                "type": "object",
+                "$defs": {"address": {"type": "object", "properties": {"street": {"type": "string"}, "city": {"type": "string"}}}},
+                "properties": {"name": {"type": "string"}, "address": {"$ref": "#/$defs/address"}},
+                "additionalProperties": false
+            }
+        }
+    ])
+}
+
+fn text(t: &str) -> Value {
+    json!({"type": "text", "text": t})
+}
+
+/// What each tool asks of the client, if anything: (method, params).
+fn client_request(
+    tool: &str,
+    args: &serde_json::Map<String, Value>,
+) -> Option<(&'static str, Value)> {
+    let arg = |name: &str| {
+        args.get(name)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    match tool {
+        "test_sampling" => Some((
+            "sampling/createMessage",
+            json!({"messages": [{"role": "user", "content": text(&arg("prompt"))}], "maxTokens": 100}),
+        )),
+        "test_elicitation" => Some((
+            "elicitation/create",
+            json!({
+                "message": arg("message"),
+                "requestedSchema": {
+                    "type": "object",
+                    "properties": {
+                        "username": {"type": "string", "description": "User's response"},
+                        "email": {"type": "string", "description": "User's email address"}
+                    },
+                    "required": ["username", "email"]
+                }
+            }),
+        )),
+        "test_elicitation_sep1034_defaults" => Some((
+            "elicitation/create",
+            json!({
+                "message": "Please review and update the form fields with defaults",
+                "requestedSchema": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string", "description": "User name", "default": "John Doe"},
+                        "age": {"type": "integer", "description": "User age", "default": 30},
+                        "score": {"type": "number", "description": "User score", "default": 95.5},
+                        "status": {"type": "string", "description": "User status", "enum": ["active", "inactive", "pending"], "default": "active"},
+                        "verified": {"type": "boolean", "description": "Verification status", "default": true}
+                    }
+                }
+            }),
+        )),
+        "test_elicitation_sep1330_enums" => Some((
+            "elicitation/create",
+            json!({
+                "message": "Please select options from the enum fields",
+                "requestedSchema": {
+                    "type": "object",
+                    "properties": {
+                        "untitledSingle": {"type": "string", "description": "Select one option", "enum": ["option1", "option2", "option3"]},
+                        "titledSingle": {"type": "string", "description": "Select one option with titles", "oneOf": [
+                            {"const": "value1", "title": "First Option"},
+                            {"const": "value2", "title": "Second Option"},
+                            {"const": "value3", "title": "Third Option"}
+                        ]},
+                        "legacyEnum": {"type": "string", "description": "Select one option (legacy)", "enum": ["opt1", "opt2", "opt3"], "enumNames": ["Option One", "Option Two", "Option Three"]},
+                        "untitledMulti": {"type": "array", "description": "Select multiple options", "items": {"type": "string", "enum": ["option1", "option2", "option3"]}},
+                        "titledMulti": {"type": "array", "description": "Select multiple options with titles", "items": {"anyOf": [
+                            {"const": "value1", "title": "First Choice"},
+                            {"const": "value2", "title": "Second Choice"},
+                            {"const": "value3", "title": "Third Choice"}
+                        ]}}
+                    }
+                }
+            }),
+        )),
+        "test_list_roots" => Some(("roots/list", json!({}))),
+        _ => None,
+    }
+}
+
+/// The tool's answer once the client answered what it asked.
+fn answered(tool: &str, answer: &Value) -> CallToolResult {
+    let line = match tool {
+        "test_sampling" => {
+            let said = answer["content"]["text"].as_str().unwrap_or_default();
+            format!("LLM response: {said}")
+        }
+        "test_elicitation" => format!("User response: {answer}"),
+        "test_list_roots" => format!("Roots: {}", answer["roots"]),
+        _ => format!(
+            "Elicitation completed: action={}, content={}",
+            answer["action"].as_str().unwrap_or_default(),
+            answer.get("content").unwrap_or(&Value::Null)
+        ),
+    };
+    from_json(json!({"content": [text(&line)]}))
+}
+
+fn is_modern(context: &RequestContext<RoleServer>) -> bool {
+    context
+        .protocol_version()
+        .is_some_and(|v| !v.has_initialize())
+}
+
+impl Conformance {
+    /// Asks the client during a 2025-era call; the answer as JSON.
+    async fn ask(
+        context: &RequestContext<RoleServer>,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, ErrorData> {
+        let request: ServerRequest = from_json(json!({"method": method, "params": params}));
+        let answer = context.peer.send_request(request).await.map_err(|e| {
+            ErrorData::internal_error(format!("the client did not answer {method}: {e}"), None)
+        })?;
+        serde_json::to_value(answer).map_err(|e| ErrorData::internal_error(e.to_string(), None))
+    }
+
+    async fn run_tool(
+        &self,
+        name: &str,
+        args: serde_json::Map<String, Value>,
+        context: &RequestContext<RoleServer>,
+        meta_token: Option<rmcp::model::ProgressToken>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let result = match name {
+            "test_simple_text" => {
+                json!({"content": [text("This is a simple text response for testing.")]})
+            }
+            "test_image_content" => {
+                json!({"content": [{"type": "image", "data": PNG, "mimeType": "image/png"}]})
+            }
+            "test_audio_content" => {
+                json!({"content": [{"type": "audio", "data": WAV, "mimeType": "audio/wav"}]})
+            }
+            "test_embedded_resource" => json!({"content": [{"type": "resource", "resource": {
+                "uri": "test://embedded-resource", "mimeType": "text/plain", "text": "This is an embedded resource content."}}]}),
+            "test_multiple_content_types" => json!({"content": [
+                text("Multiple content types test:"),
+                {"type": "image", "data": PNG, "mimeType": "image/png"},
+                {"type": "resource", "resource": {"uri": "test://mixed-content-resource", "mimeType": "application/json", "text": "{\"test\":\"data\",\"value\":123}"}}
+            ]}),
+            "test_error_handling" => {
+                json!({"isError": true, "content": [text("This tool intentionally returns an error for testing")]})
+            }
+            "json_schema_2020_12_tool" => {
+                json!({"content": [text(&format!("Received: {}", Value::Object(args)))]})
+            }
+            "test_tool_with_logging" => {
+                for (i, message) in [
+                    "Tool execution started",
+                    "Tool processing data",
+                    "Tool execution completed",
+                ]
+                .iter()
+                .enumerate()
+                {
+                    if i > 0 {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    #[allow(deprecated)]
+                    // logging is deprecated by SEP-2577; the suite still tests it
+                    let _ = context
+                        .peer
+                        .notify_logging_message(from_json(
+                            json!({"level": "info", "logger": "conformance", "data": message}),
+                        ))
+                        .await;
+                }
+                json!({"content": [text("Tool with logging executed successfully")]})
+            }
+            "test_tool_with_progress" => {
+                for (i, progress) in [0.0, 50.0, 100.0].into_iter().enumerate() {
+                    if i > 0 {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    if let Some(token) = &meta_token {
+                        let _ = context
+                            .peer
+                            .notify_progress(
+                                ProgressNotificationParam::new(token.clone(), progress)
+                                    .with_total(100.0),
+                            )
+                            .await;
+                    }
+                }
+                json!({"content": [text("Tool with progress executed successfully")]})
+            }
+            other => {
+                return Err(ErrorData::invalid_params(
+                    format!("unknown tool {other:?}"),
+                    None,
+                ));
+            }
+        };
+        Ok(from_json(result))
+    }
+}
+
+/// The contents of a resource URI, if it names one.
+fn read(uri: &str) -> Option<Value> {
+    let content = match uri {
+        "test://static-text" => {
+            json!({"uri": uri, "mimeType": "text/plain", "text": "This is the content of the static text resource."})
+        }
+        "test://static-binary" => json!({"uri": uri, "mimeType": "image/png", "blob": PNG}),
+        "test://watched-resource" => {
+            json!({"uri": uri, "mimeType": "text/plain", "text": "Watched resource content"})
+        }
+        _ => {
+            let id = uri
+                .strip_prefix("test://template/")?
+                .strip_suffix("/data")?;
+            json!({"uri": uri, "mimeType": "application/json",
+                   "text": json!({"id": id, "templateTest": true, "data": format!("Data for ID: {id}")}).to_string()})
+        }
+    };
+    Some(json!({"contents": [content]}))
+}
+
+impl ServerHandler for Conformance {
+    fn get_info(&self) -> ServerConfig {
+        #[allow(deprecated)] // logging is deprecated by SEP-2577; the suite still tests it
+        let caps = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_resources()
+            .enable_resources_subscribe()
+            .enable_prompts()
+            .enable_completions()
+            .enable_logging()
+            .build();
+        ServerConfig::new(caps).with_server_info(rmcp::model::Implementation::new(
+            "mcpq-conformance-fixture",
+            env!("CARGO_PKG_VERSION"),
+        ))
+    }
+
+    fn supported_protocol_versions(&self) -> std::borrow::Cow<'static, [ProtocolVersion]> {
+        match &self.pinned {
+            Some(version) => vec![version.clone()].into(),
+            None => ProtocolVersion::KNOWN_VERSIONS.into(),
+        }
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(from_json(tools())))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let args = request.arguments.clone().unwrap_or_default();
+        if let Some((method, params)) = client_request(&request.name, &args) {
+            if !is_modern(&context) {
+                let answer = Self::ask(&context, method, params).await?;
+                return Ok(CallToolResponse::Complete(answered(&request.name, &answer)));
+            }
+            // 2026-07-28: ask in a result, read the answer from the retried request.
+            if let Some(answer) = request.input_responses.as_ref().and_then(|r| r.get("ask")) {
+                return Ok(CallToolResponse::Complete(answered(&request.name, answer)));
+            }
+            let asked = from_json(json!({"ask": {"method": method, "params": params}}));
+            return Ok(CallToolResponse::InputRequired(
+                InputRequiredResult::from_input_requests(asked),
+            ));
+        }
+        let token = context
+            .meta
+            .get_progress_token()
+            .or_else(|| request.meta.as_ref().and_then(|m| m.get_progress_token()));
+        self.run_tool(&request.name, args, &context, token)
+            .await
+            .map(CallToolResponse::Complete)
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        Ok(ListResourcesResult::with_all_items(from_json(json!([
+            {"uri": "test://static-text", "name": "static-text", "description": "A static text resource", "mimeType": "text/plain"},
+            {"uri": "test://static-binary", "name": "static-binary", "description": "A static binary resource (a PNG)", "mimeType": "image/png"},
+            {"uri": "test://watched-resource", "name": "watched-resource", "description": "A resource to subscribe to", "mimeType": "text/plain"}
+        ]))))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        Ok(ListResourceTemplatesResult::with_all_items(from_json(
+            json!([
+                {"uriTemplate": "test://template/{id}/data", "name": "template", "description": "Data for an id", "mimeType": "application/json"}
+            ]),
+        )))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let contents = read(&request.uri).ok_or_else(|| {
+            ErrorData::resource_not_found(format!("no resource {:?}", request.uri), None)
+        })?;
+        Ok(ReadResourceResponse::Complete(from_json::<
+            ReadResourceResult,
+        >(contents)))
+    }
+
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.subscriptions
+            .lock()
+            .expect("subscriptions")
+            .push(request.uri);
+        Ok(())
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.subscriptions
+            .lock()
+            .expect("subscriptions")
+            .retain(|uri| *uri != request.uri);
+        Ok(())
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        let arg =
+            |name: &str, what: &str| json!({"name": name, "description": what, "required": true});
+        Ok(ListPromptsResult::with_all_items(from_json(json!([
+            {"name": "test_simple_prompt", "description": "A prompt without arguments"},
+            {"name": "test_prompt_with_arguments", "description": "A prompt with two arguments",
+             "arguments": [arg("arg1", "First test argument"), arg("arg2", "Second test argument")]},
+            {"name": "test_prompt_with_embedded_resource", "description": "A prompt that embeds a resource",
+             "arguments": [arg("resourceUri", "URI of the resource to embed")]},
+            {"name": "test_prompt_with_image", "description": "A prompt with an image"}
+        ]))))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let args = request.arguments.clone().unwrap_or_default();
+        let arg = |name: &str| {
+            args.get(name)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let user = |content: Value| json!({"role": "user", "content": content});
+        let messages = match request.name.as_str() {
+            "test_simple_prompt" => json!([user(text("This is a simple prompt for testing."))]),
+            "test_prompt_with_arguments" => json!([user(text(&format!(
+                "Prompt with arguments: arg1='{}', arg2='{}'",
+                arg("arg1"),
+                arg("arg2")
+            )))]),
+            "test_prompt_with_embedded_resource" => json!([
+                user(
+                    json!({"type": "resource", "resource": {"uri": arg("resourceUri"), "mimeType": "text/plain", "text": "Embedded resource content for testing."}})
+                ),
+                user(text("Please process the embedded resource above."))
+            ]),
+            "test_prompt_with_image" => json!([
+                user(json!({"type": "image", "data": PNG, "mimeType": "image/png"})),
+                user(text("Please analyze the image above."))
+            ]),
+            other => {
+                return Err(ErrorData::invalid_params(
+                    format!("unknown prompt {other:?}"),
+                    None,
+                ));
+            }
+        };
+        Ok(GetPromptResponse::Complete(from_json::<GetPromptResult>(
+            json!({"messages": messages}),
+        )))
+    }
+
+    async fn complete(
+        &self,
+        request: CompleteRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, ErrorData> {
+        let typed = request.argument.value.to_lowercase();
+        let values: Vec<&str> = ["paris", "park", "party", "test", "testing"]
+            .into_iter()
+            .filter(|v| v.starts_with(&typed))
+            .collect();
+        Ok(from_json(
+            json!({"completion": {"values": values, "total": values.len(), "hasMore": false}}),
+        ))
+    }
+
+    #[allow(deprecated)] // logging is deprecated by SEP-2577; the suite still tests it
+    async fn set_level(
+        &self,
+        _request: SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        Ok(())
+    }
+}
+
+/// The conformance fixture over streamable HTTP on `addr`, with sessions for 2025-era clients
+/// (server-to-client requests need them), stopped on drop.
+pub struct HttpConformance {
+    pub addr: SocketAddr,
+    pub fixture: Conformance,
+    stop: CancellationToken,
+}
+
+impl HttpConformance {
+    pub async fn start(addr: SocketAddr, pinned: Option<ProtocolVersion>) -> HttpConformance {
+        let fixture = Conformance::new(pinned);
+        let stop = CancellationToken::new();
+        let shared = fixture.clone();
+        let service: StreamableHttpService<Conformance, LocalSessionManager> =
+            StreamableHttpService::new(
+                move || Ok(shared.clone()),
+                Default::default(),
+                StreamableHttpServerConfig::default().with_cancellation_token(stop.child_token()),
+            );
+        let router = axum::Router::new().nest_service("/mcp", service);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("bind a loopback port");
+        let addr = listener.local_addr().expect("bound address");
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let token = stop.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { token.cancelled_owned().await })
+                .await;
+        });
+        HttpConformance {
+            addr,
+            fixture,
+            stop,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/mcp", self.addr)
+    }
+}
+
+impl Drop for HttpConformance {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}

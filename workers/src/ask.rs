@@ -1,0 +1,183 @@
+//! Questions an upstream asks during a call — `sampling/createMessage`, `elicitation/create`,
+//! `roots/list` — relayed to whoever waits for that call and the answer brought back.
+//!
+//! The question goes to the job's reply subject as an input event (a NATS request: the receiver
+//! takes or refuses it at once); the answer comes to `mcpq.input.<job id>.<question id>`, where
+//! this worker listens. A caller that cannot answer — it declared no such capability, nobody
+//! waits for the job, nobody takes the question — is refused at once, so the upstream hears why
+//! instead of waiting. An answer may name a new reply subject: the job's later events and its
+//! reply go there (a 2026-07-28 client retries its request on any dispatcher replica).
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
+
+use async_nats::HeaderMap;
+use futures::StreamExt;
+use mcpq_schemas::{
+    InputAck, InputAnswer, InputRequestEvent,
+    names::{ENVELOPE_VERSION, EVENT_INPUT, HDR_EVENT, HDR_JOB_ID, input_subject},
+};
+use rmcp::{ErrorData, model::ErrorCode};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::upstream::lock;
+
+/// How long the receiver of a question has to take it.
+const TAKE_WITHIN: Duration = Duration::from_secs(5);
+
+/// The subject a job's events and reply go to; an answer may move it.
+pub(crate) type ReplyTo = Arc<std::sync::Mutex<Option<String>>>;
+
+/// Asks one job's caller what its upstream asks.
+#[derive(Clone)]
+pub(crate) struct Asker {
+    pub nats: async_nats::Client,
+    pub job_id: Uuid,
+    pub reply_to: ReplyTo,
+    /// The caller's MCP client capabilities.
+    pub capabilities: Option<Value>,
+    /// Answers are awaited until then (the call's own timeout).
+    pub deadline: tokio::time::Instant,
+    pub next: Arc<AtomicU32>,
+}
+
+/// The client capability an upstream's question needs.
+fn capability(method: &str) -> Option<&'static str> {
+    match method {
+        "sampling/createMessage" => Some("sampling"),
+        "elicitation/create" => Some("elicitation"),
+        "roots/list" => Some("roots"),
+        _ => None,
+    }
+}
+
+fn refused(message: String) -> ErrorData {
+    ErrorData::new(ErrorCode::METHOD_NOT_FOUND, message, None)
+}
+
+impl Asker {
+    /// The caller's answer to `method` with `params`, or why there is none.
+    pub(crate) async fn ask(&self, method: &str, params: Value) -> Result<Value, ErrorData> {
+        let job = self.job_id;
+        let Some(needed) = capability(method) else {
+            return Err(refused(format!(
+                "mcpq does not relay {method:?} to callers"
+            )));
+        };
+        if self
+            .capabilities
+            .as_ref()
+            .and_then(|c| c.get(needed))
+            .is_none()
+        {
+            return Err(refused(format!(
+                "the caller of job {job} cannot answer {method}: it declared no {needed:?} capability"
+            )));
+        }
+        let Some(inbox) = lock(&self.reply_to).clone() else {
+            return Err(refused(format!(
+                "nobody waits for job {job} (an async job), so nobody can answer {method}"
+            )));
+        };
+        let id = format!("q{}", self.next.fetch_add(1, Ordering::Relaxed));
+        let answer_to = input_subject(&job, &id);
+        let internal = |what: &str, e: &dyn std::fmt::Display| {
+            ErrorData::internal_error(format!("job {job}: {what}: {e}"), None)
+        };
+        let mut answers = self
+            .nats
+            .subscribe(answer_to.clone())
+            .await
+            .map_err(|e| internal("cannot listen for the answer", &e))?;
+        let event = InputRequestEvent {
+            v: ENVELOPE_VERSION,
+            job_id: job,
+            id: id.clone(),
+            method: method.to_string(),
+            params,
+            answer_to,
+        };
+        let body = serde_json::to_vec(&event).map_err(|e| internal("encode", &e))?;
+        let mut headers = HeaderMap::new();
+        headers.insert(HDR_EVENT, EVENT_INPUT);
+        headers.insert(HDR_JOB_ID, job.to_string().as_str());
+        let taken = tokio::time::timeout(
+            TAKE_WITHIN,
+            self.nats.request_with_headers(inbox, headers, body.into()),
+        )
+        .await;
+        match taken {
+            Ok(Ok(ack)) => {
+                if let Ok(InputAck { ok: false, reason }) = serde_json::from_slice(&ack.payload) {
+                    return Err(refused(format!(
+                        "the caller of job {job} will not answer {method}: {}",
+                        reason.unwrap_or_default()
+                    )));
+                }
+            }
+            Ok(Err(e)) => {
+                return Err(refused(format!(
+                    "nobody takes job {job}'s question {method}: {e}"
+                )));
+            }
+            Err(_) => {
+                return Err(refused(format!(
+                    "the caller of job {job} did not take its question {method} within {TAKE_WITHIN:?}"
+                )));
+            }
+        }
+        let message = tokio::time::timeout_at(self.deadline, answers.next())
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(|| {
+                ErrorData::internal_error(
+                    format!("the caller of job {job} did not answer {method} in time"),
+                    None,
+                )
+            })?;
+        let answer: InputAnswer = serde_json::from_slice(&message.payload)
+            .map_err(|e| internal("unreadable answer", &e))?;
+        if let Some(reply) = message.reply {
+            let ack = serde_json::to_vec(&InputAck {
+                ok: true,
+                reason: None,
+            })
+            .unwrap_or_default();
+            let _ = self.nats.publish(reply, ack.into()).await;
+        }
+        if let Some(moved) = answer.reply_to {
+            *lock(&self.reply_to) = Some(moved);
+        }
+        match (answer.result, answer.error) {
+            (Some(result), _) => Ok(result),
+            (None, Some(error)) => {
+                let code = error
+                    .get("code")
+                    .and_then(Value::as_i64)
+                    .and_then(|c| i32::try_from(c).ok())
+                    .unwrap_or(ErrorCode::INTERNAL_ERROR.0);
+                let message = error
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("the caller refused")
+                    .to_string();
+                Err(ErrorData::new(
+                    ErrorCode(code),
+                    message,
+                    error.get("data").cloned(),
+                ))
+            }
+            (None, None) => Err(ErrorData::internal_error(
+                format!("the caller of job {job} sent an empty answer to {method}"),
+                None,
+            )),
+        }
+    }
+}

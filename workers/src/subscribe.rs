@@ -1,0 +1,144 @@
+//! Resource subscriptions: a `resources/subscribe` job subscribes this worker's upstream
+//! session to a URI, and every `notifications/resources/updated` the upstream then sends is
+//! announced on `mcpq.events.<server>.resource_updated` for the dispatchers whose clients
+//! subscribed. A 2025-era upstream is subscribed with its own `resources/subscribe`; a
+//! 2026-07-28 one has no such method, so the worker keeps a `subscriptions/listen` stream open
+//! for the subscribed URIs instead (reopened when the set changes).
+//!
+//! Subscriptions live on the worker's upstream session: a worker that stops takes its
+//! subscriptions with it (clients subscribe again when they reconnect).
+
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex},
+};
+
+use mcpq_schemas::{
+    ResourceUpdatedEvent,
+    names::{ENVELOPE_VERSION, resource_updated_subject},
+};
+use rmcp::model::{ServerNotification, SubscriptionFilter};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::upstream::{Upstream, lock};
+
+/// The URIs this worker's upstream session is subscribed to, and where updates go.
+#[derive(Clone)]
+pub(crate) struct Subscriptions {
+    uris: Arc<Mutex<BTreeSet<String>>>,
+    changed: Arc<Notify>,
+    updates: mpsc::UnboundedSender<String>,
+}
+
+impl Subscriptions {
+    pub(crate) fn new() -> (Subscriptions, mpsc::UnboundedReceiver<String>) {
+        let (updates, received) = mpsc::unbounded_channel();
+        let subscriptions = Subscriptions {
+            uris: Arc::default(),
+            changed: Arc::default(),
+            updates,
+        };
+        (subscriptions, received)
+    }
+
+    /// Adds (`subscribe`) or removes a URI.
+    pub(crate) fn set(&self, uri: &str, subscribe: bool) {
+        let changed = {
+            let mut uris = lock(&self.uris);
+            if subscribe {
+                uris.insert(uri.to_string())
+            } else {
+                uris.remove(uri)
+            }
+        };
+        if changed {
+            self.changed.notify_one();
+        }
+    }
+
+    /// The upstream says `uri` changed.
+    pub(crate) fn updated(&self, uri: String) {
+        let _ = self.updates.send(uri);
+    }
+
+    fn uris(&self) -> Vec<String> {
+        lock(&self.uris).iter().cloned().collect()
+    }
+}
+
+/// Announces the upstream's resource updates on NATS until `shutdown`.
+pub(crate) async fn announce(
+    nats: async_nats::Client,
+    server: String,
+    mut updates: mpsc::UnboundedReceiver<String>,
+    shutdown: CancellationToken,
+) {
+    let subject = resource_updated_subject(&server);
+    loop {
+        let uri = tokio::select! {
+            () = shutdown.cancelled() => return,
+            uri = updates.recv() => match uri { Some(uri) => uri, None => return },
+        };
+        let event = ResourceUpdatedEvent {
+            v: ENVELOPE_VERSION,
+            server: server.clone(),
+            uri,
+        };
+        if let Ok(body) = serde_json::to_vec(&event)
+            && let Err(e) = nats.publish(subject.clone(), body.into()).await
+        {
+            tracing::warn!(%server, error = %e, "cannot announce a resource update");
+        }
+    }
+}
+
+/// Keeps a 2026-07-28 upstream's `subscriptions/listen` stream open for the subscribed URIs.
+pub(crate) async fn listen_loop(upstream: Upstream, shutdown: CancellationToken) {
+    let subscriptions = upstream.subscriptions().clone();
+    loop {
+        let uris = subscriptions.uris();
+        let stream = async {
+            if uris.is_empty() {
+                return std::future::pending().await;
+            }
+            let Ok(peer) = upstream.peer().await else {
+                return tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            };
+            if peer
+                .peer_info()
+                .is_none_or(|i| i.protocol_version.has_initialize())
+            {
+                // A 2025-era upstream sends updates on its session (see `upstream::Events`).
+                return std::future::pending().await;
+            }
+            let filter = SubscriptionFilter::builder()
+                .resource_subscriptions(uris.clone())
+                .build();
+            let mut listening = match peer.listen(filter).await {
+                Ok(listening) => listening,
+                Err(e) => {
+                    tracing::warn!(server = upstream.server(), error = %e, "cannot subscribe to resources");
+                    return tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            };
+            loop {
+                match listening.next().await {
+                    Ok(Some(ServerNotification::ResourceUpdatedNotification(n))) => {
+                        subscriptions.updated(n.params.uri);
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => {
+                        let _ = listening.cancel().await;
+                        return tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = subscriptions.changed.notified() => {}
+            () = stream => {}
+        }
+    }
+}
