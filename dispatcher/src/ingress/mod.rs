@@ -118,7 +118,7 @@ impl Gateway {
             None => names::split_name(name).ok_or_else(|| {
                 ErrorData::invalid_params(
                     format!(
-                        "unknown {what} {name:?}: {what}s here are named <server>{NAME_SEPARATOR}<name> (servers: {})",
+                        "unknown {what} {name:?}: {what}s here are named <server>{NAME_SEPARATOR}<{what}> (servers: {})",
                         self.server_list()
                     ),
                     None,
