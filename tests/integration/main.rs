@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod batch;
+mod bridge;
 mod cli;
 mod crash;
 mod flow;

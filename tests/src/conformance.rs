@@ -25,9 +25,9 @@ use rmcp::{
         ListToolsResult, PaginatedRequestParams, ProgressNotificationParam, ProtocolVersion,
         ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, ServerCapabilities,
         ServerConfig, ServerRequest, SetLevelRequestParams, SubscribeRequestParams,
-        UnsubscribeRequestParams,
+        SubscriptionFilter, UnsubscribeRequestParams,
     },
-    service::RequestContext,
+    service::{RequestContext, SubscriptionContext, SubscriptionSink},
     transport::streamable_http_server::{
         StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
     },
@@ -47,6 +47,9 @@ pub struct Conformance {
     pinned: Option<ProtocolVersion>,
     /// URIs clients subscribed to, in order (unsubscribes remove them).
     subscriptions: Arc<Mutex<Vec<String>>>,
+    /// Who hears about updates: 2025-era sessions by URI, 2026-07-28 listen streams.
+    sessions: Arc<Mutex<Vec<(String, rmcp::Peer<RoleServer>)>>>,
+    listeners: Arc<Mutex<Vec<(Vec<String>, SubscriptionSink)>>>,
 }
 
 impl Conformance {
@@ -59,6 +62,35 @@ impl Conformance {
 
     pub fn subscriptions(&self) -> Vec<String> {
         self.subscriptions.lock().expect("subscriptions").clone()
+    }
+
+    /// Tells every subscriber of `uri` that it changed; how many were told.
+    async fn touch(&self, uri: &str) -> usize {
+        let sessions: Vec<_> = self
+            .sessions
+            .lock()
+            .expect("sessions")
+            .iter()
+            .filter(|(u, _)| u == uri)
+            .map(|(_, peer)| peer.clone())
+            .collect();
+        let listeners: Vec<_> = self
+            .listeners
+            .lock()
+            .expect("listeners")
+            .iter()
+            .filter(|(uris, _)| uris.iter().any(|u| u == uri))
+            .map(|(_, sink)| sink.clone())
+            .collect();
+        let mut told = 0;
+        for peer in sessions {
+            let param = rmcp::model::ResourceUpdatedNotificationParam::new(uri);
+            told += usize::from(peer.notify_resource_updated(param).await.is_ok());
+        }
+        for sink in listeners {
+            told += usize::from(sink.notify_resource_updated(uri).await.is_ok());
+        }
+        told
     }
 
     pub async fn serve_stdio(self) -> anyhow::Result<()> {
@@ -90,6 +122,7 @@ fn tools() -> Value {
         tool("test_elicitation_sep1034_defaults", "Asks the user, with defaults for every field", &none),
         tool("test_elicitation_sep1330_enums", "Asks the user to pick from every kind of enum", &none),
         tool("test_list_roots", "Asks the client for its roots", &none),
+        tool("test_touch_resource", "Tells the subscribers of a resource that it changed", &string_arg("uri", "The resource")),
         {
             "name": "json_schema_2020_12_tool",
             "description": "Tool with JSON Schema 2020-12 features",
@@ -251,6 +284,11 @@ impl Conformance {
             "json_schema_2020_12_tool" => {
                 json!({"content": [text(&format!("Received: {}", Value::Object(args)))]})
             }
+            "test_touch_resource" => {
+                let uri = args.get("uri").and_then(Value::as_str).unwrap_or_default();
+                let told = self.touch(uri).await;
+                json!({"content": [text(&format!("told {told} subscribers"))]})
+            }
             "test_tool_with_logging" => {
                 for (i, message) in [
                     "Tool execution started",
@@ -311,6 +349,10 @@ fn read(uri: &str) -> Option<Value> {
         "test://static-binary" => json!({"uri": uri, "mimeType": "image/png", "blob": PNG}),
         "test://watched-resource" => {
             json!({"uri": uri, "mimeType": "text/plain", "text": "Watched resource content"})
+        }
+        _ if uri.starts_with("test://big/") => {
+            let bytes: usize = uri.strip_prefix("test://big/")?.parse().ok()?;
+            json!({"uri": uri, "mimeType": "text/plain", "text": "x".repeat(bytes)})
         }
         _ => {
             let id = uri
@@ -403,7 +445,8 @@ impl ServerHandler for Conformance {
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
         Ok(ListResourceTemplatesResult::with_all_items(from_json(
             json!([
-                {"uriTemplate": "test://template/{id}/data", "name": "template", "description": "Data for an id", "mimeType": "application/json"}
+                {"uriTemplate": "test://template/{id}/data", "name": "template", "description": "Data for an id", "mimeType": "application/json"},
+            {"uriTemplate": "test://big/{bytes}", "name": "big", "description": "A text of that many bytes", "mimeType": "text/plain"}
             ]),
         )))
     }
@@ -424,12 +467,47 @@ impl ServerHandler for Conformance {
     async fn subscribe(
         &self,
         request: SubscribeRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
+        self.sessions
+            .lock()
+            .expect("sessions")
+            .push((request.uri.clone(), context.peer.clone()));
         self.subscriptions
             .lock()
             .expect("subscriptions")
             .push(request.uri);
+        Ok(())
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        Some(requested.clone())
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        let uris = context
+            .accepted()
+            .resource_subscriptions
+            .clone()
+            .unwrap_or_default();
+        self.subscriptions
+            .lock()
+            .expect("subscriptions")
+            .extend(uris.iter().cloned());
+        self.listeners
+            .lock()
+            .expect("listeners")
+            .push((uris.clone(), context.sink().clone()));
+        context.cancelled().await;
+        let mut subscribed = self.subscriptions.lock().expect("subscriptions");
+        for uri in &uris {
+            if let Some(i) = subscribed.iter().position(|u| u == uri) {
+                subscribed.remove(i);
+            }
+        }
         Ok(())
     }
 
@@ -442,6 +520,10 @@ impl ServerHandler for Conformance {
             .lock()
             .expect("subscriptions")
             .retain(|uri| *uri != request.uri);
+        self.sessions
+            .lock()
+            .expect("sessions")
+            .retain(|(uri, _)| *uri != request.uri);
         Ok(())
     }
 

@@ -20,11 +20,14 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// `name` found in the quickstart's `.tools/venv/bin` or on PATH.
+/// `name` found in the quickstart's `.tools/venv/bin` (PyPI), `.tools/npm/node_modules/.bin`
+/// (npm) or on PATH.
 pub fn on_path(name: &str) -> Option<PathBuf> {
-    let local = repo_root().join(".tools/venv/bin").join(name);
-    if local.is_file() {
-        return Some(local);
+    for dir in [".tools/venv/bin", ".tools/npm/node_modules/.bin"] {
+        let local = repo_root().join(dir).join(name);
+        if local.is_file() {
+            return Some(local);
+        }
     }
     let paths = std::env::var_os("PATH")?;
     std::env::split_paths(&paths)
@@ -68,6 +71,38 @@ pub fn example_bin(name: &str) -> PathBuf {
 /// The stdio fixture binary.
 pub fn fixture_bin() -> PathBuf {
     workspace_binary("mcpq-fixture")
+}
+
+/// Runs the official MCP Python SDK as a client of `url` (see `tests/clients/sdk_client.py`):
+/// `mode` is `auto` (2026-07-28) or `legacy` (2025-11-25), `steps` the calls to make, `flags`
+/// e.g. `--no-answers`, `--log-level info`. What it printed, as JSON.
+pub async fn python_sdk(
+    url: &str,
+    mode: &str,
+    steps: serde_json::Value,
+    flags: &[&str],
+) -> serde_json::Value {
+    let python = required_program("python3");
+    let script = repo_root().join("tests/clients/sdk_client.py");
+    let output = tokio::process::Command::new(python)
+        .arg(script)
+        .args([url, mode, &steps.to_string()])
+        .args(flags)
+        .output()
+        .await
+        .expect("run the Python SDK client");
+    assert!(
+        output.status.success(),
+        "the Python SDK client failed ({mode}, {url}):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "the Python SDK client printed no JSON ({e}):\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.

@@ -350,7 +350,17 @@ async fn finish(
         Outcome::Ok { result } => (Some(result.clone()), None),
         Outcome::Error { error } => (None, Some(error.clone())),
     };
-    let record = record(pool, job, delivery, status, result, error);
+    let mut record = record(pool, job, delivery, status, result, error);
+    let mut outcome = outcome;
+    // A result that cannot be written would come back again and again, and the upstream be
+    // called every time: it ends the job instead, once.
+    if let Some(error) = too_large(pool, &record) {
+        tracing::warn!(error = %error, "result too large for a NATS message");
+        record.status = JobStatus::Failed;
+        record.result = None;
+        record.error = Some(error.clone());
+        outcome = Outcome::Error { error };
+    }
     let reply = Reply {
         v: ENVELOPE_VERSION,
         job_id: job.id,
@@ -372,6 +382,23 @@ async fn finish(
         return;
     }
     ack(message, kind).await;
+}
+
+/// Room kept in a message for headers and the envelope around the record.
+const HEADROOM: usize = 8 * 1024;
+
+/// Why the record cannot be stored, when it does not fit in one message of this NATS server.
+fn too_large(pool: &Pool, record: &JobRecord) -> Option<JobError> {
+    let max = pool.outbox.client.server_info().max_payload;
+    let size = serde_json::to_vec(record).map_or(0, |b| b.len());
+    (size + HEADROOM > max).then(|| {
+        JobError::new(
+            ErrorKind::TooLarge,
+            format!(
+                "the upstream's result is {size} bytes, more than fits in one NATS message ({max} bytes, the server's max_payload): raise max_payload in the nats-server config, or ask the upstream for less"
+            ),
+        )
+    })
 }
 
 /// Copies the message to the dead-letter stream, records and replies, and only then TERMs it.

@@ -379,11 +379,36 @@ impl Upstream {
         Ok(peer)
     }
 
+    /// Opens a session: 2026-07-28 if the upstream speaks it (`server/discover`), else the
+    /// 2025-era `initialize` handshake. A server that knows `server/discover` but serves only
+    /// older revisions fails the probe; it gets a fresh connection and `initialize`.
     async fn open(&self) -> Result<Session, UpstreamError> {
-        let lifecycle = ClientLifecycleMode::Auto {
+        let auto = ClientLifecycleMode::Auto {
             preferred_versions: vec![ProtocolVersion::V_2026_07_28],
             legacy_version: None,
         };
+        match self.open_with(auto).await {
+            Ok(session) => Ok(session),
+            Err(UpstreamError::Handshake { reason, .. }) => {
+                tracing::debug!(server = %self.inner.server, %reason, "no 2026-07-28 session; trying initialize");
+                self.open_with(ClientLifecycleMode::Initialize)
+                    .await
+                    .map_err(|e| match e {
+                        UpstreamError::Handshake {
+                            server,
+                            reason: legacy,
+                        } => UpstreamError::Handshake {
+                            server,
+                            reason: format!("{reason}; then with initialize: {legacy}"),
+                        },
+                        other => other,
+                    })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn open_with(&self, lifecycle: ClientLifecycleMode) -> Result<Session, UpstreamError> {
         let server = &self.inner.server;
         let handshake = |e: rmcp::service::ClientInitializeError| UpstreamError::Handshake {
             server: server.clone(),
@@ -398,7 +423,11 @@ impl Upstream {
             }
         };
         let session = started.map_err(handshake)?;
-        tracing::info!(server = %server, "upstream session open");
+        let revision = session
+            .peer()
+            .peer_info()
+            .map(|i| i.protocol_version.to_string());
+        tracing::info!(server = %server, revision = revision.as_deref().unwrap_or("?"), "upstream session open");
         Ok(session)
     }
 
