@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod asks;
 mod batch;
 mod bridge;
 mod cli;
@@ -14,6 +15,7 @@ mod restart;
 mod retry;
 mod schemas;
 mod stdio;
+mod subscriptions;
 mod tasks;
 mod wire;
 

@@ -65,7 +65,7 @@ pub(crate) async fn call(
             return failed(error, Verdict::Retryable);
         }
     };
-    if let Some(answer) = subscription(upstream, &peer, job) {
+    if let Some(answer) = subscription(upstream, &peer, job, timeout).await {
         return answer;
     }
     let log_route = match (&events, &job.log_level) {
@@ -129,7 +129,12 @@ pub(crate) async fn call(
 /// `resources/subscribe` and `resources/unsubscribe` change this session's subscriptions; a
 /// 2026-07-28 upstream has no such methods (`subscribe::listen_loop` listens for it), so the
 /// job is answered here. A 2025-era upstream is asked as usual.
-fn subscription(upstream: &Upstream, peer: &Peer<RoleClient>, job: &Job) -> Option<CallOutcome> {
+async fn subscription(
+    upstream: &Upstream,
+    peer: &Peer<RoleClient>,
+    job: &Job,
+    timeout: Duration,
+) -> Option<CallOutcome> {
     let subscribe = match job.request.method.as_str() {
         "resources/subscribe" => true,
         "resources/unsubscribe" => false,
@@ -141,11 +146,32 @@ fn subscription(upstream: &Upstream, peer: &Peer<RoleClient>, job: &Job) -> Opti
         .as_ref()
         .and_then(|p| p.get("uri"))
         .and_then(|u| u.as_str())?;
-    upstream.subscriptions().set(uri, subscribe);
+    let subscriptions = upstream.subscriptions();
+    let generation = subscriptions.set(uri, subscribe);
     let modern = peer
         .peer_info()
         .is_some_and(|i| !i.protocol_version.has_initialize());
-    modern.then(|| CallOutcome::Answered(bridge::canonical_result(serde_json::json!({}))))
+    if !modern {
+        return None;
+    }
+    // Answered once the upstream listens, so that no update after the answer is missed.
+    if !subscriptions.applied(generation, timeout).await {
+        let error = JobError::new(
+            ErrorKind::UpstreamUnavailable,
+            format!(
+                "server {:?} did not open a subscription for {uri:?} within {timeout:?}",
+                upstream.server()
+            ),
+        );
+        return Some(CallOutcome::Failed {
+            error,
+            verdict: Verdict::Retryable,
+            retry_after: None,
+        });
+    }
+    Some(CallOutcome::Answered(bridge::canonical_result(
+        serde_json::json!({}),
+    )))
 }
 
 /// The most `input_required` rounds one call may take.

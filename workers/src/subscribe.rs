@@ -10,7 +10,10 @@
 
 use std::{
     collections::BTreeSet,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use mcpq_schemas::{
@@ -18,7 +21,7 @@ use mcpq_schemas::{
     names::{ENVELOPE_VERSION, resource_updated_subject},
 };
 use rmcp::model::{ServerNotification, SubscriptionFilter};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::upstream::{Upstream, lock};
@@ -29,6 +32,9 @@ pub(crate) struct Subscriptions {
     uris: Arc<Mutex<BTreeSet<String>>>,
     changed: Arc<Notify>,
     updates: mpsc::UnboundedSender<String>,
+    /// Bumped by every change of `uris`; `applied` says which change the upstream has.
+    wanted: Arc<AtomicU64>,
+    applied: Arc<watch::Sender<u64>>,
 }
 
 impl Subscriptions {
@@ -38,23 +44,36 @@ impl Subscriptions {
             uris: Arc::default(),
             changed: Arc::default(),
             updates,
+            wanted: Arc::default(),
+            applied: Arc::new(watch::channel(0).0),
         };
         (subscriptions, received)
     }
 
-    /// Adds (`subscribe`) or removes a URI.
-    pub(crate) fn set(&self, uri: &str, subscribe: bool) {
-        let changed = {
-            let mut uris = lock(&self.uris);
-            if subscribe {
-                uris.insert(uri.to_string())
-            } else {
-                uris.remove(uri)
-            }
+    /// Adds (`subscribe`) or removes a URI; the change to wait for (see `applied`).
+    pub(crate) fn set(&self, uri: &str, subscribe: bool) -> u64 {
+        let mut uris = lock(&self.uris);
+        let changed = if subscribe {
+            uris.insert(uri.to_string())
+        } else {
+            uris.remove(uri)
         };
         if changed {
+            let generation = self.wanted.fetch_add(1, Ordering::SeqCst) + 1;
+            drop(uris);
             self.changed.notify_one();
+            generation
+        } else {
+            self.wanted.load(Ordering::SeqCst)
         }
+    }
+
+    /// Waits (at most `within`) until the upstream listens for the URIs as of `generation`.
+    pub(crate) async fn applied(&self, generation: u64, within: std::time::Duration) -> bool {
+        let mut applied = self.applied.subscribe();
+        tokio::time::timeout(within, applied.wait_for(|g| *g >= generation))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// The upstream says `uri` changed.
@@ -62,8 +81,21 @@ impl Subscriptions {
         let _ = self.updates.send(uri);
     }
 
-    fn uris(&self) -> Vec<String> {
-        lock(&self.uris).iter().cloned().collect()
+    /// The URIs, and the change they are as of.
+    fn uris(&self) -> (Vec<String>, u64) {
+        let uris = lock(&self.uris);
+        let generation = self.wanted.load(Ordering::SeqCst);
+        (uris.iter().cloned().collect(), generation)
+    }
+
+    fn mark_applied(&self, generation: u64) {
+        self.applied.send_if_modified(|g| {
+            let newer = generation > *g;
+            if newer {
+                *g = generation;
+            }
+            newer
+        });
     }
 }
 
@@ -97,9 +129,10 @@ pub(crate) async fn announce(
 pub(crate) async fn listen_loop(upstream: Upstream, shutdown: CancellationToken) {
     let subscriptions = upstream.subscriptions().clone();
     loop {
-        let uris = subscriptions.uris();
+        let (uris, generation) = subscriptions.uris();
         let stream = async {
             if uris.is_empty() {
+                subscriptions.mark_applied(generation);
                 return std::future::pending().await;
             }
             let Ok(peer) = upstream.peer().await else {
@@ -110,13 +143,17 @@ pub(crate) async fn listen_loop(upstream: Upstream, shutdown: CancellationToken)
                 .is_none_or(|i| i.protocol_version.has_initialize())
             {
                 // A 2025-era upstream sends updates on its session (see `upstream::Events`).
+                subscriptions.mark_applied(generation);
                 return std::future::pending().await;
             }
             let filter = SubscriptionFilter::builder()
                 .resource_subscriptions(uris.clone())
                 .build();
             let mut listening = match peer.listen(filter).await {
-                Ok(listening) => listening,
+                Ok(listening) => {
+                    subscriptions.mark_applied(generation);
+                    listening
+                }
                 Err(e) => {
                     tracing::warn!(server = upstream.server(), error = %e, "cannot subscribe to resources");
                     return tokio::time::sleep(std::time::Duration::from_secs(1)).await;

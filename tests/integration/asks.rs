@@ -1,0 +1,220 @@
+//! What an upstream asks the client in the middle of a call — sampling, elicitation, roots —
+//! relayed through the queue: to 2025-era session clients as requests on the call's response
+//! stream, to 2026-07-28 clients as an `input_required` round trip, to NATS callers as input
+//! events; refused at once for a caller that cannot answer, never a hang.
+
+use std::time::Duration;
+
+use mcpq_dispatcher::Event;
+use mcpq_schemas::{
+    ErrorKind, InputAnswer, Job, JobStatus, McpRequest, Outcome, names::ENVELOPE_VERSION,
+};
+use mcpq_tests::{python_sdk, stack::Stack};
+use serde_json::json;
+
+use crate::bridge::conformance_upstream;
+
+fn steps() -> serde_json::Value {
+    json!([
+        ["call_tool", "test_sampling", {"prompt": "say hi"}],
+        ["call_tool", "test_elicitation", {"message": "who are you?"}],
+        ["call_tool", "test_list_roots", {}]
+    ])
+}
+
+fn text(out: &serde_json::Value, step: usize) -> &str {
+    out["steps"][step]["ok"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("step {step} has no text: {out}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstreams_questions_reach_the_client_and_its_answers_the_upstream() {
+    let servers = format!(
+        "{}{}",
+        conformance_upstream("modern", "2026-07-28"),
+        conformance_upstream("legacy", "2025-06-18")
+    );
+    let stack = Stack::start(&servers).await;
+    // 2026-07-28 and 2025-era clients, in front of an upstream of each era (a 2026-07-28
+    // upstream asks in its result, a 2025-era one with a request of its own).
+    for server in ["modern", "legacy"] {
+        for mode in ["auto", "legacy"] {
+            let what = format!("{mode} client, {server} upstream");
+            let out = python_sdk(&stack.server_url(server), mode, steps(), &[]).await;
+            assert_eq!(
+                text(&out, 0),
+                "LLM response: sampled by the test client",
+                "{what}"
+            );
+            assert!(text(&out, 1).contains("ada@example.com"), "{what}: {out}");
+            assert!(
+                text(&out, 2).contains("file:///work/project"),
+                "{what}: {out}"
+            );
+            let asked: Vec<&str> = out["asked"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a["method"].as_str().unwrap())
+                .collect();
+            assert_eq!(
+                asked,
+                ["sampling/createMessage", "elicitation/create", "roots/list"],
+                "{what}"
+            );
+            // The question reached the client as the upstream asked it.
+            assert_eq!(
+                out["asked"][0]["params"]["messages"][0]["content"]["text"], "say hi",
+                "{what}"
+            );
+            assert_eq!(
+                out["asked"][1]["params"]["message"], "who are you?",
+                "{what}"
+            );
+
+            // A client that declared none of it is refused at once, with the reason.
+            let out = python_sdk(&stack.server_url(server), mode, steps(), &["--no-answers"]).await;
+            for step in 0..2 {
+                let step_out = &out["steps"][step];
+                let said = step_out["error"]
+                    .as_str()
+                    .or_else(|| step_out["ok"]["content"][0]["text"].as_str())
+                    .unwrap_or_default();
+                assert!(
+                    said.contains("declared no"),
+                    "{what}, step {step}: {step_out}"
+                );
+            }
+        }
+    }
+
+    // A NATS caller gets the question as an event on its inbox and answers on its subject.
+    let mut job = Job::new(
+        "modern",
+        McpRequest::call_tool(
+            "test_sampling",
+            json!({"prompt": "from nats"}).as_object().cloned(),
+        ),
+    );
+    job.client_capabilities = Some(json!({"sampling": {}}));
+    let (to, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let client = stack.client.clone();
+    let answering = tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            if let Event::Input(question) = event {
+                assert_eq!(question.method, "sampling/createMessage");
+                assert_eq!(
+                    question.params["messages"][0]["content"]["text"],
+                    "from nats"
+                );
+                let answer = InputAnswer {
+                    v: ENVELOPE_VERSION,
+                    job_id: question.job_id,
+                    id: question.id.clone(),
+                    result: Some(json!({
+                        "role": "assistant",
+                        "content": {"type": "text", "text": "a pipeline answered"},
+                        "model": "none"
+                    })),
+                    error: None,
+                    reply_to: None,
+                };
+                client.answer(&question.answer_to, &answer).await.unwrap();
+                return true;
+            }
+        }
+        false
+    });
+    let reply = stack
+        .client
+        .call_with_events(&job, Duration::from_secs(30), Some(to))
+        .await
+        .unwrap();
+    let Outcome::Ok { result } = reply.outcome else {
+        panic!("the call fails: {reply:?}");
+    };
+    assert_eq!(
+        crate::first_text(&result),
+        "LLM response: a pipeline answered"
+    );
+    assert!(answering.await.unwrap(), "the question came as an event");
+
+    // An async job has nobody to ask: it ends at once, saying so.
+    let job = Job::new(
+        "modern",
+        McpRequest::call_tool(
+            "test_sampling",
+            json!({"prompt": "later"}).as_object().cloned(),
+        ),
+    );
+    stack.client.submit(&job).await.unwrap();
+    let reply = stack
+        .client
+        .wait(job.id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let Outcome::Error { error } = reply.outcome else {
+        panic!("nobody could answer: {reply:?}");
+    };
+    assert_eq!(error.kind, ErrorKind::NoAnswer, "{error}");
+    assert_eq!(stack.record(job.id).await.status, JobStatus::Failed);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_messages_reach_the_caller_in_order_at_its_level() {
+    let servers = format!(
+        "{}{}",
+        conformance_upstream("modern", "2026-07-28"),
+        conformance_upstream("legacy", "2025-11-25")
+    );
+    let stack = Stack::start(&servers).await;
+    let call = json!(["call_tool", "test_tool_with_logging", {}]);
+    let expected = json!([
+        "Tool execution started",
+        "Tool processing data",
+        "Tool execution completed"
+    ]);
+    let heard = |out: &serde_json::Value| -> Vec<serde_json::Value> {
+        out["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["data"].clone())
+            .collect()
+    };
+    for server in ["modern", "legacy"] {
+        let url = stack.server_url(server);
+        // 2025-era sessions choose with logging/setLevel, per session.
+        let out = python_sdk(
+            &url,
+            "legacy",
+            json!([
+                ["set_logging_level", "error"],
+                call,
+                ["set_logging_level", "info"],
+                call
+            ]),
+            &[],
+        )
+        .await;
+        assert_eq!(
+            serde_json::Value::Array(heard(&out)),
+            expected,
+            "{server}: only the call after setLevel info hears, in order: {out}"
+        );
+        // 2026-07-28 requests opt in per request.
+        let out = python_sdk(&url, "auto", json!([call]), &["--log-level", "info"]).await;
+        assert_eq!(
+            serde_json::Value::Array(heard(&out)),
+            expected,
+            "{server}: {out}"
+        );
+        let out = python_sdk(&url, "auto", json!([call]), &["--log-level", "warning"]).await;
+        assert!(heard(&out).is_empty(), "{server}: info is below warning");
+        let out = python_sdk(&url, "auto", json!([call]), &[]).await;
+        assert!(heard(&out).is_empty(), "{server}: no opt-in, no messages");
+    }
+    stack.stop().await;
+}
