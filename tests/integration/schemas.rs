@@ -47,6 +47,9 @@ fn the_readme_names_every_nats_name() {
         HDR_REPLAY_OF,
         EVENT_REPLY,
         EVENT_PROGRESS,
+        EVENT_LOG,
+        EVENT_INPUT,
+        SESSIONS_BUCKET,
     ];
     let missing: Vec<_> = names
         .iter()
@@ -68,6 +71,14 @@ fn the_readme_names_every_nats_name() {
         (
             record_subject(&uuid::Uuid::nil()),
             "`$KV.mcpq_results.<job id>`",
+        ),
+        (
+            input_subject(&uuid::Uuid::nil(), "q0"),
+            "`mcpq.input.<job id>.<question id>`",
+        ),
+        (
+            resource_updated_subject("github"),
+            "`mcpq.events.<server>.resource_updated`",
         ),
     ] {
         assert!(
