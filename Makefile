@@ -26,7 +26,7 @@ $(NPM)/.installed: deploy/local/package.json
 build:
 	cargo build --workspace --bins
 
-demo: tools build
+demo: $(VENV)/.installed build
 	bash deploy/local/demo.sh
 
 test: tools build

@@ -133,14 +133,11 @@ fn route(
         .as_ref()
         .and_then(|h| h.get(HDR_EVENT))
         .map(|v| v.as_str().to_string());
-    let Some(token) = message
+    let token = message
         .subject
         .rsplit('.')
         .next()
-        .and_then(|token| token.parse::<u64>().ok())
-    else {
-        return None;
-    };
+        .and_then(|token| token.parse::<u64>().ok())?;
     let event = match event.as_deref() {
         None | Some(EVENT_REPLY) => None,
         Some(EVENT_PROGRESS) => Some(serde_json::from_slice(&message.payload).map(Event::Progress)),

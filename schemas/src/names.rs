@@ -1,6 +1,6 @@
 //! Every NATS name mcpq uses — streams, subjects, consumers, KV buckets, headers — defined once.
 //!
-//! Pipelines in other languages build the same names by hand; the README's wire-protocol section
+//! Pipelines in other languages build the same names by hand; docs/wire-protocol.md
 //! lists them, and a test checks that list against these constants.
 
 /// The envelope version written into every job, reply, record and dead letter.

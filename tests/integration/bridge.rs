@@ -54,7 +54,7 @@ async fn catalog_revision(stack: &Stack, server: &str) -> Option<String> {
         .protocol_version
 }
 
-fn ok<'a>(out: &'a Value, step: usize) -> &'a Value {
+fn ok(out: &Value, step: usize) -> &Value {
     let step_out = &out["steps"][step];
     assert!(step_out.get("ok").is_some(), "step {step} failed: {out}");
     &step_out["ok"]

@@ -400,10 +400,10 @@ async fn the_high_lane_drains_before_the_low_lane_without_starving_it() {
 async fn the_rust_client_example_submits_waits_batches_and_cancels() {
     let root = mcpq_tests::repo_root();
     let source = std::fs::read_to_string(root.join("dispatcher/examples/pipeline.rs")).unwrap();
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let readme = std::fs::read_to_string(root.join("docs/jobs.md")).unwrap();
     assert!(
         readme.contains(&source),
-        "README.md's Rust example differs from dispatcher/examples/pipeline.rs: copy the file into the README"
+        "docs/jobs.md's Rust example differs from dispatcher/examples/pipeline.rs: copy the file into docs/jobs.md"
     );
     let fixture = HttpFixture::start().await;
     let stack = Stack::start(&web(&fixture.url(), "")).await;

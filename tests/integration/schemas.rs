@@ -25,12 +25,13 @@ fn pinned_json_schemas_match_the_types() {
     );
 }
 
-/// The README's wire-protocol section names every stream, bucket, header and event value that
+/// The wire protocol's wire-protocol section names every stream, bucket, header and event value that
 /// `schemas/src/names.rs` defines, so pipelines in other languages can rely on it.
 #[test]
 fn the_readme_names_every_nats_name() {
     use mcpq_schemas::names::*;
-    let readme = std::fs::read_to_string(mcpq_tests::repo_root().join("README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(mcpq_tests::repo_root().join("docs/wire-protocol.md")).unwrap();
     let names = [
         JOBS_STREAM,
         DLQ_STREAM,
@@ -57,7 +58,10 @@ fn the_readme_names_every_nats_name() {
             !readme.contains(&format!("`{name}")) && !readme.contains(&format!("{name}`"))
         })
         .collect();
-    assert!(missing.is_empty(), "README.md does not name {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "docs/wire-protocol.md does not name {missing:?}"
+    );
     for (subject, shown) in [
         (
             job_subject("github", mcpq_schemas::Lane::High),
@@ -83,7 +87,7 @@ fn the_readme_names_every_nats_name() {
     ] {
         assert!(
             readme.contains(shown),
-            "README.md does not show {shown} (e.g. {subject})"
+            "docs/wire-protocol.md does not show {shown} (e.g. {subject})"
         );
     }
 }

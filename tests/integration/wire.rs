@@ -1,4 +1,4 @@
-//! The NATS wire protocol as the README documents it for pipelines in any language: jobs
+//! The NATS wire protocol as docs/wire-protocol.md documents it for pipelines in any language: jobs
 //! published by hand as JSON, replies read from an inbox, records read from KV, and malformed
 //! messages dead-lettered with their reason while the worker keeps serving.
 
@@ -10,7 +10,7 @@ use mcpq_tests::{fixture::HttpFixture, stack::Stack};
 
 use crate::two_fixtures;
 
-/// Publishes `body` to `subject` with a reply inbox, the way the README's Python example does.
+/// Publishes `body` to `subject` with a reply inbox, the way the wire protocol's Python example does.
 async fn publish_raw(
     nats: &async_nats::Client,
     subject: &str,
@@ -187,16 +187,16 @@ async fn malformed_jobs_are_dead_lettered_with_their_reason_and_the_worker_keeps
     stack.stop().await;
 }
 
-/// The README's Python pipeline, run for real with nats-py against a running mcpq.
+/// The wire protocol's Python pipeline, run for real with nats-py against a running mcpq.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readmes_python_pipeline_works() {
     let root = mcpq_tests::repo_root();
     let script = root.join("deploy/examples/pipeline.py");
     let source = std::fs::read_to_string(&script).unwrap();
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let readme = std::fs::read_to_string(root.join("docs/wire-protocol.md")).unwrap();
     assert!(
         readme.contains(&source),
-        "README.md's Python example differs from deploy/examples/pipeline.py: copy the file into the README"
+        "docs/wire-protocol.md's Python example differs from deploy/examples/pipeline.py: copy the file into docs/wire-protocol.md"
     );
 
     let web = HttpFixture::start().await;
@@ -229,10 +229,10 @@ async fn the_readmes_async_python_pipeline_works() {
     let root = mcpq_tests::repo_root();
     let script = root.join("deploy/examples/async_pipeline.py");
     let source = std::fs::read_to_string(&script).unwrap();
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let readme = std::fs::read_to_string(root.join("docs/wire-protocol.md")).unwrap();
     assert!(
         readme.contains(&source),
-        "README.md's async Python example differs from deploy/examples/async_pipeline.py: copy the file into the README"
+        "docs/wire-protocol.md's async Python example differs from deploy/examples/async_pipeline.py: copy the file into docs/wire-protocol.md"
     );
 
     let web = HttpFixture::start().await;

@@ -48,9 +48,14 @@ pub struct Conformance {
     /// URIs clients subscribed to, in order (unsubscribes remove them).
     subscriptions: Arc<Mutex<Vec<String>>>,
     /// Who hears about updates: 2025-era sessions by URI, 2026-07-28 listen streams.
-    sessions: Arc<Mutex<Vec<(String, rmcp::Peer<RoleServer>)>>>,
-    listeners: Arc<Mutex<Vec<(Vec<String>, SubscriptionSink)>>>,
+    sessions: Arc<Mutex<Vec<SessionSubscription>>>,
+    listeners: Arc<Mutex<Vec<ListenSubscription>>>,
 }
+
+/// A 2025-era session subscribed to a URI.
+type SessionSubscription = (String, rmcp::Peer<RoleServer>);
+/// A 2026-07-28 listen stream and the URIs it names.
+type ListenSubscription = (Vec<String>, SubscriptionSink);
 
 impl Conformance {
     pub fn new(pinned: Option<ProtocolVersion>) -> Self {

@@ -96,8 +96,8 @@ pub(crate) async fn call(
         )
         .await
         {
-            Sent::Answer(answer) => answer,
-            Sent::Cancelled => return CallOutcome::Cancelled,
+            Some(answer) => answer,
+            None => return CallOutcome::Cancelled,
         };
         let result = match answer {
             Ok(ServerResult::InputRequiredResult(asked)) if round < MAX_ROUNDS => {
@@ -177,12 +177,8 @@ async fn subscription(
 /// The most `input_required` rounds one call may take.
 const MAX_ROUNDS: usize = 10;
 
-enum Sent {
-    Answer(Result<ServerResult, ServiceError>),
-    Cancelled,
-}
-
-/// Sends one request upstream and waits for its answer (or the cancellation).
+/// Sends one request upstream and waits for its answer; `None` when the call was cancelled
+/// first (the upstream is told).
 #[allow(clippy::too_many_arguments)]
 async fn send(
     peer: &Peer<RoleClient>,
@@ -193,12 +189,12 @@ async fn send(
     cancel: &CancellationToken,
     events: &Option<mpsc::UnboundedSender<CallEvent>>,
     in_flight: &InFlight<'_>,
-) -> Sent {
+) -> Option<Result<ServerResult, ServiceError>> {
     let mut options = PeerRequestOptions::with_timeout(timeout);
     options.meta = Some(upstream_meta(job));
     let handle = match peer.send_request_with_option(request, options).await {
         Ok(handle) => handle,
-        Err(e) => return Sent::Answer(Err(e)),
+        Err(e) => return Some(Err(e)),
     };
     in_flight.sent(handle.id.clone());
     let _route = events
@@ -206,7 +202,7 @@ async fn send(
         .map(|to| Route::add(upstream, handle.progress_token.clone(), to));
     let id = handle.id.clone();
     tokio::select! {
-        answer = handle.await_response() => Sent::Answer(answer),
+        answer = handle.await_response() => Some(answer),
         () = cancel.cancelled() => {
             let notification = CancelledNotification::new(CancelledNotificationParam::new(
                 Some(id),
@@ -215,7 +211,7 @@ async fn send(
             if let Err(e) = peer.send_notification(notification.into()).await {
                 tracing::warn!(error = %e, "cannot tell the upstream the call was cancelled");
             }
-            Sent::Cancelled
+            None
         }
     }
 }
