@@ -3,11 +3,15 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::{Router, routing::get, serve::ListenerExt};
-use rmcp::transport::streamable_http_server::{
-    StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
+use axum::{Router, extract::Request, http::Method, routing::get, serve::ListenerExt};
+use rmcp::transport::{
+    common::http_header::HEADER_SESSION_ID,
+    streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
+    },
 };
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 use crate::{Shared, ingress::Gateway, sessions::KvSessions};
 
@@ -21,30 +25,51 @@ pub struct HttpOptions {
 /// The router: `/mcp`, `/servers/<name>/mcp` for each configured server, the `/v1` jobs API,
 /// `/healthz`.
 ///
-/// 2026-07-28 clients are served statelessly; 2025-era clients that `initialize` get a session
-/// (`Mcp-Session-Id`), which server-to-client requests, `logging/setLevel` and resource
-/// subscriptions need; any replica can carry it on (see `sessions`).
+/// Each MCP endpoint is two rmcp services: requests of a session (an `Mcp-Session-Id`, or the
+/// `initialize` that opens one) go to the one with 2025-era sessions — server-to-client
+/// requests, `logging/setLevel` and resource subscriptions need them, and any replica carries a
+/// session on (see `sessions`) — every other request to the stateless one: 2026-07-28 clients,
+/// and 2025-era requests that never opened a session (as before sessions existed here).
 pub(crate) fn router(
     shared: Arc<Shared>,
     sessions: Arc<KvSessions>,
     options: &HttpOptions,
     shutdown: &CancellationToken,
 ) -> Router {
-    let mut config = StreamableHttpServerConfig::default()
-        .with_legacy_session_mode(true)
+    let mut stateless = StreamableHttpServerConfig::default()
+        .with_legacy_session_mode(false)
         .with_json_response(true)
         .with_sse_keep_alive(Some(Duration::from_secs(15)))
         .with_cancellation_token(shutdown.child_token());
-    config.session_store = Some(sessions);
     if !options.allowed_hosts.is_empty() {
-        config = config.with_allowed_hosts(options.allowed_hosts.clone());
+        stateless = stateless.with_allowed_hosts(options.allowed_hosts.clone());
     }
+    let mut with_sessions = stateless.clone().with_legacy_session_mode(true);
+    with_sessions.session_store = Some(sessions);
     let mount = |gateway: Gateway| {
-        StreamableHttpService::new(
-            move || Ok(gateway.fresh()),
-            Arc::new(LocalSessionManager::default()),
-            config.clone(),
-        )
+        let service = |config: &StreamableHttpServerConfig| {
+            let gateway = gateway.clone();
+            StreamableHttpService::new(
+                move || Ok(gateway.fresh()),
+                Arc::new(LocalSessionManager::default()),
+                config.clone(),
+            )
+        };
+        let (stateless, with_sessions) = (service(&stateless), service(&with_sessions));
+        tower::service_fn(move |request: Request| {
+            let (stateless, with_sessions) = (stateless.clone(), with_sessions.clone());
+            async move {
+                let (session, request) = opens_or_has_session(request).await;
+                let response = if session {
+                    with_sessions.oneshot(request).await
+                } else {
+                    stateless.oneshot(request).await
+                };
+                Ok::<_, std::convert::Infallible>(
+                    response.map_or_else(|never| match never {}, |r| r.map(axum::body::Body::new)),
+                )
+            }
+        })
     };
     let mut router = crate::api::routes(shared.clone())
         .route("/healthz", get(|| async { "ok\n" }))
@@ -56,6 +81,38 @@ pub(crate) fn router(
         );
     }
     router
+}
+
+/// The most of a sessionless POST body read to see whether it is an `initialize` (rmcp's own
+/// limit; a larger body is refused there).
+const MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// Whether the request belongs to a session: it names one, or it is the `initialize` that opens
+/// one (a POST whose JSON-RPC method is `initialize`). The body is read for that only when the
+/// request names no session, and handed on unchanged.
+async fn opens_or_has_session(request: Request) -> (bool, Request) {
+    if request.headers().contains_key(HEADER_SESSION_ID) || request.method() != Method::POST {
+        return (true, request);
+    }
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
+        let request = Request::from_parts(parts, axum::body::Body::empty());
+        return (false, request);
+    };
+    let initialize = mentions_initialize(&bytes)
+        && serde_json::from_slice::<serde_json::Value>(&bytes)
+            .is_ok_and(|v| v.get("method").and_then(|m| m.as_str()) == Some("initialize"));
+    (
+        initialize,
+        Request::from_parts(parts, axum::body::Body::from(bytes)),
+    )
+}
+
+/// A cheap look for the word before parsing: most requests are not `initialize`.
+fn mentions_initialize(bytes: &[u8]) -> bool {
+    bytes
+        .windows(b"\"initialize\"".len())
+        .any(|w| w == b"\"initialize\"")
 }
 
 /// Serves `router` on `listener` until `shutdown`.

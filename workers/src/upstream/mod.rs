@@ -15,14 +15,15 @@ use rmcp::{
     ClientHandler, ErrorData, RoleClient,
     model::{
         ClientCapabilities, ClientConfig, CreateMessageRequestParams, CreateMessageResult,
-        ElicitRequestParams, ElicitResult, ErrorCode, Implementation, ListRootsResult,
-        LoggingMessageNotificationParam, ProgressNotificationParam, ProgressToken, ProtocolVersion,
-        RequestId, ResourceUpdatedNotificationParam,
+        ElicitRequestParams, ElicitResult, ErrorCode, Implementation, JsonRpcMessage,
+        ListRootsResult, LoggingMessageNotificationParam, ProgressToken, ProtocolVersion,
+        RequestId, ResourceUpdatedNotificationParam, ServerNotification,
     },
     service::{
         ClientLifecycleMode, ClientServiceExt, InboundStreamOrigin, NotificationContext, Peer,
-        RequestContext, RunningService,
+        RequestContext, RunningService, RxJsonRpcMessage, TxJsonRpcMessage,
     },
+    transport::Transport as McpTransport,
 };
 
 use crate::{ask::Asker, subscribe::Subscriptions};
@@ -177,48 +178,6 @@ impl ClientHandler for Events {
         self.subscriptions.updated(params.uri);
     }
 
-    async fn on_progress(
-        &self,
-        params: ProgressNotificationParam,
-        _context: NotificationContext<RoleClient>,
-    ) {
-        lock(&self.progress).route(
-            params.progress_token,
-            Progress {
-                progress: params.progress,
-                total: params.total,
-                message: params.message,
-            },
-        );
-    }
-
-    #[allow(deprecated)] // logging is deprecated by SEP-2577; upstreams still log
-    /// A log message names no request, so it can only be given to the call it belongs to
-    /// when one call alone is in flight on this session; otherwise it is not guessed at (and
-    /// never shown to another caller), only logged here.
-    async fn on_logging_message(
-        &self,
-        params: LoggingMessageNotificationParam,
-        _context: NotificationContext<RoleClient>,
-    ) {
-        let level = serde_json::to_value(params.level)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_else(|| "info".into());
-        let calls = lock(&self.calls);
-        let mut only = calls.values();
-        match (only.next().and_then(|c| c.logs.as_ref()), only.next()) {
-            (Some(route), None) if bridge::log_passes(&level, &route.min_level) => {
-                let _ = route.to.send(CallEvent::Log(LogMessage {
-                    level,
-                    logger: params.logger,
-                    data: params.data,
-                }));
-            }
-            _ => tracing::debug!(level, data = %params.data, "upstream log message"),
-        }
-    }
-
     async fn create_message(
         &self,
         params: CreateMessageRequestParams,
@@ -259,6 +218,52 @@ impl ClientHandler for Events {
 }
 
 impl Events {
+    /// Sees every notification as the transport delivers it, in order and before the response
+    /// that follows it (rmcp hands notifications to the handler in tasks of their own, which
+    /// may run after the response — and out of order): progress and log messages are routed to
+    /// their call here.
+    fn observe(&self, notification: &ServerNotification) {
+        match notification {
+            ServerNotification::ProgressNotification(n) => {
+                let params = &n.params;
+                lock(&self.progress).route(
+                    params.progress_token.clone(),
+                    Progress {
+                        progress: params.progress,
+                        total: params.total,
+                        message: params.message.clone(),
+                    },
+                );
+            }
+            #[allow(deprecated)] // logging is deprecated by SEP-2577; upstreams still log
+            ServerNotification::LoggingMessageNotification(n) => self.log(&n.params),
+            _ => {}
+        }
+    }
+
+    /// A log message names no request, so it can only be given to the call it belongs to
+    /// when one call alone is in flight on this session; otherwise it is not guessed at (and
+    /// never shown to another caller), only logged here.
+    #[allow(deprecated)] // logging is deprecated by SEP-2577; upstreams still log
+    fn log(&self, params: &LoggingMessageNotificationParam) {
+        let level = serde_json::to_value(params.level)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| "info".into());
+        let calls = lock(&self.calls);
+        let mut only = calls.values();
+        match (only.next().and_then(|c| c.logs.as_ref()), only.next()) {
+            (Some(route), None) if bridge::log_passes(&level, &route.min_level) => {
+                let _ = route.to.send(CallEvent::Log(LogMessage {
+                    level,
+                    logger: params.logger.clone(),
+                    data: params.data.clone(),
+                }));
+            }
+            _ => tracing::debug!(level, data = %params.data, "upstream log message"),
+        }
+    }
+
     /// Relays a question of the upstream to the caller of the call it belongs to: the call
     /// whose request's response stream carried it, or else the only call in flight.
     async fn relay<P: serde::Serialize, R: serde::de::DeserializeOwned>(
@@ -416,9 +421,12 @@ impl Upstream {
         };
         let events = self.inner.events.clone();
         let started = match &self.inner.connector {
-            Connector::Http(c) => events.serve_with_lifecycle(c.transport(), lifecycle).await,
+            Connector::Http(c) => {
+                let transport = Observed::new(c.transport(), events.clone());
+                events.serve_with_lifecycle(transport, lifecycle).await
+            }
             Connector::Stdio(c) => {
-                let transport = c.spawn()?;
+                let transport = Observed::new(c.spawn()?, events.clone());
                 events.serve_with_lifecycle(transport, lifecycle).await
             }
         };
@@ -441,4 +449,39 @@ impl Upstream {
 
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A transport whose incoming notifications `Events` sees first, in order.
+struct Observed<T> {
+    inner: T,
+    events: Events,
+}
+
+impl<T> Observed<T> {
+    fn new(inner: T, events: Events) -> Self {
+        Observed { inner, events }
+    }
+}
+
+impl<T: McpTransport<RoleClient>> McpTransport<RoleClient> for Observed<T> {
+    type Error = T::Error;
+
+    fn send(
+        &mut self,
+        item: TxJsonRpcMessage<RoleClient>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+        self.inner.send(item)
+    }
+
+    async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleClient>> {
+        let message = self.inner.receive().await?;
+        if let JsonRpcMessage::Notification(n) = &message {
+            self.events.observe(&n.notification);
+        }
+        Some(message)
+    }
+
+    fn close(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        self.inner.close()
+    }
 }
