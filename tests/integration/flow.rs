@@ -210,3 +210,78 @@ async fn a_changed_upstream_tool_list_reaches_tools_list_without_a_restart() {
     assert_eq!(crate::first_text(&result), "bonus");
     stack.stop().await;
 }
+
+/// One JSON-RPC POST to an MCP endpoint; the answer's body as JSON (from a JSON body or the SSE
+/// event that carries it) and its session id header.
+async fn post(
+    url: &str,
+    session: Option<&str>,
+    body: serde_json::Value,
+) -> (reqwest::StatusCode, serde_json::Value, Option<String>) {
+    let mut request = reqwest::Client::new()
+        .post(url)
+        .header("Content-Type", "application/json")
+        .header("Accept", "application/json, text/event-stream")
+        .header("MCP-Protocol-Version", "2025-06-18")
+        .json(&body);
+    if let Some(session) = session {
+        request = request.header("Mcp-Session-Id", session);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let session = response
+        .headers()
+        .get("mcp-session-id")
+        .map(|v| v.to_str().unwrap().to_string());
+    let text = response.text().await.unwrap();
+    let json = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(str::trim)
+        .find(|d| d.starts_with('{'))
+        .map_or_else(
+            || serde_json::from_str(&text).unwrap_or_default(),
+            |d| serde_json::from_str(d).unwrap(),
+        );
+    (status, json, session)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2025_session_carries_on_on_another_replica_and_sessionless_requests_still_work() {
+    let web = HttpFixture::start().await;
+    let stack = Stack::start(&two_fixtures(&web.url())).await;
+    let other = stack.another_dispatcher().await;
+    let initialize = serde_json::json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "test", "version": "1"}}
+    });
+    let (status, answer, session) = post(&stack.mcp_url(), None, initialize).await;
+    assert!(status.is_success(), "{status} {answer}");
+    let session = session.expect("initialize opens a session");
+    let initialized = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let (status, _, _) = post(&stack.mcp_url(), Some(&session), initialized).await;
+    assert!(status.is_success(), "{status}");
+
+    // The next request of the session lands on another replica, which restores the session.
+    let call = serde_json::json!({
+        "jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "web__echo", "arguments": {"text": "elsewhere"}}
+    });
+    let (status, answer, _) = post(&format!("http://{other}/mcp"), Some(&session), call).await;
+    assert!(status.is_success(), "{status} {answer}");
+    assert_eq!(crate::first_text(&answer["result"]), "elsewhere", "{answer}");
+
+    // A 2025-era request that never opened a session is answered as before sessions existed.
+    let list = serde_json::json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"});
+    let (status, answer, session) = post(&stack.server_url("web"), None, list).await;
+    assert!(status.is_success(), "{status} {answer}");
+    assert!(session.is_none(), "no session without initialize");
+    assert!(
+        answer["result"]["tools"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["name"] == "echo")),
+        "{answer}"
+    );
+    stack.stop().await;
+}
