@@ -270,7 +270,11 @@ async fn a_2025_session_carries_on_on_another_replica_and_sessionless_requests_s
     });
     let (status, answer, _) = post(&format!("http://{other}/mcp"), Some(&session), call).await;
     assert!(status.is_success(), "{status} {answer}");
-    assert_eq!(crate::first_text(&answer["result"]), "elsewhere", "{answer}");
+    assert_eq!(
+        crate::first_text(&answer["result"]),
+        "elsewhere",
+        "{answer}"
+    );
 
     // A 2025-era request that never opened a session is answered as before sessions existed.
     let list = serde_json::json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"});

@@ -354,11 +354,13 @@ async fn finish(
     let mut outcome = outcome;
     // A result that cannot be written would come back again and again, and the upstream be
     // called every time: it ends the job instead, once.
-    if let Some(error) = too_large(pool, &record) {
+    let mut encoded = serde_json::to_vec(&record).unwrap_or_default();
+    if let Some(error) = too_large(pool, encoded.len()) {
         tracing::warn!(error = %error, "result too large for a NATS message");
         record.status = JobStatus::Failed;
         record.result = None;
         record.error = Some(error.clone());
+        encoded = serde_json::to_vec(&record).unwrap_or_default();
         outcome = Outcome::Error { error };
     }
     let reply = Reply {
@@ -371,7 +373,7 @@ async fn finish(
     // at worst, runs again — at-least-once, never lost.
     let reply_to = delivery.reply_to();
     let (recorded, replied) = tokio::join!(
-        pool.outbox.record(&record),
+        pool.outbox.record_encoded(&record.job_id, encoded),
         pool.outbox.reply(reply_to.as_deref(), &reply)
     );
     if let Err(e) = replied {
@@ -387,10 +389,10 @@ async fn finish(
 /// Room kept in a message for headers and the envelope around the record.
 const HEADROOM: usize = 8 * 1024;
 
-/// Why the record cannot be stored, when it does not fit in one message of this NATS server.
-fn too_large(pool: &Pool, record: &JobRecord) -> Option<JobError> {
+/// Why a record of `size` bytes cannot be stored, when it does not fit in one message of this
+/// NATS server.
+fn too_large(pool: &Pool, size: usize) -> Option<JobError> {
     let max = pool.outbox.client.server_info().max_payload;
-    let size = serde_json::to_vec(record).map_or(0, |b| b.len());
     (size + HEADROOM > max).then(|| {
         JobError::new(
             ErrorKind::TooLarge,

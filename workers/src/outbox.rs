@@ -32,8 +32,17 @@ impl Outbox {
     /// Stores the job's record (durably: waits for the KV put to be acknowledged).
     pub(crate) async fn record(&self, record: &JobRecord) -> Result<(), WriteError> {
         let bytes = serde_json::to_vec(record).map_err(|e| fail("encode job record")(&e))?;
+        self.record_encoded(&record.job_id, bytes).await
+    }
+
+    /// Writes a record already encoded (the caller needed its size first).
+    pub(crate) async fn record_encoded(
+        &self,
+        job_id: &uuid::Uuid,
+        bytes: Vec<u8>,
+    ) -> Result<(), WriteError> {
         self.results
-            .put(record.job_id.to_string(), bytes.into())
+            .put(job_id.to_string(), bytes.into())
             .await
             .map_err(|e| fail("write job record")(&e))?;
         Ok(())
