@@ -4,11 +4,16 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use mcpq_schemas::{JobRecord, JobStatus};
+use mcpq_schemas::{Job, JobRecord, JobStatus};
 use rmcp::{
     ErrorData,
-    model::{DetailedTask, ErrorCode, JsonObject, Task, TaskPayload, TaskStatus},
+    model::{
+        CallToolResponse, CreateTaskResult, DetailedTask, ErrorCode, JsonObject, Task, TaskPayload,
+        TaskStatus,
+    },
 };
+
+use crate::Shared;
 use uuid::Uuid;
 
 /// How often clients are asked to poll `tasks/get`.
@@ -106,4 +111,34 @@ pub(crate) fn detailed(record: &JobRecord, ttl: Duration) -> DetailedTask {
         JobStatus::Queued | JobStatus::Running | JobStatus::Retrying => TaskPayload::Working,
     };
     DetailedTask::new(task(record, ttl), payload)
+}
+
+/// The answer to a call that became a task, once `job`'s record exists: created here if the
+/// worker has not written one yet (an existing record is left alone).
+pub(crate) async fn created(shared: &Shared, job: &Job) -> Result<CallToolResponse, ErrorData> {
+    let record = shared.client.ensure_record(job).await.map_err(|e| {
+        ErrorData::internal_error(e.to_string(), Some(serde_json::json!({"jobId": job.id})))
+    })?;
+    Ok(CallToolResponse::Task(CreateTaskResult::new(task(
+        &record,
+        shared.result_ttl,
+    ))))
+}
+
+/// The record behind a task id a client sent.
+pub(crate) async fn record(shared: &Shared, task_id: &str) -> Result<JobRecord, ErrorData> {
+    let job_id = job_id(task_id)?;
+    shared
+        .client
+        .record(job_id)
+        .await
+        .map_err(|e| ErrorData::internal_error(e.to_string(), None))?
+        .ok_or_else(|| unknown(task_id))
+}
+
+pub(crate) fn unknown(task_id: &str) -> ErrorData {
+    ErrorData::invalid_params(
+        format!("unknown task {task_id:?} (never created here, or expired)"),
+        None,
+    )
 }

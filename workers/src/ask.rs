@@ -19,10 +19,13 @@ use std::{
 use async_nats::HeaderMap;
 use futures::StreamExt;
 use mcpq_schemas::{
-    InputAck, InputAnswer, InputRequestEvent,
+    ErrorKind, InputAck, InputAnswer, InputRequestEvent, JobError,
     names::{ENVELOPE_VERSION, EVENT_INPUT, HDR_EVENT, HDR_JOB_ID, input_subject},
 };
-use rmcp::{ErrorData, model::ErrorCode};
+use rmcp::{
+    ErrorData,
+    model::{ErrorCode, InputRequiredResult},
+};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -180,4 +183,32 @@ impl Asker {
             )),
         }
     }
+}
+
+/// Asks the caller every question of an `input_required` result; the answers and the request
+/// state to send back.
+pub(crate) async fn answer_questions(
+    asker: Option<&Asker>,
+    asked: InputRequiredResult,
+) -> Result<(serde_json::Value, Option<String>), JobError> {
+    let mut answers = serde_json::Map::new();
+    for (key, question) in asked.input_requests.unwrap_or_default() {
+        let question = serde_json::to_value(&question).unwrap_or_default();
+        let method = question["method"].as_str().unwrap_or_default().to_string();
+        let params = question.get("params").cloned().unwrap_or_default();
+        let no_answer = |message: String| JobError::new(ErrorKind::NoAnswer, message);
+        let Some(asker) = asker else {
+            return Err(no_answer(format!(
+                "the upstream asked {method}, and nobody can answer for this job"
+            )));
+        };
+        let answer = asker.ask(&method, params).await.map_err(|e| {
+            no_answer(format!(
+                "the upstream asked {method}, and got no answer: {}",
+                e.message
+            ))
+        })?;
+        answers.insert(key, answer);
+    }
+    Ok((serde_json::Value::Object(answers), asked.request_state))
 }

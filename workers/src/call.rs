@@ -7,8 +7,8 @@ use rmcp::{
     RoleClient, ServiceError,
     model::{
         CallToolRequestParams, CancelledNotification, CancelledNotificationParam, ClientRequest,
-        CompleteRequestParams, GetPromptRequestParams, InputRequiredResult, ProgressToken,
-        ReadResourceRequestParams, RequestMetaObject, ServerResult,
+        CompleteRequestParams, GetPromptRequestParams, ProgressToken, ReadResourceRequestParams,
+        RequestMetaObject, ServerResult,
     },
     service::{Peer, PeerRequestOptions},
     transport::streamable_http_client::{HttpStatusError, StreamableHttpError},
@@ -65,7 +65,7 @@ pub(crate) async fn call(
             return failed(error, Verdict::Retryable);
         }
     };
-    if let Some(answer) = subscription(upstream, &peer, job, timeout).await {
+    if let Some(answer) = crate::subscribe::answered_here(upstream, &peer, job, timeout).await {
         return answer;
     }
     let log_route = match (&events, &job.log_level) {
@@ -101,7 +101,7 @@ pub(crate) async fn call(
         };
         let result = match answer {
             Ok(ServerResult::InputRequiredResult(asked)) if round < MAX_ROUNDS => {
-                match answer_questions(asker.as_ref(), asked).await {
+                match crate::ask::answer_questions(asker.as_ref(), asked).await {
                     Ok(next) => {
                         answers = Some(next);
                         continue;
@@ -124,54 +124,6 @@ pub(crate) async fn call(
         };
     }
     unreachable!("the loop returns")
-}
-
-/// `resources/subscribe` and `resources/unsubscribe` change this session's subscriptions; a
-/// 2026-07-28 upstream has no such methods (`subscribe::listen_loop` listens for it), so the
-/// job is answered here. A 2025-era upstream is asked as usual.
-async fn subscription(
-    upstream: &Upstream,
-    peer: &Peer<RoleClient>,
-    job: &Job,
-    timeout: Duration,
-) -> Option<CallOutcome> {
-    let subscribe = match job.request.method.as_str() {
-        "resources/subscribe" => true,
-        "resources/unsubscribe" => false,
-        _ => return None,
-    };
-    let uri = job
-        .request
-        .params
-        .as_ref()
-        .and_then(|p| p.get("uri"))
-        .and_then(|u| u.as_str())?;
-    let subscriptions = upstream.subscriptions();
-    let generation = subscriptions.set(uri, subscribe);
-    let modern = peer
-        .peer_info()
-        .is_some_and(|i| !i.protocol_version.has_initialize());
-    if !modern {
-        return None;
-    }
-    // Answered once the upstream listens, so that no update after the answer is missed.
-    if !subscriptions.applied(generation, timeout).await {
-        let error = JobError::new(
-            ErrorKind::UpstreamUnavailable,
-            format!(
-                "server {:?} did not open a subscription for {uri:?} within {timeout:?}",
-                upstream.server()
-            ),
-        );
-        return Some(CallOutcome::Failed {
-            error,
-            verdict: Verdict::Retryable,
-            retry_after: None,
-        });
-    }
-    Some(CallOutcome::Answered(bridge::canonical_result(
-        serde_json::json!({}),
-    )))
 }
 
 /// The most `input_required` rounds one call may take.
@@ -232,34 +184,6 @@ fn upstream_meta(job: &Job) -> RequestMetaObject {
         map.insert(bridge::META_LOG_LEVEL.into(), level.clone().into());
     }
     meta
-}
-
-/// Asks the caller every question of an `input_required` result; the answers and the request
-/// state to send back.
-async fn answer_questions(
-    asker: Option<&Asker>,
-    asked: InputRequiredResult,
-) -> Result<(serde_json::Value, Option<String>), JobError> {
-    let mut answers = serde_json::Map::new();
-    for (key, question) in asked.input_requests.unwrap_or_default() {
-        let question = serde_json::to_value(&question).unwrap_or_default();
-        let method = question["method"].as_str().unwrap_or_default().to_string();
-        let params = question.get("params").cloned().unwrap_or_default();
-        let no_answer = |message: String| JobError::new(ErrorKind::NoAnswer, message);
-        let Some(asker) = asker else {
-            return Err(no_answer(format!(
-                "the upstream asked {method}, and nobody can answer for this job"
-            )));
-        };
-        let answer = asker.ask(&method, params).await.map_err(|e| {
-            no_answer(format!(
-                "the upstream asked {method}, and got no answer: {}",
-                e.message
-            ))
-        })?;
-        answers.insert(key, answer);
-    }
-    Ok((serde_json::Value::Object(answers), asked.request_state))
 }
 
 /// A failed upstream request as the attempt's outcome.

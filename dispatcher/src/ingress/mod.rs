@@ -6,6 +6,7 @@
 //! `/mcp` serves every server's offer under aggregated names ([`names`]); `/servers/<name>/mcp`
 //! serves one server's under the upstream's own names.
 
+mod lists;
 pub mod names;
 mod relay;
 mod subscriptions;
@@ -13,7 +14,7 @@ mod subscriptions;
 use std::sync::{Arc, Mutex};
 
 use mcpq_schemas::{
-    CatalogEntry, JobRecord, JsonObject, McpRequest,
+    JsonObject, McpRequest,
     bridge::{self, Era},
     config::TaskMode,
 };
@@ -22,20 +23,19 @@ use rmcp::{
     ErrorData, RoleServer, ServerHandler,
     model::{
         CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams,
-        CompleteRequestParams, CompleteResult, CreateTaskResult, GetPromptRequestParams,
-        GetPromptResponse, GetPromptResult, GetTaskParams, GetTaskResult, Implementation,
-        InputRequiredResult, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
-        ListToolsResult, PaginatedRequestParams, Prompt, ReadResourceRequestParams,
-        ReadResourceResponse, ReadResourceResult, Reference, Resource, ResourceTemplate,
-        ServerCapabilities, ServerConfig, SetLevelRequestParams, SubscribeRequestParams,
-        SubscriptionFilter, Tool, UnsubscribeRequestParams, UpdateTaskParams,
+        CompleteRequestParams, CompleteResult, GetPromptRequestParams, GetPromptResponse,
+        GetPromptResult, GetTaskParams, GetTaskResult, Implementation, InputRequiredResult,
+        ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
+        PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse,
+        ReadResourceResult, Reference, ServerConfig, SetLevelRequestParams, SubscribeRequestParams,
+        SubscriptionFilter, UnsubscribeRequestParams, UpdateTaskParams,
     },
     service::{RequestContext, SubscriptionContext},
 };
 
 pub use self::names::NAME_SEPARATOR;
 pub use self::relay::{META_IDEMPOTENCY_KEY, META_LANE, META_TIMEOUT_MS};
-use self::relay::{Relayed, Request, Resume, internal, relay};
+use self::relay::{Relayed, Request, Resume, relay};
 use crate::{Cancel, shared::Shared, tasks};
 
 /// One MCP endpoint (all servers, or one) for one client: per session for 2025-era clients,
@@ -152,98 +152,6 @@ impl Gateway {
             .cloned()
             .collect::<Vec<_>>()
             .join(", ")
-    }
-
-    /// The catalog entries this endpoint serves.
-    fn entries(&self) -> Vec<(String, CatalogEntry)> {
-        match &self.scope {
-            Some(server) => self
-                .shared
-                .catalog
-                .server(server)
-                .map(|entry| (server.clone(), entry))
-                .into_iter()
-                .collect(),
-            None => self.shared.entries().into_iter().collect(),
-        }
-    }
-
-    /// Every entry's items, renamed for this endpoint by `rename` when it is the aggregated one.
-    fn list<T>(
-        &self,
-        items: impl Fn(CatalogEntry) -> Vec<T>,
-        rename: impl Fn(&str, &mut T),
-    ) -> Vec<T> {
-        let aggregated = self.scope.is_none();
-        self.entries()
-            .into_iter()
-            .flat_map(|(server, entry)| {
-                let mut items = items(entry);
-                if aggregated {
-                    items.iter_mut().for_each(|item| rename(&server, item));
-                }
-                items
-            })
-            .collect()
-    }
-
-    fn tools(&self) -> Vec<Tool> {
-        self.list(
-            |e| e.tools,
-            |server, tool: &mut Tool| tool.name = names::join_name(server, &tool.name).into(),
-        )
-    }
-
-    fn resources(&self) -> Vec<Resource> {
-        self.list(
-            |e| e.resources,
-            |server, r: &mut Resource| r.uri = names::join_uri(server, &r.uri),
-        )
-    }
-
-    fn resource_templates(&self) -> Vec<ResourceTemplate> {
-        self.list(
-            |e| e.resource_templates,
-            |server, t: &mut ResourceTemplate| {
-                t.uri_template = names::join_uri(server, &t.uri_template);
-            },
-        )
-    }
-
-    fn prompts(&self) -> Vec<Prompt> {
-        self.list(
-            |e| e.prompts,
-            |server, p: &mut Prompt| p.name = names::join_name(server, &p.name),
-        )
-    }
-
-    /// What this endpoint can do: tools and tasks always; resources, prompts, completions and
-    /// logging when an upstream behind it declared them (all lists change with the catalog).
-    fn capabilities(&self) -> ServerCapabilities {
-        let entries = self.entries();
-        let any = |has: fn(&ServerCapabilities) -> bool| {
-            entries.iter().any(|(_, e)| has(&e.capabilities))
-        };
-        let mut caps = serde_json::json!({"tools": {"listChanged": true}});
-        if any(|c| c.resources.is_some()) {
-            let subscribe = any(|c| c.resources.as_ref().and_then(|r| r.subscribe) == Some(true));
-            caps["resources"] = serde_json::json!({"listChanged": true, "subscribe": subscribe});
-        }
-        if any(|c| c.prompts.is_some()) {
-            caps["prompts"] = serde_json::json!({"listChanged": true});
-        }
-        if any(|c| c.completions.is_some()) {
-            caps["completions"] = serde_json::json!({});
-        }
-        if any(|c| c.logging.is_some()) {
-            caps["logging"] = serde_json::json!({});
-        }
-        let mut caps: ServerCapabilities = serde_json::from_value(caps).unwrap_or_default();
-        caps.extensions = ServerCapabilities::builder()
-            .enable_tasks()
-            .build()
-            .extensions;
-        caps
     }
 
     /// The least severe log level this caller wants: a 2026-07-28 request says so in its
@@ -634,7 +542,7 @@ impl ServerHandler for Gateway {
             Relayed::Answer(result) => read_result::<CallToolResult>(era, "tools/call", result)
                 .map(CallToolResponse::Complete),
             Relayed::InputRequired(asked) => Ok(CallToolResponse::InputRequired(asked)),
-            Relayed::Task(job) => self.task_created(&job).await,
+            Relayed::Task(job) => tasks::created(&self.shared, &job).await,
         }
     }
 
@@ -643,7 +551,7 @@ impl ServerHandler for Gateway {
         request: GetTaskParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<GetTaskResult, ErrorData> {
-        let record = self.task_record(&request.task_id).await?;
+        let record = tasks::record(&self.shared, &request.task_id).await?;
         Ok(GetTaskResult::new(tasks::detailed(
             &record,
             self.shared.result_ttl,
@@ -655,7 +563,7 @@ impl ServerHandler for Gateway {
         request: UpdateTaskParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        let record = self.task_record(&request.task_id).await?;
+        let record = tasks::record(&self.shared, &request.task_id).await?;
         Err(ErrorData::invalid_params(
             format!(
                 "task {} is not waiting for input (mcpq tasks never ask for any)",
@@ -679,41 +587,7 @@ impl ServerHandler for Gateway {
             .map_err(|e| ErrorData::internal_error(e.to_string(), None))?
         {
             Cancel::Requested(_) | Cancel::AlreadyEnded(_) => Ok(()),
-            Cancel::NotFound => Err(unknown_task(&request.task_id)),
+            Cancel::NotFound => Err(tasks::unknown(&request.task_id)),
         }
     }
-}
-
-impl Gateway {
-    /// A task for `job`, once its record exists: created here if the worker has not written
-    /// one yet (an existing record is left alone).
-    async fn task_created(&self, job: &mcpq_schemas::Job) -> Result<CallToolResponse, ErrorData> {
-        let record = self
-            .shared
-            .client
-            .ensure_record(job)
-            .await
-            .map_err(|e| internal(job.id, &e))?;
-        Ok(CallToolResponse::Task(CreateTaskResult::new(tasks::task(
-            &record,
-            self.shared.result_ttl,
-        ))))
-    }
-
-    async fn task_record(&self, task_id: &str) -> Result<JobRecord, ErrorData> {
-        let job_id = tasks::job_id(task_id)?;
-        self.shared
-            .client
-            .record(job_id)
-            .await
-            .map_err(|e| ErrorData::internal_error(e.to_string(), None))?
-            .ok_or_else(|| unknown_task(task_id))
-    }
-}
-
-fn unknown_task(task_id: &str) -> ErrorData {
-    ErrorData::invalid_params(
-        format!("unknown task {task_id:?} (never created here, or expired)"),
-        None,
-    )
 }

@@ -130,51 +130,56 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
     let context = request.context;
     let era = request.era();
     let (events, mut updates) = tokio::sync::mpsc::unbounded_channel();
-    let (job, call): (Option<Job>, Pin<Box<dyn Future<Output = _> + Send + '_>>) =
-        match request.resume {
-            Some(resume) => {
-                let answer = InputAnswer {
-                    v: ENVELOPE_VERSION,
-                    job_id: resume.job_id,
-                    id: resume.question.clone(),
-                    result: Some(resume.answer),
-                    error: None,
-                    reply_to: None,
-                };
-                let subject = input_subject(&resume.job_id, &resume.question);
-                let call = async move {
-                    shared
-                        .client
-                        .answer_and_wait(&subject, answer, wait, Some(events))
-                        .await
-                };
-                (None, Box::pin(call))
+    // A new job is submitted and waited for; a retry that answers the job's question takes the
+    // running job over from there.
+    let (job_id, job, call): (
+        Uuid,
+        Option<Job>,
+        Pin<Box<dyn Future<Output = _> + Send + '_>>,
+    ) = match request.resume {
+        Some(resume) => {
+            let job_id = resume.job_id;
+            let answer = InputAnswer {
+                v: ENVELOPE_VERSION,
+                job_id: resume.job_id,
+                id: resume.question.clone(),
+                result: Some(resume.answer),
+                error: None,
+                reply_to: None,
+            };
+            let subject = input_subject(&resume.job_id, &resume.question);
+            let call = async move {
+                shared
+                    .client
+                    .answer_and_wait(&subject, answer, wait, Some(events))
+                    .await
+            };
+            (job_id, None, Box::pin(call))
+        }
+        None => {
+            let job = new_job(&request, defaults, meta, asked, wait)?;
+            if request.task == TaskMode::Always {
+                // The record and the job are stored before the client hears of the task; a
+                // task has no deadline unless the caller set one.
+                let mut job = job;
+                job.deadline_ms = asked.map(deadline);
+                shared
+                    .client
+                    .submit(&job)
+                    .await
+                    .map_err(|e| internal(job.id, &e))?;
+                return Ok(Relayed::Task(job));
             }
-            None => {
-                let job = new_job(&request, defaults, meta, asked, wait)?;
-                if request.task == TaskMode::Always {
-                    // The record and the job are stored before the client hears of the task; a
-                    // task has no deadline unless the caller set one.
-                    let mut job = job;
-                    job.deadline_ms = asked.map(deadline);
-                    shared
-                        .client
-                        .submit(&job)
-                        .await
-                        .map_err(|e| internal(job.id, &e))?;
-                    return Ok(Relayed::Task(job));
-                }
-                let submitted = job.clone();
-                let call = async move {
-                    shared
-                        .client
-                        .call_with_events(&submitted, wait, Some(events))
-                        .await
-                };
-                (Some(job), Box::pin(call))
-            }
-        };
-    let job_id = job.as_ref().map_or_else(Uuid::nil, |j| j.id);
+            let submitted = job.clone();
+            let call = async move {
+                shared
+                    .client
+                    .call_with_events(&submitted, wait, Some(events))
+                    .await
+            };
+            (job.id, Some(job), Box::pin(call))
+        }
+    };
     let span = tracing::info_span!("relay", %job_id, server = request.server);
     let call = call.instrument(span);
     tokio::pin!(call);
@@ -188,7 +193,7 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
         client: shared.client.clone(),
         job_id,
         server: request.server.to_string(),
-        armed: job.is_some(),
+        armed: true,
     };
     let become_task = async {
         match request.task {

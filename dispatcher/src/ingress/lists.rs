@@ -1,0 +1,101 @@
+//! What an endpoint lists: the catalog entries it serves, renamed for the aggregated endpoint
+//! (see `names`), and the capabilities it declares for them.
+
+use mcpq_schemas::CatalogEntry;
+use rmcp::model::{Prompt, Resource, ResourceTemplate, ServerCapabilities, Tool};
+
+use super::{Gateway, names};
+
+impl Gateway {
+    /// The catalog entries this endpoint serves.
+    pub(super) fn entries(&self) -> Vec<(String, CatalogEntry)> {
+        match &self.scope {
+            Some(server) => self
+                .shared
+                .catalog
+                .server(server)
+                .map(|entry| (server.clone(), entry))
+                .into_iter()
+                .collect(),
+            None => self.shared.entries().into_iter().collect(),
+        }
+    }
+
+    /// Every entry's items, renamed for this endpoint by `rename` when it is the aggregated one.
+    fn list<T>(
+        &self,
+        items: impl Fn(CatalogEntry) -> Vec<T>,
+        rename: impl Fn(&str, &mut T),
+    ) -> Vec<T> {
+        let aggregated = self.scope.is_none();
+        self.entries()
+            .into_iter()
+            .flat_map(|(server, entry)| {
+                let mut items = items(entry);
+                if aggregated {
+                    items.iter_mut().for_each(|item| rename(&server, item));
+                }
+                items
+            })
+            .collect()
+    }
+
+    pub(super) fn tools(&self) -> Vec<Tool> {
+        self.list(
+            |e| e.tools,
+            |server, tool: &mut Tool| tool.name = names::join_name(server, &tool.name).into(),
+        )
+    }
+
+    pub(super) fn resources(&self) -> Vec<Resource> {
+        self.list(
+            |e| e.resources,
+            |server, r: &mut Resource| r.uri = names::join_uri(server, &r.uri),
+        )
+    }
+
+    pub(super) fn resource_templates(&self) -> Vec<ResourceTemplate> {
+        self.list(
+            |e| e.resource_templates,
+            |server, t: &mut ResourceTemplate| {
+                t.uri_template = names::join_uri(server, &t.uri_template);
+            },
+        )
+    }
+
+    pub(super) fn prompts(&self) -> Vec<Prompt> {
+        self.list(
+            |e| e.prompts,
+            |server, p: &mut Prompt| p.name = names::join_name(server, &p.name),
+        )
+    }
+
+    /// What this endpoint can do: tools and tasks always; resources, prompts, completions and
+    /// logging when an upstream behind it declared them (all lists change with the catalog).
+    pub(super) fn capabilities(&self) -> ServerCapabilities {
+        let entries = self.entries();
+        let any = |has: fn(&ServerCapabilities) -> bool| {
+            entries.iter().any(|(_, e)| has(&e.capabilities))
+        };
+        let mut caps = serde_json::json!({"tools": {"listChanged": true}});
+        if any(|c| c.resources.is_some()) {
+            let subscribe = any(|c| c.resources.as_ref().and_then(|r| r.subscribe) == Some(true));
+            caps["resources"] = serde_json::json!({"listChanged": true, "subscribe": subscribe});
+        }
+        if any(|c| c.prompts.is_some()) {
+            caps["prompts"] = serde_json::json!({"listChanged": true});
+        }
+        if any(|c| c.completions.is_some()) {
+            caps["completions"] = serde_json::json!({});
+        }
+        if any(|c| c.logging.is_some()) {
+            caps["logging"] = serde_json::json!({});
+        }
+        let mut caps: ServerCapabilities = serde_json::from_value(caps).unwrap_or_default();
+        caps.extensions = ServerCapabilities::builder()
+            .enable_tasks()
+            .build()
+            .extensions;
+        caps
+    }
+}

@@ -1,0 +1,306 @@
+//! What an upstream tells a worker outside of replies, routed to the call it belongs to:
+//! progress and log messages (seen in the transport, in order: [`Observed`]), list changes,
+//! resource updates, and the questions it asks its client (relayed to the caller: `ask`).
+
+use std::{collections::HashMap, sync::Arc};
+
+use mcpq_schemas::{LogMessage, Progress, bridge};
+#[allow(deprecated)]
+// sampling, roots and logging are deprecated by SEP-2577; upstreams still use them
+use rmcp::{
+    ClientHandler, ErrorData, RoleClient,
+    model::{
+        ClientCapabilities, ClientConfig, CreateMessageRequestParams, CreateMessageResult,
+        ElicitRequestParams, ElicitResult, ErrorCode, Implementation, JsonRpcMessage,
+        ListRootsResult, LoggingMessageNotificationParam, ProgressToken, RequestId,
+        ResourceUpdatedNotificationParam, ServerNotification,
+    },
+    service::{
+        InboundStreamOrigin, NotificationContext, RequestContext, RxJsonRpcMessage,
+        TxJsonRpcMessage,
+    },
+    transport::Transport,
+};
+use tokio::sync::{Notify, mpsc};
+
+use super::lock;
+use crate::{ask::Asker, subscribe::Subscriptions};
+
+/// What the upstream reports during one call, in the order it reported it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum CallEvent {
+    Progress(Progress),
+    Log(LogMessage),
+}
+
+/// Where each call in flight wants its progress, by the progress token rmcp gave its request.
+pub(crate) type ProgressRoutes = Arc<std::sync::Mutex<Progressing>>;
+
+/// Progress routes, and progress that came before its call's route was in place (an upstream
+/// may report progress before rmcp hands the request back to the worker).
+#[derive(Default)]
+pub(crate) struct Progressing {
+    routes: HashMap<ProgressToken, mpsc::UnboundedSender<CallEvent>>,
+    early: HashMap<ProgressToken, Vec<Progress>>,
+}
+
+/// How many calls' early progress is kept at most; older ones belonged to calls that ended.
+const EARLY_CALLS: usize = 256;
+
+impl Progressing {
+    /// Routes `token`'s progress to `to`, starting with whatever came early.
+    pub(crate) fn add(&mut self, token: ProgressToken, to: mpsc::UnboundedSender<CallEvent>) {
+        for progress in self.early.remove(&token).unwrap_or_default() {
+            let _ = to.send(CallEvent::Progress(progress));
+        }
+        self.routes.insert(token, to);
+    }
+
+    pub(crate) fn remove(&mut self, token: &ProgressToken) {
+        self.routes.remove(token);
+        self.early.remove(token);
+    }
+
+    fn route(&mut self, token: ProgressToken, progress: Progress) {
+        match self.routes.get(&token) {
+            Some(to) => {
+                let _ = to.send(CallEvent::Progress(progress));
+            }
+            None => {
+                if self.early.len() >= EARLY_CALLS {
+                    self.early.clear();
+                }
+                self.early.entry(token).or_default().push(progress);
+            }
+        }
+    }
+}
+
+/// Every call in flight on this upstream, by a number of the worker's.
+pub(crate) type CallsInFlight = Arc<std::sync::Mutex<HashMap<u64, CallEntry>>>;
+
+/// One call in flight: where its log messages go (if its caller wants them), who answers the
+/// upstream's questions, and the id of its request upstream once sent.
+#[derive(Clone, Default)]
+pub(crate) struct CallEntry {
+    pub logs: Option<LogRoute>,
+    pub asker: Option<Asker>,
+    pub request_id: Option<RequestId>,
+}
+
+/// Where one call's log messages go.
+#[derive(Clone)]
+pub(crate) struct LogRoute {
+    pub to: mpsc::UnboundedSender<CallEvent>,
+    pub min_level: String,
+}
+
+/// What the upstream tells us outside of replies.
+#[derive(Clone)]
+pub(crate) struct Events {
+    /// Signalled when the upstream says its tools, resources or prompts changed.
+    pub offer_changed: Arc<Notify>,
+    /// `notifications/progress` go to the call that holds the token.
+    pub progress: ProgressRoutes,
+    /// `notifications/message` go to the call in flight, when there is exactly one.
+    pub calls: CallsInFlight,
+    /// `notifications/resources/updated` are announced to dispatchers.
+    pub subscriptions: Subscriptions,
+}
+
+#[allow(deprecated)] // sampling, roots and logging are deprecated by SEP-2577; upstreams still use them
+impl ClientHandler for Events {
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.offer_changed.notify_one();
+    }
+
+    async fn on_resource_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.offer_changed.notify_one();
+    }
+
+    async fn on_prompt_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.offer_changed.notify_one();
+    }
+
+    async fn on_resource_updated(
+        &self,
+        params: ResourceUpdatedNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        self.subscriptions.updated(params.uri);
+    }
+
+    async fn create_message(
+        &self,
+        params: CreateMessageRequestParams,
+        context: RequestContext<RoleClient>,
+    ) -> Result<CreateMessageResult, ErrorData> {
+        self.relay("sampling/createMessage", &params, &context)
+            .await
+    }
+
+    async fn create_elicitation(
+        &self,
+        params: ElicitRequestParams,
+        context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, ErrorData> {
+        self.relay("elicitation/create", &params, &context).await
+    }
+
+    /// Asked outside of any call (server-everything asks at once), the worker has no roots.
+    async fn list_roots(
+        &self,
+        context: RequestContext<RoleClient>,
+    ) -> Result<ListRootsResult, ErrorData> {
+        if lock(&self.calls).is_empty() {
+            return Ok(ListRootsResult::default());
+        }
+        self.relay("roots/list", &serde_json::json!({}), &context)
+            .await
+    }
+
+    /// The worker can answer whatever the caller of a call can: it asks them.
+    fn get_info(&self) -> ClientConfig {
+        let capabilities = serde_json::json!({"sampling": {}, "elicitation": {}, "roots": {}});
+        ClientConfig::new(
+            serde_json::from_value::<ClientCapabilities>(capabilities).unwrap_or_default(),
+            Implementation::new("mcpq-worker", env!("CARGO_PKG_VERSION")),
+        )
+    }
+}
+
+impl Events {
+    /// Sees every notification as the transport delivers it, in order and before the response
+    /// that follows it (rmcp hands notifications to the handler in tasks of their own, which
+    /// may run after the response — and out of order): progress and log messages are routed to
+    /// their call here.
+    fn observe(&self, notification: &ServerNotification) {
+        match notification {
+            ServerNotification::ProgressNotification(n) => {
+                let params = &n.params;
+                lock(&self.progress).route(
+                    params.progress_token.clone(),
+                    Progress {
+                        progress: params.progress,
+                        total: params.total,
+                        message: params.message.clone(),
+                    },
+                );
+            }
+            #[allow(deprecated)] // logging is deprecated by SEP-2577; upstreams still log
+            ServerNotification::LoggingMessageNotification(n) => self.log(&n.params),
+            _ => {}
+        }
+    }
+
+    /// A log message names no request, so it can only be given to the call it belongs to
+    /// when one call alone is in flight on this session; otherwise it is not guessed at (and
+    /// never shown to another caller), only logged here.
+    #[allow(deprecated)] // logging is deprecated by SEP-2577; upstreams still log
+    fn log(&self, params: &LoggingMessageNotificationParam) {
+        let level = serde_json::to_value(params.level)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| "info".into());
+        let calls = lock(&self.calls);
+        let mut only = calls.values();
+        match (only.next().and_then(|c| c.logs.as_ref()), only.next()) {
+            (Some(route), None) if bridge::log_passes(&level, &route.min_level) => {
+                let _ = route.to.send(CallEvent::Log(LogMessage {
+                    level,
+                    logger: params.logger.clone(),
+                    data: params.data.clone(),
+                }));
+            }
+            _ => tracing::debug!(level, data = %params.data, "upstream log message"),
+        }
+    }
+
+    /// Relays a question of the upstream to the caller of the call it belongs to: the call
+    /// whose request's response stream carried it, or else the only call in flight.
+    async fn relay<P: serde::Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        params: &P,
+        context: &RequestContext<RoleClient>,
+    ) -> Result<R, ErrorData> {
+        let origin = match context.extensions.get::<InboundStreamOrigin>() {
+            Some(InboundStreamOrigin::OutboundRequest(id)) => Some(id.clone()),
+            _ => None,
+        };
+        let asker = {
+            let calls = lock(&self.calls);
+            let by_origin = origin.and_then(|id| {
+                calls
+                    .values()
+                    .find(|c| c.request_id.as_ref() == Some(&id))
+                    .cloned()
+            });
+            let only = || {
+                let mut all = calls.values();
+                match (all.next(), all.next()) {
+                    (Some(call), None) => Some(call.clone()),
+                    _ => None,
+                }
+            };
+            by_origin.or_else(only).map(|c| c.asker)
+        };
+        let Some(asker) = asker else {
+            return Err(ErrorData::internal_error(
+                format!("mcpq cannot tell which of the calls in flight {method} belongs to"),
+                None,
+            ));
+        };
+        let Some(asker) = asker else {
+            return Err(ErrorData::new(
+                ErrorCode::METHOD_NOT_FOUND,
+                format!("nobody can answer {method} for this call"),
+                None,
+            ));
+        };
+        let params = serde_json::to_value(params)
+            .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+        let answer = asker.ask(method, params).await?;
+        serde_json::from_value(answer).map_err(|e| {
+            ErrorData::invalid_params(
+                format!("the caller's answer to {method} is not valid: {e}"),
+                None,
+            )
+        })
+    }
+}
+
+/// A transport whose incoming notifications `Events` sees first, in order.
+pub(super) struct Observed<T> {
+    inner: T,
+    events: Events,
+}
+
+impl<T> Observed<T> {
+    pub(super) fn new(inner: T, events: Events) -> Self {
+        Observed { inner, events }
+    }
+}
+
+impl<T: Transport<RoleClient>> Transport<RoleClient> for Observed<T> {
+    type Error = T::Error;
+
+    fn send(
+        &mut self,
+        item: TxJsonRpcMessage<RoleClient>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+        self.inner.send(item)
+    }
+
+    async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleClient>> {
+        let message = self.inner.receive().await?;
+        if let JsonRpcMessage::Notification(n) = &message {
+            self.events.observe(&n.notification);
+        }
+        Some(message)
+    }
+
+    fn close(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        self.inner.close()
+    }
+}
