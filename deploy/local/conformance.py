@@ -10,7 +10,7 @@ targets on loopback:
 
 `mcpq up` (debug build) runs the dispatcher, the workers and its own nats-server. Prints the
 table (scenario, then pass/fail per target) and exits 1 when a scenario passes against the
-fixture directly but not through mcpq. `--write` also puts the table into docs/mcp.md.
+fixture directly but not through mcpq. `--write` also puts the table into README.md.
 """
 
 import argparse
@@ -30,7 +30,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 TOOLS = ROOT / ".tools"
 NPM_BIN = TOOLS / "npm" / "node_modules" / ".bin"
 TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"
-DOC = ROOT / "docs" / "mcp.md"
+DOC = ROOT / "README.md"
 BEGIN, END = "<!-- conformance:begin -->", "<!-- conformance:end -->"
 SUMMARY = re.compile(r"^[✓✗] ([a-z0-9-]+): (\d+) passed, (\d+) failed$")
 
@@ -132,7 +132,7 @@ def table(columns, results):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", action="store_true", help="put the table into docs/mcp.md")
+    parser.add_argument("--write", action="store_true", help="put the table into README.md")
     args = parser.parse_args()
 
     mcpq = need(TARGET / "mcpq", "run `make build`")
@@ -196,11 +196,11 @@ def main():
     if args.write:
         text = DOC.read_text()
         if BEGIN not in text or END not in text:
-            sys.exit(f"conformance: docs/mcp.md has no {BEGIN} ... {END} section")
+            sys.exit(f"conformance: README.md has no {BEGIN} ... {END} section")
         head, rest = text.split(BEGIN, 1)
         _, tail = rest.split(END, 1)
         DOC.write_text(f"{head}{BEGIN}\n{rendered}\n{END}{tail}")
-        print("docs/mcp.md updated")
+        print("README.md updated")
     if lost:
         print(f"\nconformance: FAILED: passes against the fixture directly but not through mcpq: {', '.join(lost)}")
         sys.exit(1)
