@@ -20,7 +20,6 @@ import pathlib
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,21 +34,7 @@ BEGIN, END = "<!-- conformance:begin -->", "<!-- conformance:end -->"
 SUMMARY = re.compile(r"^[✓✗] ([a-z0-9-]+): (\d+) passed, (\d+) failed$")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(port, path="/", timeout=60):
-    """Waits until something answers HTTP on the port (any status)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    sys.exit(f"conformance: nothing listens on port {port} after {timeout}s")
+from bench import free_port, wait_port  # noqa: E402 (the benchmark driver, beside this file)
 
 
 def need(path, what):
@@ -161,7 +146,7 @@ def main():
             log=(work / "mcpq.log").open("w"),
         )
         for port in (fixture_port, everything_port, mcpq_port):
-            wait_http(port)
+            wait_port(port)
         # mcpq answers once the workers have published both catalogs.
         wait_catalog(mcpq_port)
 

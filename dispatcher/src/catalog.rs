@@ -70,6 +70,11 @@ impl Catalog {
         self.read().clone()
     }
 
+    /// A number that grows with every change of the catalog.
+    pub fn version(&self) -> u64 {
+        *self.changes.borrow()
+    }
+
     /// A receiver that changes whenever the catalog does.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.clone()

@@ -87,6 +87,7 @@ impl Dispatcher {
                 catalog,
                 servers,
                 result_ttl: config.nats.result_ttl,
+                capabilities: Default::default(),
             }),
             sessions: Arc::new(sessions),
             options,

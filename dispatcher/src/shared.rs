@@ -1,9 +1,14 @@
 //! What every endpoint of one dispatcher shares — the NATS client, the watched catalog, each
 //! configured server's defaults — and the checks made before anything is queued.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Mutex,
+    time::Duration,
+};
 
 use mcpq_schemas::{CatalogEntry, Lane, config::TaskPolicy};
+use rmcp::model::ServerCapabilities;
 
 use crate::{catalog::Catalog, publish::Client};
 
@@ -22,6 +27,9 @@ pub struct Shared {
     pub servers: BTreeMap<String, ServerDefaults>,
     /// How long job records (and so tasks) are kept.
     pub result_ttl: Duration,
+    /// Each endpoint's capabilities (by its server, `None` for `/mcp`) as of a catalog version:
+    /// rmcp asks for them on every stateless request.
+    pub capabilities: Mutex<HashMap<Option<String>, (u64, ServerCapabilities)>>,
 }
 
 /// Why a call is refused before anything is queued.

@@ -263,6 +263,36 @@ async fn cancelled_jobs_never_start_when_queued_and_are_cancelled_upstream_when_
     upstream.until_held("mcp").await;
     call.abort();
     upstream.until_cancelled("mcp").await;
+
+    // A 2025-era session client cancels with `notifications/cancelled` on its session.
+    let session = ClientConfig::default()
+        .with_protocol_version(ProtocolVersion::V_2025_06_18)
+        .serve(StreamableHttpClientTransport::from_uri(
+            stack.server_url("web"),
+        ))
+        .await
+        .unwrap();
+    let params = CallToolRequestParams::new("hold").with_arguments(
+        json!({"tag": "session", "ms": 60_000})
+            .as_object()
+            .cloned()
+            .unwrap(),
+    );
+    let handle = session
+        .peer()
+        .send_request_with_option(
+            rmcp::model::ClientRequest::CallToolRequest(rmcp::model::Request::new(params)),
+            rmcp::service::PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    upstream.until_held("session").await;
+    handle
+        .cancel(Some("the test changed its mind".into()))
+        .await
+        .unwrap();
+    upstream.until_cancelled("session").await;
+    let _ = session.cancel().await;
     stack.stop().await;
 }
 

@@ -636,19 +636,7 @@ impl HttpConformance {
                 StreamableHttpServerConfig::default().with_cancellation_token(stop.child_token()),
             );
         let router = axum::Router::new().nest_service("/mcp", service);
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .expect("bind a loopback port");
-        let addr = listener.local_addr().expect("bound address");
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let token = stop.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(async move { token.cancelled_owned().await })
-                .await;
-        });
+        let addr = crate::fixture::serve_until(addr, router, stop.clone()).await;
         HttpConformance {
             addr,
             fixture,

@@ -450,6 +450,28 @@ async fn too_many_requests(
     .await
 }
 
+/// Serves `router` on `addr` (with `TCP_NODELAY`, as rmcp's SSE answers need) until `stop`;
+/// the address it is bound to.
+pub async fn serve_until(
+    addr: SocketAddr,
+    router: axum::Router,
+    stop: CancellationToken,
+) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .expect("bind a loopback port");
+    let addr = listener.local_addr().expect("bound address");
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled_owned().await })
+            .await;
+    });
+    addr
+}
+
 /// A fixture served over streamable HTTP on a free loopback port, stopped on drop.
 pub struct HttpFixture {
     pub addr: SocketAddr,
@@ -482,19 +504,7 @@ impl HttpFixture {
                 .layer(axum::middleware::from_fn(move |request, next| {
                     too_many_requests(busy.clone(), request, next)
                 }));
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .expect("bind a loopback port");
-        let addr = listener.local_addr().expect("bound address");
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let token = stop.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(async move { token.cancelled_owned().await })
-                .await;
-        });
+        let addr = serve_until(addr, router, stop.clone()).await;
         HttpFixture {
             addr,
             fixture,

@@ -71,26 +71,31 @@ impl Outbox {
         inbox: &str,
         event: &ProgressEvent,
     ) -> Result<(), WriteError> {
-        let bytes = serde_json::to_vec(event).map_err(|e| fail("encode progress")(&e))?;
-        let mut headers = HeaderMap::new();
-        headers.insert(HDR_EVENT, EVENT_PROGRESS);
-        headers.insert(HDR_JOB_ID, event.job_id.to_string().as_str());
-        self.client
-            .publish_with_headers(inbox.to_string(), headers, bytes.into())
+        self.event(inbox, EVENT_PROGRESS, &event.job_id, event)
             .await
-            .map_err(|e| fail("publish progress")(&e))
     }
 
     /// Publishes a log event to the caller's inbox.
     pub(crate) async fn log(&self, inbox: &str, event: &LogEvent) -> Result<(), WriteError> {
-        let bytes = serde_json::to_vec(event).map_err(|e| fail("encode log event")(&e))?;
+        self.event(inbox, EVENT_LOG, &event.job_id, event).await
+    }
+
+    /// Publishes `body` to the caller's inbox as an event of `kind` (`Mcpq-Event`).
+    async fn event(
+        &self,
+        inbox: &str,
+        kind: &'static str,
+        job_id: &uuid::Uuid,
+        body: &impl serde::Serialize,
+    ) -> Result<(), WriteError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| fail("encode an event")(&e))?;
         let mut headers = HeaderMap::new();
-        headers.insert(HDR_EVENT, EVENT_LOG);
-        headers.insert(HDR_JOB_ID, event.job_id.to_string().as_str());
+        headers.insert(HDR_EVENT, kind);
+        headers.insert(HDR_JOB_ID, job_id.to_string().as_str());
         self.client
             .publish_with_headers(inbox.to_string(), headers, bytes.into())
             .await
-            .map_err(|e| fail("publish log event")(&e))
+            .map_err(|e| fail("publish an event")(&e))
     }
 
     /// Stores a dead letter, waiting for the stream to acknowledge it.

@@ -72,7 +72,21 @@ impl Gateway {
 
     /// What this endpoint can do: tools and tasks always; resources, prompts, completions and
     /// logging when an upstream behind it declared them (all lists change with the catalog).
+    /// Worked out once per catalog version: rmcp asks on every stateless request.
     pub(super) fn capabilities(&self) -> ServerCapabilities {
+        let version = self.shared.catalog.version();
+        let mut cache = super::lock(&self.shared.capabilities);
+        if let Some((seen, caps)) = cache.get(&self.scope)
+            && *seen == version
+        {
+            return caps.clone();
+        }
+        let caps = self.work_out_capabilities();
+        cache.insert(self.scope.clone(), (version, caps.clone()));
+        caps
+    }
+
+    fn work_out_capabilities(&self) -> ServerCapabilities {
         let entries = self.entries();
         let any = |has: fn(&ServerCapabilities) -> bool| {
             entries.iter().any(|(_, e)| has(&e.capabilities))
