@@ -79,6 +79,10 @@ impl Resume {
             .and_then(|rest| rest.split_once('/'))
             .ok_or_else(bad)?;
         let job_id = job_id.parse().map_err(|_| bad())?;
+        // The question id becomes a NATS subject token: mcpq's are letters and digits.
+        if question.is_empty() || !question.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(bad());
+        }
         let answer = responses
             .and_then(|r| r.get(question))
             .cloned()
