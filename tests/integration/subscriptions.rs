@@ -172,3 +172,40 @@ async fn subscribed_clients_hear_resource_updates_until_they_unsubscribe() {
     let _ = client.cancel().await;
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_lists_follow_the_upstreams_list_changed() {
+    let servers = format!(
+        "{}{}",
+        conformance_upstream("modern", "2026-07-28"),
+        conformance_upstream("legacy", "2025-06-18")
+    );
+    let stack = Stack::start(&servers).await;
+    // A 2026-07-28 upstream says so on a listen stream, a 2025-era one on its session; either
+    // way the catalog is listed again and every endpoint serves the new list.
+    for server in ["modern", "legacy"] {
+        let uri = format!("test://added/{server}");
+        let reply = stack
+            .call(server, "test_add_resource", json!({"uri": uri}))
+            .await;
+        assert!(
+            matches!(reply.outcome, mcpq_schemas::Outcome::Ok { .. }),
+            "{reply:?}"
+        );
+        let client = modern_client(&stack.server_url(server)).await;
+        eventually(
+            &format!("{uri} listed by /servers/{server}/mcp"),
+            Duration::from_secs(30),
+            || {
+                let (client, uri) = (&client, uri.clone());
+                async move {
+                    let listed = client.list_all_resources().await.ok()?;
+                    listed.iter().any(|r| r.uri == uri).then_some(())
+                }
+            },
+        )
+        .await;
+        let _ = client.cancel().await;
+    }
+    stack.stop().await;
+}

@@ -50,6 +50,8 @@ pub struct Conformance {
     /// Who hears about updates: 2025-era sessions by URI, 2026-07-28 listen streams.
     sessions: Arc<Mutex<Vec<SessionSubscription>>>,
     listeners: Arc<Mutex<Vec<ListenSubscription>>>,
+    /// Resources added by `test_add_resource`, listed after the fixed ones.
+    added: Arc<Mutex<Vec<String>>>,
 }
 
 /// A 2025-era session subscribed to a URI.
@@ -128,6 +130,7 @@ fn tools() -> Value {
         tool("test_elicitation_sep1330_enums", "Asks the user to pick from every kind of enum", &none),
         tool("test_list_roots", "Asks the client for its roots", &none),
         tool("test_touch_resource", "Tells the subscribers of a resource that it changed", &string_arg("uri", "The resource")),
+        tool("test_add_resource", "Adds a resource and says the list changed", &string_arg("uri", "The new resource")),
         {
             "name": "json_schema_2020_12_tool",
             "description": "Tool with JSON Schema 2020-12 features",
@@ -289,6 +292,23 @@ impl Conformance {
             "json_schema_2020_12_tool" => {
                 json!({"content": [text(&format!("Received: {}", Value::Object(args)))]})
             }
+            "test_add_resource" => {
+                let uri = args.get("uri").and_then(Value::as_str).unwrap_or_default();
+                self.added.lock().expect("added").push(uri.to_string());
+                // 2025-era sessions hear it on the session, 2026-07-28 on listen streams.
+                let _ = context.peer.notify_resource_list_changed().await;
+                let sinks: Vec<_> = self
+                    .listeners
+                    .lock()
+                    .expect("listeners")
+                    .iter()
+                    .map(|(_, sink)| sink.clone())
+                    .collect();
+                for sink in sinks {
+                    let _ = sink.notify_resource_list_changed().await;
+                }
+                json!({"content": [text(&format!("added {uri}"))]})
+            }
             "test_touch_resource" => {
                 let uri = args.get("uri").and_then(Value::as_str).unwrap_or_default();
                 let told = self.touch(uri).await;
@@ -377,6 +397,7 @@ impl ServerHandler for Conformance {
             .enable_tools()
             .enable_resources()
             .enable_resources_subscribe()
+            .enable_resources_list_changed()
             .enable_prompts()
             .enable_completions()
             .enable_logging()
@@ -436,11 +457,17 @@ impl ServerHandler for Conformance {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        Ok(ListResourcesResult::with_all_items(from_json(json!([
+        let mut resources = json!([
             {"uri": "test://static-text", "name": "static-text", "description": "A static text resource", "mimeType": "text/plain"},
             {"uri": "test://static-binary", "name": "static-binary", "description": "A static binary resource (a PNG)", "mimeType": "image/png"},
             {"uri": "test://watched-resource", "name": "watched-resource", "description": "A resource to subscribe to", "mimeType": "text/plain"}
-        ]))))
+        ]);
+        for uri in self.added.lock().expect("added").iter() {
+            if let Some(list) = resources.as_array_mut() {
+                list.push(json!({"uri": uri, "name": uri, "description": "Added during the test"}));
+            }
+        }
+        Ok(ListResourcesResult::with_all_items(from_json(resources)))
     }
 
     async fn list_resource_templates(
