@@ -146,25 +146,23 @@ fn route(
         Some(_) => return None, // events of newer workers this version does not know
     };
     if let Some(event) = event {
-        let taken = match (event, lock(waiters).get(&token)) {
+        let refused = match (event, lock(waiters).get(&token)) {
             (
                 Ok(event),
                 Some(Waiter {
                     events: Some(to), ..
                 }),
-            ) => to.send(event).is_ok(),
-            _ => false,
+            ) => to
+                .send(event)
+                .err()
+                .map(|_| "the caller stopped waiting for this call"),
+            (Err(_), _) => Some("this dispatcher cannot read the event"),
+            (Ok(_), Some(_)) => Some("the caller waits for the reply only"),
+            (Ok(_), None) => Some("nobody waits for this call any more"),
         };
-        let ack = if taken {
-            InputAck {
-                ok: true,
-                reason: None,
-            }
-        } else {
-            InputAck {
-                ok: false,
-                reason: Some("nobody waits for this call's events any more".into()),
-            }
+        let ack = InputAck {
+            ok: refused.is_none(),
+            reason: refused.map(str::to_string),
         };
         return message.reply.map(|reply| (reply, ack));
     }

@@ -152,16 +152,26 @@ async fn subscribed_clients_hear_resource_updates_until_they_unsubscribe() {
         )
         .await
         .unwrap();
-    client
-        .call_tool(touch("test_touch_resource", "test://watched-resource"))
-        .await
-        .unwrap();
+    // rmcp acknowledges the stream before mcpq has the upstream listen (a job later), so the
+    // resource is touched until an update comes.
     let update = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
-            if let Ok(Some(ServerNotification::ResourceUpdatedNotification(n))) =
-                listening.next().await
-            {
-                return n.params.uri;
+            client
+                .call_tool(touch("test_touch_resource", "test://watched-resource"))
+                .await
+                .unwrap();
+            let heard = tokio::time::timeout(Duration::from_millis(500), async {
+                loop {
+                    if let Ok(Some(ServerNotification::ResourceUpdatedNotification(n))) =
+                        listening.next().await
+                    {
+                        return n.params.uri;
+                    }
+                }
+            })
+            .await;
+            if let Ok(uri) = heard {
+                return uri;
             }
         }
     })

@@ -288,6 +288,9 @@ impl ServerHandler for Gateway {
         changes.mark_unchanged();
         let accepted = context.accepted().clone();
         let subscribed = subscriptions::Subscribed::default();
+        // rmcp has acknowledged the stream already; updates count from when the upstream
+        // listens, a job later.
+        let updates = subscriptions::follow(&self.shared.client.nats()).await?;
         for uri in accepted.resource_subscriptions.iter().flatten() {
             let (server, uri) = self.resolve_uri(uri)?;
             self.subscription_job(server, uri, true, context.request_context())
@@ -295,7 +298,7 @@ impl ServerHandler for Gateway {
             lock(&subscribed).insert((server.to_string(), uri.to_string()));
         }
         let forward = subscriptions::forward(
-            self.shared.client.nats(),
+            updates,
             subscribed,
             self.scope.is_none(),
             subscriptions::ListenSink(context.sink().clone()),
@@ -469,16 +472,24 @@ impl ServerHandler for Gateway {
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
         let (server, uri) = self.resolve_uri(&request.uri)?;
-        self.subscription_job(server, uri, true, &context).await?;
+        // Updates are followed before the upstream subscribes: none after the answer is lost.
+        let following = lock(&self.forwarder).is_some();
+        if !following {
+            let updates = subscriptions::follow(&self.shared.client.nats()).await?;
+            let mut forwarder = lock(&self.forwarder);
+            if forwarder.is_none() {
+                *forwarder = Some(AbortOnDrop(tokio::spawn(subscriptions::forward(
+                    updates,
+                    self.subscribed.clone(),
+                    self.scope.is_none(),
+                    subscriptions::SessionPeer(context.peer.clone()),
+                ))));
+            }
+        }
         lock(&self.subscribed).insert((server.to_string(), uri.to_string()));
-        let mut forwarder = lock(&self.forwarder);
-        if forwarder.is_none() {
-            *forwarder = Some(AbortOnDrop(tokio::spawn(subscriptions::forward(
-                self.shared.client.nats(),
-                self.subscribed.clone(),
-                self.scope.is_none(),
-                subscriptions::SessionPeer(context.peer.clone()),
-            ))));
+        if let Err(e) = self.subscription_job(server, uri, true, &context).await {
+            lock(&self.subscribed).remove(&(server.to_string(), uri.to_string()));
+            return Err(e);
         }
         Ok(())
     }

@@ -23,21 +23,26 @@ pub(super) trait Notify: Send + 'static {
     fn updated(&self, uri: String) -> impl Future<Output = bool> + Send;
 }
 
-/// Follows every resource update announced on NATS and passes on those `subscribed` names, as
-/// the endpoint exposes them (`aggregated`: `mcpq://<server>/<uri>`), until the client is gone.
+/// Every resource update announced on NATS, from now on: subscribe before asking a worker to
+/// subscribe its upstream, so that no update after the answer is missed.
+pub(super) async fn follow(
+    nats: &async_nats::Client,
+) -> Result<async_nats::Subscriber, rmcp::ErrorData> {
+    nats.subscribe(RESOURCE_UPDATED_SUBJECTS)
+        .await
+        .map_err(|e| {
+            rmcp::ErrorData::internal_error(format!("cannot follow resource updates: {e}"), None)
+        })
+}
+
+/// Passes on the `updates` of resources `subscribed` names, as the endpoint exposes them
+/// (`aggregated`: `mcpq://<server>/<uri>`), until the client is gone.
 pub(super) async fn forward(
-    nats: async_nats::Client,
+    mut updates: async_nats::Subscriber,
     subscribed: Subscribed,
     aggregated: bool,
     client: impl Notify,
 ) {
-    let mut updates = match nats.subscribe(RESOURCE_UPDATED_SUBJECTS).await {
-        Ok(updates) => updates,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot follow resource updates");
-            return;
-        }
-    };
     while let Some(message) = updates.next().await {
         let Ok(event) = serde_json::from_slice::<ResourceUpdatedEvent>(&message.payload) else {
             continue;
