@@ -9,10 +9,10 @@ use mcpq_dispatcher::Event;
 use mcpq_schemas::{
     ErrorKind, InputAnswer, Job, JobStatus, McpRequest, Outcome, names::ENVELOPE_VERSION,
 };
-use mcpq_tests::{python_sdk, stack::Stack};
+use mcpq_tests::python_sdk;
 use serde_json::json;
 
-use crate::bridge::conformance_upstream;
+use crate::bridge::modern_and_legacy;
 
 fn steps() -> serde_json::Value {
     json!([
@@ -30,12 +30,7 @@ fn text(out: &serde_json::Value, step: usize) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_upstreams_questions_reach_the_client_and_its_answers_the_upstream() {
-    let servers = format!(
-        "{}{}",
-        conformance_upstream("modern", "2026-07-28"),
-        conformance_upstream("legacy", "2025-06-18")
-    );
-    let stack = Stack::start(&servers).await;
+    let stack = modern_and_legacy("2025-06-18").await;
     // 2026-07-28 and 2025-era clients, in front of an upstream of each era (a 2026-07-28
     // upstream asks in its result, a 2025-era one with a request of its own).
     for server in ["modern", "legacy"] {
@@ -164,12 +159,7 @@ async fn the_upstreams_questions_reach_the_client_and_its_answers_the_upstream()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_messages_reach_the_caller_in_order_at_its_level() {
-    let servers = format!(
-        "{}{}",
-        conformance_upstream("modern", "2026-07-28"),
-        conformance_upstream("legacy", "2025-11-25")
-    );
-    let stack = Stack::start(&servers).await;
+    let stack = modern_and_legacy("2025-11-25").await;
     let call = json!(["call_tool", "test_tool_with_logging", {}]);
     let expected = json!([
         "Tool execution started",

@@ -26,6 +26,16 @@ pub fn conformance_upstream(name: &str, revision: &str) -> String {
     )
 }
 
+/// A stack with two conformance upstreams: `modern` on 2026-07-28, `legacy` on `revision`.
+pub async fn modern_and_legacy(revision: &str) -> Stack {
+    Stack::start(&format!(
+        "{}{}",
+        conformance_upstream("modern", "2026-07-28"),
+        conformance_upstream("legacy", revision)
+    ))
+    .await
+}
+
 /// The third-party upstreams: server-everything (npm) and mcp-server-time (PyPI), over stdio.
 fn third_party() -> String {
     format!(

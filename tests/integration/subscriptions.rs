@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use mcpq_tests::{eventually, stack::Stack};
+use mcpq_tests::eventually;
 use rmcp::{
     ClientHandler, RoleClient, ServiceExt,
     model::{
@@ -21,7 +21,7 @@ use rmcp::{
 };
 use serde_json::json;
 
-use crate::bridge::{conformance_upstream, modern_client};
+use crate::bridge::{modern_and_legacy, modern_client};
 
 /// A 2025-era client that notes every resource update it hears.
 #[derive(Clone, Default)]
@@ -71,12 +71,7 @@ fn touch(tool: &str, uri: &str) -> CallToolRequestParams {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[allow(deprecated)] // resources/subscribe is the 2025-era way, which mcpq serves
 async fn subscribed_clients_hear_resource_updates_until_they_unsubscribe() {
-    let servers = format!(
-        "{}{}",
-        conformance_upstream("modern", "2026-07-28"),
-        conformance_upstream("legacy", "2025-06-18")
-    );
-    let stack = Stack::start(&servers).await;
+    let stack = modern_and_legacy("2025-06-18").await;
 
     // A 2025-era session on the aggregated endpoint, subscribed to one resource of each.
     let heard = Heard::default();
@@ -185,12 +180,7 @@ async fn subscribed_clients_hear_resource_updates_until_they_unsubscribe() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resource_lists_follow_the_upstreams_list_changed() {
-    let servers = format!(
-        "{}{}",
-        conformance_upstream("modern", "2026-07-28"),
-        conformance_upstream("legacy", "2025-06-18")
-    );
-    let stack = Stack::start(&servers).await;
+    let stack = modern_and_legacy("2025-06-18").await;
     // A 2026-07-28 upstream says so on a listen stream, a 2025-era one on its session; either
     // way the catalog is listed again and every endpoint serves the new list.
     for server in ["modern", "legacy"] {
