@@ -208,3 +208,83 @@ async fn log_messages_reach_the_caller_in_order_at_its_level() {
     }
     stack.stop().await;
 }
+
+/// A 2026-07-28 request as a client sends it over HTTP: headers and `_meta` of its own.
+async fn modern_post(
+    url: &str,
+    method: &str,
+    name: &str,
+    params: serde_json::Value,
+) -> serde_json::Value {
+    let mut params = params;
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {"sampling": {}}
+    });
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    let response = reqwest::Client::new()
+        .post(url)
+        .header("Content-Type", "application/json")
+        .header("Accept", "application/json, text/event-stream")
+        .header("MCP-Protocol-Version", "2026-07-28")
+        .header("Mcp-Method", method)
+        .header("Mcp-Name", name)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let text = response.text().await.unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(str::trim)
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .find(|m| m.get("id").is_some())
+        .unwrap_or_else(|| serde_json::from_str(&text).unwrap_or_else(|_| panic!("{text}")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2026_client_may_answer_on_another_replica_than_the_one_that_asked() {
+    let stack = modern_and_legacy("2025-06-18").await;
+    let other = stack.another_dispatcher().await;
+    for server in ["modern", "legacy"] {
+        let call = json!({"name": "test_sampling", "arguments": {"prompt": "two replicas"}});
+        let asked = modern_post(
+            &stack.server_url(server),
+            "tools/call",
+            "test_sampling",
+            call.clone(),
+        )
+        .await;
+        let result = &asked["result"];
+        assert_eq!(result["resultType"], "input_required", "{server}: {asked}");
+        let (key, question) = result["inputRequests"]
+            .as_object()
+            .and_then(|q| q.iter().next())
+            .unwrap_or_else(|| panic!("{server}: no question in {asked}"));
+        assert_eq!(question["method"], "sampling/createMessage");
+        assert_eq!(
+            question["params"]["messages"][0]["content"]["text"],
+            "two replicas"
+        );
+        let mut retry = call;
+        retry["requestState"] = result["requestState"].clone();
+        retry["inputResponses"] = json!({ key.clone(): {
+            "role": "assistant",
+            "content": {"type": "text", "text": "answered elsewhere"},
+            "model": "test"
+        }});
+        let answered = modern_post(
+            &format!("http://{other}/servers/{server}/mcp"),
+            "tools/call",
+            "test_sampling",
+            retry,
+        )
+        .await;
+        assert_eq!(
+            answered["result"]["content"][0]["text"], "LLM response: answered elsewhere",
+            "{server}: {answered}"
+        );
+    }
+    stack.stop().await;
+}
