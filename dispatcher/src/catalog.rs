@@ -65,6 +65,11 @@ impl Catalog {
         self.read().get(name).cloned()
     }
 
+    /// What `f` makes of one server's entry, read in place (no copy), if it is published.
+    pub fn with_server<R>(&self, name: &str, f: impl FnOnce(&CatalogEntry) -> R) -> Option<R> {
+        self.read().get(name).map(f)
+    }
+
     /// Every published entry, by server name.
     pub fn all(&self) -> BTreeMap<String, CatalogEntry> {
         self.read().clone()

@@ -66,15 +66,10 @@ impl Shared {
     /// its workers.
     pub fn check(&self, server: &str, tool: &str) -> Result<&ServerDefaults, Refusal> {
         let defaults = self.server(server)?;
-        if let Some(entry) = self.catalog.server(server)
-            && !entry.tools.iter().any(|t| t.name == tool)
-        {
-            let known: Vec<_> = entry.tools.iter().map(|t| t.name.as_ref()).collect();
-            return Err(Refusal::UnknownTool(format!(
-                "unknown tool {tool:?} on server {server:?} (tools: {})",
-                known.join(", ")
-            )));
-        }
+        self.offers(server, "tool", tool, |e| {
+            e.tools.iter().map(|t| t.name.as_ref()).collect()
+        })
+        .map_err(Refusal::UnknownTool)?;
         Ok(defaults)
     }
 
@@ -82,16 +77,32 @@ impl Shared {
     /// prompt `name`.
     pub fn check_prompt(&self, server: &str, name: &str) -> Result<&ServerDefaults, Refusal> {
         let defaults = self.server(server)?;
-        if let Some(entry) = self.catalog.server(server)
-            && !entry.prompts.iter().any(|p| p.name == name)
-        {
-            let known: Vec<_> = entry.prompts.iter().map(|p| p.name.as_str()).collect();
-            return Err(Refusal::UnknownName(format!(
-                "unknown prompt {name:?} on server {server:?} (prompts: {})",
-                known.join(", ")
-            )));
-        }
+        self.offers(server, "prompt", name, |e| {
+            e.prompts.iter().map(|p| p.name.as_str()).collect()
+        })
+        .map_err(Refusal::UnknownName)?;
         Ok(defaults)
+    }
+
+    /// Whether `server`'s catalog, once known, lists `name` among its `names`; else the
+    /// message naming what it has. Read in place: this is on every call's path.
+    fn offers(
+        &self,
+        server: &str,
+        what: &str,
+        name: &str,
+        names: fn(&CatalogEntry) -> Vec<&str>,
+    ) -> Result<(), String> {
+        let missing = self.catalog.with_server(server, |entry| {
+            let known = names(entry);
+            (!known.contains(&name)).then(|| known.join(", "))
+        });
+        match missing.flatten() {
+            Some(known) => Err(format!(
+                "unknown {what} {name:?} on server {server:?} ({what}s: {known})"
+            )),
+            None => Ok(()),
+        }
     }
 
     /// The catalog entries of the configured servers, by name.
