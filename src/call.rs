@@ -7,7 +7,7 @@ use mcpq_dispatcher::Client;
 use mcpq_schemas::{
     Job, JsonObject, Lane, McpRequest, Outcome,
     config::{Config, DEFAULT_NATS_URL},
-    nats::connect,
+    nats::connect_with,
     now_ms,
 };
 
@@ -117,7 +117,11 @@ pub async fn connect_client(
         (None, Some(config)) => config.nats.url_or_default().to_string(),
         (None, None) => DEFAULT_NATS_URL.to_string(),
     };
-    let nats = connect(&url, name).await.map_err(|e| {
+    let credentials = config
+        .as_ref()
+        .map(|c| c.nats.credentials.clone())
+        .unwrap_or_default();
+    let nats = connect_with(&url, name, &credentials).await.map_err(|e| {
         eprintln!("mcpq: {e}");
         ExitCode::FAILURE
     })?;

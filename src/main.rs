@@ -1,6 +1,7 @@
 //! `mcpq`: one CLI over the dispatcher and worker libraries. It parses arguments, loads the
 //! config and hands over; the logic lives in the libraries.
 
+mod auth_cmd;
 mod batch;
 mod bench;
 mod call;
@@ -68,6 +69,9 @@ enum Command {
     /// Config file commands.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
+    /// API keys for the config's auth: section.
+    #[command(subcommand)]
+    Auth(auth_cmd::AuthCommand),
 }
 
 fn main() -> ExitCode {
@@ -81,9 +85,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    if let Command::Config(command) = cli.command {
-        return config_cmd::run(command);
-    }
+    let command = match cli.command {
+        Command::Config(command) => return config_cmd::run(command),
+        Command::Auth(command) => return auth_cmd::run(command),
+        command => command,
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -92,7 +98,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        match cli.command {
+        match command {
             Command::Up(args) => run::up(args).await,
             Command::Dispatcher(args) => run::dispatcher(args).await,
             Command::Worker(args) => run::worker(args).await,
@@ -103,7 +109,7 @@ fn main() -> ExitCode {
             Command::Bench(args) => bench::run(args).await,
             Command::Dlq(args) => dlq::run(args).await,
 
-            Command::Config(_) => unreachable!("handled above"),
+            Command::Config(_) | Command::Auth(_) => unreachable!("handled above"),
         }
     })
 }

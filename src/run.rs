@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use mcpq_dispatcher::{Dispatcher, HttpOptions};
-use mcpq_schemas::{config::Config, nats::connect};
+use mcpq_schemas::{config::Config, nats::connect_with};
 use mcpq_workers::WorkerOptions;
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +25,54 @@ pub struct UpArgs {
     /// Port of the local nats-server.
     #[arg(long, default_value_t = 4222)]
     nats_port: u16,
+    #[command(flatten)]
+    exposure: Exposure,
+}
+
+/// Who may reach the dispatcher's listener.
+#[derive(clap::Args)]
+pub struct Exposure {
+    /// Host names accepted in the Host header (repeat; default: loopback names only).
+    #[arg(long = "allowed-host")]
+    allowed_hosts: Vec<String>,
+    /// Browser origins allowed to call, like https://app.example.com (repeat; default: none
+    /// but the dispatcher's own). A request with any other Origin is refused.
+    #[arg(long = "allowed-origin")]
+    allowed_origins: Vec<String>,
+    /// Serve a non-loopback address without an auth: section: anyone who reaches it may call
+    /// every tool. Only behind something that authenticates for you.
+    #[arg(long)]
+    insecure_no_auth: bool,
+}
+
+impl Exposure {
+    /// Refuses to expose an unauthenticated dispatcher beyond loopback (exit 64), and says
+    /// what it serves.
+    fn check(&self, config: &Config, listen: SocketAddr) -> Result<HttpOptions, ExitCode> {
+        if config.auth.is_none() {
+            if !listen.ip().is_loopback() && !self.insecure_no_auth {
+                eprintln!(
+                    "mcpq: refusing to listen on {listen} without authentication: the config has no auth: section, \
+                     so anyone who reaches {listen} could call every tool. Add auth: (see `mcpq auth new-key`), \
+                     listen on 127.0.0.1, or pass --insecure-no-auth if something in front authenticates"
+                );
+                return Err(ExitCode::from(crate::EXIT_CONFIG));
+            }
+            if listen.ip().is_loopback() {
+                eprintln!(
+                    "mcpq: no auth: section in the config: serving without authentication, on loopback only"
+                );
+            } else {
+                eprintln!(
+                    "mcpq: WARNING: serving {listen} without authentication (--insecure-no-auth): anyone who reaches it may call every tool"
+                );
+            }
+        }
+        Ok(HttpOptions {
+            allowed_hosts: self.allowed_hosts.clone(),
+            allowed_origins: self.allowed_origins.clone(),
+        })
+    }
 }
 
 #[derive(clap::Args)]
@@ -34,9 +82,8 @@ pub struct DispatcherArgs {
     /// Address of the MCP endpoints.
     #[arg(long, default_value = DEFAULT_LISTEN)]
     listen: SocketAddr,
-    /// Host names accepted in the Host header (repeat; default: loopback names only).
-    #[arg(long = "allowed-host")]
-    allowed_hosts: Vec<String>,
+    #[command(flatten)]
+    exposure: Exposure,
 }
 
 #[derive(clap::Args)]
@@ -92,6 +139,10 @@ pub async fn up(args: UpArgs) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
+    let options = match args.exposure.check(&config, args.listen) {
+        Ok(options) => options,
+        Err(code) => return code,
+    };
     let shutdown = on_signal();
     let mut local = None;
     let url = match (&args.common.nats, &config.nats.url) {
@@ -109,7 +160,7 @@ pub async fn up(args: UpArgs) -> ExitCode {
             Err(e) => return fail(e),
         },
     };
-    let code = serve_both(&config, &url, args.listen, shutdown).await;
+    let code = serve_both(&config, &url, args.listen, options, shutdown).await;
     if let Some(nats) = local {
         nats.stop().await;
     }
@@ -120,13 +171,14 @@ async fn serve_both(
     config: &Config,
     url: &str,
     listen: SocketAddr,
+    options: HttpOptions,
     shutdown: CancellationToken,
 ) -> ExitCode {
-    let nats = match connect(url, "mcpq-up").await {
+    let nats = match connect_with(url, "mcpq-up", &config.nats.credentials).await {
         Ok(nats) => nats,
         Err(e) => return fail(e),
     };
-    let dispatcher = match Dispatcher::new(nats.clone(), config, HttpOptions::default()).await {
+    let dispatcher = match Dispatcher::new(nats.clone(), config, options).await {
         Ok(d) => d,
         Err(e) => return fail(e),
     };
@@ -135,7 +187,8 @@ async fn serve_both(
         Err(e) => return fail(e),
     };
     eprintln!(
-        "mcpq: MCP endpoint http://{addr}/mcp (per server: http://{addr}/servers/<name>/mcp); NATS {url}"
+        "mcpq: MCP endpoint http://{addr}/mcp (per server: http://{addr}/servers/<name>/mcp); NATS {}",
+        mcpq_schemas::redact::url(url)
     );
     let worker = mcpq_workers::run(
         nats.clone(),
@@ -168,7 +221,9 @@ async fn load_and_connect(
 ) -> Result<(Config, async_nats::Client, String), ExitCode> {
     let config = load(&common.config)?;
     let url = nats_url(common, &config);
-    let nats = connect(&url, name).await.map_err(fail)?;
+    let nats = connect_with(&url, name, &config.nats.credentials)
+        .await
+        .map_err(fail)?;
     Ok((config, nats, url))
 }
 
@@ -177,10 +232,11 @@ pub async fn dispatcher(args: DispatcherArgs) -> ExitCode {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
-    let shutdown = on_signal();
-    let options = HttpOptions {
-        allowed_hosts: args.allowed_hosts,
+    let options = match args.exposure.check(&config, args.listen) {
+        Ok(options) => options,
+        Err(code) => return code,
     };
+    let shutdown = on_signal();
     let dispatcher = match Dispatcher::new(nats, &config, options).await {
         Ok(d) => d,
         Err(e) => return fail(e),
@@ -190,7 +246,8 @@ pub async fn dispatcher(args: DispatcherArgs) -> ExitCode {
         Err(e) => return fail(e),
     };
     eprintln!(
-        "mcpq: MCP endpoint http://{addr}/mcp (per server: http://{addr}/servers/<name>/mcp); NATS {url}"
+        "mcpq: MCP endpoint http://{addr}/mcp (per server: http://{addr}/servers/<name>/mcp); NATS {}",
+        mcpq_schemas::redact::url(&url)
     );
     match serving.await {
         Ok(()) => ExitCode::SUCCESS,

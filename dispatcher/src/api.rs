@@ -5,7 +5,7 @@
 use std::{sync::Arc, time::Duration};
 
 use axum::{
-    Json, Router,
+    Extension, Json, Router,
     body::Bytes,
     extract::{Path, Query, State},
     http::{HeaderMap, StatusCode, header},
@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use crate::{
     Cancel, ClientError,
+    auth::{Caller, quota::OverLimit},
     shared::{Refusal, Shared},
 };
 
@@ -52,6 +53,89 @@ impl IntoResponse for Failure {
         let Failure(status, code, message) = self;
         (status, Json(ApiError { code, message })).into_response()
     }
+}
+
+/// Over a limit: 429 with `Retry-After` in whole seconds.
+struct Limited(OverLimit);
+
+impl IntoResponse for Limited {
+    fn into_response(self) -> Response {
+        let seconds = self.0.retry_after.as_secs().max(1).to_string();
+        let mut response =
+            Failure(StatusCode::TOO_MANY_REQUESTS, ApiErrorCode::RateLimited, self.0.message)
+                .into_response();
+        if let Ok(value) = header::HeaderValue::from_str(&seconds) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        response
+    }
+}
+
+/// Why a submission was not taken: a failure, or a limit.
+enum Refused {
+    Failure(Failure),
+    Limited(Limited),
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        match self {
+            Refused::Failure(f) => f.into_response(),
+            Refused::Limited(l) => l.into_response(),
+        }
+    }
+}
+
+impl<T: Into<Failure>> From<T> for Refused {
+    fn from(e: T) -> Self {
+        Refused::Failure(e.into())
+    }
+}
+
+impl From<OverLimit> for Refused {
+    fn from(over: OverLimit) -> Self {
+        Refused::Limited(Limited(over))
+    }
+}
+
+/// A `/v1` body must say it is JSON: a browser cannot send that cross-site without asking
+/// first (CORS preflight), so a web page cannot submit jobs. Batches may say JSON lines.
+fn json_body(headers: &HeaderMap, lines: bool) -> Result<(), Failure> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let ok = essence == "application/json"
+        || (lines && matches!(essence.as_str(), "application/x-ndjson" | "application/jsonl"));
+    if ok {
+        return Ok(());
+    }
+    Err(Failure(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ApiErrorCode::UnsupportedMediaType,
+        format!(
+            "Content-Type {content_type:?} is not accepted: send the body as Content-Type: application/json{}",
+            if lines { " (or application/x-ndjson)" } else { "" }
+        ),
+    ))
+}
+
+/// A forbidden call: 403, and nothing queued.
+fn forbidden(caller: &Caller, server: &str, tool: &str) -> Failure {
+    Failure(
+        StatusCode::FORBIDDEN,
+        ApiErrorCode::Forbidden,
+        format!(
+            "principal {:?} may not call {server}/{tool} (not in its allow list, or denied); nothing was queued",
+            caller.principal().unwrap_or("anonymous")
+        ),
+    )
 }
 
 impl From<ClientError> for Failure {
@@ -105,16 +189,24 @@ fn idempotency_key(headers: &HeaderMap) -> Option<String> {
 /// `POST /v1/jobs`.
 async fn submit(
     State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<(StatusCode, Json<Accepted>), Failure> {
+) -> Result<(StatusCode, Json<Accepted>), Refused> {
+    json_body(&headers, false)?;
     let mut submission: JobSubmission = serde_json::from_slice(&body)
         .map_err(|e| bad_request(format!("the body is not a job submission: {e}")))?;
     if submission.idempotency_key.is_none() {
         submission.idempotency_key = idempotency_key(&headers);
     }
+    if !caller.may(&submission.server, &submission.tool) {
+        return Err(forbidden(&caller, &submission.server, &submission.tool).into());
+    }
     let defaults = shared.check(&submission.server, &submission.tool)?;
-    let job = submission.to_job(defaults.lane);
+    shared.admit_calls(&caller, 1).await?;
+    let job = submission
+        .to_job(defaults.lane)
+        .owned_by(caller.principal().map(str::to_string));
     let submitted = shared.client.submit(&job).await?;
     let status = if submitted.duplicate {
         shared
@@ -138,12 +230,16 @@ async fn submit(
 /// `GET /v1/jobs/{id}`.
 async fn job(
     State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, Failure> {
     let id = parse_id(&id, "job")?;
     match shared.client.record(id).await? {
-        Some(record) => Ok(Json(record).into_response()),
-        None => Err(not_found("job", id)),
+        Some(record) if caller.owns(record.principal.as_deref()) => {
+            Ok(Json(record).into_response())
+        }
+        // Another principal's job is not found: its id is not confirmed.
+        _ => Err(not_found("job", id)),
     }
 }
 
@@ -155,6 +251,7 @@ struct WaitQuery {
 /// `GET /v1/jobs/{id}/wait?timeout=`: 200 with the record once ended, 202 with it if not.
 async fn wait(
     State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Query(query): Query<WaitQuery>,
 ) -> Result<Response, Failure> {
@@ -165,8 +262,9 @@ async fn wait(
             .map_err(|e| bad_request(format!("timeout {text:?}: {e} (write e.g. 30s or 500ms)")))?
             .min(MAX_WAIT),
     };
-    if shared.client.record(id).await?.is_none() {
-        return Err(not_found("job", id));
+    match shared.client.record(id).await? {
+        Some(record) if caller.owns(record.principal.as_deref()) => {}
+        _ => return Err(not_found("job", id)),
     }
     let record = shared
         .client
@@ -184,9 +282,14 @@ async fn wait(
 /// `DELETE /v1/jobs/{id}`.
 async fn cancel(
     State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, Failure> {
     let id = parse_id(&id, "job")?;
+    match shared.client.record(id).await? {
+        Some(record) if caller.owns(record.principal.as_deref()) => {}
+        _ => return Err(not_found("job", id)),
+    }
     match shared
         .client
         .cancel(id, Some("requested by DELETE /v1/jobs".into()))
@@ -212,14 +315,16 @@ async fn cancel(
 /// is queued.
 async fn submit_batch(
     State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<(StatusCode, Json<BatchAccepted>), Failure> {
+) -> Result<(StatusCode, Json<BatchAccepted>), Refused> {
+    json_body(&headers, true)?;
     let text =
         std::str::from_utf8(&body).map_err(|_| bad_request("the body is not UTF-8 text".into()))?;
     let key = idempotency_key(&headers);
     let batch_id = key.as_deref().map_or_else(Uuid::now_v7, |key| {
-        mcpq_schemas::job::idempotent_id("batch", key)
+        mcpq_schemas::job::idempotent_id_of(caller.principal(), "batch", key)
     });
     let mut jobs = Vec::new();
     for (number, line) in text.lines().enumerate() {
@@ -242,17 +347,30 @@ async fn submit_batch(
                     format!("line {}: {message}; nothing was queued", number + 1),
                 )
             })?;
+        if !caller.may(&submission.server, &submission.tool) {
+            let Failure(status, code, message) =
+                forbidden(&caller, &submission.server, &submission.tool);
+            return Err(Failure(status, code, format!("line {}: {message}", number + 1)).into());
+        }
         // Each call is idempotent within its batch, so submitting the batch again adds nothing.
         if submission.idempotency_key.is_none() {
             submission.idempotency_key = Some(format!("batch:{batch_id}:{}", jobs.len()));
         }
-        jobs.push(submission.to_job(defaults.lane));
+        jobs.push(
+            submission
+                .to_job(defaults.lane)
+                .owned_by(caller.principal().map(str::to_string)),
+        );
     }
     if jobs.is_empty() {
         return Err(bad_request(
             "the body has no lines; send one JSON job submission per line".into(),
-        ));
+        )
+        .into());
     }
+    shared
+        .admit_calls(&caller, u32::try_from(jobs.len()).unwrap_or(u32::MAX))
+        .await?;
     let record = shared.client.submit_batch(batch_id, &jobs).await?;
     Ok((
         StatusCode::ACCEPTED,
@@ -266,18 +384,20 @@ async fn submit_batch(
 /// `GET /v1/batches/{id}`.
 async fn batch(
     State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, Failure> {
-    let batch = stored_batch(&shared, &id).await?;
+    let batch = stored_batch(&shared, &caller, &id).await?;
     Ok(Json(shared.client.batch_status(&batch).await?).into_response())
 }
 
 /// `GET /v1/batches/{id}/results`: JSON lines in input order.
 async fn batch_results(
     State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, Failure> {
-    let batch = stored_batch(&shared, &id).await?;
+    let batch = stored_batch(&shared, &caller, &id).await?;
     let mut body = Vec::new();
     for line in shared.client.batch_results(&batch).await? {
         let _ = serde_json::to_writer(&mut body, &line);
@@ -286,11 +406,12 @@ async fn batch_results(
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }
 
-async fn stored_batch(shared: &Shared, id: &str) -> Result<BatchRecord, Failure> {
+async fn stored_batch(shared: &Shared, caller: &Caller, id: &str) -> Result<BatchRecord, Failure> {
     let id = parse_id(id, "batch")?;
     shared
         .client
         .batch(id)
         .await?
+        .filter(|batch| caller.owns(batch.principal.as_deref()))
         .ok_or_else(|| not_found("batch", id))
 }

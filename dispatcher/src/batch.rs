@@ -28,6 +28,7 @@ impl Client {
             batch_id,
             created_at_ms: now_ms(),
             jobs: jobs.iter().map(|j| j.id).collect(),
+            principal: jobs.first().and_then(|j| j.principal.clone()),
         };
         let fail = |reason: String| ClientError::Record {
             job_id: batch_id,

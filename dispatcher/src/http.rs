@@ -13,13 +13,21 @@ use rmcp::transport::{
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use crate::{Shared, ingress::Gateway, sessions::KvSessions};
+use crate::{
+    Shared,
+    auth::guard::{Guard, METADATA_PATH},
+    ingress::Gateway,
+    sessions::KvSessions,
+};
 
 /// HTTP options of a dispatcher.
 #[derive(Debug, Clone, Default)]
 pub struct HttpOptions {
     /// Host names accepted in the `Host` header; empty means loopback names only.
     pub allowed_hosts: Vec<String>,
+    /// Browser origins that may call, besides the dispatcher's own (a request with any other
+    /// `Origin` is refused).
+    pub allowed_origins: Vec<String>,
 }
 
 /// The router: `/mcp`, `/servers/<name>/mcp` for each configured server, the `/v1` jobs API,
@@ -34,6 +42,7 @@ pub(crate) fn router(
     shared: Arc<Shared>,
     sessions: Arc<KvSessions>,
     options: &HttpOptions,
+    guard: Arc<Guard>,
     shutdown: &CancellationToken,
 ) -> Router {
     let mut stateless = StreamableHttpServerConfig::default()
@@ -80,7 +89,16 @@ pub(crate) fn router(
             mount(Gateway::server(shared.clone(), name.clone())),
         );
     }
+    let metadata = Router::new()
+        .route(METADATA_PATH, get(crate::auth::guard::metadata))
+        .route(
+            &format!("{METADATA_PATH}/{{*resource}}"),
+            get(crate::auth::guard::metadata),
+        )
+        .with_state(guard.clone());
     router
+        .merge(metadata)
+        .layer(axum::middleware::from_fn_with_state(guard, crate::auth::guard::guard))
 }
 
 /// The most of a sessionless POST body read to see whether it is an `initialize` (rmcp's own

@@ -6,6 +6,7 @@
 //! process, demultiplexed by job id). The dispatcher never talks to an upstream MCP server.
 
 pub mod api;
+pub mod auth;
 pub mod batch;
 pub mod catalog;
 pub mod dead_letters;
@@ -43,6 +44,8 @@ pub enum DispatcherError {
     Catalog(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Jwks(#[from] auth::jwt::JwksError),
 }
 
 /// A dispatcher ready to serve: topology ensured, catalog watched, inbox open.
@@ -50,6 +53,7 @@ pub struct Dispatcher {
     shared: Arc<Shared>,
     sessions: Arc<sessions::KvSessions>,
     options: HttpOptions,
+    auth: Option<Arc<auth::Authenticator>>,
 }
 
 impl Dispatcher {
@@ -67,6 +71,25 @@ impl Dispatcher {
             .await
             .map_err(DispatcherError::Catalog)?;
         let client = Client::new(nats).await?;
+        let auth = match &config.auth {
+            Some(auth) => Some(Arc::new(auth::Authenticator::new(auth)?)),
+            None => None,
+        };
+        let limited = config.auth.as_ref().is_some_and(|a| {
+            a.api_keys.iter().any(|k| !k.limits.is_unlimited())
+                || a.jwt
+                    .as_ref()
+                    .is_some_and(|j| j.rules.iter().any(|r| !r.limits.is_unlimited()))
+        });
+        let quotas = if limited {
+            Some(
+                auth::quota::Quotas::open(&js)
+                    .await
+                    .map_err(DispatcherError::Catalog)?,
+            )
+        } else {
+            None
+        };
         let servers: BTreeMap<_, _> = config
             .servers
             .iter()
@@ -88,9 +111,11 @@ impl Dispatcher {
                 servers,
                 result_ttl: config.nats.result_ttl,
                 capabilities: Default::default(),
+                quotas,
             }),
             sessions: Arc::new(sessions),
             options,
+            auth,
         })
     }
 
@@ -105,7 +130,18 @@ impl Dispatcher {
         listener: tokio::net::TcpListener,
         shutdown: CancellationToken,
     ) -> Result<(), DispatcherError> {
-        let router = http::router(self.shared, self.sessions, &self.options, &shutdown);
+        let guard = auth::guard::Guard {
+            auth: self.auth,
+            allowed_hosts: self.options.allowed_hosts.clone(),
+            allowed_origins: self.options.allowed_origins.clone(),
+        };
+        let router = http::router(
+            self.shared,
+            self.sessions,
+            &self.options,
+            Arc::new(guard),
+            &shutdown,
+        );
         http::serve(listener, router, shutdown).await?;
         Ok(())
     }

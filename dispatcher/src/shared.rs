@@ -10,7 +10,14 @@ use std::{
 use mcpq_schemas::{CatalogEntry, Lane, config::TaskPolicy};
 use rmcp::model::ServerCapabilities;
 
-use crate::{catalog::Catalog, publish::Client};
+use crate::{
+    auth::{
+        Caller,
+        quota::{Held, OverLimit, Quotas},
+    },
+    catalog::Catalog,
+    publish::Client,
+};
 
 /// What the dispatcher knows about one configured server.
 #[derive(Debug, Clone)]
@@ -30,6 +37,8 @@ pub struct Shared {
     /// Each endpoint's capabilities (by its server, `None` for `/mcp`) as of a catalog version:
     /// rmcp asks for them on every stateless request.
     pub capabilities: Mutex<HashMap<Option<String>, (u64, ServerCapabilities)>>,
+    /// Per-principal limits, when any caller has some.
+    pub quotas: Option<Quotas>,
 }
 
 /// Why a call is refused before anything is queued.
@@ -50,6 +59,24 @@ impl Refusal {
 }
 
 impl Shared {
+    /// Counts `calls` against the caller's calls per minute.
+    pub async fn admit_calls(&self, caller: &Caller, calls: u32) -> Result<(), OverLimit> {
+        match &self.quotas {
+            Some(quotas) => quotas.admit_calls(caller, calls).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Counts one call the caller holds open, against its calls per minute and in flight.
+    pub async fn admit_open_call(&self, caller: &Caller) -> Result<Option<Held>, OverLimit> {
+        let Some(quotas) = &self.quotas else {
+            return Ok(None);
+        };
+        let held = quotas.hold(caller).await?;
+        quotas.admit_calls(caller, 1).await?;
+        Ok(held)
+    }
+
     /// The defaults of `server`, if it is configured.
     pub fn server(&self, server: &str) -> Result<&ServerDefaults, Refusal> {
         self.servers.get(server).ok_or_else(|| {

@@ -13,7 +13,7 @@ use rmcp::{
     },
 };
 
-use crate::Shared;
+use crate::{Shared, auth::Caller};
 use uuid::Uuid;
 
 /// How often clients are asked to poll `tasks/get`.
@@ -125,14 +125,20 @@ pub(crate) async fn created(shared: &Shared, job: &Job) -> Result<CallToolRespon
     ))))
 }
 
-/// The record behind a task id a client sent.
-pub(crate) async fn record(shared: &Shared, task_id: &str) -> Result<JobRecord, ErrorData> {
+/// The record behind a task id a client sent, if the task is the caller's: another
+/// principal's task is unknown (its id is not confirmed).
+pub(crate) async fn record(
+    shared: &Shared,
+    caller: &Caller,
+    task_id: &str,
+) -> Result<JobRecord, ErrorData> {
     let job_id = job_id(task_id)?;
     shared
         .client
         .record(job_id)
         .await
         .map_err(|e| ErrorData::internal_error(e.to_string(), None))?
+        .filter(|record| caller.owns(record.principal.as_deref()))
         .ok_or_else(|| unknown(task_id))
 }
 

@@ -79,6 +79,15 @@ pub enum ApiErrorCode {
     AlreadyEnded,
     /// NATS did not accept the job or answer a read; retry later (503).
     Unavailable,
+    /// No credentials, or credentials that are not valid (401, with `WWW-Authenticate`).
+    Unauthorized,
+    /// The caller may not do this: a tool outside its `allow` list, a missing scope, a `Host`
+    /// or `Origin` that is not allowed (403).
+    Forbidden,
+    /// Over the caller's `callsPerMinute` or `maxInFlight`; retry after `Retry-After` (429).
+    RateLimited,
+    /// A `/v1` body must be `Content-Type: application/json` (415).
+    UnsupportedMediaType,
     #[serde(other)]
     Unknown,
 }

@@ -14,6 +14,9 @@ pub struct BatchRecord {
     pub batch_id: Uuid,
     pub created_at_ms: u64,
     pub jobs: Vec<Uuid>,
+    /// The principal the batch belongs to (see [`crate::Job::principal`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
 }
 
 /// How far a batch has come: job counts by status (`GET /v1/batches/{id}`).

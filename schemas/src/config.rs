@@ -3,12 +3,14 @@
 //!
 //! Loading goes raw → validated once. Every error names the field path and the bad value.
 
+mod auth;
 mod raw;
 mod secret;
 mod validate;
 
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
+pub use auth::{Access, ApiKey, AuthConfig, JwksSource, JwtConfig, JwtRule, Limits, Pattern};
 pub use raw::{AuthShorthand, AuthSpec, ConfigFile, Priority, ServerKind};
 pub use secret::{Secret, SecretError};
 
@@ -21,6 +23,8 @@ pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 #[derive(Debug, Clone)]
 pub struct Config {
     pub nats: NatsConfig,
+    /// `None`: no authentication (loopback listeners only).
+    pub auth: Option<AuthConfig>,
     pub servers: Vec<ServerConfig>,
 }
 
@@ -33,6 +37,22 @@ pub struct NatsConfig {
     pub replicas: usize,
     /// How long job records (results) are kept.
     pub result_ttl: Duration,
+    /// How mcpq proves who it is to NATS, and TLS.
+    pub credentials: NatsCredentials,
+}
+
+/// How mcpq authenticates to NATS (at most one of `creds`, `nkey`, `user`), and TLS.
+#[derive(Debug, Clone, Default)]
+pub struct NatsCredentials {
+    /// A `.creds` file.
+    pub creds: Option<String>,
+    /// A file holding an nkey seed.
+    pub nkey: Option<String>,
+    pub user: Option<Secret>,
+    pub password: Option<Secret>,
+    pub tls_ca: Option<String>,
+    /// Client certificate and key files.
+    pub tls_client: Option<(String, String)>,
 }
 
 impl NatsConfig {

@@ -50,6 +50,11 @@ pub struct Job {
     /// refused at once. Absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_capabilities: Option<serde_json::Value>,
+    /// Who submitted the job, as the dispatcher authenticated them: its record, task and
+    /// cancellation belong to this principal, and its idempotency key is scoped to it. Absent:
+    /// an unauthenticated submission (a dispatcher without `auth:`, or a pipeline on NATS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
 }
 
 /// An MCP request: the JSON-RPC method and its params, without the JSON-RPC id.
@@ -99,6 +104,7 @@ impl Job {
             submitted_at_ms: crate::now_ms(),
             log_level: None,
             client_capabilities: None,
+            principal: None,
         }
     }
 
@@ -107,25 +113,43 @@ impl Job {
     /// the duplicates inside its window, and the job record answers them after it.
     pub fn with_idempotency_key(mut self, key: impl Into<String>) -> Self {
         let key = key.into();
-        self.id = idempotent_id(&self.server, &key);
+        self.id = idempotent_id_of(self.principal.as_deref(), &self.server, &key);
         self.idempotency_key = Some(key);
         self
     }
 
-    /// The `Nats-Msg-Id` for this job: the idempotency key when given, else the job id.
-    pub fn msg_id(&self) -> String {
-        match &self.idempotency_key {
-            Some(key) => key.clone(),
-            None => self.id.to_string(),
+    /// Makes the job `principal`'s; an idempotent job's id is derived again, now scoped to it.
+    pub fn owned_by(mut self, principal: Option<String>) -> Self {
+        self.principal = principal;
+        if let Some(key) = &self.idempotency_key {
+            self.id = idempotent_id_of(self.principal.as_deref(), &self.server, key);
         }
+        self
+    }
+
+    /// The `Nats-Msg-Id` for this job: its id (which an idempotency key derives).
+    pub fn msg_id(&self) -> String {
+        self.id.to_string()
     }
 }
 
-/// The job id of every job submitted to `server` with idempotency key `key`.
+/// mcpq's namespace for idempotent ids (a fixed random UUID).
+const NAMESPACE: Uuid = Uuid::from_u128(0x6d63_7071_5f69_6465_6d70_6f74_656e_7401);
+
+/// The job id of every unauthenticated job submitted to `server` with idempotency key `key`.
 pub fn idempotent_id(server: &str, key: &str) -> Uuid {
-    /// mcpq's namespace for idempotent job ids (a fixed random UUID).
-    const NAMESPACE: Uuid = Uuid::from_u128(0x6d63_7071_5f69_6465_6d70_6f74_656e_7401);
-    Uuid::new_v5(&NAMESPACE, format!("{server}\u{0}{key}").as_bytes())
+    idempotent_id_of(None, server, key)
+}
+
+/// The job id of every job `principal` submits to `server` with idempotency key `key`: UUID v5
+/// of `<server>\0<key>`, or `<principal>\0<server>\0<key>` for an authenticated caller, so one
+/// caller never lands on another's job by guessing a key.
+pub fn idempotent_id_of(principal: Option<&str>, server: &str, key: &str) -> Uuid {
+    let name = match principal {
+        None => format!("{server}\u{0}{key}"),
+        Some(principal) => format!("{principal}\u{0}{server}\u{0}{key}"),
+    };
+    Uuid::new_v5(&NAMESPACE, name.as_bytes())
 }
 
 /// Priority lane of a job. Workers take from higher lanes first.

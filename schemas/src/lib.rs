@@ -16,6 +16,7 @@ pub mod names;
 pub mod nats;
 pub mod openapi;
 pub mod record;
+pub mod redact;
 pub mod worker;
 
 pub use catalog::CatalogEntry;

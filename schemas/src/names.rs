@@ -21,6 +21,9 @@ pub const BATCHES_BUCKET: &str = "mcpq_batches";
 /// KV bucket of 2025-era MCP sessions (the client's `initialize`), keyed by `Mcp-Session-Id`, so
 /// that any dispatcher replica can carry on a session another one opened.
 pub const SESSIONS_BUCKET: &str = "mcpq_sessions";
+/// KV bucket of per-principal usage (calls per minute, calls in flight) shared by all
+/// dispatcher replicas; entries expire after a few minutes.
+pub const QUOTAS_BUCKET: &str = "mcpq_quotas";
 /// KV bucket of live workers, keyed `<server>.<worker>`; entries expire unless refreshed.
 pub const WORKERS_BUCKET: &str = "mcpq_workers";
 

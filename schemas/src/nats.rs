@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
 
+use crate::config::NatsCredentials;
+
 use crate::names::{
     BATCHES_BUCKET, CANCELS_BUCKET, CATALOG_BUCKET, DLQ_STREAM, DLQ_SUBJECTS, JOBS_STREAM,
-    JOBS_SUBJECTS, RESULTS_BUCKET, SESSIONS_BUCKET, WORKERS_BUCKET,
+    JOBS_SUBJECTS, QUOTAS_BUCKET, RESULTS_BUCKET, SESSIONS_BUCKET, WORKERS_BUCKET,
 };
 
 /// How long a worker counts as live after its last heartbeat.
@@ -37,6 +39,8 @@ pub enum NatsError {
         "nats-server at {url} has JetStream disabled: start it with -js (or jetstream: enabled in its config)"
     )]
     NoJetStream { url: String },
+    #[error("cannot connect to NATS at {url}: {reason}")]
+    Credentials { url: String, reason: String },
     #[error("cannot create {what}: {reason}")]
     Topology { what: String, reason: String },
 }
@@ -69,9 +73,25 @@ impl Default for Topology {
 }
 
 /// Connects with reconnects forever (retrying the first connect too), then refuses servers older
-/// than [`MIN_SERVER_VERSION`].
+/// than [`MIN_SERVER_VERSION`]. No credentials beyond any in the URL.
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, NatsError> {
-    let client = async_nats::ConnectOptions::new()
+    connect_with(url, name, &NatsCredentials::default()).await
+}
+
+/// [`connect`] with the config's credentials and TLS. Errors show the URL without its userinfo.
+pub async fn connect_with(
+    url: &str,
+    name: &str,
+    credentials: &NatsCredentials,
+) -> Result<async_nats::Client, NatsError> {
+    let shown = crate::redact::url(url);
+    let options = options(credentials)
+        .await
+        .map_err(|reason| NatsError::Credentials {
+            url: shown.clone(),
+            reason,
+        })?;
+    let client = options
         .name(name)
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
@@ -79,9 +99,10 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, NatsEr
         .connect(url)
         .await
         .map_err(|source| NatsError::Connect {
-            url: url.to_string(),
+            url: shown.clone(),
             source,
         })?;
+    let url = shown.as_str();
     // With retry_on_initial_connect the client returns before the first connect; wait for it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while client.connection_state() != async_nats::connection::State::Connected {
@@ -106,6 +127,39 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, NatsEr
         });
     }
     Ok(client)
+}
+
+/// Connect options carrying `credentials`; the error names the file or secret that failed.
+async fn options(credentials: &NatsCredentials) -> Result<async_nats::ConnectOptions, String> {
+    let mut options = async_nats::ConnectOptions::new();
+    if let Some(path) = &credentials.creds {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|e| format!("cannot read nats.creds {path}: {e}"))?;
+    }
+    if let Some(path) = &credentials.nkey {
+        let seed = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read nats.nkey {path}: {e}"))?;
+        options = options.nkey(seed.trim().to_string());
+    }
+    if let Some(user) = &credentials.user {
+        let user = user.resolve().map_err(|e| format!("nats.user: {e}"))?;
+        let password = match &credentials.password {
+            Some(p) => p.resolve().map_err(|e| format!("nats.password: {e}"))?,
+            None => String::new(),
+        };
+        options = options.user_and_password(user, password);
+    }
+    if let Some(ca) = &credentials.tls_ca {
+        options = options.add_root_certificates(ca.into()).require_tls(true);
+    }
+    if let Some((cert, key)) = &credentials.tls_client {
+        options = options
+            .add_client_certificate(cert.into(), key.into())
+            .require_tls(true);
+    }
+    Ok(options)
 }
 
 /// Whether a `major.minor.patch` version string is at least `min`.
@@ -179,6 +233,17 @@ pub async fn ensure_topology(
     })
     .await
     .map_err(|e| fail("bucket mcpq_workers")(&e))?;
+    js.create_or_update_key_value(kv::Config {
+        bucket: QUOTAS_BUCKET.into(),
+        description: "mcpq per-principal usage, keyed calls.<principal>.<minute> and inflight.<principal>".into(),
+        history: 1,
+        max_age: Duration::from_secs(300),
+        storage: stream::StorageType::Memory,
+        num_replicas: topology.replicas,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| fail("bucket mcpq_quotas")(&e))?;
     // Records, and the cancellations and batches that refer to them, live `resultTtl`.
     for (bucket, description) in [
         (RESULTS_BUCKET, "mcpq job records, keyed by job id"),

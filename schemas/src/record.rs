@@ -173,6 +173,9 @@ pub struct JobRecord {
     /// The worker that wrote this record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_id: Option<String>,
+    /// The principal the job belongs to (see [`crate::Job::principal`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
 }
 
 impl JobRecord {
@@ -193,6 +196,7 @@ impl JobRecord {
             failed_attempts: Vec::new(),
             progress: None,
             worker_id: None,
+            principal: job.principal.clone(),
         }
     }
 

@@ -419,6 +419,7 @@ async fn dead_letter(
         .headers
         .iter()
         .flat_map(|h| h.iter())
+        .filter(|(k, _)| !mcpq_schemas::redact::is_secret_header(k.as_ref()))
         .filter_map(|(k, v)| Some((k.to_string(), v.first()?.to_string())))
         .collect();
     let raw = job.is_none().then(|| {
@@ -500,6 +501,7 @@ fn record(
         worker_id: Some(pool.worker_id.clone()),
         failed_attempts: delivery.history.clone(),
         progress: delivery.progress.clone(),
+        principal: job.principal.clone(),
     }
 }
 

@@ -5,6 +5,7 @@ use mcpq_schemas::CatalogEntry;
 use rmcp::model::{Prompt, Resource, ResourceTemplate, ServerCapabilities, Tool};
 
 use super::{Gateway, names};
+use crate::auth::Caller;
 
 impl Gateway {
     /// The catalog entries this endpoint serves.
@@ -21,17 +22,22 @@ impl Gateway {
         }
     }
 
-    /// Every entry's items, renamed for this endpoint by `rename` when it is the aggregated one.
+    /// Every entry's items the caller may use (by `name`), renamed for this endpoint by
+    /// `rename` when it is the aggregated one.
     fn list<T>(
         &self,
+        caller: &Caller,
         items: impl Fn(CatalogEntry) -> Vec<T>,
+        name: impl Fn(&T) -> &str,
         rename: impl Fn(&str, &mut T),
     ) -> Vec<T> {
         let aggregated = self.scope.is_none();
         self.entries()
             .into_iter()
+            .filter(|(server, _)| caller.may_use_server(server))
             .flat_map(|(server, entry)| {
                 let mut items = items(entry);
+                items.retain(|item| caller.may(&server, name(item)));
                 if aggregated {
                     items.iter_mut().for_each(|item| rename(&server, item));
                 }
@@ -40,32 +46,40 @@ impl Gateway {
             .collect()
     }
 
-    pub(super) fn tools(&self) -> Vec<Tool> {
+    pub(super) fn tools(&self, caller: &Caller) -> Vec<Tool> {
         self.list(
+            caller,
             |e| e.tools,
+            |t| t.name.as_ref(),
             |server, tool: &mut Tool| tool.name = names::join_name(server, &tool.name).into(),
         )
     }
 
-    pub(super) fn resources(&self) -> Vec<Resource> {
+    pub(super) fn resources(&self, caller: &Caller) -> Vec<Resource> {
         self.list(
+            caller,
             |e| e.resources,
+            |r| r.uri.as_str(),
             |server, r: &mut Resource| r.uri = names::join_uri(server, &r.uri),
         )
     }
 
-    pub(super) fn resource_templates(&self) -> Vec<ResourceTemplate> {
+    pub(super) fn resource_templates(&self, caller: &Caller) -> Vec<ResourceTemplate> {
         self.list(
+            caller,
             |e| e.resource_templates,
+            |t| t.uri_template.as_str(),
             |server, t: &mut ResourceTemplate| {
                 t.uri_template = names::join_uri(server, &t.uri_template);
             },
         )
     }
 
-    pub(super) fn prompts(&self) -> Vec<Prompt> {
+    pub(super) fn prompts(&self, caller: &Caller) -> Vec<Prompt> {
         self.list(
+            caller,
             |e| e.prompts,
+            |p| p.name.as_str(),
             |server, p: &mut Prompt| p.name = names::join_name(server, &p.name),
         )
     }

@@ -36,7 +36,7 @@ use rmcp::{
 pub use self::names::NAME_SEPARATOR;
 pub use self::relay::{META_IDEMPOTENCY_KEY, META_LANE, META_TIMEOUT_MS};
 use self::relay::{Relayed, Request, Resume, relay};
-use crate::{Cancel, shared::Shared, tasks};
+use crate::{Cancel, auth::Caller, shared::Shared, tasks};
 
 /// One MCP endpoint (all servers, or one) for one client: per session for 2025-era clients,
 /// per request for 2026-07-28 ones.
@@ -243,6 +243,17 @@ fn read_result<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// The caller of this request, as the HTTP layer authenticated it. A request that did not
+/// come through it may use nothing.
+pub(super) fn caller_of(context: &RequestContext<RoleServer>) -> Caller {
+    context
+        .extensions
+        .get::<axum::http::request::Parts>()
+        .and_then(|parts| parts.extensions.get::<Caller>())
+        .cloned()
+        .unwrap_or_else(Caller::nobody)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -336,35 +347,35 @@ impl ServerHandler for Gateway {
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        Ok(ListToolsResult::with_all_items(self.tools()))
+        Ok(ListToolsResult::with_all_items(self.tools(&caller_of(&context))))
     }
 
     async fn list_resources(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        Ok(ListResourcesResult::with_all_items(self.resources()))
+        Ok(ListResourcesResult::with_all_items(self.resources(&caller_of(&context))))
     }
 
     async fn list_resource_templates(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
         Ok(ListResourceTemplatesResult::with_all_items(
-            self.resource_templates(),
+            self.resource_templates(&caller_of(&context)),
         ))
     }
 
     async fn list_prompts(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, ErrorData> {
-        Ok(ListPromptsResult::with_all_items(self.prompts()))
+        Ok(ListPromptsResult::with_all_items(self.prompts(&caller_of(&context))))
     }
 
     async fn read_resource(
@@ -400,6 +411,10 @@ impl ServerHandler for Gateway {
         context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
         let (server, name) = self.resolve(&request.name, "prompt")?;
+        let caller = caller_of(&context);
+        if !caller.may(server, name) {
+            return Err(relay::forbidden(&caller, server, name));
+        }
         self.shared
             .check_prompt(server, name)
             .map_err(|refusal| ErrorData::invalid_params(refusal.message().to_string(), None))?;
@@ -523,6 +538,10 @@ impl ServerHandler for Gateway {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let (server, tool) = self.resolve(&request.name, "tool")?;
+        let caller = caller_of(&context);
+        if !caller.may(server, tool) {
+            return Err(relay::forbidden(&caller, server, tool));
+        }
         let defaults = self
             .shared
             .check(server, tool)
@@ -560,9 +579,9 @@ impl ServerHandler for Gateway {
     async fn get_task(
         &self,
         request: GetTaskParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<GetTaskResult, ErrorData> {
-        let record = tasks::record(&self.shared, &request.task_id).await?;
+        let record = tasks::record(&self.shared, &caller_of(&context), &request.task_id).await?;
         Ok(GetTaskResult::new(tasks::detailed(
             &record,
             self.shared.result_ttl,
@@ -572,9 +591,9 @@ impl ServerHandler for Gateway {
     async fn update_task(
         &self,
         request: UpdateTaskParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        let record = tasks::record(&self.shared, &request.task_id).await?;
+        let record = tasks::record(&self.shared, &caller_of(&context), &request.task_id).await?;
         Err(ErrorData::invalid_params(
             format!(
                 "task {} is not waiting for input (mcpq tasks never ask for any)",
@@ -587,9 +606,11 @@ impl ServerHandler for Gateway {
     async fn cancel_task(
         &self,
         request: CancelTaskParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        let job_id = tasks::job_id(&request.task_id)?;
+        let job_id = tasks::record(&self.shared, &caller_of(&context), &request.task_id)
+            .await?
+            .job_id;
         match self
             .shared
             .client

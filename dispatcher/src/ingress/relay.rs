@@ -22,7 +22,11 @@ use rmcp::{
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::{Event, shared::Shared};
+use crate::{
+    Event,
+    auth::{Caller, quota::OverLimit},
+    shared::Shared,
+};
 
 /// Request `_meta` key: how long the caller will wait for this call, in milliseconds.
 pub const META_TIMEOUT_MS: &str = "io.mcpq/timeoutMs";
@@ -123,11 +127,66 @@ impl Request<'_> {
     }
 }
 
+/// JSON-RPC error code: the caller may not use this tool, prompt or resource.
+pub const FORBIDDEN: ErrorCode = ErrorCode(-32001);
+/// JSON-RPC error code: the caller is over a limit; `data.retryAfterMs` says when to retry.
+pub const RATE_LIMITED: ErrorCode = ErrorCode(-32029);
+
+/// The refusal of a request the caller may not make.
+pub(super) fn forbidden(caller: &Caller, server: &str, name: &str) -> ErrorData {
+    ErrorData::new(
+        FORBIDDEN,
+        format!(
+            "principal {:?} may not use {server}/{name} (not in its allow list, or denied); nothing was queued",
+            caller.principal().unwrap_or("anonymous")
+        ),
+        Some(serde_json::json!({"kind": "forbidden"})),
+    )
+}
+
+fn over_limit(over: OverLimit) -> ErrorData {
+    ErrorData::new(
+        RATE_LIMITED,
+        over.message,
+        Some(serde_json::json!({
+            "kind": "rate_limited",
+            "limit": over.limit,
+            "retryAfterMs": over.retry_after.as_millis() as u64,
+        })),
+    )
+}
+
+/// What a request uses, as `allow` patterns name it: the tool or prompt name, or the URI.
+fn used_name(request: &McpRequest) -> Option<&str> {
+    fn field<'a>(object: &'a JsonObject, key: &str) -> Option<&'a str> {
+        object.get(key)?.as_str()
+    }
+    let params = request.params.as_ref()?;
+    match request.method.as_str() {
+        "tools/call" | "prompts/get" => field(params, "name"),
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+            field(params, "uri")
+        }
+        "completion/complete" => {
+            let reference = params.get("ref")?.as_object()?;
+            field(reference, "name").or_else(|| field(reference, "uri"))
+        }
+        _ => None,
+    }
+}
+
 /// Sends `request` through the queue and waits for its answer.
 pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relayed, ErrorData> {
     let defaults = shared
         .server(request.server)
         .map_err(|r| ErrorData::invalid_params(r.message().to_string(), None))?;
+    let caller = super::caller_of(request.context);
+    let name = used_name(&request.request).unwrap_or("");
+    if !caller.may(request.server, name) {
+        return Err(forbidden(&caller, request.server, name));
+    }
+    // Held until the answer (or the task) is handed back.
+    let mut _held = None;
     let meta = request.meta;
     let asked = wait_asked(meta)?;
     let wait = asked.unwrap_or(defaults.timeout + QUEUE_ALLOWANCE);
@@ -143,6 +202,19 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
     ) = match request.resume {
         Some(resume) => {
             let job_id = resume.job_id;
+            // Only the job's own principal answers its questions.
+            let owned = shared
+                .client
+                .record(job_id)
+                .await
+                .map_err(|e| internal(job_id, &e))?
+                .is_none_or(|record| caller.owns(record.principal.as_deref()));
+            if !owned {
+                return Err(ErrorData::invalid_params(
+                    format!("requestState for job {job_id} was not issued to this caller"),
+                    None,
+                ));
+            }
             let answer = InputAnswer {
                 v: ENVELOPE_VERSION,
                 job_id: resume.job_id,
@@ -161,7 +233,12 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
             (job_id, None, Box::pin(call))
         }
         None => {
-            let job = new_job(&request, defaults, meta, asked, wait)?;
+            _held = shared
+                .admit_open_call(&caller)
+                .await
+                .map_err(over_limit)?;
+            let job = new_job(&request, defaults, meta, asked, wait)?
+                .owned_by(caller.principal().map(str::to_string));
             if request.task == TaskMode::Always {
                 // The record and the job are stored before the client hears of the task; a
                 // task has no deadline unless the caller set one.

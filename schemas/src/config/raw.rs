@@ -18,11 +18,15 @@ pub struct ConfigFile {
     /// nats://127.0.0.1:4222.
     #[serde(default)]
     pub nats: Option<NatsSection>,
+    /// Who may call the dispatcher and what each caller may call. Absent: no authentication,
+    /// and the dispatcher listens on loopback only.
+    #[serde(default)]
+    pub auth: Option<super::auth::AuthSection>,
     /// The upstream MCP servers.
     pub servers: Vec<ServerSection>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NatsSection {
     /// NATS URL, e.g. nats://nats.mcpq.svc:4222.
@@ -34,6 +38,35 @@ pub struct NatsSection {
     /// How long job results are kept, e.g. "24h" (default 24h).
     #[serde(default)]
     pub result_ttl: Option<DurationText>,
+    /// A NATS credentials file (`.creds`: user JWT and nkey seed).
+    #[serde(default)]
+    pub creds: Option<String>,
+    /// A file holding an nkey seed (`SU...`).
+    #[serde(default)]
+    pub nkey: Option<String>,
+    /// User name; may use ${env:NAME} and ${file:PATH}.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Password (with `user`); may use ${env:NAME} and ${file:PATH}.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// TLS to NATS: a CA to trust and/or a client certificate.
+    #[serde(default)]
+    pub tls: Option<NatsTlsSection>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NatsTlsSection {
+    /// PEM file of the CA that signed the server's certificate.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// PEM client certificate (with `key`), for servers that verify clients.
+    #[serde(default)]
+    pub cert: Option<String>,
+    /// PEM private key of `cert`.
+    #[serde(default)]
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -3,7 +3,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use super::{
-    AutoScale, CircuitBreaker, Config, ConfigError, ConfigErrors, NatsConfig, RateLimit,
+    AutoScale, CircuitBreaker, Config, ConfigError, ConfigErrors, NatsConfig, NatsCredentials, RateLimit,
     RetryConfig, Secret, ServerConfig, TaskMode, TaskPolicy, Transport,
     raw::{
         AuthSpec, ConfigFile, NatsSection, Priority, RateLimitSection, ServerKind, ServerSection,
@@ -34,6 +34,7 @@ pub(super) fn validate(raw: ConfigFile) -> Result<Config, ConfigErrors> {
         ));
     }
     let nats = nats(raw.nats, &mut errors);
+    let auth = raw.auth.map(|a| super::auth::validate(a, &mut errors));
     if raw.servers.is_empty() {
         errors.push(ConfigError::field(
             "servers",
@@ -58,18 +59,18 @@ pub(super) fn validate(raw: ConfigFile) -> Result<Config, ConfigErrors> {
         }
     }
     if errors.is_empty() {
-        Ok(Config { nats, servers })
+        Ok(Config {
+            nats,
+            auth,
+            servers,
+        })
     } else {
         Err(ConfigErrors(errors))
     }
 }
 
 fn nats(section: Option<NatsSection>, errors: &mut Vec<ConfigError>) -> NatsConfig {
-    let section = section.unwrap_or(NatsSection {
-        url: None,
-        replicas: None,
-        result_ttl: None,
-    });
+    let section = section.unwrap_or_default();
     if let Some(url) = &section.url {
         let ok = ["nats://", "tls://", "ws://", "wss://"]
             .iter()
@@ -97,10 +98,68 @@ fn nats(section: Option<NatsSection>, errors: &mut Vec<ConfigError>) -> NatsConf
             format!("{result_ttl:?} is too short (at least 1s)"),
         ));
     }
+    let credentials = nats_credentials(&section, errors);
     NatsConfig {
         url: section.url,
         replicas,
         result_ttl,
+        credentials,
+    }
+}
+
+fn nats_credentials(section: &NatsSection, errors: &mut Vec<ConfigError>) -> NatsCredentials {
+    let mut err = |field: &str, message: String| {
+        errors.push(ConfigError::field(format!("nats.{field}"), message));
+    };
+    let ways = [
+        section.creds.is_some(),
+        section.nkey.is_some(),
+        section.user.is_some(),
+    ];
+    if ways.iter().filter(|w| **w).count() > 1 {
+        err(
+            "creds",
+            "set one of creds, nkey or user/password, not several".into(),
+        );
+    }
+    if section.password.is_some() && section.user.is_none() {
+        err("password", "a password needs a user".into());
+    }
+    let mut secret = |field: &str, value: &Option<String>| {
+        value.as_deref().and_then(|v| match Secret::parse(v) {
+            Ok(secret) => Some(secret),
+            Err(message) => {
+                err(field, message);
+                None
+            }
+        })
+    };
+    let user = secret("user", &section.user);
+    let password = secret("password", &section.password);
+    let mut tls_ca = None;
+    let mut tls_client = None;
+    if let Some(tls) = &section.tls {
+        tls_ca = tls.ca.clone();
+        match (&tls.cert, &tls.key) {
+            (Some(cert), Some(key)) => tls_client = Some((cert.clone(), key.clone())),
+            (None, None) => {}
+            (Some(_), None) => errors.push(ConfigError::field(
+                "nats.tls.key",
+                "missing: a client certificate needs its key",
+            )),
+            (None, Some(_)) => errors.push(ConfigError::field(
+                "nats.tls.cert",
+                "missing: a key needs its client certificate",
+            )),
+        }
+    }
+    NatsCredentials {
+        creds: section.creds.clone(),
+        nkey: section.nkey.clone(),
+        user,
+        password,
+        tls_ca,
+        tls_client,
     }
 }
 

@@ -1,0 +1,280 @@
+//! The layer in front of every route but `/healthz`: `Host` must be an allowed host (DNS
+//! rebinding), `Origin`, when a browser sends one, an allowed origin or this server's own
+//! (MCP transport spec); then the credentials ([`Authenticator`]), and the [`Caller`] goes into
+//! the request's extensions for the handlers. Without `auth:` every caller is anonymous.
+//!
+//! Refusals: 401 with `WWW-Authenticate: Bearer` (naming the RFC 9728 metadata when JWTs are
+//! configured, and `error="invalid_token"` when credentials were sent), 403 for a host, an
+//! origin or a missing scope.
+
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    extract::{Request, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use mcpq_schemas::api::{ApiError, ApiErrorCode};
+
+use super::{Authenticator, Caller, Denied};
+
+/// The well-known path of the OAuth protected-resource metadata (RFC 9728).
+pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
+
+/// What the layer checks.
+pub struct Guard {
+    pub auth: Option<Arc<Authenticator>>,
+    /// Allowed `Host` names (`host` or `host:port`); empty means loopback names only.
+    pub allowed_hosts: Vec<String>,
+    /// Allowed `Origin`s besides this server's own, like `https://app.example.com`.
+    pub allowed_origins: Vec<String>,
+}
+
+/// Loopback names, the only hosts allowed when none are configured.
+const LOOPBACK: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+impl Guard {
+    fn host_allowed(&self, host: &str) -> bool {
+        let (name, port) = split_host(host);
+        if self.allowed_hosts.is_empty() {
+            return LOOPBACK.contains(&name.as_str());
+        }
+        self.allowed_hosts.iter().any(|allowed| {
+            let (a_name, a_port) = split_host(allowed);
+            a_name == name && a_port.is_none_or(|p| Some(p) == port)
+        })
+    }
+
+    fn origin_allowed(&self, origin: &str, host: &str) -> bool {
+        let origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+        let own = ["http://", "https://"]
+            .iter()
+            .any(|scheme| origin == format!("{scheme}{}", host.to_ascii_lowercase()));
+        own || self
+            .allowed_origins
+            .iter()
+            .any(|a| a.trim().trim_end_matches('/').eq_ignore_ascii_case(&origin))
+    }
+}
+
+/// `host[:port]` → lower-case name without brackets, and the port.
+fn split_host(host: &str) -> (String, Option<u16>) {
+    let host = host.trim();
+    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((name, tail)) => (name, tail.strip_prefix(':')),
+            None => (rest, None),
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if !name.contains(':') => (name, Some(port)),
+            _ => (host, None),
+        }
+    };
+    (
+        name.to_ascii_lowercase(),
+        port.and_then(|p| p.parse().ok()),
+    )
+}
+
+fn refuse(status: StatusCode, code: ApiErrorCode, message: String) -> Response {
+    (status, Json(ApiError { code, message })).into_response()
+}
+
+/// The axum middleware.
+pub async fn guard(State(guard): State<Arc<Guard>>, mut request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_string();
+    if path == "/healthz" {
+        return next.run(request).await;
+    }
+    let headers = request.headers();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| request.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    if !guard.host_allowed(&host) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            ApiErrorCode::Forbidden,
+            format!(
+                "Host {host:?} is not allowed (start the dispatcher with --allowed-host {})",
+                split_host(&host).0
+            ),
+        );
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        if !guard.origin_allowed(origin, &host) {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                ApiErrorCode::Forbidden,
+                format!(
+                    "Origin {origin:?} is not allowed (start the dispatcher with --allowed-origin {origin} to let pages from it call)"
+                ),
+            );
+        }
+    }
+    if path == METADATA_PATH || path.starts_with(&format!("{METADATA_PATH}/")) {
+        return next.run(request).await;
+    }
+    let caller = match &guard.auth {
+        None => Caller::anonymous(),
+        Some(auth) => {
+            let authorization = headers
+                .get(header::AUTHORIZATION)
+                .map(|v| v.to_str().unwrap_or("\u{0}"));
+            match auth.authenticate(authorization).await {
+                Ok(caller) => caller,
+                Err(denied) => {
+                    tracing::info!(path = %path, reason = %denied.message(), "request refused");
+                    return refused(auth, &denied, &base_url(auth, headers, &host), &path);
+                }
+            }
+        }
+    };
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+/// The URL clients reach this server at: `auth.publicUrl`, else `http://<Host>`.
+pub fn base_url(auth: &Authenticator, _headers: &HeaderMap, host: &str) -> String {
+    auth.config()
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{host}"))
+}
+
+/// The metadata URL for the resource at `path`: the per-path form for the MCP endpoints.
+fn metadata_url(base: &str, path: &str) -> String {
+    if is_mcp_path(path) {
+        format!("{base}{METADATA_PATH}{}", path.trim_end_matches('/'))
+    } else {
+        format!("{base}{METADATA_PATH}")
+    }
+}
+
+fn is_mcp_path(path: &str) -> bool {
+    let path = path.trim_end_matches('/');
+    path == "/mcp" || (path.starts_with("/servers/") && path.ends_with("/mcp"))
+}
+
+fn refused(auth: &Authenticator, denied: &Denied, base: &str, path: &str) -> Response {
+    let mut challenge = String::from("Bearer");
+    let mut params = Vec::new();
+    if auth.config().jwt.is_some() {
+        params.push(format!(
+            "resource_metadata=\"{}\"",
+            metadata_url(base, path)
+        ));
+    }
+    let (status, code) = match denied {
+        Denied::Missing => (StatusCode::UNAUTHORIZED, ApiErrorCode::Unauthorized),
+        Denied::Invalid(_) => {
+            params.push("error=\"invalid_token\"".into());
+            (StatusCode::UNAUTHORIZED, ApiErrorCode::Unauthorized)
+        }
+        Denied::InsufficientScope(scope) => {
+            params.push("error=\"insufficient_scope\"".into());
+            params.push(format!("scope=\"{scope}\""));
+            (StatusCode::FORBIDDEN, ApiErrorCode::Forbidden)
+        }
+    };
+    if !params.is_empty() {
+        challenge.push(' ');
+        challenge.push_str(&params.join(", "));
+    }
+    let mut response = refuse(status, code, denied.message());
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+/// `GET /.well-known/oauth-protected-resource[/<path>]`: RFC 9728 metadata naming the
+/// resource and its authorization server.
+pub async fn metadata(
+    State(guard): State<Arc<Guard>>,
+    request: Request,
+) -> Result<Json<serde_json::Value>, StatusCode> {
+    let auth = guard.auth.as_ref().ok_or(StatusCode::NOT_FOUND)?;
+    let jwt = auth.config().jwt.as_ref().ok_or(StatusCode::NOT_FOUND)?;
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let base = base_url(auth, request.headers(), host);
+    let resource_path = request
+        .uri()
+        .path()
+        .strip_prefix(METADATA_PATH)
+        .unwrap_or("");
+    Ok(Json(serde_json::json!({
+        "resource": format!("{base}{resource_path}"),
+        "authorization_servers": [jwt.issuer],
+        "bearer_methods_supported": ["header"],
+        "scopes_supported": jwt.required_scopes,
+        "resource_name": "mcpq",
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guard(hosts: &[&str], origins: &[&str]) -> Guard {
+        Guard {
+            auth: None,
+            allowed_hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            allowed_origins: origins.iter().map(|o| o.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn hosts_default_to_loopback() {
+        let g = guard(&[], &[]);
+        for ok in ["127.0.0.1:7400", "localhost", "[::1]:80", "LOCALHOST:1"] {
+            assert!(g.host_allowed(ok), "{ok}");
+        }
+        for bad in ["evil.example:7400", "10.0.0.1", "", "127.0.0.1.evil.example"] {
+            assert!(!g.host_allowed(bad), "{bad}");
+        }
+        let g = guard(&["mcpq.example.com", "api.example.com:8443"], &[]);
+        assert!(g.host_allowed("mcpq.example.com:443"));
+        assert!(g.host_allowed("api.example.com:8443"));
+        assert!(!g.host_allowed("api.example.com:80"));
+        assert!(!g.host_allowed("localhost"));
+    }
+
+    #[test]
+    fn origins_are_our_own_or_listed() {
+        let g = guard(&[], &["https://app.example.com"]);
+        assert!(g.origin_allowed("http://127.0.0.1:7400", "127.0.0.1:7400"));
+        assert!(g.origin_allowed("https://app.example.com", "127.0.0.1:7400"));
+        assert!(!g.origin_allowed("https://evil.example", "127.0.0.1:7400"));
+        assert!(!g.origin_allowed("null", "127.0.0.1:7400"));
+        assert!(!g.origin_allowed("http://127.0.0.1:9999", "127.0.0.1:7400"));
+    }
+
+    #[test]
+    fn mcp_endpoints_have_their_own_metadata() {
+        assert_eq!(
+            metadata_url("https://q.example", "/mcp"),
+            "https://q.example/.well-known/oauth-protected-resource/mcp"
+        );
+        assert_eq!(
+            metadata_url("https://q.example", "/servers/github/mcp"),
+            "https://q.example/.well-known/oauth-protected-resource/servers/github/mcp"
+        );
+        assert_eq!(
+            metadata_url("https://q.example", "/v1/jobs"),
+            "https://q.example/.well-known/oauth-protected-resource"
+        );
+    }
+}

@@ -1,0 +1,302 @@
+//! JWT bearer tokens, as an OAuth 2.1 resource server (MCP authorization, RFC 9068/8707):
+//! the signature against the issuer's JSON Web Key Set, `iss`, `aud` naming this server, `exp`
+//! and `nbf` with the configured leeway, the required scopes; then the config's `rules` turn
+//! the claims into what the caller may call.
+//!
+//! The key set is read when first needed and again when a token names an unknown `kid` — at
+//! most once a minute ([`may_refresh`]), so a flood of made-up `kid`s never floods the issuer.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use jsonwebtoken::{
+    Algorithm, DecodingKey, Validation, decode, decode_header,
+    jwk::{AlgorithmParameters, JwkSet},
+};
+use mcpq_schemas::config::{Access, JwksSource, JwtConfig, Limits};
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use super::{Caller, Denied};
+
+/// The shortest time between two reads of the key set.
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A key set that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum JwksError {
+    #[error("auth.jwt: cannot build an HTTP client for jwksUrl: {0}")]
+    Client(String),
+}
+
+/// Checks tokens of one issuer.
+pub struct Verifier {
+    config: JwtConfig,
+    http: reqwest::Client,
+    keys: Mutex<Keys>,
+}
+
+#[derive(Default)]
+struct Keys {
+    by_kid: HashMap<String, Key>,
+    /// Keys without a `kid`: usable only when the token names none.
+    anonymous: Vec<Key>,
+    read_at: Option<Instant>,
+}
+
+#[derive(Clone)]
+struct Key {
+    key: DecodingKey,
+    /// The algorithm the key is for, if the set says.
+    alg: Option<Algorithm>,
+    rsa: bool,
+}
+
+/// Whether the key set may be read again, last read at `last`.
+pub fn may_refresh(last: Option<Instant>, now: Instant) -> bool {
+    last.is_none_or(|last| now.saturating_duration_since(last) >= REFRESH_INTERVAL)
+}
+
+impl Verifier {
+    pub fn new(config: JwtConfig) -> Result<Verifier, JwksError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| JwksError::Client(e.to_string()))?;
+        Ok(Verifier {
+            config,
+            http,
+            keys: Mutex::new(Keys::default()),
+        })
+    }
+
+    /// The caller `token` stands for.
+    pub async fn verify(&self, token: &str) -> Result<Caller, Denied> {
+        let invalid = |reason: String| Denied::Invalid(reason);
+        let header = decode_header(token).map_err(|e| invalid(format!("not a JWT: {e}")))?;
+        let key = self.key(header.kid.as_deref()).await?;
+        let family_ok = match header.alg {
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => false,
+            Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::PS256
+            | Algorithm::PS384
+            | Algorithm::PS512 => key.rsa,
+            _ => !key.rsa,
+        };
+        if !family_ok || key.alg.is_some_and(|alg| alg != header.alg) {
+            return Err(invalid(format!(
+                "the token's algorithm {:?} does not fit its key",
+                header.alg
+            )));
+        }
+        let mut validation = Validation::new(header.alg);
+        validation.set_issuer(&[&self.config.issuer]);
+        validation.set_audience(&self.config.audiences);
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        validation.leeway = self.config.leeway.as_secs();
+        validation.validate_nbf = true;
+        let claims = decode::<Value>(token, &key.key, &validation)
+            .map_err(|e| invalid(describe(e.kind())))?
+            .claims;
+        let scopes = scopes(&claims);
+        if let Some(missing) = self
+            .config
+            .required_scopes
+            .iter()
+            .find(|s| !scopes.contains(&s.as_str()))
+        {
+            return Err(Denied::InsufficientScope(missing.clone()));
+        }
+        let principal = claims
+            .get(&self.config.principal_claim)
+            .and_then(Value::as_str)
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| {
+                invalid(format!(
+                    "the token has no {:?} claim to name its principal",
+                    self.config.principal_claim
+                ))
+            })?;
+        let (access, limits) = self.grants(&claims);
+        Ok(Caller::new(principal.to_string(), access, limits))
+    }
+
+    /// What the matching rules grant: their lists together, the first limits set.
+    fn grants(&self, claims: &Value) -> (Access, Limits) {
+        let mut access = Access::default();
+        let mut limits = Limits::default();
+        for rule in &self.config.rules {
+            if claim_has(claims.get(&rule.claim), &rule.value) {
+                access.merge(&rule.access);
+                limits = limits.or(rule.limits);
+            }
+        }
+        (access, limits)
+    }
+
+    /// The key named `kid` (or the only key, for a token naming none), reading the set again
+    /// when it is unknown and the last read is a minute old.
+    async fn key(&self, kid: Option<&str>) -> Result<Key, Denied> {
+        let mut keys = self.keys.lock().await;
+        if let Some(key) = keys.find(kid) {
+            return Ok(key);
+        }
+        if may_refresh(keys.read_at, Instant::now()) {
+            keys.read_at = Some(Instant::now());
+            match self.read().await {
+                Ok(set) => keys.replace(set),
+                Err(reason) => {
+                    tracing::warn!(%reason, "cannot read the issuer's JSON Web Key Set");
+                }
+            }
+            if let Some(key) = keys.find(kid) {
+                return Ok(key);
+            }
+        }
+        Err(Denied::Invalid(match kid {
+            Some(kid) => format!("the token's key {kid:?} is not in the issuer's key set"),
+            None => "the token names no key (kid) and the issuer has several".into(),
+        }))
+    }
+
+    async fn read(&self) -> Result<JwkSet, String> {
+        let text = match &self.config.jwks {
+            JwksSource::File(path) => {
+                std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?
+            }
+            JwksSource::Url(url) => {
+                let response = self
+                    .http
+                    .get(url)
+                    .send()
+                    .await
+                    .map_err(|e| format!("{}: {e}", mcpq_schemas::redact::url(url)))?;
+                if !response.status().is_success() {
+                    return Err(format!(
+                        "{}: HTTP {}",
+                        mcpq_schemas::redact::url(url),
+                        response.status()
+                    ));
+                }
+                response.text().await.map_err(|e| e.to_string())?
+            }
+        };
+        serde_json::from_str(&text).map_err(|e| format!("not a JSON Web Key Set: {e}"))
+    }
+}
+
+impl Keys {
+    fn find(&self, kid: Option<&str>) -> Option<Key> {
+        match kid {
+            Some(kid) => self.by_kid.get(kid).cloned(),
+            None => match (self.anonymous.as_slice(), self.by_kid.len()) {
+                ([only], 0) => Some(only.clone()),
+                ([], 1) => self.by_kid.values().next().cloned(),
+                _ => None,
+            },
+        }
+    }
+
+    fn replace(&mut self, set: JwkSet) {
+        self.by_kid.clear();
+        self.anonymous.clear();
+        for jwk in set.keys {
+            // Shared secrets have no place in a public key set.
+            if matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_)) {
+                continue;
+            }
+            let Ok(key) = DecodingKey::from_jwk(&jwk) else {
+                continue;
+            };
+            let key = Key {
+                key,
+                alg: jwk
+                    .common
+                    .key_algorithm
+                    .and_then(|a| a.to_string().parse().ok()),
+                rsa: matches!(jwk.algorithm, AlgorithmParameters::RSA(_)),
+            };
+            match jwk.common.key_id {
+                Some(kid) => {
+                    self.by_kid.insert(kid, key);
+                }
+                None => self.anonymous.push(key),
+            }
+        }
+    }
+}
+
+/// The token's scopes: `scope` (space-separated) or `scp` (an array).
+fn scopes(claims: &Value) -> Vec<&str> {
+    let mut out: Vec<&str> = claims
+        .get("scope")
+        .and_then(Value::as_str)
+        .map(|s| s.split_whitespace().collect())
+        .unwrap_or_default();
+    if let Some(Value::Array(list)) = claims.get("scp") {
+        out.extend(list.iter().filter_map(Value::as_str));
+    }
+    out
+}
+
+/// Whether a claim equals or contains `value` (`*`: is present). `scope` strings count as lists.
+fn claim_has(claim: Option<&Value>, value: &str) -> bool {
+    match claim {
+        None | Some(Value::Null) => false,
+        Some(_) if value == "*" => true,
+        Some(Value::String(s)) => s == value || s.split_whitespace().any(|part| part == value),
+        Some(Value::Array(items)) => items.iter().any(|i| i.as_str() == Some(value)),
+        Some(Value::Bool(b)) => b.to_string() == value,
+        Some(Value::Number(n)) => n.to_string() == value,
+        Some(Value::Object(_)) => false,
+    }
+}
+
+/// A token error in words a caller can act on.
+fn describe(kind: &jsonwebtoken::errors::ErrorKind) -> String {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match kind {
+        K::ExpiredSignature => "the token has expired".into(),
+        K::ImmatureSignature => "the token is not valid yet (nbf)".into(),
+        K::InvalidIssuer => "the token is from another issuer".into(),
+        K::InvalidAudience => "the token is not for this server (aud)".into(),
+        K::InvalidSignature => "the token's signature does not verify".into(),
+        K::MissingRequiredClaim(claim) => format!("the token has no {claim:?} claim"),
+        other => format!("the token is not valid: {other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn the_key_set_is_read_again_at_most_once_a_minute() {
+        let now = Instant::now();
+        assert!(may_refresh(None, now));
+        assert!(!may_refresh(Some(now), now));
+        assert!(!may_refresh(Some(now), now + Duration::from_secs(59)));
+        assert!(may_refresh(Some(now), now + REFRESH_INTERVAL));
+    }
+
+    #[test]
+    fn claims_match_as_strings_lists_and_scopes() {
+        let claims = json!({"sub": "ada", "groups": ["eng", "ops"], "scope": "mcp:call mcp:read", "admin": true});
+        assert!(claim_has(claims.get("groups"), "eng"));
+        assert!(!claim_has(claims.get("groups"), "sales"));
+        assert!(claim_has(claims.get("scope"), "mcp:read"));
+        assert!(claim_has(claims.get("sub"), "ada"));
+        assert!(claim_has(claims.get("sub"), "*"));
+        assert!(!claim_has(claims.get("missing"), "*"));
+        assert!(claim_has(claims.get("admin"), "true"));
+        assert_eq!(scopes(&claims), ["mcp:call", "mcp:read"]);
+        assert_eq!(scopes(&json!({"scp": ["a", "b"]})), ["a", "b"]);
+    }
+}
