@@ -228,12 +228,16 @@ async fn load_and_connect(
 }
 
 pub async fn dispatcher(args: DispatcherArgs) -> ExitCode {
-    let (config, nats, url) = match load_and_connect(&args.common, "mcpq-dispatcher").await {
-        Ok(loaded) => loaded,
+    // Whether it may listen at all is decided before connecting anywhere.
+    let options = match load(&args.common.config) {
+        Ok(config) => match args.exposure.check(&config, args.listen) {
+            Ok(options) => options,
+            Err(code) => return code,
+        },
         Err(code) => return code,
     };
-    let options = match args.exposure.check(&config, args.listen) {
-        Ok(options) => options,
+    let (config, nats, url) = match load_and_connect(&args.common, "mcpq-dispatcher").await {
+        Ok(loaded) => loaded,
         Err(code) => return code,
     };
     let shutdown = on_signal();

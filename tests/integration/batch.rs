@@ -132,6 +132,7 @@ async fn a_batch_over_http_reports_counts_and_results_in_order() {
         .collect();
     let post = || {
         http.post(format!("{base}/v1/batches"))
+            .header("Content-Type", "application/x-ndjson")
             .header("Idempotency-Key", "nightly-1")
             .body(body.clone())
             .send()
@@ -191,6 +192,7 @@ async fn a_batch_over_http_reports_counts_and_results_in_order() {
     // A bad line is refused by number, and nothing is queued.
     let response = http
         .post(format!("{base}/v1/batches"))
+        .header("Content-Type", "application/x-ndjson")
         .body("{\"server\": \"web\", \"tool\": \"echo\"}\n{\"server\": \"nope\", \"tool\": \"echo\"}\n")
         .send()
         .await

@@ -26,9 +26,14 @@ impl Stack {
     /// Starts nats-server, the workers and the dispatcher for `servers_yaml` (the `servers:`
     /// list of a config), and waits until every server's catalog is published.
     pub async fn start(servers_yaml: &str) -> Stack {
+        Stack::start_config(&format!("version: \"1.0\"\nservers:\n{servers_yaml}")).await
+    }
+
+    /// [`Stack::start`] from a whole config file (say, one with an `auth:` section).
+    pub async fn start_config(config_yaml: &str) -> Stack {
         crate::init_logging();
         let nats = NatsServer::start();
-        let config = Config::from_yaml(&format!("version: \"1.0\"\nservers:\n{servers_yaml}"))
+        let config = Config::from_yaml(config_yaml)
             .unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
         let stop = CancellationToken::new();
         let client = connect(&nats.url(), "test-workers")
