@@ -61,9 +61,12 @@ struct Limited(OverLimit);
 impl IntoResponse for Limited {
     fn into_response(self) -> Response {
         let seconds = self.0.retry_after.as_secs().max(1).to_string();
-        let mut response =
-            Failure(StatusCode::TOO_MANY_REQUESTS, ApiErrorCode::RateLimited, self.0.message)
-                .into_response();
+        let mut response = Failure(
+            StatusCode::TOO_MANY_REQUESTS,
+            ApiErrorCode::RateLimited,
+            self.0.message,
+        )
+        .into_response();
         if let Ok(value) = header::HeaderValue::from_str(&seconds) {
             response.headers_mut().insert(header::RETRY_AFTER, value);
         }
@@ -112,7 +115,11 @@ fn json_body(headers: &HeaderMap, lines: bool) -> Result<(), Failure> {
         .trim()
         .to_ascii_lowercase();
     let ok = essence == "application/json"
-        || (lines && matches!(essence.as_str(), "application/x-ndjson" | "application/jsonl"));
+        || (lines
+            && matches!(
+                essence.as_str(),
+                "application/x-ndjson" | "application/jsonl"
+            ));
     if ok {
         return Ok(());
     }
@@ -121,7 +128,11 @@ fn json_body(headers: &HeaderMap, lines: bool) -> Result<(), Failure> {
         ApiErrorCode::UnsupportedMediaType,
         format!(
             "Content-Type {content_type:?} is not accepted: send the body as Content-Type: application/json{}",
-            if lines { " (or application/x-ndjson)" } else { "" }
+            if lines {
+                " (or application/x-ndjson)"
+            } else {
+                ""
+            }
         ),
     ))
 }

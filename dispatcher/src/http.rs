@@ -98,7 +98,10 @@ pub(crate) fn router(
         .with_state(guard.clone());
     router
         .merge(metadata)
-        .layer(axum::middleware::from_fn_with_state(guard, crate::auth::guard::guard))
+        .layer(axum::middleware::from_fn_with_state(
+            guard,
+            crate::auth::guard::guard,
+        ))
 }
 
 /// The most of a sessionless POST body read to see whether it is an `initialize` (rmcp's own

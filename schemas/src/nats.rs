@@ -235,7 +235,9 @@ pub async fn ensure_topology(
     .map_err(|e| fail("bucket mcpq_workers")(&e))?;
     js.create_or_update_key_value(kv::Config {
         bucket: QUOTAS_BUCKET.into(),
-        description: "mcpq per-principal usage, keyed calls.<principal>.<minute> and inflight.<principal>".into(),
+        description:
+            "mcpq per-principal usage, keyed calls.<principal>.<minute> and inflight.<principal>"
+                .into(),
         history: 1,
         max_age: Duration::from_secs(300),
         storage: stream::StorageType::Memory,

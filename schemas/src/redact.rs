@@ -19,7 +19,9 @@ fn one_url(text: &str) -> String {
         Some(at) => rest.split_at(at),
         None => (rest, ""),
     };
-    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
     let mut out = String::new();
     if let Some(scheme) = scheme {
         out.push_str(scheme);
@@ -66,12 +68,21 @@ mod tests {
             "https://h/p@th",
             "an @ in the path is not userinfo"
         );
-        assert_eq!(super::url("http://127.0.0.1:7400/mcp"), "http://127.0.0.1:7400/mcp");
+        assert_eq!(
+            super::url("http://127.0.0.1:7400/mcp"),
+            "http://127.0.0.1:7400/mcp"
+        );
     }
 
     #[test]
     fn credential_headers_are_known() {
-        for h in ["Authorization", "X-Api-Key", "x-auth-token", "Cookie", "X-Secret"] {
+        for h in [
+            "Authorization",
+            "X-Api-Key",
+            "x-auth-token",
+            "Cookie",
+            "X-Secret",
+        ] {
             assert!(super::is_secret_header(h), "{h}");
         }
         for h in ["Mcpq-Job-Id", "Nats-Msg-Id", "traceparent", "Mcpq-Reply-To"] {

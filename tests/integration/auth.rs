@@ -204,7 +204,10 @@ async fn only_valid_credentials_get_in_and_each_caller_sees_and_owns_only_its_ow
         } else if url.ends_with("/servers/web/mcp") {
             rpc("tools/call", json!({"name": "mark", "arguments": mark}))
         } else {
-            rpc("tools/call", json!({"name": "web__mark", "arguments": mark}))
+            rpc(
+                "tools/call",
+                json!({"name": "web__mark", "arguments": mark}),
+            )
         }
     };
 
@@ -212,31 +215,56 @@ async fn only_valid_credentials_get_in_and_each_caller_sees_and_owns_only_its_ow
     // unknown kid comes first: it is what makes mcpq read the key set (the one read).
     let unknown_kid = signer.token("k9", claims(|_| {}));
     let cases: Vec<(&str, Option<String>, u16, Option<&str>)> = vec![
-        ("unknown kid", Some(bearer(&unknown_kid)), 401, Some("invalid_token")),
+        (
+            "unknown kid",
+            Some(bearer(&unknown_kid)),
+            401,
+            Some("invalid_token"),
+        ),
         ("no credentials", None, 401, None),
-        ("malformed header", Some("Basic YWxpY2U6eA==".into()), 401, Some("invalid_token")),
-        ("unknown key", Some(bearer("mcpq_not-a-key")), 401, Some("invalid_token")),
+        (
+            "malformed header",
+            Some("Basic YWxpY2U6eA==".into()),
+            401,
+            Some("invalid_token"),
+        ),
+        (
+            "unknown key",
+            Some(bearer("mcpq_not-a-key")),
+            401,
+            Some("invalid_token"),
+        ),
         (
             "expired",
-            Some(bearer(&signer.token("k1", claims(|c| c["exp"] = json!(now() - 3600))))),
+            Some(bearer(
+                &signer.token("k1", claims(|c| c["exp"] = json!(now() - 3600))),
+            )),
             401,
             Some("invalid_token"),
         ),
         (
             "not yet valid",
-            Some(bearer(&signer.token("k1", claims(|c| c["nbf"] = json!(now() + 3600))))),
+            Some(bearer(
+                &signer.token("k1", claims(|c| c["nbf"] = json!(now() + 3600))),
+            )),
             401,
             Some("invalid_token"),
         ),
         (
             "wrong issuer",
-            Some(bearer(&signer.token("k1", claims(|c| c["iss"] = json!("https://other.test"))))),
+            Some(bearer(&signer.token(
+                "k1",
+                claims(|c| c["iss"] = json!("https://other.test")),
+            ))),
             401,
             Some("invalid_token"),
         ),
         (
             "wrong audience",
-            Some(bearer(&signer.token("k1", claims(|c| c["aud"] = json!("http://elsewhere/mcp"))))),
+            Some(bearer(&signer.token(
+                "k1",
+                claims(|c| c["aud"] = json!("http://elsewhere/mcp")),
+            ))),
             401,
             Some("invalid_token"),
         ),
@@ -254,14 +282,21 @@ async fn only_valid_credentials_get_in_and_each_caller_sees_and_owns_only_its_ow
         ),
         (
             "missing scope",
-            Some(bearer(&signer.token("k1", claims(|c| c["scope"] = json!("mcp:read"))))),
+            Some(bearer(
+                &signer.token("k1", claims(|c| c["scope"] = json!("mcp:read"))),
+            )),
             403,
             Some("insufficient_scope"),
         ),
     ];
     for (i, (case, authorization, status, error)) in cases.iter().enumerate() {
         for url in &endpoints {
-            let got = post(url, authorization.as_deref(), body_for(url, &format!("refused-{i}"))).await;
+            let got = post(
+                url,
+                authorization.as_deref(),
+                body_for(url, &format!("refused-{i}")),
+            )
+            .await;
             assert_eq!(got.status, *status, "{case} at {url}: {:?}", got.body);
             let path = url.strip_prefix(&base).unwrap();
             let metadata = if path.ends_with("/mcp") {
@@ -281,25 +316,50 @@ async fn only_valid_credentials_get_in_and_each_caller_sees_and_owns_only_its_ow
                     "{case}: {}",
                     got.challenge
                 ),
-                None => assert!(!got.challenge.contains("error="), "{case}: {}", got.challenge),
+                None => assert!(
+                    !got.challenge.contains("error="),
+                    "{case}: {}",
+                    got.challenge
+                ),
             }
         }
     }
-    assert_eq!(reads.load(Ordering::SeqCst), 1, "the key set is read once, not per unknown kid");
+    assert_eq!(
+        reads.load(Ordering::SeqCst),
+        1,
+        "the key set is read once, not per unknown kid"
+    );
 
     // Allowed calls pass, over each route, for a JWT and for an API key.
     let ada = bearer(&signer.token("k1", claims(|_| {})));
     for (who, authorization) in [("ada", &ada), ("alice", &bearer(ALICE_KEY))] {
         for url in &endpoints {
-            let got = post(url, Some(authorization), body_for(url, &format!("ok-{who}"))).await;
-            assert!(matches!(got.status, 200 | 202), "{who} at {url}: {}", got.status);
-            assert!(got.body.get("error").is_none(), "{who} at {url}: {}", got.body);
+            let got = post(
+                url,
+                Some(authorization),
+                body_for(url, &format!("ok-{who}")),
+            )
+            .await;
+            assert!(
+                matches!(got.status, 200 | 202),
+                "{who} at {url}: {}",
+                got.status
+            );
+            assert!(
+                got.body.get("error").is_none(),
+                "{who} at {url}: {}",
+                got.body
+            );
         }
     }
-    mcpq_tests::eventually("the allowed calls reached the upstream", Duration::from_secs(30), || {
-        let marks = fixture.fixture.marks();
-        async move { (marks.len() >= 6).then_some(()) }
-    })
+    mcpq_tests::eventually(
+        "the allowed calls reached the upstream",
+        Duration::from_secs(30),
+        || {
+            let marks = fixture.fixture.marks();
+            async move { (marks.len() >= 6).then_some(()) }
+        },
+    )
     .await;
     let marks = fixture.fixture.marks();
     assert!(
@@ -318,37 +378,81 @@ async fn only_valid_credentials_get_in_and_each_caller_sees_and_owns_only_its_ow
         names.sort();
         names
     };
-    let listed = post(&endpoints[1], Some(&bearer(ALICE_KEY)), rpc("tools/list", json!({}))).await;
-    assert_eq!(names(&listed), ["echo", "mark"], "alice's allow list minus its deny list");
+    let listed = post(
+        &endpoints[1],
+        Some(&bearer(ALICE_KEY)),
+        rpc("tools/list", json!({})),
+    )
+    .await;
+    assert_eq!(
+        names(&listed),
+        ["echo", "mark"],
+        "alice's allow list minus its deny list"
+    );
     let listed = post(&endpoints[0], Some(&ada), rpc("tools/list", json!({}))).await;
     let ada_sees = names(&listed);
-    assert!(ada_sees.contains(&"web__reject".to_string()) && !ada_sees.contains(&"web__crash".to_string()), "{ada_sees:?}");
+    assert!(
+        ada_sees.contains(&"web__reject".to_string())
+            && !ada_sees.contains(&"web__crash".to_string()),
+        "{ada_sees:?}"
+    );
 
     // A forbidden call is refused and never queued.
-    let refused = post(&endpoints[2], Some(&bearer(ALICE_KEY)), json!({"server": "web", "tool": "reject"})).await;
+    let refused = post(
+        &endpoints[2],
+        Some(&bearer(ALICE_KEY)),
+        json!({"server": "web", "tool": "reject"}),
+    )
+    .await;
     assert_eq!(refused.status, 403);
     assert_eq!(refused.body["code"], "forbidden", "{}", refused.body);
-    let refused = post(&endpoints[0], Some(&bearer(ALICE_KEY)), rpc("tools/call", json!({"name": "web__reject"}))).await;
+    let refused = post(
+        &endpoints[0],
+        Some(&bearer(ALICE_KEY)),
+        rpc("tools/call", json!({"name": "web__reject"})),
+    )
+    .await;
     assert_eq!(refused.body["error"]["code"], -32001, "{}", refused.body);
 
     // Jobs belong to who submitted them: another principal is told they do not exist.
-    let submitted = post(&endpoints[2], Some(&bearer(ALICE_KEY)), body_for(&endpoints[2], "ok-owned")).await;
+    let submitted = post(
+        &endpoints[2],
+        Some(&bearer(ALICE_KEY)),
+        body_for(&endpoints[2], "ok-owned"),
+    )
+    .await;
     let id = submitted.body["id"].as_str().unwrap().to_string();
     let http = reqwest::Client::new();
     let read = |authorization: String| {
         let http = http.clone();
         let url = format!("{base}/v1/jobs/{id}");
-        async move { http.get(url).header("Authorization", authorization).send().await.unwrap().status().as_u16() }
+        async move {
+            http.get(url)
+                .header("Authorization", authorization)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
     };
     assert_eq!(read(bearer(ALICE_KEY)).await, 200);
-    assert_eq!(read(ada.clone()).await, 404, "another principal cannot read the job");
+    assert_eq!(
+        read(ada.clone()).await,
+        404,
+        "another principal cannot read the job"
+    );
     let cancel = http
         .delete(format!("{base}/v1/jobs/{id}"))
         .header("Authorization", &ada)
         .send()
         .await
         .unwrap();
-    assert_eq!(cancel.status(), 404, "another principal cannot cancel the job");
+    assert_eq!(
+        cancel.status(),
+        404,
+        "another principal cannot cancel the job"
+    );
     // One idempotency key, two principals: two jobs.
     let keyed = |authorization: String| {
         let http = http.clone();
@@ -362,7 +466,10 @@ async fn only_valid_credentials_get_in_and_each_caller_sees_and_owns_only_its_ow
                 .send()
                 .await
                 .unwrap();
-            answer(response).await.body["id"].as_str().unwrap().to_string()
+            answer(response).await.body["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
         }
     };
     assert_ne!(keyed(bearer(ALICE_KEY)).await, keyed(ada.clone()).await);
@@ -394,7 +501,11 @@ async fn only_valid_credentials_get_in_and_each_caller_sees_and_owns_only_its_ow
         .send()
         .await
         .unwrap();
-    assert_eq!(rebound.status(), 403, "a Host that is not ours (DNS rebinding)");
+    assert_eq!(
+        rebound.status(),
+        403,
+        "a Host that is not ours (DNS rebinding)"
+    );
 
     // The protected-resource metadata names the resource and its authorization server.
     let metadata: Value = http
@@ -415,7 +526,12 @@ async fn only_valid_credentials_get_in_and_each_caller_sees_and_owns_only_its_ow
         tokio::time::sleep(Duration::from_millis(60_000 - into_minute + 100)).await;
     }
     for _ in 0..2 {
-        let got = post(&endpoints[2], Some(&bearer(CAROL_KEY)), body_for(&endpoints[2], "ok-carol")).await;
+        let got = post(
+            &endpoints[2],
+            Some(&bearer(CAROL_KEY)),
+            body_for(&endpoints[2], "ok-carol"),
+        )
+        .await;
         assert_eq!(got.status, 202, "{}", got.body);
     }
     let response = http
@@ -426,11 +542,28 @@ async fn only_valid_credentials_get_in_and_each_caller_sees_and_owns_only_its_ow
         .await
         .unwrap();
     assert_eq!(response.status(), 429);
-    let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=60).contains(&retry_after), "{retry_after}");
-    let over = post(&endpoints[0], Some(&bearer(CAROL_KEY)), body_for(&endpoints[0], "refused-limit")).await;
-    assert_eq!(over.body["error"]["data"]["kind"], "rate_limited", "{}", over.body);
-    assert!(over.body["error"]["data"]["retryAfterMs"].as_u64().is_some());
+    let over = post(
+        &endpoints[0],
+        Some(&bearer(CAROL_KEY)),
+        body_for(&endpoints[0], "refused-limit"),
+    )
+    .await;
+    assert_eq!(
+        over.body["error"]["data"]["kind"], "rate_limited",
+        "{}",
+        over.body
+    );
+    assert!(
+        over.body["error"]["data"]["retryAfterMs"]
+            .as_u64()
+            .is_some()
+    );
 
     tokio::time::sleep(Duration::from_millis(500)).await;
     let marks = fixture.fixture.marks();
@@ -450,7 +583,13 @@ async fn an_unauthenticated_dispatcher_refuses_to_listen_beyond_loopback() {
     )
     .unwrap();
     let output = tokio::process::Command::new(mcpq_bin())
-        .args(["dispatcher", "--listen", "0.0.0.0:0", "--nats", "nats://127.0.0.1:9"])
+        .args([
+            "dispatcher",
+            "--listen",
+            "0.0.0.0:0",
+            "--nats",
+            "nats://127.0.0.1:9",
+        ])
         .arg("--config")
         .arg(&config)
         .output()
@@ -458,5 +597,8 @@ async fn an_unauthenticated_dispatcher_refuses_to_listen_beyond_loopback() {
         .unwrap();
     assert_eq!(output.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("without authentication") && stderr.contains("--insecure-no-auth"), "{stderr}");
+    assert!(
+        stderr.contains("without authentication") && stderr.contains("--insecure-no-auth"),
+        "{stderr}"
+    );
 }

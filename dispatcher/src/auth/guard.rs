@@ -73,10 +73,7 @@ fn split_host(host: &str) -> (String, Option<u16>) {
             _ => (host, None),
         }
     };
-    (
-        name.to_ascii_lowercase(),
-        port.and_then(|p| p.parse().ok()),
-    )
+    (name.to_ascii_lowercase(), port.and_then(|p| p.parse().ok()))
 }
 
 fn refuse(status: StatusCode, code: ApiErrorCode, message: String) -> Response {
@@ -242,7 +239,12 @@ mod tests {
         for ok in ["127.0.0.1:7400", "localhost", "[::1]:80", "LOCALHOST:1"] {
             assert!(g.host_allowed(ok), "{ok}");
         }
-        for bad in ["evil.example:7400", "10.0.0.1", "", "127.0.0.1.evil.example"] {
+        for bad in [
+            "evil.example:7400",
+            "10.0.0.1",
+            "",
+            "127.0.0.1.evil.example",
+        ] {
             assert!(!g.host_allowed(bad), "{bad}");
         }
         let g = guard(&["mcpq.example.com", "api.example.com:8443"], &[]);

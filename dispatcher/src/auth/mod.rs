@@ -93,7 +93,9 @@ pub enum Denied {
 impl Denied {
     pub fn message(&self) -> String {
         match self {
-            Denied::Missing => "no credentials: send Authorization: Bearer <API key or token>".into(),
+            Denied::Missing => {
+                "no credentials: send Authorization: Bearer <API key or token>".into()
+            }
             Denied::Invalid(reason) => format!("credentials refused: {reason}"),
             Denied::InsufficientScope(scope) => {
                 format!("the token lacks the scope {scope:?} this server requires")

@@ -349,7 +349,9 @@ impl ServerHandler for Gateway {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        Ok(ListToolsResult::with_all_items(self.tools(&caller_of(&context))))
+        Ok(ListToolsResult::with_all_items(
+            self.tools(&caller_of(&context)),
+        ))
     }
 
     async fn list_resources(
@@ -357,7 +359,9 @@ impl ServerHandler for Gateway {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        Ok(ListResourcesResult::with_all_items(self.resources(&caller_of(&context))))
+        Ok(ListResourcesResult::with_all_items(
+            self.resources(&caller_of(&context)),
+        ))
     }
 
     async fn list_resource_templates(
@@ -375,7 +379,9 @@ impl ServerHandler for Gateway {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, ErrorData> {
-        Ok(ListPromptsResult::with_all_items(self.prompts(&caller_of(&context))))
+        Ok(ListPromptsResult::with_all_items(
+            self.prompts(&caller_of(&context)),
+        ))
     }
 
     async fn read_resource(

@@ -164,9 +164,7 @@ fn used_name(request: &McpRequest) -> Option<&str> {
     let params = request.params.as_ref()?;
     match request.method.as_str() {
         "tools/call" | "prompts/get" => field(params, "name"),
-        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
-            field(params, "uri")
-        }
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => field(params, "uri"),
         "completion/complete" => {
             let reference = params.get("ref")?.as_object()?;
             field(reference, "name").or_else(|| field(reference, "uri"))
@@ -233,10 +231,7 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
             (job_id, None, Box::pin(call))
         }
         None => {
-            _held = shared
-                .admit_open_call(&caller)
-                .await
-                .map_err(over_limit)?;
+            _held = shared.admit_open_call(&caller).await.map_err(over_limit)?;
             let job = new_job(&request, defaults, meta, asked, wait)?
                 .owned_by(caller.principal().map(str::to_string));
             if request.task == TaskMode::Always {

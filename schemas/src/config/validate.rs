@@ -3,8 +3,8 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use super::{
-    AutoScale, CircuitBreaker, Config, ConfigError, ConfigErrors, NatsConfig, NatsCredentials, RateLimit,
-    RetryConfig, Secret, ServerConfig, TaskMode, TaskPolicy, Transport,
+    AutoScale, CircuitBreaker, Config, ConfigError, ConfigErrors, NatsConfig, NatsCredentials,
+    RateLimit, RetryConfig, Secret, ServerConfig, TaskMode, TaskPolicy, Transport,
     raw::{
         AuthSpec, ConfigFile, NatsSection, Priority, RateLimitSection, ServerKind, ServerSection,
     },

@@ -48,8 +48,32 @@ impl HttpConnector {
     pub(super) fn transport(&self) -> StreamableHttpClientTransport<reqwest::Client> {
         let client = reqwest::Client::builder()
             .tcp_nodelay(true)
+            .redirect(same_origin_redirects())
             .build()
             .unwrap_or_default();
         StreamableHttpClientTransport::with_client(client, self.config.clone())
     }
+}
+
+/// Redirects are followed only to the same scheme, host and port: the upstream's credentials
+/// (Authorization and the configured headers) never go to another host.
+fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let first = attempt.previous().first().cloned();
+        let same = first.is_some_and(|first| {
+            first.scheme() == attempt.url().scheme()
+                && first.host_str() == attempt.url().host_str()
+                && first.port_or_known_default() == attempt.url().port_or_known_default()
+        });
+        if attempt.previous().len() > 5 {
+            attempt.error("too many redirects")
+        } else if same {
+            attempt.follow()
+        } else {
+            let to = mcpq_schemas::redact::url(attempt.url().as_str());
+            attempt.error(format!(
+                "the upstream redirected to another host ({to}); mcpq does not send credentials there"
+            ))
+        }
+    })
 }

@@ -43,6 +43,14 @@ impl StdioConnector {
     /// Starts the child process. Its stderr goes to the worker's stderr.
     pub(super) fn spawn(&self) -> Result<TokioChildProcess, UpstreamError> {
         let mut command = tokio::process::Command::new(&self.command);
+        // Only what the config names, and what any program needs to start: the worker's own
+        // environment holds other servers' tokens.
+        command.env_clear();
+        for name in INHERITED {
+            if let Some(value) = std::env::var_os(name) {
+                command.env(name, value);
+            }
+        }
         command.args(&self.args).envs(self.env.iter().cloned());
         // Its own process group: a Ctrl-C meant for the worker must not kill the upstream
         // while calls are still draining; the worker closes it last.
@@ -59,3 +67,6 @@ impl StdioConnector {
         Ok(child)
     }
 }
+/// The worker's environment variables a stdio upstream inherits; everything else it gets
+/// comes from its `env:` in the config.
+const INHERITED: [&str; 6] = ["PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER"];
