@@ -243,3 +243,42 @@ fn several_errors_are_reported_together() {
         ]
     );
 }
+
+#[test]
+fn a_bad_auth_section_names_each_field() {
+    let errors = Config::from_yaml(
+        r#"
+version: "1.0"
+auth:
+  apiKeys:
+    - {principal: ci, sha256: "not-hex", allow: ["github"]}
+    - {principal: ci, sha256: "0000000000000000000000000000000000000000000000000000000000000000", allow: ["*/*"], limits: {callsPerMinute: 0}}
+  jwt: {issuer: "https://a.test", audiences: [], rules: [{claim: groups, value: eng, allow: ["x/*"]}]}
+servers: [{name: github, type: http, endpoint: "https://github.example.com/mcp"}]
+"#,
+    )
+    .unwrap_err();
+    let paths: Vec<_> = errors.0.iter().filter_map(|e| e.path()).collect();
+    for expected in [
+        "auth.apiKeys[0].sha256",
+        "auth.apiKeys[0].allow[0]",
+        "auth.apiKeys[1].principal",
+        "auth.apiKeys[1].limits.callsPerMinute",
+        "auth.jwt.audiences",
+        "auth.jwt.jwksUrl",
+    ] {
+        assert!(
+            paths.contains(&expected),
+            "{expected} missing from {paths:?}"
+        );
+    }
+    let nats = Config::from_yaml(
+        "version: \"1.0\"\nnats: {creds: a.creds, user: u, tls: {cert: c.pem}}\nservers: [{name: g, type: http, endpoint: \"https://g.example/mcp\"}]\n",
+    )
+    .unwrap_err();
+    let paths: Vec<_> = nats.0.iter().filter_map(|e| e.path()).collect();
+    assert!(
+        paths.contains(&"nats.creds") && paths.contains(&"nats.tls.key"),
+        "{paths:?}"
+    );
+}
