@@ -602,3 +602,149 @@ async fn an_unauthenticated_dispatcher_refuses_to_listen_beyond_loopback() {
         "{stderr}"
     );
 }
+
+/// A free loopback port (bound, then let go).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_values_appear_in_no_log_record_dead_letter_or_reply() {
+    let nats = mcpq_tests::nats::NatsServer::start();
+    let web = HttpFixture::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = [
+        ("bearer", "bearer-SECRET-91c2e7"),
+        ("header", "header-SECRET-7f3a0b"),
+        ("stdio", "stdio-SECRET-55d04c"),
+    ];
+    for (name, value) in secrets {
+        std::fs::write(dir.path().join(name), value).unwrap();
+    }
+    let caller_key = "mcpq_caller-SECRET-aa11ff";
+    let file = |name: &str| dir.path().join(name).display().to_string();
+    let config = dir.path().join("mcp.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"version: "1.0"
+auth:
+  apiKeys: [{{principal: ci, sha256: "{sha}", allow: ["*/*"]}}]
+servers:
+  - name: web
+    type: http
+    endpoint: {url}
+    auth: {{bearer: "${{file:{bearer}}}"}}
+    headers: {{X-Api-Key: "${{file:{header}}}"}}
+    timeout: 300ms
+    retry: {{maxAttempts: 2, initial: 10ms}}
+  - name: local
+    type: stdio
+    command: {fixture}
+    env: {{FIXTURE_TOKEN: "${{file:{stdio}}}"}}
+"#,
+            sha = mcpq_dispatcher::auth::sha256_hex(caller_key),
+            url = web.url(),
+            bearer = file("bearer"),
+            header = file("header"),
+            fixture = mcpq_tests::fixture_bin().display(),
+            stdio = file("stdio"),
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("mcpq.log")).unwrap();
+    let mut up = tokio::process::Command::new(mcpq_bin())
+        .args([
+            "up",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--nats",
+            &nats.url(),
+        ])
+        .arg("--config")
+        .arg(&config)
+        .env("MCPQ_LOG", "debug")
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    mcpq_tests::eventually("mcpq up answers", Duration::from_secs(60), || {
+        let (http, url) = (http.clone(), format!("{base}/v1/openapi.json"));
+        async move {
+            let r = http
+                .get(url)
+                .header("Authorization", bearer(caller_key))
+                .send()
+                .await
+                .ok()?;
+            r.status().is_success().then_some(())
+        }
+    })
+    .await;
+    // A success on each upstream, and a call that times out into the dead-letter stream.
+    let mut seen = String::new();
+    let mut ids = Vec::new();
+    for (server, tool, arguments) in [
+        ("web", "echo", json!({"text": "hello"})),
+        ("local", "echo", json!({"text": "hello"})),
+        ("web", "slow", json!({"ms": 2000})),
+    ] {
+        let response = http
+            .post(format!("{base}/v1/jobs"))
+            .header("Authorization", bearer(caller_key))
+            .json(&json!({"server": server, "tool": tool, "arguments": arguments}))
+            .send()
+            .await
+            .unwrap();
+        let text = response.text().await.unwrap();
+        let accepted: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{text}"));
+        ids.push(
+            accepted["id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{text}"))
+                .to_string(),
+        );
+        seen.push_str(&text);
+    }
+    for id in &ids {
+        let waited = http
+            .get(format!("{base}/v1/jobs/{id}/wait?timeout=60s"))
+            .header("Authorization", bearer(caller_key))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(waited.status(), 200, "job {id} ended");
+        seen.push_str(&waited.text().await.unwrap());
+    }
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut dlq = js.get_stream("MCPQ_DLQ").await.unwrap();
+    let letters = dlq.info().await.unwrap().state.messages;
+    assert!(letters >= 1, "the timed-out call was dead-lettered");
+    for seq in 1..=letters {
+        let message = dlq.get_raw_message(seq).await.unwrap();
+        seen.push_str(&String::from_utf8_lossy(&message.payload));
+        seen.push_str(&format!("{:?}", message.headers));
+    }
+    let _ = up.start_kill();
+    let _ = up.wait().await;
+    let logged = std::fs::read_to_string(dir.path().join("mcpq.log")).unwrap();
+    assert!(
+        logged.lines().count() > 10,
+        "the debug log was written: {logged}"
+    );
+    seen.push_str(&logged);
+    assert!(seen.contains("hello"), "the answers were read");
+    for value in secrets.iter().map(|(_, v)| *v).chain([caller_key]) {
+        assert!(
+            !seen.contains(value),
+            "{value} leaked into a log, record, dead letter or reply"
+        );
+    }
+}
