@@ -14,6 +14,7 @@ mod jobs;
 mod load;
 mod restart;
 mod retry;
+mod roles;
 mod schemas;
 mod stdio;
 mod subscriptions;

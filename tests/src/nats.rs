@@ -39,6 +39,18 @@ impl NatsServer {
         }
     }
 
+    /// A server started with `config` (`-c`) and `env` (for `$VAR` references in it).
+    pub fn start_with(config: &std::path::Path, env: &[(&str, &str)]) -> NatsServer {
+        let store = tempfile::tempdir().expect("temp dir for the JetStream store");
+        let extra = [std::ffi::OsString::from("-c"), config.into()];
+        let (child, port) = spawn_with(&store, 0, &extra, env);
+        NatsServer {
+            child: Some(child),
+            port,
+            store,
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
@@ -66,6 +78,15 @@ impl Drop for NatsServer {
 
 /// Starts nats-server on `port` (0: any free one) and reads the port it chose from its log.
 fn spawn(store: &tempfile::TempDir, port: u16) -> (Child, u16) {
+    spawn_with(store, port, &[], &[])
+}
+
+fn spawn_with(
+    store: &tempfile::TempDir,
+    port: u16,
+    extra: &[std::ffi::OsString],
+    env: &[(&str, &str)],
+) -> (Child, u16) {
     let port_arg = if port == 0 {
         "-1".to_string()
     } else {
@@ -74,6 +95,8 @@ fn spawn(store: &tempfile::TempDir, port: u16) -> (Child, u16) {
     let mut child = Command::new(binary())
         .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
         .arg(store.path())
+        .args(extra)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
