@@ -9,6 +9,26 @@ pub fn url(text: &str) -> String {
         .join(",")
 }
 
+/// `text` (an error message, say) with every URL in it shown as [`url`] shows it.
+pub fn in_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        // The scheme: the letters just before "://".
+        let start = rest[..at]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.'))
+            .map_or(0, |i| i + 1);
+        let end = rest[at..]
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ')' | '>' | ']' | ','))
+            .map_or(rest.len(), |i| at + i);
+        out.push_str(&rest[..start]);
+        out.push_str(&one_url(&rest[start..end]));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 fn one_url(text: &str) -> String {
     let (scheme, rest) = match text.split_once("://") {
         Some((scheme, rest)) => (Some(scheme), rest),
@@ -72,6 +92,17 @@ mod tests {
             super::url("http://127.0.0.1:7400/mcp"),
             "http://127.0.0.1:7400/mcp"
         );
+    }
+
+    #[test]
+    fn urls_inside_messages_are_shown_without_secrets() {
+        assert_eq!(
+            super::in_text(
+                "error sending request for url (https://u:p@api.example.com/mcp?key=s3cret): refused"
+            ),
+            "error sending request for url (https://api.example.com/mcp?…): refused"
+        );
+        assert_eq!(super::in_text("no url here"), "no url here");
     }
 
     #[test]

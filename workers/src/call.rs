@@ -61,7 +61,10 @@ pub(crate) async fn call(
     let peer = match upstream.peer().await {
         Ok(peer) => peer,
         Err(e) => {
-            let error = JobError::new(ErrorKind::UpstreamUnavailable, e.to_string());
+            let error = JobError::new(
+                ErrorKind::UpstreamUnavailable,
+                mcpq_schemas::redact::in_text(&e.to_string()),
+            );
             return failed(error, Verdict::Retryable);
         }
     };
@@ -362,12 +365,17 @@ pub(crate) fn classify(
         | ServiceError::Cancelled { .. } => (
             JobError::new(
                 ErrorKind::UpstreamUnavailable,
-                format!("connection to server {server:?} failed: {error}"),
+                mcpq_schemas::redact::in_text(&format!(
+                    "connection to server {server:?} failed: {error}"
+                )),
             ),
             Verdict::Retryable,
         ),
         other => (
-            JobError::new(ErrorKind::Internal, format!("server {server:?}: {other}")),
+            JobError::new(
+                ErrorKind::Internal,
+                mcpq_schemas::redact::in_text(&format!("server {server:?}: {other}")),
+            ),
             Verdict::Permanent,
         ),
     }

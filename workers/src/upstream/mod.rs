@@ -163,7 +163,7 @@ impl Upstream {
         let server = &self.inner.server;
         let handshake = |e: rmcp::service::ClientInitializeError| UpstreamError::Handshake {
             server: server.clone(),
-            reason: e.to_string(),
+            reason: mcpq_schemas::redact::in_text(&e.to_string()),
         };
         let events = self.inner.events.clone();
         let started = match &self.inner.connector {
