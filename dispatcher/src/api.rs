@@ -213,7 +213,7 @@ async fn submit(
     if !caller.may(&submission.server, &submission.tool) {
         return Err(forbidden(&caller, &submission.server, &submission.tool).into());
     }
-    let defaults = shared.check(&submission.server, &submission.tool)?;
+    let defaults = shared.check(&caller, &submission.server, &submission.tool)?;
     shared.admit_calls(&caller, 1).await?;
     let job = submission
         .to_job(defaults.lane)
@@ -349,7 +349,7 @@ async fn submit_batch(
             ))
         })?;
         let defaults = shared
-            .check(&submission.server, &submission.tool)
+            .check(&caller, &submission.server, &submission.tool)
             .map_err(|refusal| {
                 let Failure(status, code, message) = Failure::from(refusal);
                 Failure(

@@ -91,9 +91,15 @@ impl Shared {
     /// The defaults of `server`, if it is configured and (once its catalog is known) has `tool`.
     /// A server whose catalog is not published yet still takes jobs: they wait in the queue for
     /// its workers.
-    pub fn check(&self, server: &str, tool: &str) -> Result<&ServerDefaults, Refusal> {
+    /// The refusal names only the tools `caller` may call.
+    pub fn check(
+        &self,
+        caller: &Caller,
+        server: &str,
+        tool: &str,
+    ) -> Result<&ServerDefaults, Refusal> {
         let defaults = self.server(server)?;
-        self.offers(server, "tool", tool, |e| {
+        self.offers(caller, server, "tool", tool, |e| {
             e.tools.iter().map(|t| t.name.as_ref()).collect()
         })
         .map_err(Refusal::UnknownTool)?;
@@ -102,9 +108,14 @@ impl Shared {
 
     /// The defaults of `server`, if it is configured and (once its catalog is known) has the
     /// prompt `name`.
-    pub fn check_prompt(&self, server: &str, name: &str) -> Result<&ServerDefaults, Refusal> {
+    pub fn check_prompt(
+        &self,
+        caller: &Caller,
+        server: &str,
+        name: &str,
+    ) -> Result<&ServerDefaults, Refusal> {
         let defaults = self.server(server)?;
-        self.offers(server, "prompt", name, |e| {
+        self.offers(caller, server, "prompt", name, |e| {
             e.prompts.iter().map(|p| p.name.as_str()).collect()
         })
         .map_err(Refusal::UnknownName)?;
@@ -115,6 +126,7 @@ impl Shared {
     /// message naming what it has. Read in place: this is on every call's path.
     fn offers(
         &self,
+        caller: &Caller,
         server: &str,
         what: &str,
         name: &str,
@@ -122,7 +134,13 @@ impl Shared {
     ) -> Result<(), String> {
         let missing = self.catalog.with_server(server, |entry| {
             let known = names(entry);
-            (!known.contains(&name)).then(|| known.join(", "))
+            (!known.contains(&name)).then(|| {
+                let visible: Vec<&str> = known
+                    .into_iter()
+                    .filter(|n| caller.may(server, n))
+                    .collect();
+                visible.join(", ")
+            })
         });
         match missing.flatten() {
             Some(known) => Err(format!(

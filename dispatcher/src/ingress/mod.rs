@@ -422,7 +422,7 @@ impl ServerHandler for Gateway {
             return Err(relay::forbidden(&caller, server, name));
         }
         self.shared
-            .check_prompt(server, name)
+            .check_prompt(&caller, server, name)
             .map_err(|refusal| ErrorData::invalid_params(refusal.message().to_string(), None))?;
         let resume = Resume::from_request(
             request.request_state.as_deref(),
@@ -550,7 +550,7 @@ impl ServerHandler for Gateway {
         }
         let defaults = self
             .shared
-            .check(server, tool)
+            .check(&caller, server, tool)
             .map_err(|refusal| ErrorData::invalid_params(refusal.message().to_string(), None))?;
         let declared_tasks = context
             .client_capabilities()
