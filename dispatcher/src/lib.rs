@@ -33,6 +33,11 @@ pub use replies::Event;
 pub use shared::{Refusal, ServerDefaults, Shared};
 use tokio_util::sync::CancellationToken;
 
+/// A poisoned lock still holds the state: nothing here leaves it half-changed across a panic.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Why a dispatcher could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DispatcherError {

@@ -1,9 +1,10 @@
 //! The embeddable client: publish jobs to JetStream and await their replies, without HTTP.
 //! The MCP endpoints use it, `mcpq call` uses it, and so can any Rust pipeline.
 
+use crate::lock;
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -55,10 +56,6 @@ pub struct Client {
     js: jetstream::Context,
     inbox: Inbox,
     buckets: Arc<Mutex<HashMap<&'static str, kv::Store>>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// What a cancellation did.

@@ -9,6 +9,7 @@
 //!   locks a principal out. Jobs submitted to `/v1` and left to run are counted by
 //!   `callsPerMinute` only: nobody holds them open.
 
+use crate::lock;
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
@@ -78,10 +79,6 @@ impl Drop for Held {
 /// A KV key token for a principal: any text, as hex.
 fn token(principal: &str) -> String {
     principal.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Quotas {

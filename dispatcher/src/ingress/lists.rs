@@ -89,7 +89,7 @@ impl Gateway {
     /// Worked out once per catalog version: rmcp asks on every stateless request.
     pub(super) fn capabilities(&self) -> ServerCapabilities {
         let version = self.shared.catalog.version();
-        let mut cache = super::lock(&self.shared.capabilities);
+        let mut cache = crate::lock(&self.shared.capabilities);
         if let Some((seen, caps)) = cache.get(&self.scope)
             && *seen == version
         {

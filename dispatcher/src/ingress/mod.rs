@@ -11,6 +11,7 @@ pub mod names;
 mod relay;
 mod subscriptions;
 
+use crate::lock;
 use std::sync::{Arc, Mutex};
 
 use mcpq_schemas::{
@@ -252,10 +253,6 @@ pub(super) fn caller_of(context: &RequestContext<RoleServer>) -> Caller {
         .and_then(|parts| parts.extensions.get::<Caller>())
         .cloned()
         .unwrap_or_else(Caller::nobody)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl ServerHandler for Gateway {
