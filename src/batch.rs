@@ -90,20 +90,23 @@ pub async fn run(args: BatchArgs) -> ExitCode {
         Ok(connected) => connected,
         Err(code) => return code,
     };
-    let jobs: Vec<Job> = submissions
-        .into_iter()
-        .enumerate()
-        .map(|(index, mut submission)| {
-            if submission.idempotency_key.is_none() {
-                submission.idempotency_key = Some(format!("{run_id}:{index}"));
+    let mut jobs: Vec<Job> = Vec::with_capacity(submissions.len());
+    for (index, mut submission) in submissions.into_iter().enumerate() {
+        if submission.idempotency_key.is_none() {
+            submission.idempotency_key = Some(format!("{run_id}:{index}"));
+        }
+        let lane = config
+            .as_ref()
+            .and_then(|c| c.server(&submission.server))
+            .map_or(Lane::Normal, |s| s.lane);
+        match submission.to_job(lane) {
+            Ok(job) => jobs.push(job),
+            Err(e) => {
+                eprintln!("mcpq: {} call {}: {e}", args.input.display(), index + 1);
+                return ExitCode::from(EXIT_CONFIG);
             }
-            let lane = config
-                .as_ref()
-                .and_then(|c| c.server(&submission.server))
-                .map_or(Lane::Normal, |s| s.lane);
-            submission.to_job(lane)
-        })
-        .collect();
+        }
+    }
     match execute(&client, jobs, &args).await {
         Ok(summary) => {
             eprintln!("{summary}");

@@ -51,7 +51,14 @@ struct Failure(StatusCode, ApiErrorCode, String);
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         let Failure(status, code, message) = self;
-        (status, Json(ApiError { code, message })).into_response()
+        let mut response = (status, Json(ApiError { code, message })).into_response();
+        if code == ApiErrorCode::QueueFull {
+            // A full queue drains at the workers' pace; a second is a fair first guess.
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 
@@ -151,11 +158,14 @@ fn forbidden(caller: &Caller, server: &str, tool: &str) -> Failure {
 
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
-        Failure(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ApiErrorCode::Unavailable,
-            e.to_string(),
-        )
+        let (status, code) = match &e {
+            ClientError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, ApiErrorCode::TooLarge),
+            ClientError::QueueFull { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, ApiErrorCode::QueueFull)
+            }
+            _ => (StatusCode::SERVICE_UNAVAILABLE, ApiErrorCode::Unavailable),
+        };
+        Failure(status, code, e.to_string())
     }
 }
 
@@ -190,11 +200,16 @@ fn not_found(what: &str, id: Uuid) -> Failure {
     )
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
+/// The `Idempotency-Key` header, if any; one that is not printable text is refused.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Failure> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value.to_str().map_err(|_| {
+        bad_request("header Idempotency-Key: not printable ASCII text".into())
+    })?;
+    mcpq_schemas::check::idempotency_key("header Idempotency-Key", key).map_err(bad_request)?;
+    Ok(Some(key.to_string()))
 }
 
 /// `POST /v1/jobs`.
@@ -208,7 +223,7 @@ async fn submit(
     let mut submission: JobSubmission = serde_json::from_slice(&body)
         .map_err(|e| bad_request(format!("the body is not a job submission: {e}")))?;
     if submission.idempotency_key.is_none() {
-        submission.idempotency_key = idempotency_key(&headers);
+        submission.idempotency_key = idempotency_key(&headers)?;
     }
     if !caller.may(&submission.server, &submission.tool) {
         return Err(forbidden(&caller, &submission.server, &submission.tool).into());
@@ -217,6 +232,7 @@ async fn submit(
     shared.admit_calls(&caller, 1).await?;
     let job = submission
         .to_job(defaults.lane)
+        .map_err(bad_request)?
         .owned_by(caller.principal().map(str::to_string));
     let submitted = shared.client.submit(&job).await?;
     let status = if submitted.duplicate {
@@ -333,7 +349,7 @@ async fn submit_batch(
     json_body(&headers, true)?;
     let text =
         std::str::from_utf8(&body).map_err(|_| bad_request("the body is not UTF-8 text".into()))?;
-    let key = idempotency_key(&headers);
+    let key = idempotency_key(&headers)?;
     let batch_id = key.as_deref().map_or_else(Uuid::now_v7, |key| {
         mcpq_schemas::job::idempotent_id_of(caller.principal(), "batch", key)
     });
@@ -367,11 +383,10 @@ async fn submit_batch(
         if submission.idempotency_key.is_none() {
             submission.idempotency_key = Some(format!("batch:{batch_id}:{}", jobs.len()));
         }
-        jobs.push(
-            submission
-                .to_job(defaults.lane)
-                .owned_by(caller.principal().map(str::to_string)),
-        );
+        let job = submission.to_job(defaults.lane).map_err(|e| {
+            bad_request(format!("line {}: {e}; nothing was queued", number + 1))
+        })?;
+        jobs.push(job.owned_by(caller.principal().map(str::to_string)));
     }
     if jobs.is_empty() {
         return Err(bad_request(

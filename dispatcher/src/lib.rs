@@ -68,7 +68,7 @@ impl Dispatcher {
         options: HttpOptions,
     ) -> Result<Dispatcher, DispatcherError> {
         let js = async_nats::jetstream::new(nats.clone());
-        ensure_topology(&js, &Topology::from(&config.nats)).await?;
+        ensure_topology(&js, &Topology::from(config)).await?;
         let catalog = Catalog::watch(&js)
             .await
             .map_err(DispatcherError::Catalog)?;

@@ -14,7 +14,8 @@ use async_nats::{
 };
 use futures::StreamExt;
 use mcpq_schemas::{
-    CancelRequest, ErrorKind, InputAnswer, Job, JobError, JobRecord, JobStatus, Reply,
+    BlobRef, CancelRequest, ErrorKind, InputAnswer, Job, JobError, JobRecord, JobStatus, Outcome,
+    Reply,
     names::{
         CANCELS_BUCKET, ENVELOPE_VERSION, HDR_JOB_ID, HDR_MSG_ID, HDR_REPLAY_OF, HDR_REPLY_TO,
         HDR_TRACEPARENT, RESULTS_BUCKET, job_subject,
@@ -42,6 +43,18 @@ pub enum ClientError {
     Timeout { job_id: Uuid, timeout: Duration },
     #[error("job {job_id}: the reply inbox closed")]
     InboxClosed { job_id: Uuid },
+    #[error(
+        "job {job_id}: the request is {size} bytes, more than one job may carry ({limit} bytes, from the NATS server's max_payload): send less, or raise max_payload in the nats-server config"
+    )]
+    TooLarge {
+        job_id: Uuid,
+        size: usize,
+        limit: usize,
+    },
+    #[error(
+        "job {job_id}: the queue of server {server:?} is full (maxQueued jobs wait already); try again later"
+    )]
+    QueueFull { job_id: Uuid, server: String },
     #[error("job {job_id}: cannot read its record: {reason}")]
     Record { job_id: Uuid, reason: String },
     #[error(
@@ -49,6 +62,9 @@ pub enum ClientError {
     )]
     NotAsking { job_id: Uuid, question: String },
 }
+
+/// Room kept in a job message for its headers (reply inbox, ids, `traceparent`).
+const HEADER_ROOM: usize = 4 * 1024;
 
 /// A handle on mcpq for submitting jobs; cheap to clone.
 #[derive(Clone)]
@@ -97,6 +113,8 @@ impl Client {
     /// A job whose record shows it running or ended already (an idempotency key submitted
     /// again) is not published again: `duplicate` is set and `stream_seq` is 0.
     pub async fn submit(&self, job: &Job) -> Result<Submitted, ClientError> {
+        // Refused before anything is written: no record of a job that was never queued.
+        let payload = self.encode(job)?;
         let bucket = self.results(job.id).await?;
         let bytes =
             serde_json::to_vec(&JobRecord::queued(job)).map_err(|e| ClientError::Record {
@@ -110,9 +128,20 @@ impl Client {
         // record.
         let (created, published) = tokio::join!(
             bucket.create(job.id.to_string(), bytes.into()),
-            self.publish(job, None, job.msg_id(), None)
+            self.publish(job, payload, None, job.msg_id(), None)
         );
-        let mut submitted = published?;
+        let mut submitted = match published {
+            Ok(submitted) => submitted,
+            Err(e) => {
+                // Not queued (a full queue, say): the record this call created goes too.
+                if let Ok(revision) = created {
+                    let _ = bucket
+                        .delete_expect_revision(job.id.to_string(), Some(revision))
+                        .await;
+                }
+                return Err(e);
+            }
+        };
         if created.is_err()
             && let Some(record) = self.record(job.id).await?
             && record.status.is_terminal()
@@ -141,12 +170,42 @@ impl Client {
     /// record follows the new run), a fresh attempt count, and the link in `Mcpq-Replay-Of`.
     pub async fn replay(&self, job: &Job, dead_letter_seq: u64) -> Result<Submitted, ClientError> {
         let msg_id = format!("{}:replay:{dead_letter_seq}", job.id);
-        self.publish(job, None, msg_id, Some(dead_letter_seq)).await
+        let payload = self.encode(job)?;
+        self.publish(job, payload, None, msg_id, Some(dead_letter_seq))
+            .await
+    }
+
+    /// The job as JSON, if it fits in one message of this NATS server (with room for headers).
+    pub fn encode(&self, job: &Job) -> Result<Vec<u8>, ClientError> {
+        let payload = serde_json::to_vec(job).map_err(|e| ClientError::Publish {
+            job_id: job.id,
+            subject: job_subject(&job.server, job.lane),
+            reason: e.to_string(),
+        })?;
+        let limit = self.max_job_bytes();
+        if payload.len() > limit {
+            return Err(ClientError::TooLarge {
+                job_id: job.id,
+                size: payload.len(),
+                limit,
+            });
+        }
+        Ok(payload)
+    }
+
+    /// The largest job body this NATS server takes: its `max_payload`, less room for headers.
+    pub fn max_job_bytes(&self) -> usize {
+        self.js
+            .client()
+            .server_info()
+            .max_payload
+            .saturating_sub(HEADER_ROOM)
     }
 
     async fn publish(
         &self,
         job: &Job,
+        payload: Vec<u8>,
         reply_to: Option<String>,
         msg_id: String,
         replay_of: Option<u64>,
@@ -163,7 +222,6 @@ impl Client {
                 reason
             },
         };
-        let payload = serde_json::to_vec(job).map_err(|e| fail(e.to_string()))?;
         let mut headers = HeaderMap::new();
         headers.insert(HDR_MSG_ID, msg_id.as_str());
         if let Some(seq) = replay_of {
@@ -176,13 +234,23 @@ impl Client {
         if let Some(traceparent) = &job.traceparent {
             headers.insert(HDR_TRACEPARENT, traceparent.as_str());
         }
+        let refused = |e: String| {
+            if mcpq_schemas::nats::is_queue_full(&e) {
+                ClientError::QueueFull {
+                    job_id: job.id,
+                    server: job.server.clone(),
+                }
+            } else {
+                fail(e)
+            }
+        };
         let ack = self
             .js
             .publish_with_headers(subject.clone(), headers, payload.into())
             .await
-            .map_err(|e| fail(e.to_string()))?
+            .map_err(|e| refused(e.to_string()))?
             .await
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| refused(e.to_string()))?;
         Ok(Submitted {
             stream_seq: ack.sequence,
             duplicate: ack.duplicate,
@@ -204,10 +272,11 @@ impl Client {
         timeout: Duration,
         events: Option<mpsc::UnboundedSender<Event>>,
     ) -> Result<Reply, ClientError> {
+        let payload = self.encode(job)?;
         let waiting = self.inbox.expect(events);
         let reply_to = Some(waiting.subject.clone());
         if self
-            .publish(job, reply_to, job.msg_id(), None)
+            .publish(job, payload, reply_to, job.msg_id(), None)
             .await?
             .duplicate
         {
@@ -215,7 +284,7 @@ impl Client {
             return self.wait(job.id, timeout).await;
         }
         match tokio::time::timeout(timeout, waiting.reply()).await {
-            Ok(Some(reply)) => Ok(reply),
+            Ok(Some(reply)) => self.resolve_reply(reply).await,
             Ok(None) => Err(ClientError::InboxClosed { job_id: job.id }),
             Err(_) => Err(ClientError::Timeout {
                 job_id: job.id,
@@ -268,7 +337,7 @@ impl Client {
         answer.reply_to = Some(waiting.subject.clone());
         self.answer(answer_to, &answer).await?;
         match tokio::time::timeout(timeout, waiting.reply()).await {
-            Ok(Some(reply)) => Ok(reply),
+            Ok(Some(reply)) => self.resolve_reply(reply).await,
             Ok(None) => Err(ClientError::InboxClosed { job_id }),
             Err(_) => Err(ClientError::Timeout { job_id, timeout }),
         }
@@ -309,11 +378,17 @@ impl Client {
             }
             false
         };
-        match tokio::time::timeout(timeout, ended).await {
-            Ok(false) => Err(fail(
-                "the watch on its record ended (NATS connection lost?)".into(),
-            )),
-            Ok(true) | Err(_) => Ok(last),
+        let last = match tokio::time::timeout(timeout, ended).await {
+            Ok(false) => {
+                return Err(fail(
+                    "the watch on its record ended (NATS connection lost?)".into(),
+                ));
+            }
+            Ok(true) | Err(_) => last,
+        };
+        match last {
+            Some(record) => self.resolve_record(record).await.map(Some),
+            None => Ok(None),
         }
     }
 
@@ -403,9 +478,20 @@ impl Client {
             job_id: Uuid::nil(),
             reason: e.to_string(),
         })?;
-        Ok(watch.filter_map(|entry| async move {
-            let entry = entry.ok()?;
-            serde_json::from_slice::<JobRecord>(&entry.value).ok()
+        let client = self.clone();
+        Ok(watch.filter_map(move |entry| {
+            let client = client.clone();
+            async move {
+                let entry = entry.ok()?;
+                let record = serde_json::from_slice::<JobRecord>(&entry.value).ok()?;
+                match client.resolve_record(record).await {
+                    Ok(record) => Some(record),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a record's large result cannot be read");
+                        None
+                    }
+                }
+            }
         }))
     }
 
@@ -463,8 +549,58 @@ impl Client {
         }
     }
 
-    /// The stored record of a job, if it has one yet.
+    /// The stored record of a job, if it has one yet, with a result kept in the Object Store
+    /// read back into it.
     pub async fn record(&self, job_id: Uuid) -> Result<Option<JobRecord>, ClientError> {
-        self.get_json(RESULTS_BUCKET, job_id).await
+        match self.get_json(RESULTS_BUCKET, job_id).await? {
+            Some(record) => self.resolve_record(record).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// A record whose result was too large for a message, with the result read back from the
+    /// Object Store (`resultRef` cleared); any other record as it is.
+    pub async fn resolve_record(&self, mut record: JobRecord) -> Result<JobRecord, ClientError> {
+        if let Some(blob) = record.result_ref.take() {
+            record.result = Some(self.blob(record.job_id, &blob).await?);
+        }
+        Ok(record)
+    }
+
+    /// [`Client::resolve_record`] for a reply.
+    pub async fn resolve_reply(&self, mut reply: Reply) -> Result<Reply, ClientError> {
+        if let Some(blob) = reply.result_ref.take()
+            && let Outcome::Ok { result } = &mut reply.outcome
+        {
+            *result = self.blob(reply.job_id, &blob).await?;
+        }
+        Ok(reply)
+    }
+
+    /// Reads object `blob` (a job's result) from the Object Store.
+    async fn blob(&self, job_id: Uuid, blob: &BlobRef) -> Result<serde_json::Value, ClientError> {
+        use tokio::io::AsyncReadExt;
+        let fail = |reason: String| ClientError::Record {
+            job_id,
+            reason: format!(
+                "cannot read its result from object {:?} of bucket {}: {reason}",
+                blob.name, blob.bucket
+            ),
+        };
+        let store = self
+            .js
+            .get_object_store(&blob.bucket)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let mut object = store
+            .get(&blob.name)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let mut bytes = Vec::with_capacity(usize::try_from(blob.size).unwrap_or(0));
+        object
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        serde_json::from_slice(&bytes).map_err(|e| fail(e.to_string()))
     }
 }

@@ -24,24 +24,31 @@ pub struct JobSubmission {
     /// Priority lane; the server's configured `priority` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lane: Option<Lane>,
-    /// The job must start within this many milliseconds of submission, or it expires.
+    /// The job must start within this many milliseconds of submission, or it expires (0 to
+    /// 604800000, a week).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout_ms: Option<u64>,
+    #[schemars(with = "Option<u64>", range(max = 604_800_000u64))]
+    pub timeout_ms: Option<serde_json::Value>,
 }
 
 impl JobSubmission {
-    /// The job this submission becomes, with the server's default lane when none is given.
-    pub fn to_job(&self, default_lane: Lane) -> Job {
+    /// The job this submission becomes, with the server's default lane when none is given; or
+    /// what is wrong with it (naming the field).
+    pub fn to_job(&self, default_lane: Lane) -> Result<Job, String> {
         let mut job = Job::new(
             &self.server,
             McpRequest::call_tool(&self.tool, self.arguments.clone()),
         );
         if let Some(key) = &self.idempotency_key {
+            crate::check::idempotency_key("idempotencyKey", key)?;
             job = job.with_idempotency_key(key);
         }
         job.lane = self.lane.unwrap_or(default_lane);
-        job.deadline_ms = self.timeout_ms.map(|t| now_ms() + t);
-        job
+        if let Some(timeout) = &self.timeout_ms {
+            let wait = crate::check::timeout_ms("timeoutMs", timeout)?;
+            job.deadline_ms = Some(crate::check::deadline_after(now_ms(), wait));
+        }
+        Ok(job)
     }
 }
 
@@ -88,6 +95,11 @@ pub enum ApiErrorCode {
     RateLimited,
     /// A `/v1` body must be `Content-Type: application/json` (415).
     UnsupportedMediaType,
+    /// The request is larger than one job may carry, or a batch has too many lines (413);
+    /// nothing was queued.
+    TooLarge,
+    /// The server's queue holds `maxQueued` jobs already; retry after `Retry-After` (429).
+    QueueFull,
     #[serde(other)]
     Unknown,
 }

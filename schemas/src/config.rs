@@ -74,6 +74,10 @@ pub struct ServerConfig {
     pub concurrency: usize,
     /// Jobs in flight at once across all workers of this server (the consumer's MaxAckPending).
     pub max_in_flight: usize,
+    /// Jobs waiting in this server's queue at most (the stream's limit, discard new).
+    pub max_queued: u64,
+    /// Largest upstream result kept; a larger one fails the job with `too_large`.
+    pub max_result_bytes: u64,
     /// Worker processes to run for this server (deployment hint).
     pub replicas: u32,
     pub autoscale: Option<AutoScale>,

@@ -38,7 +38,9 @@ pub struct Job {
     /// W3C `traceparent` of the caller's span, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
-    /// Unix time in milliseconds when the job was submitted.
+    /// Unix time in milliseconds when the job was submitted. Optional for pipelines: absent (or
+    /// 0), the worker takes the time JetStream stored the message.
+    #[serde(default)]
     pub submitted_at_ms: u64,
     /// The least severe log level the caller wants to hear (`debug` ... `emergency`): the
     /// upstream's log messages during the call at or above it come to the inbox as log events.

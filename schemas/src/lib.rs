@@ -7,6 +7,7 @@
 pub mod api;
 pub mod batch;
 pub mod bridge;
+pub mod check;
 pub mod catalog;
 pub mod config;
 pub mod dead_letter;
@@ -23,7 +24,7 @@ pub use catalog::CatalogEntry;
 pub use dead_letter::{Attempt, DeadLetter};
 pub use job::{Job, JsonObject, Lane, McpRequest};
 pub use record::{
-    CancelRequest, ErrorKind, InputAck, InputAnswer, InputRequestEvent, JobError, JobRecord,
+    BlobRef, CancelRequest, ErrorKind, InputAck, InputAnswer, InputRequestEvent, JobError, JobRecord,
     JobStatus, LogEvent, LogMessage, Outcome, Progress, ProgressEvent, Reply, ResourceUpdatedEvent,
 };
 

@@ -6,8 +6,19 @@
 /// The envelope version written into every job, reply, record and dead letter.
 pub const ENVELOPE_VERSION: u32 = 1;
 
-/// The work-queue stream that holds every job until a worker has decided its fate.
+/// The prefix of the work-queue streams, one per server (`MCPQ_JOBS_<server>`), that hold its
+/// jobs until a worker has decided their fate. (Before 0.10, one stream of this name held all.)
 pub const JOBS_STREAM: &str = "MCPQ_JOBS";
+
+/// The work-queue stream of `server`'s jobs.
+pub fn jobs_stream(server: &str) -> String {
+    format!("{JOBS_STREAM}_{server}")
+}
+
+/// The subjects of `server`'s jobs stream: its lanes.
+pub fn jobs_subjects(server: &str) -> String {
+    format!("mcpq.jobs.{server}.*")
+}
 /// The stream of dead letters: jobs that failed for good, kept for inspection and replay.
 pub const DLQ_STREAM: &str = "MCPQ_DLQ";
 /// KV bucket of job records (status and result), keyed by job id.
@@ -24,6 +35,9 @@ pub const SESSIONS_BUCKET: &str = "mcpq_sessions";
 /// KV bucket of per-principal usage (calls per minute, calls in flight) shared by all
 /// dispatcher replicas; entries expire after a few minutes.
 pub const QUOTAS_BUCKET: &str = "mcpq_quotas";
+/// Object Store bucket of results too large for one NATS message, each under its job id;
+/// kept as long as the records.
+pub const BLOBS_BUCKET: &str = "mcpq_blobs";
 /// KV bucket of live workers, keyed `<server>.<worker>`; entries expire unless refreshed.
 pub const WORKERS_BUCKET: &str = "mcpq_workers";
 
@@ -50,7 +64,7 @@ pub const EVENT_LOG: &str = "log";
 /// `Mcpq-Event` value of an input request: the upstream asks the caller something.
 pub const EVENT_INPUT: &str = "input";
 
-/// Subjects of the jobs stream: `mcpq.jobs.<server>.<lane>`.
+/// Subjects of every server's jobs: `mcpq.jobs.<server>.<lane>`.
 pub const JOBS_SUBJECTS: &str = "mcpq.jobs.>";
 /// Subjects of the dead-letter stream: `mcpq.dlq.<server>`.
 pub const DLQ_SUBJECTS: &str = "mcpq.dlq.>";
@@ -88,12 +102,6 @@ pub fn dlq_subject(server: &str) -> String {
 /// The durable consumer of one lane of `server`, shared by every worker of that server.
 pub fn consumer_name(server: &str, lane: crate::job::Lane) -> String {
     format!("mcpq-{server}-{}", lane.as_str())
-}
-
-/// The consumer of all lanes of `server` that mcpq before lanes were scheduled used; workers
-/// delete it, since work-queue consumers may not overlap.
-pub fn legacy_consumer_name(server: &str) -> String {
-    format!("mcpq-{server}")
 }
 
 /// Whether `name` can be a server name: one NATS subject token and one KV key, never holding the

@@ -9,8 +9,8 @@ use async_nats::jetstream::{self, kv, stream};
 use crate::config::NatsCredentials;
 
 use crate::names::{
-    BATCHES_BUCKET, CANCELS_BUCKET, CATALOG_BUCKET, DLQ_STREAM, DLQ_SUBJECTS, JOBS_STREAM,
-    JOBS_SUBJECTS, QUOTAS_BUCKET, RESULTS_BUCKET, SESSIONS_BUCKET, WORKERS_BUCKET,
+    BATCHES_BUCKET, BLOBS_BUCKET, CANCELS_BUCKET, CATALOG_BUCKET, DLQ_STREAM, DLQ_SUBJECTS, JOBS_STREAM,
+    jobs_stream, jobs_subjects, QUOTAS_BUCKET, RESULTS_BUCKET, SESSIONS_BUCKET, WORKERS_BUCKET,
 };
 
 /// How long a worker counts as live after its last heartbeat.
@@ -52,13 +52,20 @@ pub struct Topology {
     pub replicas: usize,
     /// How long job records are kept in the results bucket.
     pub result_ttl: Duration,
+    /// The servers whose job streams to create, with the most jobs each may hold queued.
+    pub queues: Vec<(String, u64)>,
 }
 
-impl From<&crate::config::NatsConfig> for Topology {
-    fn from(nats: &crate::config::NatsConfig) -> Self {
+impl From<&crate::config::Config> for Topology {
+    fn from(config: &crate::config::Config) -> Self {
         Topology {
-            replicas: nats.replicas,
-            result_ttl: nats.result_ttl,
+            replicas: config.nats.replicas,
+            result_ttl: config.nats.result_ttl,
+            queues: config
+                .servers
+                .iter()
+                .map(|s| (s.name.clone(), s.max_queued))
+                .collect(),
         }
     }
 }
@@ -68,6 +75,7 @@ impl Default for Topology {
         Topology {
             replicas: 1,
             result_ttl: Duration::from_secs(24 * 3600),
+            queues: Vec::new(),
         }
     }
 }
@@ -185,21 +193,12 @@ pub async fn ensure_topology(
             reason: e.to_string(),
         }
     };
-    js.create_or_update_stream(stream::Config {
-        name: JOBS_STREAM.into(),
-        description: Some("mcpq jobs: mcpq.jobs.<server>.<lane>, one consumer per server".into()),
-        subjects: vec![JOBS_SUBJECTS.into()],
-        retention: stream::RetentionPolicy::WorkQueue,
-        storage: stream::StorageType::File,
-        num_replicas: topology.replicas,
-        duplicate_window: Duration::from_secs(120),
-        max_message_size: 8 * 1024 * 1024,
-        discard: stream::DiscardPolicy::New,
-        allow_message_ttl: true,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| fail("stream MCPQ_JOBS")(&e))?;
+    retire_shared_jobs_stream(js).await?;
+    for (server, max_queued) in &topology.queues {
+        js.create_or_update_stream(jobs_stream_config(server, *max_queued, topology.replicas))
+            .await
+            .map_err(|e| fail(&format!("stream {}", jobs_stream(server)))(&e))?;
+    }
     js.create_or_update_stream(stream::Config {
         name: DLQ_STREAM.into(),
         description: Some("mcpq dead letters: mcpq.dlq.<server>".into()),
@@ -246,6 +245,25 @@ pub async fn ensure_topology(
     })
     .await
     .map_err(|e| fail("bucket mcpq_quotas")(&e))?;
+    // Results too large for a message: an Object Store bucket (a stream laid out as ADR-20
+    // says, created here with create-or-update so a changed TTL or replica count applies).
+    js.create_or_update_stream(stream::Config {
+        name: format!("OBJ_{BLOBS_BUCKET}"),
+        description: Some("mcpq results too large for one NATS message, by job id".into()),
+        subjects: vec![
+            format!("$O.{BLOBS_BUCKET}.C.>"),
+            format!("$O.{BLOBS_BUCKET}.M.>"),
+        ],
+        max_age: topology.result_ttl,
+        storage: stream::StorageType::File,
+        num_replicas: topology.replicas,
+        discard: stream::DiscardPolicy::New,
+        allow_rollup: true,
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| fail("object store mcpq_blobs")(&e))?;
     // Records, and the cancellations and batches that refer to them, live `resultTtl`.
     for (bucket, description) in [
         (RESULTS_BUCKET, "mcpq job records, keyed by job id"),
@@ -275,6 +293,58 @@ pub async fn ensure_topology(
         .map_err(|e| fail(&format!("bucket {bucket}"))(&e))?;
     }
     Ok(())
+}
+
+/// The work-queue stream of one server's jobs: its lanes' subjects, at most `max_queued`
+/// messages, and a publish beyond that refused at once (discard new), never a silent drop.
+pub fn jobs_stream_config(server: &str, max_queued: u64, replicas: usize) -> stream::Config {
+    stream::Config {
+        name: jobs_stream(server),
+        description: Some(format!(
+            "mcpq jobs of server {server}: mcpq.jobs.{server}.<lane>, one consumer per lane"
+        )),
+        subjects: vec![jobs_subjects(server)],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        duplicate_window: Duration::from_secs(120),
+        max_messages: i64::try_from(max_queued).unwrap_or(i64::MAX),
+        max_message_size: 8 * 1024 * 1024,
+        discard: stream::DiscardPolicy::New,
+        allow_message_ttl: true,
+        ..Default::default()
+    }
+}
+
+/// Removes the one jobs stream of mcpq before 0.10 (`MCPQ_JOBS`, every server's subjects),
+/// whose subjects overlap the per-server streams. Only an empty one: jobs still in it must be
+/// worked off by the mcpq that queued them first.
+async fn retire_shared_jobs_stream(js: &jetstream::Context) -> Result<(), NatsError> {
+    let Ok(mut legacy) = js.get_stream(JOBS_STREAM).await else {
+        return Ok(());
+    };
+    let held = legacy.info().await.map(|i| i.state.messages).unwrap_or(0);
+    if held > 0 {
+        return Err(NatsError::Topology {
+            what: format!("the per-server job streams ({JOBS_STREAM}_<server>)"),
+            reason: format!(
+                "stream {JOBS_STREAM} of an earlier mcpq still holds {held} jobs: let its workers finish them (or delete it with `nats stream rm {JOBS_STREAM}`), then start this version"
+            ),
+        });
+    }
+    tracing::info!(stream = JOBS_STREAM, "removing the empty shared jobs stream of an earlier mcpq");
+    js.delete_stream(JOBS_STREAM)
+        .await
+        .map_err(|e| NatsError::Topology {
+            what: format!("removing stream {JOBS_STREAM}"),
+            reason: e.to_string(),
+        })?;
+    Ok(())
+}
+
+/// Whether a JetStream publish error says the stream is full (discard new refused it).
+pub fn is_queue_full(error: &str) -> bool {
+    error.contains("maximum messages") || error.contains("maximum bytes")
 }
 
 #[cfg(test)]

@@ -14,6 +14,22 @@ pub struct Reply {
     pub job_id: Uuid,
     #[serde(flatten)]
     pub outcome: Outcome,
+    /// Set when the result was too large for a NATS message: it is the object named here in
+    /// the Object Store, and `result` is `null`. Readers fetch it (see [`BlobRef`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_ref: Option<BlobRef>,
+}
+
+/// Where a result too large for one NATS message is kept: object `name` of the JetStream
+/// Object Store bucket `bucket` (`mcpq_blobs`), holding the MCP result as JSON, `size` bytes.
+/// It lives as long as the job's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BlobRef {
+    pub bucket: String,
+    /// The job id.
+    pub name: String,
+    pub size: u64,
 }
 
 /// How a job ended, as seen by its caller.
@@ -176,6 +192,10 @@ pub struct JobRecord {
     /// The principal the job belongs to (see [`crate::Job::principal`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub principal: Option<String>,
+    /// Set instead of `result` when the result was too large for a NATS message (see
+    /// [`BlobRef`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_ref: Option<BlobRef>,
 }
 
 impl JobRecord {
@@ -197,6 +217,7 @@ impl JobRecord {
             progress: None,
             worker_id: None,
             principal: job.principal.clone(),
+            result_ref: None,
         }
     }
 
@@ -205,6 +226,9 @@ impl JobRecord {
         let outcome = match (self.status, &self.result, &self.error) {
             (JobStatus::Completed, Some(result), _) => Outcome::Ok {
                 result: result.clone(),
+            },
+            (JobStatus::Completed, None, _) if self.result_ref.is_some() => Outcome::Ok {
+                result: serde_json::Value::Null,
             },
             (status, _, Some(error)) if status.is_terminal() => Outcome::Error {
                 error: error.clone(),
@@ -215,6 +239,7 @@ impl JobRecord {
             v: crate::names::ENVELOPE_VERSION,
             job_id: self.job_id,
             outcome,
+            result_ref: self.result_ref.clone(),
         })
     }
 }

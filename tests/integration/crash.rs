@@ -37,7 +37,11 @@ async fn rig_with(concurrency: usize, extra: &str) -> Rig {
     .unwrap();
     let nats_client = connect(&nats.url(), "test").await.unwrap();
     let js = async_nats::jetstream::new(nats_client.clone());
-    mcpq_schemas::nats::ensure_topology(&js, &Default::default())
+    let topology = mcpq_schemas::nats::Topology {
+        queues: vec![("web".into(), 100_000)],
+        ..Default::default()
+    };
+    mcpq_schemas::nats::ensure_topology(&js, &topology)
         .await
         .unwrap();
     let client = Client::new(nats_client).await.unwrap();

@@ -170,7 +170,7 @@ async fn malformed_jobs_are_dead_lettered_with_their_reason_and_the_worker_keeps
         || {
             let js = js.clone();
             async move {
-                let mut jobs = js.get_stream("MCPQ_JOBS").await.ok()?;
+                let mut jobs = js.get_stream("MCPQ_JOBS_web").await.ok()?;
                 (jobs.info().await.ok()?.state.messages == 0).then_some(())
             }
         },

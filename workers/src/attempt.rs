@@ -19,6 +19,7 @@ use crate::{
     call::{CallOutcome, call},
     decide::{Decision, Verdict, decide},
     decode::decode,
+    outbox::WriteError,
     pool::Pool,
     upstream::{CallEvent, lock},
 };
@@ -55,15 +56,16 @@ impl Delivery {
 }
 
 pub(crate) async fn handle(pool: &Pool, message: Message) {
-    let (attempt, stream_seq) = message
+    let (attempt, stream_seq, stored_at_ms) = message
         .info()
         .map(|i| {
             (
                 u32::try_from(i.delivered).unwrap_or(u32::MAX),
                 i.stream_sequence,
+                u64::try_from(i.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0),
             )
         })
-        .unwrap_or((1, 0));
+        .unwrap_or((1, 0, now_ms()));
     let delivery = Delivery {
         reply_to: ReplyTo::new(std::sync::Mutex::new(
             message
@@ -81,7 +83,7 @@ pub(crate) async fn handle(pool: &Pool, message: Message) {
         history: Vec::new(),
         progress: None,
     };
-    let job = match decode(&pool.server.name, &message.payload) {
+    let job = match decode(&pool.server.name, &message.payload, stored_at_ms) {
         Ok(job) => job,
         Err(error) => {
             tracing::warn!(server = %pool.server.name, stream_seq, error = %error, "malformed job");
@@ -136,6 +138,22 @@ async fn run(pool: &Pool, message: &Message, mut delivery: Delivery, job: Job) {
         delivery.history = record.failed_attempts;
     }
     let delivery = &mut delivery;
+    // JetStream will not deliver this message again: were it to end without a decision now, it
+    // would stay in the queue for good. It gets here only when earlier deliveries ended
+    // without one (workers crashed or stalled with it), so it is not tried again.
+    if delivery.attempt >= crate::consume::server_max_deliver(&pool.retry) {
+        let error = JobError::new(
+            ErrorKind::Internal,
+            format!(
+                "delivered {} times without an outcome (workers stopped while holding it: crashes, or calls that outlived ackWait); not tried again",
+                delivery.attempt
+            ),
+        );
+        tracing::warn!(error = %error, "last delivery; dead-lettering");
+        delivery.failed(pool, &error, None);
+        dead_letter(pool, message, delivery, Some((job, JobStatus::Dead)), error).await;
+        return;
+    }
     // Registered before looking for a request, so one that arrives meanwhile still reaches it.
     let running = pool.cancels.start(job.id);
     if running.token.is_cancelled() {
@@ -231,6 +249,21 @@ async fn run(pool: &Pool, message: &Message, mut delivery: Delivery, job: Job) {
     });
     match outcome {
         CallOutcome::Cancelled => {}
+        CallOutcome::Answered(result) if encoded_len(&result) > pool.server.max_result_bytes => {
+            // Kept from the caller, and never asked for again: the same call would give the
+            // same result. The dead letter shows the operator what to raise.
+            let size = encoded_len(&result);
+            let error = JobError::new(
+                ErrorKind::TooLarge,
+                format!(
+                    "the upstream's result is {size} bytes, more than server {:?} keeps (maxResultBytes: {}): raise maxResultBytes, or ask the upstream for less",
+                    pool.server.name, pool.server.max_result_bytes
+                ),
+            );
+            tracing::warn!(size, "result larger than maxResultBytes; the job fails");
+            delivery.failed(pool, &error, None);
+            dead_letter(pool, message, delivery, Some((job, JobStatus::Failed)), error).await;
+        }
         CallOutcome::Answered(result) => {
             let outcome = Outcome::Ok { result };
             finish(
@@ -335,8 +368,10 @@ async fn cancelled(pool: &Pool, message: &Message, delivery: &Delivery, job: &Jo
     .await;
 }
 
-/// Records the outcome and replies, then acks (or terms) the message. If the record cannot be
-/// written the message is left alone, so it is redelivered and nothing is lost.
+/// Records the outcome and replies, then acks (or terms) the message. A result too large
+/// for a message is stored in the Object Store first, and the record and reply refer to it.
+/// The writes are retried as writes (the result is kept meanwhile); only if they keep failing
+/// is the message left alone, to be redelivered — at-least-once, never lost.
 async fn finish(
     pool: &Pool,
     message: &Message,
@@ -346,61 +381,89 @@ async fn finish(
     outcome: Outcome,
     kind: AckKind,
 ) {
-    let (result, error) = match &outcome {
-        Outcome::Ok { result } => (Some(result.clone()), None),
-        Outcome::Error { error } => (None, Some(error.clone())),
+    let error = match &outcome {
+        Outcome::Ok { .. } => None,
+        Outcome::Error { error } => Some(error.clone()),
     };
-    let mut record = record(pool, job, delivery, status, result, error);
+    let mut record = record(pool, job, delivery, status, None, error);
     let mut outcome = outcome;
-    // A result that cannot be written would come back again and again, and the upstream be
-    // called every time: it ends the job instead, once.
-    let mut encoded = serde_json::to_vec(&record).unwrap_or_default();
-    if let Some(error) = too_large(pool, encoded.len()) {
-        tracing::warn!(error = %error, "result too large for a NATS message");
-        record.status = JobStatus::Failed;
-        record.result = None;
-        record.error = Some(error.clone());
-        encoded = serde_json::to_vec(&record).unwrap_or_default();
-        outcome = Outcome::Error { error };
+    if let Outcome::Ok { result } = &mut outcome {
+        if encoded_len(result) > pool.outbox.inline_limit() as u64 {
+            let bytes = serde_json::to_vec(result).unwrap_or_default();
+            let stored = persist("store a large result", || pool.outbox.blob(&job.id, &bytes));
+            let Ok(blob) = stored.await else { return };
+            tracing::info!(size = blob.size, "result stored in the object store");
+            *result = serde_json::Value::Null;
+            record.result_ref = Some(blob);
+        } else {
+            record.result = Some(result.clone());
+        }
     }
     let reply = Reply {
         v: ENVELOPE_VERSION,
         job_id: job.id,
         outcome,
+        result_ref: record.result_ref.clone(),
     };
     // The reply does not wait for the record (that would add a JetStream round trip to every
-    // call); the ack does. A record that fails leaves the message un-acked: it comes back and,
-    // at worst, runs again — at-least-once, never lost.
+    // call); the ack does.
     let reply_to = delivery.reply_to();
     let (recorded, replied) = tokio::join!(
-        pool.outbox.record_encoded(&record.job_id, encoded),
+        persist("record the job's outcome", || pool.outbox.record(&record)),
         pool.outbox.reply(reply_to.as_deref(), &reply)
     );
     if let Err(e) = replied {
         tracing::warn!(error = %e, "cannot publish the reply; the result stays in the record");
     }
-    if let Err(e) = recorded {
-        tracing::error!(error = %e, "cannot record the job's outcome; it will be redelivered");
+    if recorded.is_err() {
         return;
     }
     ack(message, kind).await;
 }
 
-/// Room kept in a message for headers and the envelope around the record.
-const HEADROOM: usize = 8 * 1024;
+/// How long a write of a job's outcome is tried again before the message is given up to
+/// redelivery (the message is held meanwhile: progress acks go on).
+const WRITE_PATIENCE: Duration = Duration::from_secs(120);
 
-/// Why a record of `size` bytes cannot be stored, when it does not fit in one message of this
-/// NATS server.
-fn too_large(pool: &Pool, size: usize) -> Option<JobError> {
-    let max = pool.outbox.client.server_info().max_payload;
-    (size + HEADROOM > max).then(|| {
-        JobError::new(
-            ErrorKind::TooLarge,
-            format!(
-                "the upstream's result is {size} bytes, more than fits in one NATS message ({max} bytes, the server's max_payload): raise max_payload in the nats-server config, or ask the upstream for less"
-            ),
-        )
-    })
+/// Runs `write` until it succeeds, backing off from 50 ms to 5 s, for at most [`WRITE_PATIENCE`].
+async fn persist<T, F, Fut>(what: &'static str, mut write: F) -> Result<T, WriteError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, WriteError>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match write().await {
+            Ok(done) => return Ok(done),
+            Err(e) if started.elapsed() + pause > WRITE_PATIENCE => {
+                tracing::error!(error = %e, "cannot {what}; giving up: the job will be redelivered");
+                return Err(e);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?pause, "cannot {what}; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// The length of `value` as JSON, without building the text.
+fn encoded_len(value: &serde_json::Value) -> u64 {
+    struct Count(u64);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 /// Copies the message to the dead-letter stream, records and replies, and only then TERMs it.
@@ -440,8 +503,10 @@ async fn dead_letter(
         worker_id: pool.worker_id.clone(),
         dead_at_ms: now_ms(),
     };
-    if let Err(e) = pool.outbox.dead_letter(&letter).await {
-        tracing::error!(error = %e, "cannot dead-letter the job; it will be redelivered");
+    if persist("dead-letter the job", || pool.outbox.dead_letter(&letter))
+        .await
+        .is_err()
+    {
         return;
     }
     match job {
@@ -460,16 +525,23 @@ async fn dead_letter(
         None => {
             // No job id to record under; the caller still hears why, if it left an inbox.
             if let Some(inbox) = delivery.reply_to().as_deref() {
-                let id = message
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(mcpq_schemas::names::HDR_JOB_ID))
-                    .and_then(|v| v.as_str().parse().ok())
+                // The id the body gives, when it can be read that far; else the header's.
+                let id = serde_json::from_slice::<serde_json::Value>(&message.payload)
+                    .ok()
+                    .and_then(|body| body.get("id")?.as_str()?.parse().ok())
+                    .or_else(|| {
+                        message
+                            .headers
+                            .as_ref()
+                            .and_then(|h| h.get(mcpq_schemas::names::HDR_JOB_ID))
+                            .and_then(|v| v.as_str().parse().ok())
+                    })
                     .unwrap_or_default();
                 let reply = Reply {
                     v: ENVELOPE_VERSION,
                     job_id: id,
                     outcome: Outcome::Error { error },
+                    result_ref: None,
                 };
                 let _ = pool.outbox.reply(Some(inbox), &reply).await;
             }
@@ -502,6 +574,7 @@ fn record(
         failed_attempts: delivery.history.clone(),
         progress: delivery.progress.clone(),
         principal: job.principal.clone(),
+        result_ref: None,
     }
 }
 

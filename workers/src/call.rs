@@ -129,6 +129,41 @@ pub(crate) async fn call(
     unreachable!("the loop returns")
 }
 
+/// Whether the upstream is alive, asked with an MCP `ping` (a `tools/list` for an upstream
+/// that does not know `ping`), at most `timeout`: the circuit breaker's probe. Opens a session
+/// first if there is none. Any answer, even a JSON-RPC error, shows it is alive.
+pub(crate) async fn probe(upstream: &Upstream, timeout: Duration) -> Verdict {
+    let peer = match tokio::time::timeout(timeout, upstream.peer()).await {
+        Ok(Ok(peer)) => peer,
+        Ok(Err(_)) | Err(_) => return Verdict::Retryable,
+    };
+    let ask = |request: ClientRequest| {
+        let peer = peer.clone();
+        async move {
+            let handle = peer
+                .send_request_with_option(request, PeerRequestOptions::with_timeout(timeout))
+                .await?;
+            handle.await_response().await
+        }
+    };
+    let ping = ClientRequest::PingRequest(rmcp::model::PingRequest::default());
+    let answer = match ask(ping).await {
+        Err(ServiceError::McpError(e)) if e.code == rmcp::model::ErrorCode::METHOD_NOT_FOUND => {
+            let list = rmcp::model::ListToolsRequest {
+                method: Default::default(),
+                params: None,
+                extensions: Default::default(),
+            };
+            ask(ClientRequest::ListToolsRequest(list)).await
+        }
+        other => other,
+    };
+    match answer {
+        Ok(_) | Err(ServiceError::McpError(_)) => Verdict::Answered,
+        Err(_) => Verdict::Retryable,
+    }
+}
+
 /// The most `input_required` rounds one call may take.
 const MAX_ROUNDS: usize = 10;
 

@@ -1,7 +1,7 @@
 //! A circuit breaker per upstream, as a pure state machine: after `failure_threshold`
 //! retryable failures in a row it opens and the worker stops pulling that server's jobs (they
-//! stay queued; no attempt is burnt) until `reset_timeout` has passed; then one probe call
-//! decides whether it closes again.
+//! stay queued; no attempt is burnt) until `reset_timeout` has passed; then one probe — an MCP
+//! `ping` the worker sends itself, never a job — decides whether it closes again.
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,7 @@ use crate::decide::Verdict;
 pub enum Gate {
     /// Pull as usual.
     Pull,
-    /// Pull exactly one job: the probe.
+    /// Pull nothing; probe the upstream (ping it) and record the verdict.
     Probe,
     /// Pull nothing for this long.
     Wait(Duration),
@@ -26,8 +26,8 @@ pub enum State {
     Open {
         until: Instant,
     },
-    /// Waiting for the probe started at `probe`; a probe that never reports (its job expired,
-    /// or the queue was empty) is given up after `reset_timeout`.
+    /// Waiting for the probe started at `probe`; a probe that never reports is given up after
+    /// `reset_timeout`.
     HalfOpen {
         probe: Instant,
     },

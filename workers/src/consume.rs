@@ -18,7 +18,7 @@ use async_nats::jetstream::{
 use futures::{FutureExt, Stream, StreamExt, stream::SelectAll};
 use mcpq_schemas::{
     Lane,
-    names::{JOBS_STREAM, consumer_name, job_subject, legacy_consumer_name},
+    names::{consumer_name, job_subject, jobs_stream},
 };
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
@@ -30,7 +30,14 @@ use crate::{attempt, circuit::Gate, lanes::Picker, pool::Pool};
 
 /// How many deliveries the server allows; kept above the retry policy's attempts so that the
 /// worker's own dead-lettering always runs first.
-const SERVER_MAX_DELIVER_MARGIN: i64 = 5;
+const SERVER_MAX_DELIVER_MARGIN: u32 = 5;
+
+/// The deliveries JetStream makes of one job before it stops: after the last one a message
+/// would stay in the work queue forever, so a worker given it dead-letters it (see
+/// `attempt::run`).
+pub(crate) fn server_max_deliver(retry: &crate::RetryPolicy) -> u32 {
+    retry.max_attempts.saturating_add(SERVER_MAX_DELIVER_MARGIN)
+}
 /// Most messages asked for in one pull.
 const MAX_PULL: usize = 256;
 
@@ -44,6 +51,8 @@ const PARTIAL_POLL: Duration = Duration::from_millis(100);
 const SIDE_POLL: Duration = Duration::from_millis(250);
 /// A fetch (which does not wait on the server) unanswered this long was lost.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a circuit probe (a ping) waits for the upstream.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A lane found empty is not asked again for this long while others keep the slots busy.
 const EMPTY_RECHECK: Duration = Duration::from_millis(20);
 
@@ -118,8 +127,8 @@ pub(crate) async fn run(pool: Arc<Pool>, shutdown: CancellationToken, grace: Dur
                 permit = capacity.clone().acquire_owned(), if !idle => vec![permit.expect("the semaphore is never closed")],
             };
             // An open circuit: pull nothing (the jobs stay queued, no attempt is burnt); when
-            // it half-opens, pull one job as the probe. Asked only now that a slot is free, so
-            // the calls that just ended have been counted.
+            // it half-opens, the worker pings the upstream itself and the answer decides. Asked
+            // only now that a slot is free, so the calls that just ended have been counted.
             let gate = pool.breaker.as_ref().map_or(Gate::Pull, |b| {
                 b.lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -137,7 +146,17 @@ pub(crate) async fn run(pool: Arc<Pool>, shutdown: CancellationToken, grace: Dur
                     () = tokio::time::sleep(pause) => continue,
                 }
             }
-            while permits.len() < MAX_PULL && gate == Gate::Pull {
+            if gate == Gate::Probe {
+                drop(permits);
+                let verdict = tokio::select! {
+                    () = shutdown.cancelled() => break 'bind,
+                    verdict = crate::call::probe(&pool.upstream, pool.server.timeout.min(PROBE_TIMEOUT)) => verdict,
+                };
+                tracing::info!(%server, ?verdict, "circuit probe");
+                pool.breaker_record(verdict);
+                continue;
+            }
+            while permits.len() < MAX_PULL {
                 match capacity.clone().try_acquire_owned() {
                     Ok(permit) => permits.push(permit),
                     Err(_) => break,
@@ -349,21 +368,15 @@ where
     }
 }
 
-/// Creates (or updates) the server's durable consumers, one per lane, and removes the
-/// all-lanes consumer of earlier versions (work-queue consumers may not overlap).
+/// Creates (or updates) the server's durable consumers on its jobs stream, one per lane.
 async fn bind(pool: &Pool) -> Result<[PullConsumer; 3], String> {
     let stream = pool
         .outbox
         .js
-        .get_stream(JOBS_STREAM)
+        .get_stream(jobs_stream(&pool.server.name))
         .await
         .map_err(|e| e.to_string())?;
     let server = &pool.server;
-    let legacy = legacy_consumer_name(&server.name);
-    if stream.consumer_info(&legacy).await.is_ok() {
-        tracing::info!(server = %server.name, consumer = %legacy, "removing the all-lanes consumer of an earlier mcpq");
-        let _ = stream.delete_consumer(&legacy).await;
-    }
     let mut consumers = Vec::with_capacity(3);
     for lane in Lane::ALL {
         let consumer = stream
@@ -379,7 +392,7 @@ async fn bind(pool: &Pool) -> Result<[PullConsumer; 3], String> {
                 // Workers send progress acks every AckWait/3 while they hold a message, so
                 // AckWait only bounds how long a dead worker's jobs wait before redelivery.
                 ack_wait: pool.ack_wait,
-                max_deliver: i64::from(pool.retry.max_attempts) + SERVER_MAX_DELIVER_MARGIN,
+                max_deliver: i64::from(server_max_deliver(&pool.retry)),
                 max_ack_pending: i64::try_from(server.max_in_flight).unwrap_or(i64::MAX),
                 ..Default::default()
             })

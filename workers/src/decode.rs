@@ -3,8 +3,9 @@
 
 use mcpq_schemas::{ErrorKind, Job, JobError, names::ENVELOPE_VERSION};
 
-/// Reads `payload`, published on `subject`, as a job for `server`.
-pub(crate) fn decode(server: &str, payload: &[u8]) -> Result<Job, JobError> {
+/// Reads `payload`, taken from `server`'s queue, as a job for `server`; a job without
+/// `submittedAtMs` gets `stored_at_ms`, when JetStream stored it.
+pub(crate) fn decode(server: &str, payload: &[u8], stored_at_ms: u64) -> Result<Job, JobError> {
     let malformed = |message: String| JobError::new(ErrorKind::MalformedJob, message);
     if payload.is_empty() {
         return Err(malformed(
@@ -29,7 +30,7 @@ pub(crate) fn decode(server: &str, payload: &[u8]) -> Result<Job, JobError> {
             )));
         }
     }
-    let job: Job = serde_json::from_value(value).map_err(|e| {
+    let mut job: Job = serde_json::from_value(value).map_err(|e| {
         malformed(format!(
             "body is not a valid job envelope: {e} (see schemas/json/job.json)"
         ))
@@ -44,6 +45,15 @@ pub(crate) fn decode(server: &str, payload: &[u8]) -> Result<Job, JobError> {
         return Err(malformed(
             "request.method is empty (e.g. \"tools/call\")".into(),
         ));
+    }
+    if let Some(key) = &job.idempotency_key {
+        mcpq_schemas::check::idempotency_key("idempotencyKey", key).map_err(malformed)?;
+    }
+    if let Some(traceparent) = &job.traceparent {
+        mcpq_schemas::check::traceparent("traceparent", traceparent).map_err(malformed)?;
+    }
+    if job.submitted_at_ms == 0 {
+        job.submitted_at_ms = stored_at_ms;
     }
     Ok(job)
 }
@@ -63,14 +73,22 @@ mod tests {
     fn a_valid_job_reads_back_unchanged() {
         let job = good();
         let bytes = serde_json::to_vec(&job).unwrap();
-        assert_eq!(decode("time", &bytes).unwrap(), job);
+        assert_eq!(decode("time", &bytes, 7).unwrap(), job);
     }
 
     #[test]
     fn unknown_fields_are_tolerated() {
         let mut value = serde_json::to_value(good()).unwrap();
         value["fromTheFuture"] = serde_json::json!(true);
-        assert!(decode("time", &serde_json::to_vec(&value).unwrap()).is_ok());
+        assert!(decode("time", &serde_json::to_vec(&value).unwrap(), 7).is_ok());
+    }
+
+    #[test]
+    fn a_job_without_its_submission_time_gets_the_stored_time() {
+        let mut value = serde_json::to_value(good()).unwrap();
+        value.as_object_mut().unwrap().remove("submittedAtMs");
+        let job = decode("time", &serde_json::to_vec(&value).unwrap(), 1_700_000_000_000).unwrap();
+        assert_eq!(job.submitted_at_ms, 1_700_000_000_000);
     }
 
     #[test]
@@ -92,7 +110,7 @@ mod tests {
         ];
         for (i, (bytes, word)) in cases.iter().enumerate() {
             let server = if i == 5 { "other" } else { "time" };
-            let err = decode(server, bytes).unwrap_err();
+            let err = decode(server, bytes, 7).unwrap_err();
             assert_eq!(err.kind, ErrorKind::MalformedJob);
             assert!(
                 err.message.contains(word),

@@ -27,7 +27,7 @@ pub use call::{META_IDEMPOTENCY_KEY, META_JOB_ID};
 pub use decide::{Decision, RetryPolicy, Verdict, decide};
 use mcpq_schemas::{
     config::Config,
-    names::{CANCELS_BUCKET, CATALOG_BUCKET, RESULTS_BUCKET, WORKERS_BUCKET},
+    names::{BLOBS_BUCKET, CANCELS_BUCKET, CATALOG_BUCKET, RESULTS_BUCKET, WORKERS_BUCKET},
     nats::{NatsError, Topology, ensure_topology},
 };
 use tokio_util::sync::CancellationToken;
@@ -108,7 +108,7 @@ pub async fn run(
             .collect::<Result<_, _>>()?
     };
     let js = async_nats::jetstream::new(client.clone());
-    ensure_topology(&js, &Topology::from(&config.nats)).await?;
+    ensure_topology(&js, &Topology::from(config)).await?;
     let bucket = |name: &'static str| {
         let js = js.clone();
         async move {
@@ -123,6 +123,13 @@ pub async fn run(
     let results = bucket(RESULTS_BUCKET).await?;
     let catalog = bucket(CATALOG_BUCKET).await?;
     let workers = bucket(WORKERS_BUCKET).await?;
+    let blobs = js
+        .get_object_store(BLOBS_BUCKET)
+        .await
+        .map_err(|e| WorkerError::Bucket {
+            bucket: BLOBS_BUCKET,
+            reason: e.to_string(),
+        })?;
     // Requests stored before this worker started are known before it takes a job.
     let cancels = Arc::new(cancel::Cancels::default());
     cancel::follow(
@@ -175,6 +182,7 @@ pub async fn run(
                 client: client.clone(),
                 js: js.clone(),
                 results: results.clone(),
+                blobs: blobs.clone(),
             },
             retry,
             ack_wait,

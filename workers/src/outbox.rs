@@ -26,23 +26,47 @@ pub(crate) struct Outbox {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub results: jetstream::kv::Store,
+    /// Results too large for a message, by job id.
+    pub blobs: jetstream::object_store::ObjectStore,
 }
 
+/// Room kept in a message for headers and the envelope around a result.
+const HEADROOM: usize = 8 * 1024;
+
 impl Outbox {
+    /// The most bytes a result may have to travel inline in a record or reply: the NATS
+    /// server's `max_payload`, less room for the envelope.
+    pub(crate) fn inline_limit(&self) -> usize {
+        self.client
+            .server_info()
+            .max_payload
+            .saturating_sub(HEADROOM)
+    }
+
+    /// Stores a result too large for a message as object `<job id>` of `mcpq_blobs`.
+    pub(crate) async fn blob(
+        &self,
+        job_id: &uuid::Uuid,
+        bytes: &[u8],
+    ) -> Result<mcpq_schemas::BlobRef, WriteError> {
+        let name = job_id.to_string();
+        let mut reader = bytes;
+        self.blobs
+            .put(name.as_str(), &mut reader)
+            .await
+            .map_err(|e| fail("store a large result")(&e))?;
+        Ok(mcpq_schemas::BlobRef {
+            bucket: mcpq_schemas::names::BLOBS_BUCKET.into(),
+            name,
+            size: bytes.len() as u64,
+        })
+    }
+
     /// Stores the job's record (durably: waits for the KV put to be acknowledged).
     pub(crate) async fn record(&self, record: &JobRecord) -> Result<(), WriteError> {
         let bytes = serde_json::to_vec(record).map_err(|e| fail("encode job record")(&e))?;
-        self.record_encoded(&record.job_id, bytes).await
-    }
-
-    /// Writes a record already encoded (the caller needed its size first).
-    pub(crate) async fn record_encoded(
-        &self,
-        job_id: &uuid::Uuid,
-        bytes: Vec<u8>,
-    ) -> Result<(), WriteError> {
         self.results
-            .put(job_id.to_string(), bytes.into())
+            .put(record.job_id.to_string(), bytes.into())
             .await
             .map_err(|e| fail("write job record")(&e))?;
         Ok(())

@@ -7,6 +7,7 @@ use std::{pin::Pin, time::Duration};
 use mcpq_schemas::{
     InputAnswer, InputRequestEvent, Job, JobError, JsonObject, McpRequest, Outcome, ProgressEvent,
     bridge::{self, Era},
+    check,
     config::TaskMode,
     names::{ENVELOPE_VERSION, input_subject},
     now_ms,
@@ -37,8 +38,6 @@ pub const META_IDEMPOTENCY_KEY: &str = "io.mcpq/idempotencyKey";
 
 /// How long a call may wait in the queue before its upstream timeout starts, by default.
 const QUEUE_ALLOWANCE: Duration = Duration::from_secs(30);
-/// The longest a caller may ask to wait (`io.mcpq/timeoutMs`): a week.
-const MAX_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// What a relayed request came to.
 pub(super) enum Relayed {
@@ -131,6 +130,8 @@ impl Request<'_> {
 pub const FORBIDDEN: ErrorCode = ErrorCode(-32001);
 /// JSON-RPC error code: the caller is over a limit; `data.retryAfterMs` says when to retry.
 pub const RATE_LIMITED: ErrorCode = ErrorCode(-32029);
+/// JSON-RPC error code: the server's queue is full (`maxQueued`); retry after `retryAfterMs`.
+pub const QUEUE_FULL: ErrorCode = ErrorCode(-32030);
 
 /// The refusal of a request the caller may not make.
 pub(super) fn forbidden(caller: &Caller, server: &str, name: &str) -> ErrorData {
@@ -205,7 +206,7 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
                 .client
                 .record(job_id)
                 .await
-                .map_err(|e| internal(job_id, &e))?
+                .map_err(|e| client_error(job_id, &e))?
                 .is_none_or(|record| caller.owns(record.principal.as_deref()));
             if !owned {
                 return Err(ErrorData::invalid_params(
@@ -243,7 +244,7 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
                     .client
                     .submit(&job)
                     .await
-                    .map_err(|e| internal(job.id, &e))?;
+                    .map_err(|e| client_error(job.id, &e))?;
                 return Ok(Relayed::Task(job));
             }
             let submitted = job.clone();
@@ -311,7 +312,7 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
     }
     let reply = reply.map_err(|e| match &e {
         crate::ClientError::NotAsking { .. } => ErrorData::invalid_params(e.to_string(), None),
-        _ => internal(job_id, &e),
+        _ => client_error(job_id, &e),
     })?;
     match reply.outcome {
         Outcome::Ok { result } => Ok(Relayed::Answer(result)),
@@ -338,16 +339,20 @@ fn new_job(
         })?,
     };
     job.deadline_ms = Some(deadline(asked.unwrap_or(wait)));
-    if let Some(key) = meta
-        .and_then(|m| m.get(META_IDEMPOTENCY_KEY))
-        .and_then(|v| v.as_str())
-    {
+    let invalid = |e: String| ErrorData::invalid_params(e, None);
+    let text = |key: &str| match meta.and_then(|m| m.get(key)) {
+        None => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s.as_str())),
+        Some(other) => Err(invalid(format!("_meta {key:?}: {other} is not a string"))),
+    };
+    if let Some(key) = text(META_IDEMPOTENCY_KEY)? {
+        check::idempotency_key(&format!("_meta {META_IDEMPOTENCY_KEY:?}"), key).map_err(invalid)?;
         job = job.with_idempotency_key(key);
     }
-    job.traceparent = meta
-        .and_then(|m| m.get("traceparent"))
-        .and_then(|v| v.as_str())
-        .map(str::to_string);
+    if let Some(traceparent) = text("traceparent")? {
+        check::traceparent("_meta \"traceparent\"", traceparent).map_err(invalid)?;
+        job.traceparent = Some(traceparent.to_string());
+    }
     job.log_level = request.log_level.clone();
     job.client_capabilities = request
         .context
@@ -434,21 +439,14 @@ fn wait_asked(meta: Option<&JsonObject>) -> Result<Option<Duration>, ErrorData> 
     let Some(value) = meta.and_then(|m| m.get(META_TIMEOUT_MS)) else {
         return Ok(None);
     };
-    match value.as_u64().map(Duration::from_millis) {
-        Some(wait) if wait <= MAX_WAIT => Ok(Some(wait)),
-        _ => Err(ErrorData::invalid_params(
-            format!(
-                "_meta {META_TIMEOUT_MS:?}: {value} is not a number of milliseconds from 0 to {}",
-                MAX_WAIT.as_millis()
-            ),
-            None,
-        )),
-    }
+    check::timeout_ms(&format!("_meta {META_TIMEOUT_MS:?}"), value)
+        .map(Some)
+        .map_err(|e| ErrorData::invalid_params(e, None))
 }
 
 /// Unix milliseconds `wait` from now.
 fn deadline(wait: Duration) -> u64 {
-    now_ms().saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX))
+    check::deadline_after(now_ms(), wait)
 }
 
 /// Relays a progress or log event to the client.
@@ -492,9 +490,23 @@ async fn notify_progress(
     let _ = context.peer.notify_progress(param).await;
 }
 
-pub(super) fn internal(job_id: Uuid, e: &crate::ClientError) -> ErrorData {
-    ErrorData::internal_error(e.to_string(), Some(serde_json::json!({"jobId": job_id})))
+/// A client error as the JSON-RPC error the caller sees: a request too large is invalid
+/// params naming the limit, a full queue a retryable `queue_full`, the rest internal.
+pub(super) fn client_error(job_id: Uuid, e: &crate::ClientError) -> ErrorData {
+    match e {
+        crate::ClientError::TooLarge { size, limit, .. } => ErrorData::invalid_params(
+            e.to_string(),
+            Some(serde_json::json!({"jobId": job_id, "kind": "too_large", "size": size, "limit": limit})),
+        ),
+        crate::ClientError::QueueFull { server, .. } => ErrorData::new(
+            QUEUE_FULL,
+            e.to_string(),
+            Some(serde_json::json!({"jobId": job_id, "kind": "queue_full", "server": server, "retryAfterMs": 1000})),
+        ),
+        _ => ErrorData::internal_error(e.to_string(), Some(serde_json::json!({"jobId": job_id}))),
+    }
 }
+
 
 /// A job error as the JSON-RPC error the caller sees. Upstream JSON-RPC errors keep their code
 /// (in the caller's revision: see `bridge::error_code_for`).

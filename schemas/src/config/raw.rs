@@ -117,6 +117,14 @@ pub struct ServerSection {
     /// "30s" (default 30s). Live workers extend it with progress acks while they work.
     #[serde(default)]
     pub ack_wait: Option<DurationText>,
+    /// Jobs waiting in this server's queue at most (default 100000); a job beyond it is
+    /// refused at once with `queue_full`.
+    #[serde(default)]
+    pub max_queued: Option<u64>,
+    /// Largest upstream result kept, e.g. "32MiB" (the default); a larger one ends the job
+    /// `failed` with `too_large`, and the call is not made again.
+    #[serde(default)]
+    pub max_result_bytes: Option<ByteSizeText>,
     /// Stop calling an upstream that keeps failing: its jobs stay queued while open.
     #[serde(default)]
     pub circuit_breaker: Option<CircuitBreakerSection>,
@@ -371,6 +379,56 @@ impl JsonSchema for DurationText {
             "type": "string",
             "description": "A duration with a unit: 250ms, 30s, 5m, 1h 30m",
             "pattern": "^\\s*\\d+(\\.\\d+)?\\s*[a-zµ]+(\\s*\\d+(\\.\\d+)?\\s*[a-zµ]+)*\\s*$"
+        })
+    }
+}
+
+/// A size in bytes: a number of bytes, or a number and a unit (`"32MiB"`, `"512 KB"`).
+#[derive(Debug, Clone, Copy)]
+pub struct ByteSizeText(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSizeText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = ByteSizeText;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size: bytes, or a number and a unit like \"32MiB\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<ByteSizeText, E> {
+                s.trim()
+                    .parse::<bytesize::ByteSize>()
+                    .map(|b| ByteSizeText(b.as_u64()))
+                    .map_err(|e| {
+                        E::custom(format!(
+                            "invalid size {s:?}: {e} (write bytes, or a number and a unit like \"32MiB\" or \"500KB\")"
+                        ))
+                    })
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<ByteSizeText, E> {
+                Ok(ByteSizeText(n))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<ByteSizeText, E> {
+                u64::try_from(n)
+                    .map(ByteSizeText)
+                    .map_err(|_| E::custom(format!("invalid size {n}: negative")))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for ByteSizeText {
+    fn schema_name() -> Cow<'static, str> {
+        "ByteSize".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A size: bytes, or a number and a unit (32MiB, 500KB)",
+            "oneOf": [
+                {"type": "integer", "minimum": 0},
+                {"type": "string", "pattern": "^\\s*\\d+(\\.\\d+)?\\s*[A-Za-z]*\\s*$"}
+            ]
         })
     }
 }

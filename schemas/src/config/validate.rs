@@ -21,6 +21,10 @@ const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(24 * 3600);
 const MAX_ATTEMPTS: u32 = 100;
 const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
+const DEFAULT_MAX_QUEUED: u64 = 100_000;
+const MAX_MAX_QUEUED: u64 = 100_000_000;
+const DEFAULT_MAX_RESULT_BYTES: u64 = 32 * 1024 * 1024;
+const MAX_MAX_RESULT_BYTES: u64 = 1024 * 1024 * 1024;
 
 pub(super) fn validate(raw: ConfigFile) -> Result<Config, ConfigErrors> {
     let mut errors = Vec::new();
@@ -316,6 +320,20 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
             format!("{max_in_flight} is out of range (1 to 1000000)"),
         );
     }
+    let max_queued = s.max_queued.unwrap_or(DEFAULT_MAX_QUEUED);
+    if max_queued == 0 || max_queued > MAX_MAX_QUEUED {
+        err(
+            "maxQueued",
+            format!("{max_queued} is out of range (1 to {MAX_MAX_QUEUED})"),
+        );
+    }
+    let max_result_bytes = s.max_result_bytes.map_or(DEFAULT_MAX_RESULT_BYTES, |b| b.0);
+    if max_result_bytes == 0 || max_result_bytes > MAX_MAX_RESULT_BYTES {
+        err(
+            "maxResultBytes",
+            format!("{max_result_bytes} bytes is out of range (1 byte to 1GiB)"),
+        );
+    }
     let replicas = s.replicas.unwrap_or(1);
     if replicas == 0 {
         err(
@@ -441,6 +459,8 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
         timeout,
         concurrency,
         max_in_flight,
+        max_queued,
+        max_result_bytes,
         replicas,
         autoscale,
         retry,

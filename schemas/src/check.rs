@@ -1,0 +1,139 @@
+//! Checks on what callers send that becomes part of a job, a NATS header or a deadline: one
+//! place, pure, so the dispatcher's `/v1` API, its MCP endpoints and the CLI refuse the same
+//! things with the same words, and property tests can throw anything at them.
+
+use std::time::Duration;
+
+/// The longest a caller may ask a job to wait for its start (`timeoutMs`, `io.mcpq/timeoutMs`):
+/// a week, in milliseconds.
+pub const MAX_TIMEOUT_MS: u64 = 7 * 24 * 3600 * 1000;
+/// The longest idempotency key, in bytes.
+pub const MAX_KEY_BYTES: usize = 256;
+
+/// A caller's `timeoutMs` as a duration, if it is one from 0 to [`MAX_TIMEOUT_MS`]; `field`
+/// names it in the error.
+pub fn timeout_ms(field: &str, value: &serde_json::Value) -> Result<Duration, String> {
+    match value.as_u64() {
+        Some(ms) if ms <= MAX_TIMEOUT_MS => Ok(Duration::from_millis(ms)),
+        _ => Err(format!(
+            "{field}: {value} is not a number of milliseconds from 0 to {MAX_TIMEOUT_MS} (a week)"
+        )),
+    }
+}
+
+/// Unix milliseconds `wait` after `now`, saturating instead of wrapping.
+pub fn deadline_after(now_ms: u64, wait: Duration) -> u64 {
+    now_ms.saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// An idempotency key: 1 to [`MAX_KEY_BYTES`] bytes of printable text (no control characters,
+/// so never a CR or LF that could end a header line).
+pub fn idempotency_key(field: &str, key: &str) -> Result<(), String> {
+    if key.is_empty() {
+        return Err(format!("{field}: an idempotency key may not be empty"));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(format!(
+            "{field}: the idempotency key is {} bytes, longer than {MAX_KEY_BYTES}",
+            key.len()
+        ));
+    }
+    if let Some(c) = key.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "{field}: the idempotency key holds the control character {c:?} (printable text only)"
+        ));
+    }
+    Ok(())
+}
+
+/// A W3C `traceparent`: `<version>-<trace id>-<parent id>-<flags>` in lower-case hex (2, 32,
+/// 16 and 2 digits), the ids not all zero, version `ff` never.
+pub fn traceparent(field: &str, value: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        let shown: String = value.chars().take(80).collect();
+        Err(format!(
+            "{field}: {shown:?} is not a W3C traceparent ({why}; expected e.g. 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01)"
+        ))
+    };
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    if parts.len() < 4 {
+        return bad("four dash-separated fields needed");
+    }
+    let (version, trace, parent, flags) = (parts[0], parts[1], parts[2], parts[3]);
+    if !hex(version, 2) || version == "ff" {
+        return bad("the version is two hex digits, not ff");
+    }
+    if version == "00" && parts.len() != 4 {
+        return bad("version 00 has exactly four fields");
+    }
+    if !hex(trace, 32) || trace.bytes().all(|b| b == b'0') {
+        return bad("the trace id is 32 hex digits, not all zero");
+    }
+    if !hex(parent, 16) || parent.bytes().all(|b| b == b'0') {
+        return bad("the parent id is 16 hex digits, not all zero");
+    }
+    if !hex(flags, 2) {
+        return bad("the flags are two hex digits");
+    }
+    if value.len() > 512 || value.chars().any(|c| c.is_control()) {
+        return bad("too long, or holds control characters");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_are_range_checked_never_wrapped() {
+        use serde_json::json;
+        assert_eq!(
+            timeout_ms("timeoutMs", &json!(1500)).unwrap(),
+            Duration::from_millis(1500)
+        );
+        for bad in [
+            json!(-1),
+            json!(18_446_744_073_709_551_615u64),
+            json!(1.5),
+            json!("10"),
+            json!(MAX_TIMEOUT_MS + 1),
+        ] {
+            let e = timeout_ms("timeoutMs", &bad).unwrap_err();
+            assert!(e.starts_with("timeoutMs: "), "{e}");
+        }
+        assert_eq!(deadline_after(u64::MAX - 1, Duration::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn keys_are_printable_and_bounded() {
+        assert!(idempotency_key("k", "order-42 für Ω").is_ok());
+        for bad in ["", "a\r\nX-Evil: 1", "tab\there", &"x".repeat(257)] {
+            assert!(idempotency_key("k", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn traceparents_follow_w3c() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert!(traceparent("t", good).is_ok());
+        assert!(traceparent("t", "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra").is_ok());
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+        ] {
+            assert!(traceparent("t", bad).is_err(), "{bad:?}");
+        }
+    }
+}
