@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 use axum::{
     Extension, Json, Router,
     body::Bytes,
-    extract::{Path, Query, State},
+    extract::{Path, Query, State, rejection::BytesRejection},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
@@ -42,7 +42,31 @@ pub fn routes(shared: Arc<Shared>) -> Router {
             "/v1/openapi.json",
             get(|| async { Json(mcpq_schemas::openapi::document()) }),
         )
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(shared)
+}
+
+/// The largest `/v1` body read (a batch of many lines); a single job must also fit in one NATS
+/// message, which is checked after.
+pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// The most lines one batch may have.
+pub const MAX_BATCH_LINES: usize = 10_000;
+
+/// The body, or a JSON 413 when it is larger than [`MAX_BODY_BYTES`].
+fn body_of(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Failure> {
+    body.map_err(|e| {
+        let status = e.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiErrorCode::TooLarge
+        } else {
+            ApiErrorCode::BadRequest
+        };
+        Failure(
+            status,
+            code,
+            format!("cannot read the body: {e} (at most {MAX_BODY_BYTES} bytes); nothing was queued"),
+        )
+    })
 }
 
 /// An error answer.
@@ -159,7 +183,9 @@ fn forbidden(caller: &Caller, server: &str, tool: &str) -> Failure {
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         let (status, code) = match &e {
-            ClientError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, ApiErrorCode::TooLarge),
+            ClientError::TooLarge { .. } | ClientError::BatchTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, ApiErrorCode::TooLarge)
+            }
             ClientError::QueueFull { .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, ApiErrorCode::QueueFull)
             }
@@ -217,9 +243,10 @@ async fn submit(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Accepted>), Refused> {
     json_body(&headers, false)?;
+    let body = body_of(body)?;
     let mut submission: JobSubmission = serde_json::from_slice(&body)
         .map_err(|e| bad_request(format!("the body is not a job submission: {e}")))?;
     if submission.idempotency_key.is_none() {
@@ -344,9 +371,10 @@ async fn submit_batch(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<BatchAccepted>), Refused> {
     json_body(&headers, true)?;
+    let body = body_of(body)?;
     let text =
         std::str::from_utf8(&body).map_err(|_| bad_request("the body is not UTF-8 text".into()))?;
     let key = idempotency_key(&headers)?;
@@ -357,6 +385,17 @@ async fn submit_batch(
     for (number, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
+        }
+        if jobs.len() == MAX_BATCH_LINES {
+            return Err(Failure(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ApiErrorCode::TooLarge,
+                format!(
+                    "the batch has more than {MAX_BATCH_LINES} calls (line {} is one too many): split it into batches of at most {MAX_BATCH_LINES}; nothing was queued",
+                    number + 1
+                ),
+            )
+            .into());
         }
         let mut submission: JobSubmission = serde_json::from_str(line).map_err(|e| {
             bad_request(format!(

@@ -34,8 +34,21 @@ impl Client {
             job_id: batch_id,
             reason,
         };
-        let bucket = self.bucket(BATCHES_BUCKET, batch_id).await?;
+        // Every job and the batch record must fit in a message: checked before anything is
+        // written, so a batch is taken whole or not at all.
+        for job in jobs {
+            self.encode(job)?;
+        }
         let bytes = serde_json::to_vec(&record).map_err(|e| fail(e.to_string()))?;
+        let limit = self.max_job_bytes();
+        if bytes.len() > limit {
+            return Err(ClientError::BatchTooLarge {
+                batch_id,
+                jobs: jobs.len(),
+                limit,
+            });
+        }
+        let bucket = self.bucket(BATCHES_BUCKET, batch_id).await?;
         if bucket
             .create(batch_id.to_string(), bytes.into())
             .await

@@ -52,6 +52,14 @@ pub enum ClientError {
         limit: usize,
     },
     #[error(
+        "batch {batch_id}: {jobs} job ids do not fit in one batch record ({limit} bytes, from the NATS server's max_payload): split the batch"
+    )]
+    BatchTooLarge {
+        batch_id: Uuid,
+        jobs: usize,
+        limit: usize,
+    },
+    #[error(
         "job {job_id}: the queue of server {server:?} is full (maxQueued jobs wait already); try again later"
     )]
     QueueFull { job_id: Uuid, server: String },

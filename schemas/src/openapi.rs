@@ -60,8 +60,10 @@ pub fn document() -> Value {
                     "requestBody": {"required": true, "content": {"application/json": {"schema": submission}}},
                     "responses": {
                         "202": response("Queued (or a duplicate of a job with the same idempotency key)", &accepted),
-                        "400": failure("The body is not a job submission"),
+                        "400": failure("The body is not a job submission, or a field is out of range (the message names it)"),
                         "404": failure("Unknown server or tool; nothing was queued"),
+                        "413": failure("The request does not fit in one NATS message (code too_large); nothing was queued"),
+                        "429": failure("Over the caller's limits (rate_limited) or the server's queue is full (queue_full); retry after Retry-After"),
                         "503": failure("NATS did not accept the job; retry")
                     }
                 }
@@ -112,7 +114,9 @@ pub fn document() -> Value {
                     "responses": {
                         "202": response("Queued", &batch_accepted),
                         "400": failure("A line is not a job submission (the message names the line); nothing was queued"),
-                        "404": failure("A line names an unknown server or tool; nothing was queued")
+                        "404": failure("A line names an unknown server or tool; nothing was queued"),
+                        "413": failure("More than 10000 lines, or a call that does not fit in one NATS message (code too_large); nothing was queued"),
+                        "429": failure("Over the caller's limits (rate_limited) or a queue is full (queue_full); retry after Retry-After")
                     }
                 }
             },

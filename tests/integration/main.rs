@@ -11,6 +11,7 @@ mod crash;
 mod flow;
 mod idempotency;
 mod jobs;
+mod limits;
 mod load;
 mod restart;
 mod retry;

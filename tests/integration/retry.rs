@@ -258,25 +258,29 @@ async fn a_call_slower_than_ack_wait_runs_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_open_circuit_keeps_jobs_queued_then_closes_after_recovery() {
+async fn an_outage_behind_an_open_circuit_costs_no_attempt_and_sees_only_pings() {
     let web = HttpFixture::start().await;
     let server = format!(
-        "  - name: web\n    type: http\n    endpoint: {}\n    timeout: 500ms\n    concurrency: 1\n    \
-         retry: {{maxAttempts: 10, initial: 50ms, max: 100ms}}\n    \
-         circuitBreaker: {{failureThreshold: 2, resetTimeout: 2s}}\n",
+        "  - name: web\n    type: http\n    endpoint: {}\n    timeout: 2s\n    concurrency: 8\n    \
+         retry: {{maxAttempts: 3, initial: 50ms, max: 200ms}}\n    \
+         circuitBreaker: {{failureThreshold: 3, resetTimeout: 1s}}\n",
         web.url()
     );
     let stack = Stack::start(&server).await;
-    // The upstream hangs on its first three calls, then answers.
+    // The worker's session is open before the outage, as it would be in production.
+    let warm = stack
+        .call("web", "mark", serde_json::json!({"tag": "warm"}))
+        .await;
+    assert!(matches!(warm.outcome, Outcome::Ok { .. }), "{warm:?}");
+
+    web.fixture.go_down();
     let mut ids = Vec::new();
-    for _ in 0..4 {
+    for n in 0..50 {
         let job = Job::new(
             "web",
             McpRequest::call_tool(
-                "flaky",
-                serde_json::json!({"key": "cb", "failures": 3, "hang_ms": 4000})
-                    .as_object()
-                    .cloned(),
+                "mark",
+                serde_json::json!({"tag": format!("job-{n}")}).as_object().cloned(),
             ),
         );
         stack.client.submit(&job).await.unwrap();
@@ -303,24 +307,50 @@ async fn an_open_circuit_keeps_jobs_queued_then_closes_after_recovery() {
         },
     )
     .await;
+    // The calls in flight when it went down failed (one attempt each); from now on only the
+    // worker's own pings may reach the upstream.
+    let before_open = web.fixture.seen_while_down();
+    assert!(
+        before_open.len() <= 8 + 3,
+        "at most a round of calls before the circuit opened: {before_open:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let while_open = web.fixture.seen_while_down();
+    assert!(
+        while_open.iter().all(|m| m == "ping"),
+        "only pings while the circuit was open: {while_open:?}"
+    );
+    assert!(
+        (5..=15).contains(&while_open.len()),
+        "about one ping per resetTimeout over 10 s: {while_open:?}"
+    );
+    web.fixture.come_up();
+
     mcpq_tests::all_completed(&stack.client, &ids, Duration::from_secs(60)).await;
-    let stamps = web.fixture.stamps();
-    assert_eq!(stamps.len(), 7, "three failed calls, then one per job");
-    // Two failures open the circuit: nothing is called for the reset timeout, then one probe
-    // (which fails: open again), then one probe that succeeds and closes it.
-    for (a, b) in [(1, 2), (2, 3)] {
-        let gap = stamps[b] - stamps[a];
+    let mut marks = web.fixture.marks();
+    marks.retain(|m| m != "warm");
+    marks.sort();
+    let mut expected: Vec<String> = (0..50).map(|n| format!("job-{n}")).collect();
+    expected.sort();
+    assert_eq!(marks, expected, "every job ran exactly once");
+    for id in &ids {
+        let record = stack.record(*id).await;
+        assert_eq!(record.status, JobStatus::Completed);
         assert!(
-            gap >= Duration::from_secs(2),
-            "call {b} came {gap:?} after call {a}: the circuit was not open"
+            record.failed_attempts.len() <= 1,
+            "a job loses at most the attempt it was making when the upstream went down: {record:?}"
         );
     }
-    // No attempt was burnt while the circuit was open: every attempt is an upstream call.
-    let mut attempts = 0;
-    for id in &ids {
-        attempts += stack.record(*id).await.attempts;
-    }
-    assert_eq!(attempts, 7);
+    let dlq = async_nats::jetstream::new(async_nats::connect(stack.nats.url()).await.unwrap())
+        .get_stream("MCPQ_DLQ")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert_eq!(dlq, 0, "no dead letter");
     mcpq_tests::eventually(
         "the heartbeat to show the circuit closed",
         Duration::from_secs(20),
@@ -332,7 +362,6 @@ async fn an_open_circuit_keeps_jobs_queued_then_closes_after_recovery() {
     .await;
     stack.stop().await;
 }
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_answering_429_is_retried_after_its_retry_after() {
     let web = HttpFixture::start().await;

@@ -73,6 +73,14 @@ pub struct MarkArgs {
 }
 
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct BigArgs {
+    /// Recorded like a `mark` tag (see `marks()`), so executions can be counted.
+    pub tag: String,
+    /// How many bytes of text to answer with.
+    pub bytes: usize,
+}
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 pub struct SlowArgs {
     /// How long to sleep before answering, in milliseconds.
     pub ms: u64,
@@ -96,6 +104,9 @@ struct State {
     /// `slow` calls running now, and the most that ever ran at once.
     slow_now: AtomicU64,
     slow_peak: AtomicU64,
+    /// While set, the HTTP fixture answers every request 503 (an outage), noting its method.
+    down: AtomicBool,
+    seen_down: Mutex<Vec<String>>,
     /// Tags of `hold` calls that started, and of those the client cancelled.
     held: Mutex<Vec<String>>,
     cancelled: Mutex<Vec<String>>,
@@ -264,6 +275,21 @@ impl Fixture {
         "not busy any more".into()
     }
 
+    #[tool(description = "Note the tag like mark, and answer with `bytes` bytes of text")]
+    fn big(&self, Parameters(BigArgs { tag, bytes }): Parameters<BigArgs>) -> String {
+        self.count();
+        self.state.marks.lock().expect("marks").push(tag.clone());
+        // Text that is not all one byte, so a truncated or shuffled copy would show.
+        let mut text = format!("{tag}:");
+        let mut i = 0u64;
+        while text.len() < bytes {
+            text.push(char::from(b'a' + (i % 26) as u8));
+            i = i.wrapping_mul(31).wrapping_add(7);
+        }
+        text.truncate(bytes);
+        text
+    }
+
     #[tool(description = "Note the time of this call (for rate measurements) and answer")]
     fn stamp(&self) -> String {
         self.count();
@@ -376,6 +402,22 @@ impl Fixture {
         self.state.marks.lock().expect("marks").clone()
     }
 
+    /// Starts an outage (HTTP only): every request is answered 503 until [`Fixture::come_up`].
+    pub fn go_down(&self) {
+        self.state.seen_down.lock().expect("seen").clear();
+        self.state.down.store(true, Ordering::SeqCst);
+    }
+
+    pub fn come_up(&self) {
+        self.state.down.store(false, Ordering::SeqCst);
+    }
+
+    /// The JSON-RPC methods of the requests that arrived during the outage (`tools/call:<name>`
+    /// for tool calls), and forgets them.
+    pub fn seen_while_down(&self) -> Vec<String> {
+        std::mem::take(&mut *self.state.seen_down.lock().expect("seen"))
+    }
+
     /// Answered calls so far.
     pub fn calls(&self) -> u64 {
         self.state.calls.load(Ordering::SeqCst)
@@ -429,6 +471,19 @@ async fn too_many_requests(
     let bytes = axum::body::to_bytes(body, 16 * 1024 * 1024)
         .await
         .unwrap_or_default();
+    if state.down.load(Ordering::SeqCst) {
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let method = body["method"].as_str().unwrap_or("?").to_string();
+        let seen = match body["params"]["name"].as_str() {
+            Some(name) if method == "tools/call" => format!("{method}:{name}"),
+            _ => method,
+        };
+        state.seen_down.lock().expect("seen").push(seen);
+        return axum::response::Response::builder()
+            .status(503)
+            .body(axum::body::Body::from("down for maintenance"))
+            .unwrap_or_default();
+    }
     let is_busy_call = std::str::from_utf8(&bytes).is_ok_and(|b| b.contains("\"name\":\"busy\""));
     if is_busy_call
         && state

@@ -226,6 +226,20 @@ fn upstream_meta(job: &Job) -> RequestMetaObject {
 
 /// A failed upstream request as the attempt's outcome.
 fn failure(server: &str, e: ServiceError, timeout: Duration) -> CallOutcome {
+    if too_large(&e) {
+        // The same call would give the same answer: failed for good, never sent again.
+        let error = JobError::new(
+            ErrorKind::TooLarge,
+            format!(
+                "server {server:?} answered with more than its maxResultBytes allows ({e}): raise maxResultBytes, or ask the upstream for less"
+            ),
+        );
+        return CallOutcome::Failed {
+            error,
+            verdict: Verdict::Permanent,
+            retry_after: None,
+        };
+    }
     if let Some((429, retry_after)) = http_status(&e) {
         let error = JobError::new(
             ErrorKind::RateLimited,
@@ -300,6 +314,25 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         lock(&self.upstream.events().calls).remove(&self.key);
     }
+}
+
+/// Whether the transport refused the upstream's answer for its size.
+fn too_large(error: &ServiceError) -> bool {
+    let ServiceError::TransportSend(e) = error else {
+        return false;
+    };
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e.error.as_ref());
+    while let Some(e) = next {
+        if matches!(
+            e.downcast_ref::<StreamableHttpError<reqwest::Error>>(),
+            Some(StreamableHttpError::ResponseBodyTooLarge { .. })
+        ) || e.to_string().contains("exceeded the maximum size")
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// The HTTP status (and `Retry-After`, in whole seconds) behind a failed upstream request, when

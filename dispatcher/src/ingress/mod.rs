@@ -194,7 +194,9 @@ impl Gateway {
             .and_then(|m| match m {
                 serde_json::Value::Object(m) => Some(m),
                 _ => None,
-            });
+            })
+            // rmcp hands the request's `_meta` over in the context.
+            .or_else(|| Some(context.meta.0.0.clone()));
         let request = Request {
             server,
             request,
@@ -552,7 +554,12 @@ impl ServerHandler for Gateway {
         let declared_tasks = context
             .client_capabilities()
             .is_some_and(|caps| caps.supports_tasks());
-        let meta = request.meta.as_ref().map(|m| &m.0.0);
+        // rmcp hands the request's `_meta` over in the context (the params' copy is empty).
+        let meta = request
+            .meta
+            .as_ref()
+            .map(|m| &m.0.0)
+            .or(Some(&context.meta.0.0));
         let resume = Resume::from_request(
             request.request_state.as_deref(),
             request.input_responses.as_ref(),

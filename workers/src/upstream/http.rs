@@ -10,6 +10,9 @@ use rmcp::transport::{
 
 use super::UpstreamError;
 
+/// Bytes an upstream's response may have beyond `maxResultBytes`: the JSON-RPC envelope.
+const RESPONSE_SLACK: usize = 1024 * 1024;
+
 #[derive(Clone)]
 pub(super) struct HttpConnector {
     config: StreamableHttpClientTransportConfig,
@@ -21,6 +24,7 @@ impl HttpConnector {
         endpoint: &str,
         headers: &BTreeMap<String, Secret>,
         concurrency: usize,
+        max_result_bytes: u64,
     ) -> Result<Self, UpstreamError> {
         let mut custom = HashMap::new();
         for (name, secret) in headers {
@@ -37,8 +41,16 @@ impl HttpConnector {
             value.set_sensitive(true);
             custom.insert(name, value);
         }
+        // rmcp refuses responses over its limits (16 MiB by default): mcpq's own limit is
+        // maxResultBytes, with room for the JSON-RPC envelope, and a larger answer fails the
+        // job as too_large (see `call::failure`).
+        let limit = usize::try_from(max_result_bytes)
+            .unwrap_or(usize::MAX)
+            .saturating_add(RESPONSE_SLACK);
         let mut config = StreamableHttpClientTransportConfig::with_uri(endpoint)
-            .max_concurrent_requests(concurrency);
+            .max_concurrent_requests(concurrency)
+            .max_json_response_size(limit)
+            .max_sse_event_size(limit);
         config.custom_headers = custom;
         config.allow_stateless = true;
         config.reinit_on_expired_session = true;

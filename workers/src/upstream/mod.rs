@@ -73,6 +73,7 @@ impl Upstream {
                 endpoint,
                 headers,
                 server.concurrency,
+                server.max_result_bytes,
             )?),
             Transport::Stdio { command, args, env } => Connector::Stdio(
                 stdio::StdioConnector::new(&server.name, command, args, env)?,

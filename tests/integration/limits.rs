@@ -1,0 +1,370 @@
+//! Big, bad and hostile input: results larger than a NATS message reach every kind of caller
+//! intact through the object store and run once; requests that cannot fit, full queues,
+//! out-of-range timeouts, header-breaking keys, unknown lanes and oversized batches are refused
+//! at once with a clear error, and nothing is queued or recorded for them.
+
+use std::time::Duration;
+
+use mcpq_schemas::{ErrorKind, Job, JobStatus, McpRequest, Outcome};
+use mcpq_tests::{fixture::HttpFixture, stack::Stack};
+use rmcp::model::CallToolRequestParams;
+use serde_json::json;
+
+use crate::bridge::modern_client;
+
+const MIB: usize = 1024 * 1024;
+
+/// A 2026-07-28 rmcp client that takes answers up to 64 MiB (rmcp's own default is 16 MiB).
+async fn big_client(url: &str) -> rmcp::service::RunningService<rmcp::RoleClient, rmcp::model::ClientConfig> {
+    use rmcp::{
+        model::ProtocolVersion,
+        service::{ClientLifecycleMode, ClientServiceExt},
+        transport::{StreamableHttpClientTransport, streamable_http_client::StreamableHttpClientTransportConfig},
+    };
+    let config = StreamableHttpClientTransportConfig::with_uri(url.to_string())
+        .max_json_response_size(64 * MIB)
+        .max_sse_event_size(64 * MIB);
+    rmcp::model::ClientConfig::default()
+        .serve_with_lifecycle(
+            StreamableHttpClientTransport::from_config(config),
+            ClientLifecycleMode::Discover {
+                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            },
+        )
+        .await
+        .unwrap()
+}
+
+/// How many `tags` the upstream ran.
+fn runs(web: &HttpFixture, tag: &str) -> usize {
+    web.fixture.marks().iter().filter(|m| *m == tag).count()
+}
+
+/// The keys of the results bucket (every job that has a record).
+async fn recorded(stack: &Stack) -> usize {
+    use futures::StreamExt;
+    let js = async_nats::jetstream::new(async_nats::connect(stack.nats.url()).await.unwrap());
+    let bucket = js.get_key_value("mcpq_results").await.unwrap();
+    bucket.keys().await.unwrap().count().await
+}
+
+fn text_of(result: &serde_json::Value) -> &str {
+    crate::first_text(result)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_beyond_a_message_arrive_whole_and_run_once_and_too_large_fails_once() {
+    let web = HttpFixture::start().await;
+    let stack = Stack::start(&format!(
+        "  - name: web\n    type: http\n    endpoint: {}\n    timeout: 60s\n    maxResultBytes: 21MiB\n",
+        web.url()
+    ))
+    .await;
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", stack.addr);
+
+    for (tag, bytes) in [("mcp-3mb", 3_000_000), ("mcp-20mb", 20_000_000)] {
+        // An MCP client on the server's own endpoint.
+        let client = big_client(&stack.server_url("web")).await;
+        let result = client
+            .call_tool(
+                CallToolRequestParams::new("big")
+                    .with_arguments(json!({"tag": tag, "bytes": bytes}).as_object().cloned().unwrap()),
+            )
+            .await
+            .unwrap();
+        let text = result.content[0].as_text().expect("text content").text.clone();
+        assert_eq!(text.len(), bytes, "{tag}: the whole result");
+        assert!(text.starts_with(&format!("{tag}:")), "{tag}");
+        assert_eq!(runs(&web, tag), 1, "{tag} ran once");
+        let _ = client.cancel().await;
+    }
+
+    // An HTTP caller: submit, then wait for the record; a Rust pipeline reads the record too.
+    let accepted: serde_json::Value = http
+        .post(format!("{base}/v1/jobs"))
+        .json(&json!({"server": "web", "tool": "big", "arguments": {"tag": "http-20mb", "bytes": 20_000_000}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = accepted["id"].as_str().unwrap().to_string();
+    let waited: serde_json::Value = http
+        .get(format!("{base}/v1/jobs/{id}/wait?timeout=120s"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(waited["status"], "completed", "{}", &waited.to_string()[..200.min(waited.to_string().len())]);
+    assert_eq!(text_of(&waited["result"]).len(), 20_000_000);
+    assert!(waited.get("resultRef").is_none(), "readers see the result, not the reference");
+    let record = stack.record(id.parse().unwrap()).await;
+    assert_eq!(text_of(record.result.as_ref().unwrap()).len(), 20_000_000);
+    assert_eq!(runs(&web, "http-20mb"), 1);
+
+    // A pipeline on NATS sees the reference, and reads the object by name.
+    let job = Job::new(
+        "web",
+        McpRequest::call_tool("big", json!({"tag": "nats-3mb", "bytes": 3_000_000}).as_object().cloned()),
+    );
+    stack.client.submit(&job).await.unwrap();
+    let raw = stack.client.wait_record(job.id, Duration::from_secs(60)).await.unwrap().unwrap();
+    assert_eq!(raw.status, JobStatus::Completed);
+    let js = async_nats::jetstream::new(async_nats::connect(stack.nats.url()).await.unwrap());
+    let stored: mcpq_schemas::JobRecord = serde_json::from_slice(
+        &js.get_key_value("mcpq_results").await.unwrap().get(job.id.to_string()).await.unwrap().unwrap(),
+    )
+    .unwrap();
+    let blob = stored.result_ref.expect("the stored record refers to the object");
+    assert_eq!((blob.bucket.as_str(), blob.name.clone()), ("mcpq_blobs", job.id.to_string()));
+    assert!(stored.result.is_none());
+    let mut object = js.get_object_store("mcpq_blobs").await.unwrap().get(&blob.name).await.unwrap();
+    let mut bytes = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut object, &mut bytes).await.unwrap();
+    assert_eq!(bytes.len() as u64, blob.size);
+    let result: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(text_of(&result).len(), 3_000_000);
+
+    // Over maxResultBytes: failed with too_large, once, and dead-lettered for the operator.
+    let reply = stack
+        .call("web", "big", json!({"tag": "too-big", "bytes": 23_000_000}))
+        .await;
+    let Outcome::Error { error } = reply.outcome else {
+        panic!("a result over maxResultBytes must fail: {reply:?}");
+    };
+    assert_eq!(error.kind, ErrorKind::TooLarge);
+    assert!(error.message.contains("maxResultBytes"), "{}", error.message);
+    let record = stack.record(reply.job_id).await;
+    assert_eq!((record.status, record.attempts), (JobStatus::Failed, 1));
+    // Give a redelivery, were there one, the time to happen.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(runs(&web, "too-big"), 1, "never sent upstream again");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_cannot_fit_and_bad_input_are_refused_with_nothing_queued() {
+    let web = HttpFixture::start().await;
+    let stack = Stack::start(&format!(
+        "  - name: web\n    type: http\n    endpoint: {0}\n\
+         \x20 - name: other\n    type: http\n    endpoint: {0}\n",
+        web.url()
+    ))
+    .await;
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", stack.addr);
+    let before = recorded(&stack).await;
+    let post = |body: serde_json::Value| http.post(format!("{base}/v1/jobs")).json(&body).send();
+    let refused = |status: u16, code: &'static str| {
+        move |response: reqwest::Response| async move {
+            assert_eq!(response.status(), status);
+            let body: serde_json::Value = response.json().await.expect("a JSON error");
+            assert_eq!(body["code"], code, "{body}");
+            body["message"].as_str().unwrap().to_string()
+        }
+    };
+
+    // A 2 MB request: 413 over /v1, a JSON-RPC error naming the limit over MCP.
+    let huge = "x".repeat(2 * MIB);
+    let message = refused(413, "too_large")(
+        post(json!({"server": "web", "tool": "echo", "arguments": {"text": huge}}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(message.contains("max_payload"), "{message}");
+    let client = modern_client(&stack.server_url("web")).await;
+    let error = client
+        .call_tool(
+            CallToolRequestParams::new("echo")
+                .with_arguments(json!({"text": huge}).as_object().cloned().unwrap()),
+        )
+        .await
+        .unwrap_err();
+    let rmcp::ServiceError::McpError(error) = error else {
+        panic!("a JSON-RPC error: {error:?}");
+    };
+    assert_eq!(error.code, rmcp::model::ErrorCode::INVALID_PARAMS);
+    assert_eq!(error.data.as_ref().unwrap()["kind"], "too_large");
+    assert!(error.data.as_ref().unwrap()["limit"].as_u64().unwrap() < 2 * MIB as u64);
+
+    // Out-of-range timeouts, header-breaking keys, unknown lanes: 400 naming the field.
+    for (body, field) in [
+        (json!({"server": "web", "tool": "echo", "timeoutMs": 18_446_744_073_709_551_615u64}), "timeoutMs"),
+        (json!({"server": "web", "tool": "echo", "timeoutMs": -1}), "timeoutMs"),
+        (json!({"server": "web", "tool": "echo", "idempotencyKey": "a\r\nNats-Msg-Id: x"}), "idempotencyKey"),
+        (json!({"server": "web", "tool": "echo", "lane": "urgent"}), "urgent"),
+    ] {
+        let message = refused(400, "bad_request")(post(body.clone()).await.unwrap()).await;
+        assert!(message.contains(field), "{body}: {message}");
+    }
+    for (meta, field) in [
+        (json!({"io.mcpq/timeoutMs": -1}), "io.mcpq/timeoutMs"),
+        (json!({"io.mcpq/timeoutMs": 18_446_744_073_709_551_615u64}), "io.mcpq/timeoutMs"),
+        (json!({"io.mcpq/lane": "urgent"}), "io.mcpq/lane"),
+        (json!({"io.mcpq/idempotencyKey": "a\nb"}), "io.mcpq/idempotencyKey"),
+        (json!({"traceparent": "00-xyz"}), "traceparent"),
+    ] {
+        let params = CallToolRequestParams::new("echo")
+            .with_arguments(json!({"text": "x"}).as_object().cloned().unwrap());
+        let mut options = rmcp::service::PeerRequestOptions::no_options();
+        options.meta = Some(serde_json::from_value(meta.clone()).unwrap());
+        let request = rmcp::model::ClientRequest::CallToolRequest(rmcp::model::Request::new(params));
+        let error = client
+            .peer()
+            .send_request_with_option(request, options)
+            .await
+            .unwrap()
+            .await_response()
+            .await
+            .expect_err(&format!("{meta} must be refused"));
+        let rmcp::ServiceError::McpError(error) = error else {
+            panic!("{meta}: a JSON-RPC error: {error:?}");
+        };
+        assert_eq!(error.code, rmcp::model::ErrorCode::INVALID_PARAMS, "{meta}");
+        assert!(error.message.contains(field), "{meta}: {}", error.message);
+    }
+    let _ = client.cancel().await;
+
+    // A batch of 10,001 lines: 413, nothing queued.
+    let line = json!({"server": "web", "tool": "echo", "arguments": {"text": "x"}}).to_string();
+    let lines = vec![line; 10_001].join("\n");
+    let message = refused(413, "too_large")(
+        http.post(format!("{base}/v1/batches"))
+            .header("Content-Type", "application/x-ndjson")
+            .body(lines)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(message.contains("10000"), "{message}");
+    assert_eq!(recorded(&stack).await, before, "no record of anything refused");
+
+    // One idempotency key on two servers is two jobs.
+    let mut ids = Vec::new();
+    for server in ["web", "other"] {
+        let accepted: serde_json::Value = post(json!({"server": server, "tool": "echo", "arguments": {"text": server}, "idempotencyKey": "same"}))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(accepted["duplicate"], false, "{server}: {accepted}");
+        ids.push(accepted["id"].as_str().unwrap().parse().unwrap());
+    }
+    assert_ne!(ids[0], ids[1]);
+    mcpq_tests::all_completed(&stack.client, &ids, Duration::from_secs(30)).await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_queue_full_at_once_and_takes_jobs_again_when_drained() {
+    let web = HttpFixture::start().await;
+    let stack = Stack::start(&format!(
+        "  - name: web\n    type: http\n    endpoint: {}\n    concurrency: 1\n    maxQueued: 3\n",
+        web.url()
+    ))
+    .await;
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", stack.addr);
+    // One job held by the worker and two waiting: the stream holds three.
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let job = Job::new(
+            "web",
+            McpRequest::call_tool("hold", json!({"tag": format!("h{n}"), "ms": 1500}).as_object().cloned()),
+        );
+        stack.client.submit(&job).await.unwrap();
+        ids.push(job.id);
+    }
+    let response = http
+        .post(format!("{base}/v1/jobs"))
+        .json(&json!({"server": "web", "tool": "echo", "arguments": {"text": "one too many"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "queue_full", "{body}");
+
+    let client = modern_client(&stack.server_url("web")).await;
+    let error = client
+        .call_tool(
+            CallToolRequestParams::new("echo")
+                .with_arguments(json!({"text": "x"}).as_object().cloned().unwrap()),
+        )
+        .await
+        .unwrap_err();
+    let rmcp::ServiceError::McpError(error) = error else {
+        panic!("a JSON-RPC error: {error:?}");
+    };
+    assert_eq!(error.data.as_ref().unwrap()["kind"], "queue_full", "{error:?}");
+    assert_eq!(error.code.0, -32030);
+    // A pipeline publishing on NATS is refused by JetStream itself.
+    let extra = Job::new("web", McpRequest::call_tool("echo", None));
+    let refused = stack.client.submit(&extra).await.unwrap_err();
+    assert!(
+        matches!(refused, mcpq_dispatcher::ClientError::QueueFull { .. }),
+        "{refused}"
+    );
+    assert!(stack.client.record(extra.id).await.unwrap().is_none(), "no orphan record");
+
+    mcpq_tests::all_completed(&stack.client, &ids, Duration::from_secs(30)).await;
+    let reply = stack.call("web", "echo", json!({"text": "room again"})).await;
+    assert!(matches!(reply.outcome, Outcome::Ok { .. }), "{reply:?}");
+    let _ = client.cancel().await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_written_job_needs_no_submission_time_and_a_malformed_one_keeps_its_id() {
+    let web = HttpFixture::start().await;
+    let stack = Stack::start(&format!(
+        "  - name: web\n    type: http\n    endpoint: {}\n",
+        web.url()
+    ))
+    .await;
+    let nats = async_nats::connect(stack.nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(nats.clone());
+    let inbox = nats.new_inbox();
+    let mut replies = nats.subscribe(inbox.clone()).await.unwrap();
+    let send = |body: serde_json::Value| {
+        let (js, inbox) = (js.clone(), inbox.clone());
+        async move {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Mcpq-Reply-To", inbox.as_str());
+            js.publish_with_headers("mcpq.jobs.web.normal", headers, body.to_string().into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    };
+    use futures::StreamExt;
+    let id = uuid::Uuid::now_v7();
+    send(json!({"v": 1, "id": id, "server": "web",
+        "request": {"method": "tools/call", "params": {"name": "echo", "arguments": {"text": "hi"}}}}))
+    .await;
+    let reply: mcpq_schemas::Reply =
+        serde_json::from_slice(&replies.next().await.unwrap().payload).unwrap();
+    assert_eq!(reply.job_id, id);
+    assert!(matches!(reply.outcome, Outcome::Ok { .. }), "{reply:?}");
+    assert!(stack.record(id).await.submitted_at_ms > 0);
+
+    let bad = uuid::Uuid::now_v7();
+    send(json!({"v": 1, "id": bad, "server": "web", "request": {"method": ""}})).await;
+    let reply: mcpq_schemas::Reply =
+        serde_json::from_slice(&replies.next().await.unwrap().payload).unwrap();
+    assert_eq!(reply.job_id, bad, "the id from the body, not all zeros");
+    let Outcome::Error { error } = reply.outcome else {
+        panic!("{reply:?}");
+    };
+    assert_eq!(error.kind, ErrorKind::MalformedJob);
+    stack.stop().await;
+}
