@@ -137,3 +137,91 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use crate::{Lane, api::JobSubmission, config::Config};
+
+    proptest! {
+        /// The config loader names a field or loads; it never panics, whatever the text.
+        #[test]
+        fn any_config_text_loads_or_names_what_is_wrong(text in any::<String>()) {
+            if let Err(errors) = Config::from_yaml(&text) {
+                prop_assert!(!errors.to_string().is_empty());
+            }
+        }
+
+        /// YAML-shaped text close to a real config, so the validator (not only the parser) runs.
+        #[test]
+        fn near_configs_load_or_name_what_is_wrong(
+            name in "[a-z_.-]{0,12}",
+            kind in "(http|stdio|grpc)",
+            endpoint in "(http://[a-z]{1,8}(:[0-9]{1,6})?/mcp|[a-z]{0,8})",
+            extra in "(timeout: [0-9]{0,6}(ms|s|h)?|concurrency: -?[0-9]{0,8}|maxQueued: -?[0-9]{0,12}|maxResultBytes: [0-9]{0,12}(KB|MiB|GiB|x)?|retry: \\{maxAttempts: [0-9]{0,4}\\}|)",
+        ) {
+            let text = format!(
+                "version: \"1.0\"\nservers:\n  - name: {name}\n    type: {kind}\n    endpoint: {endpoint}\n    command: x\n    {extra}\n"
+            );
+            if let Err(errors) = Config::from_yaml(&text) {
+                prop_assert!(!errors.to_string().is_empty());
+            }
+        }
+
+        /// `/v1` bodies: arbitrary bytes are refused or read; a valid submission becomes a job
+        /// that keeps its server, tool, arguments and key.
+        #[test]
+        fn job_submission_bodies_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            if let Ok(submission) = serde_json::from_slice::<JobSubmission>(&bytes) {
+                let _ = submission.to_job(Lane::Normal);
+            }
+        }
+
+        #[test]
+        fn valid_submissions_round_trip(
+            server in "[a-z]{1,12}",
+            tool in any::<String>(),
+            key in proptest::option::of("[ -~]{1,256}"),
+            timeout in proptest::option::of(0u64..=super::MAX_TIMEOUT_MS),
+            text in any::<String>(),
+        ) {
+            let body = serde_json::json!({
+                "server": server, "tool": tool, "arguments": {"text": text},
+                "idempotencyKey": key, "timeoutMs": timeout,
+            });
+            let submission: JobSubmission = serde_json::from_value(body).unwrap();
+            let job = submission.to_job(Lane::Low).unwrap();
+            prop_assert_eq!(&job.server, &server);
+            prop_assert_eq!(job.request.tool_name(), Some(tool.as_str()));
+            prop_assert_eq!(&job.idempotency_key, &key);
+            prop_assert_eq!(job.deadline_ms.is_some(), timeout.is_some());
+            prop_assert_eq!(job.lane, Lane::Low);
+        }
+
+        #[test]
+        fn any_timeout_value_is_in_range_or_refused(
+            value in prop_oneof![
+                any::<i64>().prop_map(|n| serde_json::json!(n)),
+                any::<u64>().prop_map(|n| serde_json::json!(n)),
+                any::<f64>().prop_map(|n| serde_json::json!(n)),
+                any::<String>().prop_map(|s| serde_json::json!(s)),
+            ],
+        ) {
+            match super::timeout_ms("timeoutMs", &value) {
+                Ok(wait) => prop_assert!(wait.as_millis() <= u128::from(super::MAX_TIMEOUT_MS)),
+                Err(e) => prop_assert!(e.starts_with("timeoutMs")),
+            }
+        }
+
+        #[test]
+        fn header_strings_never_hold_line_breaks(key in any::<String>()) {
+            if super::idempotency_key("k", &key).is_ok() {
+                prop_assert!(!key.contains('\r') && !key.contains('\n') && key.len() <= 256);
+            }
+            if super::traceparent("t", &key).is_ok() {
+                prop_assert!(!key.contains('\r') && !key.contains('\n'));
+            }
+        }
+    }
+}

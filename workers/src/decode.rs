@@ -120,3 +120,53 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use mcpq_schemas::{Lane, McpRequest};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn job() -> impl Strategy<Value = Job> {
+        (
+            any::<String>(),
+            proptest::option::of("[ -~]{1,64}"),
+            proptest::option::of(any::<u64>()),
+            prop_oneof![Just(Lane::High), Just(Lane::Normal), Just(Lane::Low)],
+            1u64..,
+            proptest::option::of(any::<String>()),
+        )
+            .prop_map(|(tool, key, deadline, lane, submitted, principal)| {
+                let mut job = Job::new("srv", McpRequest::call_tool(tool, None));
+                if let Some(key) = key {
+                    job = job.with_idempotency_key(key);
+                }
+                job.deadline_ms = deadline;
+                job.lane = lane;
+                job.submitted_at_ms = submitted;
+                job.owned_by(principal)
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Err(e) = decode("srv", &bytes, 1) {
+                prop_assert_eq!(e.kind, ErrorKind::MalformedJob);
+                prop_assert!(!e.message.is_empty());
+            }
+        }
+
+        #[test]
+        fn arbitrary_json_values_never_panic(text in "\\{(\"[a-zA-Z]{1,12}\": ?(-?[0-9]{1,22}|\"[^\"]{0,12}\"|null|true|\\{\\}|\\[\\]), ?){0,8}\"v\": ?1\\}") {
+            let _ = decode("srv", text.as_bytes(), 1);
+        }
+
+        #[test]
+        fn valid_jobs_round_trip(job in job()) {
+            let bytes = serde_json::to_vec(&job).unwrap();
+            prop_assert_eq!(decode("srv", &bytes, 1).unwrap(), job);
+        }
+    }
+}

@@ -77,3 +77,35 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Server names as the config allows them (see `is_valid_server_name`).
+    fn server() -> impl Strategy<Value = String> {
+        "[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?"
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_splits_without_panicking(name in any::<String>()) {
+            if let Some((server, rest)) = split_name(&name) {
+                prop_assert!(!server.is_empty() && !rest.is_empty());
+                prop_assert_eq!(join_name(server, rest), name.clone());
+            }
+            let _ = split_uri(&name);
+        }
+
+        #[test]
+        fn joined_names_and_uris_split_back(server in server(), name in any::<String>()) {
+            prop_assume!(!name.is_empty());
+            let joined = join_name(&server, &name);
+            prop_assert_eq!(split_name(&joined), Some((server.as_str(), name.as_str())));
+            let uri = join_uri(&server, &name);
+            prop_assert_eq!(split_uri(&uri), Some((server.as_str(), name.as_str())));
+        }
+    }
+}
