@@ -64,7 +64,9 @@ fn body_of(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Failure> {
         Failure(
             status,
             code,
-            format!("cannot read the body: {e} (at most {MAX_BODY_BYTES} bytes); nothing was queued"),
+            format!(
+                "cannot read the body: {e} (at most {MAX_BODY_BYTES} bytes); nothing was queued"
+            ),
         )
     })
 }
@@ -231,9 +233,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Failure> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
-    let key = value.to_str().map_err(|_| {
-        bad_request("header Idempotency-Key: not printable ASCII text".into())
-    })?;
+    let key = value
+        .to_str()
+        .map_err(|_| bad_request("header Idempotency-Key: not printable ASCII text".into()))?;
     mcpq_schemas::check::idempotency_key("header Idempotency-Key", key).map_err(bad_request)?;
     Ok(Some(key.to_string()))
 }
@@ -422,9 +424,9 @@ async fn submit_batch(
         if submission.idempotency_key.is_none() {
             submission.idempotency_key = Some(format!("batch:{batch_id}:{}", jobs.len()));
         }
-        let job = submission.to_job(defaults.lane).map_err(|e| {
-            bad_request(format!("line {}: {e}; nothing was queued", number + 1))
-        })?;
+        let job = submission
+            .to_job(defaults.lane)
+            .map_err(|e| bad_request(format!("line {}: {e}; nothing was queued", number + 1)))?;
         jobs.push(job.owned_by(caller.principal().map(str::to_string)));
     }
     if jobs.is_empty() {

@@ -123,7 +123,13 @@ mod tests {
     fn traceparents_follow_w3c() {
         let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         assert!(traceparent("t", good).is_ok());
-        assert!(traceparent("t", "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra").is_ok());
+        assert!(
+            traceparent(
+                "t",
+                "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra"
+            )
+            .is_ok()
+        );
         for bad in [
             "",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
@@ -139,6 +145,7 @@ mod tests {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod properties {
     use proptest::prelude::*;
 

@@ -7,8 +7,8 @@
 pub mod api;
 pub mod batch;
 pub mod bridge;
-pub mod check;
 pub mod catalog;
+pub mod check;
 pub mod config;
 pub mod dead_letter;
 pub mod job;
@@ -24,8 +24,9 @@ pub use catalog::CatalogEntry;
 pub use dead_letter::{Attempt, DeadLetter};
 pub use job::{Job, JsonObject, Lane, McpRequest};
 pub use record::{
-    BlobRef, CancelRequest, ErrorKind, InputAck, InputAnswer, InputRequestEvent, JobError, JobRecord,
-    JobStatus, LogEvent, LogMessage, Outcome, Progress, ProgressEvent, Reply, ResourceUpdatedEvent,
+    BlobRef, CancelRequest, ErrorKind, InputAck, InputAnswer, InputRequestEvent, JobError,
+    JobRecord, JobStatus, LogEvent, LogMessage, Outcome, Progress, ProgressEvent, Reply,
+    ResourceUpdatedEvent,
 };
 
 /// Unix time now, in milliseconds.

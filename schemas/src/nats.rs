@@ -9,8 +9,9 @@ use async_nats::jetstream::{self, kv, stream};
 use crate::config::NatsCredentials;
 
 use crate::names::{
-    BATCHES_BUCKET, BLOBS_BUCKET, CANCELS_BUCKET, CATALOG_BUCKET, DLQ_STREAM, DLQ_SUBJECTS, JOBS_STREAM,
-    jobs_stream, jobs_subjects, QUOTAS_BUCKET, RESULTS_BUCKET, SESSIONS_BUCKET, WORKERS_BUCKET,
+    BATCHES_BUCKET, BLOBS_BUCKET, CANCELS_BUCKET, CATALOG_BUCKET, DLQ_STREAM, DLQ_SUBJECTS,
+    JOBS_STREAM, QUOTAS_BUCKET, RESULTS_BUCKET, SESSIONS_BUCKET, WORKERS_BUCKET, jobs_stream,
+    jobs_subjects,
 };
 
 /// How long a worker counts as live after its last heartbeat.
@@ -332,7 +333,10 @@ async fn retire_shared_jobs_stream(js: &jetstream::Context) -> Result<(), NatsEr
             ),
         });
     }
-    tracing::info!(stream = JOBS_STREAM, "removing the empty shared jobs stream of an earlier mcpq");
+    tracing::info!(
+        stream = JOBS_STREAM,
+        "removing the empty shared jobs stream of an earlier mcpq"
+    );
     js.delete_stream(JOBS_STREAM)
         .await
         .map_err(|e| NatsError::Topology {

@@ -100,8 +100,8 @@ async fn tools_are_called_through_both_endpoints_in_every_protocol_revision() {
         assert_eq!(
             names,
             [
-                "busy", "crash", "echo", "fail", "flaky", "grow", "hold", "mark", "math.add",
-                "progress", "reject", "slow", "stamp", "whoami"
+                "big", "busy", "crash", "echo", "fail", "flaky", "grow", "hold", "mark",
+                "math.add", "progress", "reject", "slow", "stamp", "whoami"
             ],
             "{version}"
         );

@@ -15,11 +15,16 @@ use crate::bridge::modern_client;
 const MIB: usize = 1024 * 1024;
 
 /// A 2026-07-28 rmcp client that takes answers up to 64 MiB (rmcp's own default is 16 MiB).
-async fn big_client(url: &str) -> rmcp::service::RunningService<rmcp::RoleClient, rmcp::model::ClientConfig> {
+async fn big_client(
+    url: &str,
+) -> rmcp::service::RunningService<rmcp::RoleClient, rmcp::model::ClientConfig> {
     use rmcp::{
         model::ProtocolVersion,
         service::{ClientLifecycleMode, ClientServiceExt},
-        transport::{StreamableHttpClientTransport, streamable_http_client::StreamableHttpClientTransportConfig},
+        transport::{
+            StreamableHttpClientTransport,
+            streamable_http_client::StreamableHttpClientTransportConfig,
+        },
     };
     let config = StreamableHttpClientTransportConfig::with_uri(url.to_string())
         .max_json_response_size(64 * MIB)
@@ -68,12 +73,20 @@ async fn results_beyond_a_message_arrive_whole_and_run_once_and_too_large_fails_
         let client = big_client(&stack.server_url("web")).await;
         let result = client
             .call_tool(
-                CallToolRequestParams::new("big")
-                    .with_arguments(json!({"tag": tag, "bytes": bytes}).as_object().cloned().unwrap()),
+                CallToolRequestParams::new("big").with_arguments(
+                    json!({"tag": tag, "bytes": bytes})
+                        .as_object()
+                        .cloned()
+                        .unwrap(),
+                ),
             )
             .await
             .unwrap();
-        let text = result.content[0].as_text().expect("text content").text.clone();
+        let text = result.content[0]
+            .as_text()
+            .expect("text content")
+            .text
+            .clone();
         assert_eq!(text.len(), bytes, "{tag}: the whole result");
         assert!(text.starts_with(&format!("{tag}:")), "{tag}");
         assert_eq!(runs(&web, tag), 1, "{tag} ran once");
@@ -99,9 +112,17 @@ async fn results_beyond_a_message_arrive_whole_and_run_once_and_too_large_fails_
         .json()
         .await
         .unwrap();
-    assert_eq!(waited["status"], "completed", "{}", &waited.to_string()[..200.min(waited.to_string().len())]);
+    assert_eq!(
+        waited["status"],
+        "completed",
+        "{}",
+        &waited.to_string()[..200.min(waited.to_string().len())]
+    );
     assert_eq!(text_of(&waited["result"]).len(), 20_000_000);
-    assert!(waited.get("resultRef").is_none(), "readers see the result, not the reference");
+    assert!(
+        waited.get("resultRef").is_none(),
+        "readers see the result, not the reference"
+    );
     let record = stack.record(id.parse().unwrap()).await;
     assert_eq!(text_of(record.result.as_ref().unwrap()).len(), 20_000_000);
     assert_eq!(runs(&web, "http-20mb"), 1);
@@ -109,22 +130,51 @@ async fn results_beyond_a_message_arrive_whole_and_run_once_and_too_large_fails_
     // A pipeline on NATS sees the reference, and reads the object by name.
     let job = Job::new(
         "web",
-        McpRequest::call_tool("big", json!({"tag": "nats-3mb", "bytes": 3_000_000}).as_object().cloned()),
+        McpRequest::call_tool(
+            "big",
+            json!({"tag": "nats-3mb", "bytes": 3_000_000})
+                .as_object()
+                .cloned(),
+        ),
     );
     stack.client.submit(&job).await.unwrap();
-    let raw = stack.client.wait_record(job.id, Duration::from_secs(60)).await.unwrap().unwrap();
+    let raw = stack
+        .client
+        .wait_record(job.id, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(raw.status, JobStatus::Completed);
     let js = async_nats::jetstream::new(async_nats::connect(stack.nats.url()).await.unwrap());
     let stored: mcpq_schemas::JobRecord = serde_json::from_slice(
-        &js.get_key_value("mcpq_results").await.unwrap().get(job.id.to_string()).await.unwrap().unwrap(),
+        &js.get_key_value("mcpq_results")
+            .await
+            .unwrap()
+            .get(job.id.to_string())
+            .await
+            .unwrap()
+            .unwrap(),
     )
     .unwrap();
-    let blob = stored.result_ref.expect("the stored record refers to the object");
-    assert_eq!((blob.bucket.as_str(), blob.name.clone()), ("mcpq_blobs", job.id.to_string()));
+    let blob = stored
+        .result_ref
+        .expect("the stored record refers to the object");
+    assert_eq!(
+        (blob.bucket.as_str(), blob.name.clone()),
+        ("mcpq_blobs", job.id.to_string())
+    );
     assert!(stored.result.is_none());
-    let mut object = js.get_object_store("mcpq_blobs").await.unwrap().get(&blob.name).await.unwrap();
+    let mut object = js
+        .get_object_store("mcpq_blobs")
+        .await
+        .unwrap()
+        .get(&blob.name)
+        .await
+        .unwrap();
     let mut bytes = Vec::new();
-    tokio::io::AsyncReadExt::read_to_end(&mut object, &mut bytes).await.unwrap();
+    tokio::io::AsyncReadExt::read_to_end(&mut object, &mut bytes)
+        .await
+        .unwrap();
     assert_eq!(bytes.len() as u64, blob.size);
     let result: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(text_of(&result).len(), 3_000_000);
@@ -137,7 +187,11 @@ async fn results_beyond_a_message_arrive_whole_and_run_once_and_too_large_fails_
         panic!("a result over maxResultBytes must fail: {reply:?}");
     };
     assert_eq!(error.kind, ErrorKind::TooLarge);
-    assert!(error.message.contains("maxResultBytes"), "{}", error.message);
+    assert!(
+        error.message.contains("maxResultBytes"),
+        "{}",
+        error.message
+    );
     let record = stack.record(reply.job_id).await;
     assert_eq!((record.status, record.attempts), (JobStatus::Failed, 1));
     // Give a redelivery, were there one, the time to happen.
@@ -194,26 +248,45 @@ async fn requests_that_cannot_fit_and_bad_input_are_refused_with_nothing_queued(
 
     // Out-of-range timeouts, header-breaking keys, unknown lanes: 400 naming the field.
     for (body, field) in [
-        (json!({"server": "web", "tool": "echo", "timeoutMs": 18_446_744_073_709_551_615u64}), "timeoutMs"),
-        (json!({"server": "web", "tool": "echo", "timeoutMs": -1}), "timeoutMs"),
-        (json!({"server": "web", "tool": "echo", "idempotencyKey": "a\r\nNats-Msg-Id: x"}), "idempotencyKey"),
-        (json!({"server": "web", "tool": "echo", "lane": "urgent"}), "urgent"),
+        (
+            json!({"server": "web", "tool": "echo", "timeoutMs": 18_446_744_073_709_551_615u64}),
+            "timeoutMs",
+        ),
+        (
+            json!({"server": "web", "tool": "echo", "timeoutMs": -1}),
+            "timeoutMs",
+        ),
+        (
+            json!({"server": "web", "tool": "echo", "idempotencyKey": "a\r\nNats-Msg-Id: x"}),
+            "idempotencyKey",
+        ),
+        (
+            json!({"server": "web", "tool": "echo", "lane": "urgent"}),
+            "urgent",
+        ),
     ] {
         let message = refused(400, "bad_request")(post(body.clone()).await.unwrap()).await;
         assert!(message.contains(field), "{body}: {message}");
     }
     for (meta, field) in [
         (json!({"io.mcpq/timeoutMs": -1}), "io.mcpq/timeoutMs"),
-        (json!({"io.mcpq/timeoutMs": 18_446_744_073_709_551_615u64}), "io.mcpq/timeoutMs"),
+        (
+            json!({"io.mcpq/timeoutMs": 18_446_744_073_709_551_615u64}),
+            "io.mcpq/timeoutMs",
+        ),
         (json!({"io.mcpq/lane": "urgent"}), "io.mcpq/lane"),
-        (json!({"io.mcpq/idempotencyKey": "a\nb"}), "io.mcpq/idempotencyKey"),
+        (
+            json!({"io.mcpq/idempotencyKey": "a\nb"}),
+            "io.mcpq/idempotencyKey",
+        ),
         (json!({"traceparent": "00-xyz"}), "traceparent"),
     ] {
         let params = CallToolRequestParams::new("echo")
             .with_arguments(json!({"text": "x"}).as_object().cloned().unwrap());
         let mut options = rmcp::service::PeerRequestOptions::no_options();
         options.meta = Some(serde_json::from_value(meta.clone()).unwrap());
-        let request = rmcp::model::ClientRequest::CallToolRequest(rmcp::model::Request::new(params));
+        let request =
+            rmcp::model::ClientRequest::CallToolRequest(rmcp::model::Request::new(params));
         let error = client
             .peer()
             .send_request_with_option(request, options)
@@ -243,7 +316,11 @@ async fn requests_that_cannot_fit_and_bad_input_are_refused_with_nothing_queued(
     )
     .await;
     assert!(message.contains("10000"), "{message}");
-    assert_eq!(recorded(&stack).await, before, "no record of anything refused");
+    assert_eq!(
+        recorded(&stack).await,
+        before,
+        "no record of anything refused"
+    );
 
     // One idempotency key on two servers is two jobs.
     let mut ids = Vec::new();
@@ -277,7 +354,12 @@ async fn a_full_queue_answers_queue_full_at_once_and_takes_jobs_again_when_drain
     for n in 0..3 {
         let job = Job::new(
             "web",
-            McpRequest::call_tool("hold", json!({"tag": format!("h{n}"), "ms": 1500}).as_object().cloned()),
+            McpRequest::call_tool(
+                "hold",
+                json!({"tag": format!("h{n}"), "ms": 1500})
+                    .as_object()
+                    .cloned(),
+            ),
         );
         stack.client.submit(&job).await.unwrap();
         ids.push(job.id);
@@ -304,7 +386,11 @@ async fn a_full_queue_answers_queue_full_at_once_and_takes_jobs_again_when_drain
     let rmcp::ServiceError::McpError(error) = error else {
         panic!("a JSON-RPC error: {error:?}");
     };
-    assert_eq!(error.data.as_ref().unwrap()["kind"], "queue_full", "{error:?}");
+    assert_eq!(
+        error.data.as_ref().unwrap()["kind"],
+        "queue_full",
+        "{error:?}"
+    );
     assert_eq!(error.code.0, -32030);
     // A pipeline publishing on NATS is refused by JetStream itself.
     let extra = Job::new("web", McpRequest::call_tool("echo", None));
@@ -313,10 +399,15 @@ async fn a_full_queue_answers_queue_full_at_once_and_takes_jobs_again_when_drain
         matches!(refused, mcpq_dispatcher::ClientError::QueueFull { .. }),
         "{refused}"
     );
-    assert!(stack.client.record(extra.id).await.unwrap().is_none(), "no orphan record");
+    assert!(
+        stack.client.record(extra.id).await.unwrap().is_none(),
+        "no orphan record"
+    );
 
     mcpq_tests::all_completed(&stack.client, &ids, Duration::from_secs(30)).await;
-    let reply = stack.call("web", "echo", json!({"text": "room again"})).await;
+    let reply = stack
+        .call("web", "echo", json!({"text": "room again"}))
+        .await;
     assert!(matches!(reply.outcome, Outcome::Ok { .. }), "{reply:?}");
     let _ = client.cancel().await;
     stack.stop().await;

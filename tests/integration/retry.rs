@@ -280,7 +280,9 @@ async fn an_outage_behind_an_open_circuit_costs_no_attempt_and_sees_only_pings()
             "web",
             McpRequest::call_tool(
                 "mark",
-                serde_json::json!({"tag": format!("job-{n}")}).as_object().cloned(),
+                serde_json::json!({"tag": format!("job-{n}")})
+                    .as_object()
+                    .cloned(),
             ),
         );
         stack.client.submit(&job).await.unwrap();

@@ -262,7 +262,14 @@ async fn run(pool: &Pool, message: &Message, mut delivery: Delivery, job: Job) {
             );
             tracing::warn!(size, "result larger than maxResultBytes; the job fails");
             delivery.failed(pool, &error, None);
-            dead_letter(pool, message, delivery, Some((job, JobStatus::Failed)), error).await;
+            dead_letter(
+                pool,
+                message,
+                delivery,
+                Some((job, JobStatus::Failed)),
+                error,
+            )
+            .await;
         }
         CallOutcome::Answered(result) => {
             let outcome = Outcome::Ok { result };

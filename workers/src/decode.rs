@@ -87,7 +87,12 @@ mod tests {
     fn a_job_without_its_submission_time_gets_the_stored_time() {
         let mut value = serde_json::to_value(good()).unwrap();
         value.as_object_mut().unwrap().remove("submittedAtMs");
-        let job = decode("time", &serde_json::to_vec(&value).unwrap(), 1_700_000_000_000).unwrap();
+        let job = decode(
+            "time",
+            &serde_json::to_vec(&value).unwrap(),
+            1_700_000_000_000,
+        )
+        .unwrap();
         assert_eq!(job.submitted_at_ms, 1_700_000_000_000);
     }
 
@@ -122,6 +127,7 @@ mod tests {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod properties {
     use mcpq_schemas::{Lane, McpRequest};
     use proptest::prelude::*;

@@ -79,6 +79,7 @@ mod tests {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod properties {
     use proptest::prelude::*;
 

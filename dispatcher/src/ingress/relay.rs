@@ -496,17 +496,20 @@ pub(super) fn client_error(job_id: Uuid, e: &crate::ClientError) -> ErrorData {
     match e {
         crate::ClientError::TooLarge { size, limit, .. } => ErrorData::invalid_params(
             e.to_string(),
-            Some(serde_json::json!({"jobId": job_id, "kind": "too_large", "size": size, "limit": limit})),
+            Some(
+                serde_json::json!({"jobId": job_id, "kind": "too_large", "size": size, "limit": limit}),
+            ),
         ),
         crate::ClientError::QueueFull { server, .. } => ErrorData::new(
             QUEUE_FULL,
             e.to_string(),
-            Some(serde_json::json!({"jobId": job_id, "kind": "queue_full", "server": server, "retryAfterMs": 1000})),
+            Some(
+                serde_json::json!({"jobId": job_id, "kind": "queue_full", "server": server, "retryAfterMs": 1000}),
+            ),
         ),
         _ => ErrorData::internal_error(e.to_string(), Some(serde_json::json!({"jobId": job_id}))),
     }
 }
-
 
 /// A job error as the JSON-RPC error the caller sees. Upstream JSON-RPC errors keep their code
 /// (in the caller's revision: see `bridge::error_code_for`).
