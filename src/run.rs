@@ -43,6 +43,12 @@ pub struct Exposure {
     /// every tool. Only behind something that authenticates for you.
     #[arg(long)]
     insecure_no_auth: bool,
+    /// HTTP requests served at once (an MCP call holds one while it runs); more get 503.
+    #[arg(long, default_value_t = mcpq_dispatcher::DEFAULT_MAX_REQUESTS)]
+    max_requests: usize,
+    /// `/v1/jobs/{id}/wait` long polls open at once; more get 429.
+    #[arg(long, default_value_t = mcpq_dispatcher::DEFAULT_MAX_WAITS)]
+    max_waits: usize,
 }
 
 impl Exposure {
@@ -71,6 +77,8 @@ impl Exposure {
         Ok(HttpOptions {
             allowed_hosts: self.allowed_hosts.clone(),
             allowed_origins: self.allowed_origins.clone(),
+            max_requests: self.max_requests,
+            max_waits: self.max_waits,
         })
     }
 }

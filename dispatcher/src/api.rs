@@ -322,6 +322,18 @@ async fn wait(
         Some(record) if caller.owns(record.principal.as_deref()) => {}
         _ => return Err(not_found("job", id)),
     }
+    let Ok(_slot) = shared.waits.clone().try_acquire_owned() else {
+        let mut response = Failure(
+            StatusCode::TOO_MANY_REQUESTS,
+            ApiErrorCode::RateLimited,
+            "this dispatcher holds as many long polls open as it may (--max-waits): read the job with GET /v1/jobs/{id}, or wait again shortly".into(),
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return Ok(response);
+    };
     let record = shared
         .client
         .wait_record(id, timeout)

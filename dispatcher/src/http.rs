@@ -3,7 +3,10 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::{Router, extract::Request, http::Method, routing::get, serve::ListenerExt};
+use axum::{
+    Router, extract::Request, http::Method, response::IntoResponse, routing::get,
+    serve::ListenerExt,
+};
 use rmcp::transport::{
     common::http_header::HEADER_SESSION_ID,
     streamable_http_server::{
@@ -21,13 +24,61 @@ use crate::{
 };
 
 /// HTTP options of a dispatcher.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct HttpOptions {
     /// Host names accepted in the `Host` header; empty means loopback names only.
     pub allowed_hosts: Vec<String>,
     /// Browser origins that may call, besides the dispatcher's own (a request with any other
     /// `Origin` is refused).
     pub allowed_origins: Vec<String>,
+    /// HTTP requests served at once (an MCP call holds one for as long as it runs); more are
+    /// answered 503 with `Retry-After` at once.
+    pub max_requests: usize,
+    /// `/v1/jobs/{id}/wait` long polls open at once (each holds a JetStream watch); more are
+    /// answered 429 with `Retry-After`.
+    pub max_waits: usize,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            max_requests: DEFAULT_MAX_REQUESTS,
+            max_waits: DEFAULT_MAX_WAITS,
+        }
+    }
+}
+
+/// Requests served at once by default.
+pub const DEFAULT_MAX_REQUESTS: usize = 10_000;
+/// Long polls open at once by default.
+pub const DEFAULT_MAX_WAITS: usize = 1_000;
+
+/// Answers 503 (JSON, `Retry-After: 1`) when `max_requests` requests are in flight already,
+/// instead of taking on more than the process can hold.
+async fn bounded(
+    axum::extract::State(slots): axum::extract::State<Arc<tokio::sync::Semaphore>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let Ok(_slot) = slots.try_acquire() else {
+        let body = mcpq_schemas::api::ApiError {
+            code: mcpq_schemas::api::ApiErrorCode::Unavailable,
+            message: "the dispatcher serves as many requests as it may at once (--max-requests); try again shortly".into(),
+        };
+        let mut response = (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(body),
+        )
+            .into_response();
+        response.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("1"),
+        );
+        return response;
+    };
+    next.run(request).await
 }
 
 /// The router: `/mcp`, `/servers/<name>/mcp` for each configured server, the `/v1` jobs API,
@@ -101,6 +152,10 @@ pub(crate) fn router(
         .layer(axum::middleware::from_fn_with_state(
             guard,
             crate::auth::guard::guard,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(tokio::sync::Semaphore::new(options.max_requests.max(1))),
+            bounded,
         ))
 }
 

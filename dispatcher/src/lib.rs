@@ -22,7 +22,7 @@ mod tasks;
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 pub use catalog::Catalog;
-pub use http::HttpOptions;
+pub use http::{DEFAULT_MAX_REQUESTS, DEFAULT_MAX_WAITS, HttpOptions};
 pub use ingress::{Gateway, NAME_SEPARATOR};
 use mcpq_schemas::{
     config::Config,
@@ -117,6 +117,7 @@ impl Dispatcher {
                 result_ttl: config.nats.result_ttl,
                 capabilities: Default::default(),
                 quotas,
+                waits: Arc::new(tokio::sync::Semaphore::new(options.max_waits.max(1))),
             }),
             sessions: Arc::new(sessions),
             options,

@@ -39,6 +39,8 @@ pub struct Shared {
     pub capabilities: Mutex<HashMap<Option<String>, (u64, ServerCapabilities)>>,
     /// Per-principal limits, when any caller has some.
     pub quotas: Option<Quotas>,
+    /// Slots for `/v1` long polls (each holds a JetStream watch while it waits).
+    pub waits: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// Why a call is refused before anything is queued.
