@@ -212,7 +212,7 @@ def scale(rig, jobs):
     peak = 0.0
     while True:
         time.sleep(1)
-        pending = stream_messages(rig, "MCPQ_JOBS")
+        pending = stream_messages(rig, "MCPQ_JOBS_")
         rss = rss_mb(rig.worker, "VmRSS")
         peak = max(peak, rss)
         print(f"  t={time.time() - t1:5.1f}s queued={pending} worker RSS {rss:.0f} MB", flush=True)
@@ -273,21 +273,23 @@ def asynchronous(rig, jobs):
 def wait_drained(rig, timeout=300):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if stream_messages(rig, "MCPQ_JOBS") == 0:
+        if stream_messages(rig, "MCPQ_JOBS_") == 0:
             return
         time.sleep(0.5)
     sys.exit("bench: the queue did not drain")
 
 
-def stream_messages(rig, name):
+def stream_messages(rig, prefix):
+    """Messages in all streams whose names start with `prefix` (the job streams, one per server)."""
     import urllib.request
     with urllib.request.urlopen(f"http://127.0.0.1:{rig.monitor_port}/jsz?streams=true") as response:
         info = json.load(response)
+    found = None
     for account in info.get("account_details", []):
         for stream in account.get("stream_detail", []):
-            if stream["name"] == name:
-                return stream["state"]["messages"]
-    return None
+            if stream["name"].startswith(prefix):
+                found = (found or 0) + stream["state"]["messages"]
+    return found
 
 
 def write(section, text):

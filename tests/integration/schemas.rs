@@ -51,6 +51,7 @@ fn the_readme_names_every_nats_name() {
         EVENT_LOG,
         EVENT_INPUT,
         SESSIONS_BUCKET,
+        BLOBS_BUCKET,
     ];
     let missing: Vec<_> = names
         .iter()
