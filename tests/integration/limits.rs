@@ -40,6 +40,17 @@ async fn big_client(
         .unwrap()
 }
 
+/// The HTTP fixture as server `web` (with `extra` config lines), and a stack serving it.
+async fn web_stack(extra: &str) -> (HttpFixture, Stack) {
+    let web = HttpFixture::start().await;
+    let stack = Stack::start(&format!(
+        "  - name: web\n    type: http\n    endpoint: {}\n{extra}",
+        web.url()
+    ))
+    .await;
+    (web, stack)
+}
+
 /// How many `tags` the upstream ran.
 fn runs(web: &HttpFixture, tag: &str) -> usize {
     web.fixture.marks().iter().filter(|m| *m == tag).count()
@@ -59,12 +70,7 @@ fn text_of(result: &serde_json::Value) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn results_beyond_a_message_arrive_whole_and_run_once_and_too_large_fails_once() {
-    let web = HttpFixture::start().await;
-    let stack = Stack::start(&format!(
-        "  - name: web\n    type: http\n    endpoint: {}\n    timeout: 60s\n    maxResultBytes: 21MiB\n",
-        web.url()
-    ))
-    .await;
+    let (web, stack) = web_stack("    timeout: 60s\n    maxResultBytes: 21MiB\n").await;
     let http = reqwest::Client::new();
     let base = format!("http://{}", stack.addr);
 
@@ -341,12 +347,7 @@ async fn requests_that_cannot_fit_and_bad_input_are_refused_with_nothing_queued(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_answers_queue_full_at_once_and_takes_jobs_again_when_drained() {
-    let web = HttpFixture::start().await;
-    let stack = Stack::start(&format!(
-        "  - name: web\n    type: http\n    endpoint: {}\n    concurrency: 1\n    maxQueued: 3\n",
-        web.url()
-    ))
-    .await;
+    let (_web, stack) = web_stack("    concurrency: 1\n    maxQueued: 3\n").await;
     let http = reqwest::Client::new();
     let base = format!("http://{}", stack.addr);
     // One job held by the worker and two waiting: the stream holds three.
@@ -415,12 +416,7 @@ async fn a_full_queue_answers_queue_full_at_once_and_takes_jobs_again_when_drain
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_written_job_needs_no_submission_time_and_a_malformed_one_keeps_its_id() {
-    let web = HttpFixture::start().await;
-    let stack = Stack::start(&format!(
-        "  - name: web\n    type: http\n    endpoint: {}\n",
-        web.url()
-    ))
-    .await;
+    let (_web, stack) = web_stack("").await;
     let nats = async_nats::connect(stack.nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(nats.clone());
     let inbox = nats.new_inbox();
