@@ -96,6 +96,7 @@ class Rig:
             f"    endpoint: http://127.0.0.1:{self.fixture_port}/mcp\n"
             "    concurrency: 256\n"
             "    timeout: 60s\n"
+            "    maxQueued: 10000000\n"  # --scale queues its jobs with no worker running
         )
         self.worker = None
         self.dispatcher = self.spawn([self.bin / "mcpq", "dispatcher", "--config", self.config,
