@@ -77,12 +77,10 @@ struct Failure(StatusCode, ApiErrorCode, String);
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         let Failure(status, code, message) = self;
-        let mut response = (status, Json(ApiError { code, message })).into_response();
+        let response = (status, Json(ApiError { code, message })).into_response();
         if code == ApiErrorCode::QueueFull {
             // A full queue drains at the workers' pace; a second is a fair first guess.
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            return retry_after(response, Duration::from_secs(1));
         }
         response
     }
@@ -93,18 +91,23 @@ struct Limited(OverLimit);
 
 impl IntoResponse for Limited {
     fn into_response(self) -> Response {
-        let seconds = self.0.retry_after.as_secs().max(1).to_string();
-        let mut response = Failure(
+        let response = Failure(
             StatusCode::TOO_MANY_REQUESTS,
             ApiErrorCode::RateLimited,
             self.0.message,
         )
         .into_response();
-        if let Ok(value) = header::HeaderValue::from_str(&seconds) {
-            response.headers_mut().insert(header::RETRY_AFTER, value);
-        }
-        response
+        retry_after(response, self.0.retry_after)
     }
+}
+
+/// `response` with `Retry-After: <whole seconds, at least 1>`.
+fn retry_after(mut response: Response, after: Duration) -> Response {
+    let seconds = after.as_secs().max(1).to_string();
+    if let Ok(value) = header::HeaderValue::from_str(&seconds) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
 }
 
 /// Why a submission was not taken: a failure, or a limit.
@@ -267,7 +270,7 @@ async fn submit(
     let status = if submitted.duplicate {
         shared
             .client
-            .record(job.id)
+            .stored_record(job.id)
             .await?
             .map_or(JobStatus::Queued, |r| r.status)
     } else {
@@ -318,21 +321,18 @@ async fn wait(
             .map_err(|e| bad_request(format!("timeout {text:?}: {e} (write e.g. 30s or 500ms)")))?
             .min(MAX_WAIT),
     };
-    match shared.client.record(id).await? {
+    match shared.client.stored_record(id).await? {
         Some(record) if caller.owns(record.principal.as_deref()) => {}
         _ => return Err(not_found("job", id)),
     }
     let Ok(_slot) = shared.waits.clone().try_acquire_owned() else {
-        let mut response = Failure(
+        let response = Failure(
             StatusCode::TOO_MANY_REQUESTS,
             ApiErrorCode::RateLimited,
             "this dispatcher holds as many long polls open as it may (--max-waits): read the job with GET /v1/jobs/{id}, or wait again shortly".into(),
         )
         .into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-        return Ok(response);
+        return Ok(retry_after(response, Duration::from_secs(1)));
     };
     let record = shared
         .client
@@ -354,7 +354,7 @@ async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Response, Failure> {
     let id = parse_id(&id, "job")?;
-    match shared.client.record(id).await? {
+    match shared.client.stored_record(id).await? {
         Some(record) if caller.owns(record.principal.as_deref()) => {}
         _ => return Err(not_found("job", id)),
     }

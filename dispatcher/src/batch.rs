@@ -76,10 +76,26 @@ impl Client {
 
     /// The records of `jobs`, in the same order (`None` where a job has none).
     pub async fn records(&self, jobs: &[Uuid]) -> Result<Vec<Option<JobRecord>>, ClientError> {
+        self.fetch_records(jobs, true).await
+    }
+
+    /// [`Client::records`], with results read from the Object Store when `results`, else as
+    /// stored (enough for counting).
+    async fn fetch_records(
+        &self,
+        jobs: &[Uuid],
+        results: bool,
+    ) -> Result<Vec<Option<JobRecord>>, ClientError> {
         stream::iter(jobs.to_vec())
             .map(|id| {
                 let client = self.clone();
-                async move { client.record(id).await }
+                async move {
+                    if results {
+                        client.record(id).await
+                    } else {
+                        client.stored_record(id).await
+                    }
+                }
             })
             .buffered(IN_FLIGHT)
             .try_collect()
@@ -88,7 +104,7 @@ impl Client {
 
     /// Counts of the batch's jobs by status.
     pub async fn batch_status(&self, batch: &BatchRecord) -> Result<BatchStatus, ClientError> {
-        let records = self.records(&batch.jobs).await?;
+        let records = self.fetch_records(&batch.jobs, false).await?;
         Ok(BatchStatus::count(
             batch.batch_id,
             records.iter().map(|r| r.as_ref().map(|r| r.status)),

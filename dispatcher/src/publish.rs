@@ -151,7 +151,7 @@ impl Client {
             }
         };
         if created.is_err()
-            && let Some(record) = self.record(job.id).await?
+            && let Some(record) = self.stored_record(job.id).await?
             && record.status.is_terminal()
         {
             submitted.duplicate = true;
@@ -447,7 +447,7 @@ impl Client {
         {
             Ok(_) => Ok(Cancel::Requested(cancelled)),
             Err(_) => Ok(Cancel::Requested(
-                self.record(job_id).await?.unwrap_or(record),
+                self.stored_record(job_id).await?.unwrap_or(record),
             )),
         }
     }
@@ -560,10 +560,16 @@ impl Client {
     /// The stored record of a job, if it has one yet, with a result kept in the Object Store
     /// read back into it.
     pub async fn record(&self, job_id: Uuid) -> Result<Option<JobRecord>, ClientError> {
-        match self.get_json(RESULTS_BUCKET, job_id).await? {
+        match self.stored_record(job_id).await? {
             Some(record) => self.resolve_record(record).await.map(Some),
             None => Ok(None),
         }
+    }
+
+    /// The record as stored: a large result stays a `resultRef`. Enough for its status or
+    /// owner, without reading the result.
+    pub async fn stored_record(&self, job_id: Uuid) -> Result<Option<JobRecord>, ClientError> {
+        self.get_json(RESULTS_BUCKET, job_id).await
     }
 
     /// A record whose result was too large for a message, with the result read back from the

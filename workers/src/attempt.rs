@@ -249,29 +249,24 @@ async fn run(pool: &Pool, message: &Message, mut delivery: Delivery, job: Job) {
     });
     match outcome {
         CallOutcome::Cancelled => {}
-        CallOutcome::Answered(result) if encoded_len(&result) > pool.server.max_result_bytes => {
-            // Kept from the caller, and never asked for again: the same call would give the
-            // same result. The dead letter shows the operator what to raise.
-            let size = encoded_len(&result);
-            let error = JobError::new(
-                ErrorKind::TooLarge,
-                format!(
-                    "the upstream's result is {size} bytes, more than server {:?} keeps (maxResultBytes: {}): raise maxResultBytes, or ask the upstream for less",
-                    pool.server.name, pool.server.max_result_bytes
-                ),
-            );
-            tracing::warn!(size, "result larger than maxResultBytes; the job fails");
-            delivery.failed(pool, &error, None);
-            dead_letter(
-                pool,
-                message,
-                delivery,
-                Some((job, JobStatus::Failed)),
-                error,
-            )
-            .await;
-        }
         CallOutcome::Answered(result) => {
+            let size = encoded_len(&result);
+            if size > pool.server.max_result_bytes {
+                // Kept from the caller, and never asked for again: the same call would give
+                // the same result. The dead letter shows the operator what to raise.
+                let error = JobError::new(
+                    ErrorKind::TooLarge,
+                    format!(
+                        "the upstream's result is {size} bytes, more than server {:?} keeps (maxResultBytes: {}): raise maxResultBytes, or ask the upstream for less",
+                        pool.server.name, pool.server.max_result_bytes
+                    ),
+                );
+                tracing::warn!(size, "result larger than maxResultBytes; the job fails");
+                delivery.failed(pool, &error, None);
+                let failed = Some((job, JobStatus::Failed));
+                dead_letter(pool, message, delivery, failed, error).await;
+                return;
+            }
             let outcome = Outcome::Ok { result };
             finish(
                 pool,

@@ -204,7 +204,7 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
             // Only the job's own principal answers its questions.
             let owned = shared
                 .client
-                .record(job_id)
+                .stored_record(job_id)
                 .await
                 .map_err(|e| client_error(job_id, &e))?
                 .is_none_or(|record| caller.owns(record.principal.as_deref()));
