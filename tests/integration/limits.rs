@@ -51,6 +51,11 @@ async fn web_stack(extra: &str) -> (HttpFixture, Stack) {
     (web, stack)
 }
 
+/// The JSON body of the answer to `request`.
+async fn json_of(request: reqwest::RequestBuilder) -> serde_json::Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 /// How many `tags` the upstream ran.
 fn runs(web: &HttpFixture, tag: &str) -> usize {
     web.fixture.marks().iter().filter(|m| *m == tag).count()
@@ -100,24 +105,13 @@ async fn results_beyond_a_message_arrive_whole_and_run_once_and_too_large_fails_
     }
 
     // An HTTP caller: submit, then wait for the record; a Rust pipeline reads the record too.
-    let accepted: serde_json::Value = http
-        .post(format!("{base}/v1/jobs"))
-        .json(&json!({"server": "web", "tool": "big", "arguments": {"tag": "http-20mb", "bytes": 20_000_000}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let accepted = json_of(
+        http.post(format!("{base}/v1/jobs"))
+            .json(&json!({"server": "web", "tool": "big", "arguments": {"tag": "http-20mb", "bytes": 20_000_000}})),
+    )
+    .await;
     let id = accepted["id"].as_str().unwrap().to_string();
-    let waited: serde_json::Value = http
-        .get(format!("{base}/v1/jobs/{id}/wait?timeout=120s"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let waited = json_of(http.get(format!("{base}/v1/jobs/{id}/wait?timeout=120s"))).await;
     assert_eq!(
         waited["status"],
         "completed",
@@ -331,10 +325,10 @@ async fn requests_that_cannot_fit_and_bad_input_are_refused_with_nothing_queued(
     // One idempotency key on two servers is two jobs.
     let mut ids = Vec::new();
     for server in ["web", "other"] {
-        let accepted: serde_json::Value = post(json!({"server": server, "tool": "echo", "arguments": {"text": server}, "idempotencyKey": "same"}))
+        let accepted = post(json!({"server": server, "tool": "echo", "arguments": {"text": server}, "idempotencyKey": "same"}))
             .await
             .unwrap()
-            .json()
+            .json::<serde_json::Value>()
             .await
             .unwrap();
         assert_eq!(accepted["duplicate"], false, "{server}: {accepted}");
@@ -454,4 +448,65 @@ async fn a_hand_written_job_needs_no_submission_time_and_a_malformed_one_keeps_i
     };
     assert_eq!(error.kind, ErrorKind::MalformedJob);
     stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatcher_refuses_requests_and_long_polls_beyond_its_bounds() {
+    let (_web, stack) = web_stack("").await;
+    let http = reqwest::Client::new();
+    for (options, status, flag) in [
+        (
+            mcpq_dispatcher::HttpOptions {
+                max_waits: 1,
+                ..Default::default()
+            },
+            429,
+            "--max-waits",
+        ),
+        (
+            mcpq_dispatcher::HttpOptions {
+                max_requests: 1,
+                ..Default::default()
+            },
+            503,
+            "--max-requests",
+        ),
+    ] {
+        let addr = stack.another_dispatcher_with(options).await;
+        // A job that runs a while, for the first long poll to wait on.
+        let job = Job::new(
+            "web",
+            McpRequest::call_tool(
+                "hold",
+                json!({"tag": flag, "ms": 3000}).as_object().cloned(),
+            ),
+        );
+        stack.client.submit(&job).await.unwrap();
+        let url = format!("http://{addr}/v1/jobs/{}", job.id);
+        // Two long polls at once on a job that runs 3 s: one holds the only slot until the
+        // job ends and is answered; the other is refused at once, with a retry hint.
+        let poll = || http.get(format!("{url}/wait?timeout=30s")).send();
+        let (a, b) = tokio::join!(poll(), poll());
+        let (mut answered, mut refused) = (Vec::new(), Vec::new());
+        for response in [a.unwrap(), b.unwrap()] {
+            if response.status() == status {
+                refused.push(response);
+            } else {
+                answered.push(response);
+            }
+        }
+        assert_eq!((answered.len(), refused.len()), (1, 1), "{flag}");
+        let refused = refused.remove(0);
+        assert_eq!(refused.headers()["retry-after"], "1");
+        let body: serde_json::Value = refused.json().await.unwrap();
+        assert!(body["message"].as_str().unwrap().contains(flag), "{body}");
+        let first = answered.remove(0);
+        assert_eq!(
+            first.status(),
+            200,
+            "{flag}: the poll that got in is answered"
+        );
+        let record: serde_json::Value = first.json().await.unwrap();
+        assert_eq!(record["status"], "completed", "{flag}: {record}");
+    }
 }

@@ -96,10 +96,15 @@ impl Stack {
     /// Starts another dispatcher replica on the same NATS and config; returns its address.
     /// It stops with the stack.
     pub async fn another_dispatcher(&self) -> SocketAddr {
+        self.another_dispatcher_with(HttpOptions::default()).await
+    }
+
+    /// [`Stack::another_dispatcher`] with its own HTTP options (limits, hosts).
+    pub async fn another_dispatcher_with(&self, options: HttpOptions) -> SocketAddr {
         let nats = connect(&self.nats.url(), "test-dispatcher-2")
             .await
             .expect("connect dispatcher");
-        let dispatcher = Dispatcher::new(nats, &self.config, HttpOptions::default())
+        let dispatcher = Dispatcher::new(nats, &self.config, options)
             .await
             .expect("dispatcher starts");
         let catalog = dispatcher.catalog().clone();
