@@ -28,7 +28,7 @@ pub struct ToolCall {
     #[arg(long, default_value = "normal", value_parser = parse_lane)]
     lane: Lane,
     /// Idempotency key: calls with the same key (per server) are one job, run once.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_key)]
     idempotency_key: Option<String>,
 }
 
@@ -53,6 +53,11 @@ pub struct CallArgs {
     /// How long to wait for the reply.
     #[arg(long, default_value = "60s", value_parser = |s: &str| humantime::parse_duration(s).map_err(|e| e.to_string()))]
     timeout: Duration,
+}
+
+/// An idempotency key as `--idempotency-key` takes it: printable, at most 256 bytes.
+fn parse_key(text: &str) -> Result<String, String> {
+    mcpq_schemas::check::idempotency_key("--idempotency-key", text).map(|()| text.to_string())
 }
 
 pub fn parse_lane(text: &str) -> Result<Lane, String> {
