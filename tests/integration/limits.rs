@@ -75,7 +75,14 @@ fn text_of(result: &serde_json::Value) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn results_beyond_a_message_arrive_whole_and_run_once_and_too_large_fails_once() {
-    let (web, stack) = web_stack("    timeout: 60s\n    maxResultBytes: 21MiB\n").await;
+    // Beside the HTTP fixture, the stdio one: rmcp reads at most 16 MiB per line from a child
+    // unless told otherwise.
+    let (web, stack) = web_stack(&format!(
+        "    timeout: 60s\n    maxResultBytes: 21MiB\n\
+         \x20 - name: local\n    type: stdio\n    command: {}\n    timeout: 60s\n",
+        mcpq_tests::fixture_bin().display()
+    ))
+    .await;
     let http = reqwest::Client::new();
     let base = format!("http://{}", stack.addr);
 
@@ -178,6 +185,20 @@ async fn results_beyond_a_message_arrive_whole_and_run_once_and_too_large_fails_
     assert_eq!(bytes.len() as u64, blob.size);
     let result: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(text_of(&result).len(), 3_000_000);
+
+    // 20 MB from a stdio upstream: one line of JSON-RPC, read whole, run once.
+    let reply = stack
+        .call(
+            "local",
+            "big",
+            json!({"tag": "stdio-20mb", "bytes": 20_000_000}),
+        )
+        .await;
+    let Outcome::Ok { result } = &reply.outcome else {
+        panic!("a 20 MB stdio result must arrive: {:?}", reply.outcome);
+    };
+    assert_eq!(text_of(result).len(), 20_000_000);
+    assert_eq!(stack.record(reply.job_id).await.attempts, 1, "called once");
 
     // Over maxResultBytes: failed with too_large, once, and dead-lettered for the operator.
     let reply = stack

@@ -75,9 +75,15 @@ impl Upstream {
                 server.concurrency,
                 server.max_result_bytes,
             )?),
-            Transport::Stdio { command, args, env } => Connector::Stdio(
-                stdio::StdioConnector::new(&server.name, command, args, env)?,
-            ),
+            Transport::Stdio { command, args, env } => {
+                Connector::Stdio(stdio::StdioConnector::new(
+                    &server.name,
+                    command,
+                    args,
+                    env,
+                    server.max_result_bytes,
+                )?)
+            }
         };
         let (subscriptions, updates) = Subscriptions::new();
         Ok(Upstream {

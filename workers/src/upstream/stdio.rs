@@ -1,9 +1,14 @@
 //! Upstreams that are child processes speaking MCP on stdin/stdout.
 
-use std::{collections::BTreeMap, process::Stdio};
+use std::{borrow::Cow, collections::BTreeMap, process::Stdio, time::Duration};
 
 use mcpq_schemas::config::Secret;
-use rmcp::transport::TokioChildProcess;
+use rmcp::{
+    RoleClient,
+    service::{RxJsonRpcMessage, TxJsonRpcMessage},
+    transport::{Transport, async_rw::AsyncRwTransport},
+};
+use tokio::process::{Child, ChildStdin, ChildStdout};
 
 use super::UpstreamError;
 
@@ -13,6 +18,52 @@ pub(super) struct StdioConnector {
     command: String,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// The longest line (one JSON-RPC message) read from the child: rmcp's own default is
+    /// 16 MiB and drops longer lines, which would leave the call to time out and run again.
+    max_line: usize,
+}
+
+/// Bytes a message from the child may have beyond `maxResultBytes`: the JSON-RPC envelope.
+const LINE_SLACK: usize = 1024 * 1024;
+/// How long a child whose stdin was closed may take to exit before it is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(3);
+
+/// A child process as an rmcp transport: JSON-RPC lines on its stdin and stdout, the child
+/// killed when the transport is dropped without being closed.
+pub(super) struct ChildTransport {
+    child: Child,
+    lines: AsyncRwTransport<RoleClient, ChildStdout, ChildStdin>,
+}
+
+impl Transport<RoleClient> for ChildTransport {
+    type Error = std::io::Error;
+
+    fn name() -> Cow<'static, str> {
+        "stdio child process".into()
+    }
+
+    fn send(
+        &mut self,
+        item: TxJsonRpcMessage<RoleClient>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+        self.lines.send(item)
+    }
+
+    fn receive(&mut self) -> impl Future<Output = Option<RxJsonRpcMessage<RoleClient>>> + Send {
+        self.lines.receive()
+    }
+
+    /// Closes stdin (the MCP stdio shutdown), waits a moment for the child, then kills it.
+    async fn close(&mut self) -> Result<(), Self::Error> {
+        self.lines.close().await?;
+        if tokio::time::timeout(EXIT_GRACE, self.child.wait())
+            .await
+            .is_err()
+        {
+            self.child.kill().await?;
+        }
+        Ok(())
+    }
 }
 
 impl StdioConnector {
@@ -21,6 +72,7 @@ impl StdioConnector {
         command: &str,
         args: &[String],
         env: &BTreeMap<String, Secret>,
+        max_result_bytes: u64,
     ) -> Result<Self, UpstreamError> {
         let env = env
             .iter()
@@ -37,11 +89,14 @@ impl StdioConnector {
             command: command.to_string(),
             args: args.to_vec(),
             env,
+            max_line: usize::try_from(max_result_bytes)
+                .unwrap_or(usize::MAX)
+                .saturating_add(LINE_SLACK),
         })
     }
 
     /// Starts the child process. Its stderr goes to the worker's stderr.
-    pub(super) fn spawn(&self) -> Result<TokioChildProcess, UpstreamError> {
+    pub(super) fn spawn(&self) -> Result<ChildTransport, UpstreamError> {
         let mut command = tokio::process::Command::new(&self.command);
         // Only what the config names, and what any program needs to start: the worker's own
         // environment holds other servers' tokens.
@@ -55,16 +110,23 @@ impl StdioConnector {
         // Its own process group: a Ctrl-C meant for the worker must not kill the upstream
         // while calls are still draining; the worker closes it last.
         command.process_group(0);
-        let (child, _stderr) = TokioChildProcess::builder(command)
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| UpstreamError::Spawn {
-                server: self.server.clone(),
-                command: self.command.clone(),
-                reason: e.to_string(),
-            })?;
+            .kill_on_drop(true);
+        let spawn_failed = |reason: String| UpstreamError::Spawn {
+            server: self.server.clone(),
+            command: self.command.clone(),
+            reason,
+        };
+        let mut child = command.spawn().map_err(|e| spawn_failed(e.to_string()))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(spawn_failed("no stdin or stdout to talk to".into()));
+        };
         tracing::info!(server = %self.server, command = %self.command, pid = ?child.id(), "started stdio upstream");
-        Ok(child)
+        let lines = AsyncRwTransport::new_client(stdout, stdin).with_max_line_length(self.max_line);
+        Ok(ChildTransport { child, lines })
     }
 }
 /// The worker's environment variables a stdio upstream inherits; everything else it gets
