@@ -79,7 +79,7 @@ async fn results_beyond_a_message_arrive_whole_and_run_once_and_too_large_fails_
     // unless told otherwise.
     let (web, stack) = web_stack(&format!(
         "    timeout: 60s\n    maxResultBytes: 21MiB\n\
-         \x20 - name: local\n    type: stdio\n    command: {}\n    timeout: 60s\n",
+         \x20 - name: local\n    type: stdio\n    command: {}\n    timeout: 60s\n    maxResultBytes: 21MiB\n",
         mcpq_tests::fixture_bin().display()
     ))
     .await;
@@ -198,6 +198,18 @@ async fn results_beyond_a_message_arrive_whole_and_run_once_and_too_large_fails_
         panic!("a 20 MB stdio result must arrive: {:?}", reply.outcome);
     };
     assert_eq!(text_of(result).len(), 20_000_000);
+    assert_eq!(stack.record(reply.job_id).await.attempts, 1, "called once");
+    let reply = stack
+        .call(
+            "local",
+            "big",
+            json!({"tag": "stdio-too-big", "bytes": 23_000_000}),
+        )
+        .await;
+    let Outcome::Error { error } = &reply.outcome else {
+        panic!("over maxResultBytes from stdio must fail");
+    };
+    assert_eq!(error.kind, ErrorKind::TooLarge, "{}", error.message);
     assert_eq!(stack.record(reply.job_id).await.attempts, 1, "called once");
 
     // Over maxResultBytes: failed with too_large, once, and dead-lettered for the operator.

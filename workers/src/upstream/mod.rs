@@ -75,15 +75,9 @@ impl Upstream {
                 server.concurrency,
                 server.max_result_bytes,
             )?),
-            Transport::Stdio { command, args, env } => {
-                Connector::Stdio(stdio::StdioConnector::new(
-                    &server.name,
-                    command,
-                    args,
-                    env,
-                    server.max_result_bytes,
-                )?)
-            }
+            Transport::Stdio { command, args, env } => Connector::Stdio(
+                stdio::StdioConnector::new(&server.name, command, args, env)?,
+            ),
         };
         let (subscriptions, updates) = Subscriptions::new();
         Ok(Upstream {

@@ -18,13 +18,13 @@ pub(super) struct StdioConnector {
     command: String,
     args: Vec<String>,
     env: Vec<(String, String)>,
-    /// The longest line (one JSON-RPC message) read from the child: rmcp's own default is
-    /// 16 MiB and drops longer lines, which would leave the call to time out and run again.
-    max_line: usize,
 }
 
-/// Bytes a message from the child may have beyond `maxResultBytes`: the JSON-RPC envelope.
-const LINE_SLACK: usize = 1024 * 1024;
+/// The longest line (one JSON-RPC message) read from a child: the largest `maxResultBytes`
+/// the config allows (1 GiB) and 1 MiB of envelope. rmcp's own default is 16 MiB, and a longer
+/// line is dropped — the call would time out and run again. Read whole, an answer over the
+/// server's `maxResultBytes` ends the job `too_large`, once (see `attempt::run`).
+const MAX_LINE: usize = 1024 * 1024 * 1024 + 1024 * 1024;
 /// How long a child whose stdin was closed may take to exit before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(3);
 
@@ -72,7 +72,6 @@ impl StdioConnector {
         command: &str,
         args: &[String],
         env: &BTreeMap<String, Secret>,
-        max_result_bytes: u64,
     ) -> Result<Self, UpstreamError> {
         let env = env
             .iter()
@@ -89,9 +88,6 @@ impl StdioConnector {
             command: command.to_string(),
             args: args.to_vec(),
             env,
-            max_line: usize::try_from(max_result_bytes)
-                .unwrap_or(usize::MAX)
-                .saturating_add(LINE_SLACK),
         })
     }
 
@@ -125,7 +121,7 @@ impl StdioConnector {
             return Err(spawn_failed("no stdin or stdout to talk to".into()));
         };
         tracing::info!(server = %self.server, command = %self.command, pid = ?child.id(), "started stdio upstream");
-        let lines = AsyncRwTransport::new_client(stdout, stdin).with_max_line_length(self.max_line);
+        let lines = AsyncRwTransport::new_client(stdout, stdin).with_max_line_length(MAX_LINE);
         Ok(ChildTransport { child, lines })
     }
 }
