@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 NPM := .tools/npm
 
-.PHONY: tools build demo test conformance schemas bench bench-scale bench-smoke fmt lint clean
+.PHONY: tools build demo test conformance schemas bench bench-scale bench-limits bench-smoke fmt lint clean
 
 tools: $(VENV)/.installed $(NPM)/.installed
 
@@ -49,6 +49,10 @@ bench-scale: tools
 	python3 deploy/local/bench.py --scale 100000 --write
 
 # Every benchmark mode for a moment, on the debug build: keeps the benchmark from rotting.
+bench-limits: tools
+	cargo build --release --workspace --bins
+	python3 deploy/local/bench.py --limits --write
+
 bench-smoke: tools build
 	python3 deploy/local/bench.py --smoke --profile debug
 

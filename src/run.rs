@@ -49,6 +49,13 @@ pub struct Exposure {
     /// `/v1/jobs/{id}/wait` long polls open at once; more get 429.
     #[arg(long, default_value_t = mcpq_dispatcher::DEFAULT_MAX_WAITS)]
     max_waits: usize,
+    /// Connections open at once; more are closed as soon as they are accepted.
+    #[arg(long, default_value_t = mcpq_dispatcher::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// How long a connection may take to send a request's headers, or stay idle between
+    /// requests, before it is closed.
+    #[arg(long, default_value = "30s", value_parser = humantime_duration)]
+    idle_timeout: Duration,
 }
 
 impl Exposure {
@@ -79,6 +86,8 @@ impl Exposure {
             allowed_origins: self.allowed_origins.clone(),
             max_requests: self.max_requests,
             max_waits: self.max_waits,
+            max_connections: self.max_connections,
+            idle_timeout: self.idle_timeout,
         })
     }
 }

@@ -11,6 +11,8 @@ memory can be read), then runs `mcpq bench` in four modes at several concurrenci
 
 and prints a table with ratios to direct; `--write` also puts it into BENCHMARKS.md.
 `--scale N` instead queues N jobs with no worker running, then starts one and reports the drain.
+`--limits` measures the dispatcher's memory with 1,000 MCP calls in flight and with 1,000 silent
+connections, and 20 MB results through the object store.
 `--smoke` runs every mode for a moment (CI uses it so the benchmark never rots; no assertions).
 """
 
@@ -139,6 +141,71 @@ def modes(rig):
         "mcpq-nats": ["--server", "fast", *call],
         "mcpq-mcp": ["--mcp", through, *call],
     }
+
+
+def limits(rig, idle=1000, hold_s=15):
+    """Memory and large results: the dispatcher's peak RSS with 1,000 MCP calls in flight (a
+    fresh dispatcher), its RSS with `idle` connections opened and left silent, and 20 MB results
+    through the object store."""
+    import resource
+    rig.start_worker()
+    for args in modes(rig).values():
+        rig.bench(*args, "--concurrency", "4", "--calls", "200")
+    idle_rss = rss_mb(rig.dispatcher, "VmRSS")
+    rig.bench(*modes(rig)["mcpq-mcp"], "--concurrency", "1000", "--calls", "20000")
+    peak = rss_mb(rig.dispatcher, "VmHWM")
+    print(f"  1,000 MCP calls in flight: dispatcher peak RSS {peak:.0f} MB (idle before: {idle_rss:.0f} MB)", flush=True)
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, idle + 256)), hard))
+    sockets = []
+    for _ in range(idle):
+        s = socket.create_connection(("127.0.0.1", rig.listen_port))
+        s.sendall(b"GET /healthz HTTP/1.1\r\n")  # and never the rest of the headers
+        sockets.append(s)
+    time.sleep(1)
+    held_rss = rss_mb(rig.dispatcher, "VmRSS")
+    deadline = time.time() + hold_s
+    closed = 0
+    while time.time() < deadline and closed < idle:
+        time.sleep(1)
+        closed = 0
+        for s in sockets:
+            s.setblocking(False)
+            try:
+                if s.recv(1 << 16) == b"":
+                    closed += 1
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed += 1
+    for s in sockets:
+        s.close()
+    print(f"  {idle} silent connections: dispatcher RSS {held_rss:.0f} MB; closed by the dispatcher "
+          f"within {hold_s} s: {closed}", flush=True)
+
+    big = ["--tool", "big", "--args", '{"tag": "b", "bytes": 20000000}', "--concurrency", "1", "--calls", "8"]
+    direct = f"http://127.0.0.1:{rig.fixture_port}/mcp"
+    through = f"http://127.0.0.1:{rig.listen_port}/servers/fast/mcp"
+    runs = {
+        "direct": rig.bench("--mcp", direct, *big),
+        "mcpq-nats": rig.bench("--server", "fast", *big),
+        "mcpq-mcp": rig.bench("--mcp", through, *big),
+    }
+    rows = ["| 20 MB results, one at a time | calls/s | MB/s | p50 ms | errors | ÷ direct |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name, r in runs.items():
+        ratio = r["calls_per_s"] / runs["direct"]["calls_per_s"] if runs["direct"]["calls_per_s"] else float("nan")
+        rows.append(f"| {name} | {r['calls_per_s']:.2f} | {r['calls_per_s'] * 20:.0f} | {r['p50_ms']:.0f} "
+                    f"| {r['errors']} | {ratio:.2f} |")
+        print(f"  20 MB {name:<10} {r['calls_per_s']:.2f} calls/s  p50 {r['p50_ms']:.0f} ms  errors {r['errors']}", flush=True)
+    return (
+        f"- dispatcher peak RSS with 1,000 MCP calls in flight (`mcpq bench --mcp`, concurrency 1,000, "
+        f"20,000 echo calls, fresh dispatcher): **{peak:.0f} MB** (bound: 64 MB; idle before: {idle_rss:.0f} MB)\n"
+        f"- {idle:,} connections opened and left silent after a partial request line: dispatcher RSS "
+        f"**{held_rss:.0f} MB**; closed by the dispatcher within {hold_s} s: **{closed:,}**\n\n"
+        + "\n".join(rows) + "\n"
+    )
 
 
 def versions(rig):
@@ -313,6 +380,8 @@ def main():
     parser.add_argument("--write", action="store_true", help="write the results into BENCHMARKS.md")
     parser.add_argument("--smoke", action="store_true", help="every mode for a moment; no file written")
     parser.add_argument("--scale", type=int, metavar="N", help="queue N jobs, then drain them")
+    parser.add_argument("--limits", action="store_true",
+                        help="dispatcher memory at 1,000 calls in flight and 1,000 idle connections; 20 MB results")
     args = parser.parse_args()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     if args.smoke:
@@ -321,6 +390,14 @@ def main():
         rig = Rig(args.profile, work)
         try:
             print(f"machine: {versions(rig)}", flush=True)
+            if args.limits:
+                text = limits(rig)
+                print()
+                print(text)
+                if args.write:
+                    header = (f"Measured {time.strftime('%Y-%m-%d')} with `make bench-limits` on {versions(rig)}.\n\n")
+                    write("limits", header + text)
+                return
             if args.scale:
                 text = scale(rig, args.scale)
                 print()

@@ -3,10 +3,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::{
-    Router, extract::Request, http::Method, response::IntoResponse, routing::get,
-    serve::ListenerExt,
-};
+use axum::{Router, extract::Request, http::Method, response::IntoResponse, routing::get};
 use rmcp::transport::{
     common::http_header::HEADER_SESSION_ID,
     streamable_http_server::{
@@ -37,6 +34,11 @@ pub struct HttpOptions {
     /// `/v1/jobs/{id}/wait` long polls open at once (each holds a JetStream watch); more are
     /// answered 429 with `Retry-After`.
     pub max_waits: usize,
+    /// Connections open at once; one more is closed as soon as it is accepted.
+    pub max_connections: usize,
+    /// How long a connection may take to send a request's headers, and stay open idle between
+    /// requests; then it is closed.
+    pub idle_timeout: Duration,
 }
 
 impl Default for HttpOptions {
@@ -46,9 +48,16 @@ impl Default for HttpOptions {
             allowed_origins: Vec::new(),
             max_requests: DEFAULT_MAX_REQUESTS,
             max_waits: DEFAULT_MAX_WAITS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
+
+/// Connections open at once by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Time to send headers, or to stay idle between requests, by default.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Requests served at once by default.
 pub const DEFAULT_MAX_REQUESTS: usize = 10_000;
@@ -191,18 +200,63 @@ fn mentions_initialize(bytes: &[u8]) -> bool {
         .any(|w| w == b"\"initialize\"")
 }
 
-/// Serves `router` on `listener` until `shutdown`.
+/// Serves `router` on `listener` until `shutdown`, then lets open requests finish.
+///
+/// Not `axum::serve`: that serves a connection for as long as the peer keeps it, silent or not.
+/// Here each connection holds one of `max_connections` slots (one more is closed on accept),
+/// and hyper closes one that takes longer than `idle_timeout` to send a request's headers —
+/// which covers a silent new connection and an idle kept-alive one alike.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
+    options: &HttpOptions,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let listener = listener.tap_io(|tcp| {
+    let slots = Arc::new(tokio::sync::Semaphore::new(options.max_connections.max(1)));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let tcp = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of file descriptors, say: wait a moment rather than spin.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!("connection refused: --max-connections are open");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled_owned().await })
-        .await
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let idle_timeout = options.idle_timeout;
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let mut http1 = hyper::server::conn::http1::Builder::new();
+            http1
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(idle_timeout);
+            let connection = http1
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                .with_upgrades();
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+            drop(slot);
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    while connections.join_next().await.is_some() {}
+    Ok(())
 }
 
 /// Binds `addr`, saying clearly when it is taken.

@@ -22,7 +22,10 @@ mod tasks;
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 pub use catalog::Catalog;
-pub use http::{DEFAULT_MAX_REQUESTS, DEFAULT_MAX_WAITS, HttpOptions};
+pub use http::{
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUESTS, DEFAULT_MAX_WAITS,
+    HttpOptions,
+};
 pub use ingress::{Gateway, NAME_SEPARATOR};
 use mcpq_schemas::{
     config::Config,
@@ -148,7 +151,7 @@ impl Dispatcher {
             Arc::new(guard),
             &shutdown,
         );
-        http::serve(listener, router, shutdown).await?;
+        http::serve(listener, router, &self.options, shutdown).await?;
         Ok(())
     }
 

@@ -13,6 +13,9 @@ use rmcp::{
 
 use super::{CallFuture, Caller};
 
+/// The largest answer a benchmark call takes.
+const MAX_ANSWER: usize = 256 * 1024 * 1024;
+
 pub(super) async fn caller(
     url: &str,
     tool: &str,
@@ -23,8 +26,11 @@ pub(super) async fn caller(
         .tcp_nodelay(true)
         .build()
         .map_err(|e| e.to_string())?;
-    let config =
-        StreamableHttpClientTransportConfig::with_uri(url).max_concurrent_requests(concurrency);
+    let config = StreamableHttpClientTransportConfig::with_uri(url)
+        .max_concurrent_requests(concurrency)
+        // Large results are measured too (rmcp's own limit is 16 MiB).
+        .max_json_response_size(MAX_ANSWER)
+        .max_sse_event_size(MAX_ANSWER);
     let transport = StreamableHttpClientTransport::with_client(http, config);
     let lifecycle = ClientLifecycleMode::Auto {
         preferred_versions: vec![ProtocolVersion::V_2026_07_28],

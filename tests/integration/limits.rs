@@ -543,3 +543,51 @@ async fn a_dispatcher_refuses_requests_and_long_polls_beyond_its_bounds() {
         assert_eq!(record["status"], "completed", "{flag}: {record}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed_and_more_than_max_connections_refused() {
+    use tokio::io::AsyncReadExt;
+    let (_web, stack) = web_stack("").await;
+    let addr = stack
+        .another_dispatcher_with(mcpq_dispatcher::HttpOptions {
+            max_connections: 2,
+            idle_timeout: Duration::from_secs(5),
+            ..Default::default()
+        })
+        .await;
+    // The end of the stream: the dispatcher closed the connection (within `within`).
+    async fn closed(tcp: &mut tokio::net::TcpStream, within: Duration) -> bool {
+        let mut buf = [0u8; 512];
+        matches!(
+            tokio::time::timeout(within, tcp.read(&mut buf)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+    // Two silent connections (one after a partial request line) take both slots ...
+    let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut second, b"GET /healthz HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    // ... so a third is closed as soon as it is accepted, while they are still open ...
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert!(
+        closed(&mut third, Duration::from_secs(4)).await,
+        "over max_connections"
+    );
+    assert!(!closed(&mut first, Duration::from_millis(10)).await);
+    assert!(!closed(&mut second, Duration::from_millis(10)).await);
+    // ... and both are closed once the idle timeout has passed, which frees their slots.
+    assert!(
+        closed(&mut first, Duration::from_secs(30)).await,
+        "a silent connection"
+    );
+    assert!(
+        closed(&mut second, Duration::from_secs(30)).await,
+        "headers never finished"
+    );
+    let healthy = reqwest::get(format!("http://{addr}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(healthy.status(), 200);
+}
