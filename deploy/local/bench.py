@@ -394,21 +394,17 @@ def main():
         rig = Rig(args.profile, work)
         try:
             print(f"machine: {versions(rig)}", flush=True)
-            if args.limits:
-                text = limits(rig)
+            # The single-section modes: what to run, and where its text goes.
+            single = ("limits", lambda: limits(rig)) if args.limits else (
+                ("scale", lambda: scale(rig, args.scale)) if args.scale else None)
+            if single:
+                section, run = single
+                text = run()
                 print()
                 print(text)
                 if args.write:
-                    header = (f"Measured {time.strftime('%Y-%m-%d')} with `make bench-limits` on {versions(rig)}.\n\n")
-                    write("limits", header + text)
-                return
-            if args.scale:
-                text = scale(rig, args.scale)
-                print()
-                print(text)
-                if args.write:
-                    header = (f"Measured {time.strftime('%Y-%m-%d')} with `make bench-scale` on {versions(rig)}.\n\n")
-                    write("scale", header + text)
+                    header = (f"Measured {time.strftime('%Y-%m-%d')} with `make bench-{section}` on {versions(rig)}.\n\n")
+                    write(section, header + text)
                 return
 
             rows, rss = compare(rig, concurrencies, args.seconds, 2000 if args.smoke else 20000)
