@@ -16,7 +16,7 @@ use tower::ServiceExt;
 use crate::{
     Shared,
     auth::guard::{Guard, METADATA_PATH},
-    ingress::Gateway,
+    ingress::{self, Gateway},
     sessions::KvSessions,
 };
 
@@ -127,12 +127,21 @@ pub(crate) fn router(
         let (stateless, with_sessions) = (service(&stateless), service(&with_sessions));
         tower::service_fn(move |request: Request| {
             let (stateless, with_sessions) = (stateless.clone(), with_sessions.clone());
+            let gateway = gateway.clone();
             async move {
-                let (session, request) = opens_or_has_session(request).await;
-                let response = if session {
-                    with_sessions.oneshot(request).await
-                } else {
-                    stateless.oneshot(request).await
+                let response = match route(request).await {
+                    Route::Session(request) => with_sessions.oneshot(request).await,
+                    Route::Stateless(parts, body) => match ingress::plain::take(&parts, &body) {
+                        Some(taken) => {
+                            // The request is read out: its buffers go before the call waits.
+                            drop((parts, body));
+                            return Ok(ingress::plain::answer(&gateway, taken).await);
+                        }
+                        None => {
+                            let request = Request::from_parts(parts, axum::body::Body::from(body));
+                            stateless.oneshot(request).await
+                        }
+                    },
                 };
                 Ok::<_, std::convert::Infallible>(
                     response.map_or_else(|never| match never {}, |r| r.map(axum::body::Body::new)),
@@ -172,25 +181,34 @@ pub(crate) fn router(
 /// limit; a larger body is refused there).
 const MAX_BODY: usize = 4 * 1024 * 1024;
 
+/// Where a request to an MCP endpoint goes.
+enum Route {
+    /// To the service with 2025-era sessions, as it is.
+    Session(Request),
+    /// Sessionless, its body read: to the plain JSON path when it takes it, else to rmcp's
+    /// stateless service.
+    Stateless(axum::http::request::Parts, bytes::Bytes),
+}
+
 /// Whether the request belongs to a session: it names one, or it is the `initialize` that opens
 /// one (a POST whose JSON-RPC method is `initialize`). The body is read for that only when the
 /// request names no session, and handed on unchanged.
-async fn opens_or_has_session(request: Request) -> (bool, Request) {
+async fn route(request: Request) -> Route {
     if request.headers().contains_key(HEADER_SESSION_ID) || request.method() != Method::POST {
-        return (true, request);
+        return Route::Session(request);
     }
     let (parts, body) = request.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
-        let request = Request::from_parts(parts, axum::body::Body::empty());
-        return (false, request);
+        return Route::Stateless(parts, bytes::Bytes::new());
     };
     let initialize = mentions_initialize(&bytes)
         && serde_json::from_slice::<serde_json::Value>(&bytes)
             .is_ok_and(|v| v.get("method").and_then(|m| m.as_str()) == Some("initialize"));
-    (
-        initialize,
-        Request::from_parts(parts, axum::body::Body::from(bytes)),
-    )
+    if initialize {
+        Route::Session(Request::from_parts(parts, axum::body::Body::from(bytes)))
+    } else {
+        Route::Stateless(parts, bytes)
+    }
 }
 
 /// A cheap look for the word before parsing: most requests are not `initialize`.

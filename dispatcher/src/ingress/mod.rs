@@ -7,6 +7,7 @@
 //! serves one server's under the upstream's own names.
 
 mod lists;
+pub(crate) mod plain;
 pub mod names;
 mod relay;
 mod subscriptions;
@@ -36,6 +37,7 @@ use rmcp::{
 
 pub use self::names::NAME_SEPARATOR;
 pub use self::relay::{META_IDEMPOTENCY_KEY, META_LANE, META_TIMEOUT_MS};
+pub(crate) use self::relay::Origin;
 use self::relay::{Relayed, Request, Resume, relay};
 use crate::{Cancel, auth::Caller, shared::Shared, tasks};
 
@@ -158,13 +160,10 @@ impl Gateway {
     /// The least severe log level this caller wants: a 2026-07-28 request says so in its
     /// `_meta` (no opt-in, no messages); a 2025-era session chose it with `logging/setLevel`
     /// (and hears everything until it does, as from the upstream directly).
-    fn log_level(&self, context: &RequestContext<RoleServer>) -> Option<String> {
-        let version = context.protocol_version();
-        match Era::of(version.as_ref().map(|v| v.as_str())) {
-            Era::Stateless => context
-                .meta
-                .0
-                .get(bridge::META_LOG_LEVEL)
+    fn log_level(&self, era: Era, meta: Option<&JsonObject>) -> Option<String> {
+        match era {
+            Era::Stateless => meta
+                .and_then(|m| m.get(bridge::META_LOG_LEVEL))
                 .and_then(|l| l.as_str())
                 .map(str::to_string),
             Era::Session => Some(
@@ -197,16 +196,17 @@ impl Gateway {
             })
             // rmcp hands the request's `_meta` over in the context.
             .or_else(|| Some(context.meta.0.0.clone()));
+        let origin = Origin::of(context);
+        let era = origin.era;
         let request = Request {
             server,
             request,
             meta: meta.as_ref(),
-            context,
-            log_level: self.log_level(context),
+            log_level: self.log_level(era, meta.as_ref()),
+            origin,
             task: TaskMode::Never,
             resume,
         };
-        let era = request.era();
         match relay(&self.shared, request).await? {
             Relayed::Answer(result) => read_result(era, &method, result).map(Answered::Complete),
             Relayed::InputRequired(asked) => Ok(Answered::InputRequired(asked)),
@@ -214,6 +214,54 @@ impl Gateway {
                 format!("job {}: only tool calls become tasks", job.id),
                 None,
             )),
+        }
+    }
+}
+
+impl Gateway {
+    /// A tool call, from rmcp's handler or from the plain JSON path (`plain`).
+    pub(crate) async fn call(
+        &self,
+        request: &CallToolRequestParams,
+        meta: Option<&JsonObject>,
+        origin: Origin<'_>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let (server, tool) = self.resolve(&request.name, "tool")?;
+        let caller = &origin.caller;
+        if !caller.may(server, tool) {
+            return Err(relay::forbidden(caller, server, tool));
+        }
+        let defaults = self
+            .shared
+            .check(caller, server, tool)
+            .map_err(|refusal| ErrorData::invalid_params(refusal.message().to_string(), None))?;
+        let declared_tasks = origin
+            .capabilities
+            .as_ref()
+            .is_some_and(|caps| caps.supports_tasks());
+        let resume = Resume::from_request(
+            request.request_state.as_deref(),
+            request.input_responses.as_ref(),
+        )?;
+        let era = origin.era;
+        let relayed = Request {
+            server,
+            request: McpRequest::call_tool(tool, request.arguments.clone()),
+            meta,
+            log_level: self.log_level(era, meta),
+            origin,
+            task: if declared_tasks && resume.is_none() {
+                defaults.tasks.mode(tool)
+            } else {
+                TaskMode::Never
+            },
+            resume,
+        };
+        match relay(&self.shared, relayed).await? {
+            Relayed::Answer(result) => read_result::<CallToolResult>(era, "tools/call", result)
+                .map(CallToolResponse::Complete),
+            Relayed::InputRequired(asked) => Ok(CallToolResponse::InputRequired(asked)),
+            Relayed::Task(job) => tasks::created(&self.shared, &job).await,
         }
     }
 }
@@ -542,48 +590,13 @@ impl ServerHandler for Gateway {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let (server, tool) = self.resolve(&request.name, "tool")?;
-        let caller = caller_of(&context);
-        if !caller.may(server, tool) {
-            return Err(relay::forbidden(&caller, server, tool));
-        }
-        let defaults = self
-            .shared
-            .check(&caller, server, tool)
-            .map_err(|refusal| ErrorData::invalid_params(refusal.message().to_string(), None))?;
-        let declared_tasks = context
-            .client_capabilities()
-            .is_some_and(|caps| caps.supports_tasks());
         // rmcp hands the request's `_meta` over in the context (the params' copy is empty).
         let meta = request
             .meta
             .as_ref()
             .map(|m| &m.0.0)
             .or(Some(&context.meta.0.0));
-        let resume = Resume::from_request(
-            request.request_state.as_deref(),
-            request.input_responses.as_ref(),
-        )?;
-        let relayed = Request {
-            server,
-            request: McpRequest::call_tool(tool, request.arguments.clone()),
-            meta,
-            context: &context,
-            log_level: self.log_level(&context),
-            task: if declared_tasks && resume.is_none() {
-                defaults.tasks.mode(tool)
-            } else {
-                TaskMode::Never
-            },
-            resume,
-        };
-        let era = relayed.era();
-        match relay(&self.shared, relayed).await? {
-            Relayed::Answer(result) => read_result::<CallToolResult>(era, "tools/call", result)
-                .map(CallToolResponse::Complete),
-            Relayed::InputRequired(asked) => Ok(CallToolResponse::InputRequired(asked)),
-            Relayed::Task(job) => tasks::created(&self.shared, &job).await,
-        }
+        self.call(&request, meta, Origin::of(&context)).await
     }
 
     async fn get_task(

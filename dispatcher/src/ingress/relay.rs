@@ -13,13 +13,14 @@ use mcpq_schemas::{
     now_ms,
 };
 use rmcp::{
-    ErrorData, RoleServer,
+    ErrorData, Peer, RoleServer,
     model::{
-        ErrorCode, InputRequiredResult, InputResponses, ProgressNotificationParam, ProgressToken,
-        ServerRequest,
+        ClientCapabilities, ErrorCode, InputRequiredResult, InputResponses,
+        ProgressNotificationParam, ProgressToken, ServerRequest,
     },
     service::RequestContext,
 };
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -103,13 +104,43 @@ impl Resume {
     }
 }
 
+/// Who sent a request, and how to reach its client while the call runs.
+pub(crate) struct Origin<'a> {
+    pub caller: Caller,
+    pub era: Era,
+    /// The capabilities the client declared (per request on 2026-07-28, per session before).
+    pub capabilities: Option<ClientCapabilities>,
+    pub progress_token: Option<ProgressToken>,
+    /// The request's response stream: progress, log messages and a 2025-era session's
+    /// questions go there. `None` on the plain JSON path (`ingress::plain`), which takes no
+    /// request that could need one.
+    pub peer: Option<&'a Peer<RoleServer>>,
+    /// Cancelled when the client cancels the request (dropping the call does the same).
+    pub cancelled: Option<&'a CancellationToken>,
+}
+
+impl<'a> Origin<'a> {
+    /// A request rmcp hands to the gateway.
+    pub fn of(context: &'a RequestContext<RoleServer>) -> Self {
+        let version = context.protocol_version();
+        Origin {
+            caller: super::caller_of(context),
+            era: Era::of(version.as_ref().map(|v| v.as_str())),
+            capabilities: context.client_capabilities(),
+            progress_token: context.meta.get_progress_token(),
+            peer: Some(&context.peer),
+            cancelled: Some(&context.ct),
+        }
+    }
+}
+
 /// One request on its way: who asked, and how.
 pub(super) struct Request<'a> {
     pub server: &'a str,
     pub request: McpRequest,
     /// The request's `_meta`.
     pub meta: Option<&'a JsonObject>,
-    pub context: &'a RequestContext<RoleServer>,
+    pub origin: Origin<'a>,
     /// The least severe log level the caller wants to hear, if any.
     pub log_level: Option<String>,
     /// Tools only: whether (and when) the call becomes a task.
@@ -118,13 +149,6 @@ pub(super) struct Request<'a> {
     pub resume: Option<Resume>,
 }
 
-impl Request<'_> {
-    /// The era the client speaks.
-    pub fn era(&self) -> Era {
-        let version = self.context.protocol_version();
-        Era::of(version.as_ref().map(|v| v.as_str()))
-    }
-}
 
 /// JSON-RPC error code: the caller may not use this tool, prompt or resource.
 pub const FORBIDDEN: ErrorCode = ErrorCode(-32001);
@@ -179,7 +203,7 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
     let defaults = shared
         .server(request.server)
         .map_err(|r| ErrorData::invalid_params(r.message().to_string(), None))?;
-    let caller = super::caller_of(request.context);
+    let caller = &request.origin.caller;
     let name = used_name(&request.request).unwrap_or("");
     if !caller.may(request.server, name) {
         return Err(forbidden(&caller, request.server, name));
@@ -189,8 +213,8 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
     let meta = request.meta;
     let asked = wait_asked(meta)?;
     let wait = asked.unwrap_or(defaults.timeout + QUEUE_ALLOWANCE);
-    let context = request.context;
-    let era = request.era();
+    let origin = &request.origin;
+    let era = origin.era;
     let (events, mut updates) = tokio::sync::mpsc::unbounded_channel();
     // A new job is submitted and waited for; a retry that answers the job's question takes the
     // running job over from there.
@@ -260,7 +284,7 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
     let span = tracing::info_span!("relay", %job_id, server = request.server);
     let call = call.instrument(span);
     tokio::pin!(call);
-    let token = context.meta.get_progress_token().or_else(|| {
+    let token = origin.progress_token.clone().or_else(|| {
         meta.and_then(|m| m.get("progressToken"))
             .and_then(|t| serde_json::from_value(t.clone()).ok())
     });
@@ -283,12 +307,12 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
         tokio::select! {
             reply = &mut call => break reply,
             Some(event) = updates.recv() => {
-                if let Some(asked) = handle(shared, context, era, token.as_ref(), event).await {
+                if let Some(asked) = handle(shared, origin, token.as_ref(), event).await {
                     guard.armed = false;
                     return Ok(Relayed::InputRequired(asked));
                 }
             }
-            () = context.ct.cancelled() => {
+            () = cancelled(origin.cancelled) => {
                 return Err(ErrorData::new(
                     ErrorCode::INVALID_REQUEST,
                     format!("job {job_id}: cancelled by the client"),
@@ -306,7 +330,7 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
     guard.armed = false;
     // Events sent before the reply go out before the result.
     while let Ok(event) = updates.try_recv() {
-        if let Some(asked) = handle(shared, context, era, token.as_ref(), event).await {
+        if let Some(asked) = handle(shared, origin, token.as_ref(), event).await {
             return Ok(Relayed::InputRequired(asked));
         }
     }
@@ -355,8 +379,9 @@ fn new_job(
     }
     job.log_level = request.log_level.clone();
     job.client_capabilities = request
-        .context
-        .client_capabilities()
+        .origin
+        .capabilities
+        .as_ref()
         .and_then(|c| serde_json::to_value(c).ok());
     Ok(job)
 }
@@ -367,17 +392,18 @@ fn new_job(
 /// client as the `input_required` result returned here.
 async fn handle(
     shared: &Shared,
-    context: &RequestContext<RoleServer>,
-    era: Era,
+    origin: &Origin<'_>,
     token: Option<&ProgressToken>,
     event: Event,
 ) -> Option<InputRequiredResult> {
     let Event::Input(question) = event else {
-        notify(context, token, event).await;
+        if let Some(peer) = origin.peer {
+            notify(peer, token, event).await;
+        }
         return None;
     };
     let asked = serde_json::json!({"method": question.method, "params": question.params});
-    if era == Era::Stateless {
+    if origin.era == Era::Stateless {
         let requests = serde_json::json!({ question.id.clone(): asked });
         return match serde_json::from_value(requests) {
             Ok(requests) => Some(InputRequiredResult::new(
@@ -391,8 +417,13 @@ async fn handle(
             }
         };
     }
+    let Some(peer) = origin.peer else {
+        let error = serde_json::json!({"code": -32603, "message": format!("the client has no stream to be asked {} on", question.method)});
+        answer(shared, &question, Err(error)).await;
+        return None;
+    };
     let answered = match serde_json::from_value::<ServerRequest>(asked) {
-        Ok(request) => match context.peer.send_request(request).await {
+        Ok(request) => match peer.send_request(request).await {
             Ok(result) => serde_json::to_value(result).map_err(|e| e.to_string()),
             Err(rmcp::ServiceError::McpError(e)) => {
                 let error =
@@ -450,11 +481,11 @@ fn deadline(wait: Duration) -> u64 {
 }
 
 /// Relays a progress or log event to the client.
-async fn notify(context: &RequestContext<RoleServer>, token: Option<&ProgressToken>, event: Event) {
+async fn notify(peer: &Peer<RoleServer>, token: Option<&ProgressToken>, event: Event) {
     match event {
         Event::Progress(event) => {
             if let Some(token) = token {
-                notify_progress(context, token, event).await;
+                notify_progress(peer, token, event).await;
             }
         }
         Event::Log(event) => {
@@ -466,7 +497,7 @@ async fn notify(context: &RequestContext<RoleServer>, token: Option<&ProgressTok
             #[allow(deprecated)] // logging is deprecated by SEP-2577; upstreams still log
             match serde_json::from_value::<rmcp::model::LoggingMessageNotificationParam>(message) {
                 Ok(param) => {
-                    let _ = context.peer.notify_logging_message(param).await;
+                    let _ = peer.notify_logging_message(param).await;
                 }
                 Err(e) => tracing::debug!(error = %e, "log message with an unknown level dropped"),
             }
@@ -475,11 +506,7 @@ async fn notify(context: &RequestContext<RoleServer>, token: Option<&ProgressTok
     }
 }
 
-async fn notify_progress(
-    context: &RequestContext<RoleServer>,
-    token: &ProgressToken,
-    event: ProgressEvent,
-) {
+async fn notify_progress(peer: &Peer<RoleServer>, token: &ProgressToken, event: ProgressEvent) {
     let mut param = ProgressNotificationParam::new(token.clone(), event.progress.progress);
     if let Some(total) = event.progress.total {
         param = param.with_total(total);
@@ -487,7 +514,15 @@ async fn notify_progress(
     if let Some(message) = event.progress.message {
         param = param.with_message(message);
     }
-    let _ = context.peer.notify_progress(param).await;
+    let _ = peer.notify_progress(param).await;
+}
+
+/// Resolves when `token` is cancelled; never without one.
+async fn cancelled(token: Option<&CancellationToken>) {
+    match token {
+        Some(token) => token.cancelled().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// A client error as the JSON-RPC error the caller sees: a request too large is invalid

@@ -1,0 +1,288 @@
+//! The plain JSON path: a 2026-07-28 `tools/call` whose answer is one JSON body, served
+//! without rmcp's per-request machinery.
+//!
+//! For every stateless request rmcp builds a transport, a peer, their channels and a task
+//! (about 60 KB that live as long as the call waits in the queue), so a dispatcher holding a
+//! thousand calls held a thousand of those. A request takes this path only when rmcp would
+//! accept it exactly as it is and nothing has to be streamed back: the 2026-07-28 revision in
+//! `_meta` and in `MCP-Protocol-Version`, its `Mcp-Method`/`Mcp-Name` headers equal to the
+//! body, no progress token, no log level. Anything else — every other method, every other
+//! revision, every malformed request — is declined and goes to rmcp untouched, which answers
+//! it as it always has. What this path answers is what rmcp's handler layer would have
+//! answered: the same gateway call, the same result conversion (`resultType`, cache hints),
+//! the same error codes and HTTP statuses.
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
+use bytes::Bytes;
+use mcpq_schemas::bridge::{self, Era};
+use rmcp::{
+    ErrorData,
+    model::{
+        ClientJsonRpcMessage, ClientRequest, ErrorCode, GetMeta, ProtocolVersion, RequestId,
+        ServerJsonRpcMessage, ServerResult,
+    },
+    transport::common::http_header::{
+        HEADER_MCP_METHOD, HEADER_MCP_NAME, HEADER_MCP_PROTOCOL_VERSION,
+    },
+};
+
+use super::{Gateway, Origin};
+use crate::auth::Caller;
+
+/// A request this path takes, read out of the HTTP request: everything it needs, so that the
+/// request itself (and hyper's read buffer its headers point into) is freed while the call
+/// waits.
+pub(crate) struct Taken {
+    id: RequestId,
+    params: rmcp::model::CallToolRequestParams,
+    meta: mcpq_schemas::JsonObject,
+    capabilities: Option<rmcp::model::ClientCapabilities>,
+    caller: Caller,
+}
+
+/// Takes the request when it belongs on this path; `None` sends it to rmcp as it is.
+pub(crate) fn take(parts: &Parts, body: &Bytes) -> Option<Taken> {
+    let headers = &parts.headers;
+    if !accepts_json_and_sse(headers)
+        || !media_type_is(headers.get(header::CONTENT_TYPE)?, "application/json")
+        || sole(headers, HEADER_MCP_PROTOCOL_VERSION)? != ProtocolVersion::V_2026_07_28.as_str()
+        || sole(headers, HEADER_MCP_METHOD)? != "tools/call"
+    {
+        return None;
+    }
+    let message: ClientJsonRpcMessage = serde_json::from_slice(body).ok()?;
+    let (mut request, id) = message.into_request()?;
+    let meta = std::mem::take(request.get_meta_mut());
+    let ClientRequest::CallToolRequest(call) = request else {
+        return None;
+    };
+    let plain = meta.protocol_version() == Some(ProtocolVersion::V_2026_07_28)
+        && meta
+            .missing_required_keys(&ProtocolVersion::V_2026_07_28)
+            .is_empty()
+        // A name that needs Base64 in its header is left to rmcp to decode.
+        && sole(headers, HEADER_MCP_NAME)? == call.params.name
+        && !call.params.name.starts_with("=?")
+        // Progress and log messages need a response stream.
+        && meta.get_progress_token().is_none()
+        && !meta.0.contains_key(bridge::META_LOG_LEVEL);
+    if !plain {
+        return None;
+    }
+    Some(Taken {
+        id,
+        params: call.params,
+        capabilities: meta.client_capabilities(),
+        meta: meta.0.0,
+        caller: parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .unwrap_or_else(Caller::nobody),
+    })
+}
+
+/// Answers a taken request through `gateway`, as rmcp's handler layer would.
+pub(crate) async fn answer(gateway: &Gateway, taken: Taken) -> axum::response::Response {
+    let Taken {
+        id,
+        params,
+        meta,
+        capabilities,
+        caller,
+    } = taken;
+    let origin = Origin {
+        caller,
+        era: Era::Stateless,
+        capabilities,
+        progress_token: None,
+        peer: None,
+        cancelled: None,
+    };
+    let declared_tasks = origin
+        .capabilities
+        .as_ref()
+        .is_some_and(|c| c.supports_tasks());
+    let answered = gateway
+        .call(&params, Some(&meta), origin)
+        .await
+        .and_then(|response| {
+            // rmcp's guard: no task handle for a client that cannot read one.
+            if matches!(response, rmcp::model::CallToolResponse::Task(_)) && !declared_tasks {
+                return Err(ErrorData::missing_required_client_capability(
+                    rmcp::model::ClientCapabilities::builder()
+                        .enable_tasks()
+                        .build(),
+                ));
+            }
+            let mut result = ServerResult::from(response);
+            result.fill_missing_cache_hints();
+            Ok(result)
+        });
+    let (message, status) = match answered {
+        Ok(result) => (ServerJsonRpcMessage::response(result, id), StatusCode::OK),
+        Err(mut error) => {
+            // 2026-07-28 readers get invalid params for an unknown resource.
+            if error.code == ErrorCode::RESOURCE_NOT_FOUND {
+                error.code = ErrorCode::INVALID_PARAMS;
+            }
+            let status = status_of(error.code);
+            (ServerJsonRpcMessage::error(error, Some(id)), status)
+        }
+    };
+    let body = match serde_json::to_vec(&message) {
+        Ok(body) => body,
+        Err(e) => {
+            let error = ErrorData::internal_error(format!("cannot encode the answer: {e}"), None);
+            serde_json::to_vec(&ServerJsonRpcMessage::error(error, None)).unwrap_or_default()
+        }
+    };
+    let mut response = axum::response::Response::new(axum::body::Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// The HTTP status rmcp gives a 2026-07-28 JSON-RPC error (a well-formed request's).
+fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::UNSUPPORTED_PROTOCOL_VERSION
+        | ErrorCode::MISSING_REQUIRED_CLIENT_CAPABILITY
+        | ErrorCode::HEADER_MISMATCH => StatusCode::BAD_REQUEST,
+        ErrorCode::METHOD_NOT_FOUND => StatusCode::NOT_FOUND,
+        _ => StatusCode::OK,
+    }
+}
+
+/// The one value of header `name`; `None` when it is absent, repeated or not text.
+fn sole<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    let mut values = headers.get_all(name).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    value.to_str().ok()
+}
+
+/// Whether `Accept` names both JSON and SSE, plainly (any parameter, such as a quality,
+/// leaves the judgement to rmcp).
+fn accepts_json_and_sse(headers: &HeaderMap) -> bool {
+    let (mut json, mut sse) = (false, false);
+    for value in headers.get_all(header::ACCEPT) {
+        let Ok(value) = value.to_str() else {
+            return false;
+        };
+        for item in value.split(',') {
+            let item = item.trim();
+            if item.contains(';') {
+                return false;
+            }
+            json |= item.eq_ignore_ascii_case("application/json");
+            sse |= item.eq_ignore_ascii_case("text/event-stream");
+        }
+    }
+    json && sse
+}
+
+/// Whether a `Content-Type` is `essence` (parameters such as a charset aside).
+fn media_type_is(value: &HeaderValue, essence: &str) -> bool {
+    value.to_str().is_ok_and(|v| {
+        v.split(';')
+            .next()
+            .is_some_and(|e| e.trim().eq_ignore_ascii_case(essence))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(headers: &[(&str, &str)]) -> Parts {
+        let mut request = axum::http::Request::post("/mcp");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.body(()).expect("request").into_parts().0
+    }
+
+    const HEADERS: [(&str, &str); 5] = [
+        ("accept", "application/json, text/event-stream"),
+        ("content-type", "application/json"),
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "web__echo"),
+    ];
+
+    fn body(meta: serde_json::Value) -> Bytes {
+        let request = serde_json::json!({
+            "jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": "web__echo", "arguments": {"text": "hi"}, "_meta": meta},
+        });
+        Bytes::from(request.to_string())
+    }
+
+    fn meta() -> serde_json::Value {
+        serde_json::json!({
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
+            "io.modelcontextprotocol/clientCapabilities": {},
+        })
+    }
+
+    #[test]
+    fn a_plain_2026_call_is_taken_with_its_meta() {
+        let taken = take(&parts(&HEADERS), &body(meta())).expect("taken");
+        assert_eq!(taken.id, RequestId::Number(7));
+        assert_eq!(taken.params.name, "web__echo");
+        assert_eq!(
+            taken.meta["io.modelcontextprotocol/protocolVersion"],
+            "2026-07-28"
+        );
+        assert_eq!(taken.params.arguments.expect("arguments")["text"], "hi");
+    }
+
+    #[test]
+    fn anything_rmcp_might_judge_otherwise_is_declined() {
+        let with = |name: &str, value: &str| {
+            let mut headers = HEADERS.to_vec();
+            headers.retain(|(n, _)| *n != name);
+            if !value.is_empty() {
+                headers.push((name, value));
+            }
+            parts(&headers)
+        };
+        let declined = [
+            (with("mcp-protocol-version", "2025-11-25"), body(meta())),
+            (with("mcp-protocol-version", ""), body(meta())),
+            (with("mcp-method", ""), body(meta())),
+            (with("mcp-method", "tools/list"), body(meta())),
+            (with("mcp-name", "web__other"), body(meta())),
+            (with("mcp-name", ""), body(meta())),
+            (with("accept", "application/json"), body(meta())),
+            (
+                with("accept", "application/json;q=0, text/event-stream"),
+                body(meta()),
+            ),
+            (with("content-type", "text/plain"), body(meta())),
+        ];
+        for (parts, body) in declined {
+            assert!(take(&parts, &body).is_none(), "{:?}", parts.headers);
+        }
+        let mut streaming = meta();
+        streaming["progressToken"] = 1.into();
+        assert!(take(&parts(&HEADERS), &body(streaming)).is_none());
+        let mut logging = meta();
+        logging[bridge::META_LOG_LEVEL] = "info".into();
+        assert!(take(&parts(&HEADERS), &body(logging)).is_none());
+        let mut incomplete = meta();
+        incomplete
+            .as_object_mut()
+            .expect("object")
+            .remove("io.modelcontextprotocol/clientCapabilities");
+        assert!(take(&parts(&HEADERS), &body(incomplete)).is_none());
+        assert!(take(&parts(&HEADERS), &Bytes::from_static(b"{not json")).is_none());
+    }
+}
