@@ -216,31 +216,9 @@ async fn modern_post(
     name: &str,
     params: serde_json::Value,
 ) -> serde_json::Value {
-    let mut params = params;
-    params["_meta"] = json!({
-        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-        "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "1"},
-        "io.modelcontextprotocol/clientCapabilities": {"sampling": {}}
-    });
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-    let response = reqwest::Client::new()
-        .post(url)
-        .header("Content-Type", "application/json")
-        .header("Accept", "application/json, text/event-stream")
-        .header("MCP-Protocol-Version", "2026-07-28")
-        .header("Mcp-Method", method)
-        .header("Mcp-Name", name)
-        .json(&body)
-        .send()
+    crate::plain::post_2026(url, method, name, params, json!({}))
         .await
-        .unwrap();
-    let text = response.text().await.unwrap();
-    text.lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .map(str::trim)
-        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
-        .find(|m| m.get("id").is_some())
-        .unwrap_or_else(|| serde_json::from_str(&text).unwrap_or_else(|_| panic!("{text}")))
+        .2
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,7 @@ mod idempotency;
 mod jobs;
 mod limits;
 mod load;
+mod plain;
 mod restart;
 mod retry;
 mod roles;
