@@ -135,7 +135,7 @@ pub(crate) fn router(
                         Some(taken) => {
                             // The request is read out: its buffers go before the call waits.
                             drop((parts, body));
-                            return Ok(ingress::plain::answer(&gateway, taken).await);
+                            return Ok(ingress::plain::answer(gateway, taken).await);
                         }
                         None => {
                             let request = Request::from_parts(parts, axum::body::Body::from(body));

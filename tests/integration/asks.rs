@@ -216,9 +216,9 @@ async fn modern_post(
     name: &str,
     params: serde_json::Value,
 ) -> serde_json::Value {
-    crate::plain::post_2026(url, method, name, params, json!({}))
-        .await
-        .2
+    let (_, _, messages) =
+        crate::plain::post_2026(url, method, name, params, json!({}), crate::plain::ACCEPT).await;
+    crate::plain::response_of(&messages)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

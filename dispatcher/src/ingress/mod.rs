@@ -7,8 +7,8 @@
 //! serves one server's under the upstream's own names.
 
 mod lists;
-pub(crate) mod plain;
 pub mod names;
+pub(crate) mod plain;
 mod relay;
 mod subscriptions;
 
@@ -37,7 +37,7 @@ use rmcp::{
 
 pub use self::names::NAME_SEPARATOR;
 pub use self::relay::{META_IDEMPOTENCY_KEY, META_LANE, META_TIMEOUT_MS};
-pub(crate) use self::relay::Origin;
+pub(crate) use self::relay::{Origin, Stream};
 use self::relay::{Relayed, Request, Resume, relay};
 use crate::{Cancel, auth::Caller, shared::Shared, tasks};
 

@@ -12,9 +12,17 @@
 //! answered: the same gateway call, the same result conversion (`resultType`, cache hints),
 //! the same error codes and HTTP statuses.
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
+use std::{collections::VecDeque, convert::Infallible, pin::Pin, time::Duration};
+
+use axum::{
+    http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts},
+    response::{
+        IntoResponse,
+        sse::{Event, KeepAlive, Sse},
+    },
+};
 use bytes::Bytes;
-use mcpq_schemas::bridge::{self, Era};
+use mcpq_schemas::bridge::Era;
 use rmcp::{
     ErrorData,
     model::{
@@ -26,7 +34,7 @@ use rmcp::{
     },
 };
 
-use super::{Gateway, Origin};
+use super::{Gateway, Origin, Stream};
 use crate::auth::Caller;
 
 /// A request this path takes, read out of the HTTP request: everything it needs, so that the
@@ -37,6 +45,7 @@ pub(crate) struct Taken {
     params: rmcp::model::CallToolRequestParams,
     meta: mcpq_schemas::JsonObject,
     capabilities: Option<rmcp::model::ClientCapabilities>,
+    progress_token: Option<rmcp::model::ProgressToken>,
     caller: Caller,
 }
 
@@ -62,10 +71,7 @@ pub(crate) fn take(parts: &Parts, body: &Bytes) -> Option<Taken> {
             .is_empty()
         // A name that needs Base64 in its header is left to rmcp to decode.
         && sole(headers, HEADER_MCP_NAME)? == call.params.name
-        && !call.params.name.starts_with("=?")
-        // Progress and log messages need a response stream.
-        && meta.get_progress_token().is_none()
-        && !meta.0.contains_key(bridge::META_LOG_LEVEL);
+        && !call.params.name.starts_with("=?");
     if !plain {
         return None;
     }
@@ -73,6 +79,7 @@ pub(crate) fn take(parts: &Parts, body: &Bytes) -> Option<Taken> {
         id,
         params: call.params,
         capabilities: meta.client_capabilities(),
+        progress_token: meta.get_progress_token(),
         meta: meta.0.0,
         caller: parts
             .extensions
@@ -82,27 +89,111 @@ pub(crate) fn take(parts: &Parts, body: &Bytes) -> Option<Taken> {
     })
 }
 
-/// Answers a taken request through `gateway`, as rmcp's handler layer would.
-pub(crate) async fn answer(gateway: &Gateway, taken: Taken) -> axum::response::Response {
+/// Answers a taken request through `gateway`, as rmcp's handler layer would: one JSON body
+/// when the answer is the first message, else an SSE stream of the notifications the call
+/// sends (progress, log messages) and then the answer.
+pub(crate) async fn answer(gateway: Gateway, taken: Taken) -> axum::response::Response {
+    let (notes, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    let mut call = Box::pin(call(gateway, taken, notes));
+    let first = tokio::select! {
+        biased;
+        Some(note) = heard.recv() => note,
+        (status, answer) = &mut call => {
+            // Notifications sent just before the answer go out first, on a stream.
+            let Ok(note) = heard.try_recv() else {
+                let mut response = axum::response::Response::new(axum::body::Body::from(answer));
+                *response.status_mut() = status;
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                return response;
+            };
+            let mut queue = VecDeque::from([note]);
+            queue.extend(std::iter::from_fn(|| heard.try_recv().ok()));
+            queue.push_back(answer);
+            return sse::<std::future::Ready<_>>(SseState { queue, heard, call: None });
+        }
+    };
+    sse(SseState {
+        queue: VecDeque::from([first]),
+        heard,
+        call: Some(call),
+    })
+}
+
+/// What is left to stream: messages ready to go, notifications still to come, and the call
+/// until it answers.
+struct SseState<F> {
+    queue: VecDeque<String>,
+    heard: tokio::sync::mpsc::UnboundedReceiver<String>,
+    call: Option<Pin<Box<F>>>,
+}
+
+/// The SSE response (rmcp's headers and keep-alive) of the messages `state` yields.
+fn sse<F>(state: SseState<F>) -> axum::response::Response
+where
+    F: Future<Output = (StatusCode, String)> + Send + 'static,
+{
+    let messages = futures::stream::unfold(state, |mut state| async move {
+        loop {
+            if let Some(message) = state.queue.pop_front() {
+                return Some((Ok::<_, Infallible>(Event::default().data(message)), state));
+            }
+            let call = state.call.as_mut()?;
+            let answered = tokio::select! {
+                biased;
+                Some(note) = state.heard.recv() => {
+                    state.queue.push_back(note);
+                    None
+                }
+                (_, answer) = call => Some(answer),
+            };
+            if let Some(answer) = answered {
+                state.call = None;
+                let heard = &mut state.heard;
+                state
+                    .queue
+                    .extend(std::iter::from_fn(|| heard.try_recv().ok()));
+                state.queue.push_back(answer);
+            }
+        }
+    });
+    let mut response = Sse::new(messages)
+        .keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
+        .into_response();
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// How often an SSE stream with nothing to say sends a comment (as rmcp's path does).
+const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// The call, answered as the encoded JSON-RPC message and its HTTP status.
+async fn call(
+    gateway: Gateway,
+    taken: Taken,
+    notes: tokio::sync::mpsc::UnboundedSender<String>,
+) -> (StatusCode, String) {
     let Taken {
         id,
         params,
         meta,
         capabilities,
+        progress_token,
         caller,
     } = taken;
+    let declared_tasks = capabilities.as_ref().is_some_and(|c| c.supports_tasks());
     let origin = Origin {
         caller,
         era: Era::Stateless,
         capabilities,
-        progress_token: None,
-        peer: None,
+        progress_token,
+        stream: Stream::Plain(notes),
         cancelled: None,
     };
-    let declared_tasks = origin
-        .capabilities
-        .as_ref()
-        .is_some_and(|c| c.supports_tasks());
     let answered = gateway
         .call(&params, Some(&meta), origin)
         .await
@@ -130,20 +221,11 @@ pub(crate) async fn answer(gateway: &Gateway, taken: Taken) -> axum::response::R
             (ServerJsonRpcMessage::error(error, Some(id)), status)
         }
     };
-    let body = match serde_json::to_vec(&message) {
-        Ok(body) => body,
-        Err(e) => {
-            let error = ErrorData::internal_error(format!("cannot encode the answer: {e}"), None);
-            serde_json::to_vec(&ServerJsonRpcMessage::error(error, None)).unwrap_or_default()
-        }
-    };
-    let mut response = axum::response::Response::new(axum::body::Body::from(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
+    let text = serde_json::to_string(&message).unwrap_or_else(|e| {
+        let error = ErrorData::internal_error(format!("cannot encode the answer: {e}"), None);
+        serde_json::to_string(&ServerJsonRpcMessage::error(error, None)).unwrap_or_default()
+    });
+    (status, text)
 }
 
 /// The HTTP status rmcp gives a 2026-07-28 JSON-RPC error (a well-formed request's).
@@ -242,6 +324,16 @@ mod tests {
             "2026-07-28"
         );
         assert_eq!(taken.params.arguments.expect("arguments")["text"], "hi");
+        assert!(taken.progress_token.is_none());
+        let mut streaming = meta();
+        streaming["progressToken"] = 1.into();
+        let taken = take(&parts(&HEADERS), &body(streaming)).expect("taken");
+        assert_eq!(
+            taken.progress_token,
+            Some(rmcp::model::ProgressToken(
+                rmcp::model::NumberOrString::Number(1)
+            ))
+        );
     }
 
     #[test]
@@ -271,12 +363,6 @@ mod tests {
         for (parts, body) in declined {
             assert!(take(&parts, &body).is_none(), "{:?}", parts.headers);
         }
-        let mut streaming = meta();
-        streaming["progressToken"] = 1.into();
-        assert!(take(&parts(&HEADERS), &body(streaming)).is_none());
-        let mut logging = meta();
-        logging[bridge::META_LOG_LEVEL] = "info".into();
-        assert!(take(&parts(&HEADERS), &body(logging)).is_none());
         let mut incomplete = meta();
         incomplete
             .as_object_mut()

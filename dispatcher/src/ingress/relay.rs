@@ -5,7 +5,7 @@
 use std::{pin::Pin, time::Duration};
 
 use mcpq_schemas::{
-    InputAnswer, InputRequestEvent, Job, JobError, JsonObject, McpRequest, Outcome, ProgressEvent,
+    InputAnswer, InputRequestEvent, Job, JobError, JsonObject, McpRequest, Outcome,
     bridge::{self, Era},
     check,
     config::TaskMode,
@@ -16,7 +16,7 @@ use rmcp::{
     ErrorData, Peer, RoleServer,
     model::{
         ClientCapabilities, ErrorCode, InputRequiredResult, InputResponses,
-        ProgressNotificationParam, ProgressToken, ServerRequest,
+        ProgressNotificationParam, ProgressToken, ServerNotification, ServerRequest,
     },
     service::RequestContext,
 };
@@ -111,10 +111,8 @@ pub(crate) struct Origin<'a> {
     /// The capabilities the client declared (per request on 2026-07-28, per session before).
     pub capabilities: Option<ClientCapabilities>,
     pub progress_token: Option<ProgressToken>,
-    /// The request's response stream: progress, log messages and a 2025-era session's
-    /// questions go there. `None` on the plain JSON path (`ingress::plain`), which takes no
-    /// request that could need one.
-    pub peer: Option<&'a Peer<RoleServer>>,
+    /// Where progress, log messages and a 2025-era session's questions go.
+    pub stream: Stream<'a>,
     /// Cancelled when the client cancels the request (dropping the call does the same).
     pub cancelled: Option<&'a CancellationToken>,
 }
@@ -128,8 +126,32 @@ impl<'a> Origin<'a> {
             era: Era::of(version.as_ref().map(|v| v.as_str())),
             capabilities: context.client_capabilities(),
             progress_token: context.meta.get_progress_token(),
-            peer: Some(&context.peer),
+            stream: Stream::Peer(&context.peer),
             cancelled: Some(&context.ct),
+        }
+    }
+}
+
+/// Where a request's notifications go while it runs.
+pub(crate) enum Stream<'a> {
+    /// rmcp's peer of the request: its response stream, or a 2025-era session.
+    Peer(&'a Peer<RoleServer>),
+    /// The plain JSON path's SSE body (`ingress::plain`): JSON-RPC notifications, encoded.
+    Plain(tokio::sync::mpsc::UnboundedSender<String>),
+}
+
+impl Stream<'_> {
+    async fn notify(&self, notification: ServerNotification) {
+        match self {
+            Stream::Peer(peer) => {
+                let _ = peer.send_notification(notification).await;
+            }
+            Stream::Plain(sender) => {
+                let message = rmcp::model::ServerJsonRpcMessage::notification(notification);
+                if let Ok(text) = serde_json::to_string(&message) {
+                    let _ = sender.send(text);
+                }
+            }
         }
     }
 }
@@ -148,7 +170,6 @@ pub(super) struct Request<'a> {
     /// A retry that carries the answer to the job's question: the job runs already.
     pub resume: Option<Resume>,
 }
-
 
 /// JSON-RPC error code: the caller may not use this tool, prompt or resource.
 pub const FORBIDDEN: ErrorCode = ErrorCode(-32001);
@@ -397,9 +418,7 @@ async fn handle(
     event: Event,
 ) -> Option<InputRequiredResult> {
     let Event::Input(question) = event else {
-        if let Some(peer) = origin.peer {
-            notify(peer, token, event).await;
-        }
+        notify(&origin.stream, token, event).await;
         return None;
     };
     let asked = serde_json::json!({"method": question.method, "params": question.params});
@@ -417,8 +436,8 @@ async fn handle(
             }
         };
     }
-    let Some(peer) = origin.peer else {
-        let error = serde_json::json!({"code": -32603, "message": format!("the client has no stream to be asked {} on", question.method)});
+    let Stream::Peer(peer) = origin.stream else {
+        let error = serde_json::json!({"code": -32603, "message": format!("the client has no session to be asked {} in", question.method)});
         answer(shared, &question, Err(error)).await;
         return None;
     };
@@ -481,12 +500,24 @@ fn deadline(wait: Duration) -> u64 {
 }
 
 /// Relays a progress or log event to the client.
-async fn notify(peer: &Peer<RoleServer>, token: Option<&ProgressToken>, event: Event) {
+async fn notify(stream: &Stream<'_>, token: Option<&ProgressToken>, event: Event) {
     match event {
         Event::Progress(event) => {
-            if let Some(token) = token {
-                notify_progress(peer, token, event).await;
+            let Some(token) = token else {
+                return;
+            };
+            let mut param = ProgressNotificationParam::new(token.clone(), event.progress.progress);
+            if let Some(total) = event.progress.total {
+                param = param.with_total(total);
             }
+            if let Some(message) = event.progress.message {
+                param = param.with_message(message);
+            }
+            stream
+                .notify(ServerNotification::ProgressNotification(
+                    rmcp::model::Notification::new(param),
+                ))
+                .await;
         }
         Event::Log(event) => {
             let message = serde_json::json!({
@@ -497,24 +528,17 @@ async fn notify(peer: &Peer<RoleServer>, token: Option<&ProgressToken>, event: E
             #[allow(deprecated)] // logging is deprecated by SEP-2577; upstreams still log
             match serde_json::from_value::<rmcp::model::LoggingMessageNotificationParam>(message) {
                 Ok(param) => {
-                    let _ = peer.notify_logging_message(param).await;
+                    stream
+                        .notify(ServerNotification::LoggingMessageNotification(
+                            rmcp::model::Notification::new(param),
+                        ))
+                        .await;
                 }
                 Err(e) => tracing::debug!(error = %e, "log message with an unknown level dropped"),
             }
         }
         Event::Input(_) => {}
     }
-}
-
-async fn notify_progress(peer: &Peer<RoleServer>, token: &ProgressToken, event: ProgressEvent) {
-    let mut param = ProgressNotificationParam::new(token.clone(), event.progress.progress);
-    if let Some(total) = event.progress.total {
-        param = param.with_total(total);
-    }
-    if let Some(message) = event.progress.message {
-        param = param.with_message(message);
-    }
-    let _ = peer.notify_progress(param).await;
 }
 
 /// Resolves when `token` is cancelled; never without one.
