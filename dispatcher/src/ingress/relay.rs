@@ -227,7 +227,7 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
     let caller = &request.origin.caller;
     let name = used_name(&request.request).unwrap_or("");
     if !caller.may(request.server, name) {
-        return Err(forbidden(&caller, request.server, name));
+        return Err(forbidden(caller, request.server, name));
     }
     // Held until the answer (or the task) is handed back.
     let mut _held = None;
@@ -277,7 +277,7 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
             (job_id, None, Box::pin(call))
         }
         None => {
-            _held = shared.admit_open_call(&caller).await.map_err(over_limit)?;
+            _held = shared.admit_open_call(caller).await.map_err(over_limit)?;
             let job = new_job(&request, defaults, meta, asked, wait)?
                 .owned_by(caller.principal().map(str::to_string));
             if request.task == TaskMode::Always {
