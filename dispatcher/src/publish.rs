@@ -283,16 +283,17 @@ impl Client {
         let payload = self.encode(job)?;
         let waiting = self.inbox.expect(events);
         let reply_to = Some(waiting.subject.clone());
-        if self
-            .publish(job, payload, reply_to, job.msg_id(), None)
+        // Each step but the wait is boxed: a call in flight then holds only the wait's state,
+        // not room for the largest step (a thousand calls in flight are a thousand of these).
+        if Box::pin(self.publish(job, payload, reply_to, job.msg_id(), None))
             .await?
             .duplicate
         {
             drop(waiting);
-            return self.wait(job.id, timeout).await;
+            return Box::pin(self.wait(job.id, timeout)).await;
         }
         match tokio::time::timeout(timeout, waiting.reply()).await {
-            Ok(Some(reply)) => self.resolve_reply(reply).await,
+            Ok(Some(reply)) => Box::pin(self.resolve_reply(reply)).await,
             Ok(None) => Err(ClientError::InboxClosed { job_id: job.id }),
             Err(_) => Err(ClientError::Timeout {
                 job_id: job.id,

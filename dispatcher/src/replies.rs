@@ -19,12 +19,15 @@ use mcpq_schemas::{
 use tokio::sync::{mpsc, oneshot};
 
 /// What a worker reports on a caller's inbox before the reply, in the order it reported it.
+///
+/// Boxed, so that the channel every waiting call holds (tokio allocates room for 32 at once)
+/// costs little while nothing is reported.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    Progress(ProgressEvent),
-    Log(LogEvent),
+    Progress(Box<ProgressEvent>),
+    Log(Box<LogEvent>),
     /// The upstream asks the caller something; answer with [`crate::Client::answer`].
-    Input(InputRequestEvent),
+    Input(Box<InputRequestEvent>),
 }
 
 /// A caller waiting on its inbox token: where the reply goes, and its events if wanted.
@@ -140,9 +143,15 @@ fn route(
         .and_then(|token| token.parse::<u64>().ok())?;
     let event = match event.as_deref() {
         None | Some(EVENT_REPLY) => None,
-        Some(EVENT_PROGRESS) => Some(serde_json::from_slice(&message.payload).map(Event::Progress)),
-        Some(EVENT_LOG) => Some(serde_json::from_slice(&message.payload).map(Event::Log)),
-        Some(EVENT_INPUT) => Some(serde_json::from_slice(&message.payload).map(Event::Input)),
+        Some(EVENT_PROGRESS) => {
+            Some(serde_json::from_slice(&message.payload).map(|e| Event::Progress(Box::new(e))))
+        }
+        Some(EVENT_LOG) => {
+            Some(serde_json::from_slice(&message.payload).map(|e| Event::Log(Box::new(e))))
+        }
+        Some(EVENT_INPUT) => {
+            Some(serde_json::from_slice(&message.payload).map(|e| Event::Input(Box::new(e))))
+        }
         Some(_) => return None, // events of newer workers this version does not know
     };
     if let Some(event) = event {

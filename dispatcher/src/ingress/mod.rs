@@ -261,7 +261,7 @@ impl Gateway {
             Relayed::Answer(result) => read_result::<CallToolResult>(era, "tools/call", result)
                 .map(CallToolResponse::Complete),
             Relayed::InputRequired(asked) => Ok(CallToolResponse::InputRequired(asked)),
-            Relayed::Task(job) => tasks::created(&self.shared, &job).await,
+            Relayed::Task(job) => Box::pin(tasks::created(&self.shared, &job)).await,
         }
     }
 }

@@ -75,12 +75,23 @@ pub(crate) fn take(parts: &Parts, body: &Bytes) -> Option<Taken> {
     if !plain {
         return None;
     }
+    let capabilities = meta.client_capabilities();
+    let progress_token = meta.get_progress_token();
+    let mut meta = meta.0.0;
+    // Read out already (or, the client's name, never read): not kept while the call waits.
+    for key in [
+        "io.modelcontextprotocol/protocolVersion",
+        "io.modelcontextprotocol/clientInfo",
+        "io.modelcontextprotocol/clientCapabilities",
+    ] {
+        meta.remove(key);
+    }
     Some(Taken {
         id,
         params: call.params,
-        capabilities: meta.client_capabilities(),
-        progress_token: meta.get_progress_token(),
-        meta: meta.0.0,
+        capabilities,
+        progress_token,
+        meta,
         caller: parts
             .extensions
             .get::<Caller>()
@@ -319,10 +330,7 @@ mod tests {
         let taken = take(&parts(&HEADERS), &body(meta())).expect("taken");
         assert_eq!(taken.id, RequestId::Number(7));
         assert_eq!(taken.params.name, "web__echo");
-        assert_eq!(
-            taken.meta["io.modelcontextprotocol/protocolVersion"],
-            "2026-07-28"
-        );
+        assert!(taken.capabilities.is_some());
         assert_eq!(taken.params.arguments.expect("arguments")["text"], "hi");
         assert!(taken.progress_token.is_none());
         let mut streaming = meta();

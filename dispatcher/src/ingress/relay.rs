@@ -247,9 +247,7 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
         Some(resume) => {
             let job_id = resume.job_id;
             // Only the job's own principal answers its questions.
-            let owned = shared
-                .client
-                .stored_record(job_id)
+            let owned = Box::pin(shared.client.stored_record(job_id))
                 .await
                 .map_err(|e| client_error(job_id, &e))?
                 .is_none_or(|record| caller.owns(record.principal.as_deref()));
@@ -277,7 +275,10 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
             (job_id, None, Box::pin(call))
         }
         None => {
-            _held = shared.admit_open_call(caller).await.map_err(over_limit)?;
+            // Steps other than the wait are boxed, so a waiting call holds no room for them.
+            _held = Box::pin(shared.admit_open_call(caller))
+                .await
+                .map_err(over_limit)?;
             let job = new_job(&request, defaults, meta, asked, wait)?
                 .owned_by(caller.principal().map(str::to_string));
             if request.task == TaskMode::Always {
@@ -285,21 +286,23 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
                 // task has no deadline unless the caller set one.
                 let mut job = job;
                 job.deadline_ms = asked.map(deadline);
-                shared
-                    .client
-                    .submit(&job)
+                Box::pin(shared.client.submit(&job))
                     .await
                     .map_err(|e| client_error(job.id, &e))?;
                 return Ok(Relayed::Task(job));
             }
-            let submitted = job.clone();
+            // A copy is kept only for a call that may become a task.
+            let (job_id, kept) = match request.task {
+                TaskMode::Optional => (job.id, Some(job.clone())),
+                _ => (job.id, None),
+            };
             let call = async move {
                 shared
                     .client
-                    .call_with_events(&submitted, wait, Some(events))
+                    .call_with_events(&job, wait, Some(events))
                     .await
             };
-            (job.id, Some(job), Box::pin(call))
+            (job_id, kept, Box::pin(call))
         }
     };
     let span = tracing::info_span!("relay", %job_id, server = request.server);
@@ -328,7 +331,7 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
         tokio::select! {
             reply = &mut call => break reply,
             Some(event) = updates.recv() => {
-                if let Some(asked) = handle(shared, origin, token.as_ref(), event).await {
+                if let Some(asked) = Box::pin(handle(shared, origin, token.as_ref(), event)).await {
                     guard.armed = false;
                     return Ok(Relayed::InputRequired(asked));
                 }
@@ -351,7 +354,7 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
     guard.armed = false;
     // Events sent before the reply go out before the result.
     while let Ok(event) = updates.try_recv() {
-        if let Some(asked) = handle(shared, origin, token.as_ref(), event).await {
+        if let Some(asked) = Box::pin(handle(shared, origin, token.as_ref(), event)).await {
             return Ok(Relayed::InputRequired(asked));
         }
     }
