@@ -64,30 +64,23 @@ pub const DEFAULT_MAX_REQUESTS: usize = 10_000;
 /// Long polls open at once by default.
 pub const DEFAULT_MAX_WAITS: usize = 1_000;
 
-/// Answers 503 (JSON, `Retry-After: 1`) when `max_requests` requests are in flight already,
-/// instead of taking on more than the process can hold.
-async fn bounded(
-    axum::extract::State(slots): axum::extract::State<Arc<tokio::sync::Semaphore>>,
-    request: Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let Ok(_slot) = slots.try_acquire() else {
-        let body = mcpq_schemas::api::ApiError {
-            code: mcpq_schemas::api::ApiErrorCode::Unavailable,
-            message: "the dispatcher serves as many requests as it may at once (--max-requests); try again shortly".into(),
-        };
-        let mut response = (
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(body),
-        )
-            .into_response();
-        response.headers_mut().insert(
-            axum::http::header::RETRY_AFTER,
-            axum::http::HeaderValue::from_static("1"),
-        );
-        return response;
+/// The answer when `max_requests` requests are in flight already: 503 (JSON,
+/// `Retry-After: 1`) at once, instead of taking on more than the process can hold.
+fn busy() -> axum::response::Response {
+    let body = mcpq_schemas::api::ApiError {
+        code: mcpq_schemas::api::ApiErrorCode::Unavailable,
+        message: "the dispatcher serves as many requests as it may at once (--max-requests); try again shortly".into(),
     };
-    next.run(request).await
+    let mut response = (
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(body),
+    )
+        .into_response();
+    response.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("1"),
+    );
+    response
 }
 
 /// The router: `/mcp`, `/servers/<name>/mcp` for each configured server, the `/v1` jobs API,
@@ -171,10 +164,6 @@ pub(crate) fn router(
             guard,
             crate::auth::guard::guard,
         ))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::new(tokio::sync::Semaphore::new(options.max_requests.max(1))),
-            bounded,
-        ))
 }
 
 /// The most of a sessionless POST body read to see whether it is an `initialize` (rmcp's own
@@ -231,6 +220,9 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let slots = Arc::new(tokio::sync::Semaphore::new(options.max_connections.max(1)));
+    // Requests in flight are counted here rather than in a middleware: axum boxes a
+    // middleware's future per request, and a thousand calls in flight hold a thousand of those.
+    let requests = Arc::new(tokio::sync::Semaphore::new(options.max_requests.max(1)));
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let tcp = tokio::select! {
@@ -250,7 +242,18 @@ pub async fn serve(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let (router, requests) = (router.clone(), requests.clone());
+        let service = hyper_util::service::TowerToHyperService::new(tower::service_fn(
+            move |request: Request<hyper::body::Incoming>| {
+                let (router, requests) = (router.clone(), requests.clone());
+                async move {
+                    let Ok(_slot) = requests.try_acquire() else {
+                        return Ok(busy());
+                    };
+                    router.oneshot(request).await
+                }
+            },
+        ));
         let idle_timeout = options.idle_timeout;
         let shutdown = shutdown.clone();
         connections.spawn(async move {
