@@ -4,6 +4,7 @@
 //! Loading goes raw → validated once. Every error names the field path and the bad value.
 
 mod auth;
+mod observe;
 mod raw;
 mod secret;
 mod validate;
@@ -11,6 +12,7 @@ mod validate;
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
 pub use auth::{Access, ApiKey, AuthConfig, JwksSource, JwtConfig, JwtRule, Limits, Pattern};
+pub use observe::{AlertKind, AlertTarget, AuditConfig, HealthConfig, TelemetryConfig};
 pub use raw::{AuthShorthand, AuthSpec, ConfigFile, Priority, ServerKind};
 pub use secret::{Secret, SecretError};
 
@@ -25,6 +27,12 @@ pub struct Config {
     pub nats: NatsConfig,
     /// `None`: no authentication (loopback listeners only).
     pub auth: Option<AuthConfig>,
+    /// Webhooks told when servers go down and come back.
+    pub alerts: Vec<AlertTarget>,
+    /// The audit stream's retention.
+    pub audit: AuditConfig,
+    /// Trace export.
+    pub telemetry: TelemetryConfig,
     pub servers: Vec<ServerConfig>,
 }
 
@@ -94,6 +102,8 @@ pub struct ServerConfig {
     pub circuit_breaker: Option<CircuitBreaker>,
     /// When calls from clients that declare MCP Tasks become tasks.
     pub tasks: TaskPolicy,
+    /// How workers check that the upstream is up.
+    pub health: HealthConfig,
 }
 
 /// Whether a `tools/call` from a client that declared the MCP Tasks extension becomes a task.

@@ -5,19 +5,23 @@
 //! versions interoperate; config types reject them so that a typo never passes silently.
 
 pub mod api;
+pub mod audit;
 pub mod batch;
 pub mod bridge;
 pub mod catalog;
 pub mod check;
 pub mod config;
 pub mod dead_letter;
+pub mod health;
 pub mod job;
 pub mod json_schema;
+pub mod metrics;
 pub mod names;
 pub mod nats;
 pub mod openapi;
 pub mod record;
 pub mod redact;
+pub mod trace;
 pub mod worker;
 
 pub use catalog::CatalogEntry;

@@ -41,6 +41,20 @@ pub const BLOBS_BUCKET: &str = "mcpq_blobs";
 /// KV bucket of live workers, keyed `<server>.<worker>`; entries expire unless refreshed.
 pub const WORKERS_BUCKET: &str = "mcpq_workers";
 
+/// The audit stream: one record per call that ran (who, what, how it ended, how long; never
+/// argument values), on `mcpq.audit.<server>`.
+pub const AUDIT_STREAM: &str = "MCPQ_AUDIT";
+/// Subjects of the audit stream.
+pub const AUDIT_SUBJECTS: &str = "mcpq.audit.>";
+/// KV bucket of each server's health as its workers see it (up or down, since when, the last
+/// alert sent), keyed by server.
+pub const HEALTH_BUCKET: &str = "mcpq_health";
+
+/// The subject of `server`'s audit records.
+pub fn audit_subject(server: &str) -> String {
+    format!("mcpq.audit.{server}")
+}
+
 /// Header: the subject a worker publishes the reply (and progress events) to.
 pub const HDR_REPLY_TO: &str = "Mcpq-Reply-To";
 /// Header: the job id (also in the body), so a reader need not parse the body.

@@ -9,9 +9,9 @@ use async_nats::jetstream::{self, kv, stream};
 use crate::config::NatsCredentials;
 
 use crate::names::{
-    BATCHES_BUCKET, BLOBS_BUCKET, CANCELS_BUCKET, CATALOG_BUCKET, DLQ_STREAM, DLQ_SUBJECTS,
-    JOBS_STREAM, QUOTAS_BUCKET, RESULTS_BUCKET, SESSIONS_BUCKET, WORKERS_BUCKET, jobs_stream,
-    jobs_subjects,
+    AUDIT_STREAM, AUDIT_SUBJECTS, BATCHES_BUCKET, BLOBS_BUCKET, CANCELS_BUCKET, CATALOG_BUCKET,
+    DLQ_STREAM, DLQ_SUBJECTS, HEALTH_BUCKET, JOBS_STREAM, QUOTAS_BUCKET, RESULTS_BUCKET,
+    SESSIONS_BUCKET, WORKERS_BUCKET, jobs_stream, jobs_subjects,
 };
 
 /// How long a worker counts as live after its last heartbeat.
@@ -55,6 +55,8 @@ pub struct Topology {
     pub result_ttl: Duration,
     /// The servers whose job streams to create, with the most jobs each may hold queued.
     pub queues: Vec<(String, u64)>,
+    /// The audit stream's retention.
+    pub audit: crate::config::AuditConfig,
 }
 
 impl From<&crate::config::Config> for Topology {
@@ -67,6 +69,7 @@ impl From<&crate::config::Config> for Topology {
                 .iter()
                 .map(|s| (s.name.clone(), s.max_queued))
                 .collect(),
+            audit: config.audit,
         }
     }
 }
@@ -77,6 +80,7 @@ impl Default for Topology {
             replicas: 1,
             result_ttl: Duration::from_secs(24 * 3600),
             queues: Vec::new(),
+            audit: Default::default(),
         }
     }
 }
@@ -212,6 +216,32 @@ pub async fn ensure_topology(
     })
     .await
     .map_err(|e| fail("stream MCPQ_DLQ")(&e))?;
+    js.create_or_update_stream(stream::Config {
+        name: AUDIT_STREAM.into(),
+        description: Some("mcpq audit: one record per call, mcpq.audit.<server>".into()),
+        subjects: vec![AUDIT_SUBJECTS.into()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        num_replicas: topology.replicas,
+        max_age: topology.audit.max_age,
+        max_bytes: i64::try_from(topology.audit.max_bytes).unwrap_or(i64::MAX),
+        discard: stream::DiscardPolicy::Old,
+        // A worker that writes a record again after a crash writes it under the same id.
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| fail("stream MCPQ_AUDIT")(&e))?;
+    js.create_or_update_key_value(kv::Config {
+        bucket: HEALTH_BUCKET.into(),
+        description: "mcpq upstream health and the last alert, keyed by server".into(),
+        history: 1,
+        storage: stream::StorageType::File,
+        num_replicas: topology.replicas,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| fail("bucket mcpq_health")(&e))?;
     js.create_or_update_key_value(kv::Config {
         bucket: CATALOG_BUCKET.into(),
         description: "mcpq tool catalogs, keyed by server".into(),

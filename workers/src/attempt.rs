@@ -90,6 +90,7 @@ pub(crate) async fn handle(pool: &Pool, message: Message) {
             let mut delivery = delivery;
             delivery.failed(pool, &error, None);
             dead_letter(pool, &message, &delivery, None, error).await;
+            crate::observe::malformed(pool);
             return;
         }
     };
@@ -99,7 +100,12 @@ pub(crate) async fn handle(pool: &Pool, message: Message) {
         server = %job.server,
         tool = job.request.tool_name().unwrap_or(""),
         attempt,
-        stream_seq
+        stream_seq,
+        trace_id = job
+            .traceparent
+            .as_deref()
+            .and_then(mcpq_schemas::trace::trace_id_of)
+            .unwrap_or_default(),
     );
     // While the job is held, tell JetStream it is still being worked on, so a call longer than
     // AckWait is not delivered to a second worker.
@@ -138,6 +144,9 @@ async fn run(pool: &Pool, message: &Message, mut delivery: Delivery, job: Job) {
         delivery.history = record.failed_attempts;
     }
     let delivery = &mut delivery;
+    if delivery.attempt == 1 {
+        crate::observe::first_attempt(pool, job.lane, job.submitted_at_ms);
+    }
     // JetStream will not deliver this message again: were it to end without a decision now, it
     // would stay in the queue for good. It gets here only when earlier deliveries ended
     // without one (workers crashed or stalled with it), so it is not tried again.
@@ -162,15 +171,19 @@ async fn run(pool: &Pool, message: &Message, mut delivery: Delivery, job: Job) {
     }
     // Over the rate limit the job waits here, held (progress acks continue), then is checked
     // against its deadline like any other.
-    if let Some(limiter) = &pool.limiter {
-        limiter.ready().await;
-    }
-    if let Some(limiter) = job
+    let tool_limiter = job
         .request
         .tool_name()
-        .and_then(|t| pool.tool_limiters.get(t))
-    {
-        limiter.ready().await;
+        .and_then(|t| pool.tool_limiters.get(t));
+    if pool.limiter.is_some() || tool_limiter.is_some() {
+        let started = std::time::Instant::now();
+        if let Some(limiter) = &pool.limiter {
+            limiter.ready().await;
+        }
+        if let Some(limiter) = tool_limiter {
+            limiter.ready().await;
+        }
+        crate::observe::rate_limited(pool, started.elapsed());
     }
     let now = now_ms();
     let mut timeout = pool.server.timeout;
@@ -206,14 +219,22 @@ async fn run(pool: &Pool, message: &Message, mut delivery: Delivery, job: Job) {
         deadline: tokio::time::Instant::now() + timeout,
         next: Default::default(),
     };
-    let called = call(
-        &pool.upstream,
-        &job,
-        timeout,
-        &running.token,
-        Some(events),
-        Some(asker),
-    );
+    let called = async {
+        let _in_flight = crate::observe::InFlight::start(pool);
+        let started = std::time::Instant::now();
+        let outcome = call(
+            &pool.upstream,
+            &job,
+            timeout,
+            &running.token,
+            Some(events),
+            Some(asker),
+        )
+        .await;
+        let tool = crate::observe::tool_label(pool, &job);
+        crate::observe::upstream_call(pool, &tool, started.elapsed());
+        outcome
+    };
     // Progress and log events go out in order while the call runs; the last one is out before
     // the reply.
     let forwarded = async {
@@ -284,6 +305,7 @@ async fn run(pool: &Pool, message: &Message, mut delivery: Delivery, job: Job) {
             verdict,
             retry_after,
         } => {
+            crate::observe::attempt_failed(pool, error.kind);
             if let Some(pause) = retry_after {
                 pool.hold(pause);
             }
@@ -292,6 +314,7 @@ async fn run(pool: &Pool, message: &Message, mut delivery: Delivery, job: Job) {
                     // An upstream that said when to come back is not called before then.
                     let delay = delay.max(retry_after.unwrap_or_default());
                     tracing::info!(error = %error, ?delay, "attempt failed; retrying");
+                    crate::observe::retried(pool);
                     delivery.failed(pool, &error, Some(delay));
                     let record =
                         record(pool, &job, delivery, JobStatus::Retrying, None, Some(error));
@@ -420,7 +443,11 @@ async fn finish(
     if recorded.is_err() {
         return;
     }
-    ack(message, kind).await;
+    let kind_of_error = record.error.as_ref().map(|e| e.kind);
+    tokio::join!(
+        ack(message, kind),
+        crate::observe::ended(pool, job, status, kind_of_error, delivery.attempt)
+    );
 }
 
 /// How long a write of a job's outcome is tried again before the message is given up to
@@ -511,6 +538,7 @@ async fn dead_letter(
     {
         return;
     }
+    crate::observe::dead_lettered(pool);
     match job {
         Some(job) => {
             finish(

@@ -214,8 +214,13 @@ fn upstream_meta(job: &Job) -> RequestMetaObject {
     if let Some(key) = &job.idempotency_key {
         map.insert(META_IDEMPOTENCY_KEY.into(), key.clone().into());
     }
-    if let Some(traceparent) = &job.traceparent {
-        map.insert("traceparent".into(), traceparent.clone().into());
+    // The upstream call is a span of its own in the job's trace.
+    if let Some(traceparent) = job
+        .traceparent
+        .as_deref()
+        .and_then(mcpq_schemas::trace::TraceParent::parse)
+    {
+        map.insert("traceparent".into(), traceparent.child().to_string().into());
     }
     if let Some(level) = &job.log_level {
         // 2026-07-28 upstreams send log messages only to requests that opt in.

@@ -122,6 +122,14 @@ async fn publish_once(
 ) -> Result<CatalogEntry, String> {
     let peer = upstream.peer().await.map_err(|e| e.to_string())?;
     let entry = list_offer(&peer, upstream.server(), worker_id).await?;
+    upstream.set_known(
+        entry
+            .tools
+            .iter()
+            .map(|t| t.name.to_string())
+            .chain(entry.prompts.iter().map(|p| p.name.clone()))
+            .collect(),
+    );
     let server = upstream.server();
     if let Ok(Some(bytes)) = bucket.get(server).await
         && let Ok(old) = serde_json::from_slice::<CatalogEntry>(&bytes)

@@ -14,8 +14,10 @@ mod circuit;
 mod consume;
 mod decide;
 mod decode;
+mod health;
 mod lanes;
 mod limit;
+mod observe;
 mod outbox;
 mod pool;
 mod subscribe;
@@ -27,7 +29,9 @@ pub use call::{META_IDEMPOTENCY_KEY, META_JOB_ID};
 pub use decide::{Decision, RetryPolicy, Verdict, decide};
 use mcpq_schemas::{
     config::Config,
-    names::{BLOBS_BUCKET, CANCELS_BUCKET, CATALOG_BUCKET, RESULTS_BUCKET, WORKERS_BUCKET},
+    names::{
+        BLOBS_BUCKET, CANCELS_BUCKET, CATALOG_BUCKET, HEALTH_BUCKET, RESULTS_BUCKET, WORKERS_BUCKET,
+    },
     nats::{NatsError, Topology, ensure_topology},
 };
 use tokio_util::sync::CancellationToken;
@@ -123,6 +127,8 @@ pub async fn run(
     let results = bucket(RESULTS_BUCKET).await?;
     let catalog = bucket(CATALOG_BUCKET).await?;
     let workers = bucket(WORKERS_BUCKET).await?;
+    let health = bucket(HEALTH_BUCKET).await?;
+    let alerter = Arc::new(health::Alerter::new(config.alerts.clone()));
     let blobs = js
         .get_object_store(BLOBS_BUCKET)
         .await
@@ -193,11 +199,19 @@ pub async fn run(
             held_until: std::sync::Mutex::new(None),
             cancels: cancels.clone(),
             worker_id: options.worker_id.clone(),
+            stats: Default::default(),
+            up: Default::default(),
         });
         // The heartbeat outlives the pull loop by its drain, so peers keep our share until then.
         tasks.spawn(limit::heartbeat(
             workers.clone(),
             pool.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(health::watch(
+            pool.clone(),
+            health.clone(),
+            alerter.clone(),
             shutdown.clone(),
         ));
         tasks.spawn(consume::run(pool, shutdown.clone(), options.drain_grace));

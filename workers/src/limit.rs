@@ -90,7 +90,10 @@ pub(crate) async fn heartbeat(bucket: kv::Store, pool: Arc<Pool>, shutdown: Canc
             server: server.clone(),
             circuit: pool.circuit_state(),
             at_ms: now_ms(),
+            up: *crate::upstream::lock(&pool.up),
+            stats: crate::upstream::lock(&pool.stats).clone(),
         };
+        crate::observe::circuit(&pool, beat.circuit);
         let bytes = serde_json::to_vec(&beat).unwrap_or_default();
         if let Err(e) = bucket.put(&key, bytes.into()).await {
             tracing::warn!(%server, error = %e, "cannot write the worker heartbeat");

@@ -7,7 +7,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mcpq_schemas::{config::ServerConfig, worker::CircuitState};
+use mcpq_schemas::{
+    config::ServerConfig,
+    worker::{CircuitState, ServerStats},
+};
 use tokio::sync::Notify;
 
 use crate::{
@@ -40,6 +43,10 @@ pub(crate) struct Pool {
     pub held_until: Mutex<Option<Instant>>,
     /// Cancellation requests (shared by every pool of the process).
     pub cancels: Arc<Cancels>,
+    /// What this worker did for the server, for its heartbeat.
+    pub stats: Mutex<ServerStats>,
+    /// The upstream as the health checks last saw it.
+    pub up: Mutex<Option<bool>>,
 }
 
 impl Pool {
@@ -83,12 +90,15 @@ impl Pool {
     /// Feeds a call's outcome to the circuit breaker, logging when it opens.
     pub(crate) fn breaker_record(&self, verdict: Verdict) {
         let Some(breaker) = &self.breaker else { return };
-        let mut breaker = breaker.lock().unwrap_or_else(PoisonError::into_inner);
-        let before = breaker.state();
-        breaker.record(verdict, Instant::now());
-        let after = breaker.state();
+        let (before, after) = {
+            let mut breaker = breaker.lock().unwrap_or_else(PoisonError::into_inner);
+            let before = breaker.state();
+            breaker.record(verdict, Instant::now());
+            (before, breaker.state())
+        };
         if std::mem::discriminant(&before) != std::mem::discriminant(&after) {
             self.circuit_changed.notify_one();
+            crate::observe::circuit(self, self.circuit_state());
         }
         if matches!(after, State::Open { .. }) && !matches!(before, State::Open { .. }) {
             tracing::warn!(server = %self.server.name, "circuit open: the upstream keeps failing; its jobs wait in the queue");

@@ -22,6 +22,15 @@ pub struct ConfigFile {
     /// and the dispatcher listens on loopback only.
     #[serde(default)]
     pub auth: Option<super::auth::AuthSection>,
+    /// Webhooks told when a server goes down and when it comes back.
+    #[serde(default)]
+    pub alerts: Vec<super::observe::AlertSection>,
+    /// Retention of the audit stream (one record per call).
+    #[serde(default)]
+    pub audit: Option<super::observe::AuditSection>,
+    /// Trace export (OTLP). Absent: none.
+    #[serde(default)]
+    pub telemetry: Option<super::observe::TelemetrySection>,
     /// The upstream MCP servers.
     pub servers: Vec<ServerSection>,
 }
@@ -147,6 +156,9 @@ pub struct ServerSection {
     /// `tasks` for single tools (by upstream tool name), overriding the server's.
     #[serde(default)]
     pub tool_tasks: BTreeMap<String, TaskMode>,
+    /// Active health checks: workers ping the upstream (default every 15s).
+    #[serde(default)]
+    pub health: Option<super::observe::HealthSection>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

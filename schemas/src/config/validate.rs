@@ -39,6 +39,9 @@ pub(super) fn validate(raw: ConfigFile) -> Result<Config, ConfigErrors> {
     }
     let nats = nats(raw.nats, &mut errors);
     let auth = raw.auth.map(|a| super::auth::validate(a, &mut errors));
+    let alerts = super::observe::alerts(raw.alerts, &mut errors);
+    let audit = super::observe::audit(raw.audit, &mut errors);
+    let telemetry = super::observe::telemetry(raw.telemetry, &mut errors);
     if raw.servers.is_empty() {
         errors.push(ConfigError::field(
             "servers",
@@ -66,6 +69,9 @@ pub(super) fn validate(raw: ConfigFile) -> Result<Config, ConfigErrors> {
         Ok(Config {
             nats,
             auth,
+            alerts,
+            audit,
+            telemetry,
             servers,
         })
     } else {
@@ -452,6 +458,7 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
         after: s.task_after.map_or(Duration::from_secs(10), |d| d.0),
         tools: s.tool_tasks,
     };
+    let health = super::observe::health(path, s.health, errors);
     (errors.len() == before).then_some(ServerConfig {
         name: s.name,
         transport,
@@ -469,6 +476,7 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
         tool_rate_limits,
         circuit_breaker,
         tasks,
+        health,
     })
 }
 
@@ -476,7 +484,7 @@ fn bearer(token: Secret) -> Secret {
     token.prefixed("Bearer ")
 }
 
-fn check_http_url(url: &str) -> Result<(), String> {
+pub(super) fn check_http_url(url: &str) -> Result<(), String> {
     let (scheme, rest) = url
         .split_once("://")
         .ok_or_else(|| format!("{url:?} is not a URL (expected http:// or https://)"))?;

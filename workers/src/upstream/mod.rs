@@ -62,6 +62,8 @@ struct Inner {
     connector: Connector,
     session: Mutex<Option<Session>>,
     events: Events,
+    /// The tool and prompt names the upstream last listed (metric labels use only these).
+    known: std::sync::RwLock<std::collections::HashSet<String>>,
 }
 
 impl Upstream {
@@ -92,12 +94,31 @@ impl Upstream {
                     calls: CallsInFlight::default(),
                     subscriptions,
                 },
+                known: Default::default(),
             }),
         })
     }
 
     pub(crate) fn server(&self) -> &str {
         &self.inner.server
+    }
+
+    /// Whether the upstream's last listing had a tool or prompt of this name.
+    pub(crate) fn knows_tool(&self, name: &str) -> bool {
+        self.inner
+            .known
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(name)
+    }
+
+    /// Remembers the names the upstream listed.
+    pub(crate) fn set_known(&self, names: std::collections::HashSet<String>) {
+        *self
+            .inner
+            .known
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = names;
     }
 
     /// The resource subscriptions of this upstream's session.

@@ -1,0 +1,162 @@
+//! W3C trace context (`traceparent`): read from a caller, started when there is none, carried on
+//! the job to the worker and on to the upstream as a child of the worker's span.
+
+use std::fmt;
+
+/// A parsed `traceparent`: version 00, a 16-byte trace id, the 8-byte id of the parent span and
+/// the flags (bit 0: sampled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceParent {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub flags: u8,
+}
+
+impl TraceParent {
+    /// Parses a `traceparent` header value; `None` when it is not a valid one (an all-zero id is
+    /// invalid). Future versions are read as far as version 00 goes, as the spec asks.
+    pub fn parse(text: &str) -> Option<TraceParent> {
+        let text = text.trim();
+        let mut parts = text.split('-');
+        let version = parts.next()?;
+        let (trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?);
+        if version.len() != 2 || version == "ff" || !is_lower_hex(version) {
+            return None;
+        }
+        if version == "00" && parts.next().is_some() {
+            return None;
+        }
+        let trace_id: [u8; 16] = hex(trace)?.try_into().ok()?;
+        let span_id: [u8; 8] = hex(span)?.try_into().ok()?;
+        let flags: [u8; 1] = hex(flags)?.try_into().ok()?;
+        if trace_id == [0; 16] || span_id == [0; 8] {
+            return None;
+        }
+        Some(TraceParent {
+            trace_id,
+            span_id,
+            flags: flags[0],
+        })
+    }
+
+    /// A new trace, sampled, started here.
+    pub fn start() -> TraceParent {
+        let mut trace_id = [0u8; 16];
+        let mut span_id = [0u8; 8];
+        fill(&mut trace_id);
+        fill(&mut span_id);
+        TraceParent {
+            trace_id,
+            span_id,
+            flags: 1,
+        }
+    }
+
+    /// The same trace with a new span as parent: what this process sends on.
+    pub fn child(&self) -> TraceParent {
+        let mut span_id = [0u8; 8];
+        fill(&mut span_id);
+        TraceParent { span_id, ..*self }
+    }
+
+    /// The trace id as 32 lower-case hex digits.
+    pub fn trace_id_hex(&self) -> String {
+        to_hex(&self.trace_id)
+    }
+
+    /// The span id as 16 lower-case hex digits.
+    pub fn span_id_hex(&self) -> String {
+        to_hex(&self.span_id)
+    }
+}
+
+impl fmt::Display for TraceParent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "00-{}-{}-{:02x}",
+            to_hex(&self.trace_id),
+            to_hex(&self.span_id),
+            self.flags
+        )
+    }
+}
+
+/// The trace id of a `traceparent` value, if it is a valid one.
+pub fn trace_id_of(traceparent: &str) -> Option<String> {
+    TraceParent::parse(traceparent).map(|t| t.trace_id_hex())
+}
+
+fn is_lower_hex(text: &str) -> bool {
+    text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 || !is_lower_hex(text) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect()
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn fill(bytes: &mut [u8]) {
+    // Never all zero (invalid): a failed or unlucky draw falls back to a UUID's random bits.
+    if getrandom::fill(bytes).is_err() || bytes.iter().all(|b| *b == 0) {
+        let random = uuid::Uuid::now_v7().as_u128().to_le_bytes();
+        for (b, r) in bytes.iter_mut().zip(random.iter().cycle()) {
+            *b = *r | 1;
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_traceparent_reads_back_as_written() {
+        let text = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let parsed = TraceParent::parse(text).unwrap();
+        assert_eq!(parsed.to_string(), text);
+        assert_eq!(parsed.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let child = parsed.child();
+        assert_eq!(child.trace_id, parsed.trace_id);
+        assert_ne!(child.span_id, parsed.span_id);
+        assert_eq!(child.flags, 1);
+    }
+
+    #[test]
+    fn invalid_traceparents_are_refused() {
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e47-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(TraceParent::parse(bad), None, "{bad:?}");
+        }
+        // A later version may carry more fields; version 00's are read.
+        assert!(
+            TraceParent::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xyz")
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn started_traces_are_valid_and_distinct() {
+        let (a, b) = (TraceParent::start(), TraceParent::start());
+        assert_ne!(a.trace_id, b.trace_id);
+        assert_eq!(TraceParent::parse(&a.to_string()), Some(a));
+    }
+}

@@ -1,0 +1,243 @@
+//! What a worker tells operators about the jobs it runs: Prometheus metrics (names in
+//! `mcpq_schemas::metrics`), one audit record per ended job on `MCPQ_AUDIT`, and the counts its
+//! heartbeat carries for `mcpq status`.
+
+use std::time::Duration;
+
+use mcpq_schemas::{
+    ErrorKind, Job, JobStatus, Lane,
+    audit::AuditRecord,
+    metrics::{self as m, OTHER},
+    names::{ENVELOPE_VERSION, HDR_MSG_ID, audit_subject},
+    now_ms,
+    worker::CircuitState,
+};
+use sha2::{Digest, Sha256};
+
+use crate::pool::Pool;
+
+/// The `outcome` label of a job that ended with `status` (and `kind`, when it failed).
+pub(crate) fn outcome(status: JobStatus, kind: Option<ErrorKind>) -> &'static str {
+    match (status, kind) {
+        (JobStatus::Completed, _) => "completed",
+        (_, Some(ErrorKind::TooLarge)) => "too_large",
+        (JobStatus::Dead, _) => "dead",
+        (JobStatus::Cancelled, _) => "cancelled",
+        (JobStatus::Expired, _) => "expired",
+        _ => "failed",
+    }
+}
+
+/// The `tool` label of a job: the tool (or prompt) name when the upstream's catalog has it,
+/// `other` for names it does not know (a pipeline may send anything), the method for the rest.
+pub(crate) fn tool_label(pool: &Pool, job: &Job) -> String {
+    match job.request.tool_name() {
+        Some(tool) if pool.upstream.knows_tool(tool) => tool.to_string(),
+        Some(_) => OTHER.to_string(),
+        None => job.request.method.clone(),
+    }
+}
+
+fn server(pool: &Pool) -> String {
+    pool.server.name.clone()
+}
+
+/// The job's first attempt starts: how long it waited in the queue.
+pub(crate) fn first_attempt(pool: &Pool, lane: Lane, submitted_at_ms: u64) {
+    let waited = now_ms().saturating_sub(submitted_at_ms);
+    metrics::histogram!(m::QUEUE_WAIT, "server" => server(pool), "lane" => lane.as_str())
+        .record(Duration::from_millis(waited).as_secs_f64());
+}
+
+/// A job waited `waited` for the rate limit.
+pub(crate) fn rate_limited(pool: &Pool, waited: Duration) {
+    metrics::histogram!(m::RATE_LIMIT_WAIT, "server" => server(pool)).record(waited.as_secs_f64());
+}
+
+/// An upstream call is running until the guard drops.
+pub(crate) struct InFlight<'a>(&'a Pool);
+
+impl<'a> InFlight<'a> {
+    pub(crate) fn start(pool: &'a Pool) -> InFlight<'a> {
+        metrics::gauge!(m::IN_FLIGHT, "server" => server(pool)).increment(1.0);
+        crate::upstream::lock(&pool.stats).in_flight += 1;
+        InFlight(pool)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        metrics::gauge!(m::IN_FLIGHT, "server" => server(self.0)).decrement(1.0);
+        let mut stats = crate::upstream::lock(&self.0.stats);
+        stats.in_flight = stats.in_flight.saturating_sub(1);
+    }
+}
+
+/// The upstream answered (or failed) after `took`.
+pub(crate) fn upstream_call(pool: &Pool, tool: &str, took: Duration) {
+    metrics::histogram!(m::UPSTREAM_DURATION, "server" => server(pool), "tool" => tool.to_string())
+        .record(took.as_secs_f64());
+}
+
+/// An attempt failed with `kind`.
+pub(crate) fn attempt_failed(pool: &Pool, kind: ErrorKind) {
+    metrics::counter!(m::ATTEMPTS_FAILED, "server" => server(pool), "kind" => kind.as_str())
+        .increment(1);
+}
+
+/// A failed attempt will be tried again.
+pub(crate) fn retried(pool: &Pool) {
+    metrics::counter!(m::RETRIES, "server" => server(pool)).increment(1);
+}
+
+/// A job went to the dead-letter stream.
+pub(crate) fn dead_lettered(pool: &Pool) {
+    metrics::counter!(m::DEAD_LETTERS, "server" => server(pool)).increment(1);
+}
+
+/// A malformed message ended dead without a job to name.
+pub(crate) fn malformed(pool: &Pool) {
+    metrics::counter!(m::CALLS_TOTAL, "server" => server(pool), "tool" => OTHER, "outcome" => "dead")
+        .increment(1);
+    crate::upstream::lock(&pool.stats).record(0, false);
+}
+
+/// The circuit breaker's state, as a number.
+pub(crate) fn circuit(pool: &Pool, state: CircuitState) {
+    let value = match state {
+        CircuitState::Closed | CircuitState::Unknown => 0.0,
+        CircuitState::HalfOpen => 1.0,
+        CircuitState::Open => 2.0,
+    };
+    metrics::gauge!(m::CIRCUIT_STATE, "server" => server(pool)).set(value);
+}
+
+/// What the health checks found.
+pub(crate) fn upstream_up(pool: &Pool, up: bool) {
+    metrics::gauge!(m::UPSTREAM_UP, "server" => server(pool)).set(if up { 1.0 } else { 0.0 });
+}
+
+/// A job ended for good (its record is written): counted, timed, and audited. The audit record
+/// carries the job id as `Nats-Msg-Id`, so a worker that ends the job again after a crash
+/// writes it once.
+pub(crate) async fn ended(
+    pool: &Pool,
+    job: &Job,
+    status: JobStatus,
+    kind: Option<ErrorKind>,
+    attempts: u32,
+) {
+    let outcome = outcome(status, kind);
+    let tool = tool_label(pool, job);
+    let ended_at_ms = now_ms();
+    let latency_ms = ended_at_ms.saturating_sub(job.submitted_at_ms);
+    metrics::counter!(m::CALLS_TOTAL, "server" => server(pool), "tool" => tool.clone(), "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!(m::CALL_DURATION, "server" => server(pool), "tool" => tool)
+        .record(Duration::from_millis(latency_ms).as_secs_f64());
+    crate::upstream::lock(&pool.stats).record(latency_ms, status == JobStatus::Completed);
+
+    let params = job
+        .request
+        .params
+        .as_ref()
+        .map(|p| {
+            let arguments = p.get("arguments").unwrap_or(&serde_json::Value::Null);
+            if job.request.tool_name().is_some() {
+                serde_json::to_vec(arguments)
+            } else {
+                serde_json::to_vec(p)
+            }
+            .unwrap_or_default()
+        })
+        .unwrap_or_default();
+    let record = AuditRecord {
+        v: ENVELOPE_VERSION,
+        job_id: job.id,
+        server: job.server.clone(),
+        method: job.request.method.clone(),
+        name: name_of(job),
+        principal: job.principal.clone(),
+        argument_bytes: params.len() as u64,
+        argument_sha256: hex(&Sha256::digest(&params)),
+        outcome: outcome.to_string(),
+        error_kind: kind.map(|k| k.as_str().to_string()),
+        attempts,
+        latency_ms,
+        trace_id: job
+            .traceparent
+            .as_deref()
+            .and_then(mcpq_schemas::trace::trace_id_of),
+        worker_id: pool.worker_id.clone(),
+        submitted_at_ms: job.submitted_at_ms,
+        ended_at_ms,
+    };
+    let Ok(body) = serde_json::to_vec(&record) else {
+        return;
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(HDR_MSG_ID, format!("{}.audit", job.id).as_str());
+    // The job's outcome is kept already; an audit record that cannot be written is logged,
+    // never a reason to run the job again.
+    let published = pool
+        .outbox
+        .js
+        .publish_with_headers(audit_subject(&job.server), headers, body.into())
+        .await;
+    let acked = match published {
+        Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = acked {
+        tracing::warn!(job_id = %job.id, error = %e, "cannot write the audit record");
+    }
+}
+
+/// The tool, prompt or resource a request names.
+fn name_of(job: &Job) -> Option<String> {
+    let params = job.request.params.as_ref()?;
+    ["name", "uri"]
+        .iter()
+        .find_map(|key| params.get(*key)?.as_str())
+        .map(str::to_string)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_follow_status_and_kind() {
+        assert_eq!(outcome(JobStatus::Completed, None), "completed");
+        assert_eq!(
+            outcome(JobStatus::Failed, Some(ErrorKind::TooLarge)),
+            "too_large"
+        );
+        assert_eq!(
+            outcome(JobStatus::Failed, Some(ErrorKind::Upstream)),
+            "failed"
+        );
+        assert_eq!(outcome(JobStatus::Dead, Some(ErrorKind::Timeout)), "dead");
+        assert_eq!(
+            outcome(JobStatus::Cancelled, Some(ErrorKind::Cancelled)),
+            "cancelled"
+        );
+        assert_eq!(
+            outcome(JobStatus::Expired, Some(ErrorKind::Expired)),
+            "expired"
+        );
+        for status in [
+            JobStatus::Completed,
+            JobStatus::Failed,
+            JobStatus::Dead,
+            JobStatus::Cancelled,
+            JobStatus::Expired,
+        ] {
+            assert!(m::OUTCOMES.contains(&outcome(status, None)));
+        }
+    }
+}
