@@ -10,6 +10,7 @@ mod dlq;
 mod jobs;
 mod local_nats;
 mod run;
+mod telemetry;
 
 use std::{path::PathBuf, process::ExitCode};
 

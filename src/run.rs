@@ -27,6 +27,26 @@ pub struct UpArgs {
     nats_port: u16,
     #[command(flatten)]
     exposure: Exposure,
+    #[command(flatten)]
+    observe: Observe,
+}
+
+/// What the process records about itself.
+#[derive(clap::Args)]
+pub struct Observe {
+    /// Record no metrics (and serve none at /metrics): only for measuring what they cost.
+    #[arg(long)]
+    no_metrics: bool,
+}
+
+impl Observe {
+    /// The process's recorder, unless metrics are off. Installed once per process.
+    fn metrics(&self) -> Result<Option<metrics_exporter_prometheus::PrometheusHandle>, ExitCode> {
+        if self.no_metrics {
+            return Ok(None);
+        }
+        crate::telemetry::install().map(Some).map_err(fail)
+    }
 }
 
 /// Who may reach the dispatcher's listener.
@@ -88,6 +108,7 @@ impl Exposure {
             max_waits: self.max_waits,
             max_connections: self.max_connections,
             idle_timeout: self.idle_timeout,
+            ..HttpOptions::default()
         })
     }
 }
@@ -101,6 +122,8 @@ pub struct DispatcherArgs {
     listen: SocketAddr,
     #[command(flatten)]
     exposure: Exposure,
+    #[command(flatten)]
+    observe: Observe,
 }
 
 #[derive(clap::Args)]
@@ -116,6 +139,11 @@ pub struct WorkerArgs {
     /// How long calls in flight may take to finish after SIGTERM.
     #[arg(long, default_value = "30s", value_parser = humantime_duration)]
     drain_grace: Duration,
+    /// Address of the worker's /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    metrics_listen: SocketAddr,
+    #[command(flatten)]
+    observe: Observe,
 }
 
 fn humantime_duration(text: &str) -> Result<Duration, String> {
@@ -156,8 +184,12 @@ pub async fn up(args: UpArgs) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    let options = match args.exposure.check(&config, args.listen) {
+    let mut options = match args.exposure.check(&config, args.listen) {
         Ok(options) => options,
+        Err(code) => return code,
+    };
+    options.metrics = match args.observe.metrics() {
+        Ok(handle) => handle,
         Err(code) => return code,
     };
     let shutdown = on_signal();
@@ -246,11 +278,15 @@ async fn load_and_connect(
 
 pub async fn dispatcher(args: DispatcherArgs) -> ExitCode {
     // Whether it may listen at all is decided before connecting anywhere.
-    let options = match load(&args.common.config) {
+    let mut options = match load(&args.common.config) {
         Ok(config) => match args.exposure.check(&config, args.listen) {
             Ok(options) => options,
             Err(code) => return code,
         },
+        Err(code) => return code,
+    };
+    options.metrics = match args.observe.metrics() {
+        Ok(handle) => handle,
         Err(code) => return code,
     };
     let (config, nats, url) = match load_and_connect(&args.common, "mcpq-dispatcher").await {
@@ -281,7 +317,28 @@ pub async fn worker(args: WorkerArgs) -> ExitCode {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
+    let metrics = match args.observe.metrics() {
+        Ok(handle) => handle,
+        Err(code) => return code,
+    };
     let shutdown = on_signal();
+    let served = if args.servers.is_empty() {
+        config.server_names().iter().map(|s| s.to_string()).collect()
+    } else {
+        args.servers.clone()
+    };
+    let listening = crate::telemetry::serve_worker(
+        args.metrics_listen,
+        metrics,
+        nats.clone(),
+        served,
+        shutdown.clone(),
+    )
+    .await;
+    match listening {
+        Ok(addr) => eprintln!("mcpq: worker metrics at http://{addr}/metrics"),
+        Err(e) => return fail(e),
+    }
     let mut options = WorkerOptions::new(args.id.unwrap_or_else(mcpq_workers::default_worker_id));
     options.servers = args.servers;
     options.drain_grace = args.drain_grace;

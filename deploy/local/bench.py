@@ -111,7 +111,8 @@ class Rig:
         return proc
 
     def start_worker(self):
-        self.worker = self.spawn([self.bin / "mcpq", "worker", "--config", self.config])
+        self.worker = self.spawn([self.bin / "mcpq", "worker", "--config", self.config,
+                                  "--metrics-listen", "127.0.0.1:0"])
 
     def bench(self, *args):
         argv = [self.bin / "mcpq", "bench", "--json", "--nats", self.nats_url, *args]

@@ -262,10 +262,14 @@ async fn submit(
     }
     let defaults = shared.check(&caller, &submission.server, &submission.tool)?;
     shared.admit_calls(&caller, 1).await?;
-    let job = submission
+    let mut job = submission
         .to_job(defaults.lane)
         .map_err(bad_request)?
         .owned_by(caller.principal().map(str::to_string));
+    job.traceparent = Some(
+        crate::http::traceparent_header(&headers)
+            .unwrap_or_else(|| mcpq_schemas::trace::TraceParent::start().to_string()),
+    );
     let submitted = shared.client.submit(&job).await?;
     let status = if submitted.duplicate {
         shared

@@ -39,6 +39,10 @@ pub struct HttpOptions {
     /// How long a connection may take to send a request's headers, and stay open idle between
     /// requests; then it is closed.
     pub idle_timeout: Duration,
+    /// The process's Prometheus recorder, rendered at `/metrics`; `None`: metrics are off.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// How often the queues are sampled (gauges, status page, readiness).
+    pub sample_every: Duration,
 }
 
 impl Default for HttpOptions {
@@ -50,6 +54,8 @@ impl Default for HttpOptions {
             max_waits: DEFAULT_MAX_WAITS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            metrics: None,
+            sample_every: DEFAULT_SAMPLE_EVERY,
         }
     }
 }
@@ -58,6 +64,9 @@ impl Default for HttpOptions {
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Time to send headers, or to stay idle between requests, by default.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often the queues are sampled by default.
+pub const DEFAULT_SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
 /// Requests served at once by default.
 pub const DEFAULT_MAX_REQUESTS: usize = 10_000;
@@ -96,6 +105,7 @@ pub(crate) fn router(
     sessions: Arc<KvSessions>,
     options: &HttpOptions,
     guard: Arc<Guard>,
+    monitor: Arc<crate::monitor::Monitor>,
     shutdown: &CancellationToken,
 ) -> Router {
     let mut stateless = StreamableHttpServerConfig::default()
@@ -160,6 +170,7 @@ pub(crate) fn router(
         .with_state(guard.clone());
     router
         .merge(metadata)
+        .merge(crate::monitor::routes(monitor))
         .layer(axum::middleware::from_fn_with_state(
             guard,
             crate::auth::guard::guard,
@@ -213,10 +224,11 @@ fn mentions_initialize(bytes: &[u8]) -> bool {
 /// Here each connection holds one of `max_connections` slots (one more is closed on accept),
 /// and hyper closes one that takes longer than `idle_timeout` to send a request's headers —
 /// which covers a silent new connection and an idle kept-alive one alike.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     options: &HttpOptions,
+    monitor: Arc<crate::monitor::Monitor>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let slots = Arc::new(tokio::sync::Semaphore::new(options.max_connections.max(1)));
@@ -242,15 +254,20 @@ pub async fn serve(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let (router, requests) = (router.clone(), requests.clone());
+        let (router, requests, monitor) = (router.clone(), requests.clone(), monitor.clone());
         let service = hyper_util::service::TowerToHyperService::new(tower::service_fn(
             move |request: Request<hyper::body::Incoming>| {
                 let (router, requests) = (router.clone(), requests.clone());
+                let endpoint = monitor.endpoint(request.uri().path());
                 async move {
-                    let Ok(_slot) = requests.try_acquire() else {
-                        return Ok(busy());
+                    let response = match requests.try_acquire() {
+                        Ok(_slot) => router.oneshot(request).await,
+                        Err(_) => Ok(busy()),
                     };
-                    router.oneshot(request).await
+                    if let Ok(response) = &response {
+                        crate::monitor::count_request(endpoint, response.status());
+                    }
+                    response
                 }
             },
         ));
@@ -278,6 +295,13 @@ pub async fn serve(
     }
     while connections.join_next().await.is_some() {}
     Ok(())
+}
+
+/// The request's `traceparent` header, when it is a valid W3C one (an invalid one is ignored,
+/// as the trace-context spec asks).
+pub(crate) fn traceparent_header(headers: &axum::http::HeaderMap) -> Option<String> {
+    let value = headers.get(mcpq_schemas::names::HDR_TRACEPARENT)?.to_str().ok()?;
+    mcpq_schemas::trace::TraceParent::parse(value).map(|t| t.to_string())
 }
 
 /// Binds `addr`, saying clearly when it is taken.

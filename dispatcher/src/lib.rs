@@ -14,17 +14,19 @@ pub mod dead_letters;
 pub mod http;
 pub mod ingress;
 pub mod publish;
+mod monitor;
 mod replies;
 mod sessions;
 mod shared;
 mod tasks;
+pub mod status;
 
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 pub use catalog::Catalog;
 pub use http::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUESTS, DEFAULT_MAX_WAITS,
-    HttpOptions,
+    DEFAULT_SAMPLE_EVERY, HttpOptions,
 };
 pub use ingress::{Gateway, NAME_SEPARATOR};
 use mcpq_schemas::{
@@ -62,6 +64,8 @@ pub struct Dispatcher {
     sessions: Arc<sessions::KvSessions>,
     options: HttpOptions,
     auth: Option<Arc<auth::Authenticator>>,
+    monitor: Arc<monitor::Monitor>,
+    sampler: status::Sampler,
 }
 
 impl Dispatcher {
@@ -78,6 +82,15 @@ impl Dispatcher {
         let sessions = sessions::KvSessions::open(&js)
             .await
             .map_err(DispatcherError::Catalog)?;
+        let sampler = status::Sampler::open(js.clone(), config.server_names().iter().map(|s| s.to_string()).collect())
+            .await
+            .map_err(DispatcherError::Catalog)?;
+        let monitor = monitor::Monitor::new(
+            nats.clone(),
+            options.sample_every,
+            options.metrics.clone(),
+            config.servers.iter().map(|s| s.name.clone()).collect(),
+        );
         let client = Client::new(nats).await?;
         let auth = match &config.auth {
             Some(auth) => Some(Arc::new(auth::Authenticator::new(auth)?)),
@@ -91,7 +104,14 @@ impl Dispatcher {
         });
         let quotas = if limited {
             Some(
-                auth::quota::Quotas::open(&js)
+                auth::quota::Quotas::open(
+                    &js,
+                    config
+                        .auth
+                        .iter()
+                        .flat_map(|a| a.api_keys.iter().map(|k| k.principal.clone()))
+                        .collect(),
+                )
                     .await
                     .map_err(DispatcherError::Catalog)?,
             )
@@ -125,6 +145,8 @@ impl Dispatcher {
             sessions: Arc::new(sessions),
             options,
             auth,
+            monitor,
+            sampler,
         })
     }
 
@@ -149,9 +171,11 @@ impl Dispatcher {
             self.sessions,
             &self.options,
             Arc::new(guard),
+            self.monitor.clone(),
             &shutdown,
         );
-        http::serve(listener, router, &self.options, shutdown).await?;
+        tokio::spawn(self.monitor.clone().run(self.sampler, shutdown.clone()));
+        http::serve(listener, router, &self.options, self.monitor, shutdown).await?;
         Ok(())
     }
 

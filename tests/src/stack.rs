@@ -187,6 +187,7 @@ impl WorkerProcess {
             .args(["worker", "--config"])
             .arg(config)
             .args(["--nats", nats_url, "--id", id, "--drain-grace", "20s"])
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .env(
                 "MCPQ_LOG",
                 std::env::var("MCPQ_TEST_LOG").unwrap_or_else(|_| "warn".into()),

@@ -83,7 +83,9 @@ fn refuse(status: StatusCode, code: ApiErrorCode, message: String) -> Response {
 /// The axum middleware.
 pub async fn guard(State(guard): State<Arc<Guard>>, mut request: Request, next: Next) -> Response {
     let path = request.uri().path().to_string();
-    if path == "/healthz" {
+    // Probes from the platform (kubelet, load balancers) carry no credentials and no browser
+    // reads anything secret from them.
+    if path == "/healthz" || path == "/readyz" {
         return next.run(request).await;
     }
     let headers = request.headers();
@@ -94,6 +96,7 @@ pub async fn guard(State(guard): State<Arc<Guard>>, mut request: Request, next: 
         .or_else(|| request.uri().authority().map(|a| a.to_string()))
         .unwrap_or_default();
     if !guard.host_allowed(&host) {
+        auth_failure("host");
         return refuse(
             StatusCode::FORBIDDEN,
             ApiErrorCode::Forbidden,
@@ -106,6 +109,7 @@ pub async fn guard(State(guard): State<Arc<Guard>>, mut request: Request, next: 
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
         if !guard.origin_allowed(origin, &host) {
+            auth_failure("origin");
             return refuse(
                 StatusCode::FORBIDDEN,
                 ApiErrorCode::Forbidden,
@@ -128,6 +132,11 @@ pub async fn guard(State(guard): State<Arc<Guard>>, mut request: Request, next: 
                 Ok(caller) => caller,
                 Err(denied) => {
                     tracing::info!(path = %path, reason = %denied.message(), "request refused");
+                    auth_failure(match denied {
+                        Denied::Missing => "missing",
+                        Denied::Invalid(_) => "invalid",
+                        Denied::InsufficientScope(_) => "insufficient_scope",
+                    });
                     return refused(auth, &denied, &base_url(auth, headers, &host), &path);
                 }
             }
@@ -135,6 +144,12 @@ pub async fn guard(State(guard): State<Arc<Guard>>, mut request: Request, next: 
     };
     request.extensions_mut().insert(caller);
     next.run(request).await
+}
+
+/// Counts a refused request in `mcpq_auth_failures_total{reason}`: `missing`, `invalid`
+/// (credentials), `insufficient_scope`, `host`, `origin`.
+fn auth_failure(reason: &'static str) {
+    metrics::counter!(mcpq_schemas::metrics::AUTH_FAILURES, "reason" => reason).increment(1);
 }
 
 /// The URL clients reach this server at: `auth.publicUrl`, else `http://<Host>`.

@@ -45,6 +45,8 @@ pub struct Quotas {
     replica: String,
     /// Calls this replica holds open, by principal.
     held: Arc<Mutex<HashMap<String, u32>>>,
+    /// Principals the config names, shown by name in metrics.
+    named: Arc<std::collections::BTreeSet<String>>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -82,7 +84,12 @@ fn token(principal: &str) -> String {
 }
 
 impl Quotas {
-    pub async fn open(js: &async_nats::jetstream::Context) -> Result<Quotas, String> {
+    /// `named`: the principals the config names (API keys); others (JWT subjects) are shown
+    /// as `jwt` in metrics, which must not grow a label per token subject.
+    pub async fn open(
+        js: &async_nats::jetstream::Context,
+        named: std::collections::BTreeSet<String>,
+    ) -> Result<Quotas, String> {
         let kv = js
             .get_key_value(QUOTAS_BUCKET)
             .await
@@ -91,6 +98,7 @@ impl Quotas {
             kv,
             replica: uuid::Uuid::now_v7().simple().to_string(),
             held: Arc::default(),
+            named: Arc::new(named),
         };
         let refresher = quotas.clone();
         tokio::spawn(async move { refresher.refresh_loop().await });
@@ -136,6 +144,7 @@ impl Quotas {
                 None => self.kv.create(&key, value).await.is_ok(),
             };
             if written {
+                self.used(principal, "calls_per_minute", used + u64::from(calls));
                 return Ok(());
             }
         }
@@ -149,18 +158,24 @@ impl Quotas {
         else {
             return Ok(None);
         };
+        let total = std::sync::atomic::AtomicU32::new(0);
         let ok = self
             .change(principal, |entry, mine, now| {
-                if entry.live_total(now) >= limit {
+                let live = entry.live_total(now);
+                if live >= limit {
                     return false;
                 }
                 *mine += 1;
+                total.store(live + 1, std::sync::atomic::Ordering::Relaxed);
                 true
             })
             .await;
         match ok {
             Some(true) => Ok(Some(Held {
-                quotas: self.clone(),
+                quotas: {
+                    self.used(principal, "max_in_flight", u64::from(total.load(std::sync::atomic::Ordering::Relaxed)));
+                    self.clone()
+                },
                 principal: principal.to_string(),
             })),
             _ => Err(OverLimit {
@@ -174,11 +189,25 @@ impl Quotas {
     }
 
     async fn release(&self, principal: &str) {
-        self.change(principal, |_, mine, _| {
+        let total = std::sync::atomic::AtomicU32::new(0);
+        self.change(principal, |entry, mine, now| {
             *mine = mine.saturating_sub(1);
+            total.store(entry.live_total(now).saturating_sub(1), std::sync::atomic::Ordering::Relaxed);
             true
         })
         .await;
+        self.used(principal, "max_in_flight", u64::from(total.load(std::sync::atomic::Ordering::Relaxed)));
+    }
+
+    /// Shows a principal's use of a limit as `mcpq_quota_used`.
+    fn used(&self, principal: &str, limit: &'static str, value: u64) {
+        let principal = if self.named.contains(principal) {
+            principal.to_string()
+        } else {
+            "jwt".to_string()
+        };
+        metrics::gauge!(mcpq_schemas::metrics::QUOTA_USED, "principal" => principal, "limit" => limit)
+            .set(value as f64);
     }
 
     /// Applies `f` to this replica's count in the principal's entry (compare-and-set); `f`

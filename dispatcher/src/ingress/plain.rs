@@ -47,6 +47,7 @@ pub(crate) struct Taken {
     capabilities: Option<rmcp::model::ClientCapabilities>,
     progress_token: Option<rmcp::model::ProgressToken>,
     caller: Caller,
+    traceparent: Option<String>,
 }
 
 /// Takes the request when it belongs on this path; `None` sends it to rmcp as it is.
@@ -97,6 +98,7 @@ pub(crate) fn take(parts: &Parts, body: &Bytes) -> Option<Taken> {
             .get::<Caller>()
             .cloned()
             .unwrap_or_else(Caller::nobody),
+        traceparent: crate::http::traceparent_header(headers),
     })
 }
 
@@ -195,6 +197,7 @@ async fn call(
         capabilities,
         progress_token,
         caller,
+        traceparent,
     } = taken;
     let declared_tasks = capabilities.as_ref().is_some_and(|c| c.supports_tasks());
     let origin = Origin {
@@ -204,6 +207,7 @@ async fn call(
         progress_token,
         stream: Stream::Plain(notes),
         cancelled: None,
+        traceparent,
     };
     let answered = gateway
         .call(&params, Some(&meta), origin)

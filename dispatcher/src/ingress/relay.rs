@@ -115,6 +115,8 @@ pub(crate) struct Origin<'a> {
     pub stream: Stream<'a>,
     /// Cancelled when the client cancels the request (dropping the call does the same).
     pub cancelled: Option<&'a CancellationToken>,
+    /// The W3C `traceparent` HTTP header, when it was a valid one (`_meta` comes first).
+    pub traceparent: Option<String>,
 }
 
 impl<'a> Origin<'a> {
@@ -128,6 +130,10 @@ impl<'a> Origin<'a> {
             progress_token: context.meta.get_progress_token(),
             stream: Stream::Peer(&context.peer),
             cancelled: Some(&context.ct),
+            traceparent: context
+                .extensions
+                .get::<axum::http::request::Parts>()
+                .and_then(|parts| crate::http::traceparent_header(&parts.headers)),
         }
     }
 }
@@ -397,10 +403,17 @@ fn new_job(
         check::idempotency_key(&format!("_meta {META_IDEMPOTENCY_KEY:?}"), key).map_err(invalid)?;
         job = job.with_idempotency_key(key);
     }
-    if let Some(traceparent) = text("traceparent")? {
-        check::traceparent("_meta \"traceparent\"", traceparent).map_err(invalid)?;
-        job.traceparent = Some(traceparent.to_string());
-    }
+    // The caller's trace (`_meta`, else the HTTP header), or one started here: every job is
+    // traced, so its audit record and the upstream's `_meta` carry an id to follow.
+    job.traceparent = Some(match text("traceparent")? {
+        Some(traceparent) => {
+            check::traceparent("_meta \"traceparent\"", traceparent).map_err(invalid)?;
+            traceparent.to_string()
+        }
+        None => request.origin.traceparent.clone().unwrap_or_else(|| {
+            mcpq_schemas::trace::TraceParent::start().to_string()
+        }),
+    });
     job.log_level = request.log_level.clone();
     job.client_capabilities = request
         .origin
