@@ -1,6 +1,7 @@
 //! `mcpq`: one CLI over the dispatcher and worker libraries. It parses arguments, loads the
 //! config and hands over; the logic lives in the libraries.
 
+mod audit;
 mod auth_cmd;
 mod batch;
 mod bench;
@@ -10,6 +11,7 @@ mod dlq;
 mod jobs;
 mod local_nats;
 mod run;
+mod status;
 mod telemetry;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -67,6 +69,11 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Dead letters: list, show, replay, purge.
     Dlq(dlq::DlqArgs),
+    /// Every server at a glance: queues, throughput, latency, errors, circuit, health,
+    /// workers, dead letters; refreshed in place.
+    Status(status::StatusArgs),
+    /// The audit stream: one record per call.
+    Audit(audit::AuditArgs),
     /// Config file commands.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
@@ -109,6 +116,8 @@ fn main() -> ExitCode {
             Command::Batch(args) => batch::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Dlq(args) => dlq::run(args).await,
+            Command::Status(args) => status::run(args).await,
+            Command::Audit(args) => audit::run(args).await,
 
             Command::Config(_) | Command::Auth(_) => unreachable!("handled above"),
         }

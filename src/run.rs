@@ -151,7 +151,7 @@ fn humantime_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// Cancels the token on SIGINT or SIGTERM.
-fn on_signal() -> CancellationToken {
+pub(crate) fn on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let cancel = token.clone();
     tokio::spawn(async move {
@@ -174,7 +174,7 @@ fn nats_url(common: &Common, config: &Config) -> String {
         .unwrap_or_else(|| config.nats.url_or_default().to_string())
 }
 
-fn fail(message: impl std::fmt::Display) -> ExitCode {
+pub(crate) fn fail(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("mcpq: {message}");
     ExitCode::FAILURE
 }

@@ -119,7 +119,9 @@ pub async fn guard(State(guard): State<Arc<Guard>>, mut request: Request, next: 
             );
         }
     }
-    if path == METADATA_PATH || path.starts_with(&format!("{METADATA_PATH}/")) {
+    // The metadata, and the status page's shell (no data: it asks for credentials and reads
+    // /status.json with them).
+    if path == METADATA_PATH || path.starts_with(&format!("{METADATA_PATH}/")) || path == "/" {
         return next.run(request).await;
     }
     let caller = match &guard.auth {
