@@ -152,7 +152,10 @@ pub async fn run(args: AuditArgs) -> ExitCode {
 fn line(r: &AuditRecord) -> String {
     let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(r.ended_at_ms) * 1_000_000)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| r.ended_at_ms.to_string());
     format!(
         "{at}  {}/{}  principal={}  {}{}  {} ms  attempts={}  args={}B sha256={}  job={}  trace={}",

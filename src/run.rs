@@ -323,7 +323,11 @@ pub async fn worker(args: WorkerArgs) -> ExitCode {
     };
     let shutdown = on_signal();
     let served = if args.servers.is_empty() {
-        config.server_names().iter().map(|s| s.to_string()).collect()
+        config
+            .server_names()
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     } else {
         args.servers.clone()
     };

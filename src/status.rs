@@ -44,7 +44,11 @@ pub async fn run(args: StatusArgs) -> ExitCode {
         Err(e) => return crate::run::fail(e),
     };
     let js = async_nats::jetstream::new(nats);
-    let servers = config.server_names().iter().map(|s| s.to_string()).collect();
+    let servers = config
+        .server_names()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let sampler = match Sampler::open(js, servers).await {
         Ok(sampler) => sampler,
         Err(e) => {
@@ -72,7 +76,11 @@ pub async fn run(args: StatusArgs) -> ExitCode {
                 let _ = write!(out, "\x1b[H\x1b[2J");
             }
             if args.json {
-                let _ = writeln!(out, "{}", serde_json::to_string(&report).unwrap_or_default());
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string(&report).unwrap_or_default()
+                );
             } else {
                 let _ = write!(out, "{}", table(&report));
             }

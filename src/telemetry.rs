@@ -5,11 +5,11 @@
 use std::{net::SocketAddr, time::Duration};
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use mcpq_schemas::{
     metrics as m,
     names::{CATALOG_BUCKET, jobs_stream},
 };
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
 /// Installs the Prometheus recorder for this process, with mcpq's duration buckets and a
@@ -35,21 +35,52 @@ pub fn install() -> Result<PrometheusHandle, String> {
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(m::CALLS_TOTAL, "Jobs ended, by server, tool and outcome");
-    describe_histogram!(m::CALL_DURATION, Unit::Seconds, "Submission to end of a job");
-    describe_histogram!(m::UPSTREAM_DURATION, Unit::Seconds, "The upstream call alone");
-    describe_histogram!(m::QUEUE_WAIT, Unit::Seconds, "Submission to a job's first attempt");
+    describe_histogram!(
+        m::CALL_DURATION,
+        Unit::Seconds,
+        "Submission to end of a job"
+    );
+    describe_histogram!(
+        m::UPSTREAM_DURATION,
+        Unit::Seconds,
+        "The upstream call alone"
+    );
+    describe_histogram!(
+        m::QUEUE_WAIT,
+        Unit::Seconds,
+        "Submission to a job's first attempt"
+    );
     describe_counter!(m::ATTEMPTS_FAILED, "Attempts that failed, by error kind");
     describe_counter!(m::DEAD_LETTERS, "Jobs written to the dead-letter stream");
     describe_counter!(m::RETRIES, "Failed attempts that will be tried again");
     describe_gauge!(m::QUEUE_DEPTH, "Jobs waiting in a lane");
-    describe_gauge!(m::QUEUE_ACK_PENDING, "Jobs held by workers, not yet acknowledged");
+    describe_gauge!(
+        m::QUEUE_ACK_PENDING,
+        "Jobs held by workers, not yet acknowledged"
+    );
     describe_gauge!(m::DLQ_DEPTH, "Dead letters kept for a server");
-    describe_gauge!(m::IN_FLIGHT, "Upstream calls running in this worker process");
-    describe_histogram!(m::RATE_LIMIT_WAIT, Unit::Seconds, "Time a job waited for the rate limit");
-    describe_gauge!(m::CIRCUIT_STATE, "Circuit breaker: 0 closed, 1 half-open, 2 open");
+    describe_gauge!(
+        m::IN_FLIGHT,
+        "Upstream calls running in this worker process"
+    );
+    describe_histogram!(
+        m::RATE_LIMIT_WAIT,
+        Unit::Seconds,
+        "Time a job waited for the rate limit"
+    );
+    describe_gauge!(
+        m::CIRCUIT_STATE,
+        "Circuit breaker: 0 closed, 1 half-open, 2 open"
+    );
     describe_gauge!(m::UPSTREAM_UP, "Health checks: 1 up, 0 down");
-    describe_counter!(m::REQUESTS_TOTAL, "HTTP requests answered, by endpoint and status");
-    describe_counter!(m::AUTH_FAILURES, "Requests refused for their credentials, host or origin");
+    describe_counter!(
+        m::REQUESTS_TOTAL,
+        "HTTP requests answered, by endpoint and status"
+    );
+    describe_counter!(
+        m::AUTH_FAILURES,
+        "Requests refused for their credentials, host or origin"
+    );
     describe_gauge!(m::QUOTA_USED, "A principal's use of a limit");
 }
 
@@ -114,9 +145,11 @@ async fn render(State(probe): State<std::sync::Arc<Probe>>) -> axum::response::R
 async fn ready(State(probe): State<std::sync::Arc<Probe>>) -> axum::response::Response {
     match not_ready(&probe).await {
         None => "ready\n".into_response(),
-        Some(reason) => {
-            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")).into_response()
-        }
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        )
+            .into_response(),
     }
 }
 

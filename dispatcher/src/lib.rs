@@ -13,13 +13,13 @@ pub mod dead_letters;
 
 pub mod http;
 pub mod ingress;
-pub mod publish;
 mod monitor;
+pub mod publish;
 mod replies;
 mod sessions;
 mod shared;
-mod tasks;
 pub mod status;
+mod tasks;
 
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
@@ -82,9 +82,16 @@ impl Dispatcher {
         let sessions = sessions::KvSessions::open(&js)
             .await
             .map_err(DispatcherError::Catalog)?;
-        let sampler = status::Sampler::open(js.clone(), config.server_names().iter().map(|s| s.to_string()).collect())
-            .await
-            .map_err(DispatcherError::Catalog)?;
+        let sampler = status::Sampler::open(
+            js.clone(),
+            config
+                .server_names()
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        )
+        .await
+        .map_err(DispatcherError::Catalog)?;
         let monitor = monitor::Monitor::new(
             nats.clone(),
             options.sample_every,
@@ -112,8 +119,8 @@ impl Dispatcher {
                         .flat_map(|a| a.api_keys.iter().map(|k| k.principal.clone()))
                         .collect(),
                 )
-                    .await
-                    .map_err(DispatcherError::Catalog)?,
+                .await
+                .map_err(DispatcherError::Catalog)?,
             )
         } else {
             None

@@ -15,8 +15,8 @@ use axum::{
     response::{Html, IntoResponse, Response},
     routing::get,
 };
-use metrics_exporter_prometheus::PrometheusHandle;
 use mcpq_schemas::metrics as m;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -64,9 +64,10 @@ impl Monitor {
                 () = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let sampled = tokio::time::timeout(self.every.max(Duration::from_secs(5)), sampler.sample())
-                .await
-                .unwrap_or_else(|_| Err("JetStream did not answer in time".into()));
+            let sampled =
+                tokio::time::timeout(self.every.max(Duration::from_secs(5)), sampler.sample())
+                    .await
+                    .unwrap_or_else(|_| Err("JetStream did not answer in time".into()));
             match sampled {
                 Ok(sample) => {
                     crate::status::export(&sample);
@@ -142,7 +143,11 @@ async fn metrics(State(monitor): State<Arc<Monitor>>) -> Response {
 async fn readyz(State(monitor): State<Arc<Monitor>>) -> Response {
     match monitor.not_ready() {
         None => "ready\n".into_response(),
-        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")).into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        )
+            .into_response(),
     }
 }
 
@@ -202,10 +207,16 @@ mod tests {
             ("/servers/github/mcp", "/servers/github/mcp"),
             ("/servers/nope/mcp", "other"),
             ("/v1/jobs", "/v1/jobs"),
-            ("/v1/jobs/0190a1b2-0000-7000-8000-000000000000", "/v1/jobs/{id}"),
+            (
+                "/v1/jobs/0190a1b2-0000-7000-8000-000000000000",
+                "/v1/jobs/{id}",
+            ),
             ("/v1/jobs/x/wait", "/v1/jobs/{id}/wait"),
             ("/v1/batches/x/results", "/v1/batches/{id}/results"),
-            ("/.well-known/oauth-protected-resource/mcp", "/.well-known/oauth-protected-resource"),
+            (
+                "/.well-known/oauth-protected-resource/mcp",
+                "/.well-known/oauth-protected-resource",
+            ),
             ("/etc/passwd", "other"),
         ] {
             assert_eq!(endpoint_label(path, &servers), label, "{path}");

@@ -52,6 +52,23 @@ impl TraceParent {
         }
     }
 
+    /// The trace of a job that came without one (a pipeline publishing to NATS): its id is the
+    /// job id, so every attempt of the job carries the same trace.
+    pub fn for_job(job_id: &uuid::Uuid) -> TraceParent {
+        let bytes = *job_id.as_bytes();
+        let mut span_id = [0u8; 8];
+        span_id.copy_from_slice(&bytes[8..]);
+        if span_id == [0; 8] {
+            span_id[7] = 1;
+        }
+        let trace_id = if bytes == [0; 16] { [1; 16] } else { bytes };
+        TraceParent {
+            trace_id,
+            span_id,
+            flags: 1,
+        }
+    }
+
     /// The same trace with a new span as parent: what this process sends on.
     pub fn child(&self) -> TraceParent {
         let mut span_id = [0u8; 8];

@@ -617,14 +617,6 @@ async fn an_unauthenticated_dispatcher_refuses_to_listen_beyond_loopback() {
     );
 }
 
-/// A free loopback port (bound, then let go).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secret_values_appear_in_no_log_record_dead_letter_or_reply() {
     let nats = mcpq_tests::nats::NatsServer::start();
@@ -669,7 +661,7 @@ servers:
         ),
     )
     .unwrap();
-    let port = free_port();
+    let port = mcpq_tests::free_port();
     let log = std::fs::File::create(dir.path().join("mcpq.log")).unwrap();
     let mut up = tokio::process::Command::new(mcpq_bin())
         .args([

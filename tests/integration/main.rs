@@ -13,6 +13,7 @@ mod idempotency;
 mod jobs;
 mod limits;
 mod load;
+mod observe;
 mod plain;
 mod restart;
 mod retry;

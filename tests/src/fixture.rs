@@ -217,6 +217,18 @@ impl Fixture {
         }
     }
 
+    #[tool(description = "Answer with the W3C traceparent the request's _meta carried (or none)")]
+    fn traced(&self, context: RequestContext<RoleServer>) -> String {
+        self.count();
+        context
+            .meta
+            .0
+            .get("traceparent")
+            .and_then(|v| v.as_str())
+            .unwrap_or("none")
+            .to_string()
+    }
+
     #[tool(description = "Answer with a JSON-RPC error (invalid params): a permanent failure")]
     fn reject(&self) -> Result<String, ErrorData> {
         self.count();

@@ -58,6 +58,14 @@ fn workspace_binary(name: &str) -> PathBuf {
     path
 }
 
+/// A free loopback port (bound, then let go).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 /// The `mcpq` binary.
 pub fn mcpq_bin() -> PathBuf {
     workspace_binary("mcpq")

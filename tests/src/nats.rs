@@ -57,7 +57,17 @@ impl NatsServer {
 
     /// Kills the server and starts it again on the same port with the same store.
     pub fn restart(&mut self) {
+        self.stop();
+        self.start_again();
+    }
+
+    /// Stops the server (its store stays for [`NatsServer::start_again`]).
+    pub fn stop(&mut self) {
         self.kill();
+    }
+
+    /// Starts a stopped server again on the same port and store.
+    pub fn start_again(&mut self) {
         let (child, _) = spawn(&self.store, self.port);
         self.child = Some(child);
     }

@@ -84,7 +84,14 @@ pub(crate) async fn handle(pool: &Pool, message: Message) {
         progress: None,
     };
     let job = match decode(&pool.server.name, &message.payload, stored_at_ms) {
-        Ok(job) => job,
+        // A job published without a trace gets one named after it, the same on every attempt.
+        Ok(mut job) => {
+            if job.traceparent.is_none() {
+                job.traceparent =
+                    Some(mcpq_schemas::trace::TraceParent::for_job(&job.id).to_string());
+            }
+            job
+        }
         Err(error) => {
             tracing::warn!(server = %pool.server.name, stream_seq, error = %error, "malformed job");
             let mut delivery = delivery;

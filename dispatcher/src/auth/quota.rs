@@ -173,7 +173,11 @@ impl Quotas {
         match ok {
             Some(true) => Ok(Some(Held {
                 quotas: {
-                    self.used(principal, "max_in_flight", u64::from(total.load(std::sync::atomic::Ordering::Relaxed)));
+                    self.used(
+                        principal,
+                        "max_in_flight",
+                        u64::from(total.load(std::sync::atomic::Ordering::Relaxed)),
+                    );
                     self.clone()
                 },
                 principal: principal.to_string(),
@@ -192,11 +196,18 @@ impl Quotas {
         let total = std::sync::atomic::AtomicU32::new(0);
         self.change(principal, |entry, mine, now| {
             *mine = mine.saturating_sub(1);
-            total.store(entry.live_total(now).saturating_sub(1), std::sync::atomic::Ordering::Relaxed);
+            total.store(
+                entry.live_total(now).saturating_sub(1),
+                std::sync::atomic::Ordering::Relaxed,
+            );
             true
         })
         .await;
-        self.used(principal, "max_in_flight", u64::from(total.load(std::sync::atomic::Ordering::Relaxed)));
+        self.used(
+            principal,
+            "max_in_flight",
+            u64::from(total.load(std::sync::atomic::Ordering::Relaxed)),
+        );
     }
 
     /// Shows a principal's use of a limit as `mcpq_quota_used`.

@@ -410,9 +410,11 @@ fn new_job(
             check::traceparent("_meta \"traceparent\"", traceparent).map_err(invalid)?;
             traceparent.to_string()
         }
-        None => request.origin.traceparent.clone().unwrap_or_else(|| {
-            mcpq_schemas::trace::TraceParent::start().to_string()
-        }),
+        None => request
+            .origin
+            .traceparent
+            .clone()
+            .unwrap_or_else(|| mcpq_schemas::trace::TraceParent::start().to_string()),
     });
     job.log_level = request.log_level.clone();
     job.client_capabilities = request
