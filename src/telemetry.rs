@@ -59,6 +59,7 @@ fn describe() {
         "Jobs held by workers, not yet acknowledged"
     );
     describe_gauge!(m::DLQ_DEPTH, "Dead letters kept for a server");
+    describe_gauge!(m::QUEUE_MAX, "The most jobs a server's queue holds (maxQueued)");
     describe_gauge!(
         m::IN_FLIGHT,
         "Upstream calls running in this worker process"

@@ -96,7 +96,11 @@ impl Dispatcher {
             nats.clone(),
             options.sample_every,
             options.metrics.clone(),
-            config.servers.iter().map(|s| s.name.clone()).collect(),
+            config
+                .servers
+                .iter()
+                .map(|s| (s.name.clone(), s.max_queued))
+                .collect(),
         );
         let client = Client::new(nats).await?;
         let auth = match &config.auth {

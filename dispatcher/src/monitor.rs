@@ -35,6 +35,8 @@ pub(crate) struct Monitor {
     every: Duration,
     metrics: Option<PrometheusHandle>,
     servers: BTreeSet<String>,
+    /// Each server's `maxQueued`.
+    queue_max: Vec<(String, u64)>,
 }
 
 impl Monitor {
@@ -42,8 +44,9 @@ impl Monitor {
         nats: async_nats::Client,
         every: Duration,
         metrics: Option<PrometheusHandle>,
-        servers: BTreeSet<String>,
+        queue_max: Vec<(String, u64)>,
     ) -> Arc<Monitor> {
+        let servers = queue_max.iter().map(|(s, _)| s.clone()).collect();
         Arc::new(Monitor {
             nats,
             window: Mutex::new(Window::default()),
@@ -52,11 +55,15 @@ impl Monitor {
             every,
             metrics,
             servers,
+            queue_max,
         })
     }
 
     /// Samples every `every` until `shutdown`.
     pub(crate) async fn run(self: Arc<Self>, sampler: Sampler, shutdown: CancellationToken) {
+        for (server, max) in &self.queue_max {
+            metrics::gauge!(m::QUEUE_MAX, "server" => server.clone()).set(*max as f64);
+        }
         let mut tick = tokio::time::interval(self.every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

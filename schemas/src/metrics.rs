@@ -24,6 +24,9 @@ pub const QUEUE_DEPTH: &str = "mcpq_queue_depth";
 pub const QUEUE_ACK_PENDING: &str = "mcpq_queue_ack_pending";
 /// Gauge `{server}`: dead letters kept for the server.
 pub const DLQ_DEPTH: &str = "mcpq_dlq_depth";
+/// Gauge `{server}`: the most jobs the server's queue holds (`maxQueued`); beyond it calls are
+/// refused with `queue_full`.
+pub const QUEUE_MAX: &str = "mcpq_queue_max";
 /// Gauge `{server}`: upstream calls running in this worker process.
 pub const IN_FLIGHT: &str = "mcpq_in_flight";
 /// Histogram `{server}`: time a job waited for the rate limit, in seconds.
@@ -59,7 +62,7 @@ pub const DURATION_BUCKETS: [f64; 16] = [
 ];
 
 /// Every metric name mcpq defines, for the docs check.
-pub const ALL: [&str; 18] = [
+pub const ALL: [&str; 19] = [
     CALLS_TOTAL,
     CALL_DURATION,
     UPSTREAM_DURATION,
@@ -70,6 +73,7 @@ pub const ALL: [&str; 18] = [
     QUEUE_DEPTH,
     QUEUE_ACK_PENDING,
     DLQ_DEPTH,
+    QUEUE_MAX,
     IN_FLIGHT,
     RATE_LIMIT_WAIT,
     CIRCUIT_STATE,

@@ -101,7 +101,7 @@ async fn tools_are_called_through_both_endpoints_in_every_protocol_revision() {
             names,
             [
                 "big", "busy", "crash", "echo", "fail", "flaky", "grow", "hold", "mark",
-                "math.add", "progress", "reject", "slow", "stamp", "whoami"
+                "math.add", "progress", "reject", "slow", "stamp", "traced", "whoami"
             ],
             "{version}"
         );

@@ -772,3 +772,66 @@ async fn a_callers_trace_id_reaches_the_upstream_and_the_audit_record() {
     );
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_every_server_and_its_numbers_move_under_load() {
+    let node = mcpq_tests::required_program("node");
+    let chromium = std::path::PathBuf::from(
+        std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+    );
+    assert!(
+        chromium.is_file(),
+        "{} not found: run `make tools` (it installs Debian's chromium)",
+        chromium.display()
+    );
+    let modules = mcpq_tests::repo_root().join(".tools/npm/node_modules");
+    assert!(
+        modules.join("playwright-core").is_dir(),
+        "playwright-core not found: run `make tools`"
+    );
+    let web = HttpFixture::start().await;
+    let stack = Stack::start(&crate::two_fixtures(&web.url())).await;
+    let addr = stack
+        .another_dispatcher_with(HttpOptions {
+            sample_every: Duration::from_secs(1),
+            ..HttpOptions::default()
+        })
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let shot = dir.path().join("status-page.png");
+    let output = tokio::process::Command::new(node)
+        .arg(mcpq_tests::repo_root().join("tests/browser/status-page.cjs"))
+        .args([&format!("http://{addr}"), shot.to_str().unwrap(), "web,local", "8"])
+        .env("NODE_PATH", &modules)
+        .env("CHROMIUM", &chromium)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "the browser script failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)));
+    assert_eq!(seen["problems"], json!([]), "no console errors, no failed requests");
+    assert_eq!(seen["shown"], json!(["web", "local"]), "every configured server");
+    let calls = |when: &str, server: &str| {
+        seen[when]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["server"] == server)
+            .unwrap()["calls"]
+            .as_f64()
+            .unwrap()
+    };
+    assert_eq!(calls("before", "web"), 0.0, "{seen}");
+    assert!(calls("after", "web") > 0.0, "the numbers move under load: {seen}");
+    let png = std::fs::read(&shot).unwrap();
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a screenshot");
+    if std::env::var_os("MCPQ_BLESS").is_some() {
+        std::fs::write(mcpq_tests::repo_root().join("docs/status-page.png"), png).unwrap();
+    }
+    stack.stop().await;
+}

@@ -52,6 +52,8 @@ fn the_readme_names_every_nats_name() {
         EVENT_INPUT,
         SESSIONS_BUCKET,
         BLOBS_BUCKET,
+        AUDIT_STREAM,
+        HEALTH_BUCKET,
     ];
     let missing: Vec<_> = names
         .iter()
