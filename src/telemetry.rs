@@ -59,7 +59,10 @@ fn describe() {
         "Jobs held by workers, not yet acknowledged"
     );
     describe_gauge!(m::DLQ_DEPTH, "Dead letters kept for a server");
-    describe_gauge!(m::QUEUE_MAX, "The most jobs a server's queue holds (maxQueued)");
+    describe_gauge!(
+        m::QUEUE_MAX,
+        "The most jobs a server's queue holds (maxQueued)"
+    );
     describe_gauge!(
         m::IN_FLIGHT,
         "Upstream calls running in this worker process"
@@ -178,4 +181,70 @@ async fn not_ready(probe: &Probe) -> Option<String> {
     .await
     .unwrap_or_else(|_| Err("JetStream did not answer in time".into()));
     checked.err()
+}
+
+/// What must happen before the process exits: spans still buffered are sent.
+pub struct TraceExport(Option<opentelemetry_sdk::trace::SdkTracerProvider>);
+
+impl TraceExport {
+    pub fn shutdown(self) {
+        if let Some(provider) = self.0
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("mcpq: cannot send the last spans: {e}");
+        }
+    }
+}
+
+/// Logs to stderr (filter `MCPQ_LOG`), and spans to the OTLP/HTTP collector at
+/// `telemetry.otlpEndpoint` when the config names one.
+pub fn init_tracing(telemetry: Option<&mcpq_schemas::config::TelemetryConfig>) -> TraceExport {
+    use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt};
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MCPQ_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmcp=warn,async_nats=warn"));
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let provider = telemetry
+        .and_then(|t| t.otlp_endpoint.as_deref().map(|url| (url, t)))
+        .and_then(
+            |(url, t)| match otlp_provider(url, t.service_name.as_deref()) {
+                Ok(provider) => Some(provider),
+                Err(e) => {
+                    eprintln!("mcpq: no trace export to {url}: {e}");
+                    None
+                }
+            },
+        );
+    let otel = provider.as_ref().map(|provider| {
+        use opentelemetry::trace::TracerProvider;
+        tracing_opentelemetry::layer().with_tracer(provider.tracer("mcpq"))
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .init();
+    TraceExport(provider)
+}
+
+fn otlp_provider(
+    endpoint: &str,
+    service: Option<&str>,
+) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, String> {
+    use opentelemetry_otlp::WithExportConfig;
+    let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(url)
+        .with_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let resource = opentelemetry_sdk::Resource::builder_empty()
+        .with_service_name(service.unwrap_or("mcpq").to_string())
+        .build();
+    Ok(opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build())
 }

@@ -17,6 +17,7 @@ use mcpq_schemas::{
     api::{Accepted, ApiError, ApiErrorCode, BatchAccepted, JobSubmission},
     batch::BatchRecord,
 };
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -266,11 +267,16 @@ async fn submit(
         .to_job(defaults.lane)
         .map_err(bad_request)?
         .owned_by(caller.principal().map(str::to_string));
-    job.traceparent = Some(
-        crate::http::traceparent_header(&headers)
-            .unwrap_or_else(|| mcpq_schemas::trace::TraceParent::start().to_string()),
-    );
-    let submitted = shared.client.submit(&job).await?;
+    let caller_trace = crate::http::traceparent_header(&headers);
+    let span = tracing::info_span!("submit", job_id = %job.id, server = %job.server);
+    mcpq_schemas::trace::adopt(&span, caller_trace.as_deref());
+    job.traceparent = Some(match mcpq_schemas::trace::of_span(&span) {
+        Some(own) => own.to_string(),
+        None => {
+            caller_trace.unwrap_or_else(|| mcpq_schemas::trace::TraceParent::start().to_string())
+        }
+    });
+    let submitted = shared.client.submit(&job).instrument(span).await?;
     let status = if submitted.duplicate {
         shared
             .client

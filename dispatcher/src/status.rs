@@ -25,6 +25,8 @@ use mcpq_schemas::{
 
 /// How long the [`Window`] keeps samples: the charts' span.
 pub const HISTORY: Duration = Duration::from_secs(15 * 60);
+/// The rate at each history point is taken over this much before it.
+pub const HISTORY_RATE: Duration = Duration::from_secs(10);
 /// Rates and latencies are taken over at most this much of the latest samples.
 pub const RATE_WINDOW: Duration = Duration::from_secs(30);
 
@@ -249,11 +251,24 @@ impl Window {
                 status
             })
             .collect();
+        // Each point's rate is taken over the samples of the last few seconds before it:
+        // heartbeats carry the counts every 2 s, so the rate between two samples 1 s apart
+        // would swing between nothing and double.
         let history = self
             .samples
             .iter()
-            .zip(self.samples.iter().skip(1))
-            .map(|(before, after)| history_point(before, after))
+            .enumerate()
+            .skip(1)
+            .map(|(i, after)| {
+                let since = after.at_ms.saturating_sub(HISTORY_RATE.as_millis() as u64);
+                let before = self
+                    .samples
+                    .iter()
+                    .take(i)
+                    .find(|s| s.at_ms >= since)
+                    .unwrap_or(&self.samples[i - 1]);
+                history_point(before, after)
+            })
             .collect();
         Some(StatusReport {
             v: ENVELOPE_VERSION,

@@ -99,6 +99,47 @@ impl fmt::Display for TraceParent {
     }
 }
 
+/// Makes `span` a child of `parent` for OpenTelemetry export (nothing happens when no
+/// OpenTelemetry layer is installed: `telemetry.otlpEndpoint` unset).
+pub fn adopt(span: &tracing::Span, parent: Option<&str>) {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let Some(parent) = parent.and_then(TraceParent::parse) else {
+        return;
+    };
+    let context = opentelemetry::trace::SpanContext::new(
+        opentelemetry::trace::TraceId::from_bytes(parent.trace_id),
+        opentelemetry::trace::SpanId::from_bytes(parent.span_id),
+        opentelemetry::trace::TraceFlags::new(parent.flags),
+        true,
+        Default::default(),
+    );
+    let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(context));
+}
+
+/// The `traceparent` naming `span` itself, when spans are exported (so what is sent on is a
+/// child of a span the collector knows); `None` without OpenTelemetry.
+pub fn of_span(span: &tracing::Span) -> Option<TraceParent> {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    span_context.is_valid().then(|| TraceParent {
+        trace_id: span_context.trace_id().to_bytes(),
+        span_id: span_context.span_id().to_bytes(),
+        flags: span_context.trace_flags().to_u8(),
+    })
+}
+
+/// What to send on from `span`, whose parent is `parent`: the span's own context when spans are
+/// exported, else a new child span id in the parent's trace (or a new trace).
+pub fn send_on(span: &tracing::Span, parent: Option<&str>) -> String {
+    of_span(span)
+        .or_else(|| parent.and_then(TraceParent::parse).map(|p| p.child()))
+        .unwrap_or_else(TraceParent::start)
+        .to_string()
+}
+
 /// The trace id of a `traceparent` value, if it is a valid one.
 pub fn trace_id_of(traceparent: &str) -> Option<String> {
     TraceParent::parse(traceparent).map(|t| t.trace_id_hex())

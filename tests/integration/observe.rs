@@ -1,21 +1,19 @@
 //! What operators see: `/metrics` counting a known workload exactly (real `mcpq dispatcher`
 //! and `mcpq worker` processes, each with its own recorder), queue depth with no worker running,
-//! `mcpq status --once --json` and `mcpq audit tail`; alerts to a local webhook once per change
-//! and never while a server flaps; `/readyz` following NATS; a caller's trace id reaching the
-//! upstream's `_meta` and the audit record.
+//! `mcpq status --once --json` and `mcpq audit tail`; a caller's trace id reaching the upstream's
+//! `_meta` and the audit record.
 
 use std::{
     collections::{BTreeMap, HashSet},
     process::Stdio,
-    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use futures::StreamExt;
-use mcpq_dispatcher::{Client, HttpOptions};
+use mcpq_dispatcher::Client;
 use mcpq_schemas::{
-    Job, JobStatus, Lane, McpRequest, audit::AuditRecord, health::Alert, names::AUDIT_STREAM,
-    nats::connect, status::StatusReport,
+    Job, JobStatus, Lane, McpRequest, audit::AuditRecord, names::AUDIT_STREAM, nats::connect,
+    status::StatusReport,
 };
 use mcpq_tests::{
     eventually, fixture::HttpFixture, free_port, mcpq_bin, nats::NatsServer, stack::Stack,
@@ -533,168 +531,6 @@ fn nats_url_leak(nats: &NatsServer) -> &'static str {
     Box::leak(nats.url().into_boxed_str())
 }
 
-/// A webhook receiver: every JSON body posted, by path.
-async fn receiver() -> (String, Arc<Mutex<Vec<(String, Value)>>>) {
-    let seen: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
-    let log = seen.clone();
-    let app = axum::Router::new().fallback(axum::routing::post(
-        move |uri: axum::http::Uri, body: axum::Json<Value>| {
-            let log = log.clone();
-            async move {
-                log.lock().unwrap().push((uri.path().to_string(), body.0));
-                "ok"
-            }
-        },
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, seen)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upstream_down_is_alerted_once_back_up_once_and_flapping_is_quiet() {
-    let web = HttpFixture::start().await;
-    let (hooks, seen) = receiver().await;
-    let stack = Stack::start_config(&format!(
-        r#"version: "1.0"
-alerts:
-  - {{url: "{hooks}/json", kind: json}}
-  - {{url: "{hooks}/slack", kind: slack}}
-servers:
-  - name: web
-    type: http
-    endpoint: "{url}"
-    health: {{interval: 200ms, timeout: 500ms, unhealthyAfter: 3, minAlertInterval: 4s}}
-"#,
-        url = web.url()
-    ))
-    .await;
-    let json_alerts = || -> Vec<Alert> {
-        seen.lock()
-            .unwrap()
-            .iter()
-            .filter(|(path, _)| path == "/json")
-            .map(|(_, body)| serde_json::from_value(body.clone()).unwrap())
-            .collect()
-    };
-    let slack_texts = || -> Vec<String> {
-        seen.lock()
-            .unwrap()
-            .iter()
-            .filter(|(path, _)| path == "/slack")
-            .map(|(_, body)| body["text"].as_str().unwrap().to_string())
-            .collect()
-    };
-    let js = async_nats::jetstream::new(connect(&stack.nats.url(), "health").await.unwrap());
-    let health = js
-        .get_key_value(mcpq_schemas::names::HEALTH_BUCKET)
-        .await
-        .unwrap();
-    let record = || {
-        let health = health.clone();
-        async move {
-            let bytes = health.get("web").await.ok()??;
-            serde_json::from_slice::<mcpq_schemas::health::HealthRecord>(&bytes).ok()
-        }
-    };
-    eventually("web seen up", Duration::from_secs(30), || {
-        let r = record();
-        async move { r.await.filter(|r| r.up).map(|_| ()) }
-    })
-    .await;
-    assert!(json_alerts().is_empty(), "up from the start is no news");
-
-    // Down: one alert, within a few health intervals (3 failed pings of 200 ms).
-    web.fixture.go_down();
-    let down = eventually("the down alert", Duration::from_secs(10), || {
-        let alerts = json_alerts();
-        async move { (!alerts.is_empty()).then_some(alerts) }
-    })
-    .await;
-    assert_eq!(down.len(), 1);
-    assert_eq!(
-        (down[0].server.as_str(), down[0].state.as_str()),
-        ("web", "down")
-    );
-    assert!(down[0].error.is_some());
-
-    // Back up: one recovery (after the minimum interval since the last alert).
-    web.fixture.come_up();
-    let both = eventually("the recovery alert", Duration::from_secs(20), || {
-        let alerts = json_alerts();
-        async move { (alerts.len() >= 2).then_some(alerts) }
-    })
-    .await;
-    assert_eq!(both.len(), 2);
-    assert_eq!(both[1].state, "up");
-
-    // Flapping faster than the minimum interval: down, up, down, up within 4 s.
-    for _ in 0..2 {
-        web.fixture.go_down();
-        eventually("seen down while flapping", Duration::from_secs(10), || {
-            let r = record();
-            async move { r.await.filter(|r| !r.up).map(|_| ()) }
-        })
-        .await;
-        web.fixture.come_up();
-        eventually("seen up while flapping", Duration::from_secs(10), || {
-            let r = record();
-            async move { r.await.filter(|r| r.up).map(|_| ()) }
-        })
-        .await;
-    }
-    // It settled where the last alert left it: once the interval is over, still no news.
-    let last = record().await.unwrap();
-    let quiet_until = last.alerted_at_ms + 4_000 + 1_000;
-    while mcpq_schemas::now_ms() < quiet_until {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(
-        json_alerts().len(),
-        2,
-        "no alert while flapping: {:?}",
-        json_alerts()
-    );
-    let texts = slack_texts();
-    assert_eq!(texts.len(), 2, "{texts:?}");
-    assert!(
-        texts[0].contains("web is down") && texts[1].contains("web is up"),
-        "{texts:?}"
-    );
-    stack.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readyz_follows_nats_and_healthz_the_process() {
-    let web = HttpFixture::start().await;
-    let mut stack = Stack::start(&crate::two_fixtures(&web.url())).await;
-    let addr = stack
-        .another_dispatcher_with(HttpOptions {
-            sample_every: Duration::from_millis(300),
-            ..HttpOptions::default()
-        })
-        .await;
-    let get = |path: &'static str| async move {
-        reqwest::get(format!("http://{addr}{path}"))
-            .await
-            .map(|r| r.status().as_u16())
-            .unwrap_or(0)
-    };
-    let status_is = |path: &'static str, want: u16, what: &'static str| async move {
-        eventually(what, Duration::from_secs(30), || async move {
-            (get(path).await == want).then_some(())
-        })
-        .await
-    };
-    status_is("/readyz", 200, "ready").await;
-    stack.nats.stop();
-    status_is("/readyz", 503, "not ready without NATS").await;
-    assert_eq!(get("/healthz").await, 200, "alive all the same");
-    stack.nats.start_again();
-    status_is("/readyz", 200, "ready again").await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callers_trace_id_reaches_the_upstream_and_the_audit_record() {
     use rmcp::{
@@ -774,64 +610,91 @@ async fn a_callers_trace_id_reaches_the_upstream_and_the_audit_record() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_status_page_shows_every_server_and_its_numbers_move_under_load() {
-    let node = mcpq_tests::required_program("node");
-    let chromium = std::path::PathBuf::from(
-        std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+async fn spans_are_exported_over_otlp_in_the_callers_trace() {
+    // An OTLP/HTTP collector: the protobuf bodies posted to /v1/traces.
+    let bodies: std::sync::Arc<std::sync::Mutex<Vec<bytes::Bytes>>> = Default::default();
+    let log = bodies.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: bytes::Bytes| {
+            let log = log.clone();
+            async move {
+                log.lock().unwrap().push(body);
+                ""
+            }
+        }),
     );
-    assert!(
-        chromium.is_file(),
-        "{} not found: run `make tools` (it installs Debian's chromium)",
-        chromium.display()
-    );
-    let modules = mcpq_tests::repo_root().join(".tools/npm/node_modules");
-    assert!(
-        modules.join("playwright-core").is_dir(),
-        "playwright-core not found: run `make tools`"
-    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let nats = NatsServer::start();
     let web = HttpFixture::start().await;
-    let stack = Stack::start(&crate::two_fixtures(&web.url())).await;
-    let addr = stack
-        .another_dispatcher_with(HttpOptions {
-            sample_every: Duration::from_secs(1),
-            ..HttpOptions::default()
-        })
-        .await;
     let dir = tempfile::tempdir().unwrap();
-    let shot = dir.path().join("status-page.png");
-    let output = tokio::process::Command::new(node)
-        .arg(mcpq_tests::repo_root().join("tests/browser/status-page.cjs"))
-        .args([&format!("http://{addr}"), shot.to_str().unwrap(), "web,local", "8"])
-        .env("NODE_PATH", &modules)
-        .env("CHROMIUM", &chromium)
-        .output()
+    let config = dir.path().join("mcp.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: \"1.0\"\ntelemetry: {{otlpEndpoint: \"{collector}\", serviceName: mcpq-test}}\nservers:\n  - {{name: web, type: http, endpoint: \"{}\"}}\n",
+            web.url()
+        ),
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _up = spawn(
+        &[
+            "up",
+            "--config",
+            config.to_str().unwrap(),
+            "--nats",
+            &nats.url(),
+            "--listen",
+            &listen,
+        ],
+        &dir.path().join("up.log"),
+    );
+    ready(format!("http://{listen}/readyz")).await;
+    let trace = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let r = reqwest::Client::new()
+        .post(format!("http://{listen}/v1/jobs"))
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b8-01"))
+        .json(&json!({"server": "web", "tool": "traced"}))
+        .send()
         .await
         .unwrap();
-    assert!(
-        output.status.success(),
-        "the browser script failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let seen: Value = serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)));
-    assert_eq!(seen["problems"], json!([]), "no console errors, no failed requests");
-    assert_eq!(seen["shown"], json!(["web", "local"]), "every configured server");
-    let calls = |when: &str, server: &str| {
-        seen[when]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["server"] == server)
-            .unwrap()["calls"]
-            .as_f64()
-            .unwrap()
-    };
-    assert_eq!(calls("before", "web"), 0.0, "{seen}");
-    assert!(calls("after", "web") > 0.0, "the numbers move under load: {seen}");
-    let png = std::fs::read(&shot).unwrap();
-    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a screenshot");
-    if std::env::var_os("MCPQ_BLESS").is_some() {
-        std::fs::write(mcpq_tests::repo_root().join("docs/status-page.png"), png).unwrap();
-    }
-    stack.stop().await;
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let trace_bytes: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&trace[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let contains = |body: &[u8], needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+    eventually(
+        "the call's spans at the collector",
+        Duration::from_secs(60),
+        || {
+            let bodies = bodies.lock().unwrap().clone();
+            let trace_bytes = trace_bytes.clone();
+            async move {
+                let all: Vec<u8> = bodies.iter().flat_map(|b| b.iter().copied()).collect();
+                let found = contains(&all, &trace_bytes)
+                    && ["submit", "job", "upstream", "mcpq-test"]
+                        .iter()
+                        .all(|name| contains(&all, name.as_bytes()));
+                found.then_some(())
+            }
+        },
+    )
+    .await;
+    // The upstream heard a span of that trace as its parent.
+    let record: Value = reqwest::get(format!("http://{listen}/v1/jobs/{id}/wait?timeout=30s"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let heard = crate::first_text(&record["result"]);
+    assert!(heard.starts_with(&format!("00-{trace}-")), "{heard}");
 }

@@ -114,6 +114,7 @@ pub(crate) async fn handle(pool: &Pool, message: Message) {
             .and_then(mcpq_schemas::trace::trace_id_of)
             .unwrap_or_default(),
     );
+    mcpq_schemas::trace::adopt(&span, job.traceparent.as_deref());
     // While the job is held, tell JetStream it is still being worked on, so a call longer than
     // AckWait is not delivered to a second worker.
     let keepalive = async {
@@ -226,6 +227,14 @@ async fn run(pool: &Pool, message: &Message, mut delivery: Delivery, job: Job) {
         deadline: tokio::time::Instant::now() + timeout,
         next: Default::default(),
     };
+    // The upstream call is a span of its own; the upstream hears it as its parent.
+    let upstream_span = tracing::info_span!("upstream");
+    let mut job = job;
+    job.traceparent = Some(mcpq_schemas::trace::send_on(
+        &upstream_span,
+        job.traceparent.as_deref(),
+    ));
+    let job = job;
     let called = async {
         let _in_flight = crate::observe::InFlight::start(pool);
         let started = std::time::Instant::now();
@@ -241,7 +250,8 @@ async fn run(pool: &Pool, message: &Message, mut delivery: Delivery, job: Job) {
         let tool = crate::observe::tool_label(pool, &job);
         crate::observe::upstream_call(pool, &tool, started.elapsed());
         outcome
-    };
+    }
+    .instrument(upstream_span);
     // Progress and log events go out in order while the call runs; the last one is out before
     // the reply.
     let forwarded = async {

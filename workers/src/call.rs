@@ -214,13 +214,9 @@ fn upstream_meta(job: &Job) -> RequestMetaObject {
     if let Some(key) = &job.idempotency_key {
         map.insert(META_IDEMPOTENCY_KEY.into(), key.clone().into());
     }
-    // The upstream call is a span of its own in the job's trace.
-    if let Some(traceparent) = job
-        .traceparent
-        .as_deref()
-        .and_then(mcpq_schemas::trace::TraceParent::parse)
-    {
-        map.insert("traceparent".into(), traceparent.child().to_string().into());
+    // The attempt made it the upstream call's own span (`attempt::run`).
+    if let Some(traceparent) = &job.traceparent {
+        map.insert("traceparent".into(), traceparent.clone().into());
     }
     if let Some(level) = &job.log_level {
         // 2026-07-28 upstreams send log messages only to requests that opt in.

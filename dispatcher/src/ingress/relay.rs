@@ -243,6 +243,7 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
     let origin = &request.origin;
     let era = origin.era;
     let (events, mut updates) = tokio::sync::mpsc::unbounded_channel();
+    let mut ingress_span = None;
     // A new job is submitted and waited for; a retry that answers the job's question takes the
     // running job over from there.
     let (job_id, job, call): (
@@ -285,8 +286,15 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
             _held = Box::pin(shared.admit_open_call(caller))
                 .await
                 .map_err(over_limit)?;
-            let job = new_job(&request, defaults, meta, asked, wait)?
+            let mut job = new_job(&request, defaults, meta, asked, wait)?
                 .owned_by(caller.principal().map(str::to_string));
+            // The call's span in the caller's trace; the job carries it on to the worker.
+            let span = tracing::info_span!("ingress", job_id = %job.id, server = request.server);
+            mcpq_schemas::trace::adopt(&span, job.traceparent.as_deref());
+            if let Some(own) = mcpq_schemas::trace::of_span(&span) {
+                job.traceparent = Some(own.to_string());
+            }
+            ingress_span = Some(span);
             if request.task == TaskMode::Always {
                 // The record and the job are stored before the client hears of the task; a
                 // task has no deadline unless the caller set one.
@@ -311,7 +319,8 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
             (job_id, kept, Box::pin(call))
         }
     };
-    let span = tracing::info_span!("relay", %job_id, server = request.server);
+    let span = ingress_span
+        .unwrap_or_else(|| tracing::info_span!("relay", %job_id, server = request.server));
     let call = call.instrument(span);
     tokio::pin!(call);
     let token = origin.progress_token.clone().or_else(|| {
