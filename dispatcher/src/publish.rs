@@ -218,6 +218,22 @@ impl Client {
         msg_id: String,
         replay_of: Option<u64>,
     ) -> Result<Submitted, ClientError> {
+        let span = tracing::info_span!("publish", job_id = %job.id, server = %job.server);
+        tracing::Instrument::instrument(
+            self.publish_traced(job, payload, reply_to, msg_id, replay_of),
+            span,
+        )
+        .await
+    }
+
+    async fn publish_traced(
+        &self,
+        job: &Job,
+        payload: Vec<u8>,
+        reply_to: Option<String>,
+        msg_id: String,
+        replay_of: Option<u64>,
+    ) -> Result<Submitted, ClientError> {
         let subject = job_subject(&job.server, job.lane);
         let fail = |reason: String| ClientError::Publish {
             job_id: job.id,

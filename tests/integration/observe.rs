@@ -680,7 +680,7 @@ async fn spans_are_exported_over_otlp_in_the_callers_trace() {
             async move {
                 let all: Vec<u8> = bodies.iter().flat_map(|b| b.iter().copied()).collect();
                 let found = contains(&all, &trace_bytes)
-                    && ["submit", "job", "upstream", "mcpq-test"]
+                    && ["submit", "publish", "job", "upstream", "record", "mcpq-test"]
                         .iter()
                         .all(|name| contains(&all, name.as_bytes()));
                 found.then_some(())

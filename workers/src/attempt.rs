@@ -115,6 +115,13 @@ pub(crate) async fn handle(pool: &Pool, message: Message) {
             .unwrap_or_default(),
     );
     mcpq_schemas::trace::adopt(&span, job.traceparent.as_deref());
+    // The wait in the queue, submission to this attempt (a span cannot start in the past).
+    span.in_scope(|| {
+        tracing::debug!(
+            queue_wait_ms = now_ms().saturating_sub(job.submitted_at_ms),
+            "attempt starts"
+        );
+    });
     // While the job is held, tell JetStream it is still being worked on, so a call longer than
     // AckWait is not delivered to a second worker.
     let keepalive = async {
@@ -450,10 +457,14 @@ async fn finish(
     // The reply does not wait for the record (that would add a JetStream round trip to every
     // call); the ack does.
     let reply_to = delivery.reply_to();
-    let (recorded, replied) = tokio::join!(
-        persist("record the job's outcome", || pool.outbox.record(&record)),
-        pool.outbox.reply(reply_to.as_deref(), &reply)
-    );
+    let (recorded, replied) = async {
+        tokio::join!(
+            persist("record the job's outcome", || pool.outbox.record(&record)),
+            pool.outbox.reply(reply_to.as_deref(), &reply)
+        )
+    }
+    .instrument(tracing::info_span!("record", status = ?status))
+    .await;
     if let Err(e) = replied {
         tracing::warn!(error = %e, "cannot publish the reply; the result stays in the record");
     }
