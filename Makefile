@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 NPM := .tools/npm
 
-.PHONY: tools build demo test conformance schemas bench bench-scale bench-limits bench-smoke fmt lint clean
+.PHONY: tools build demo test conformance schemas bench bench-scale bench-limits bench-metrics bench-smoke fmt lint clean
 
 tools: $(VENV)/.installed $(NPM)/.installed .tools/.debian
 
@@ -66,6 +66,11 @@ bench-scale: tools
 bench-limits: tools
 	cargo build --release --workspace --bins
 	python3 deploy/local/bench.py --limits --write
+
+# Calls/s with and without metrics (--no-metrics), alternating, in one run.
+bench-metrics: tools
+	cargo build --release --workspace --bins
+	python3 deploy/local/bench.py --metrics-cost --write
 
 bench-smoke: tools build
 	python3 deploy/local/bench.py --smoke --profile debug

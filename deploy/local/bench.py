@@ -13,6 +13,7 @@ and prints a table with ratios to direct; `--write` also puts it into BENCHMARKS
 `--scale N` instead queues N jobs with no worker running, then starts one and reports the drain.
 `--limits` measures the dispatcher's memory with 1,000 MCP calls in flight and with 1,000 silent
 connections, and 20 MB results through the object store.
+`--metrics-cost` measures mcpq with and without metrics (`--no-metrics`), alternating, in one run.
 `--smoke` runs every mode for a moment (CI uses it so the benchmark never rots; no assertions).
 """
 
@@ -110,9 +111,20 @@ class Rig:
         self.procs.append(proc)
         return proc
 
-    def start_worker(self):
+    def start_worker(self, *extra):
         self.worker = self.spawn([self.bin / "mcpq", "worker", "--config", self.config,
-                                  "--metrics-listen", "127.0.0.1:0"])
+                                  "--metrics-listen", "127.0.0.1:0", *extra])
+
+    def restart_mcpq(self, *extra):
+        """Dispatcher and worker again, with `extra` flags for both (e.g. --no-metrics)."""
+        for proc in (self.dispatcher, self.worker):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=30)
+        self.dispatcher = self.spawn([self.bin / "mcpq", "dispatcher", "--config", self.config,
+                                      "--listen", f"127.0.0.1:{self.listen_port}", *extra])
+        wait_port(self.listen_port)
+        self.start_worker(*extra)
 
     def bench(self, *args):
         argv = [self.bin / "mcpq", "bench", "--json", "--nats", self.nats_url, *args]
@@ -365,6 +377,37 @@ def stream_messages(rig, prefix):
     return found
 
 
+def metrics_cost(rig, seconds, rounds=3):
+    """Calls/s of mcpq with metrics (the default) and with --no-metrics, alternating the two
+    `rounds` times in one run so that drift on a shared machine hits both alike."""
+    cells = [(mode, c) for c in (16, 64) for mode in ("mcpq-nats", "mcpq-mcp")]
+    seen = {True: {cell: [] for cell in cells}, False: {cell: [] for cell in cells}}
+    for r in range(rounds):
+        for on in (True, False):
+            rig.restart_mcpq(*([] if on else ["--no-metrics"]))
+            for mode in ("mcpq-nats", "mcpq-mcp"):
+                rig.bench(*modes(rig)[mode], "--concurrency", "4", "--calls", "200")
+            for mode, c in cells:
+                res = rig.bench(*modes(rig)[mode], "--concurrency", str(c), "--calls", "10000000",
+                                "--duration", f"{seconds}s")
+                seen[on][(mode, c)].append(res["calls_per_s"])
+                print(f"  round {r + 1} metrics {'on ' if on else 'off'} {mode:<10} c={c:<3} "
+                      f"{res['calls_per_s']:>8.0f} calls/s  errors {res['errors']}", flush=True)
+    mean = lambda xs: sum(xs) / len(xs)
+    lines = ["| path | concurrency | with metrics, calls/s | without, calls/s | cost |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    costs = []
+    for mode, c in cells:
+        on, off = mean(seen[True][(mode, c)]), mean(seen[False][(mode, c)])
+        cost = (off - on) / off * 100
+        costs.append(cost)
+        lines.append(f"| {mode} | {c} | {on:,.0f} | {off:,.0f} | {cost:+.1f} % |")
+    return ("\n".join(lines) + "\n\n"
+            f"Mean of {rounds} alternating rounds of {seconds:g} s per cell; cost = (without - with) / without. "
+            f"Over all cells: **{mean(costs):+.1f} %** (metrics on: the Prometheus recorder, every counter and "
+            "histogram of a call, the audit record, and the dispatcher's 5 s queue sampling).\n")
+
+
 def write(section, text):
     path = ROOT / "BENCHMARKS.md"
     doc = path.read_text() if path.exists() else "# mcpq benchmarks\n"
@@ -385,6 +428,8 @@ def main():
     parser.add_argument("--write", action="store_true", help="write the results into BENCHMARKS.md")
     parser.add_argument("--smoke", action="store_true", help="every mode for a moment; no file written")
     parser.add_argument("--scale", type=int, metavar="N", help="queue N jobs, then drain them")
+    parser.add_argument("--metrics-cost", action="store_true",
+                        help="calls/s with and without metrics, alternating, in one run")
     parser.add_argument("--limits", action="store_true",
                         help="dispatcher memory at 1,000 calls in flight and 1,000 idle connections; 20 MB results")
     args = parser.parse_args()
@@ -397,7 +442,8 @@ def main():
             print(f"machine: {versions(rig)}", flush=True)
             # The single-section modes: what to run, and where its text goes.
             single = ("limits", lambda: limits(rig)) if args.limits else (
-                ("scale", lambda: scale(rig, args.scale)) if args.scale else None)
+                ("scale", lambda: scale(rig, args.scale)) if args.scale else (
+                    ("metrics", lambda: metrics_cost(rig, args.seconds)) if args.metrics_cost else None))
             if single:
                 section, run = single
                 text = run()
