@@ -16,7 +16,7 @@ use mcpq_schemas::{
     metrics as m,
     names::{
         DLQ_STREAM, DLQ_SUBJECTS, ENVELOPE_VERSION, HEALTH_BUCKET, WORKERS_BUCKET, consumer_name,
-        dlq_subject, jobs_stream,
+        dlq_subject, job_subject, jobs_stream,
     },
     now_ms,
     status::{HistoryPoint, LaneStatus, ServerStatus, StatusReport},
@@ -80,8 +80,8 @@ impl Sampler {
                 let name = consumer_name(server, lane);
                 let (depth, ack_pending) = match stream.consumer_info(&name).await {
                     Ok(info) => (info.num_pending, info.num_ack_pending as u64),
-                    // No worker has bound the lane yet: what waits is the lane's whole subject.
-                    Err(_) => (0, 0),
+                    // No worker has bound the lane yet: everything on its subject waits.
+                    Err(_) => (subject_count(&stream, &job_subject(server, lane)).await?, 0),
                 };
                 lanes.push(LaneStatus {
                     lane,
@@ -172,6 +172,22 @@ impl Sampler {
         let bytes = self.health.get(server).await.ok()??;
         serde_json::from_slice(&bytes).ok()
     }
+}
+
+/// Messages stored on one subject of `stream`.
+async fn subject_count(
+    stream: &jetstream::stream::Stream<()>,
+    subject: &str,
+) -> Result<u64, String> {
+    let mut subjects = stream
+        .info_with_subjects(subject)
+        .await
+        .map_err(|e| format!("messages on {subject}: {e}"))?;
+    let mut count = 0;
+    while let Some(Ok((_, n))) = subjects.next().await {
+        count += n as u64;
+    }
+    Ok(count)
 }
 
 fn severity(state: CircuitState) -> u8 {

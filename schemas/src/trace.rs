@@ -150,7 +150,7 @@ fn is_lower_hex(text: &str) -> bool {
 }
 
 fn hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 || !is_lower_hex(text) {
+    if !text.len().is_multiple_of(2) || !is_lower_hex(text) {
         return None;
     }
     (0..text.len())

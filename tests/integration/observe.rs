@@ -114,6 +114,7 @@ servers:
     endpoint: "{url}"
     timeout: 300ms
     retry: {{maxAttempts: 2, initial: 10ms, max: 20ms}}
+  - {{name: idle, type: http, endpoint: "{url}"}}
 "#,
             sha = mcpq_dispatcher::auth::sha256_hex(CALLER_KEY),
             url = web.url(),
@@ -133,6 +134,10 @@ servers:
             &nats.url(),
             "--id",
             "w1",
+            "--server",
+            "web",
+            "--server",
+            "slowpoke",
             "--metrics-listen",
             &worker_listen,
         ],
@@ -168,6 +173,14 @@ servers:
             client.call(&job, Duration::from_secs(120)).await.unwrap()
         }
     };
+    // No worker serves `idle`: its jobs wait, on a lane no consumer has bound yet.
+    for i in 0..4 {
+        let job = Job::new(
+            "idle",
+            McpRequest::call_tool("echo", json!({"text": i}).as_object().cloned()),
+        );
+        client.submit(&job).await.unwrap();
+    }
     // 500 completed, 20 failed (the upstream rejects them), 10 dead (timeouts, tried twice).
     let mut calls = Vec::new();
     for i in 0..500 {
@@ -413,9 +426,14 @@ servers:
                 ))
                 .copied()
             };
+            let idle = m.get(&key(
+                "mcpq_queue_depth",
+                &[("server", "idle"), ("lane", "normal")],
+            ));
             (depth("normal") == Some(7.0)
                 && depth("high") == Some(2.0)
-                && depth("low") == Some(0.0))
+                && depth("low") == Some(0.0)
+                && idle == Some(&4.0))
             .then_some(())
         }
     })
@@ -462,6 +480,8 @@ servers:
             .dlq,
         10
     );
+    let idle = report.servers.iter().find(|s| s.server == "idle").unwrap();
+    assert_eq!(idle.queued, 4);
 
     // The audit stream: each of the 535 calls exactly once, with how it ended.
     let audit = |args: &[&str]| {
@@ -680,9 +700,16 @@ async fn spans_are_exported_over_otlp_in_the_callers_trace() {
             async move {
                 let all: Vec<u8> = bodies.iter().flat_map(|b| b.iter().copied()).collect();
                 let found = contains(&all, &trace_bytes)
-                    && ["submit", "publish", "job", "upstream", "record", "mcpq-test"]
-                        .iter()
-                        .all(|name| contains(&all, name.as_bytes()));
+                    && [
+                        "submit",
+                        "publish",
+                        "job",
+                        "upstream",
+                        "record",
+                        "mcpq-test",
+                    ]
+                    .iter()
+                    .all(|name| contains(&all, name.as_bytes()));
                 found.then_some(())
             }
         },
