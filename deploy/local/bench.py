@@ -404,8 +404,9 @@ def metrics_cost(rig, seconds, rounds=3):
         lines.append(f"| {mode} | {c} | {on:,.0f} | {off:,.0f} | {cost:+.1f} % |")
     return ("\n".join(lines) + "\n\n"
             f"Mean of {rounds} alternating rounds of {seconds:g} s per cell; cost = (without - with) / without. "
-            f"Over all cells: **{mean(costs):+.1f} %** (metrics on: the Prometheus recorder, every counter and "
-            "histogram of a call, the audit record, and the dispatcher's 5 s queue sampling).\n")
+            f"Over all cells: **{mean(costs):+.1f} %**. With metrics: the Prometheus recorder and every counter, "
+            "gauge and histogram of a call in both processes. Both sides write the audit record, sample the "
+            "queues every 5 s and send heartbeats: `--no-metrics` turns off metrics only.\n")
 
 
 def write(section, text):

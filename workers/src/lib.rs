@@ -181,6 +181,7 @@ pub async fn run(
         let breaker = server.circuit_breaker.map(|c| {
             std::sync::Mutex::new(circuit::Breaker::new(c.failure_threshold, c.reset_timeout))
         });
+        let meters = observe::Meters::new(&server.name);
         let pool = Arc::new(pool::Pool {
             server,
             upstream,
@@ -201,6 +202,7 @@ pub async fn run(
             worker_id: options.worker_id.clone(),
             stats: Default::default(),
             up: Default::default(),
+            meters,
         });
         // The heartbeat outlives the pull loop by its drain, so peers keep our share until then.
         tasks.spawn(limit::heartbeat(

@@ -2,7 +2,9 @@
 //! `mcpq_schemas::metrics`), one audit record per ended job on `MCPQ_AUDIT`, and the counts its
 //! heartbeat carries for `mcpq status`.
 
-use std::time::Duration;
+use std::{collections::HashMap, sync::Mutex, time::Duration};
+
+use metrics::{Counter, Gauge, Histogram};
 
 use mcpq_schemas::{
     ErrorKind, Job, JobStatus, Lane,
@@ -14,7 +16,70 @@ use mcpq_schemas::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::pool::Pool;
+use crate::{pool::Pool, upstream::lock};
+
+/// One server's metric handles, registered once: a call then costs no label allocation and
+/// no registry lookup (the per-tool ones are looked up by name in a small map).
+pub(crate) struct Meters {
+    server: String,
+    in_flight: Gauge,
+    queue_wait: [Histogram; 3],
+    rate_limit_wait: Histogram,
+    retries: Counter,
+    dead_letters: Counter,
+    circuit: Gauge,
+    up: Gauge,
+    tools: Mutex<HashMap<String, ToolMeters>>,
+}
+
+/// The handles of one tool (label) of one server.
+#[derive(Clone)]
+struct ToolMeters {
+    upstream: Histogram,
+    call: Histogram,
+    /// By outcome, in the order of `metrics::OUTCOMES`.
+    ended: [Counter; 6],
+}
+
+impl Meters {
+    pub(crate) fn new(server: &str) -> Meters {
+        let s = || server.to_string();
+        let lane = |lane: Lane| metrics::histogram!(m::QUEUE_WAIT, "server" => s(), "lane" => lane.as_str());
+        let meters = Meters {
+            server: s(),
+            in_flight: metrics::gauge!(m::IN_FLIGHT, "server" => s()),
+            queue_wait: [lane(Lane::High), lane(Lane::Normal), lane(Lane::Low)],
+            rate_limit_wait: metrics::histogram!(m::RATE_LIMIT_WAIT, "server" => s()),
+            retries: metrics::counter!(m::RETRIES, "server" => s()),
+            dead_letters: metrics::counter!(m::DEAD_LETTERS, "server" => s()),
+            circuit: metrics::gauge!(m::CIRCUIT_STATE, "server" => s()),
+            up: metrics::gauge!(m::UPSTREAM_UP, "server" => s()),
+            tools: Mutex::default(),
+        };
+        // Shown at zero from the start, so a rate over them is defined before the first event.
+        meters.retries.increment(0);
+        meters.dead_letters.increment(0);
+        meters.in_flight.set(0.0);
+        meters
+    }
+
+    fn tool(&self, tool: &str) -> ToolMeters {
+        let mut tools = lock(&self.tools);
+        if let Some(meters) = tools.get(tool) {
+            return meters.clone();
+        }
+        let (s, t) = (|| self.server.clone(), || tool.to_string());
+        let meters = ToolMeters {
+            upstream: metrics::histogram!(m::UPSTREAM_DURATION, "server" => s(), "tool" => t()),
+            call: metrics::histogram!(m::CALL_DURATION, "server" => s(), "tool" => t()),
+            ended: m::OUTCOMES.map(|outcome| {
+                metrics::counter!(m::CALLS_TOTAL, "server" => s(), "tool" => t(), "outcome" => outcome)
+            }),
+        };
+        tools.insert(tool.to_string(), meters.clone());
+        meters
+    }
+}
 
 /// The `outcome` label of a job that ended with `status` (and `kind`, when it failed).
 pub(crate) fn outcome(status: JobStatus, kind: Option<ErrorKind>) -> &'static str {
@@ -45,13 +110,17 @@ fn server(pool: &Pool) -> String {
 /// The job's first attempt starts: how long it waited in the queue.
 pub(crate) fn first_attempt(pool: &Pool, lane: Lane, submitted_at_ms: u64) {
     let waited = now_ms().saturating_sub(submitted_at_ms);
-    metrics::histogram!(m::QUEUE_WAIT, "server" => server(pool), "lane" => lane.as_str())
-        .record(Duration::from_millis(waited).as_secs_f64());
+    let index = match lane {
+        Lane::High => 0,
+        Lane::Normal => 1,
+        Lane::Low => 2,
+    };
+    pool.meters.queue_wait[index].record(Duration::from_millis(waited).as_secs_f64());
 }
 
 /// A job waited `waited` for the rate limit.
 pub(crate) fn rate_limited(pool: &Pool, waited: Duration) {
-    metrics::histogram!(m::RATE_LIMIT_WAIT, "server" => server(pool)).record(waited.as_secs_f64());
+    pool.meters.rate_limit_wait.record(waited.as_secs_f64());
 }
 
 /// An upstream call is running until the guard drops.
@@ -59,24 +128,23 @@ pub(crate) struct InFlight<'a>(&'a Pool);
 
 impl<'a> InFlight<'a> {
     pub(crate) fn start(pool: &'a Pool) -> InFlight<'a> {
-        metrics::gauge!(m::IN_FLIGHT, "server" => server(pool)).increment(1.0);
-        crate::upstream::lock(&pool.stats).in_flight += 1;
+        pool.meters.in_flight.increment(1.0);
+        lock(&pool.stats).in_flight += 1;
         InFlight(pool)
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        metrics::gauge!(m::IN_FLIGHT, "server" => server(self.0)).decrement(1.0);
-        let mut stats = crate::upstream::lock(&self.0.stats);
+        self.0.meters.in_flight.decrement(1.0);
+        let mut stats = lock(&self.0.stats);
         stats.in_flight = stats.in_flight.saturating_sub(1);
     }
 }
 
 /// The upstream answered (or failed) after `took`.
 pub(crate) fn upstream_call(pool: &Pool, tool: &str, took: Duration) {
-    metrics::histogram!(m::UPSTREAM_DURATION, "server" => server(pool), "tool" => tool.to_string())
-        .record(took.as_secs_f64());
+    pool.meters.tool(tool).upstream.record(took.as_secs_f64());
 }
 
 /// An attempt failed with `kind`.
@@ -87,19 +155,19 @@ pub(crate) fn attempt_failed(pool: &Pool, kind: ErrorKind) {
 
 /// A failed attempt will be tried again.
 pub(crate) fn retried(pool: &Pool) {
-    metrics::counter!(m::RETRIES, "server" => server(pool)).increment(1);
+    pool.meters.retries.increment(1);
 }
 
 /// A job went to the dead-letter stream.
 pub(crate) fn dead_lettered(pool: &Pool) {
-    metrics::counter!(m::DEAD_LETTERS, "server" => server(pool)).increment(1);
+    pool.meters.dead_letters.increment(1);
 }
 
 /// A malformed message ended dead without a job to name.
 pub(crate) fn malformed(pool: &Pool) {
     metrics::counter!(m::CALLS_TOTAL, "server" => server(pool), "tool" => OTHER, "outcome" => "dead")
         .increment(1);
-    crate::upstream::lock(&pool.stats).record(0, false);
+    lock(&pool.stats).record(0, false);
 }
 
 /// The circuit breaker's state, as a number.
@@ -109,12 +177,12 @@ pub(crate) fn circuit(pool: &Pool, state: CircuitState) {
         CircuitState::HalfOpen => 1.0,
         CircuitState::Open => 2.0,
     };
-    metrics::gauge!(m::CIRCUIT_STATE, "server" => server(pool)).set(value);
+    pool.meters.circuit.set(value);
 }
 
 /// What the health checks found.
 pub(crate) fn upstream_up(pool: &Pool, up: bool) {
-    metrics::gauge!(m::UPSTREAM_UP, "server" => server(pool)).set(if up { 1.0 } else { 0.0 });
+    pool.meters.up.set(if up { 1.0 } else { 0.0 });
 }
 
 /// A job ended for good (its record is written): counted, timed, and audited. The audit record
@@ -131,11 +199,14 @@ pub(crate) async fn ended(
     let tool = tool_label(pool, job);
     let ended_at_ms = now_ms();
     let latency_ms = ended_at_ms.saturating_sub(job.submitted_at_ms);
-    metrics::counter!(m::CALLS_TOTAL, "server" => server(pool), "tool" => tool.clone(), "outcome" => outcome)
-        .increment(1);
-    metrics::histogram!(m::CALL_DURATION, "server" => server(pool), "tool" => tool)
+    let meters = pool.meters.tool(&tool);
+    if let Some(i) = m::OUTCOMES.iter().position(|o| *o == outcome) {
+        meters.ended[i].increment(1);
+    }
+    meters
+        .call
         .record(Duration::from_millis(latency_ms).as_secs_f64());
-    crate::upstream::lock(&pool.stats).record(latency_ms, status == JobStatus::Completed);
+    lock(&pool.stats).record(latency_ms, status == JobStatus::Completed);
 
     let params = job
         .request

@@ -47,6 +47,8 @@ pub(crate) struct Pool {
     pub stats: Mutex<ServerStats>,
     /// The upstream as the health checks last saw it.
     pub up: Mutex<Option<bool>>,
+    /// The server's metric handles.
+    pub meters: crate::observe::Meters,
 }
 
 impl Pool {
