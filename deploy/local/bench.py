@@ -377,7 +377,7 @@ def stream_messages(rig, prefix):
     return found
 
 
-def metrics_cost(rig, seconds, rounds=3):
+def metrics_cost(rig, seconds, rounds=4):
     """Calls/s of mcpq with metrics (the default) and with --no-metrics, alternating the two
     `rounds` times in one run so that drift on a shared machine hits both alike."""
     cells = [(mode, c) for c in (16, 64) for mode in ("mcpq-nats", "mcpq-mcp")]
