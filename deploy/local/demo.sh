@@ -49,4 +49,18 @@ record = json.load(urllib.request.urlopen(f"{base}/v1/jobs/{accepted['id']}/wait
 print(f"record: {record['status']} after {record['attempts']} attempt(s):", record["result"]["content"][0]["text"])
 PY
 echo
+echo "== what operators see: mcpq_calls_total at http://$listen/metrics (the status page is http://$listen/)"
+python3 - "$listen" <<'PY'
+import sys, time, urllib.request
+# Counted once each job's outcome is kept: a moment after the replies.
+for _ in range(50):
+    text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=5).read().decode()
+    lines = [l for l in text.splitlines() if l.startswith("mcpq_calls_total{") and not l.endswith(" 0")]
+    if sum(float(l.rsplit(" ", 1)[1]) for l in lines) >= 3:
+        break
+    time.sleep(0.1)
+print("\n".join(lines))
+PY
+"$mcpq" audit --nats "nats://127.0.0.1:$nats_port" tail --last 3
+echo
 echo "demo: done (stopping mcpq)"

@@ -254,7 +254,8 @@ async fn run(pool: &Pool, message: &Message, mut delivery: Delivery, job: Job) {
             Some(asker),
         )
         .await;
-        let tool = crate::observe::tool_label(pool, &job);
+        let answered = matches!(outcome, CallOutcome::Answered(_));
+        let tool = crate::observe::tool_label(pool, &job, answered);
         crate::observe::upstream_call(pool, &tool, started.elapsed());
         outcome
     }

@@ -93,11 +93,12 @@ pub(crate) fn outcome(status: JobStatus, kind: Option<ErrorKind>) -> &'static st
     }
 }
 
-/// The `tool` label of a job: the tool (or prompt) name when the upstream's catalog has it,
-/// `other` for names it does not know (a pipeline may send anything), the method for the rest.
-pub(crate) fn tool_label(pool: &Pool, job: &Job) -> String {
+/// The `tool` label of a job: the tool (or prompt) name when the upstream's catalog has it or
+/// the upstream `answered` the call (so it has the tool, listed yet or not), `other` for names
+/// it does not know (a pipeline may send anything), the method for the rest.
+pub(crate) fn tool_label(pool: &Pool, job: &Job, answered: bool) -> String {
     match job.request.tool_name() {
-        Some(tool) if pool.upstream.knows_tool(tool) => tool.to_string(),
+        Some(tool) if answered || pool.upstream.knows_tool(tool) => tool.to_string(),
         Some(_) => OTHER.to_string(),
         None => job.request.method.clone(),
     }
@@ -196,7 +197,7 @@ pub(crate) async fn ended(
     attempts: u32,
 ) {
     let outcome = outcome(status, kind);
-    let tool = tool_label(pool, job);
+    let tool = tool_label(pool, job, status == JobStatus::Completed);
     let ended_at_ms = now_ms();
     let latency_ms = ended_at_ms.saturating_sub(job.submitted_at_ms);
     let meters = pool.meters.tool(&tool);
