@@ -38,8 +38,8 @@ pub struct Config {
 
 #[derive(Debug, Clone)]
 pub struct NatsConfig {
-    /// The NATS URL; `None` means "start a local nats-server" for `mcpq up`, and
-    /// [`DEFAULT_NATS_URL`] for everything else.
+    /// The NATS URL, or a cluster's seed URLs separated by commas; `None` means "start a local
+    /// nats-server" for `mcpq up`, and [`DEFAULT_NATS_URL`] for everything else.
     pub url: Option<String>,
     /// Stream and bucket replicas (1 on one machine, 3 on a cluster).
     pub replicas: usize,

@@ -109,7 +109,13 @@ pub async fn connect_with(
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
         .max_reconnects(None)
-        .connect(url)
+        // One URL, or several seeds of a cluster separated by commas.
+        .connect(
+            url.split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .collect::<Vec<_>>(),
+        )
         .await
         .map_err(|source| NatsError::Connect {
             url: shown.clone(),
@@ -191,6 +197,50 @@ pub async fn ensure_topology(
     js: &jetstream::Context,
     topology: &Topology,
 ) -> Result<(), NatsError> {
+    // A cluster that is electing leaders, or has a node down while a replica is placed, answers
+    // late or not at all for a while: every step is idempotent, so the whole is tried again.
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(250);
+    loop {
+        match ensure_topology_once(js, topology).await {
+            Err(NatsError::Topology { what, reason })
+                if is_transient(&reason) && started.elapsed() + pause < TOPOLOGY_PATIENCE =>
+            {
+                tracing::warn!(%what, %reason, retry_in = ?pause, "JetStream is not ready; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            done => return done,
+        }
+    }
+}
+
+/// How long mcpq waits for JetStream to lay out its streams before giving up at start.
+const TOPOLOGY_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Whether a JetStream API error may pass by itself: a timeout, no responders, or a cluster
+/// without enough current peers for the replicas yet.
+fn is_transient(reason: &str) -> bool {
+    let reason = reason.to_ascii_lowercase();
+    // Too little storage for what the streams reserve does not pass by waiting.
+    !reason.contains("insufficient storage")
+        && [
+            "timed out",
+            "timeout",
+            "no responders",
+            "insufficient resources",
+            "no suitable peers",
+            "not current",
+            "leader",
+        ]
+        .iter()
+        .any(|needle| reason.contains(needle))
+}
+
+async fn ensure_topology_once(
+    js: &jetstream::Context,
+    topology: &Topology,
+) -> Result<(), NatsError> {
     let fail = |what: &str| {
         let what = what.to_string();
         move |e: &dyn std::fmt::Display| NatsError::Topology {
@@ -200,70 +250,88 @@ pub async fn ensure_topology(
     };
     retire_shared_jobs_stream(js).await?;
     for (server, max_queued) in &topology.queues {
-        js.create_or_update_stream(jobs_stream_config(server, *max_queued, topology.replicas))
-            .await
-            .map_err(|e| fail(&format!("stream {}", jobs_stream(server)))(&e))?;
+        ensure_stream(
+            js,
+            jobs_stream_config(server, *max_queued, topology.replicas),
+        )
+        .await
+        .map_err(|e| fail(&format!("stream {}", jobs_stream(server)))(&e))?;
     }
-    js.create_or_update_stream(stream::Config {
-        name: DLQ_STREAM.into(),
-        description: Some("mcpq dead letters: mcpq.dlq.<server>".into()),
-        subjects: vec![DLQ_SUBJECTS.into()],
-        retention: stream::RetentionPolicy::Limits,
-        storage: stream::StorageType::File,
-        num_replicas: topology.replicas,
-        max_age: Duration::from_secs(30 * 24 * 3600),
-        ..Default::default()
-    })
+    ensure_stream(
+        js,
+        stream::Config {
+            name: DLQ_STREAM.into(),
+            description: Some("mcpq dead letters: mcpq.dlq.<server>".into()),
+            subjects: vec![DLQ_SUBJECTS.into()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            num_replicas: topology.replicas,
+            max_age: Duration::from_secs(30 * 24 * 3600),
+            ..Default::default()
+        },
+    )
     .await
     .map_err(|e| fail("stream MCPQ_DLQ")(&e))?;
-    js.create_or_update_stream(stream::Config {
-        name: AUDIT_STREAM.into(),
-        description: Some("mcpq audit: one record per call, mcpq.audit.<server>".into()),
-        subjects: vec![AUDIT_SUBJECTS.into()],
-        retention: stream::RetentionPolicy::Limits,
-        storage: stream::StorageType::File,
-        num_replicas: topology.replicas,
-        max_age: topology.audit.max_age,
-        max_bytes: i64::try_from(topology.audit.max_bytes).unwrap_or(i64::MAX),
-        discard: stream::DiscardPolicy::Old,
-        // A worker that writes a record again after a crash writes it under the same id.
-        duplicate_window: Duration::from_secs(120),
-        ..Default::default()
-    })
+    ensure_stream(
+        js,
+        stream::Config {
+            name: AUDIT_STREAM.into(),
+            description: Some("mcpq audit: one record per call, mcpq.audit.<server>".into()),
+            subjects: vec![AUDIT_SUBJECTS.into()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            num_replicas: topology.replicas,
+            max_age: topology.audit.max_age,
+            max_bytes: i64::try_from(topology.audit.max_bytes).unwrap_or(i64::MAX),
+            discard: stream::DiscardPolicy::Old,
+            // A worker that writes a record again after a crash writes it under the same id.
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        },
+    )
     .await
     .map_err(|e| fail("stream MCPQ_AUDIT")(&e))?;
-    js.create_or_update_key_value(kv::Config {
-        bucket: HEALTH_BUCKET.into(),
-        description: "mcpq upstream health and the last alert, keyed by server".into(),
-        history: 1,
-        storage: stream::StorageType::File,
-        num_replicas: topology.replicas,
-        ..Default::default()
-    })
+    ensure_bucket(
+        js,
+        kv::Config {
+            bucket: HEALTH_BUCKET.into(),
+            description: "mcpq upstream health and the last alert, keyed by server".into(),
+            history: 1,
+            storage: stream::StorageType::File,
+            num_replicas: topology.replicas,
+            ..Default::default()
+        },
+    )
     .await
     .map_err(|e| fail("bucket mcpq_health")(&e))?;
-    js.create_or_update_key_value(kv::Config {
-        bucket: CATALOG_BUCKET.into(),
-        description: "mcpq tool catalogs, keyed by server".into(),
-        history: 1,
-        storage: stream::StorageType::File,
-        num_replicas: topology.replicas,
-        ..Default::default()
-    })
+    ensure_bucket(
+        js,
+        kv::Config {
+            bucket: CATALOG_BUCKET.into(),
+            description: "mcpq tool catalogs, keyed by server".into(),
+            history: 1,
+            storage: stream::StorageType::File,
+            num_replicas: topology.replicas,
+            ..Default::default()
+        },
+    )
     .await
     .map_err(|e| fail("bucket mcpq_catalog")(&e))?;
-    js.create_or_update_key_value(kv::Config {
-        bucket: WORKERS_BUCKET.into(),
-        description: "mcpq live workers (heartbeats), keyed by <server>.<worker>".into(),
-        history: 1,
-        max_age: WORKER_TTL,
-        storage: stream::StorageType::Memory,
-        num_replicas: topology.replicas,
-        ..Default::default()
-    })
+    ensure_bucket(
+        js,
+        kv::Config {
+            bucket: WORKERS_BUCKET.into(),
+            description: "mcpq live workers (heartbeats), keyed by <server>.<worker>".into(),
+            history: 1,
+            max_age: WORKER_TTL,
+            storage: stream::StorageType::Memory,
+            num_replicas: topology.replicas,
+            ..Default::default()
+        },
+    )
     .await
     .map_err(|e| fail("bucket mcpq_workers")(&e))?;
-    js.create_or_update_key_value(kv::Config {
+    ensure_bucket(js, kv::Config {
         bucket: QUOTAS_BUCKET.into(),
         description:
             "mcpq per-principal usage, keyed calls.<principal>.<minute> and inflight.<principal>"
@@ -278,21 +346,24 @@ pub async fn ensure_topology(
     .map_err(|e| fail("bucket mcpq_quotas")(&e))?;
     // Results too large for a message: an Object Store bucket (a stream laid out as ADR-20
     // says, created here with create-or-update so a changed TTL or replica count applies).
-    js.create_or_update_stream(stream::Config {
-        name: format!("OBJ_{BLOBS_BUCKET}"),
-        description: Some("mcpq results too large for one NATS message, by job id".into()),
-        subjects: vec![
-            format!("$O.{BLOBS_BUCKET}.C.>"),
-            format!("$O.{BLOBS_BUCKET}.M.>"),
-        ],
-        max_age: topology.result_ttl,
-        storage: stream::StorageType::File,
-        num_replicas: topology.replicas,
-        discard: stream::DiscardPolicy::New,
-        allow_rollup: true,
-        allow_direct: true,
-        ..Default::default()
-    })
+    ensure_stream(
+        js,
+        stream::Config {
+            name: format!("OBJ_{BLOBS_BUCKET}"),
+            description: Some("mcpq results too large for one NATS message, by job id".into()),
+            subjects: vec![
+                format!("$O.{BLOBS_BUCKET}.C.>"),
+                format!("$O.{BLOBS_BUCKET}.M.>"),
+            ],
+            max_age: topology.result_ttl,
+            storage: stream::StorageType::File,
+            num_replicas: topology.replicas,
+            discard: stream::DiscardPolicy::New,
+            allow_rollup: true,
+            allow_direct: true,
+            ..Default::default()
+        },
+    )
     .await
     .map_err(|e| fail("object store mcpq_blobs")(&e))?;
     // Records, and the cancellations and batches that refer to them, live `resultTtl`.
@@ -311,19 +382,77 @@ pub async fn ensure_topology(
             "mcpq 2025-era MCP sessions (the client's initialize), keyed by session id",
         ),
     ] {
-        js.create_or_update_key_value(kv::Config {
-            bucket: bucket.into(),
-            description: description.into(),
-            history: 1,
-            max_age: topology.result_ttl,
-            storage: stream::StorageType::File,
-            num_replicas: topology.replicas,
-            ..Default::default()
-        })
+        ensure_bucket(
+            js,
+            kv::Config {
+                bucket: bucket.into(),
+                description: description.into(),
+                history: 1,
+                max_age: topology.result_ttl,
+                storage: stream::StorageType::File,
+                num_replicas: topology.replicas,
+                ..Default::default()
+            },
+        )
         .await
         .map_err(|e| fail(&format!("bucket {bucket}"))(&e))?;
     }
     Ok(())
+}
+
+/// Creates the stream, or updates it when what mcpq sets differs; a stream already as wanted is
+/// left alone. (Many processes start at once in a cluster: each one sending an update that
+/// changes nothing stalls JetStream's meta layer while the streams are being placed.)
+async fn ensure_stream(js: &jetstream::Context, want: stream::Config) -> Result<(), String> {
+    if let Ok(stream) = js.get_stream(&want.name).await
+        && same_stream(&stream.cached_info().config, &want)
+    {
+        return Ok(());
+    }
+    js.create_or_update_stream(want)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// [`ensure_stream`] for a KV bucket (stream `KV_<bucket>`).
+async fn ensure_bucket(js: &jetstream::Context, want: kv::Config) -> Result<(), String> {
+    if let Ok(stream) = js.get_stream(format!("KV_{}", want.bucket)).await {
+        let have = &stream.cached_info().config;
+        let history = i64::from(want.history.max(1));
+        if have.num_replicas == want.num_replicas.max(1)
+            && have.max_age == want.max_age
+            && have.max_messages_per_subject == history
+            && have.storage == want.storage
+            && have.description.as_deref().unwrap_or("") == want.description
+        {
+            return Ok(());
+        }
+    }
+    js.create_or_update_key_value(want)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Whether a stream as it stands has everything mcpq sets as `want` says (limits of 0 or less
+/// are "no limit" on both sides).
+fn same_stream(have: &stream::Config, want: &stream::Config) -> bool {
+    let limit = |n: i64| if n <= 0 { -1 } else { n };
+    have.subjects == want.subjects
+        && have.description == want.description
+        && have.retention == want.retention
+        && have.storage == want.storage
+        && have.num_replicas == want.num_replicas.max(1)
+        && limit(have.max_messages) == limit(want.max_messages)
+        && limit(have.max_bytes) == limit(want.max_bytes)
+        && limit(i64::from(have.max_message_size)) == limit(i64::from(want.max_message_size))
+        && have.max_age == want.max_age
+        && have.discard == want.discard
+        && (want.duplicate_window.is_zero() || have.duplicate_window == want.duplicate_window)
+        && have.allow_message_ttl == want.allow_message_ttl
+        && have.allow_rollup == want.allow_rollup
+        && have.allow_direct == want.allow_direct
 }
 
 /// The work-queue stream of one server's jobs: its lanes' subjects, at most `max_queued`

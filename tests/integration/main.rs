@@ -7,6 +7,7 @@ mod auth;
 mod batch;
 mod bridge;
 mod cli;
+mod cluster;
 mod crash;
 mod dashboards;
 mod flow;

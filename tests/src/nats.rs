@@ -141,3 +141,114 @@ fn spawn_with(
     }
     (child, port)
 }
+
+/// A nats-server cluster on loopback: `n` nodes with JetStream, routes between them on their own
+/// ports, a store each. Nodes can be killed and started again; all are killed on drop.
+pub struct NatsCluster {
+    nodes: Vec<ClusterNode>,
+    dir: tempfile::TempDir,
+}
+
+struct ClusterNode {
+    child: Option<Child>,
+    port: u16,
+    config: PathBuf,
+}
+
+impl NatsCluster {
+    pub fn start(n: usize) -> NatsCluster {
+        let dir = tempfile::tempdir().expect("temp dir for the cluster");
+        let ports: Vec<(u16, u16)> = (0..n)
+            .map(|_| (crate::free_port(), crate::free_port()))
+            .collect();
+        let routes = ports
+            .iter()
+            .map(|(_, route)| format!("\"nats-route://127.0.0.1:{route}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let nodes = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (port, route))| {
+                let store = dir.path().join(format!("n{i}"));
+                let config = dir.path().join(format!("n{i}.conf"));
+                std::fs::write(
+                    &config,
+                    format!(
+                        "server_name: n{i}\nlisten: 127.0.0.1:{port}\n\
+                         jetstream {{ store_dir: \"{}\", max_file_store: 20GB, max_memory_store: 256MB }}\n\
+                         cluster {{ name: mcpq-test, listen: 127.0.0.1:{route}, routes: [{routes}] }}\n",
+                        store.display()
+                    ),
+                )
+                .expect("write a node's config");
+                ClusterNode {
+                    child: None,
+                    port: *port,
+                    config,
+                }
+            })
+            .collect();
+        let mut cluster = NatsCluster { nodes, dir };
+        for i in 0..n {
+            cluster.start_node(i);
+        }
+        cluster
+    }
+
+    /// Every node's client URL, comma-separated (what `nats.url` and `--nats` take).
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// SIGKILLs node `i`.
+    pub fn kill_node(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts node `i` (again), with its store as it was.
+    pub fn start_node(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let log =
+            std::fs::File::create(self.dir.path().join(format!("n{i}.log"))).expect("a node's log");
+        let child = Command::new(binary())
+            .arg("-c")
+            .arg(&node.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start a cluster node");
+        node.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", node.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "cluster node n{i} never listened"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill_node(i);
+        }
+        // A failed test keeps the nodes' logs and stores to look at.
+        if std::thread::panicking() {
+            let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+            eprintln!(
+                "the cluster's logs and stores are kept in {}",
+                kept.keep().display()
+            );
+        }
+    }
+}

@@ -216,7 +216,14 @@ pub(crate) async fn run(pool: Arc<Pool>, shutdown: CancellationToken, grace: Dur
                             start(&mut in_flight, &pool, message, permit);
                         }
                         Some(Err(e)) => {
-                            tracing::warn!(%server, error = %e, "pull interrupted; binding again");
+                            // A consumer whose leader is being elected answers 503 for a
+                            // moment: back off rather than ask again at once.
+                            tracing::warn!(%server, error = %e, retry = ?backoff, "pull interrupted; binding again");
+                            tokio::select! {
+                                () = shutdown.cancelled() => break 'bind,
+                                () = tokio::time::sleep(backoff) => {}
+                            }
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
                             continue 'bind;
                         }
                     }

@@ -38,9 +38,9 @@ pub struct ConfigFile {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NatsSection {
-    /// NATS URL, e.g. nats://nats.mcpq.svc:4222.
+    /// NATS URL, e.g. nats://nats.mcpq.svc:4222, or a list of seed URLs of a cluster.
     #[serde(default)]
-    pub url: Option<String>,
+    pub url: Option<NatsUrls>,
     /// Replicas of mcpq's streams and buckets: 1, 3 or 5 (default 1).
     #[serde(default)]
     pub replicas: Option<usize>,
@@ -62,6 +62,23 @@ pub struct NatsSection {
     /// TLS to NATS: a CA to trust and/or a client certificate.
     #[serde(default)]
     pub tls: Option<NatsTlsSection>,
+}
+
+/// One NATS URL, or the seed URLs of a cluster (any one of them lets the client find the rest).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum NatsUrls {
+    One(String),
+    Seeds(Vec<String>),
+}
+
+impl NatsUrls {
+    pub fn list(&self) -> Vec<String> {
+        match self {
+            NatsUrls::One(url) => url.split(',').map(|u| u.trim().to_string()).collect(),
+            NatsUrls::Seeds(urls) => urls.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

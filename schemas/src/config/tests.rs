@@ -282,3 +282,26 @@ servers: [{name: github, type: http, endpoint: "https://github.example.com/mcp"}
         "{paths:?}"
     );
 }
+
+#[test]
+fn nats_url_takes_a_cluster_seed_list() {
+    let config = Config::from_yaml(
+        "version: \"1.0\"\nnats: {url: [\"nats://a:4222\", \"nats://b:4222\"], replicas: 3}\nservers: [{name: s, type: http, endpoint: \"http://x/mcp\"}]\n",
+    )
+    .unwrap();
+    assert_eq!(
+        config.nats.url.as_deref(),
+        Some("nats://a:4222,nats://b:4222")
+    );
+    assert_eq!(config.nats.replicas, 3);
+    let errors = Config::from_yaml(
+        "version: \"1.0\"\nnats: {url: [\"nats://a:4222\", \"http://b\"]}\nservers: [{name: s, type: http, endpoint: \"http://x/mcp\"}]\n",
+    )
+    .unwrap_err();
+    assert_eq!(errors.0[0].path(), Some("nats.url[1]"), "{errors}");
+    let errors = Config::from_yaml(
+        "version: \"1.0\"\nnats: {url: []}\nservers: [{name: s, type: http, endpoint: \"http://x/mcp\"}]\n",
+    )
+    .unwrap_err();
+    assert_eq!(errors.0[0].path(), Some("nats.url"), "{errors}");
+}

@@ -81,17 +81,30 @@ pub(super) fn validate(raw: ConfigFile) -> Result<Config, ConfigErrors> {
 
 fn nats(section: Option<NatsSection>, errors: &mut Vec<ConfigError>) -> NatsConfig {
     let section = section.unwrap_or_default();
-    if let Some(url) = &section.url {
-        let ok = ["nats://", "tls://", "ws://", "wss://"]
-            .iter()
-            .any(|scheme| url.starts_with(scheme) && url.len() > scheme.len());
-        if !ok {
+    let urls = section.url.as_ref().map(|u| u.list());
+    if let Some(urls) = &urls {
+        if urls.is_empty() {
             errors.push(ConfigError::field(
                 "nats.url",
-                format!(
-                    "{url:?} is not a NATS URL (expected nats://host:port, tls://, ws:// or wss://)"
-                ),
+                "an empty list (give one URL, or the seed URLs of a cluster)",
             ));
+        }
+        for (i, url) in urls.iter().enumerate() {
+            let ok = ["nats://", "tls://", "ws://", "wss://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme) && url.len() > scheme.len());
+            if !ok {
+                let path = match section.url {
+                    Some(super::raw::NatsUrls::Seeds(_)) => format!("nats.url[{i}]"),
+                    _ => "nats.url".into(),
+                };
+                errors.push(ConfigError::field(
+                    path,
+                    format!(
+                        "{url:?} is not a NATS URL (expected nats://host:port, tls://, ws:// or wss://)"
+                    ),
+                ));
+            }
         }
     }
     let replicas = section.replicas.unwrap_or(1);
@@ -110,7 +123,7 @@ fn nats(section: Option<NatsSection>, errors: &mut Vec<ConfigError>) -> NatsConf
     }
     let credentials = nats_credentials(&section, errors);
     NatsConfig {
-        url: section.url,
+        url: urls.map(|u| u.join(",")),
         replicas,
         result_ttl,
         credentials,
