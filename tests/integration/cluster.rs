@@ -178,3 +178,55 @@ async fn a_node_killed_during_5000_calls_loses_none_runs_none_twice_and_rejoins(
     .await;
     drop(workers);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_replica_count_is_applied_in_place() {
+    use mcpq_schemas::nats::{Topology, ensure_topology};
+    let cluster = NatsCluster::start(3);
+    let url = cluster.url();
+    let js = eventually("the cluster's JetStream", Duration::from_secs(60), || {
+        let url = url.clone();
+        async move {
+            let js = async_nats::jetstream::new(connect(&url, "replicas-test").await.ok()?);
+            js.query_account().await.ok()?;
+            Some(js)
+        }
+    })
+    .await;
+    let topology = |replicas| Topology {
+        replicas,
+        queues: vec![("web".into(), 1000)],
+        ..Topology::default()
+    };
+    let replicas = |name: &'static str| {
+        let js = js.clone();
+        async move {
+            js.get_stream(name)
+                .await
+                .unwrap()
+                .info()
+                .await
+                .unwrap()
+                .config
+                .num_replicas
+        }
+    };
+    ensure_topology(&js, &topology(1)).await.unwrap();
+    let stream = js.get_stream("MCPQ_JOBS_web").await.unwrap();
+    assert_eq!(stream.cached_info().config.num_replicas, 1);
+    // A job queued at R1 is still there at R3: the change is made in place.
+    let ack = js
+        .publish("mcpq.jobs.web.normal", "queued before".into())
+        .await
+        .unwrap();
+    ack.await.unwrap();
+    ensure_topology(&js, &topology(3)).await.unwrap();
+    for name in ["MCPQ_JOBS_web", "MCPQ_DLQ", "MCPQ_AUDIT", "KV_mcpq_results", "KV_mcpq_health", "OBJ_mcpq_blobs"] {
+        assert_eq!(replicas(name).await, 3, "{name}");
+    }
+    let mut stream = js.get_stream("MCPQ_JOBS_web").await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 1);
+    // And back down.
+    ensure_topology(&js, &topology(1)).await.unwrap();
+    assert_eq!(replicas("KV_mcpq_results").await, 1);
+}
