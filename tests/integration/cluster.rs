@@ -221,7 +221,14 @@ async fn a_changed_replica_count_is_applied_in_place() {
         .unwrap();
     ack.await.unwrap();
     ensure_topology(&js, &topology(3)).await.unwrap();
-    for name in ["MCPQ_JOBS_web", "MCPQ_DLQ", "MCPQ_AUDIT", "KV_mcpq_results", "KV_mcpq_health", "OBJ_mcpq_blobs"] {
+    for name in [
+        "MCPQ_JOBS_web",
+        "MCPQ_DLQ",
+        "MCPQ_AUDIT",
+        "KV_mcpq_results",
+        "KV_mcpq_health",
+        "OBJ_mcpq_blobs",
+    ] {
         assert_eq!(replicas(name).await, 3, "{name}");
     }
     let mut stream = js.get_stream("MCPQ_JOBS_web").await.unwrap();

@@ -222,7 +222,7 @@ async fn post(
         .post(url)
         .header("Content-Type", "application/json")
         .header("Accept", "application/json, text/event-stream")
-        .header("MCP-Protocol-Version", "2025-06-18")
+        .header("MCP-Protocol-Version", "2025-11-25")
         .json(&body);
     if let Some(session) = session {
         request = request.header("Mcp-Session-Id", session);
@@ -253,7 +253,7 @@ async fn a_2025_session_carries_on_on_another_replica_and_sessionless_requests_s
     let other = stack.another_dispatcher().await;
     let initialize = serde_json::json!({
         "jsonrpc": "2.0", "id": 1, "method": "initialize",
-        "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {},
                    "clientInfo": {"name": "test", "version": "1"}}
     });
     let (status, answer, session) = post(&stack.mcp_url(), None, initialize).await;
@@ -263,21 +263,26 @@ async fn a_2025_session_carries_on_on_another_replica_and_sessionless_requests_s
     let (status, _, _) = post(&stack.mcp_url(), Some(&session), initialized).await;
     assert!(status.is_success(), "{status}");
 
-    // The next request of the session lands on another replica, which restores the session.
-    let call = serde_json::json!({
-        "jsonrpc": "2.0", "id": 2, "method": "tools/call",
-        "params": {"name": "web__echo", "arguments": {"text": "elsewhere"}}
-    });
-    let (status, answer, _) = post(&format!("http://{other}/mcp"), Some(&session), call).await;
-    assert!(status.is_success(), "{status} {answer}");
-    assert_eq!(
-        crate::first_text(&answer["result"]),
-        "elsewhere",
-        "{answer}"
-    );
+    // Consecutive requests of the session land on one replica, then the other, and back: each
+    // carries the session on.
+    for (i, url) in [format!("http://{other}/mcp"), stack.mcp_url()]
+        .iter()
+        .cycle()
+        .take(4)
+        .enumerate()
+    {
+        let text = format!("hop {i}");
+        let call = serde_json::json!({
+            "jsonrpc": "2.0", "id": 2 + i, "method": "tools/call",
+            "params": {"name": "web__echo", "arguments": {"text": text}}
+        });
+        let (status, answer, _) = post(url, Some(&session), call).await;
+        assert!(status.is_success(), "{status} {answer}");
+        assert_eq!(crate::first_text(&answer["result"]), text, "{answer}");
+    }
 
     // A 2025-era request that never opened a session is answered as before sessions existed.
-    let list = serde_json::json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"});
+    let list = serde_json::json!({"jsonrpc": "2.0", "id": 9, "method": "tools/list"});
     let (status, answer, session) = post(&stack.server_url("web"), None, list).await;
     assert!(status.is_success(), "{status} {answer}");
     assert!(session.is_none(), "no session without initialize");

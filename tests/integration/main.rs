@@ -18,6 +18,7 @@ mod limits;
 mod load;
 mod observe;
 mod plain;
+mod replicas;
 mod restart;
 mod retry;
 mod roles;

@@ -231,3 +231,35 @@ impl Drop for WorkerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Any real `mcpq` process (`dispatcher`, `worker`, `up`...), logging to a file, killed on drop.
+pub struct McpqProcess {
+    child: std::process::Child,
+}
+
+impl McpqProcess {
+    pub fn spawn(args: &[&str], log: &std::path::Path) -> McpqProcess {
+        let child = std::process::Command::new(crate::mcpq_bin())
+            .args(args)
+            .env(
+                "MCPQ_LOG",
+                std::env::var("MCPQ_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stderr(std::fs::File::create(log).expect("a log file"))
+            .spawn()
+            .expect("start mcpq");
+        McpqProcess { child }
+    }
+
+    /// SIGKILL: no drain, no goodbye.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for McpqProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
