@@ -7,6 +7,7 @@ mod batch;
 mod bench;
 mod call;
 mod config_cmd;
+mod deploy;
 mod dlq;
 mod jobs;
 mod local_nats;
@@ -77,6 +78,9 @@ enum Command {
     /// Config file commands.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
+    /// Kubernetes manifests from the config.
+    #[command(subcommand)]
+    Deploy(deploy::DeployCommand),
     /// API keys for the config's auth: section.
     #[command(subcommand)]
     Auth(auth_cmd::AuthCommand),
@@ -104,6 +108,7 @@ fn run(command: Command) -> ExitCode {
     let command = match command {
         Command::Config(command) => return config_cmd::run(command),
         Command::Auth(command) => return auth_cmd::run(command),
+        Command::Deploy(command) => return deploy::run(command),
         command => command,
     };
     let runtime = match tokio::runtime::Runtime::new() {
@@ -127,7 +132,9 @@ fn run(command: Command) -> ExitCode {
             Command::Status(args) => status::run(args).await,
             Command::Audit(args) => audit::run(args).await,
 
-            Command::Config(_) | Command::Auth(_) => unreachable!("handled above"),
+            Command::Config(_) | Command::Auth(_) | Command::Deploy(_) => {
+                unreachable!("handled above")
+            }
         }
     })
 }

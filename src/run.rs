@@ -138,6 +138,10 @@ pub struct DispatcherArgs {
     /// Address of the MCP endpoints.
     #[arg(long, default_value = DEFAULT_LISTEN)]
     listen: SocketAddr,
+    /// Also serve /metrics, /healthz and /readyz here, without auth (an internal port for
+    /// Prometheus and the kubelet; the main listener serves them too, /metrics behind auth).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     exposure: Exposure,
     #[command(flatten)]
@@ -312,6 +316,25 @@ pub async fn dispatcher(args: DispatcherArgs) -> ExitCode {
         Err(code) => return code,
     };
     let shutdown = on_signal();
+    if let Some(addr) = args.metrics_listen {
+        let servers = config
+            .server_names()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let probes = crate::telemetry::serve_probes(
+            addr,
+            options.metrics.clone(),
+            nats.clone(),
+            servers,
+            false,
+            shutdown.clone(),
+        );
+        match probes.await {
+            Ok(addr) => eprintln!("mcpq: dispatcher metrics at http://{addr}/metrics"),
+            Err(e) => return fail(e),
+        }
+    }
     let dispatcher = match Dispatcher::new(nats, &config, options).await {
         Ok(d) => d,
         Err(e) => return fail(e),
@@ -349,11 +372,12 @@ pub async fn worker(args: WorkerArgs) -> ExitCode {
     } else {
         args.servers.clone()
     };
-    let listening = crate::telemetry::serve_worker(
+    let listening = crate::telemetry::serve_probes(
         args.metrics_listen,
         metrics,
         nats.clone(),
         served,
+        true,
         shutdown.clone(),
     )
     .await;

@@ -92,16 +92,20 @@ struct Probe {
     metrics: Option<PrometheusHandle>,
     nats: async_nats::Client,
     servers: Vec<String>,
+    /// Ready only once each server's catalog is published (a worker's own servers).
+    need_catalog: bool,
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` for a worker process on `addr` until `shutdown`.
-/// Ready: connected to NATS, every served server's job stream present and its catalog
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until `shutdown`, without the
+/// dispatcher's guard (an internal port, for Prometheus and the kubelet). Ready: connected to
+/// NATS, every server's job stream present and, with `need_catalog` (a worker), its catalog
 /// published.
-pub async fn serve_worker(
+pub async fn serve_probes(
     addr: SocketAddr,
     metrics: Option<PrometheusHandle>,
     nats: async_nats::Client,
     servers: Vec<String>,
+    need_catalog: bool,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -115,6 +119,7 @@ pub async fn serve_worker(
         metrics,
         nats,
         servers,
+        need_catalog,
     });
     let router = Router::new()
         .route("/metrics", get(render))
@@ -171,9 +176,8 @@ async fn not_ready(probe: &Probe) -> Option<String> {
             js.get_stream(jobs_stream(server))
                 .await
                 .map_err(|e| format!("stream {}: {e}", jobs_stream(server)))?;
-            match catalog.get(server).await {
-                Ok(Some(_)) => {}
-                _ => return Err(format!("server {server:?} has no catalog yet")),
+            if probe.need_catalog && !matches!(catalog.get(server).await, Ok(Some(_))) {
+                return Err(format!("server {server:?} has no catalog yet"));
             }
         }
         Ok::<(), String>(())

@@ -192,6 +192,8 @@ pub struct AutoScale {
     pub min: u32,
     pub max: u32,
     pub target_cpu_percent: Option<u8>,
+    /// Jobs waiting or held per worker replica the autoscaler aims at.
+    pub target_queue_depth: u64,
 }
 
 /// Everything wrong with a config file, each naming its field.

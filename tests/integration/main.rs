@@ -10,6 +10,7 @@ mod cli;
 mod cluster;
 mod crash;
 mod dashboards;
+mod deploy;
 mod flow;
 mod health;
 mod idempotency;

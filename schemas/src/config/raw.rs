@@ -241,6 +241,9 @@ pub struct AutoScaleSection {
     /// Target CPU use, e.g. "70%".
     #[serde(default, rename = "targetCPU")]
     pub target_cpu: Option<String>,
+    /// Jobs waiting or held per worker replica that the autoscaler aims at (default 100).
+    #[serde(default)]
+    pub target_queue_depth: Option<u64>,
 }
 
 /// How a worker authenticates to an HTTP upstream.

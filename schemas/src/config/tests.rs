@@ -16,7 +16,8 @@ fn the_guides_example_loads_unchanged() {
         Some(AutoScale {
             min: 2,
             max: 10,
-            target_cpu_percent: Some(70)
+            target_cpu_percent: Some(70),
+            target_queue_depth: 100,
         })
     );
     assert_eq!(config.server("slack").unwrap().lane, Lane::Normal);

@@ -383,10 +383,15 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
                     None
                 }
             });
+        let target_queue_depth = a.target_queue_depth.unwrap_or(100);
+        if target_queue_depth == 0 {
+            err("autoScale.targetQueueDepth", "0 (at least 1)".into());
+        }
         AutoScale {
             min: a.min,
             max: a.max,
             target_cpu_percent,
+            target_queue_depth,
         }
     });
     let ack_wait = s.ack_wait.map_or(DEFAULT_ACK_WAIT, |d| d.0);
