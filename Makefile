@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 NPM := .tools/npm
 
-.PHONY: tools build demo test conformance schemas bench bench-scale bench-limits bench-metrics bench-smoke fmt lint clean
+.PHONY: tools build demo test conformance schemas bench bench-scale bench-limits bench-metrics bench-scale-out bench-smoke fmt lint clean
 
 tools: $(VENV)/.installed $(NPM)/.installed .tools/.debian
 
@@ -66,6 +66,11 @@ bench-scale: tools
 bench-limits: tools
 	cargo build --release --workspace --bins
 	python3 deploy/local/bench.py --limits --write
+
+# Calls/s with 1, 2 and 3 worker processes.
+bench-scale-out: tools
+	cargo build --release --workspace --bins
+	python3 deploy/local/bench.py --scale-out --write
 
 # Calls/s with and without metrics (--no-metrics), alternating, in one run.
 bench-metrics: tools

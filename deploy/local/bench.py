@@ -13,6 +13,8 @@ and prints a table with ratios to direct; `--write` also puts it into BENCHMARKS
 `--scale N` instead queues N jobs with no worker running, then starts one and reports the drain.
 `--limits` measures the dispatcher's memory with 1,000 MCP calls in flight and with 1,000 silent
 connections, and 20 MB results through the object store.
+`--scale-out` measures calls/s with 1, 2 and 3 worker processes on a server whose calls take 20 ms
+and whose workers run 16 at a time each (the workload more workers are for).
 `--metrics-cost` measures mcpq with and without metrics (`--no-metrics`), alternating, in one run.
 `--smoke` runs every mode for a moment (CI uses it so the benchmark never rots; no assertions).
 """
@@ -100,6 +102,11 @@ class Rig:
             "    concurrency: 256\n"
             "    timeout: 60s\n"
             "    maxQueued: 10000000\n"  # --scale queues its jobs with no worker running
+            "  - name: bounded\n"  # --scale-out: each worker runs 16 calls at a time
+            "    type: http\n"
+            f"    endpoint: http://127.0.0.1:{self.fixture_port}/mcp\n"
+            "    concurrency: 16\n"
+            "    timeout: 60s\n"
         )
         self.worker = None
         self.dispatcher = self.spawn([self.bin / "mcpq", "dispatcher", "--config", self.config,
@@ -377,6 +384,32 @@ def stream_messages(rig, prefix):
     return found
 
 
+def scale_out(rig, seconds, most=3):
+    """Calls/s of 20 ms calls with 1, 2 and 3 worker processes (16 calls at a time each)."""
+    call = ["--server", "bounded", "--tool", "slow", "--args", '{"ms": 20}']
+    rows = []
+    workers = []
+    for n in range(1, most + 1):
+        workers.append(rig.spawn([rig.bin / "mcpq", "worker", "--config", rig.config, "--server", "bounded",
+                                  "--id", f"w{n}", "--metrics-listen", "127.0.0.1:0"]))
+        # Warm up until the new worker takes calls (its consumers bound, its session open).
+        rig.bench(*call, "--concurrency", str(16 * n), "--calls", str(200 * n))
+        r = rig.bench(*call, "--concurrency", "64", "--calls", "10000000", "--duration", f"{seconds}s")
+        rows.append((n, r))
+        print(f"  {n} worker(s): {r['calls_per_s']:>7.0f} calls/s  p50 {r['p50_ms']:.1f} ms  "
+              f"p99 {r['p99_ms']:.1f} ms  errors {r['errors']}", flush=True)
+    one = rows[0][1]["calls_per_s"]
+    lines = ["| worker processes | calls/s | p50 ms | p99 ms | errors | ÷ one worker |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for n, r in rows:
+        lines.append(f"| {n} | {r['calls_per_s']:,.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} | "
+                     f"{r['calls_per_s'] / one:.2f} |")
+    return ("\n".join(lines) + "\n\n"
+            "Calls of the fixture's `slow` tool (20 ms each) through JetStream (`mcpq bench --server bounded`, "
+            "64 in flight), the server's `concurrency: 16` per worker process: one worker can run at most "
+            "800 calls/s, so each added process adds capacity until the machine's 2 cores are the limit.\n")
+
+
 def metrics_cost(rig, seconds, rounds=4):
     """Calls/s of mcpq with metrics (the default) and with --no-metrics, alternating the two
     `rounds` times in one run so that drift on a shared machine hits both alike."""
@@ -429,6 +462,8 @@ def main():
     parser.add_argument("--write", action="store_true", help="write the results into BENCHMARKS.md")
     parser.add_argument("--smoke", action="store_true", help="every mode for a moment; no file written")
     parser.add_argument("--scale", type=int, metavar="N", help="queue N jobs, then drain them")
+    parser.add_argument("--scale-out", action="store_true",
+                        help="calls/s with 1, 2 and 3 worker processes")
     parser.add_argument("--metrics-cost", action="store_true",
                         help="calls/s with and without metrics, alternating, in one run")
     parser.add_argument("--limits", action="store_true",
@@ -444,7 +479,8 @@ def main():
             # The single-section modes: what to run, and where its text goes.
             single = ("limits", lambda: limits(rig)) if args.limits else (
                 ("scale", lambda: scale(rig, args.scale)) if args.scale else (
-                    ("metrics", lambda: metrics_cost(rig, args.seconds)) if args.metrics_cost else None))
+                    ("metrics", lambda: metrics_cost(rig, args.seconds)) if args.metrics_cost else (
+                        ("scale-out", lambda: scale_out(rig, args.seconds)) if args.scale_out else None)))
             if single:
                 section, run = single
                 text = run()
