@@ -189,3 +189,47 @@ fn rendered_manifests_validate_and_match_their_golden_files() {
         "MCPQ_JOBS_github"
     );
 }
+
+#[test]
+fn the_compose_topology_is_a_three_node_cluster_two_dispatchers_and_three_workers() {
+    let dir = repo_root().join("deploy/compose");
+    let compose: Value =
+        yaml_serde::from_str(&std::fs::read_to_string(dir.join("compose.yaml")).unwrap()).unwrap();
+    // YAML merge keys (`<<: *mcpq`), as compose applies them.
+    let services: serde_json::Map<String, Value> = compose["services"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(name, service)| {
+            let mut merged = service.get("<<").cloned().unwrap_or_else(|| serde_json::json!({}));
+            for (key, value) in service.as_object().unwrap() {
+                if key != "<<" {
+                    merged[key] = value.clone();
+                }
+            }
+            (name.clone(), merged)
+        })
+        .collect();
+    let nats: Vec<_> = services.keys().filter(|k| k.starts_with("nats-")).collect();
+    assert_eq!(nats.len(), 3);
+    for name in &nats {
+        let command: Vec<&str> = services[name.as_str()]["command"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let routes = command[command.iter().position(|a| *a == "--routes").unwrap() + 1];
+        for other in nats.iter().filter(|o| *o != name) {
+            assert!(routes.contains(&format!("{other}:6222")), "{name} routes to {other}");
+        }
+        assert!(command.contains(&"-js"), "{name} runs JetStream");
+    }
+    let dispatchers = services.keys().filter(|k| k.starts_with("dispatcher-")).count();
+    assert_eq!(dispatchers, 2);
+    assert_eq!(services["worker"]["deploy"]["replicas"], 3);
+    let url = services["worker"]["environment"]["MCPQ_NATS_URL"].as_str().unwrap();
+    assert_eq!(url.split(',').count(), 3, "every node is a seed");
+    let config = mcpq_schemas::config::Config::load(&dir.join("mcp-infrastructure.yaml")).unwrap();
+    assert_eq!(config.nats.replicas, 3, "R3 on the 3-node cluster");
+}
