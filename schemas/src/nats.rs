@@ -419,7 +419,7 @@ async fn ensure_stream(js: &jetstream::Context, want: stream::Config) -> Result<
 async fn ensure_bucket(js: &jetstream::Context, want: kv::Config) -> Result<(), String> {
     if let Ok(stream) = js.get_stream(format!("KV_{}", want.bucket)).await {
         let have = &stream.cached_info().config;
-        let history = i64::from(want.history.max(1));
+        let history = want.history.max(1);
         if have.num_replicas == want.num_replicas.max(1)
             && have.max_age == want.max_age
             && have.max_messages_per_subject == history

@@ -201,7 +201,10 @@ fn the_compose_topology_is_a_three_node_cluster_two_dispatchers_and_three_worker
         .unwrap()
         .iter()
         .map(|(name, service)| {
-            let mut merged = service.get("<<").cloned().unwrap_or_else(|| serde_json::json!({}));
+            let mut merged = service
+                .get("<<")
+                .cloned()
+                .unwrap_or_else(|| serde_json::json!({}));
             for (key, value) in service.as_object().unwrap() {
                 if key != "<<" {
                     merged[key] = value.clone();
@@ -221,14 +224,22 @@ fn the_compose_topology_is_a_three_node_cluster_two_dispatchers_and_three_worker
             .collect();
         let routes = command[command.iter().position(|a| *a == "--routes").unwrap() + 1];
         for other in nats.iter().filter(|o| *o != name) {
-            assert!(routes.contains(&format!("{other}:6222")), "{name} routes to {other}");
+            assert!(
+                routes.contains(&format!("{other}:6222")),
+                "{name} routes to {other}"
+            );
         }
         assert!(command.contains(&"-js"), "{name} runs JetStream");
     }
-    let dispatchers = services.keys().filter(|k| k.starts_with("dispatcher-")).count();
+    let dispatchers = services
+        .keys()
+        .filter(|k| k.starts_with("dispatcher-"))
+        .count();
     assert_eq!(dispatchers, 2);
     assert_eq!(services["worker"]["deploy"]["replicas"], 3);
-    let url = services["worker"]["environment"]["MCPQ_NATS_URL"].as_str().unwrap();
+    let url = services["worker"]["environment"]["MCPQ_NATS_URL"]
+        .as_str()
+        .unwrap();
     assert_eq!(url.split(',').count(), 3, "every node is a seed");
     let config = mcpq_schemas::config::Config::load(&dir.join("mcp-infrastructure.yaml")).unwrap();
     assert_eq!(config.nats.replicas, 3, "R3 on the 3-node cluster");
