@@ -82,7 +82,7 @@ pub async fn run(args: StatusArgs) -> ExitCode {
                     serde_json::to_string(&report).unwrap_or_default()
                 );
             } else {
-                let _ = write!(out, "{}", table(&report));
+                let _ = write!(out, "{}", table(&report, !args.once));
             }
             let _ = out.flush();
             if args.once {
@@ -97,7 +97,7 @@ pub async fn run(args: StatusArgs) -> ExitCode {
 }
 
 /// The report as a table for people.
-pub fn table(report: &StatusReport) -> String {
+pub fn table(report: &StatusReport, live: bool) -> String {
     let mut text = format!(
         "{:<20} {:>7} {:>17} {:>6} {:>8} {:>7} {:>7} {:>6} {:>10} {:>7} {:>7} {:>6}\n",
         "SERVER",
@@ -117,8 +117,9 @@ pub fn table(report: &StatusReport) -> String {
         text.push_str(&row(s));
     }
     text.push_str(&format!(
-        "rates over the last {:.0}s; ctrl-c to quit\n",
-        report.rate_window_secs
+        "rates over the last {:.0}s{}\n",
+        report.rate_window_secs,
+        if live { "; ctrl-c to quit" } else { "" }
     ));
     text
 }
