@@ -39,7 +39,14 @@ fn check(file: &std::path::Path) -> ExitCode {
     println!("{}: ok, {} server(s)", file.display(), config.servers.len());
     for server in &config.servers {
         let (kind, target) = match &server.transport {
-            Transport::Http { endpoint, .. } => ("http", endpoint.clone()),
+            Transport::Http { endpoints, .. } => (
+                "http",
+                endpoints
+                    .iter()
+                    .map(|e| e.url.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
             Transport::Stdio { command, args, .. } => {
                 ("stdio", format!("{command} {}", args.join(" ")))
             }

@@ -376,22 +376,22 @@ fn worker(config: &Config, server: &ServerConfig, options: &RenderOptions) -> Ve
 }
 
 /// The ports a server's upstream is reached on (stdio servers: HTTPS, for what the child calls).
-fn upstream_port(server: &ServerConfig) -> u16 {
-    match &server.transport {
-        Transport::Http { endpoint, .. } => {
-            let rest = endpoint.split_once("://").map_or("", |(_, r)| r);
-            let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-            authority
-                .rsplit_once(':')
-                .and_then(|(_, p)| p.parse().ok())
-                .unwrap_or(if endpoint.starts_with("https://") {
-                    443
-                } else {
-                    80
-                })
-        }
-        Transport::Stdio { .. } => 443,
-    }
+fn upstream_ports(server: &ServerConfig) -> Vec<u16> {
+    let port = |url: &str| {
+        let rest = url.split_once("://").map_or("", |(_, r)| r);
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        authority
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(if url.starts_with("https://") { 443 } else { 80 })
+    };
+    let mut ports: Vec<u16> = match &server.transport {
+        Transport::Http { endpoints, .. } => endpoints.iter().map(|e| port(&e.url)).collect(),
+        Transport::Stdio { .. } => vec![443],
+    };
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }
 
 fn network_policies(config: &Config, options: &RenderOptions) -> Vec<Value> {
@@ -412,7 +412,11 @@ fn network_policies(config: &Config, options: &RenderOptions) -> Vec<Value> {
     })];
     for server in &config.servers {
         let mut egress = nats_egress.as_array().cloned().unwrap_or_default();
-        egress.push(json!({"ports": [{"protocol": "TCP", "port": upstream_port(server)}]}));
+        let ports: Vec<Value> = upstream_ports(server)
+            .into_iter()
+            .map(|port| json!({"protocol": "TCP", "port": port}))
+            .collect();
+        egress.push(json!({"ports": ports}));
         docs.push(json!({
             "apiVersion": "networking.k8s.io/v1",
             "kind": "NetworkPolicy",

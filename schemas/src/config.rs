@@ -13,7 +13,9 @@ use std::{collections::BTreeMap, path::Path, time::Duration};
 
 pub use auth::{Access, ApiKey, AuthConfig, JwksSource, JwtConfig, JwtRule, Limits, Pattern};
 pub use observe::{AlertKind, AlertTarget, AuditConfig, HealthConfig, TelemetryConfig};
-pub use raw::{AuthShorthand, AuthSpec, ConfigFile, Priority, ServerKind};
+pub use raw::{
+    AuthShorthand, AuthSpec, ConfigFile, EndpointRole, LoadBalancing, Priority, ServerKind,
+};
 pub use secret::{Secret, SecretError};
 
 use crate::job::Lane;
@@ -104,6 +106,34 @@ pub struct ServerConfig {
     pub tasks: TaskPolicy,
     /// How workers check that the upstream is up.
     pub health: HealthConfig,
+    /// How calls are spread over an HTTP server's endpoints.
+    pub load_balancing: LoadBalancing,
+    /// MCP sessions a worker keeps per endpoint.
+    pub pool: PoolConfig,
+}
+
+/// One replica of an HTTP upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    pub url: String,
+    pub weight: u32,
+    pub role: EndpointRole,
+}
+
+/// MCP sessions per endpoint.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PoolConfig {
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            max_connections: 1,
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
 }
 
 /// Whether a `tools/call` from a client that declared the MCP Tasks extension becomes a task.
@@ -175,7 +205,8 @@ impl Default for RetryConfig {
 pub enum Transport {
     /// MCP streamable HTTP.
     Http {
-        endpoint: String,
+        /// At least one; `endpoint:` in the file is one primary.
+        endpoints: Vec<Endpoint>,
         /// Headers sent with every request; values may be secrets.
         headers: BTreeMap<String, Secret>,
     },

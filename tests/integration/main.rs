@@ -11,6 +11,7 @@ mod cluster;
 mod crash;
 mod dashboards;
 mod deploy;
+mod endpoints;
 mod flow;
 mod health;
 mod idempotency;

@@ -58,8 +58,20 @@ pub(crate) async fn call(
         verdict,
         retry_after: None,
     };
-    let peer = match upstream.peer().await {
-        Ok(peer) => peer,
+    // Resource subscriptions live on the home session; every other call goes where the
+    // balancer says, and its verdict counts for that endpoint.
+    let subscription =
+        job.request.method.starts_with("resources/") && job.request.method.ends_with("subscribe");
+    let leased = if subscription {
+        upstream.peer().await.map(|peer| (peer, None))
+    } else {
+        upstream
+            .lease()
+            .await
+            .map(|(peer, lease)| (peer, Some(lease)))
+    };
+    let (peer, lease) = match leased {
+        Ok(leased) => leased,
         Err(e) => {
             let error = JobError::new(
                 ErrorKind::UpstreamUnavailable,
@@ -68,7 +80,32 @@ pub(crate) async fn call(
             return failed(error, Verdict::Retryable);
         }
     };
-    if let Some(answer) = crate::subscribe::answered_here(upstream, &peer, job, timeout).await {
+    let outcome = call_on(upstream, &peer, job, timeout, cancel, events, asker).await;
+    if let Some(lease) = lease {
+        lease.verdict(match &outcome {
+            CallOutcome::Answered(_) | CallOutcome::Cancelled => Verdict::Answered,
+            CallOutcome::Failed { verdict, .. } => *verdict,
+        });
+    }
+    outcome
+}
+
+/// [`call`] on a chosen session.
+async fn call_on(
+    upstream: &Upstream,
+    peer: &Peer<RoleClient>,
+    job: &Job,
+    timeout: Duration,
+    cancel: &CancellationToken,
+    events: Option<mpsc::UnboundedSender<CallEvent>>,
+    asker: Option<Asker>,
+) -> CallOutcome {
+    let failed = |error, verdict| CallOutcome::Failed {
+        error,
+        verdict,
+        retry_after: None,
+    };
+    if let Some(answer) = crate::subscribe::answered_here(upstream, peer, job, timeout).await {
         return answer;
     }
     let log_route = match (&events, &job.log_level) {
@@ -95,7 +132,7 @@ pub(crate) async fn call(
             Err(error) => return failed(error, Verdict::Permanent),
         };
         let answer = match send(
-            &peer, upstream, job, request, timeout, cancel, &events, &in_flight,
+            peer, upstream, job, request, timeout, cancel, &events, &in_flight,
         )
         .await
         {
@@ -137,6 +174,16 @@ pub(crate) async fn probe(upstream: &Upstream, timeout: Duration) -> Verdict {
         Ok(Ok(peer)) => peer,
         Ok(Err(_)) | Err(_) => return Verdict::Retryable,
     };
+    if ping(&peer, timeout).await {
+        Verdict::Answered
+    } else {
+        Verdict::Retryable
+    }
+}
+
+/// Whether the session's server answers a `ping` (or, not knowing `ping`, a `tools/list`)
+/// within `timeout`; any answer, even an error, counts.
+pub(crate) async fn ping(peer: &Peer<RoleClient>, timeout: Duration) -> bool {
     let ask = |request: ClientRequest| {
         let peer = peer.clone();
         async move {
@@ -158,10 +205,7 @@ pub(crate) async fn probe(upstream: &Upstream, timeout: Duration) -> Verdict {
         }
         other => other,
     };
-    match answer {
-        Ok(_) | Err(ServiceError::McpError(_)) => Verdict::Answered,
-        Err(_) => Verdict::Retryable,
-    }
+    matches!(answer, Ok(_) | Err(ServiceError::McpError(_)))
 }
 
 /// The most `input_required` rounds one call may take.

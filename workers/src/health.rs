@@ -3,6 +3,9 @@
 //! upstream down, one answer makes it up again. The state is shared in the `mcpq_health` bucket
 //! and changes are announced to the `alerts:` webhooks.
 //!
+//! Each tick also takes back ejected endpoints of a replicated upstream that answer a ping again,
+//! and closes sessions idle past `pool.idleTimeout` (`Upstream::tend`).
+//!
 //! One alert per change, whatever the number of workers: the record in KV is updated with
 //! compare-and-set, and only the worker whose write wins sends the alert. No flood when a
 //! server flaps: after an alert, the next waits `minAlertInterval`; what is announced then is
@@ -109,8 +112,11 @@ pub(crate) async fn watch(
     shutdown: CancellationToken,
 ) {
     let health = pool.server.health;
-    let Some(interval) = health.interval else {
-        return;
+    // Ejected endpoints of a replicated upstream are pinged even with health checks off.
+    let interval = match (health.interval, pool.upstream.replicated()) {
+        (Some(interval), _) => interval,
+        (None, true) => Duration::from_secs(5),
+        (None, false) => return,
     };
     let mut view = View::default();
     let mut tick = tokio::time::interval(interval);
@@ -119,6 +125,13 @@ pub(crate) async fn watch(
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = pool.upstream.tend(health.timeout) => {}
+        }
+        if health.interval.is_none() {
+            continue;
         }
         let verdict = tokio::select! {
             () = shutdown.cancelled() => return,

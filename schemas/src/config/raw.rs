@@ -106,6 +106,15 @@ pub struct ServerSection {
     /// The upstream's MCP URL (http and external servers).
     #[serde(default)]
     pub endpoint: Option<String>,
+    /// Several replicas of the upstream instead of one `endpoint`.
+    #[serde(default)]
+    pub endpoints: Vec<EndpointSection>,
+    /// How calls are spread over `endpoints`: roundRobin (default), leastConnections, priority.
+    #[serde(default)]
+    pub load_balancing: Option<LoadBalancing>,
+    /// MCP sessions per endpoint a worker keeps.
+    #[serde(default)]
+    pub pool: Option<PoolSection>,
     /// Credentials for an HTTP upstream: a shorthand or explicit headers.
     #[serde(default)]
     pub auth: Option<AuthSpec>,
@@ -176,6 +185,55 @@ pub struct ServerSection {
     /// Active health checks: workers ping the upstream (default every 15s).
     #[serde(default)]
     pub health: Option<super::observe::HealthSection>,
+}
+
+/// One replica of an HTTP upstream.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EndpointSection {
+    /// Its MCP URL.
+    pub url: String,
+    /// Its share of the calls under roundRobin (default 1).
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// `primary` (default) or `secondary`: under priority, secondaries get calls only while no
+    /// primary is healthy.
+    #[serde(default)]
+    pub role: Option<EndpointRole>,
+}
+
+/// How calls are spread over a server's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum LoadBalancing {
+    /// In turn, in proportion to the weights.
+    #[default]
+    RoundRobin,
+    /// To the endpoint with the fewest calls in flight (relative to its weight).
+    LeastConnections,
+    /// Primaries in turn; secondaries only while no primary is healthy.
+    Priority,
+}
+
+/// An endpoint's role under `loadBalancing: priority`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointRole {
+    #[default]
+    Primary,
+    Secondary,
+}
+
+/// MCP sessions a worker keeps per endpoint.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PoolSection {
+    /// Sessions (each its own HTTP connections) per endpoint, calls spread over them (default 1).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// A session unused this long is closed, e.g. "5m" (the default).
+    #[serde(default)]
+    pub idle_timeout: Option<DurationText>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -21,10 +21,12 @@ fn the_guides_example_loads_unchanged() {
         })
     );
     assert_eq!(config.server("slack").unwrap().lane, Lane::Normal);
-    let Transport::Http { endpoint, headers } = &github.transport else {
+    let Transport::Http { endpoints, headers } = &github.transport else {
         panic!("github is an HTTP server");
     };
-    assert_eq!(endpoint, "https://github.example.com/mcp");
+    assert_eq!(endpoints.len(), 1);
+    assert_eq!(endpoints[0].url, "https://github.example.com/mcp");
+    assert_eq!(github.load_balancing, LoadBalancing::RoundRobin);
     let auth = &headers["Authorization"];
     assert_eq!(auth.env_names().collect::<Vec<_>>(), ["MCPQ_GITHUB_TOKEN"]);
     let Transport::Http { headers, .. } = &config.server("slack").unwrap().transport else {
@@ -305,4 +307,44 @@ fn nats_url_takes_a_cluster_seed_list() {
     )
     .unwrap_err();
     assert_eq!(errors.0[0].path(), Some("nats.url"), "{errors}");
+}
+
+#[test]
+fn http_servers_take_several_endpoints() {
+    let config = Config::from_yaml(
+        "version: \"1.0\"\nservers:\n  - name: s\n    type: http\n    endpoints: [{url: \"http://a/mcp\", weight: 2}, {url: \"http://b/mcp\", role: secondary}]\n    loadBalancing: priority\n    pool: {maxConnections: 4, idleTimeout: 1m}\n",
+    )
+    .unwrap();
+    let server = config.server("s").unwrap();
+    let Transport::Http { endpoints, .. } = &server.transport else {
+        panic!("http");
+    };
+    assert_eq!(endpoints[0].weight, 2);
+    assert_eq!(endpoints[1].role, EndpointRole::Secondary);
+    assert_eq!(server.load_balancing, LoadBalancing::Priority);
+    assert_eq!(server.pool.max_connections, 4);
+    for (yaml, path) in [
+        (
+            "endpoint: \"http://a/mcp\"\n    endpoints: [{url: \"http://b/mcp\"}]",
+            "servers[0].endpoints",
+        ),
+        (
+            "endpoints: [{url: \"http://b/mcp\", role: secondary}]",
+            "servers[0].endpoints",
+        ),
+        (
+            "endpoints: [{url: \"htp://b\"}]",
+            "servers[0].endpoints[0].url",
+        ),
+        (
+            "endpoint: \"http://a/mcp\"\n    pool: {maxConnections: 0}",
+            "servers[0].pool.maxConnections",
+        ),
+    ] {
+        let errors = Config::from_yaml(&format!(
+            "version: \"1.0\"\nservers:\n  - name: s\n    type: http\n    {yaml}\n"
+        ))
+        .unwrap_err();
+        assert_eq!(errors.0[0].path(), Some(path), "{errors}");
+    }
 }

@@ -3,8 +3,9 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use super::{
-    AutoScale, CircuitBreaker, Config, ConfigError, ConfigErrors, NatsConfig, NatsCredentials,
-    RateLimit, RetryConfig, Secret, ServerConfig, TaskMode, TaskPolicy, Transport,
+    AutoScale, CircuitBreaker, Config, ConfigError, ConfigErrors, Endpoint, EndpointRole,
+    NatsConfig, NatsCredentials, PoolConfig, RateLimit, RetryConfig, Secret, ServerConfig,
+    TaskMode, TaskPolicy, Transport,
     raw::{
         AuthSpec, ConfigFile, NatsSection, Priority, RateLimitSection, ServerKind, ServerSection,
     },
@@ -214,21 +215,49 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
             if !s.env.is_empty() {
                 err("env", "only stdio servers have env (send credentials to an HTTP server with auth or headers)".into());
             }
-            let endpoint = match s.endpoint {
-                None => {
-                    err(
-                        "endpoint",
-                        "missing: an HTTP server needs the URL of its MCP endpoint".into(),
-                    );
-                    String::new()
-                }
-                Some(endpoint) => {
-                    if let Err(message) = check_http_url(&endpoint) {
+            let mut endpoints = Vec::new();
+            match (s.endpoint, s.endpoints.is_empty()) {
+                (None, true) => err(
+                    "endpoint",
+                    "missing: an HTTP server needs the URL of its MCP endpoint (or endpoints: [{url: ...}])".into(),
+                ),
+                (Some(_), false) => err(
+                    "endpoints",
+                    "set endpoint or endpoints, not both".into(),
+                ),
+                (Some(url), true) => {
+                    if let Err(message) = check_http_url(&url) {
                         err("endpoint", message);
                     }
-                    endpoint
+                    endpoints.push(Endpoint {
+                        url,
+                        weight: 1,
+                        role: EndpointRole::Primary,
+                    });
                 }
-            };
+                (None, false) => {
+                    for (i, e) in s.endpoints.into_iter().enumerate() {
+                        if let Err(message) = check_http_url(&e.url) {
+                            err(&format!("endpoints[{i}].url"), message);
+                        }
+                        let weight = e.weight.unwrap_or(1);
+                        if weight == 0 {
+                            err(&format!("endpoints[{i}].weight"), "0 (at least 1)".into());
+                        }
+                        endpoints.push(Endpoint {
+                            url: e.url,
+                            weight,
+                            role: e.role.unwrap_or_default(),
+                        });
+                    }
+                    if !endpoints.iter().any(|e| e.role == EndpointRole::Primary) {
+                        err(
+                            "endpoints",
+                            "no primary endpoint (mark at least one role: primary)".into(),
+                        );
+                    }
+                }
+            }
             let mut headers = BTreeMap::new();
             for (name, value) in &s.headers {
                 match Secret::parse(value) {
@@ -267,9 +296,16 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
                     }
                 }
             }
-            Transport::Http { endpoint, headers }
+            Transport::Http { endpoints, headers }
         }
         ServerKind::Stdio => {
+            if !s.endpoints.is_empty() || s.load_balancing.is_some() || s.pool.is_some() {
+                err(
+                    "endpoints",
+                    "a stdio server has no endpoints, loadBalancing or pool (set type: http)"
+                        .into(),
+                );
+            }
             if s.endpoint.is_some() {
                 err(
                     "endpoint",
@@ -477,6 +513,17 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
         tools: s.tool_tasks,
     };
     let health = super::observe::health(path, s.health, errors);
+    let load_balancing = s.load_balancing.unwrap_or_default();
+    let pool = s.pool.map_or(PoolConfig::default(), |p| PoolConfig {
+        max_connections: p.max_connections.unwrap_or(1),
+        idle_timeout: p.idle_timeout.map_or(Duration::from_secs(300), |d| d.0),
+    });
+    if pool.max_connections == 0 || pool.max_connections > 64 {
+        errors.push(ConfigError::field(
+            format!("{path}.pool.maxConnections"),
+            format!("{} is out of range (1 to 64)", pool.max_connections),
+        ));
+    }
     (errors.len() == before).then_some(ServerConfig {
         name: s.name,
         transport,
@@ -495,6 +542,8 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
         circuit_breaker,
         tasks,
         health,
+        load_balancing,
+        pool,
     })
 }
 

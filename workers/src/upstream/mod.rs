@@ -1,13 +1,25 @@
-//! One upstream MCP server as a worker sees it: an rmcp client session, opened on first use and
-//! opened again when it breaks (an HTTP connection lost, a stdio child process that died).
+//! One upstream MCP server as a worker sees it: its endpoints (one, or several replicas of an
+//! HTTP server), each with a pool of rmcp client sessions opened on first use and opened again
+//! when they break (an HTTP connection lost, a stdio child process that died) or sat idle.
+//! Calls go to the endpoint `balance::pick` names; an endpoint whose calls keep failing is
+//! ejected (passive health) until a ping to it is answered again.
 
+mod balance;
 mod events;
 mod http;
 mod stdio;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
-use mcpq_schemas::config::{SecretError, ServerConfig, Transport};
+use mcpq_schemas::config::{
+    EndpointRole, LoadBalancing, PoolConfig, SecretError, ServerConfig, Transport,
+};
 use rmcp::{
     RoleClient,
     model::ProtocolVersion,
@@ -59,35 +71,125 @@ struct Inner {
     /// The receiving end of the resource updates, until the worker takes it.
     updates: std::sync::Mutex<Option<mpsc::UnboundedReceiver<String>>>,
     server: String,
-    connector: Connector,
-    session: Mutex<Option<Session>>,
+    /// At least one.
+    endpoints: Vec<Endpoint>,
+    policy: LoadBalancing,
+    pool: PoolConfig,
+    /// Failures in a row that eject an endpoint (`health.unhealthyAfter`).
+    eject_after: u32,
+    /// Calls so far: round robin's position.
+    cursor: AtomicU64,
     events: Events,
     /// The tool and prompt names the upstream last listed (metric labels use only these).
     known: std::sync::RwLock<std::collections::HashSet<String>>,
 }
 
+/// One endpoint: how to reach it, its sessions, and what passive health knows of it.
+struct Endpoint {
+    /// Its URL (the command, for a stdio server), for logs.
+    name: String,
+    connector: Connector,
+    weight: u32,
+    role: EndpointRole,
+    /// `pool.maxConnections` slots, each a session once opened, with when it was last used.
+    sessions: Mutex<Vec<Option<(Session, Instant)>>>,
+    /// The slot the next call takes.
+    next: AtomicUsize,
+    in_flight: AtomicUsize,
+    failures: AtomicU32,
+    ejected: AtomicBool,
+}
+
+impl Endpoint {
+    fn new(
+        name: String,
+        connector: Connector,
+        weight: u32,
+        role: EndpointRole,
+        pool: PoolConfig,
+    ) -> Endpoint {
+        Endpoint {
+            name,
+            connector,
+            weight,
+            role,
+            sessions: Mutex::new((0..pool.max_connections.max(1)).map(|_| None).collect()),
+            next: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            failures: AtomicU32::new(0),
+            ejected: AtomicBool::new(false),
+        }
+    }
+}
+
+/// A call's hold on an endpoint: counted in flight until dropped; its verdict feeds passive
+/// health.
+pub(crate) struct Lease {
+    upstream: Upstream,
+    endpoint: usize,
+}
+
+impl Lease {
+    /// How the call went: failures in a row eject the endpoint, an answer resets the count.
+    pub(crate) fn verdict(&self, verdict: crate::decide::Verdict) {
+        self.upstream.record(self.endpoint, verdict);
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.upstream.inner.endpoints[self.endpoint]
+            .in_flight
+            .fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl Upstream {
     /// Resolves the server's secrets; nothing is started until the first call.
     pub(crate) fn new(server: &ServerConfig) -> Result<Upstream, UpstreamError> {
-        let connector = match &server.transport {
-            Transport::Http { endpoint, headers } => Connector::Http(http::HttpConnector::new(
-                &server.name,
-                endpoint,
-                headers,
-                server.concurrency,
-                server.max_result_bytes,
-            )?),
-            Transport::Stdio { command, args, env } => Connector::Stdio(
-                stdio::StdioConnector::new(&server.name, command, args, env)?,
-            ),
+        let endpoints = match &server.transport {
+            Transport::Http { endpoints, headers } => endpoints
+                .iter()
+                .map(|e| {
+                    let connector = Connector::Http(http::HttpConnector::new(
+                        &server.name,
+                        &e.url,
+                        headers,
+                        server.concurrency,
+                        server.max_result_bytes,
+                    )?);
+                    Ok(Endpoint::new(
+                        e.url.clone(),
+                        connector,
+                        e.weight,
+                        e.role,
+                        server.pool,
+                    ))
+                })
+                .collect::<Result<Vec<_>, UpstreamError>>()?,
+            Transport::Stdio { command, args, env } => vec![Endpoint::new(
+                command.clone(),
+                Connector::Stdio(stdio::StdioConnector::new(
+                    &server.name,
+                    command,
+                    args,
+                    env,
+                )?),
+                1,
+                EndpointRole::Primary,
+                PoolConfig::default(),
+            )],
         };
         let (subscriptions, updates) = Subscriptions::new();
         Ok(Upstream {
             inner: Arc::new(Inner {
                 updates: std::sync::Mutex::new(Some(updates)),
                 server: server.name.clone(),
-                connector,
-                session: Mutex::new(None),
+                endpoints,
+                policy: server.load_balancing,
+                pool: server.pool,
+                eject_after: server.health.unhealthy_after.max(1),
+                cursor: AtomicU64::new(0),
                 events: Events {
                     offer_changed: Arc::new(Notify::new()),
                     progress: ProgressRoutes::default(),
@@ -135,36 +237,147 @@ impl Upstream {
         &self.inner.events
     }
 
-    /// A peer on a live session, opening one if there is none or the last one closed.
+    /// A peer on the home session — the first healthy primary endpoint's first slot — for
+    /// what must stay on one session: the catalog, resource subscriptions, probes.
     pub(crate) async fn peer(&self) -> Result<Peer<RoleClient>, UpstreamError> {
-        let mut session = self.inner.session.lock().await;
-        if let Some(open) = session.as_ref() {
-            if !open.is_closed() && !open.is_transport_closed() {
+        let endpoints = &self.inner.endpoints;
+        let home = endpoints
+            .iter()
+            .position(|e| e.role == EndpointRole::Primary && !e.ejected.load(Ordering::SeqCst))
+            .or_else(|| {
+                endpoints
+                    .iter()
+                    .position(|e| !e.ejected.load(Ordering::SeqCst))
+            })
+            .unwrap_or(0);
+        self.session_peer(home, 0).await
+    }
+
+    /// A peer for one call, on the endpoint the balancer picks, and the lease that counts it.
+    pub(crate) async fn lease(&self) -> Result<(Peer<RoleClient>, Lease), UpstreamError> {
+        let views: Vec<balance::View> = self
+            .inner
+            .endpoints
+            .iter()
+            .map(|e| balance::View {
+                weight: e.weight,
+                role: e.role,
+                healthy: !e.ejected.load(Ordering::SeqCst),
+                in_flight: e.in_flight.load(Ordering::SeqCst),
+            })
+            .collect();
+        let cursor = self.inner.cursor.fetch_add(1, Ordering::SeqCst);
+        let index = balance::pick(self.inner.policy, &views, cursor);
+        let endpoint = &self.inner.endpoints[index];
+        endpoint.in_flight.fetch_add(1, Ordering::SeqCst);
+        let lease = Lease {
+            upstream: self.clone(),
+            endpoint: index,
+        };
+        let slot =
+            endpoint.next.fetch_add(1, Ordering::SeqCst) % self.inner.pool.max_connections.max(1);
+        let peer = self.session_peer(index, slot).await;
+        if peer.is_err() {
+            lease.verdict(crate::decide::Verdict::Retryable);
+        }
+        Ok((peer?, lease))
+    }
+
+    /// The peer of one session slot of one endpoint, opening it if it is missing, closed, or
+    /// idle for longer than `pool.idleTimeout`.
+    async fn session_peer(
+        &self,
+        index: usize,
+        slot: usize,
+    ) -> Result<Peer<RoleClient>, UpstreamError> {
+        let endpoint = &self.inner.endpoints[index];
+        let mut sessions = endpoint.sessions.lock().await;
+        let idle = self.inner.pool.idle_timeout;
+        if let Some((open, used)) = sessions[slot].as_mut() {
+            let fresh = used.elapsed() < idle;
+            if fresh && !open.is_closed() && !open.is_transport_closed() {
+                *used = Instant::now();
                 return Ok(open.peer().clone());
             }
-            tracing::warn!(server = %self.inner.server, "upstream session closed; opening a new one");
+            if fresh {
+                tracing::warn!(server = %self.inner.server, endpoint = %endpoint.name, "upstream session closed; opening a new one");
+            }
         }
-        let opened = self.open().await?;
+        let opened = self.open(&endpoint.connector).await?;
         let peer = opened.peer().clone();
-        if let Some(old) = session.replace(opened) {
+        if let Some((old, _)) = sessions[slot].replace((opened, Instant::now())) {
             old.cancellation_token().cancel();
         }
         Ok(peer)
     }
 
+    /// Counts a call's verdict against its endpoint.
+    fn record(&self, index: usize, verdict: crate::decide::Verdict) {
+        let endpoint = &self.inner.endpoints[index];
+        match verdict {
+            crate::decide::Verdict::Retryable => {
+                let failures = endpoint.failures.fetch_add(1, Ordering::SeqCst) + 1;
+                if failures >= self.inner.eject_after
+                    && self.inner.endpoints.len() > 1
+                    && !endpoint.ejected.swap(true, Ordering::SeqCst)
+                {
+                    tracing::warn!(server = %self.inner.server, endpoint = %endpoint.name, failures, "endpoint ejected: its calls keep failing; the others take them until a ping to it is answered");
+                }
+            }
+            _ => endpoint.failures.store(0, Ordering::SeqCst),
+        }
+    }
+
+    /// Pings every ejected endpoint and takes back those that answer; closes sessions idle for
+    /// longer than `pool.idleTimeout`. (Run by the health loop.)
+    pub(crate) async fn tend(&self, timeout: Duration) {
+        for (index, endpoint) in self.inner.endpoints.iter().enumerate() {
+            if endpoint.ejected.load(Ordering::SeqCst) {
+                let answered =
+                    match tokio::time::timeout(timeout, self.session_peer(index, 0)).await {
+                        Ok(Ok(peer)) => crate::call::ping(&peer, timeout).await,
+                        _ => false,
+                    };
+                if answered {
+                    endpoint.failures.store(0, Ordering::SeqCst);
+                    endpoint.ejected.store(false, Ordering::SeqCst);
+                    tracing::info!(server = %self.inner.server, endpoint = %endpoint.name, "endpoint answers again; it takes calls");
+                }
+            }
+            if endpoint.in_flight.load(Ordering::SeqCst) == 0
+                && let Ok(mut sessions) = endpoint.sessions.try_lock()
+            {
+                for slot in sessions.iter_mut() {
+                    if slot
+                        .as_ref()
+                        .is_some_and(|(_, used)| used.elapsed() >= self.inner.pool.idle_timeout)
+                        && let Some((session, _)) = slot.take()
+                    {
+                        session.cancellation_token().cancel();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the server has several endpoints (passive health applies).
+    pub(crate) fn replicated(&self) -> bool {
+        self.inner.endpoints.len() > 1
+    }
+
     /// Opens a session: 2026-07-28 if the upstream speaks it (`server/discover`), else the
     /// 2025-era `initialize` handshake. A server that knows `server/discover` but serves only
     /// older revisions fails the probe; it gets a fresh connection and `initialize`.
-    async fn open(&self) -> Result<Session, UpstreamError> {
+    async fn open(&self, connector: &Connector) -> Result<Session, UpstreamError> {
         let auto = ClientLifecycleMode::Auto {
             preferred_versions: vec![ProtocolVersion::V_2026_07_28],
             legacy_version: None,
         };
-        match self.open_with(auto).await {
+        match self.open_with(connector, auto).await {
             Ok(session) => Ok(session),
             Err(UpstreamError::Handshake { reason, .. }) => {
                 tracing::debug!(server = %self.inner.server, %reason, "no 2026-07-28 session; trying initialize");
-                self.open_with(ClientLifecycleMode::Initialize)
+                self.open_with(connector, ClientLifecycleMode::Initialize)
                     .await
                     .map_err(|e| match e {
                         UpstreamError::Handshake {
@@ -181,14 +394,18 @@ impl Upstream {
         }
     }
 
-    async fn open_with(&self, lifecycle: ClientLifecycleMode) -> Result<Session, UpstreamError> {
+    async fn open_with(
+        &self,
+        connector: &Connector,
+        lifecycle: ClientLifecycleMode,
+    ) -> Result<Session, UpstreamError> {
         let server = &self.inner.server;
         let handshake = |e: rmcp::service::ClientInitializeError| UpstreamError::Handshake {
             server: server.clone(),
             reason: mcpq_schemas::redact::in_text(&e.to_string()),
         };
         let events = self.inner.events.clone();
-        let started = match &self.inner.connector {
+        let started = match connector {
             Connector::Http(c) => {
                 let transport = Observed::new(c.transport(), events.clone());
                 events.serve_with_lifecycle(transport, lifecycle).await
@@ -207,10 +424,15 @@ impl Upstream {
         Ok(session)
     }
 
-    /// Closes the session (and so a stdio child), waiting at most `grace`.
+    /// Closes every session (and so a stdio child), waiting at most `grace` for each.
     pub(crate) async fn close(&self, grace: Duration) {
-        if let Some(mut session) = self.inner.session.lock().await.take() {
-            let _ = session.close_with_timeout(grace).await;
+        for endpoint in &self.inner.endpoints {
+            let mut sessions = endpoint.sessions.lock().await;
+            for slot in sessions.iter_mut() {
+                if let Some((mut session, _)) = slot.take() {
+                    let _ = session.close_with_timeout(grace).await;
+                }
+            }
         }
     }
 }
