@@ -115,3 +115,33 @@ async fn least_connections_spreads_slow_calls_evenly() {
     }
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_keeps_max_connections_sessions_and_closes_idle_ones() {
+    let web = HttpFixture::start().await;
+    let stack = Stack::start(&format!(
+        "  - name: web\n    type: http\n    endpoint: \"{}\"\n    concurrency: 64\n    pool: {{maxConnections: 3, idleTimeout: 1s}}\n    health: {{interval: 200ms, timeout: 1s}}\n",
+        web.url()
+    ))
+    .await;
+    // Calls spread over three sessions, each opened once and reused.
+    let before = web.fixture.sessions_opened();
+    echo_calls(&stack, 30, 10).await;
+    echo_calls(&stack, 30, 10).await;
+    let opened = web.fixture.sessions_opened() - before;
+    assert!(
+        opened <= 3,
+        "{opened} sessions opened for 60 calls over a pool of 3"
+    );
+    let all = web.fixture.sessions_opened();
+    assert!(all >= 3, "three sessions in all: {all}");
+    // Idle past idleTimeout, they are closed; the next calls open new ones.
+    let idle_from = web.fixture.sessions_opened();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    echo_calls(&stack, 3, 1).await;
+    assert!(
+        web.fixture.sessions_opened() > idle_from,
+        "idle sessions are closed and opened again when needed"
+    );
+    stack.stop().await;
+}

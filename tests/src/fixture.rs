@@ -112,6 +112,8 @@ struct State {
     cancelled: Mutex<Vec<String>>,
     /// Tags of `mark` calls, in arrival order.
     marks: Mutex<Vec<String>>,
+    /// Sessions clients opened over HTTP (`server/discover` or `initialize` requests).
+    sessions_opened: AtomicU64,
 }
 
 /// The fixture's tools.
@@ -415,6 +417,11 @@ impl Fixture {
     }
 
     /// Starts an outage (HTTP only): every request is answered 503 until [`Fixture::come_up`].
+    /// How many sessions clients opened over HTTP (`server/discover` or `initialize`).
+    pub fn sessions_opened(&self) -> u64 {
+        self.state.sessions_opened.load(Ordering::SeqCst)
+    }
+
     pub fn go_down(&self) {
         self.state.seen_down.lock().expect("seen").clear();
         self.state.down.store(true, Ordering::SeqCst);
@@ -496,7 +503,12 @@ async fn too_many_requests(
             .body(axum::body::Body::from("down for maintenance"))
             .unwrap_or_default();
     }
-    let is_busy_call = std::str::from_utf8(&bytes).is_ok_and(|b| b.contains("\"name\":\"busy\""));
+    let text = std::str::from_utf8(&bytes).unwrap_or("");
+    if text.contains("\"method\":\"server/discover\"") || text.contains("\"method\":\"initialize\"")
+    {
+        state.sessions_opened.fetch_add(1, Ordering::SeqCst);
+    }
+    let is_busy_call = text.contains("\"name\":\"busy\"");
     if is_busy_call
         && state
             .busy_left
