@@ -22,6 +22,12 @@ async fn rig() -> Rig {
 
 /// A rig whose server entry ends with `extra` config lines.
 async fn rig_with(concurrency: usize, extra: &str) -> Rig {
+    rig_timed(concurrency, extra, "2s").await
+}
+
+/// A rig whose calls may take `timeout` and whose jobs come back to the queue after `timeout`
+/// without progress acks (AckWait).
+async fn rig_timed(concurrency: usize, extra: &str, timeout: &str) -> Rig {
     mcpq_tests::init_logging();
     let nats = NatsServer::start();
     let web = HttpFixture::start().await;
@@ -30,7 +36,7 @@ async fn rig_with(concurrency: usize, extra: &str) -> Rig {
     std::fs::write(
         config.path(),
         format!(
-            "version: \"1.0\"\nservers:\n  - name: web\n    type: http\n    endpoint: {}\n    timeout: 2s\n    ackWait: 2s\n    concurrency: {concurrency}\n{extra}",
+            "version: \"1.0\"\nservers:\n  - name: web\n    type: http\n    endpoint: {}\n    timeout: {timeout}\n    ackWait: {timeout}\n    concurrency: {concurrency}\n{extra}",
             web.url(),
         ),
     )
@@ -109,7 +115,9 @@ async fn jobs_of_a_sigkilled_worker_are_done_by_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigtermed_worker_finishes_its_calls_and_loses_nothing() {
-    let rig = rig_with(200, "").await;
+    // Room for 1.5 s calls on a loaded machine: a call past its timeout, or a job whose progress
+    // ack comes late, would run again, which is not what this test is about.
+    let rig = rig_timed(200, "", "15s").await;
     let mut first = rig.worker("first");
     let ids = rig.submit_slow(300, 1500).await;
     let web = &rig.web;
