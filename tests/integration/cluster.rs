@@ -42,30 +42,30 @@ async fn a_node_killed_during_5000_calls_loses_none_runs_none_twice_and_rejoins(
         }
     })
     .await;
-    let workers: Vec<_> = (0..2)
-        .map(|i| {
-            tokio::process::Command::new(mcpq_bin())
-                .args(["worker", "--config"])
-                .arg(&config)
-                .args([
-                    "--nats",
-                    &url,
-                    "--id",
-                    &format!("w{i}"),
-                    "--metrics-listen",
-                    "127.0.0.1:0",
-                ])
-                .env("MCPQ_LOG", "warn")
-                .stderr(std::fs::File::create(dir.path().join(format!("w{i}.log"))).unwrap())
-                .kill_on_drop(true)
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let worker = |i: usize| {
+        tokio::process::Command::new(mcpq_bin())
+            .args(["worker", "--config"])
+            .arg(&config)
+            .args([
+                "--nats",
+                &url,
+                "--id",
+                &format!("w{i}"),
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .env("MCPQ_LOG", "warn")
+            .stderr(std::fs::File::create(dir.path().join(format!("w{i}.log"))).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    // The first worker lays the streams out; the second joins the layout once it exists.
+    let mut workers = vec![worker(0)];
     let client = Client::new(nats.clone()).await.unwrap();
     let js = async_nats::jetstream::new(nats);
     // The workers have laid out the queue (R3) and take jobs.
-    eventually("a first call", Duration::from_secs(60), || {
+    eventually("a first call", Duration::from_secs(180), || {
         let client = client.clone();
         async move {
             let job = Job::new(
@@ -76,6 +76,7 @@ async fn a_node_killed_during_5000_calls_loses_none_runs_none_twice_and_rejoins(
         }
     })
     .await;
+    workers.push(worker(1));
     let info = js
         .get_stream(jobs_stream("web"))
         .await
