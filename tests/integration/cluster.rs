@@ -18,6 +18,7 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_during_5000_calls_loses_none_runs_none_twice_and_rejoins() {
+    let _exclusive = mcpq_tests::exclusive().await;
     let mut cluster = NatsCluster::start(3);
     let web = HttpFixture::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -182,6 +183,7 @@ async fn a_node_killed_during_5000_calls_loses_none_runs_none_twice_and_rejoins(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_replica_count_is_applied_in_place() {
+    let _exclusive = mcpq_tests::exclusive().await;
     use mcpq_schemas::nats::{Topology, ensure_topology};
     let cluster = NatsCluster::start(3);
     let url = cluster.url();

@@ -101,6 +101,7 @@ impl Rig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_of_a_sigkilled_worker_are_done_by_another() {
+    let _exclusive = mcpq_tests::exclusive().await;
     let rig = rig().await;
     let first = rig.worker("first");
     let ids = rig.submit_slow(20, 1000).await;
@@ -115,6 +116,7 @@ async fn jobs_of_a_sigkilled_worker_are_done_by_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigtermed_worker_finishes_its_calls_and_loses_nothing() {
+    let _exclusive = mcpq_tests::exclusive().await;
     // Room for 1.5 s calls on a loaded machine: a call past its timeout, or a job whose progress
     // ack comes late, would run again, which is not what this test is about.
     let rig = rig_timed(200, "", "15s").await;
@@ -140,6 +142,7 @@ async fn a_sigtermed_worker_finishes_its_calls_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_share_one_rate_limit() {
+    let _exclusive = mcpq_tests::exclusive().await;
     const RATE: f64 = 20.0;
     let rig = rig_with(8, "    rateLimit: {perSecond: 20, burst: 3}\n").await;
     let _workers: Vec<_> = ["a", "b", "c"].iter().map(|id| rig.worker(id)).collect();
@@ -203,6 +206,7 @@ async fn three_workers_share_one_rate_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_in_flight_caps_calls_across_workers() {
+    let _exclusive = mcpq_tests::exclusive().await;
     let rig = rig_with(8, "    maxInFlight: 3\n").await;
     let _workers: Vec<_> = ["a", "b"].iter().map(|id| rig.worker(id)).collect();
     let ids = rig.submit_slow(12, 300).await;

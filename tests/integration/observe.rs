@@ -97,6 +97,7 @@ const CALLER_KEY: &str = "mcpq_observer-key-1";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_a_known_workload_exactly_and_audit_shows_each_call_once() {
+    let _exclusive = mcpq_tests::exclusive().await;
     let nats = NatsServer::start();
     let web = HttpFixture::start().await;
     let dir = tempfile::tempdir().unwrap();

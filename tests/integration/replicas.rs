@@ -64,6 +64,7 @@ async fn call(base: &str, key: &str) -> Result<Value, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dispatcher_killed_under_load_fails_its_callers_but_no_job() {
+    let _exclusive = mcpq_tests::exclusive().await;
     let nats = NatsServer::start();
     let web = HttpFixture::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -191,6 +192,7 @@ async fn a_dispatcher_killed_under_load_fails_its_callers_but_no_job() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_started_under_load_takes_work_at_once() {
+    let _exclusive = mcpq_tests::exclusive().await;
     let nats = NatsServer::start();
     let web = HttpFixture::start().await;
     let dir = tempfile::tempdir().unwrap();

@@ -58,6 +58,17 @@ fn workspace_binary(name: &str) -> PathBuf {
     path
 }
 
+/// Held by the tests that load the machine most (a NATS cluster, many processes, thousands of
+/// calls) and by those that measure rates: they never run beside one another, so a rate test
+/// is not starved by a load test (the binary runs two tests at a time on two cores).
+pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::OnceLock<tokio::sync::Mutex<()>> = std::sync::OnceLock::new();
+    HEAVY
+        .get_or_init(|| tokio::sync::Mutex::new(()))
+        .lock()
+        .await
+}
+
 /// A free loopback port (bound, then let go).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -101,13 +101,18 @@ pub(crate) async fn heartbeat(bucket: kv::Store, pool: Arc<Pool>, shutdown: Canc
         if !limiters.is_empty()
             && let Ok(keys) = bucket.keys().await
         {
-            let live = keys
-                .filter_map(|k| async move { k.ok() })
-                .filter(|k| std::future::ready(k.starts_with(&prefix)))
-                .count()
-                .await;
-            for limiter in &limiters {
-                limiter.split(live);
+            let keys: Vec<_> = keys.collect().await;
+            // A listing cut short would count too few peers and take too large a share: keep
+            // the split as it is until a whole listing comes back.
+            if keys.iter().all(Result::is_ok) {
+                let live = keys
+                    .iter()
+                    .filter_map(|k| k.as_ref().ok())
+                    .filter(|k| k.starts_with(&prefix))
+                    .count();
+                for limiter in &limiters {
+                    limiter.split(live);
+                }
             }
         }
         tokio::select! {
