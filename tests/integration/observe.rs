@@ -82,17 +82,6 @@ fn spawn(args: &[&str], log: &std::path::Path) -> tokio::process::Child {
         .unwrap()
 }
 
-async fn ready(url: String) {
-    eventually(&format!("{url} ready"), Duration::from_secs(60), || {
-        let url = url.clone();
-        async move {
-            let r = reqwest::get(&url).await.ok()?;
-            (r.status() == 200).then_some(())
-        }
-    })
-    .await;
-}
-
 const CALLER_KEY: &str = "mcpq_observer-key-1";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,8 +147,8 @@ servers:
     );
     let worker_base = format!("http://{worker_listen}");
     let base = format!("http://{dispatcher_listen}");
-    ready(format!("{worker_base}/readyz")).await;
-    ready(format!("{base}/readyz")).await;
+    mcpq_tests::ready(format!("{worker_base}/readyz")).await;
+    mcpq_tests::ready(format!("{base}/readyz")).await;
 
     let client = Client::new(connect(&nats.url(), "observer").await.unwrap())
         .await
@@ -674,7 +663,7 @@ async fn spans_are_exported_over_otlp_in_the_callers_trace() {
         ],
         &dir.path().join("up.log"),
     );
-    ready(format!("http://{listen}/readyz")).await;
+    mcpq_tests::ready(format!("http://{listen}/readyz")).await;
     let trace = "5bf92f3577b34da6a3ce929d0e0e4737";
     let r = reqwest::Client::new()
         .post(format!("http://{listen}/v1/jobs"))

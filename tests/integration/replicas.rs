@@ -23,17 +23,6 @@ fn config(dir: &std::path::Path, url: &str, concurrency: usize) -> String {
     path.display().to_string()
 }
 
-async fn ready(url: String) {
-    eventually(&format!("{url} ready"), Duration::from_secs(60), || {
-        let url = url.clone();
-        async move {
-            let r = reqwest::get(&url).await.ok()?;
-            (r.status() == 200).then_some(())
-        }
-    })
-    .await;
-}
-
 /// A 2026-07-28 `tools/call` of `web__slow` with an idempotency key, as one POST.
 async fn call(base: &str, key: &str) -> Result<Value, String> {
     let body = json!({
@@ -109,9 +98,9 @@ async fn a_dispatcher_killed_under_load_fails_its_callers_but_no_job() {
         })
         .collect();
     for base in &bases {
-        ready(format!("http://{base}/readyz")).await;
+        mcpq_tests::ready(format!("http://{base}/readyz")).await;
     }
-    ready(format!("http://{}/v1/openapi.json", bases[0])).await;
+    mcpq_tests::ready(format!("http://{}/v1/openapi.json", bases[0])).await;
     eventually("the catalog", Duration::from_secs(60), || {
         let base = bases[1].clone();
         async move {
@@ -227,7 +216,7 @@ async fn a_worker_started_under_load_takes_work_at_once() {
         )
     };
     let _first = worker("first");
-    ready(format!("http://{listen}/readyz")).await;
+    mcpq_tests::ready(format!("http://{listen}/readyz")).await;
     // 40 jobs of 300 ms for a worker that runs 2 at a time: 6 s of work for it alone.
     let http = reqwest::Client::new();
     let mut ids = Vec::new();

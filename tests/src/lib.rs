@@ -69,6 +69,18 @@ pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
         .await
 }
 
+/// Waits up to a minute for `url` to answer 200 (a `/readyz`, say).
+pub async fn ready(url: String) {
+    eventually(&format!("{url} ready"), Duration::from_secs(60), || {
+        let url = url.clone();
+        async move {
+            let r = reqwest::get(&url).await.ok()?;
+            (r.status() == 200).then_some(())
+        }
+    })
+    .await;
+}
+
 /// A free loopback port (bound, then let go).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
