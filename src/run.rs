@@ -161,12 +161,18 @@ pub struct WorkerArgs {
     /// How long calls in flight may take to finish after SIGTERM.
     #[arg(long, default_value = "30s", value_parser = humantime_duration)]
     drain_grace: Duration,
-    /// Address of the worker's /metrics, /healthz and /readyz.
-    #[arg(long, default_value = "127.0.0.1:9464")]
-    metrics_listen: SocketAddr,
+    /// Address of the worker's /metrics, /healthz and /readyz. Without it: 127.0.0.1:9464, or
+    /// a free port when that one is taken (another worker on this host); the address is logged
+    /// and shown by `mcpq status`. Given, it must be free (exit 64 if not).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     observe: Observe,
 }
+
+/// Where a worker serves its metrics unless told otherwise (the port `mcpq deploy render` uses).
+const DEFAULT_WORKER_METRICS: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
 
 fn humantime_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (like 30s or 500ms)"))
@@ -261,12 +267,9 @@ async fn serve_both(
         "mcpq: MCP endpoint http://{addr}/mcp (per server: http://{addr}/servers/<name>/mcp); NATS {}",
         mcpq_schemas::redact::url(url)
     );
-    let worker = mcpq_workers::run(
-        nats.clone(),
-        config,
-        WorkerOptions::new(mcpq_workers::default_worker_id()),
-        shutdown.clone(),
-    );
+    let mut options = WorkerOptions::new(mcpq_workers::default_worker_id());
+    options.metrics_addr = Some(addr.to_string());
+    let worker = mcpq_workers::run(nats.clone(), config, options, shutdown.clone());
     let (served, worked) = tokio::join!(serving, async {
         let result = worker.await;
         // A worker that cannot start takes the whole process down.
@@ -372,20 +375,41 @@ pub async fn worker(args: WorkerArgs) -> ExitCode {
     } else {
         args.servers.clone()
     };
-    let listening = crate::telemetry::serve_probes(
-        args.metrics_listen,
-        metrics,
-        nats.clone(),
-        served,
-        true,
-        shutdown.clone(),
-    )
-    .await;
-    match listening {
-        Ok(addr) => eprintln!("mcpq: worker metrics at http://{addr}/metrics"),
-        Err(e) => return fail(e),
-    }
+    let probes = |addr| {
+        crate::telemetry::serve_probes(
+            addr,
+            metrics.clone(),
+            nats.clone(),
+            served.clone(),
+            true,
+            shutdown.clone(),
+        )
+    };
+    let listening = match args.metrics_listen {
+        Some(addr) => match probes(addr).await {
+            Ok(addr) => addr,
+            Err(e) => {
+                eprintln!("mcpq: {e}");
+                return ExitCode::from(crate::EXIT_CONFIG);
+            }
+        },
+        None => match probes(DEFAULT_WORKER_METRICS).await {
+            Ok(addr) => addr,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                match probes(SocketAddr::new(DEFAULT_WORKER_METRICS.ip(), 0)).await {
+                    Ok(addr) => {
+                        tracing::info!(taken = %DEFAULT_WORKER_METRICS, %addr, "the default metrics address is taken (another worker on this host?); serving on a free port");
+                        addr
+                    }
+                    Err(e) => return fail(e),
+                }
+            }
+            Err(e) => return fail(e),
+        },
+    };
+    eprintln!("mcpq: worker metrics at http://{listening}/metrics");
     let mut options = WorkerOptions::new(args.id.unwrap_or_else(mcpq_workers::default_worker_id));
+    options.metrics_addr = Some(listening.to_string());
     options.servers = args.servers;
     options.drain_grace = args.drain_grace;
     match mcpq_workers::run(nats, &config, options, shutdown).await {

@@ -116,6 +116,19 @@ pub fn table(report: &StatusReport, live: bool) -> String {
     for s in &report.servers {
         text.push_str(&row(s));
     }
+    let metrics: Vec<String> = report
+        .servers
+        .iter()
+        .flat_map(|s| s.metrics.iter().cloned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !metrics.is_empty() {
+        text.push_str("worker metrics:\n");
+        for line in metrics {
+            text.push_str(&format!("  {line}\n"));
+        }
+    }
     text.push_str(&format!(
         "rates over the last {:.0}s{}\n",
         report.rate_window_secs,

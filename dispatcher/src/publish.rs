@@ -74,6 +74,25 @@ pub enum ClientError {
 /// Room kept in a job message for its headers (reply inbox, ids, `traceparent`).
 const HEADER_ROOM: usize = 4 * 1024;
 
+/// A record created for an idempotency key and still without the message that carries it
+/// this long after was never published (its submitter died between the two writes).
+const ORPHAN_AFTER: Duration = Duration::from_secs(30);
+
+/// What claiming an idempotency key found.
+enum KeyClaim {
+    /// The key is new: publish the job, then settle the claim made at `revision`.
+    New { revision: u64 },
+    /// The key's job exists (its record as stored): do not publish it again.
+    Taken(Box<JobRecord>),
+}
+
+fn record_bytes(record: &JobRecord) -> Result<Vec<u8>, ClientError> {
+    serde_json::to_vec(record).map_err(|e| ClientError::Record {
+        job_id: record.job_id,
+        reason: e.to_string(),
+    })
+}
+
 /// A handle on mcpq for submitting jobs; cheap to clone.
 #[derive(Clone)]
 pub struct Client {
@@ -97,7 +116,8 @@ pub enum Cancel {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Submitted {
     pub stream_seq: u64,
-    /// The idempotency key was seen inside the duplicate window: this publish was dropped.
+    /// The job exists already (its idempotency key was submitted before, or a message with its
+    /// id is inside JetStream's duplicate window): nothing was published.
     pub duplicate: bool,
 }
 
@@ -118,27 +138,35 @@ impl Client {
     /// durably (the stream's acknowledgement awaited) with no reply inbox. Its outcome is read
     /// later from the record (`record`, `wait`).
     ///
-    /// A job whose record shows it running or ended already (an idempotency key submitted
-    /// again) is not published again: `duplicate` is set and `stream_seq` is 0.
+    /// A job with an idempotency key whose record exists — queued, running or ended, for as
+    /// long as records are kept (`nats.resultTtl`) — is not published again: `duplicate` is
+    /// set and `stream_seq` names the message that carries it.
     pub async fn submit(&self, job: &Job) -> Result<Submitted, ClientError> {
         // Refused before anything is written: no record of a job that was never queued.
         let payload = self.encode(job)?;
         let bucket = self.results(job.id).await?;
-        let bytes =
-            serde_json::to_vec(&JobRecord::queued(job)).map_err(|e| ClientError::Record {
-                job_id: job.id,
-                reason: e.to_string(),
-            })?;
+        if job.idempotency_key.is_some() {
+            return match self.claim_key(&bucket, job).await? {
+                KeyClaim::Taken(record) => Ok(Submitted {
+                    stream_seq: record.stream_seq.unwrap_or(0),
+                    duplicate: true,
+                }),
+                KeyClaim::New { revision } => {
+                    let published = self.publish(job, payload, None, job.msg_id(), None).await;
+                    self.settle_claim(&bucket, job, revision, published.as_ref().ok())
+                        .await;
+                    published
+                }
+            };
+        }
+        let bytes = record_bytes(&JobRecord::queued(job))?;
         // Record and job are written at once: `create` writes only where there is no record,
-        // so a worker's record — if the worker was quicker — is never overwritten, and a job
-        // submitted again (same idempotency key) keeps its record. A resubmission inside the
-        // duplicate window is dropped by JetStream; after it, the worker answers it from the
-        // record.
+        // so a worker's record — if the worker was quicker — is never overwritten.
         let (created, published) = tokio::join!(
             bucket.create(job.id.to_string(), bytes.into()),
             self.publish(job, payload, None, job.msg_id(), None)
         );
-        let mut submitted = match published {
+        let submitted = match published {
             Ok(submitted) => submitted,
             Err(e) => {
                 // Not queued (a full queue, say): the record this call created goes too.
@@ -150,13 +178,79 @@ impl Client {
                 return Err(e);
             }
         };
-        if created.is_err()
-            && let Some(record) = self.stored_record(job.id).await?
-            && record.status.is_terminal()
-        {
-            submitted.duplicate = true;
-        }
         Ok(submitted)
+    }
+
+    /// Claims an idempotency key: its job's record is created `queued`, unless the job exists
+    /// (then it is not published again). A record left `queued` and never published — its
+    /// submitter died between the two writes — is taken over after [`ORPHAN_AFTER`].
+    async fn claim_key(&self, bucket: &kv::Store, job: &Job) -> Result<KeyClaim, ClientError> {
+        let fail = |reason: String| ClientError::Record {
+            job_id: job.id,
+            reason,
+        };
+        let bytes = record_bytes(&JobRecord::queued(job))?;
+        for _ in 0..5 {
+            match bucket
+                .create(job.id.to_string(), bytes.clone().into())
+                .await
+            {
+                Ok(revision) => return Ok(KeyClaim::New { revision }),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(e) => return Err(fail(e.to_string())),
+            }
+            let Some(entry) = bucket
+                .entry(job.id.to_string())
+                .await
+                .map_err(|e| fail(e.to_string()))?
+                .filter(|e| e.operation == kv::Operation::Put)
+            else {
+                continue;
+            };
+            let record: JobRecord =
+                serde_json::from_slice(&entry.value).map_err(|e| fail(e.to_string()))?;
+            let orphan = record.status == JobStatus::Queued
+                && record.stream_seq.is_none()
+                && mcpq_schemas::now_ms().saturating_sub(record.updated_at_ms)
+                    > ORPHAN_AFTER.as_millis() as u64;
+            if !orphan {
+                return Ok(KeyClaim::Taken(Box::new(record)));
+            }
+            tracing::warn!(job_id = %job.id, "the first submission of this key was never queued; queueing it now");
+            match bucket
+                .update(job.id.to_string(), bytes.clone().into(), entry.revision)
+                .await
+            {
+                Ok(revision) => return Ok(KeyClaim::New { revision }),
+                Err(_) => continue,
+            }
+        }
+        Err(fail(
+            "its record keeps changing under this submission; try again".into(),
+        ))
+    }
+
+    /// After publishing a job whose key this call claimed: notes the message that carries it in
+    /// the record (a later message with the same id is then a duplicate), or, when the publish
+    /// failed, takes the claim back.
+    async fn settle_claim(
+        &self,
+        bucket: &kv::Store,
+        job: &Job,
+        revision: u64,
+        published: Option<&Submitted>,
+    ) {
+        let key = job.id.to_string();
+        let Some(submitted) = published else {
+            let _ = bucket.delete_expect_revision(&key, Some(revision)).await;
+            return;
+        };
+        let mut queued = JobRecord::queued(job);
+        queued.stream_seq = Some(submitted.stream_seq);
+        if let Ok(bytes) = record_bytes(&queued) {
+            // A worker that wrote the record first has noted it already.
+            let _ = bucket.update(&key, bytes.into(), revision).await;
+        }
     }
 
     /// The job's record, created `queued` if it has none yet (a record a worker wrote first
@@ -281,9 +375,9 @@ impl Client {
         })
     }
 
-    /// Submits `job` and waits at most `timeout` for its reply. A duplicate of a job submitted
-    /// before (same idempotency key) is not run again: the answer comes from the first one's
-    /// record.
+    /// Submits `job` and waits at most `timeout` for its reply. A job whose idempotency key was
+    /// submitted before (its record still kept) is not run again: the answer comes from the
+    /// first one's record, once it ends.
     pub async fn call(&self, job: &Job, timeout: Duration) -> Result<Reply, ClientError> {
         self.call_with_events(job, timeout, None).await
     }
@@ -297,14 +391,26 @@ impl Client {
         events: Option<mpsc::UnboundedSender<Event>>,
     ) -> Result<Reply, ClientError> {
         let payload = self.encode(job)?;
+        // A key's job that exists already is not run again: its record answers, once it ends.
+        let claim = match &job.idempotency_key {
+            None => None,
+            Some(_) => {
+                let bucket = self.results(job.id).await?;
+                match Box::pin(self.claim_key(&bucket, job)).await? {
+                    KeyClaim::Taken(_) => return Box::pin(self.wait(job.id, timeout)).await,
+                    KeyClaim::New { revision } => Some((bucket, revision)),
+                }
+            }
+        };
         let waiting = self.inbox.expect(events);
         let reply_to = Some(waiting.subject.clone());
         // Each step but the wait is boxed: a call in flight then holds only the wait's state,
         // not room for the largest step (a thousand calls in flight are a thousand of these).
-        if Box::pin(self.publish(job, payload, reply_to, job.msg_id(), None))
-            .await?
-            .duplicate
-        {
+        let published = Box::pin(self.publish(job, payload, reply_to, job.msg_id(), None)).await;
+        if let Some((bucket, revision)) = claim {
+            Box::pin(self.settle_claim(&bucket, job, revision, published.as_ref().ok())).await;
+        }
+        if published?.duplicate {
             drop(waiting);
             return Box::pin(self.wait(job.id, timeout)).await;
         }

@@ -124,6 +124,16 @@ impl Sampler {
                     p99_ms: None,
                     ended: mine.iter().map(|b| b.stats.ended).sum(),
                     failed: mine.iter().map(|b| b.stats.failed).sum(),
+                    metrics: {
+                        let mut at: Vec<String> = mine
+                            .iter()
+                            .filter_map(|b| {
+                                Some(format!("{} {}", b.worker_id, b.metrics.as_ref()?))
+                            })
+                            .collect();
+                        at.sort();
+                        at
+                    },
                 },
                 latency,
             ));
@@ -364,6 +374,7 @@ mod tests {
             p99_ms: None,
             ended,
             failed,
+            metrics: Vec::new(),
         }
     }
 

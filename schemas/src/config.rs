@@ -47,6 +47,8 @@ pub struct NatsConfig {
     pub replicas: usize,
     /// How long job records (results) are kept.
     pub result_ttl: Duration,
+    /// The job streams' duplicate window (`Nats-Msg-Id`).
+    pub duplicate_window: Duration,
     /// How mcpq proves who it is to NATS, and TLS.
     pub credentials: NatsCredentials,
 }

@@ -52,4 +52,15 @@ pub struct Attempt {
     /// The backoff the worker chose before the next attempt, when there was one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_in_ms: Option<u64>,
+    /// The attempt failed while the upstream's circuit was open or opening: it did not count
+    /// against `retry.maxAttempts` (the job waited for the circuit instead).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
+}
+
+impl Attempt {
+    /// How many of `attempts` count against `retry.maxAttempts`.
+    pub fn spent(attempts: &[Attempt]) -> u32 {
+        u32::try_from(attempts.iter().filter(|a| !a.held).count()).unwrap_or(u32::MAX)
+    }
 }

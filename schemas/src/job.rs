@@ -167,6 +167,15 @@ pub enum Lane {
 impl Lane {
     pub const ALL: [Lane; 3] = [Lane::High, Lane::Normal, Lane::Low];
 
+    /// The lane's place in [`Lane::ALL`], highest first: an index for per-lane arrays.
+    pub fn index(self) -> usize {
+        match self {
+            Lane::High => 0,
+            Lane::Normal => 1,
+            Lane::Low => 2,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Lane::High => "high",

@@ -55,6 +55,8 @@ pub struct Topology {
     pub result_ttl: Duration,
     /// The servers whose job streams to create, with the most jobs each may hold queued.
     pub queues: Vec<(String, u64)>,
+    /// The job streams' duplicate window.
+    pub duplicate_window: Duration,
     /// The audit stream's retention.
     pub audit: crate::config::AuditConfig,
 }
@@ -64,6 +66,7 @@ impl From<&crate::config::Config> for Topology {
         Topology {
             replicas: config.nats.replicas,
             result_ttl: config.nats.result_ttl,
+            duplicate_window: config.nats.duplicate_window,
             queues: config
                 .servers
                 .iter()
@@ -79,6 +82,7 @@ impl Default for Topology {
         Topology {
             replicas: 1,
             result_ttl: Duration::from_secs(24 * 3600),
+            duplicate_window: Duration::from_secs(120),
             queues: Vec::new(),
             audit: Default::default(),
         }
@@ -250,12 +254,11 @@ async fn ensure_topology_once(
     };
     retire_shared_jobs_stream(js).await?;
     for (server, max_queued) in &topology.queues {
-        ensure_stream(
-            js,
-            jobs_stream_config(server, *max_queued, topology.replicas),
-        )
-        .await
-        .map_err(|e| fail(&format!("stream {}", jobs_stream(server)))(&e))?;
+        let mut config = jobs_stream_config(server, *max_queued, topology.replicas);
+        config.duplicate_window = topology.duplicate_window;
+        ensure_stream(js, config)
+            .await
+            .map_err(|e| fail(&format!("stream {}", jobs_stream(server)))(&e))?;
     }
     ensure_stream(
         js,

@@ -196,6 +196,20 @@ pub struct JobRecord {
     /// [`BlobRef`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result_ref: Option<BlobRef>,
+    /// The stream sequence of the message that carries the job: set once it is published, and
+    /// by the worker whose attempt holds the job (`running`). Another message with the same
+    /// job id (a resubmission published again) is a duplicate and never runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_seq: Option<u64>,
+    /// Deliveries handed back without an attempt: the upstream's circuit was open, or it had
+    /// asked to be left alone (429). With the failed attempts, they explain every delivery; a
+    /// delivery that nothing explains was held by a worker that stopped.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub holds: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl JobRecord {
@@ -218,6 +232,8 @@ impl JobRecord {
             worker_id: None,
             principal: job.principal.clone(),
             result_ref: None,
+            stream_seq: None,
+            holds: 0,
         }
     }
 

@@ -62,6 +62,9 @@ pub struct ServerStatus {
     /// Jobs ended, and of them not completed, by the live workers since they started.
     pub ended: u64,
     pub failed: u64,
+    /// Where each live worker serves its metrics: `<worker id> <host:port>`, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<String>,
 }
 
 /// One lane of one server.

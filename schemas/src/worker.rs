@@ -23,6 +23,9 @@ pub struct WorkerBeat {
     /// latencies from the difference between two beats.
     #[serde(default)]
     pub stats: ServerStats,
+    /// Where this worker serves `/metrics`, `/healthz` and `/readyz` (`host:port`), when it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 /// Upper bounds, in milliseconds, of the latency buckets in [`ServerStats`]; one more bucket

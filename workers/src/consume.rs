@@ -1,10 +1,12 @@
 //! The pull loop of one server: bind its three lane consumers, pull only as many messages as
-//! can start now — lanes shared by [`crate::lanes`] — hand each to [`crate::attempt`], and bind
-//! again if a consumer disappears.
+//! can start now — free slots shared between lanes by `gate::Picker` — hand each to
+//! [`crate::attempt`], and bind again if a consumer disappears. On shutdown it drains: calls in
+//! flight get `grace` to finish, then are interrupted (the upstream told) and handed back.
 //!
 //! Pulling only for free slots matters: a message waiting in a client-side buffer gets no
 //! progress acks, so with a slow upstream it could outlive AckWait there and be delivered to a
-//! second worker while the first still holds it.
+//! second worker while the first still holds it. Messages a poll received but no slot started
+//! are handed back (NAK) whenever the loop stops or binds again, never dropped.
 
 use std::{
     sync::Arc,
@@ -15,7 +17,7 @@ use async_nats::jetstream::{
     self, AckKind,
     consumer::{AckPolicy, PullConsumer, pull},
 };
-use futures::{FutureExt, Stream, StreamExt, stream::SelectAll};
+use futures::{FutureExt, StreamExt, stream::SelectAll};
 use mcpq_schemas::{
     Lane,
     names::{consumer_name, job_subject, jobs_stream},
@@ -26,21 +28,14 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{attempt, circuit::Gate, lanes::Picker, pool::Pool};
+use crate::{
+    attempt::{self, Context},
+    call::Why,
+    gate::{Picker, circuit::Gate},
+};
 
-/// How many deliveries the server allows; kept above the retry policy's attempts so that the
-/// worker's own dead-lettering always runs first.
-const SERVER_MAX_DELIVER_MARGIN: u32 = 5;
-
-/// The deliveries JetStream makes of one job before it stops: after the last one a message
-/// would stay in the work queue forever, so a worker given it dead-letters it (see
-/// `attempt::run`).
-pub(crate) fn server_max_deliver(retry: &crate::RetryPolicy) -> u32 {
-    retry.max_attempts.saturating_add(SERVER_MAX_DELIVER_MARGIN)
-}
 /// Most messages asked for in one pull.
 const MAX_PULL: usize = 256;
-
 /// How long an idle long poll waits for a job when it covers every lane.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 /// ... and when it covers only some lanes (fewer free slots than lanes), so the others are
@@ -55,275 +50,330 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A lane found empty is not asked again for this long while others keep the slots busy.
 const EMPTY_RECHECK: Duration = Duration::from_millis(20);
+/// After the drain deadline, how long interrupted calls get to tell their upstream and hand
+/// their jobs back.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(5);
+
+/// One lane of the server as the pull loop sees it.
+struct LaneState {
+    lane: Lane,
+    consumer: PullConsumer,
+    /// A long poll waits on this lane (so nothing is queued in it now).
+    polling: bool,
+    /// When a fetch last found it empty.
+    empty_since: Option<Instant>,
+    /// When it last gave a job.
+    last_job: Option<Instant>,
+}
 
 /// A long poll on one lane: as many messages as it holds slots, each started in one of them.
 type Poll = futures::stream::BoxStream<'static, Polled>;
 
 enum Polled {
-    /// The job the poll waited for, with the slot it holds.
+    /// A job the poll waited for, with the slot it holds.
     Job(Lane, Box<jetstream::Message>, OwnedSemaphorePermit),
     /// The poll is over (and the slots no job took are free).
     Ended(Lane),
 }
 
-/// Runs until `shutdown`, then waits up to `grace` for calls in flight.
-///
-/// Each round takes the free slots and asks the lanes, in the order [`Picker`] gives, for that
-/// many jobs without waiting. When no lane has any, one long poll per lane waits for jobs, the
-/// free slots shared between the polls; a round starts again whenever a poll delivers or ends.
-pub(crate) async fn run(pool: Arc<Pool>, shutdown: CancellationToken, grace: Duration) {
-    let server = pool.server.name.clone();
-    let capacity = Arc::new(Semaphore::new(pool.server.concurrency));
-    let mut in_flight = JoinSet::new();
+/// Why serving the bound consumers stopped.
+enum Stop {
+    Shutdown,
+    /// A pull failed (a consumer gone, NATS restarted, a leader being elected): bind again.
+    Rebind,
+}
+
+/// The pull loop's state that outlives a binding.
+struct Puller {
+    ctx: Arc<Context>,
+    capacity: Arc<Semaphore>,
+    in_flight: JoinSet<()>,
+    picker: Picker,
+    shutdown: CancellationToken,
+}
+
+/// Runs until `shutdown`, then drains the calls in flight for up to `grace`.
+pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken, grace: Duration) {
+    let server = ctx.server.name.clone();
+    let mut puller = Puller {
+        capacity: Arc::new(Semaphore::new(ctx.server.concurrency)),
+        ctx,
+        in_flight: JoinSet::new(),
+        picker: Picker::default(),
+        shutdown: shutdown.clone(),
+    };
     let mut backoff = Duration::from_millis(100);
-    let mut picker = Picker::default();
-    'bind: while !shutdown.is_cancelled() {
-        let consumers = match bind(&pool).await {
-            Ok(consumers) => consumers,
+    while !shutdown.is_cancelled() {
+        let stop = match bind(&puller.ctx).await {
+            Ok(lanes) => {
+                tracing::info!(%server, concurrency = puller.ctx.server.concurrency, "consuming jobs");
+                backoff = Duration::from_millis(100);
+                puller.serve(lanes).await
+            }
             Err(e) => {
                 tracing::warn!(%server, error = %e, retry = ?backoff, "cannot bind the job consumers");
-                tokio::select! {
-                    () = shutdown.cancelled() => break 'bind,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue 'bind;
+                Stop::Rebind
             }
         };
-        tracing::info!(%server, concurrency = pool.server.concurrency, "consuming jobs");
+        if matches!(stop, Stop::Shutdown) || !pause(&shutdown, backoff).await {
+            break;
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+    puller.drain(grace).await;
+}
+
+/// Sleeps `duration` unless shutdown comes first; whether it slept.
+async fn pause(shutdown: &CancellationToken, duration: Duration) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => false,
+        () = tokio::time::sleep(duration) => true,
+    }
+}
+
+impl Puller {
+    /// Serves the bound lanes until shutdown or a failed pull.
+    ///
+    /// Each round takes the free slots and asks the lanes, in the order the picker gives, for
+    /// that many jobs without waiting. When no lane has any, one long poll per lane waits for
+    /// jobs, the free slots shared between the polls; a round starts again whenever a poll
+    /// delivers or ends.
+    async fn serve(&mut self, mut lanes: [LaneState; 3]) -> Stop {
         let mut polls: SelectAll<Poll> = SelectAll::new();
-        let mut polling = [false; 3];
-        let mut empty_since: [Option<Instant>; 3] = [None; 3];
-        // When each lane last gave a job.
-        let mut last_job: [Option<Instant>; 3] = [None; 3];
         // Whether a round found nothing; then only a long poll's answer starts the next one.
         let mut idle = false;
-        loop {
+        let stop = 'serve: loop {
             let mut permits = tokio::select! {
-                () = shutdown.cancelled() => {
-                    // Jobs a poll already received go back now, not after AckWait.
-                    while let Some(Some(polled)) = polls.next().now_or_never() {
-                        if let Polled::Job(_, message, _) = polled {
-                            let _ = message.ack_with(AckKind::Nak(None)).await;
-                        }
-                    }
-                    break 'bind;
-                }
+                () = self.shutdown.cancelled() => break Stop::Shutdown,
                 polled = polls.next(), if !polls.is_empty() => {
                     match polled {
                         Some(Polled::Job(lane, message, permit)) => {
-                            picker.served(lane, 1);
-                            last_job[lane_index(lane)] = Some(Instant::now());
-                            start(&mut in_flight, &pool, *message, permit);
+                            self.picker.served(lane, 1);
+                            lanes[lane.index()].last_job = Some(Instant::now());
+                            self.start(*message, permit);
                         }
-                        Some(Polled::Ended(lane)) => polling[lane_index(lane)] = false,
+                        Some(Polled::Ended(lane)) => lanes[lane.index()].polling = false,
                         None => {}
                     }
                     // While every lane has a poll waiting, new jobs come to the polls: a round
                     // would find nothing to do.
-                    idle = polling.iter().all(|p| *p);
+                    idle = lanes.iter().all(|l| l.polling);
                     continue;
                 }
-                permit = capacity.clone().acquire_owned(), if !idle => vec![permit.expect("the semaphore is never closed")],
+                permit = self.capacity.clone().acquire_owned(), if !idle => {
+                    vec![permit.expect("the semaphore is never closed")]
+                }
             };
-            // An open circuit: pull nothing (the jobs stay queued, no attempt is burnt); when
-            // it half-opens, the worker pings the upstream itself and the answer decides. Asked
-            // only now that a slot is free, so the calls that just ended have been counted.
-            let gate = pool.breaker.as_ref().map_or(Gate::Pull, |b| {
-                b.lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .gate(Instant::now())
-            });
-            // An upstream that answered 429 with Retry-After holds the whole pool.
-            let gate = match pool.held_for() {
-                Some(pause) => Gate::Wait(pause),
-                None => gate,
-            };
-            if let Gate::Wait(pause) = gate {
-                drop(permits);
-                tokio::select! {
-                    () = shutdown.cancelled() => break 'bind,
-                    () = tokio::time::sleep(pause) => continue,
+            // Asked only now that a slot is free, so the calls that just ended have been counted.
+            match self.ctx.gate.pull() {
+                Gate::Pull => {}
+                Gate::Wait(wait) => {
+                    // An open circuit, or a 429 pause: pull nothing (the jobs stay queued).
+                    drop(permits);
+                    if !pause(&self.shutdown, wait).await {
+                        break Stop::Shutdown;
+                    }
+                    continue;
+                }
+                Gate::Probe => {
+                    // Half-open: the worker pings the upstream itself; the answer decides.
+                    drop(permits);
+                    let timeout = self.ctx.server.timeout.min(PROBE_TIMEOUT);
+                    let verdict = tokio::select! {
+                        () = self.shutdown.cancelled() => break Stop::Shutdown,
+                        verdict = self.ctx.upstream.probe(timeout) => verdict,
+                    };
+                    tracing::info!(server = %self.ctx.server.name, ?verdict, "circuit probe");
+                    self.ctx.gate.probed(verdict);
+                    continue;
                 }
             }
-            if gate == Gate::Probe {
-                drop(permits);
-                let verdict = tokio::select! {
-                    () = shutdown.cancelled() => break 'bind,
-                    verdict = crate::call::probe(&pool.upstream, pool.server.timeout.min(PROBE_TIMEOUT)) => verdict,
-                };
-                tracing::info!(%server, ?verdict, "circuit probe");
-                pool.breaker_record(verdict);
-                continue;
-            }
             while permits.len() < MAX_PULL {
-                match capacity.clone().try_acquire_owned() {
+                match self.capacity.clone().try_acquire_owned() {
                     Ok(permit) => permits.push(permit),
                     Err(_) => break,
                 }
             }
             // Ask the lanes in turn, without waiting, for as many jobs as there are slots.
-            for lane in picker.order() {
-                let i = lane_index(lane);
+            for lane in self.picker.order() {
                 if permits.is_empty() {
                     break;
                 }
+                let state = &mut lanes[lane.index()];
                 // A lane with a poll waiting has nothing queued: the poll would have its jobs.
-                if polling[i]
-                    || (empty_since[i].is_some_and(|at| at.elapsed() < EMPTY_RECHECK)
-                        && !polls.is_empty())
-                {
+                let recently_empty = state
+                    .empty_since
+                    .is_some_and(|at| at.elapsed() < EMPTY_RECHECK);
+                if state.polling || (recently_empty && !polls.is_empty()) {
                     continue;
                 }
-                let mut batch = match consumers[i]
-                    .fetch()
-                    .max_messages(permits.len())
-                    .messages()
-                    .await
-                {
-                    Ok(batch) => batch,
-                    Err(e) => {
-                        tracing::warn!(%server, error = %e, "pull failed; binding again");
-                        tokio::time::sleep(backoff).await;
-                        continue 'bind;
-                    }
+                let messages = match fetch(&state.consumer, permits.len(), &self.shutdown).await {
+                    Ok(messages) => messages,
+                    Err(stop) => break 'serve stop,
                 };
-                let mut got = 0;
-                loop {
-                    let next = tokio::select! {
-                        () = shutdown.cancelled() => {
-                            hand_back(&server, &mut batch).await;
-                            break 'bind;
-                        }
-                        next = tokio::time::timeout(FETCH_TIMEOUT, batch.next()) => match next {
-                            Ok(next) => next,
-                            Err(_) => {
-                                // The answer to a fetch was lost (NATS restarted): start over.
-                                tracing::warn!(%server, "no answer to a fetch; binding again");
-                                continue 'bind;
-                            }
-                        },
-                    };
-                    match next {
-                        None => break,
-                        Some(Ok(message)) => {
-                            let Some(permit) = permits.pop() else {
-                                // More than asked for; cannot happen, but never hold it unstarted.
-                                let _ = message.ack_with(AckKind::Nak(None)).await;
-                                continue;
-                            };
-                            got += 1;
-                            start(&mut in_flight, &pool, message, permit);
-                        }
-                        Some(Err(e)) => {
-                            // A consumer whose leader is being elected answers 503 for a
-                            // moment: back off rather than ask again at once.
-                            tracing::warn!(%server, error = %e, retry = ?backoff, "pull interrupted; binding again");
-                            tokio::select! {
-                                () = shutdown.cancelled() => break 'bind,
-                                () = tokio::time::sleep(backoff) => {}
-                            }
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
-                            continue 'bind;
-                        }
+                let got = messages.len();
+                for message in messages {
+                    match permits.pop() {
+                        Some(permit) => self.start(message, permit),
+                        // More than asked for; cannot happen, but never hold it unstarted.
+                        None => nak(&message).await,
                     }
                 }
                 if got == 0 {
-                    picker.empty(lane);
-                    empty_since[i] = Some(Instant::now());
+                    self.picker.empty(lane);
+                    state.empty_since = Some(Instant::now());
                 } else {
-                    picker.served(lane, got);
-                    empty_since[i] = None;
-                    last_job[i] = Some(Instant::now());
+                    self.picker.served(lane, got);
+                    state.empty_since = None;
+                    state.last_job = Some(Instant::now());
                 }
             }
-            backoff = Duration::from_millis(100);
             if !permits.is_empty() {
-                // Slots left after asking every lane: nothing is queued anywhere now (a lane
-                // skipped above has a poll waiting, or was empty a moment ago). Asking again at
-                // once would cost a request per few jobs; wait instead, on every lane not
-                // already waited on. The busy
-                // lane — the one that gave jobs last, at first the server's default lane — gets
-                // every free slot but one for each other lane; the others get one slot for a
-                // short while. A burst then starts at full concurrency, and a job in another
-                // lane is still taken at once.
-                let mut lanes = Lane::ALL;
-                lanes.sort_by_key(|lane| {
-                    (
-                        std::cmp::Reverse(last_job[lane_index(*lane)]),
-                        *lane != pool.server.lane,
-                    )
-                });
-                let busy = lanes[0];
-                let lanes: Vec<Lane> = lanes
-                    .into_iter()
-                    .filter(|lane| !polling[lane_index(*lane)])
-                    .collect();
-                let expires = if permits.len() >= lanes.len() {
-                    IDLE_POLL
-                } else {
-                    PARTIAL_POLL
-                };
-                let side = lanes.iter().filter(|lane| **lane != busy).count();
-                for lane in lanes {
-                    let (take, expires) = if lane == busy {
-                        (permits.len().saturating_sub(side).max(1), expires)
-                    } else {
-                        (1, expires.min(SIDE_POLL))
-                    };
-                    let take = take.min(permits.len());
-                    if take == 0 {
-                        break;
-                    }
-                    let slots: Vec<_> = permits.drain(permits.len() - take..).collect();
-                    let pulled = consumers[lane_index(lane)]
-                        .batch()
-                        .max_messages(slots.len())
-                        .expires(expires)
-                        .messages()
-                        .await;
-                    match pulled {
-                        Ok(batch) => {
-                            polling[lane_index(lane)] = true;
-                            polls.push(long_poll(lane, batch, slots));
-                        }
-                        Err(e) => {
-                            tracing::warn!(%server, error = %e, "pull failed; binding again");
-                            tokio::time::sleep(backoff).await;
-                            continue 'bind;
-                        }
-                    }
+                // Slots left after asking every lane: nothing is queued anywhere now. Asking
+                // again at once would cost a request per few jobs; wait instead.
+                if let Err(e) = self.long_polls(&mut lanes, &mut polls, permits).await {
+                    tracing::warn!(server = %self.ctx.server.name, error = %e, "pull failed; binding again");
+                    break Stop::Rebind;
                 }
                 idle = !polls.is_empty();
             }
-            drop(permits);
-            while in_flight.try_join_next().is_some() {}
-        }
+            while self.in_flight.try_join_next().is_some() {}
+        };
+        // Jobs a poll received but no slot started go back now, not after AckWait.
+        hand_back(&mut polls, &self.ctx.server.name).await;
+        stop
     }
-    while in_flight.try_join_next().is_some() {}
-    if !in_flight.is_empty() {
-        tracing::info!(%server, calls = in_flight.len(), ?grace, "draining calls in flight");
-        let drained = tokio::time::timeout(grace, async {
-            while in_flight.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(%server, calls = in_flight.len(), "grace period over; unfinished jobs will be redelivered");
+
+    /// Starts one long poll on every lane not already waited on. The busy lane — the one that
+    /// gave jobs last, at first the server's default lane — gets every free slot but one for
+    /// each other lane; the others get one slot for a short while. A burst then starts at full
+    /// concurrency, and a job in another lane is still taken at once.
+    async fn long_polls(
+        &self,
+        lanes: &mut [LaneState; 3],
+        polls: &mut SelectAll<Poll>,
+        mut permits: Vec<OwnedSemaphorePermit>,
+    ) -> Result<(), async_nats::Error> {
+        let mut order = Lane::ALL;
+        order.sort_by_key(|lane| {
+            (
+                std::cmp::Reverse(lanes[lane.index()].last_job),
+                *lane != self.ctx.server.lane,
+            )
+        });
+        let busy = order[0];
+        let waiting: Vec<Lane> = order
+            .into_iter()
+            .filter(|lane| !lanes[lane.index()].polling)
+            .collect();
+        let expires = if permits.len() >= waiting.len() {
+            IDLE_POLL
+        } else {
+            PARTIAL_POLL
+        };
+        let side = waiting.iter().filter(|lane| **lane != busy).count();
+        for lane in waiting {
+            let (take, expires) = if lane == busy {
+                (permits.len().saturating_sub(side).max(1), expires)
+            } else {
+                (1, expires.min(SIDE_POLL))
+            };
+            let take = take.min(permits.len());
+            if take == 0 {
+                break;
+            }
+            let slots: Vec<_> = permits.drain(permits.len() - take..).collect();
+            let state = &mut lanes[lane.index()];
+            let batch = state
+                .consumer
+                .batch()
+                .max_messages(slots.len())
+                .expires(expires)
+                .messages()
+                .await?;
+            state.polling = true;
+            polls.push(long_poll(lane, batch, slots));
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, message: jetstream::Message, permit: OwnedSemaphorePermit) {
+        let ctx = self.ctx.clone();
+        self.in_flight.spawn(async move {
+            attempt::handle(&ctx, message).await;
+            drop(permit);
+        });
+    }
+
+    /// Waits up to `grace` for the calls in flight; then interrupts the rest (their upstreams
+    /// are told, their jobs handed back) and gives them a moment to do so.
+    async fn drain(mut self, grace: Duration) {
+        let server = &self.ctx.server.name;
+        while self.in_flight.try_join_next().is_some() {}
+        if self.in_flight.is_empty() {
+            return;
+        }
+        tracing::info!(%server, calls = self.in_flight.len(), ?grace, "draining calls in flight");
+        let all = async { while self.in_flight.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace, all).await.is_ok() {
+            return;
+        }
+        tracing::warn!(%server, calls = self.in_flight.len(), "grace period over; interrupting the calls left (their jobs go back to the queue)");
+        self.ctx.cancels.interrupt_all(&Why::Draining);
+        let all = async { while self.in_flight.join_next().await.is_some() {} };
+        if tokio::time::timeout(INTERRUPT_GRACE, all).await.is_err() {
+            tracing::warn!(%server, calls = self.in_flight.len(), "calls did not stop in time; their jobs will be delivered again after ackWait");
         }
     }
 }
 
-fn start(
-    in_flight: &mut JoinSet<()>,
-    pool: &Arc<Pool>,
-    message: jetstream::Message,
-    permit: OwnedSemaphorePermit,
-) {
-    let pool = pool.clone();
-    in_flight.spawn(async move {
-        attempt::handle(&pool, message).await;
-        drop(permit);
-    });
+/// Asks `consumer` for up to `max` messages without waiting on the server; what it holds now.
+async fn fetch(
+    consumer: &PullConsumer,
+    max: usize,
+    shutdown: &CancellationToken,
+) -> Result<Vec<jetstream::Message>, Stop> {
+    let mut batch = match consumer.fetch().max_messages(max).messages().await {
+        Ok(batch) => batch,
+        Err(e) => {
+            tracing::warn!(error = %e, "pull failed; binding again");
+            return Err(Stop::Rebind);
+        }
+    };
+    let mut messages = Vec::new();
+    loop {
+        let next = tokio::select! {
+            () = shutdown.cancelled() => None,
+            next = tokio::time::timeout(FETCH_TIMEOUT, batch.next()) => Some(next),
+        };
+        match next {
+            None => {
+                for message in &messages {
+                    nak(message).await;
+                }
+                return Err(Stop::Shutdown);
+            }
+            Some(Ok(None)) => return Ok(messages),
+            Some(Ok(Some(Ok(message)))) => messages.push(message),
+            Some(Ok(Some(Err(e)))) => {
+                // A consumer whose leader is being elected answers 503 for a moment: the caller
+                // backs off, then binds again.
+                tracing::warn!(error = %e, "pull interrupted; binding again");
+                for message in &messages {
+                    nak(message).await;
+                }
+                return Err(Stop::Rebind);
+            }
+            Some(Err(_)) => {
+                // The answer to a fetch was lost (NATS restarted): start over.
+                tracing::warn!("no answer to a fetch; binding again");
+                for message in &messages {
+                    nak(message).await;
+                }
+                return Err(Stop::Rebind);
+            }
+        }
+    }
 }
 
 /// A long poll as a stream: each message with a slot it holds, then the end (which frees the
@@ -338,10 +388,8 @@ fn long_poll(lane: Lane, batch: pull::Batch, slots: Vec<OwnedSemaphorePermit>) -
                         let job = Polled::Job(lane, Box::new(message), slot);
                         return Some((job, Some((batch, slots))));
                     }
-                    None => {
-                        // More messages than asked for: hand the extra back at once.
-                        let _ = message.ack_with(AckKind::Nak(None)).await;
-                    }
+                    // More messages than asked for: hand the extra back at once.
+                    None => nak(&message).await,
                 },
                 Some(Err(_)) | None => return Some((Polled::Ended(lane), None)),
             }
@@ -350,23 +398,13 @@ fn long_poll(lane: Lane, batch: pull::Batch, slots: Vec<OwnedSemaphorePermit>) -
     .boxed()
 }
 
-fn lane_index(lane: Lane) -> usize {
-    match lane {
-        Lane::High => 0,
-        Lane::Normal => 1,
-        Lane::Low => 2,
-    }
-}
-
-/// On shutdown: NAKs messages already delivered to this worker but not started, so other
-/// workers get them now instead of after AckWait.
-async fn hand_back<S, E>(server: &str, messages: &mut S)
-where
-    S: Stream<Item = Result<jetstream::Message, E>> + Unpin,
-{
+/// NAKs the messages the polls received but no slot started, so other workers get them now
+/// instead of after AckWait.
+async fn hand_back(polls: &mut SelectAll<Poll>, server: &str) {
     let mut handed = 0;
-    while let Some(Some(Ok(message))) = messages.next().now_or_never() {
-        if message.ack_with(AckKind::Nak(None)).await.is_ok() {
+    while let Some(Some(polled)) = polls.next().now_or_never() {
+        if let Polled::Job(_, message, _) = polled {
+            nak(&message).await;
             handed += 1;
         }
     }
@@ -375,16 +413,19 @@ where
     }
 }
 
+async fn nak(message: &jetstream::Message) {
+    let _ = message.ack_with(AckKind::Nak(None)).await;
+}
+
 /// Creates (or updates) the server's durable consumers on its jobs stream, one per lane.
-async fn bind(pool: &Pool) -> Result<[PullConsumer; 3], String> {
-    let stream = pool
+async fn bind(ctx: &Context) -> Result<[LaneState; 3], async_nats::Error> {
+    let stream = ctx
         .outbox
         .js
-        .get_stream(jobs_stream(&pool.server.name))
-        .await
-        .map_err(|e| e.to_string())?;
-    let server = &pool.server;
-    let mut consumers = Vec::with_capacity(3);
+        .get_stream(jobs_stream(&ctx.server.name))
+        .await?;
+    let server = &ctx.server;
+    let mut lanes = Vec::with_capacity(3);
     for lane in Lane::ALL {
         let consumer = stream
             .create_consumer(pull::Config {
@@ -398,16 +439,26 @@ async fn bind(pool: &Pool) -> Result<[PullConsumer; 3], String> {
                 ack_policy: AckPolicy::Explicit,
                 // Workers send progress acks every AckWait/3 while they hold a message, so
                 // AckWait only bounds how long a dead worker's jobs wait before redelivery.
-                ack_wait: pool.ack_wait,
-                max_deliver: i64::from(server_max_deliver(&pool.retry)),
+                ack_wait: server.ack_wait,
+                // Unlimited: a job waiting for an open circuit comes back as often as it must.
+                // The worker itself ends a job its workers keep dying with (see
+                // `attempt::decide::MAX_STRANDED`), so no message is left in the queue for good.
+                max_deliver: -1,
                 max_ack_pending: i64::try_from(server.max_in_flight).unwrap_or(i64::MAX),
                 ..Default::default()
             })
-            .await
-            .map_err(|e| e.to_string())?;
-        consumers.push(consumer);
+            .await?;
+        lanes.push(LaneState {
+            lane,
+            consumer,
+            polling: false,
+            empty_since: None,
+            last_job: None,
+        });
     }
-    consumers
+    let [high, normal, low]: [LaneState; 3] = lanes
         .try_into()
-        .map_err(|_| "three lanes, three consumers".to_string())
+        .map_err(|_| "three lanes, three consumers")?;
+    debug_assert!(high.lane == Lane::High && normal.lane == Lane::Normal && low.lane == Lane::Low);
+    Ok([high, normal, low])
 }

@@ -1,32 +1,24 @@
 //! mcpq's worker pools: consume jobs from JetStream, call upstream MCP servers, reply.
 //!
-//! Per server: a durable pull consumer shared by every worker of that server
-//! ([`consume`]), one attempt per delivery ([`attempt`]: decode → call → decide → record,
-//! reply, ack / NAK / dead-letter), an rmcp client session to the upstream ([`upstream`]), and
-//! the tool catalog published to KV ([`catalog`]). Workers never hold client connections.
+//! The modules read as the flow of one job, top to bottom: [`consume`] pulls it (lanes, long
+//! polls, drain) → `attempt` runs one delivery to an outcome, decides (pure) and carries the
+//! decision out → `gate` says whether it may run now (circuit breaker, 429 pauses, rate
+//! limits, lane shares) → `call` turns it into an upstream request and back (questions,
+//! cancellation, failures said plainly) → `upstream` holds the sessions (endpoints, balance,
+//! transports, ping, subscriptions). `report` — records, replies and dead letters, metrics
+//! and audit, heartbeat, health, catalog — is used by the others and uses none of them.
+//! Workers never hold client connections.
 
-mod ask;
 mod attempt;
 mod call;
-mod cancel;
-mod catalog;
-mod circuit;
 mod consume;
-mod decide;
-mod decode;
-mod health;
-mod lanes;
-mod limit;
-mod observe;
-mod outbox;
-mod pool;
-mod subscribe;
+mod gate;
+mod report;
 mod upstream;
 
 use std::{sync::Arc, time::Duration};
 
 pub use call::{META_IDEMPOTENCY_KEY, META_JOB_ID};
-pub use decide::{Decision, RetryPolicy, Verdict, decide};
 use mcpq_schemas::{
     config::Config,
     names::{
@@ -46,17 +38,18 @@ pub enum WorkerError {
     UnknownServer { name: String, known: String },
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
-    #[error("cannot open bucket {bucket}: {reason}")]
+    #[error("cannot open bucket {bucket}: {source}")]
     Bucket {
         bucket: &'static str,
-        reason: String,
+        #[source]
+        source: async_nats::Error,
     },
 }
 
 /// How a worker process behaves, beyond the config file.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
-    /// Names this process in records, dead letters and logs.
+    /// Names this process in records, dead letters, heartbeats and logs.
     pub worker_id: String,
     /// Servers to serve; empty means every configured server.
     pub servers: Vec<String>,
@@ -64,6 +57,8 @@ pub struct WorkerOptions {
     pub drain_grace: Duration,
     /// How often the tool catalog is refreshed even without a change notification.
     pub catalog_refresh: Duration,
+    /// Where this process serves its metrics (`host:port`), shown in its heartbeats.
+    pub metrics_addr: Option<String>,
 }
 
 impl WorkerOptions {
@@ -73,6 +68,7 @@ impl WorkerOptions {
             servers: Vec::new(),
             drain_grace: Duration::from_secs(30),
             catalog_refresh: Duration::from_secs(300),
+            metrics_addr: None,
         }
     }
 }
@@ -85,6 +81,12 @@ pub fn default_worker_id() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "worker".into());
     format!("{host}-{}", std::process::id())
+}
+
+/// The one way to take a std mutex: a poisoned one (a task panicked holding it) is used as
+/// it stands — every value behind these locks stays valid between statements.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Serves the chosen servers until `shutdown` is cancelled, then drains.
@@ -120,7 +122,7 @@ pub async fn run(
                 .await
                 .map_err(|e| WorkerError::Bucket {
                     bucket: name,
-                    reason: e.to_string(),
+                    source: e.into(),
                 })
         }
     };
@@ -128,25 +130,31 @@ pub async fn run(
     let catalog = bucket(CATALOG_BUCKET).await?;
     let workers = bucket(WORKERS_BUCKET).await?;
     let health = bucket(HEALTH_BUCKET).await?;
-    let alerter = Arc::new(health::Alerter::new(config.alerts.clone()));
+    let alerter = Arc::new(report::health::Alerter::new(config.alerts.clone()));
     let blobs = js
         .get_object_store(BLOBS_BUCKET)
         .await
         .map_err(|e| WorkerError::Bucket {
             bucket: BLOBS_BUCKET,
-            reason: e.to_string(),
+            source: e.into(),
         })?;
+    let outbox = report::outbox::Outbox {
+        client: client.clone(),
+        js: js.clone(),
+        results,
+        blobs,
+    };
     // Requests stored before this worker started are known before it takes a job.
-    let cancels = Arc::new(cancel::Cancels::default());
-    cancel::follow(
+    let cancels = Arc::new(call::Cancels::default());
+    call::cancel::follow(
         bucket(CANCELS_BUCKET).await?,
         cancels.clone(),
         shutdown.clone(),
     )
     .await
-    .map_err(|reason| WorkerError::Bucket {
+    .map_err(|source| WorkerError::Bucket {
         bucket: CANCELS_BUCKET,
-        reason,
+        source,
     })?;
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -155,68 +163,60 @@ pub async fn run(
         let upstream = upstream::Upstream::new(&server)?;
         upstreams.push(upstream.clone());
         if let Some(updates) = upstream.take_updates() {
-            tasks.spawn(subscribe::announce(
+            tasks.spawn(upstream::announce(
                 client.clone(),
                 server.name.clone(),
                 updates,
                 shutdown.clone(),
             ));
         }
-        tasks.spawn(subscribe::listen_loop(upstream.clone(), shutdown.clone()));
-        tasks.spawn(catalog::publish_loop(
+        tasks.spawn(upstream::listen_loop(upstream.clone(), shutdown.clone()));
+        tasks.spawn(report::catalog::publish_loop(
             upstream.clone(),
             catalog.clone(),
             options.worker_id.clone(),
             options.catalog_refresh,
             shutdown.clone(),
         ));
-        let retry = RetryPolicy::from(server.retry);
-        let limiter = server.rate_limit.map(|l| Arc::new(limit::Limiter::new(l)));
-        let tool_limiters = server
-            .tool_rate_limits
-            .iter()
-            .map(|(tool, l)| (tool.clone(), Arc::new(limit::Limiter::new(*l))))
-            .collect();
-        let ack_wait = server.ack_wait;
-        let breaker = server.circuit_breaker.map(|c| {
-            std::sync::Mutex::new(circuit::Breaker::new(c.failure_threshold, c.reset_timeout))
-        });
-        let meters = observe::Meters::new(&server.name);
-        let pool = Arc::new(pool::Pool {
-            server,
-            upstream,
-            outbox: outbox::Outbox {
-                client: client.clone(),
-                js: js.clone(),
-                results: results.clone(),
-                blobs: blobs.clone(),
-            },
-            retry,
-            ack_wait,
-            limiter,
-            tool_limiters,
-            breaker,
-            circuit_changed: tokio::sync::Notify::new(),
-            held_until: std::sync::Mutex::new(None),
-            cancels: cancels.clone(),
-            worker_id: options.worker_id.clone(),
-            stats: Default::default(),
-            up: Default::default(),
-            meters,
-        });
-        // The heartbeat outlives the pull loop by its drain, so peers keep our share until then.
-        tasks.spawn(limit::heartbeat(
-            workers.clone(),
-            pool.clone(),
-            shutdown.clone(),
+        let report = Arc::new(report::Report::new(
+            &server.name,
+            &options.worker_id,
+            options.metrics_addr.clone(),
         ));
-        tasks.spawn(health::watch(
-            pool.clone(),
+        let gate = Arc::new(gate::Gate::new(&server, report.clone()));
+        tasks.spawn(report::health::watch(
+            server.clone(),
+            upstream.clone(),
+            report.clone(),
             health.clone(),
             alerter.clone(),
             shutdown.clone(),
         ));
-        tasks.spawn(consume::run(pool, shutdown.clone(), options.drain_grace));
+        let ctx = Arc::new(attempt::Context {
+            retry: attempt::RetryPolicy::from(server.retry),
+            server,
+            upstream,
+            gate,
+            outbox: outbox.clone(),
+            report: report.clone(),
+            cancels: cancels.clone(),
+            workers: workers.clone(),
+        });
+        // The heartbeat lasts until the drain is over: while this worker still holds jobs,
+        // peers must see it alive (they do not take over a live worker's jobs).
+        let drained = CancellationToken::new();
+        let heartbeats = workers.clone();
+        let (stop, grace) = (shutdown.clone(), options.drain_grace);
+        tasks.spawn(async move {
+            let pulling = async {
+                consume::run(ctx, stop, grace).await;
+                drained.cancel();
+            };
+            tokio::join!(
+                pulling,
+                report::heartbeat::run(heartbeats, &report, drained.clone())
+            );
+        });
     }
     while tasks.join_next().await.is_some() {}
     for upstream in upstreams {

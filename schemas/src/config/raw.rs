@@ -47,6 +47,11 @@ pub struct NatsSection {
     /// How long job results are kept, e.g. "24h" (default 24h).
     #[serde(default)]
     pub result_ttl: Option<DurationText>,
+    /// How long JetStream remembers a job's `Nats-Msg-Id` to drop a second publish of it, e.g.
+    /// "2m" (the default). Idempotency keys hold for the record's life (`resultTtl`) whatever
+    /// this is; the window only catches pipelines publishing the same job twice at once.
+    #[serde(default)]
+    pub duplicate_window: Option<DurationText>,
     /// A NATS credentials file (`.creds`: user JWT and nkey seed).
     #[serde(default)]
     pub creds: Option<String>,

@@ -19,6 +19,8 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 const DEFAULT_CONCURRENCY: usize = 16;
 const MAX_CONCURRENCY: usize = 10_000;
 const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// JetStream's own default duplicate window.
+const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 const MAX_ATTEMPTS: u32 = 100;
 const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
@@ -122,11 +124,23 @@ fn nats(section: Option<NatsSection>, errors: &mut Vec<ConfigError>) -> NatsConf
             format!("{result_ttl:?} is too short (at least 1s)"),
         ));
     }
+    let duplicate_window = section
+        .duplicate_window
+        .map_or(DEFAULT_DUPLICATE_WINDOW, |d| d.0);
+    if duplicate_window < Duration::from_secs(1)
+        || duplicate_window > Duration::from_secs(24 * 3600)
+    {
+        errors.push(ConfigError::field(
+            "nats.duplicateWindow",
+            format!("{duplicate_window:?} is out of range (from 1s to 24h)"),
+        ));
+    }
     let credentials = nats_credentials(&section, errors);
     NatsConfig {
         url: urls.map(|u| u.join(",")),
         replicas,
         result_ttl,
+        duplicate_window,
         credentials,
     }
 }

@@ -23,8 +23,18 @@ use rmcp::{
 };
 use tokio::sync::{Notify, mpsc};
 
-use super::lock;
-use crate::{ask::Asker, subscribe::Subscriptions};
+use super::Subscriptions;
+use crate::lock;
+
+/// Whoever answers the questions an upstream asks during one call: the call's caller, reached
+/// through NATS (`call::ask`). The upstream layer only routes questions to it.
+pub(crate) trait Ask: Send + Sync {
+    fn ask<'a>(
+        &'a self,
+        method: &'a str,
+        params: serde_json::Value,
+    ) -> futures::future::BoxFuture<'a, Result<serde_json::Value, ErrorData>>;
+}
 
 /// What the upstream reports during one call, in the order it reported it.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,7 +94,7 @@ pub(crate) type CallsInFlight = Arc<std::sync::Mutex<HashMap<u64, CallEntry>>>;
 #[derive(Clone, Default)]
 pub(crate) struct CallEntry {
     pub logs: Option<LogRoute>,
-    pub asker: Option<Asker>,
+    pub asker: Option<Arc<dyn Ask>>,
     pub request_id: Option<RequestId>,
 }
 

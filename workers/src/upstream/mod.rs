@@ -7,7 +7,9 @@
 mod balance;
 mod events;
 mod http;
+mod ping;
 mod stdio;
+mod subscribe;
 
 use std::{
     sync::{
@@ -27,9 +29,22 @@ use rmcp::{
 };
 use tokio::sync::{Mutex, Notify, mpsc};
 
-pub(crate) use self::events::{CallEntry, CallEvent, Events, LogRoute};
+pub(crate) use self::events::{Ask, CallEntry, CallEvent, Events, LogRoute};
 use self::events::{CallsInFlight, Observed, ProgressRoutes};
-use crate::subscribe::Subscriptions;
+pub(crate) use self::ping::ping;
+pub(crate) use self::subscribe::{Subscriptions, announce, listen_loop};
+use crate::lock;
+
+/// How an upstream call went, as far as retries, the circuit breaker and passive health care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The upstream answered (a tool result with `isError: true` is an answer too).
+    Answered,
+    /// A failure that may go away: connection lost, timeout, upstream process died.
+    Retryable,
+    /// A failure that will not go away by trying again: malformed job, JSON-RPC error.
+    Permanent,
+}
 
 /// Why an upstream session could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -131,8 +146,13 @@ pub(crate) struct Lease {
 
 impl Lease {
     /// How the call went: failures in a row eject the endpoint, an answer resets the count.
-    pub(crate) fn verdict(&self, verdict: crate::decide::Verdict) {
+    pub(crate) fn verdict(&self, verdict: Verdict) {
         self.upstream.record(self.endpoint, verdict);
+    }
+
+    /// The endpoint the call went to: its URL, or a stdio server's command.
+    pub(crate) fn endpoint(&self) -> &str {
+        &self.upstream.inner.endpoints[self.endpoint].name
     }
 }
 
@@ -228,7 +248,7 @@ impl Upstream {
         &self.inner.events.subscriptions
     }
 
-    /// The upstream's resource updates, once (for `subscribe::announce`).
+    /// The upstream's resource updates, once (for [`announce`]).
     pub(crate) fn take_updates(&self) -> Option<mpsc::UnboundedReceiver<String>> {
         lock(&self.inner.updates).take()
     }
@@ -278,7 +298,7 @@ impl Upstream {
             endpoint.next.fetch_add(1, Ordering::SeqCst) % self.inner.pool.max_connections.max(1);
         let peer = self.session_peer(index, slot).await;
         if peer.is_err() {
-            lease.verdict(crate::decide::Verdict::Retryable);
+            lease.verdict(Verdict::Retryable);
         }
         Ok((peer?, lease))
     }
@@ -312,10 +332,10 @@ impl Upstream {
     }
 
     /// Counts a call's verdict against its endpoint.
-    fn record(&self, index: usize, verdict: crate::decide::Verdict) {
+    fn record(&self, index: usize, verdict: Verdict) {
         let endpoint = &self.inner.endpoints[index];
         match verdict {
-            crate::decide::Verdict::Retryable => {
+            Verdict::Retryable => {
                 let failures = endpoint.failures.fetch_add(1, Ordering::SeqCst) + 1;
                 if failures >= self.inner.eject_after
                     && self.inner.endpoints.len() > 1
@@ -335,7 +355,7 @@ impl Upstream {
             if endpoint.ejected.load(Ordering::SeqCst) {
                 let answered =
                     match tokio::time::timeout(timeout, self.session_peer(index, 0)).await {
-                        Ok(Ok(peer)) => crate::call::ping(&peer, timeout).await,
+                        Ok(Ok(peer)) => ping(&peer, timeout).await,
                         _ => false,
                     };
                 if answered {
@@ -435,8 +455,4 @@ impl Upstream {
             }
         }
     }
-}
-
-pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

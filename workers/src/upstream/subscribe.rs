@@ -24,16 +24,8 @@ use rmcp::model::{ServerNotification, SubscriptionFilter};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use std::time::Duration;
-
-use mcpq_schemas::{ErrorKind, Job, JobError, bridge};
-use rmcp::{RoleClient, service::Peer};
-
-use crate::{
-    call::CallOutcome,
-    decide::Verdict,
-    upstream::{Upstream, lock},
-};
+use super::Upstream;
+use crate::lock;
 
 /// The URIs this worker's upstream session is subscribed to, and where updates go.
 #[derive(Clone)]
@@ -187,52 +179,4 @@ pub(crate) async fn listen_loop(upstream: Upstream, shutdown: CancellationToken)
             () = stream => {}
         }
     }
-}
-
-/// `resources/subscribe` and `resources/unsubscribe` change this session's subscriptions; a
-/// 2026-07-28 upstream has no such methods (`subscribe::listen_loop` listens for it), so the
-/// job is answered here. A 2025-era upstream is asked as usual.
-pub(crate) async fn answered_here(
-    upstream: &Upstream,
-    peer: &Peer<RoleClient>,
-    job: &Job,
-    timeout: Duration,
-) -> Option<CallOutcome> {
-    let subscribe = match job.request.method.as_str() {
-        "resources/subscribe" => true,
-        "resources/unsubscribe" => false,
-        _ => return None,
-    };
-    let uri = job
-        .request
-        .params
-        .as_ref()
-        .and_then(|p| p.get("uri"))
-        .and_then(|u| u.as_str())?;
-    let subscriptions = upstream.subscriptions();
-    let generation = subscriptions.set(uri, subscribe);
-    let modern = peer
-        .peer_info()
-        .is_some_and(|i| !i.protocol_version.has_initialize());
-    if !modern {
-        return None;
-    }
-    // Answered once the upstream listens, so that no update after the answer is missed.
-    if !subscriptions.applied(generation, timeout).await {
-        let error = JobError::new(
-            ErrorKind::UpstreamUnavailable,
-            format!(
-                "server {:?} did not open a subscription for {uri:?} within {timeout:?}",
-                upstream.server()
-            ),
-        );
-        return Some(CallOutcome::Failed {
-            error,
-            verdict: Verdict::Retryable,
-            retry_after: None,
-        });
-    }
-    Some(CallOutcome::Answered(bridge::canonical_result(
-        serde_json::json!({}),
-    )))
 }

@@ -22,7 +22,10 @@ use mcpq_schemas::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{decide::Verdict, pool::Pool, upstream::lock};
+use mcpq_schemas::config::ServerConfig;
+
+use super::Report;
+use crate::upstream::{Upstream, Verdict};
 
 /// What one worker's pings say, counted.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
@@ -104,16 +107,18 @@ pub(crate) fn decide(
     changed.then_some(Step { record, alert })
 }
 
-/// Pings the pool's upstream every `health.interval` until `shutdown`.
+/// Pings the server's upstream every `health.interval` until `shutdown`.
 pub(crate) async fn watch(
-    pool: Arc<Pool>,
+    server: ServerConfig,
+    upstream: Upstream,
+    report: Arc<Report>,
     bucket: kv::Store,
     alerter: Arc<Alerter>,
     shutdown: CancellationToken,
 ) {
-    let health = pool.server.health;
+    let health = server.health;
     // Ejected endpoints of a replicated upstream are pinged even with health checks off.
-    let interval = match (health.interval, pool.upstream.replicated()) {
+    let interval = match (health.interval, upstream.replicated()) {
         (Some(interval), _) => interval,
         (None, true) => Duration::from_secs(5),
         (None, false) => return,
@@ -128,14 +133,14 @@ pub(crate) async fn watch(
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = pool.upstream.tend(health.timeout) => {}
+            () = upstream.tend(health.timeout) => {}
         }
         if health.interval.is_none() {
             continue;
         }
         let verdict = tokio::select! {
             () = shutdown.cancelled() => return,
-            verdict = crate::call::probe(&pool.upstream, health.timeout) => verdict,
+            verdict = upstream.probe(health.timeout) => verdict,
         };
         let answered = verdict == Verdict::Answered;
         let before = view.up;
@@ -143,33 +148,41 @@ pub(crate) async fn watch(
         let Some(up) = view.up else { continue };
         if before != view.up {
             if up {
-                tracing::info!(server = %pool.server.name, "upstream is up");
+                tracing::info!(server = %server.name, "upstream is up");
             } else {
-                tracing::warn!(server = %pool.server.name, failures = health.unhealthy_after, "upstream is down: its pings go unanswered");
+                tracing::warn!(server = %server.name, failures = health.unhealthy_after, "upstream is down: its pings go unanswered");
             }
         }
-        *lock(&pool.up) = Some(up);
-        crate::observe::upstream_up(&pool, up);
+        report.upstream_up(up);
         let error = (!up).then(|| {
             format!(
                 "{} pings in a row unanswered within {:?}",
                 view.failures, health.timeout
             )
         });
-        share(&pool, &bucket, &alerter, up, error.as_deref()).await;
+        share(
+            &server,
+            &report.worker_id,
+            &bucket,
+            &alerter,
+            up,
+            error.as_deref(),
+        )
+        .await;
     }
 }
 
 /// Brings the shared record up to date with compare-and-set, and sends the alert the winning
 /// write calls for.
 async fn share(
-    pool: &Pool,
+    config: &ServerConfig,
+    worker_id: &str,
     bucket: &kv::Store,
     alerter: &Arc<Alerter>,
     up: bool,
     error: Option<&str>,
 ) {
-    let server = &pool.server.name;
+    let server = &config.name;
     for _ in 0..5 {
         let entry = match bucket.entry(server).await {
             Ok(entry) => entry,
@@ -191,9 +204,9 @@ async fn share(
             server,
             up,
             error,
-            &pool.worker_id,
+            worker_id,
             now_ms(),
-            pool.server.health.min_alert_interval,
+            config.health.min_alert_interval,
         ) else {
             return;
         };

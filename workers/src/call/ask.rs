@@ -29,7 +29,7 @@ use rmcp::{
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::upstream::lock;
+use crate::lock;
 
 /// How long the receiver of a question has to take it.
 const TAKE_WITHIN: Duration = Duration::from_secs(5);
@@ -182,6 +182,16 @@ impl Asker {
                 None,
             )),
         }
+    }
+}
+
+impl crate::upstream::Ask for Asker {
+    fn ask<'a>(
+        &'a self,
+        method: &'a str,
+        params: Value,
+    ) -> futures::future::BoxFuture<'a, Result<Value, ErrorData>> {
+        Box::pin(Asker::ask(self, method, params))
     }
 }
 

@@ -16,7 +16,8 @@ use mcpq_schemas::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::{pool::Pool, upstream::lock};
+use super::Report;
+use crate::{lock, upstream::Upstream};
 
 /// One server's metric handles, registered once: a call then costs no label allocation and
 /// no registry lookup (the per-tool ones are looked up by name in a small map).
@@ -63,6 +64,21 @@ impl Meters {
         meters
     }
 
+    /// The circuit breaker's state, as a number.
+    pub(crate) fn circuit(&self, state: CircuitState) {
+        let value = match state {
+            CircuitState::Closed | CircuitState::Unknown => 0.0,
+            CircuitState::HalfOpen => 1.0,
+            CircuitState::Open => 2.0,
+        };
+        self.circuit.set(value);
+    }
+
+    /// What the health checks found.
+    pub(crate) fn up(&self, up: bool) {
+        self.up.set(if up { 1.0 } else { 0.0 });
+    }
+
     fn tool(&self, tool: &str) -> ToolMeters {
         let mut tools = lock(&self.tools);
         if let Some(meters) = tools.get(tool) {
@@ -96,119 +112,103 @@ pub(crate) fn outcome(status: JobStatus, kind: Option<ErrorKind>) -> &'static st
 /// The `tool` label of a job: the tool (or prompt) name when the upstream's catalog has it or
 /// the upstream `answered` the call (so it has the tool, listed yet or not), `other` for names
 /// it does not know (a pipeline may send anything), the method for the rest.
-pub(crate) fn tool_label(pool: &Pool, job: &Job, answered: bool) -> String {
+pub(crate) fn tool_label(upstream: &Upstream, job: &Job, answered: bool) -> String {
     match job.request.tool_name() {
-        Some(tool) if answered || pool.upstream.knows_tool(tool) => tool.to_string(),
+        Some(tool) if answered || upstream.knows_tool(tool) => tool.to_string(),
         Some(_) => OTHER.to_string(),
         None => job.request.method.clone(),
     }
 }
 
-fn server(pool: &Pool) -> String {
-    pool.server.name.clone()
-}
+impl Report {
+    /// The job's first attempt starts: how long it waited in the queue.
+    pub(crate) fn first_attempt(&self, lane: Lane, submitted_at_ms: u64) {
+        let waited = now_ms().saturating_sub(submitted_at_ms);
+        self.meters.queue_wait[lane.index()].record(Duration::from_millis(waited).as_secs_f64());
+    }
 
-/// The job's first attempt starts: how long it waited in the queue.
-pub(crate) fn first_attempt(pool: &Pool, lane: Lane, submitted_at_ms: u64) {
-    let waited = now_ms().saturating_sub(submitted_at_ms);
-    let index = match lane {
-        Lane::High => 0,
-        Lane::Normal => 1,
-        Lane::Low => 2,
-    };
-    pool.meters.queue_wait[index].record(Duration::from_millis(waited).as_secs_f64());
-}
+    /// A job waited `waited` for the rate limit.
+    pub(crate) fn rate_limited(&self, waited: Duration) {
+        self.meters.rate_limit_wait.record(waited.as_secs_f64());
+    }
 
-/// A job waited `waited` for the rate limit.
-pub(crate) fn rate_limited(pool: &Pool, waited: Duration) {
-    pool.meters.rate_limit_wait.record(waited.as_secs_f64());
-}
+    /// An upstream call runs until the guard drops.
+    pub(crate) fn in_flight(&self) -> InFlight<'_> {
+        self.meters.in_flight.increment(1.0);
+        self.update_stats(|s| s.in_flight += 1);
+        InFlight(self)
+    }
 
-/// An upstream call is running until the guard drops.
-pub(crate) struct InFlight<'a>(&'a Pool);
+    /// The upstream answered (or failed) after `took`.
+    pub(crate) fn upstream_call(&self, tool: &str, took: Duration) {
+        self.meters.tool(tool).upstream.record(took.as_secs_f64());
+    }
 
-impl<'a> InFlight<'a> {
-    pub(crate) fn start(pool: &'a Pool) -> InFlight<'a> {
-        pool.meters.in_flight.increment(1.0);
-        lock(&pool.stats).in_flight += 1;
-        InFlight(pool)
+    /// An attempt failed with `kind`.
+    pub(crate) fn attempt_failed(&self, kind: ErrorKind) {
+        metrics::counter!(m::ATTEMPTS_FAILED, "server" => self.server.clone(), "kind" => kind.as_str())
+            .increment(1);
+    }
+
+    /// A failed attempt will be tried again.
+    pub(crate) fn retried(&self) {
+        self.meters.retries.increment(1);
+    }
+
+    /// A job went to the dead-letter stream.
+    pub(crate) fn dead_lettered(&self) {
+        self.meters.dead_letters.increment(1);
+    }
+
+    /// A malformed message ended dead without a job to name.
+    pub(crate) fn malformed(&self) {
+        metrics::counter!(m::CALLS_TOTAL, "server" => self.server.clone(), "tool" => OTHER, "outcome" => "dead")
+            .increment(1);
+        self.update_stats(|s| s.record(0, false));
+    }
+
+    /// A job ended for good (its record is written): counted and timed. Its audit record is
+    /// [`audit_record`]'s.
+    pub(crate) fn ended(
+        &self,
+        tool: &str,
+        status: JobStatus,
+        kind: Option<ErrorKind>,
+        latency_ms: u64,
+    ) {
+        let outcome = outcome(status, kind);
+        let meters = self.meters.tool(tool);
+        if let Some(i) = m::OUTCOMES.iter().position(|o| *o == outcome) {
+            meters.ended[i].increment(1);
+        }
+        meters
+            .call
+            .record(Duration::from_millis(latency_ms).as_secs_f64());
+        self.update_stats(|s| s.record(latency_ms, status == JobStatus::Completed));
     }
 }
+
+/// An upstream call is running until dropped.
+pub(crate) struct InFlight<'a>(&'a Report);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.meters.in_flight.decrement(1.0);
-        let mut stats = lock(&self.0.stats);
-        stats.in_flight = stats.in_flight.saturating_sub(1);
+        self.0
+            .update_stats(|s| s.in_flight = s.in_flight.saturating_sub(1));
     }
 }
 
-/// The upstream answered (or failed) after `took`.
-pub(crate) fn upstream_call(pool: &Pool, tool: &str, took: Duration) {
-    pool.meters.tool(tool).upstream.record(took.as_secs_f64());
-}
-
-/// An attempt failed with `kind`.
-pub(crate) fn attempt_failed(pool: &Pool, kind: ErrorKind) {
-    metrics::counter!(m::ATTEMPTS_FAILED, "server" => server(pool), "kind" => kind.as_str())
-        .increment(1);
-}
-
-/// A failed attempt will be tried again.
-pub(crate) fn retried(pool: &Pool) {
-    pool.meters.retries.increment(1);
-}
-
-/// A job went to the dead-letter stream.
-pub(crate) fn dead_lettered(pool: &Pool) {
-    pool.meters.dead_letters.increment(1);
-}
-
-/// A malformed message ended dead without a job to name.
-pub(crate) fn malformed(pool: &Pool) {
-    metrics::counter!(m::CALLS_TOTAL, "server" => server(pool), "tool" => OTHER, "outcome" => "dead")
-        .increment(1);
-    lock(&pool.stats).record(0, false);
-}
-
-/// The circuit breaker's state, as a number.
-pub(crate) fn circuit(pool: &Pool, state: CircuitState) {
-    let value = match state {
-        CircuitState::Closed | CircuitState::Unknown => 0.0,
-        CircuitState::HalfOpen => 1.0,
-        CircuitState::Open => 2.0,
-    };
-    pool.meters.circuit.set(value);
-}
-
-/// What the health checks found.
-pub(crate) fn upstream_up(pool: &Pool, up: bool) {
-    pool.meters.up.set(if up { 1.0 } else { 0.0 });
-}
-
-/// A job ended for good (its record is written): counted, timed, and audited. The audit record
-/// carries the job id as `Nats-Msg-Id`, so a worker that ends the job again after a crash
-/// writes it once.
-pub(crate) async fn ended(
-    pool: &Pool,
+/// The audit record of a job that ended: who, what, how it ended, how long; never argument
+/// values (only their size and SHA-256).
+pub(crate) fn audit_record(
     job: &Job,
     status: JobStatus,
     kind: Option<ErrorKind>,
     attempts: u32,
-) {
-    let outcome = outcome(status, kind);
-    let tool = tool_label(pool, job, status == JobStatus::Completed);
+    worker_id: &str,
+) -> AuditRecord {
     let ended_at_ms = now_ms();
-    let latency_ms = ended_at_ms.saturating_sub(job.submitted_at_ms);
-    let meters = pool.meters.tool(&tool);
-    if let Some(i) = m::OUTCOMES.iter().position(|o| *o == outcome) {
-        meters.ended[i].increment(1);
-    }
-    meters
-        .call
-        .record(Duration::from_millis(latency_ms).as_secs_f64());
-    lock(&pool.stats).record(latency_ms, status == JobStatus::Completed);
-
     let params = job
         .request
         .params
@@ -223,7 +223,7 @@ pub(crate) async fn ended(
             .unwrap_or_default()
         })
         .unwrap_or_default();
-    let record = AuditRecord {
+    AuditRecord {
         v: ENVELOPE_VERSION,
         job_id: job.id,
         server: job.server.clone(),
@@ -232,36 +232,38 @@ pub(crate) async fn ended(
         principal: job.principal.clone(),
         argument_bytes: params.len() as u64,
         argument_sha256: hex(&Sha256::digest(&params)),
-        outcome: outcome.to_string(),
+        outcome: outcome(status, kind).to_string(),
         error_kind: kind.map(|k| k.as_str().to_string()),
         attempts,
-        latency_ms,
+        latency_ms: ended_at_ms.saturating_sub(job.submitted_at_ms),
         trace_id: job
             .traceparent
             .as_deref()
             .and_then(mcpq_schemas::trace::trace_id_of),
-        worker_id: pool.worker_id.clone(),
+        worker_id: worker_id.to_string(),
         submitted_at_ms: job.submitted_at_ms,
         ended_at_ms,
-    };
-    let Ok(body) = serde_json::to_vec(&record) else {
+    }
+}
+
+/// Publishes a job's audit record on `MCPQ_AUDIT`, under the job id as `Nats-Msg-Id` (a worker
+/// that ends the job again after a crash writes it once). The job's outcome is kept already: an
+/// audit record that cannot be written is logged, never a reason to run the job again.
+pub(crate) async fn audit(js: &async_nats::jetstream::Context, record: &AuditRecord) {
+    let Ok(body) = serde_json::to_vec(record) else {
         return;
     };
     let mut headers = async_nats::HeaderMap::new();
-    headers.insert(HDR_MSG_ID, format!("{}.audit", job.id).as_str());
-    // The job's outcome is kept already; an audit record that cannot be written is logged,
-    // never a reason to run the job again.
-    let published = pool
-        .outbox
-        .js
-        .publish_with_headers(audit_subject(&job.server), headers, body.into())
+    headers.insert(HDR_MSG_ID, format!("{}.audit", record.job_id).as_str());
+    let published = js
+        .publish_with_headers(audit_subject(&record.server), headers, body.into())
         .await;
     let acked = match published {
         Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
     if let Err(e) = acked {
-        tracing::warn!(job_id = %job.id, error = %e, "cannot write the audit record");
+        tracing::warn!(job_id = %record.job_id, error = %e, "cannot write the audit record");
     }
 }
 

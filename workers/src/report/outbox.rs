@@ -1,7 +1,10 @@
 //! Everything a worker writes about a job: the record in KV, the reply on the caller's inbox,
 //! the dead letter on `MCPQ_DLQ`.
 
-use async_nats::{HeaderMap, jetstream};
+use async_nats::{
+    HeaderMap,
+    jetstream::{self, kv},
+};
 use mcpq_schemas::{
     DeadLetter, JobRecord, LogEvent, ProgressEvent, Reply,
     names::{EVENT_LOG, EVENT_PROGRESS, EVENT_REPLY, HDR_EVENT, HDR_JOB_ID, dlq_subject},
@@ -22,6 +25,18 @@ fn fail(what: &'static str) -> impl FnOnce(&dyn std::fmt::Display) -> WriteError
     }
 }
 
+/// What a record write expects to find, so that it never overwrites another attempt's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Expect {
+    /// Whatever is there (a job no other attempt can hold).
+    Any,
+    /// No record yet.
+    Absent,
+    /// The record at this revision (the last this attempt read or wrote).
+    Revision(u64),
+}
+
+#[derive(Clone)]
 pub(crate) struct Outbox {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
@@ -62,14 +77,77 @@ impl Outbox {
         })
     }
 
-    /// Stores the job's record (durably: waits for the KV put to be acknowledged).
-    pub(crate) async fn record(&self, record: &JobRecord) -> Result<(), WriteError> {
+    /// Stores the job's record (durably: waits for the KV write to be acknowledged) unless
+    /// `expect` says another write came first: then `Ok(None)`. The new revision otherwise.
+    pub(crate) async fn record(
+        &self,
+        record: &JobRecord,
+        expect: Expect,
+    ) -> Result<Option<u64>, WriteError> {
         let bytes = serde_json::to_vec(record).map_err(|e| fail("encode job record")(&e))?;
-        self.results
-            .put(record.job_id.to_string(), bytes.into())
+        let key = record.job_id.to_string();
+        let written = match expect {
+            Expect::Any => self
+                .results
+                .put(key, bytes.into())
+                .await
+                .map_err(|e| e.to_string()),
+            Expect::Absent => match self.results.create(key, bytes.into()).await {
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => return Ok(None),
+                other => other.map_err(|e| e.to_string()),
+            },
+            Expect::Revision(revision) => {
+                match self.results.update(key, bytes.into(), revision).await {
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                        return Ok(None);
+                    }
+                    other => other.map_err(|e| e.to_string()),
+                }
+            }
+        };
+        written
+            .map(Some)
+            .map_err(|reason| fail("write job record")(&reason))
+    }
+
+    /// The stored record of a job and its revision, if it has one.
+    pub(crate) async fn entry(
+        &self,
+        job_id: &uuid::Uuid,
+    ) -> Result<Option<(JobRecord, u64)>, WriteError> {
+        let entry = self
+            .results
+            .entry(job_id.to_string())
             .await
-            .map_err(|e| fail("write job record")(&e))?;
-        Ok(())
+            .map_err(|e| fail("read job record")(&e))?;
+        Ok(entry
+            .filter(|e| e.operation == kv::Operation::Put)
+            .and_then(|e| Some((serde_json::from_slice(&e.value).ok()?, e.revision))))
+    }
+
+    /// Waits for the job's record to say it ended, at most `within`.
+    pub(crate) async fn ended(
+        &self,
+        job_id: &uuid::Uuid,
+        within: std::time::Duration,
+    ) -> Option<JobRecord> {
+        use futures::StreamExt;
+        let mut updates = self
+            .results
+            .watch_with_history(job_id.to_string())
+            .await
+            .ok()?;
+        let ended = async {
+            while let Some(Ok(entry)) = updates.next().await {
+                if let Ok(record) = serde_json::from_slice::<JobRecord>(&entry.value)
+                    && record.status.is_terminal()
+                {
+                    return Some(record);
+                }
+            }
+            None
+        };
+        tokio::time::timeout(within, ended).await.ok().flatten()
     }
 
     /// Publishes the reply to the caller's inbox, when the caller gave one.
@@ -132,11 +210,5 @@ impl Outbox {
             .await
             .map_err(|e| fail("store dead letter")(&e))?;
         Ok(())
-    }
-
-    /// The stored record of a job, if any.
-    pub(crate) async fn existing(&self, job_id: &str) -> Option<JobRecord> {
-        let bytes = self.results.get(job_id).await.ok()??;
-        serde_json::from_slice(&bytes).ok()
     }
 }

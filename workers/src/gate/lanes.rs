@@ -20,20 +20,12 @@ pub(crate) struct Picker {
     now: f64,
 }
 
-fn index(lane: Lane) -> usize {
-    match lane {
-        Lane::High => 0,
-        Lane::Normal => 1,
-        Lane::Low => 2,
-    }
-}
-
 impl Picker {
     /// The lanes in the order to ask them for jobs now.
     pub(crate) fn order(&self) -> [Lane; 3] {
         let mut lanes = [Lane::High, Lane::Normal, Lane::Low];
         // Stable sort: ties go to the higher lane.
-        lanes.sort_by(|a, b| self.served[index(*a)].total_cmp(&self.served[index(*b)]));
+        lanes.sort_by(|a, b| self.served[a.index()].total_cmp(&self.served[b.index()]));
         lanes
     }
 
@@ -42,14 +34,14 @@ impl Picker {
         if jobs == 0 {
             return;
         }
-        let i = index(lane);
+        let i = lane.index();
         self.served[i] += jobs as f64 / WEIGHTS[i].1;
         self.now = self.served[i];
     }
 
     /// `lane` had nothing queued: it starts again no earlier than the others stand now.
     pub(crate) fn empty(&mut self, lane: Lane) {
-        let i = index(lane);
+        let i = lane.index();
         self.served[i] = self.served[i].max(self.now - 1.0 / WEIGHTS[i].1);
     }
 }
@@ -67,7 +59,7 @@ mod tests {
         let mut taken = [0; 3];
         for _ in 0..slots {
             for lane in picker.order() {
-                let i = index(lane);
+                let i = lane.index();
                 if queued[i] == 0 {
                     picker.empty(lane);
                     continue;

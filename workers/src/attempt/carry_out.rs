@@ -1,0 +1,484 @@
+//! Carrying a [`Decision`] out: the record, the reply, the dead letter, and the one ack, NAK
+//! or TERM that ends the delivery. Writes are retried as writes (the outcome is kept
+//! meanwhile); only if they keep failing is the message left alone, to be delivered again —
+//! at-least-once, never lost. A record write that finds another attempt's claim stops here:
+//! the job is that attempt's.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{AckKind, Message};
+use mcpq_schemas::{
+    Attempt, DeadLetter, ErrorKind, Job, JobError, JobRecord, JobStatus, LogEvent, LogMessage,
+    Outcome as Ended, Progress, ProgressEvent, Reply,
+    names::{ENVELOPE_VERSION, HDR_JOB_ID},
+    now_ms,
+};
+use tracing::Instrument;
+
+use super::{Context, Decision, Delivery, attempt_error, outcome::Outcome, record};
+use crate::report::{
+    observe,
+    outbox::{Expect, WriteError},
+};
+
+/// Executes `decision` for the delivery that ended with `outcome`.
+pub(super) async fn carry_out(
+    ctx: &Context,
+    message: &Message,
+    delivery: &mut Delivery,
+    job: Option<&Job>,
+    outcome: Outcome,
+    decision: Decision,
+) {
+    let Some(job) = job else {
+        // Only a malformed message has no job.
+        if let Outcome::Malformed(error) = outcome {
+            malformed(ctx, message, delivery, error).await;
+        }
+        return;
+    };
+    let max = ctx.retry.max_attempts;
+    let attempt = delivery.spent() + 1;
+    match (decision, outcome) {
+        (Decision::Answer, Outcome::AlreadyDone(record)) => {
+            if let Some(reply) = record.to_reply() {
+                let _ = ctx
+                    .outbox
+                    .reply(delivery.reply_to().as_deref(), &reply)
+                    .await;
+            }
+            ack(message, AckKind::Ack).await;
+        }
+        (Decision::Follow, _) => {
+            ack(message, AckKind::Ack).await;
+            follow(ctx, job, delivery.reply_to());
+        }
+        (Decision::Abandon, _) => {
+            tracing::info!("this attempt no longer holds the job; leaving it to the one that does");
+        }
+        (Decision::HandBack, _) => {
+            tracing::info!("handing the job back for another worker");
+            ack(message, AckKind::Nak(None)).await;
+        }
+        (Decision::Hold(delay), outcome) => {
+            match outcome {
+                Outcome::Failed { failure, .. } => {
+                    let error = attempt_error(failure.error, attempt, max, true);
+                    tracing::info!(error = %error, ?delay, "attempt failed while the circuit opened; the job waits");
+                    failed(ctx, delivery, error, Some(delay), true);
+                }
+                _ => {
+                    tracing::debug!(?delay, "held at the gate; the job waits");
+                    delivery.holds += 1;
+                }
+            }
+            let status = if delivery.history.is_empty() {
+                JobStatus::Queued
+            } else {
+                JobStatus::Retrying
+            };
+            // A hold that cannot be recorded is still handed back: a few unexplained
+            // deliveries are allowed for.
+            let _ = write(ctx, delivery, &record(ctx, job, delivery, status, None)).await;
+            ack(message, AckKind::Nak(Some(delay))).await;
+        }
+        (Decision::Retry(delay), Outcome::Failed { failure, .. }) => {
+            let error = attempt_error(failure.error, attempt, max, false);
+            tracing::info!(error = %error, ?delay, "attempt failed; retrying");
+            ctx.report.retried();
+            failed(ctx, delivery, error.clone(), Some(delay), false);
+            let retrying = record(ctx, job, delivery, JobStatus::Retrying, Some(error));
+            // If another attempt holds the job now, or the write failed, the message is left.
+            if let Ok(true) = write(ctx, delivery, &retrying).await {
+                ack(message, AckKind::Nak(Some(delay))).await;
+            }
+        }
+        (Decision::DeadLetter(status), outcome) => {
+            let error = match outcome {
+                Outcome::Failed { failure, .. } => {
+                    attempt_error(failure.error, attempt, max, false)
+                }
+                Outcome::TooLarge { size } => JobError::new(
+                    ErrorKind::TooLarge,
+                    format!(
+                        "the upstream's result is {size} bytes, more than server {:?} keeps (maxResultBytes: {}): raise maxResultBytes, or ask the upstream for less",
+                        ctx.server.name, ctx.server.max_result_bytes
+                    ),
+                ),
+                Outcome::Stranded { deliveries } => JobError::new(
+                    ErrorKind::Internal,
+                    format!(
+                        "delivered {deliveries} times without an outcome (workers stopped while holding it: crashes, or calls that outlived ackWait); not tried again"
+                    ),
+                ),
+                other => JobError::new(ErrorKind::Internal, format!("{other:?}")),
+            };
+            tracing::warn!(error = %error, "job failed for good");
+            failed(ctx, delivery, error.clone(), None, false);
+            if !dead_letter(ctx, message, delivery, Some(job), error.clone()).await {
+                return;
+            }
+            finish(ctx, message, delivery, job, status, Ended::Error { error }).await;
+        }
+        (Decision::End(status), outcome) => {
+            let ended = match outcome {
+                Outcome::Answered(result) => Ended::Ok { result },
+                Outcome::Cancelled { when, reason } => {
+                    tracing::info!(when, "job cancelled");
+                    Ended::Error {
+                        error: JobError::new(
+                            ErrorKind::Cancelled,
+                            format!(
+                                "cancelled {when}{}",
+                                reason.map_or(String::new(), |r| format!(" ({r})"))
+                            ),
+                        ),
+                    }
+                }
+                Outcome::Expired { late_ms } => Ended::Error {
+                    error: JobError::new(
+                        ErrorKind::Expired,
+                        format!("deadline passed {late_ms} ms before the job could start"),
+                    ),
+                },
+                other => Ended::Error {
+                    error: JobError::new(ErrorKind::Internal, format!("{other:?}")),
+                },
+            };
+            finish(ctx, message, delivery, job, status, ended).await;
+        }
+        (decision, outcome) => {
+            // `decide` never pairs these; should it, the message comes back rather than be lost.
+            tracing::error!(
+                ?decision,
+                ?outcome,
+                "no way to carry this decision out; the job will be delivered again"
+            );
+        }
+    }
+}
+
+/// Adds a failed attempt to the history.
+fn failed(
+    ctx: &Context,
+    delivery: &mut Delivery,
+    error: JobError,
+    retry_in: Option<Duration>,
+    held: bool,
+) {
+    delivery.history.push(Attempt {
+        attempt: u32::try_from(delivery.history.len()).unwrap_or(u32::MAX) + 1,
+        at_ms: now_ms(),
+        worker_id: ctx.report.worker_id.clone(),
+        error,
+        retry_in_ms: retry_in.map(|d| d.as_millis() as u64),
+        held,
+    });
+}
+
+/// Writes the record as this delivery may: over its own revision when it claimed the job (or
+/// read its record), else whatever is there. `Ok(false)` when another attempt's write came
+/// first (the job is that attempt's now).
+async fn write(ctx: &Context, delivery: &Delivery, record: &JobRecord) -> Result<bool, WriteError> {
+    let expect = match delivery.revision() {
+        Some(revision) => Expect::Revision(revision),
+        None if delivery.claimed => Expect::Absent,
+        None => Expect::Any,
+    };
+    match ctx.outbox.record(record, expect).await? {
+        Some(revision) => {
+            delivery.set_revision(Some(revision));
+            Ok(true)
+        }
+        None => {
+            tracing::warn!("another attempt wrote the job's record first; it holds the job now");
+            Ok(false)
+        }
+    }
+}
+
+/// Sends a progress event to the caller's inbox; jobs without one get it in their record.
+pub(super) async fn progress(ctx: &Context, delivery: &Delivery, job: &Job, progress: Progress) {
+    match delivery.reply_to().as_deref() {
+        Some(inbox) => {
+            let event = ProgressEvent {
+                v: ENVELOPE_VERSION,
+                job_id: job.id,
+                progress,
+            };
+            if let Err(e) = ctx.outbox.progress(inbox, &event).await {
+                tracing::debug!(error = %e, "cannot publish a progress event");
+            }
+        }
+        None => {
+            let mut running = record(ctx, job, delivery, JobStatus::Running, None);
+            running.progress = Some(progress);
+            // Over this attempt's own revision: another attempt's claim is never overwritten
+            // (the final write then finds it and stops).
+            let _ = write(ctx, delivery, &running).await;
+        }
+    }
+}
+
+/// Sends a log event to the caller's inbox (a job without one has nobody to tell).
+pub(super) async fn log(ctx: &Context, delivery: &Delivery, job: &Job, message: LogMessage) {
+    if let Some(inbox) = delivery.reply_to().as_deref() {
+        let event = LogEvent {
+            v: ENVELOPE_VERSION,
+            job_id: job.id,
+            message,
+        };
+        if let Err(e) = ctx.outbox.log(inbox, &event).await {
+            tracing::debug!(error = %e, "cannot publish a log event");
+        }
+    }
+}
+
+/// A duplicate's caller, if it waits on an inbox, gets the job's reply once its record ends.
+fn follow(ctx: &Context, job: &Job, reply_to: Option<String>) {
+    let Some(inbox) = reply_to else { return };
+    let outbox = ctx.outbox.clone();
+    let job_id = job.id;
+    // As long as the job itself may take: every attempt, and the backoffs between them.
+    let within =
+        ctx.server.timeout * ctx.retry.max_attempts + ctx.retry.max * ctx.retry.max_attempts;
+    tokio::spawn(async move {
+        if let Some(record) = outbox.ended(&job_id, within).await
+            && let Some(reply) = record.to_reply()
+        {
+            let _ = outbox.reply(Some(&inbox), &reply).await;
+        }
+    });
+}
+
+/// Records the outcome and replies, then acks (TERMs an expired or dead-lettered job). A
+/// result too large for a message is stored in the Object Store first, and the record and
+/// reply refer to it.
+async fn finish(
+    ctx: &Context,
+    message: &Message,
+    delivery: &mut Delivery,
+    job: &Job,
+    status: JobStatus,
+    outcome: Ended,
+) {
+    let error = match &outcome {
+        Ended::Ok { .. } => None,
+        Ended::Error { error } => Some(error.clone()),
+    };
+    let mut ended = record(ctx, job, delivery, status, error);
+    let mut outcome = outcome;
+    if let Ended::Ok { result } = &mut outcome {
+        if encoded_len(result) > ctx.outbox.inline_limit() as u64 {
+            let bytes = serde_json::to_vec(result).unwrap_or_default();
+            let stored = persist("store a large result", || ctx.outbox.blob(&job.id, &bytes));
+            let Ok(blob) = stored.await else { return };
+            tracing::info!(size = blob.size, "result stored in the object store");
+            *result = serde_json::Value::Null;
+            ended.result_ref = Some(blob);
+        } else {
+            ended.result = Some(result.clone());
+        }
+    }
+    let reply = Reply {
+        v: ENVELOPE_VERSION,
+        job_id: job.id,
+        outcome,
+        result_ref: ended.result_ref.clone(),
+    };
+    // The reply does not wait for the record (that would add a JetStream round trip to every
+    // call); the ack does. A claimed job's record is written first: if another attempt holds
+    // the job now, this one neither replies nor acks.
+    let reply_to = delivery.reply_to();
+    let recorded = async {
+        if delivery.claimed {
+            let written = persist_write(ctx, delivery, &ended).await;
+            let replied = match written {
+                Ok(true) => ctx.outbox.reply(reply_to.as_deref(), &reply).await,
+                _ => Ok(()),
+            };
+            (written, replied)
+        } else {
+            tokio::join!(
+                persist_write(ctx, delivery, &ended),
+                ctx.outbox.reply(reply_to.as_deref(), &reply)
+            )
+        }
+    }
+    .instrument(tracing::info_span!("record", status = ?status))
+    .await;
+    let (written, replied) = recorded;
+    if let Err(e) = replied {
+        tracing::warn!(error = %e, "cannot publish the reply; the result stays in the record");
+    }
+    if !matches!(written, Ok(true)) {
+        return;
+    }
+    let kind = ended.error.as_ref().map(|e| e.kind);
+    let tool = observe::tool_label(&ctx.upstream, job, status == JobStatus::Completed);
+    ctx.report.ended(
+        &tool,
+        status,
+        kind,
+        now_ms().saturating_sub(job.submitted_at_ms),
+    );
+    let audit = observe::audit_record(job, status, kind, ended.attempts, &ctx.report.worker_id);
+    let ack_kind = match status {
+        JobStatus::Expired | JobStatus::Dead | JobStatus::Failed => AckKind::Term,
+        _ => AckKind::Ack,
+    };
+    tokio::join!(
+        ack(message, ack_kind),
+        observe::audit(&ctx.outbox.js, &audit)
+    );
+}
+
+/// [`write`], tried again as a write for a while.
+async fn persist_write(
+    ctx: &Context,
+    delivery: &Delivery,
+    record: &JobRecord,
+) -> Result<bool, WriteError> {
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match write(ctx, delivery, record).await {
+            Ok(written) => return Ok(written),
+            Err(e) if started.elapsed() + pause > WRITE_PATIENCE => {
+                tracing::error!(error = %e, "cannot record the job's outcome; giving up: the job will be delivered again");
+                return Err(e);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?pause, "cannot record the job's outcome; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// How long a write of a job's outcome is tried again before the message is given up to
+/// redelivery (the message is held meanwhile: progress acks go on).
+const WRITE_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Runs `write` until it succeeds, backing off from 50 ms to 5 s, for at most [`WRITE_PATIENCE`].
+async fn persist<T, F, Fut>(what: &'static str, mut write: F) -> Result<T, WriteError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, WriteError>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match write().await {
+            Ok(done) => return Ok(done),
+            Err(e) if started.elapsed() + pause > WRITE_PATIENCE => {
+                tracing::error!(error = %e, "cannot {what}; giving up: the job will be delivered again");
+                return Err(e);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?pause, "cannot {what}; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// The length of `value` as JSON, without building the text.
+pub(super) fn encoded_len(value: &serde_json::Value) -> u64 {
+    struct Count(u64);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+/// Copies the message to the dead-letter stream (before it is termed: on a work queue, TERM
+/// deletes it).
+async fn dead_letter(
+    ctx: &Context,
+    message: &Message,
+    delivery: &Delivery,
+    job: Option<&Job>,
+    error: JobError,
+) -> bool {
+    let headers = message
+        .headers
+        .iter()
+        .flat_map(|h| h.iter())
+        .filter(|(k, _)| !mcpq_schemas::redact::is_secret_header(k.as_ref()))
+        .filter_map(|(k, v)| Some((k.to_string(), v.first()?.to_string())))
+        .collect();
+    let raw = job.is_none().then(|| {
+        let cut = &message.payload[..message.payload.len().min(64 * 1024)];
+        String::from_utf8_lossy(cut).into_owned()
+    });
+    let letter = DeadLetter {
+        v: ENVELOPE_VERSION,
+        server: ctx.server.name.clone(),
+        job_id: job.map(|j| j.id),
+        reason: error,
+        traceparent: job.and_then(|j| j.traceparent.clone()),
+        job: job.cloned(),
+        raw,
+        headers,
+        attempts: delivery.history.clone(),
+        stream_seq: delivery.stream_seq,
+        worker_id: ctx.report.worker_id.clone(),
+        dead_at_ms: now_ms(),
+    };
+    let stored = persist("dead-letter the job", || ctx.outbox.dead_letter(&letter))
+        .await
+        .is_ok();
+    if stored {
+        ctx.report.dead_lettered();
+    }
+    stored
+}
+
+/// A message that is not a job: dead-lettered with its body; the caller, if it left an inbox,
+/// hears why.
+async fn malformed(ctx: &Context, message: &Message, delivery: &mut Delivery, error: JobError) {
+    failed(ctx, delivery, error.clone(), None, false);
+    if !dead_letter(ctx, message, delivery, None, error.clone()).await {
+        return;
+    }
+    ctx.report.malformed();
+    if let Some(inbox) = delivery.reply_to().as_deref() {
+        // The id the body gives, when it can be read that far; else the header's.
+        let id = serde_json::from_slice::<serde_json::Value>(&message.payload)
+            .ok()
+            .and_then(|body| body.get("id")?.as_str()?.parse().ok())
+            .or_else(|| {
+                message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(HDR_JOB_ID))
+                    .and_then(|v| v.as_str().parse().ok())
+            })
+            .unwrap_or_default();
+        let reply = Reply {
+            v: ENVELOPE_VERSION,
+            job_id: id,
+            outcome: Ended::Error { error },
+            result_ref: None,
+        };
+        let _ = ctx.outbox.reply(Some(inbox), &reply).await;
+    }
+    ack(message, AckKind::Term).await;
+}
+
+async fn ack(message: &Message, kind: AckKind) {
+    if let Err(e) = message.ack_with(kind).await {
+        tracing::warn!(error = %e, "cannot ack; the job may be delivered again");
+    }
+}

@@ -1,0 +1,450 @@
+//! One delivery of one job, start to end: read it ([`decode`]), find whose it is ([`claim`]),
+//! pass the gate, call the upstream, and end in an [`Outcome`]; the pure [`decide`] turns every
+//! outcome into one [`Decision`], which [`carry_out`] executes — ack, NAK with a delay, or
+//! dead-letter then TERM. No message is left to time out by accident.
+//!
+//! While the delivery is held, progress acks go out every AckWait/3. A tick that comes later
+//! than AckWait (the process was frozen) means JetStream has given the job to another attempt:
+//! the call is stopped, the upstream told, and the message left alone.
+
+mod carry_out;
+mod claim;
+pub(crate) mod decide;
+mod decode;
+mod outcome;
+
+use std::{sync::Arc, time::Duration};
+
+use async_nats::jetstream::{AckKind, Message, kv};
+use mcpq_schemas::{
+    Attempt, ErrorKind, Job, JobError, JobRecord, JobStatus, Progress,
+    config::ServerConfig,
+    names::{HDR_REPLAY_OF, HDR_REPLY_TO},
+    now_ms,
+};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+pub(crate) use self::decide::{Decision, RetryPolicy, decide};
+use self::{claim::Found, outcome::Outcome};
+use crate::{
+    call::{self, Asker, CallOptions, CallOutcome, Cancels, Interrupt, ReplyTo, Why},
+    gate::Gate,
+    lock,
+    report::{Report, observe, outbox::Outbox},
+    upstream::{CallEvent, Upstream},
+};
+
+/// What the attempts of one server share: narrow handles on each stage.
+pub(crate) struct Context {
+    pub server: ServerConfig,
+    pub retry: RetryPolicy,
+    pub upstream: Upstream,
+    pub gate: Arc<Gate>,
+    pub outbox: Outbox,
+    pub report: Arc<Report>,
+    pub cancels: Arc<Cancels>,
+    /// The heartbeats: whether the worker holding a job lives.
+    pub workers: kv::Store,
+}
+
+/// The part of a message the attempt needs, read once, and what the job's record adds.
+pub(crate) struct Delivery {
+    /// Where the caller waits, if anyone does; an answer to an upstream's question may move it.
+    reply_to: ReplyTo,
+    /// Replayed from a dead letter: run it again even though its record says it ended.
+    replay: bool,
+    /// JetStream's count of deliveries of this message, this one included.
+    delivered: u32,
+    stream_seq: u64,
+    /// Failed attempts so far, oldest first (from the record).
+    history: Vec<Attempt>,
+    /// Deliveries handed back without an attempt so far (from the record).
+    holds: u32,
+    /// The last progress the upstream reported, kept on the job's record.
+    progress: Option<Progress>,
+    /// The record's revision as this attempt last read or wrote it; writes expect it. (Written
+    /// while the call runs too: progress goes to the record of a job nobody waits on.)
+    revision: std::sync::Mutex<Option<u64>>,
+    /// Upstream calls made for the job before this delivery (from the record).
+    earlier: u32,
+    /// Whether this delivery passed the gate (an attempt started).
+    started: bool,
+    /// Whether the job has a record from its submission and is claimed before it runs.
+    claimed: bool,
+}
+
+impl Delivery {
+    fn read(message: &Message) -> Delivery {
+        let (delivered, stream_seq) = message
+            .info()
+            .map(|i| {
+                (
+                    u32::try_from(i.delivered).unwrap_or(u32::MAX),
+                    i.stream_sequence,
+                )
+            })
+            .unwrap_or((1, 0));
+        let header = |name| message.headers.as_ref().and_then(|h| h.get(name));
+        Delivery {
+            reply_to: ReplyTo::new(std::sync::Mutex::new(
+                header(HDR_REPLY_TO).map(|v| v.to_string()),
+            )),
+            replay: header(HDR_REPLAY_OF).is_some(),
+            delivered,
+            stream_seq,
+            history: Vec::new(),
+            holds: 0,
+            progress: None,
+            revision: std::sync::Mutex::new(None),
+            earlier: 0,
+            started: false,
+            claimed: false,
+        }
+    }
+
+    /// The subject the caller waits on now.
+    fn reply_to(&self) -> Option<String> {
+        lock(&self.reply_to).clone()
+    }
+
+    /// Attempts that count against `retry.maxAttempts` so far.
+    fn spent(&self) -> u32 {
+        Attempt::spent(&self.history)
+    }
+
+    /// Deliveries that neither a failed attempt nor a hold explains: held by workers that
+    /// stopped.
+    fn stranded(&self) -> u32 {
+        let explained = u32::try_from(self.history.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(self.holds);
+        self.delivered.saturating_sub(1).saturating_sub(explained)
+    }
+
+    /// Takes over what the record knows of earlier deliveries.
+    fn learn(&mut self, record: &JobRecord, revision: u64) {
+        self.history = record.failed_attempts.clone();
+        self.earlier = u32::try_from(self.history.len()).unwrap_or(u32::MAX);
+        self.holds = record.holds;
+        self.progress = record.progress.clone();
+        self.set_revision(Some(revision));
+    }
+
+    fn revision(&self) -> Option<u64> {
+        *lock(&self.revision)
+    }
+
+    fn set_revision(&self, revision: Option<u64>) {
+        *lock(&self.revision) = revision;
+    }
+}
+
+/// Handles one delivery from start to end.
+pub(crate) async fn handle(ctx: &Context, message: Message) {
+    let mut delivery = Delivery::read(&message);
+    let stored_at_ms = message
+        .info()
+        .map(|i| u64::try_from(i.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0))
+        .unwrap_or_else(|_| now_ms());
+    let job = match decode::decode(&ctx.server.name, &message.payload, stored_at_ms) {
+        Ok(mut job) => {
+            // A job published without a trace gets one named after it, the same on every attempt.
+            if job.traceparent.is_none() {
+                job.traceparent =
+                    Some(mcpq_schemas::trace::TraceParent::for_job(&job.id).to_string());
+            }
+            job
+        }
+        Err(error) => {
+            tracing::warn!(server = %ctx.server.name, stream_seq = delivery.stream_seq, error = %error, "malformed job");
+            let outcome = Outcome::Malformed(error);
+            let decision = decide(&outcome, 0, &ctx.retry, 0.5);
+            carry_out::carry_out(ctx, &message, &mut delivery, None, outcome, decision).await;
+            return;
+        }
+    };
+    let span = tracing::info_span!(
+        "job",
+        job_id = %job.id,
+        server = %job.server,
+        tool = job.request.tool_name().unwrap_or(""),
+        delivery = delivery.delivered,
+        stream_seq = delivery.stream_seq,
+        trace_id = job
+            .traceparent
+            .as_deref()
+            .and_then(mcpq_schemas::trace::trace_id_of)
+            .unwrap_or_default(),
+    );
+    mcpq_schemas::trace::adopt(&span, job.traceparent.as_deref());
+    span.in_scope(|| {
+        tracing::debug!(
+            queue_wait_ms = now_ms().saturating_sub(job.submitted_at_ms),
+            "attempt starts"
+        );
+    });
+    let interrupt = Interrupt::default();
+    let attempt = async {
+        let outcome = run(ctx, &mut delivery, &job, &interrupt).await;
+        let decision = decide(&outcome, delivery.spent(), &ctx.retry, fastrand::f64());
+        carry_out::carry_out(ctx, &message, &mut delivery, Some(&job), outcome, decision).await;
+    };
+    tokio::select! {
+        () = attempt.instrument(span) => {}
+        () = keepalive(&message, ctx.server.ack_wait, &interrupt) => {}
+    }
+}
+
+/// Sends progress acks every AckWait/3 while the delivery is held, so a call longer than
+/// AckWait is not delivered to a second worker. A tick later than AckWait (the process was
+/// frozen) means the job went to another attempt: the call is stopped. Never returns.
+async fn keepalive(message: &Message, ack_wait: Duration, interrupt: &Interrupt) {
+    let mut tick = tokio::time::interval(ack_wait / 3);
+    tick.tick().await;
+    let mut last = tokio::time::Instant::now();
+    loop {
+        tick.tick().await;
+        if last.elapsed() > ack_wait {
+            tracing::warn!(
+                late = ?last.elapsed(),
+                "this worker was stopped past AckWait; the job went to another attempt"
+            );
+            interrupt.fire(Why::Lost);
+            return std::future::pending().await;
+        }
+        let _ = message.ack_with(AckKind::Progress).await;
+        last = tokio::time::Instant::now();
+    }
+}
+
+/// How many times a delivery looks at the record again when another write beats its claim.
+const CLAIM_TRIES: u32 = 5;
+
+/// The attempt itself, up to its outcome.
+async fn run(ctx: &Context, delivery: &mut Delivery, job: &Job, interrupt: &Interrupt) -> Outcome {
+    // A job that has a record from its submission (an idempotency key, or nobody waiting on an
+    // inbox) is claimed before it runs; any job delivered again looks at its record.
+    delivery.claimed = job.idempotency_key.is_some() || delivery.reply_to().is_none();
+    if delivery.claimed || delivery.delivered > 1 {
+        match claim::look(ctx, job, delivery).await {
+            Ok(Found::Done(record)) => {
+                tracing::info!(status = ?record.status, "already done; answering from the record");
+                return Outcome::AlreadyDone(Box::new(record));
+            }
+            Ok(Found::Duplicate) => {
+                tracing::info!("another message carries this job; this one is a duplicate");
+                return Outcome::Duplicate;
+            }
+            Ok(Found::Free(Some((record, revision)))) => {
+                if !(delivery.replay && delivery.delivered == 1) {
+                    delivery.learn(&record, revision);
+                } else {
+                    delivery.set_revision(Some(revision));
+                }
+            }
+            Ok(Found::Free(None) | Found::HeldElsewhere) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the job's record; handing it back");
+                return Outcome::Held(Duration::from_secs(1));
+            }
+        }
+    }
+    // JetStream delivered it again and again without an outcome: not tried again.
+    let stranded = delivery.stranded();
+    if stranded >= decide::MAX_STRANDED {
+        tracing::warn!(
+            stranded,
+            "delivered again and again without an outcome; dead-lettering"
+        );
+        return Outcome::Stranded {
+            deliveries: delivery.delivered,
+        };
+    }
+    if delivery.delivered == 1 {
+        ctx.report.first_attempt(job.lane, job.submitted_at_ms);
+    }
+    // Registered before looking for a request, so one that arrives meanwhile still reaches it.
+    let running = ctx.cancels.start(job.id, interrupt.clone());
+    if let Some(Why::Cancelled(reason)) = running.interrupt.why() {
+        return Outcome::Cancelled {
+            when: "before it started",
+            reason: reason.clone(),
+        };
+    }
+    // Every attempt passes the gate: an open circuit holds the job, its attempt not spent.
+    let ticket = match ctx.gate.admit() {
+        Ok(ticket) => ticket,
+        Err(wait) => return Outcome::Held(wait),
+    };
+    delivery.started = true;
+    if delivery.claimed {
+        let mut tries = 0;
+        loop {
+            let claim = record(ctx, job, delivery, JobStatus::Running, None);
+            match claim::claim(ctx, &claim, delivery.revision()).await {
+                Ok(Some(revision)) => {
+                    delivery.set_revision(Some(revision));
+                    break;
+                }
+                Ok(None) if tries < CLAIM_TRIES => {
+                    tries += 1;
+                    // Another write came first: what is it?
+                    match claim::look(ctx, job, delivery).await {
+                        Ok(Found::Done(record)) => return Outcome::AlreadyDone(Box::new(record)),
+                        Ok(Found::Duplicate) => return Outcome::Duplicate,
+                        Ok(Found::Free(current)) => {
+                            delivery.set_revision(current.map(|(_, revision)| revision));
+                        }
+                        Ok(Found::HeldElsewhere) | Err(_) => {
+                            return Outcome::Held(Duration::from_secs(1));
+                        }
+                    }
+                }
+                Ok(None) => return Outcome::Held(Duration::from_secs(1)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim the job; handing it back");
+                    return Outcome::Held(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+    // Over the rate limit the job waits here, held (progress acks continue), then is checked
+    // against its deadline like any other.
+    if let Some(waited) = ctx.gate.limit(job.request.tool_name()).await {
+        ctx.report.rate_limited(waited);
+    }
+    let now = now_ms();
+    let mut timeout = ctx.server.timeout;
+    if let Some(deadline) = job.deadline_ms {
+        if deadline <= now {
+            return Outcome::Expired {
+                late_ms: now - deadline,
+            };
+        }
+        timeout = timeout.min(Duration::from_millis(deadline - now));
+    }
+    let outcome = call_upstream(ctx, delivery, job, timeout, interrupt).await;
+    let count = ctx.gate.record(outcome.verdict(), ticket);
+    match outcome {
+        CallOutcome::Interrupted => match interrupt.why() {
+            Some(Why::Cancelled(reason)) => Outcome::Cancelled {
+                when: "while it ran",
+                reason: reason.clone(),
+            },
+            Some(Why::Lost) => Outcome::Lost,
+            Some(Why::Draining) | None => Outcome::Interrupted,
+        },
+        CallOutcome::Answered(result) => {
+            let size = carry_out::encoded_len(&result);
+            if size > ctx.server.max_result_bytes {
+                Outcome::TooLarge { size }
+            } else {
+                Outcome::Answered(result)
+            }
+        }
+        CallOutcome::Failed(failure) => {
+            ctx.report.attempt_failed(failure.error.kind);
+            if let Some(pause) = failure.retry_after {
+                ctx.gate.hold(pause);
+            }
+            Outcome::Failed { failure, count }
+        }
+    }
+}
+
+/// The upstream call as a span of its own (the upstream hears it as its parent), with the
+/// upstream's progress and log messages forwarded in order while it runs.
+async fn call_upstream(
+    ctx: &Context,
+    delivery: &mut Delivery,
+    job: &Job,
+    timeout: Duration,
+    interrupt: &Interrupt,
+) -> CallOutcome {
+    let (events, mut updates) = mpsc::unbounded_channel();
+    let asker = Asker {
+        nats: ctx.outbox.client.clone(),
+        job_id: job.id,
+        reply_to: delivery.reply_to.clone(),
+        capabilities: job.client_capabilities.clone(),
+        deadline: tokio::time::Instant::now() + timeout,
+        next: Default::default(),
+    };
+    let upstream_span = tracing::info_span!("upstream");
+    let mut sent = job.clone();
+    sent.traceparent = Some(mcpq_schemas::trace::send_on(
+        &upstream_span,
+        job.traceparent.as_deref(),
+    ));
+    let called = async {
+        let _in_flight = ctx.report.in_flight();
+        let started = std::time::Instant::now();
+        let options = CallOptions {
+            timeout,
+            interrupt: interrupt.clone(),
+            events: Some(events),
+            asker: Some(asker),
+        };
+        let outcome = call::call(&ctx.upstream, &sent, options).await;
+        let answered = matches!(outcome, CallOutcome::Answered(_));
+        let tool = observe::tool_label(&ctx.upstream, job, answered);
+        ctx.report.upstream_call(&tool, started.elapsed());
+        outcome
+    }
+    .instrument(upstream_span);
+    let delivery_ref = &*delivery;
+    let forwarded = async {
+        let mut last = None;
+        while let Some(event) = updates.recv().await {
+            match event {
+                CallEvent::Progress(progress) => {
+                    carry_out::progress(ctx, delivery_ref, job, progress.clone()).await;
+                    last = Some(progress);
+                }
+                CallEvent::Log(message) => carry_out::log(ctx, delivery_ref, job, message).await,
+            }
+        }
+        last
+    };
+    let (outcome, last) = tokio::join!(called, forwarded);
+    if last.is_some() {
+        delivery.progress = last;
+    }
+    outcome
+}
+
+/// The job's record as this delivery sees it, with `status` (and the result or error).
+fn record(
+    ctx: &Context,
+    job: &Job,
+    delivery: &Delivery,
+    status: JobStatus,
+    error: Option<JobError>,
+) -> JobRecord {
+    JobRecord {
+        attempts: delivery.earlier + u32::from(delivery.started),
+        updated_at_ms: now_ms(),
+        error,
+        worker_id: Some(ctx.report.worker_id.clone()),
+        failed_attempts: delivery.history.clone(),
+        progress: delivery.progress.clone(),
+        stream_seq: Some(delivery.stream_seq),
+        holds: delivery.holds,
+        status,
+        ..JobRecord::queued(job)
+    }
+}
+
+/// A job error for a failure the attempt met: what happened, which attempt of how many.
+fn attempt_error(mut error: JobError, attempt: u32, of: u32, held: bool) -> JobError {
+    let note = if held {
+        " (not counted: the circuit is open; the job waits for it)".to_string()
+    } else {
+        format!(" (attempt {attempt} of {of})")
+    };
+    if error.kind != ErrorKind::Upstream {
+        error.message.push_str(&note);
+    }
+    error
+}

@@ -1,0 +1,438 @@
+//! Calling the upstream: a job's MCP request in, the upstream's answer or a classified failure
+//! out. Questions the upstream asks meanwhile go to the job's caller ([`ask`]); a call stopped
+//! by its [`Interrupt`] tells the upstream before it returns.
+
+pub(crate) mod ask;
+pub(crate) mod cancel;
+mod failure;
+
+use std::{sync::Arc, time::Duration};
+
+use mcpq_schemas::{ErrorKind, Job, JobError, bridge};
+use rmcp::{
+    RoleClient, ServiceError,
+    model::{
+        CallToolRequestParams, CancelledNotification, CancelledNotificationParam, ClientRequest,
+        CompleteRequestParams, GetPromptRequestParams, ProgressToken, ReadResourceRequestParams,
+        RequestMetaObject, ServerResult,
+    },
+    service::{Peer, PeerRequestOptions},
+};
+use tokio::sync::mpsc;
+
+pub(crate) use self::{
+    ask::{Asker, ReplyTo},
+    cancel::{Cancels, Interrupt, Why},
+    failure::Failure,
+};
+use crate::{
+    lock,
+    upstream::{CallEntry, CallEvent, LogRoute, Upstream, Verdict},
+};
+
+/// `_meta` keys mcpq adds to every upstream request, so upstream tools can dedupe and correlate.
+pub const META_JOB_ID: &str = "io.mcpq/jobId";
+pub const META_IDEMPOTENCY_KEY: &str = "io.mcpq/idempotencyKey";
+
+/// How one call ended.
+#[derive(Debug)]
+pub(crate) enum CallOutcome {
+    /// Stopped by its interrupt (see [`Interrupt::why`]); the upstream was told.
+    Interrupted,
+    /// The upstream's MCP result, as JSON in the canonical shape (see `mcpq_schemas::bridge`).
+    Answered(serde_json::Value),
+    Failed(Failure),
+}
+
+impl CallOutcome {
+    /// The verdict for the circuit breaker and passive health: an interrupted call says
+    /// nothing about the upstream.
+    pub(crate) fn verdict(&self) -> Verdict {
+        match self {
+            CallOutcome::Answered(_) | CallOutcome::Interrupted => Verdict::Answered,
+            CallOutcome::Failed(failure) => failure.verdict,
+        }
+    }
+}
+
+/// One call's settings: how long it may take, what stops it, where its events and questions go.
+pub(crate) struct CallOptions {
+    pub timeout: Duration,
+    pub interrupt: Interrupt,
+    /// Progress, and log messages at or above the job's `logLevel`.
+    pub events: Option<mpsc::UnboundedSender<CallEvent>>,
+    pub asker: Option<Asker>,
+}
+
+/// Sends the job's request upstream and waits at most `options.timeout` for the answer, or
+/// until the interrupt fires.
+pub(crate) async fn call(upstream: &Upstream, job: &Job, options: CallOptions) -> CallOutcome {
+    // Resource subscriptions live on the home session; every other call goes where the
+    // balancer says, and its verdict counts for that endpoint.
+    let subscription =
+        job.request.method.starts_with("resources/") && job.request.method.ends_with("subscribe");
+    let leased = if subscription {
+        upstream.peer().await.map(|peer| (peer, None))
+    } else {
+        upstream
+            .lease()
+            .await
+            .map(|(peer, lease)| (peer, Some(lease)))
+    };
+    let (peer, lease) = match leased {
+        Ok(leased) => leased,
+        Err(e) => {
+            return CallOutcome::Failed(Failure::new(
+                ErrorKind::UpstreamUnavailable,
+                e.to_string(),
+                Verdict::Retryable,
+            ));
+        }
+    };
+    let endpoint = lease.as_ref().map_or(upstream.server(), |l| l.endpoint());
+    let outcome = call_on(upstream, endpoint, &peer, job, options).await;
+    if let Some(lease) = lease {
+        lease.verdict(outcome.verdict());
+    }
+    outcome
+}
+
+/// [`call`] on a chosen session.
+async fn call_on(
+    upstream: &Upstream,
+    endpoint: &str,
+    peer: &Peer<RoleClient>,
+    job: &Job,
+    options: CallOptions,
+) -> CallOutcome {
+    if let Some(answer) = answered_here(upstream, peer, job, options.timeout).await {
+        return answer;
+    }
+    let log_route = match (&options.events, &job.log_level) {
+        (Some(to), Some(level)) => Some(LogRoute {
+            to: to.clone(),
+            min_level: level.clone(),
+        }),
+        _ => None,
+    };
+    let in_flight = InFlight::add(
+        upstream,
+        CallEntry {
+            logs: log_route,
+            asker: options
+                .asker
+                .clone()
+                .map(|a| Arc::new(a) as Arc<dyn crate::upstream::Ask>),
+            request_id: None,
+        },
+    );
+    // A 2026-07-28 upstream asks in its result (`input_required`); the request is then sent
+    // again with the caller's answers, up to `MAX_ROUNDS` times.
+    let mut answers: Option<(serde_json::Value, Option<String>)> = None;
+    let mut round = 0;
+    loop {
+        let request = match to_client_request(job, answers.take()) {
+            Ok(request) => request,
+            Err(error) => {
+                return CallOutcome::Failed(Failure {
+                    error,
+                    verdict: Verdict::Permanent,
+                    retry_after: None,
+                });
+            }
+        };
+        let Some(answer) = send(peer, upstream, job, request, &options, &in_flight).await else {
+            return CallOutcome::Interrupted;
+        };
+        let result = match answer {
+            Ok(ServerResult::InputRequiredResult(asked)) if round < MAX_ROUNDS => {
+                round += 1;
+                match ask::answer_questions(options.asker.as_ref(), asked).await {
+                    Ok(next) => {
+                        answers = Some(next);
+                        continue;
+                    }
+                    Err(error) => {
+                        return CallOutcome::Failed(Failure {
+                            error,
+                            verdict: Verdict::Permanent,
+                            retry_after: None,
+                        });
+                    }
+                }
+            }
+            Ok(result) => result,
+            Err(e) => {
+                return CallOutcome::Failed(failure::classify(
+                    upstream.server(),
+                    endpoint,
+                    e,
+                    options.timeout,
+                ));
+            }
+        };
+        return match serde_json::to_value(&result) {
+            Ok(value) => CallOutcome::Answered(bridge::canonical_result(value)),
+            Err(e) => CallOutcome::Failed(Failure::new(
+                ErrorKind::Internal,
+                format!("cannot encode the upstream's result: {e}"),
+                Verdict::Permanent,
+            )),
+        };
+    }
+}
+
+/// The most `input_required` rounds one call may take.
+const MAX_ROUNDS: usize = 10;
+
+/// Sends one request upstream and waits for its answer; `None` when the call was interrupted
+/// first. The upstream hears of a timeout or an interrupt before this returns: rmcp sends
+/// `notifications/cancelled` to a 2025-era upstream and closes a 2026-07-28 request's stream.
+async fn send(
+    peer: &Peer<RoleClient>,
+    upstream: &Upstream,
+    job: &Job,
+    request: ClientRequest,
+    options: &CallOptions,
+    in_flight: &InFlight<'_>,
+) -> Option<Result<ServerResult, ServiceError>> {
+    let mut request_options = PeerRequestOptions::with_timeout(options.timeout);
+    request_options.meta = Some(upstream_meta(job));
+    let handle = match peer
+        .send_request_with_option(request, request_options)
+        .await
+    {
+        Ok(handle) => handle,
+        Err(e) => return Some(Err(e)),
+    };
+    in_flight.sent(handle.id.clone());
+    let _route = options
+        .events
+        .clone()
+        .map(|to| Route::add(upstream, handle.progress_token.clone(), to));
+    let id = handle.id.clone();
+    tokio::select! {
+        answer = handle.await_response() => Some(answer),
+        () = options.interrupt.fired() => {
+            let reason = match options.interrupt.why() {
+                Some(Why::Cancelled(_)) | None => "cancelled through mcpq",
+                Some(Why::Draining) => "the mcpq worker is stopping; the job will run again",
+                Some(Why::Lost) => "the job went to another mcpq worker",
+            };
+            let notification = CancelledNotification::new(CancelledNotificationParam::new(
+                Some(id),
+                Some(reason.into()),
+            ));
+            if let Err(e) = peer.send_notification(notification.into()).await {
+                tracing::warn!(error = %e, "cannot tell the upstream the call was cancelled");
+            }
+            None
+        }
+    }
+}
+
+/// The `_meta` mcpq sends upstream with a job's request.
+fn upstream_meta(job: &Job) -> RequestMetaObject {
+    let mut meta = RequestMetaObject::new();
+    let map = &mut meta.0.0;
+    map.insert(META_JOB_ID.into(), job.id.to_string().into());
+    if let Some(key) = &job.idempotency_key {
+        map.insert(META_IDEMPOTENCY_KEY.into(), key.clone().into());
+    }
+    // The attempt made it the upstream call's own span.
+    if let Some(traceparent) = &job.traceparent {
+        map.insert("traceparent".into(), traceparent.clone().into());
+    }
+    if let Some(level) = &job.log_level {
+        // 2026-07-28 upstreams send log messages only to requests that opt in.
+        map.insert(bridge::META_LOG_LEVEL.into(), level.clone().into());
+    }
+    meta
+}
+
+/// `resources/subscribe` and `resources/unsubscribe` change this session's subscriptions; a
+/// 2026-07-28 upstream has no such methods (the upstream's listen loop listens for it), so the
+/// job is answered here. A 2025-era upstream is asked as usual.
+async fn answered_here(
+    upstream: &Upstream,
+    peer: &Peer<RoleClient>,
+    job: &Job,
+    timeout: Duration,
+) -> Option<CallOutcome> {
+    let subscribe = match job.request.method.as_str() {
+        "resources/subscribe" => true,
+        "resources/unsubscribe" => false,
+        _ => return None,
+    };
+    let uri = job
+        .request
+        .params
+        .as_ref()
+        .and_then(|p| p.get("uri"))
+        .and_then(|u| u.as_str())?;
+    let subscriptions = upstream.subscriptions();
+    let generation = subscriptions.set(uri, subscribe);
+    let modern = peer
+        .peer_info()
+        .is_some_and(|i| !i.protocol_version.has_initialize());
+    if !modern {
+        return None;
+    }
+    // Answered once the upstream listens, so that no update after the answer is missed.
+    if !subscriptions.applied(generation, timeout).await {
+        return Some(CallOutcome::Failed(Failure::new(
+            ErrorKind::UpstreamUnavailable,
+            format!(
+                "upstream {:?} did not open a subscription for {uri:?} within {}",
+                upstream.server(),
+                humantime::format_duration(timeout)
+            ),
+            Verdict::Retryable,
+        )));
+    }
+    Some(CallOutcome::Answered(bridge::canonical_result(
+        serde_json::json!({}),
+    )))
+}
+
+/// A call's entry in the upstream's progress routes, removed when the call ends.
+struct Route<'a> {
+    upstream: &'a Upstream,
+    token: ProgressToken,
+}
+
+impl<'a> Route<'a> {
+    fn add(
+        upstream: &'a Upstream,
+        token: ProgressToken,
+        to: mpsc::UnboundedSender<CallEvent>,
+    ) -> Self {
+        lock(&upstream.events().progress).add(token.clone(), to);
+        Route { upstream, token }
+    }
+}
+
+impl Drop for Route<'_> {
+    fn drop(&mut self) {
+        lock(&self.upstream.events().progress).remove(&self.token);
+    }
+}
+
+/// A call's entry among the upstream's calls in flight, removed when the call ends.
+struct InFlight<'a> {
+    upstream: &'a Upstream,
+    key: u64,
+}
+
+impl<'a> InFlight<'a> {
+    fn add(upstream: &'a Upstream, entry: CallEntry) -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let key = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        lock(&upstream.events().calls).insert(key, entry);
+        InFlight { upstream, key }
+    }
+
+    /// Notes the id of the call's request upstream: questions on its response stream are its.
+    fn sent(&self, id: rmcp::model::RequestId) {
+        if let Some(entry) = lock(&self.upstream.events().calls).get_mut(&self.key) {
+            entry.request_id = Some(id);
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        lock(&self.upstream.events().calls).remove(&self.key);
+    }
+}
+
+/// The job's `{method, params}` as an rmcp request (with the caller's answers of an earlier
+/// round, when there were questions); a request rmcp cannot read is malformed. A standard
+/// method whose params do not fit its type would otherwise pass as a custom request and reach
+/// the upstream, so the params of the methods mcpq routes are checked by type.
+fn to_client_request(
+    job: &Job,
+    answers: Option<(serde_json::Value, Option<String>)>,
+) -> Result<ClientRequest, JobError> {
+    let method = job.request.method.as_str();
+    let mut params = job.request.params.clone().unwrap_or_default();
+    if let Some((responses, state)) = answers {
+        params.insert("inputResponses".into(), responses);
+        if let Some(state) = state {
+            params.insert("requestState".into(), state.into());
+        }
+    }
+    let params = serde_json::Value::Object(params);
+    let malformed = |e: serde_json::Error| {
+        JobError::new(
+            ErrorKind::MalformedJob,
+            format!("request is not a valid MCP {method:?} request: {e}"),
+        )
+    };
+    match method {
+        "tools/call" => check::<CallToolRequestParams>(&params).map_err(malformed)?,
+        "resources/read" => check::<ReadResourceRequestParams>(&params).map_err(malformed)?,
+        "prompts/get" => check::<GetPromptRequestParams>(&params).map_err(malformed)?,
+        "completion/complete" => check::<CompleteRequestParams>(&params).map_err(malformed)?,
+        _ => {}
+    }
+    let mut value = serde_json::json!({ "method": method });
+    if params.as_object().is_some_and(|p| !p.is_empty()) || job.request.params.is_some() {
+        value["params"] = params;
+    }
+    serde_json::from_value(value).map_err(malformed)
+}
+
+fn check<T: serde::de::DeserializeOwned>(
+    params: &serde_json::Value,
+) -> Result<(), serde_json::Error> {
+    T::deserialize(params).map(drop)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use mcpq_schemas::McpRequest;
+
+    use super::*;
+
+    #[test]
+    fn tool_calls_and_other_methods_become_rmcp_requests() {
+        let args = serde_json::json!({"x": 1}).as_object().cloned();
+        let job = Job::new("s", McpRequest::call_tool("echo.v2", args));
+        assert!(matches!(
+            to_client_request(&job, None),
+            Ok(ClientRequest::CallToolRequest(_))
+        ));
+        let list = Job::new(
+            "s",
+            McpRequest {
+                method: "tools/list".into(),
+                params: None,
+            },
+        );
+        assert!(matches!(
+            to_client_request(&list, None),
+            Ok(ClientRequest::ListToolsRequest(_))
+        ));
+    }
+
+    #[test]
+    fn a_request_rmcp_cannot_read_is_malformed() {
+        for params in [
+            None,
+            serde_json::json!({"arguments": {}}).as_object().cloned(),
+        ] {
+            let job = Job::new(
+                "s",
+                McpRequest {
+                    method: "tools/call".into(),
+                    params,
+                },
+            );
+            let err = to_client_request(&job, None).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::MalformedJob);
+            assert!(err.message.contains("name"), "{}", err.message);
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! Global rate limits: a server's `rateLimit` is shared by its live workers, each taking an
+//! equal part. The heartbeat counts the live workers (`report::Status::peers`); a limiter
+//! splits again when the count changes. Calls over the limit wait (the job is held, with
+//! progress acks) — shaped, not rejected.
+
+use std::{
+    num::NonZeroU32,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use mcpq_schemas::config::RateLimit;
+
+/// This worker's part of one server's rate limit.
+pub(crate) struct Limiter {
+    limit: RateLimit,
+    /// The server's live workers, this one included, as the heartbeat last counted them.
+    peers: Arc<AtomicUsize>,
+    share: RwLock<(usize, Arc<DefaultDirectRateLimiter>)>,
+}
+
+impl Limiter {
+    pub(crate) fn new(limit: RateLimit, peers: Arc<AtomicUsize>) -> Limiter {
+        Limiter {
+            limit,
+            peers,
+            share: RwLock::new((1, Arc::new(RateLimiter::direct(quota(limit, 1))))),
+        }
+    }
+
+    /// Waits until this worker may make one more call.
+    pub(crate) async fn ready(&self) {
+        self.split(self.peers.load(Ordering::Relaxed));
+        let limiter = self.read().1.clone();
+        limiter.until_ready().await;
+    }
+
+    /// Re-splits the limit over `workers` live workers (at least this one).
+    fn split(&self, workers: usize) {
+        let workers = workers.max(1);
+        if self.read().0 == workers {
+            return;
+        }
+        let limiter = Arc::new(RateLimiter::direct(quota(self.limit, workers)));
+        *self
+            .share
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = (workers, limiter);
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, (usize, Arc<DefaultDirectRateLimiter>)> {
+        self.share
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// One worker's part of `limit` when `workers` share it: a call every `workers / perSecond`
+/// seconds, bursts of `burst / workers` (at least 1).
+fn quota(limit: RateLimit, workers: usize) -> Quota {
+    let period =
+        Duration::from_secs_f64(workers as f64 / limit.per_second).max(Duration::from_nanos(1));
+    let burst = NonZeroU32::new((limit.burst / workers as u32).max(1)).unwrap_or(NonZeroU32::MIN);
+    Quota::with_period(period)
+        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+        .allow_burst(burst)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_limit_is_split_evenly_over_live_workers() {
+        let limit = RateLimit {
+            per_second: 30.0,
+            burst: 6,
+        };
+        assert_eq!(
+            quota(limit, 1).replenish_interval(),
+            Duration::from_secs_f64(1.0 / 30.0)
+        );
+        assert_eq!(
+            quota(limit, 3).replenish_interval(),
+            Duration::from_secs_f64(0.1)
+        );
+        assert_eq!(quota(limit, 3).burst_size().get(), 2);
+        assert_eq!(quota(limit, 10).burst_size().get(), 1, "never below one");
+    }
+}

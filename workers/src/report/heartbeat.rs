@@ -1,0 +1,87 @@
+//! The heartbeat: one entry per live worker and server in KV `mcpq_workers` (key
+//! `<server>.<worker>`), written every few seconds and at once when the circuit opens or closes,
+//! expiring when a worker dies. It carries the circuit state, the upstream's health, the
+//! worker's counts and its metrics address (for `mcpq status`); counting the entries tells each
+//! worker how many share the server's rate limit, and whether the worker holding a job lives.
+
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use futures::StreamExt;
+use mcpq_schemas::{names::ENVELOPE_VERSION, now_ms, worker::WorkerBeat};
+use tokio_util::sync::CancellationToken;
+
+use super::Report;
+
+/// How often a worker renews its heartbeat and recounts its peers.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// The heartbeat key of `worker_id` for `server`.
+pub(crate) fn key(server: &str, worker_id: &str) -> String {
+    format!("{server}.{}", key_safe(worker_id))
+}
+
+/// Whether `worker_id`'s heartbeat for `server` is there (the worker lives). An unreadable
+/// bucket answers yes: a job is not taken from a worker that may be alive.
+pub(crate) async fn alive(bucket: &kv::Store, server: &str, worker_id: &str) -> bool {
+    match bucket.get(key(server, worker_id)).await {
+        Ok(beat) => beat.is_some(),
+        Err(_) => true,
+    }
+}
+
+/// Keeps this worker's heartbeat for one server alive until `shutdown`, then removes it so
+/// the others take over its share at once.
+pub(crate) async fn run(bucket: kv::Store, report: &Report, shutdown: CancellationToken) {
+    let server = report.server.clone();
+    let key = key(&server, &report.worker_id);
+    let prefix = format!("{server}.");
+    loop {
+        let beat = WorkerBeat {
+            v: ENVELOPE_VERSION,
+            worker_id: report.worker_id.clone(),
+            server: server.clone(),
+            circuit: report.circuit_state(),
+            at_ms: now_ms(),
+            up: report.up(),
+            stats: report.stats(),
+            metrics: report.metrics_addr.clone(),
+        };
+        let bytes = serde_json::to_vec(&beat).unwrap_or_default();
+        if let Err(e) = bucket.put(&key, bytes.into()).await {
+            tracing::warn!(%server, error = %e, "cannot write the worker heartbeat");
+        }
+        if let Ok(keys) = bucket.keys().await {
+            let keys: Vec<_> = keys.collect().await;
+            // A listing cut short would count too few peers and take too large a share: keep
+            // the count as it is until a whole listing comes back.
+            if keys.iter().all(Result::is_ok) {
+                let live = keys
+                    .iter()
+                    .filter_map(|k| k.as_ref().ok())
+                    .filter(|k| k.starts_with(&prefix))
+                    .count();
+                report.set_peers(live);
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = report.circuit_changed.notified() => {}
+            () = tokio::time::sleep(HEARTBEAT) => {}
+        }
+    }
+    let _ = bucket.delete(&key).await;
+}
+
+/// A worker id as a KV key token: anything but letters, digits, `-` and `_` becomes `_`.
+fn key_safe(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
