@@ -9,11 +9,11 @@ use mcpq_schemas::{Job, McpRequest, nats::connect};
 use mcpq_tests::{fixture::HttpFixture, nats::NatsServer, stack::WorkerProcess};
 use uuid::Uuid;
 
-struct Rig {
-    nats: NatsServer,
-    web: HttpFixture,
-    config: tempfile::NamedTempFile,
-    client: Client,
+pub(crate) struct Rig {
+    pub nats: NatsServer,
+    pub web: HttpFixture,
+    pub config: tempfile::NamedTempFile,
+    pub client: Client,
 }
 
 async fn rig() -> Rig {
@@ -27,7 +27,18 @@ async fn rig_with(concurrency: usize, extra: &str) -> Rig {
 
 /// A rig whose calls may take `timeout` and whose jobs come back to the queue after `timeout`
 /// without progress acks (AckWait).
-async fn rig_timed(concurrency: usize, extra: &str, timeout: &str) -> Rig {
+pub(crate) async fn rig_timed(concurrency: usize, extra: &str, timeout: &str) -> Rig {
+    rig_acking(concurrency, extra, timeout, timeout).await
+}
+
+/// A rig whose calls may take `timeout` and whose jobs come back after `ack_wait` without
+/// progress acks.
+pub(crate) async fn rig_acking(
+    concurrency: usize,
+    extra: &str,
+    timeout: &str,
+    ack_wait: &str,
+) -> Rig {
     mcpq_tests::init_logging();
     let nats = NatsServer::start();
     let web = HttpFixture::start().await;
@@ -36,7 +47,7 @@ async fn rig_timed(concurrency: usize, extra: &str, timeout: &str) -> Rig {
     std::fs::write(
         config.path(),
         format!(
-            "version: \"1.0\"\nservers:\n  - name: web\n    type: http\n    endpoint: {}\n    timeout: {timeout}\n    ackWait: {timeout}\n    concurrency: {concurrency}\n{extra}",
+            "version: \"1.0\"\nservers:\n  - name: web\n    type: http\n    endpoint: {}\n    timeout: {timeout}\n    ackWait: {ack_wait}\n    concurrency: {concurrency}\n{extra}",
             web.url(),
         ),
     )
@@ -60,7 +71,7 @@ async fn rig_timed(concurrency: usize, extra: &str, timeout: &str) -> Rig {
 }
 
 impl Rig {
-    fn worker(&self, id: &str) -> WorkerProcess {
+    pub(crate) fn worker(&self, id: &str) -> WorkerProcess {
         WorkerProcess::spawn(self.config.path(), &self.nats.url(), id)
     }
 
@@ -70,7 +81,12 @@ impl Rig {
     }
 
     /// Submits `n` calls of `tool` (no reply inbox) and returns their ids.
-    async fn submit(&self, n: usize, tool: &str, arguments: serde_json::Value) -> Vec<Uuid> {
+    pub(crate) async fn submit(
+        &self,
+        n: usize,
+        tool: &str,
+        arguments: serde_json::Value,
+    ) -> Vec<Uuid> {
         let mut ids = Vec::new();
         for _ in 0..n {
             let job = Job::new(
@@ -94,7 +110,7 @@ impl Rig {
         .await;
     }
 
-    async fn all_completed(&self, ids: &[Uuid], within: Duration) {
+    pub(crate) async fn all_completed(&self, ids: &[Uuid], within: Duration) {
         mcpq_tests::all_completed(&self.client, ids, within).await;
     }
 }

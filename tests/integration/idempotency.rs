@@ -86,3 +86,162 @@ async fn submissions_under_one_idempotency_key_run_once() {
     assert_eq!(web.fixture.calls(), 2);
     stack.stop().await;
 }
+
+/// `POST /v1/jobs` of a 3 s `mark` tagged `tag` under idempotency key `key`, at `addr`.
+async fn submit_keyed(addr: std::net::SocketAddr, key: &str, tag: &str) -> serde_json::Value {
+    let response = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/jobs"))
+        .header("Idempotency-Key", key)
+        .json(&serde_json::json!({
+            "server": "web", "tool": "mark", "arguments": {"tag": tag, "ms": 3000}
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    response.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_runs_once_past_the_duplicate_window_a_nats_restart_and_a_second_dispatcher() {
+    let web = HttpFixture::start().await;
+    // A duplicate window of one second: JetStream forgets the message id long before the job
+    // ends; the record keeps the key.
+    let mut stack = Stack::start_config(&format!(
+        "version: \"1.0\"\nnats: {{duplicateWindow: 1s}}\nservers:\n{}",
+        two_fixtures(&web.url())
+    ))
+    .await;
+    let first = submit_keyed(stack.addr, "charge-42", "charged").await;
+    assert_eq!(first["duplicate"], false, "{first}");
+    let id: uuid::Uuid = first["id"].as_str().unwrap().parse().unwrap();
+    web.fixture.until_marked("charged").await;
+
+    // Past the window, while the job runs, through another dispatcher: the same job.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let other = stack.another_dispatcher().await;
+    let again = submit_keyed(other, "charge-42", "charged").await;
+    assert_eq!(again["duplicate"], true, "{again}");
+    assert_eq!(again["id"], first["id"]);
+    assert!(
+        matches!(again["status"].as_str(), Some("queued" | "running")),
+        "{again}"
+    );
+
+    // NATS restarts (the duplicate map is rebuilt only from messages still stored).
+    stack.nats.restart();
+    let record = stack
+        .client
+        .wait_record(id, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.status, mcpq_schemas::JobStatus::Completed);
+    let after = submit_keyed(stack.addr, "charge-42", "charged").await;
+    assert_eq!(after["duplicate"], true, "{after}");
+    assert_eq!(after["status"], "completed");
+
+    // The same key from the Rust client, waiting for the reply: answered from the record.
+    let job = Job::new(
+        "web",
+        McpRequest::call_tool(
+            "mark",
+            serde_json::json!({"tag": "charged", "ms": 3000})
+                .as_object()
+                .cloned(),
+        ),
+    )
+    .with_idempotency_key("charge-42");
+    assert_eq!(job.id, id, "one key, one id, on every front");
+    let reply = stack
+        .client
+        .call(&job, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(matches!(reply.outcome, Outcome::Ok { .. }), "{reply:?}");
+
+    // A pipeline publishing the job again on NATS, past the window: not run again either.
+    let nats = async_nats::connect(stack.nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(nats.clone());
+    let mut replies = nats.subscribe("pipeline.inbox").await.unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert("Mcpq-Reply-To", "pipeline.inbox");
+    js.publish_with_headers(
+        "mcpq.jobs.web.normal",
+        headers,
+        serde_json::to_vec(&job).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let message = tokio::time::timeout(
+        Duration::from_secs(30),
+        futures::StreamExt::next(&mut replies),
+    )
+    .await
+    .expect("a reply")
+    .unwrap();
+    let reply: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+    assert_eq!(reply["status"], "ok", "{reply}");
+
+    let runs = web
+        .fixture
+        .marks()
+        .iter()
+        .filter(|m| *m == "charged")
+        .count();
+    assert_eq!(runs, 1, "five submissions of one key, one execution");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_message_for_a_running_job_is_a_duplicate_and_its_caller_gets_the_reply() {
+    let web = HttpFixture::start().await;
+    let stack = Stack::start_config(&format!(
+        "version: \"1.0\"\nnats: {{duplicateWindow: 1s}}\nservers:\n{}",
+        two_fixtures(&web.url())
+    ))
+    .await;
+    let job = Job::new(
+        "web",
+        McpRequest::call_tool(
+            "mark",
+            serde_json::json!({"tag": "twice", "ms": 2000})
+                .as_object()
+                .cloned(),
+        ),
+    )
+    .with_idempotency_key("twice");
+    stack.client.submit(&job).await.unwrap();
+    web.fixture.until_marked("twice").await;
+    // A pipeline publishes the same job again while it runs, with its own inbox.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let nats = async_nats::connect(stack.nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(nats.clone());
+    let mut replies = nats.subscribe("second.inbox").await.unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert("Mcpq-Reply-To", "second.inbox");
+    js.publish_with_headers(
+        "mcpq.jobs.web.normal",
+        headers,
+        serde_json::to_vec(&job).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let message = tokio::time::timeout(
+        Duration::from_secs(30),
+        futures::StreamExt::next(&mut replies),
+    )
+    .await
+    .expect("the duplicate's caller hears the job's reply")
+    .unwrap();
+    let reply: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+    assert_eq!(reply["status"], "ok", "{reply}");
+    assert_eq!(reply["jobId"], job.id.to_string());
+    let runs = web.fixture.marks().iter().filter(|m| *m == "twice").count();
+    assert_eq!(runs, 1);
+    stack.stop().await;
+}

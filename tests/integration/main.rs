@@ -12,6 +12,7 @@ mod crash;
 mod dashboards;
 mod deploy;
 mod endpoints;
+mod faults;
 mod flow;
 mod health;
 mod idempotency;
@@ -29,6 +30,7 @@ mod stdio;
 mod subscriptions;
 mod tasks;
 mod wire;
+mod workers;
 
 use mcpq_tests::fixture_bin;
 

@@ -15,8 +15,8 @@ use rmcp::{
     ErrorData, RoleServer, ServerHandler, ServiceExt,
     handler::server::{router::tool::ToolRouter, wrapper::Parameters},
     model::{
-        CallToolResult, ContentBlock, ProgressNotificationParam, ServerCapabilities, ServerConfig,
-        SubscriptionFilter,
+        CallToolResult, ContentBlock, ProgressNotificationParam, ProtocolVersion,
+        ServerCapabilities, ServerConfig, SubscriptionFilter,
     },
     schemars,
     service::{RequestContext, SubscriptionContext, SubscriptionSink},
@@ -123,6 +123,9 @@ pub struct Fixture {
     state: Arc<State>,
     /// Served over stdio by its own process, so `crash` may exit it.
     stdio: bool,
+    /// Speaks only the 2025-era revisions (sessions, `initialize`, `notifications/cancelled`),
+    /// like most servers in the wild.
+    legacy: bool,
 }
 
 impl Fixture {
@@ -131,6 +134,7 @@ impl Fixture {
             tool_router: Self::tool_router(),
             state: Arc::default(),
             stdio,
+            legacy: false,
         }
     }
 
@@ -416,12 +420,25 @@ impl Fixture {
         self.state.marks.lock().expect("marks").clone()
     }
 
-    /// Starts an outage (HTTP only): every request is answered 503 until [`Fixture::come_up`].
+    /// Waits until a `mark` call tagged `tag` has started.
+    pub async fn until_marked(&self, tag: &str) {
+        crate::eventually(
+            &format!("the upstream to run mark {tag:?}"),
+            Duration::from_secs(60),
+            || {
+                let marked = self.marks().iter().any(|t| t == tag);
+                async move { marked.then_some(()) }
+            },
+        )
+        .await;
+    }
+
     /// How many sessions clients opened over HTTP (`server/discover` or `initialize`).
     pub fn sessions_opened(&self) -> u64 {
         self.state.sessions_opened.load(Ordering::SeqCst)
     }
 
+    /// Starts an outage (HTTP only): every request is answered 503 until [`Fixture::come_up`].
     pub fn go_down(&self) {
         self.state.seen_down.lock().expect("seen").clear();
         self.state.down.store(true, Ordering::SeqCst);
@@ -452,6 +469,14 @@ impl Fixture {
 
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for Fixture {
+    fn supported_protocol_versions(&self) -> std::borrow::Cow<'static, [ProtocolVersion]> {
+        if self.legacy {
+            vec![ProtocolVersion::V_2025_11_25, ProtocolVersion::V_2025_06_18].into()
+        } else {
+            ProtocolVersion::KNOWN_VERSIONS.into()
+        }
+    }
+
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(
             ServerCapabilities::builder()
@@ -564,7 +589,17 @@ impl HttpFixture {
     }
 
     pub async fn start_on(addr: SocketAddr) -> HttpFixture {
-        let fixture = Fixture::new(false);
+        Self::serve(addr, false).await
+    }
+
+    /// A fixture that speaks only the 2025-era revisions, with sessions.
+    pub async fn start_legacy() -> HttpFixture {
+        Self::serve("127.0.0.1:0".parse().expect("a loopback address"), true).await
+    }
+
+    async fn serve(addr: SocketAddr, legacy: bool) -> HttpFixture {
+        let mut fixture = Fixture::new(false);
+        fixture.legacy = legacy;
         let stop = CancellationToken::new();
         let shared = fixture.clone();
         let service: StreamableHttpService<Fixture, LocalSessionManager> =
@@ -572,7 +607,7 @@ impl HttpFixture {
                 move || Ok(shared.handler()),
                 Default::default(),
                 StreamableHttpServerConfig::default()
-                    .with_legacy_session_mode(false)
+                    .with_legacy_session_mode(legacy)
                     .with_json_response(true)
                     .with_cancellation_token(stop.child_token()),
             );

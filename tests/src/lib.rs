@@ -5,6 +5,7 @@
 pub mod conformance;
 pub mod fixture;
 pub mod nats;
+pub mod proxy;
 pub mod stack;
 
 use std::{

@@ -183,11 +183,28 @@ pub struct WorkerProcess {
 impl WorkerProcess {
     /// Starts `mcpq worker` for the config at `config` on the NATS at `nats_url`.
     pub fn spawn(config: &std::path::Path, nats_url: &str, id: &str) -> WorkerProcess {
+        Self::spawn_with(
+            config,
+            nats_url,
+            &[
+                "--id",
+                id,
+                "--drain-grace",
+                "20s",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ],
+        )
+    }
+
+    /// `mcpq worker --config <config> --nats <nats_url>` and `args`, nothing else (no id, no
+    /// metrics address: the defaults a new user gets).
+    pub fn spawn_with(config: &std::path::Path, nats_url: &str, args: &[&str]) -> WorkerProcess {
         let child = std::process::Command::new(crate::mcpq_bin())
             .args(["worker", "--config"])
             .arg(config)
-            .args(["--nats", nats_url, "--id", id, "--drain-grace", "20s"])
-            .args(["--metrics-listen", "127.0.0.1:0"])
+            .args(["--nats", nats_url])
+            .args(args)
             .env(
                 "MCPQ_LOG",
                 std::env::var("MCPQ_TEST_LOG").unwrap_or_else(|_| "warn".into()),

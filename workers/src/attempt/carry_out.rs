@@ -55,6 +55,18 @@ pub(super) async fn carry_out(
         }
         (Decision::Abandon, _) => {
             tracing::info!("this attempt no longer holds the job; leaving it to the one that does");
+            if delivery.claimed && delivery.revision().is_some() {
+                // Give the claim back, so that a delivery waiting for this attempt goes on (a
+                // claim another attempt took already is left alone).
+                let status = if delivery.history.is_empty() {
+                    JobStatus::Queued
+                } else {
+                    JobStatus::Retrying
+                };
+                let mut released = record(ctx, job, delivery, status, None);
+                released.worker_id = None;
+                let _ = persist_write(ctx, delivery, &released).await;
+            }
         }
         (Decision::HandBack, _) => {
             tracing::info!("handing the job back for another worker");

@@ -185,6 +185,14 @@ pub(crate) async fn handle(ctx: &Context, message: Message) {
         );
     });
     let interrupt = Interrupt::default();
+    // A job that has a record from its submission (an idempotency key, or nobody waiting on an
+    // inbox) is claimed before it runs.
+    delivery.claimed = job.idempotency_key.is_some() || delivery.reply_to().is_none();
+    let held = Held {
+        claimed: delivery.claimed,
+        job_id: job.id,
+        stream_seq: delivery.stream_seq,
+    };
     let attempt = async {
         let outcome = run(ctx, &mut delivery, &job, &interrupt).await;
         let decision = decide(&outcome, delivery.spent(), &ctx.retry, fastrand::f64());
@@ -192,29 +200,59 @@ pub(crate) async fn handle(ctx: &Context, message: Message) {
     };
     tokio::select! {
         () = attempt.instrument(span) => {}
-        () = keepalive(&message, ctx.server.ack_wait, &interrupt) => {}
+        () = keepalive(ctx, &message, &held, &interrupt) => {}
     }
+}
+
+/// What the keepalive needs to know of the delivery it keeps.
+struct Held {
+    claimed: bool,
+    job_id: uuid::Uuid,
+    stream_seq: u64,
 }
 
 /// Sends progress acks every AckWait/3 while the delivery is held, so a call longer than
 /// AckWait is not delivered to a second worker. A tick later than AckWait (the process was
-/// frozen) means the job went to another attempt: the call is stopped. Never returns.
-async fn keepalive(message: &Message, ack_wait: Duration, interrupt: &Interrupt) {
+/// frozen) means JetStream has delivered the job again: a claimed job whose record still names
+/// this attempt goes on (the other delivery waits for it); any other call is stopped, the
+/// upstream told. Never returns.
+async fn keepalive(ctx: &Context, message: &Message, held: &Held, interrupt: &Interrupt) {
+    let ack_wait = ctx.server.ack_wait;
     let mut tick = tokio::time::interval(ack_wait / 3);
     tick.tick().await;
     let mut last = tokio::time::Instant::now();
     loop {
         tick.tick().await;
         if last.elapsed() > ack_wait {
-            tracing::warn!(
-                late = ?last.elapsed(),
-                "this worker was stopped past AckWait; the job went to another attempt"
-            );
-            interrupt.fire(Why::Lost);
-            return std::future::pending().await;
+            let late = last.elapsed();
+            if held.claimed && still_mine(ctx, held).await {
+                tracing::warn!(
+                    ?late,
+                    "this worker was stopped past AckWait; its claim on the job holds, so it goes on"
+                );
+            } else {
+                tracing::warn!(
+                    ?late,
+                    "this worker was stopped past AckWait; the job went to another attempt, so this one stops"
+                );
+                interrupt.fire(Why::Lost);
+                return std::future::pending().await;
+            }
         }
         let _ = message.ack_with(AckKind::Progress).await;
         last = tokio::time::Instant::now();
+    }
+}
+
+/// Whether the job's record still says this attempt runs it.
+async fn still_mine(ctx: &Context, held: &Held) -> bool {
+    match ctx.outbox.entry(&held.job_id).await {
+        Ok(Some((record, _))) => {
+            record.status == JobStatus::Running
+                && record.stream_seq == Some(held.stream_seq)
+                && record.worker_id.as_deref() == Some(ctx.report.worker_id.as_str())
+        }
+        _ => false,
     }
 }
 
@@ -223,9 +261,7 @@ const CLAIM_TRIES: u32 = 5;
 
 /// The attempt itself, up to its outcome.
 async fn run(ctx: &Context, delivery: &mut Delivery, job: &Job, interrupt: &Interrupt) -> Outcome {
-    // A job that has a record from its submission (an idempotency key, or nobody waiting on an
-    // inbox) is claimed before it runs; any job delivered again looks at its record.
-    delivery.claimed = job.idempotency_key.is_some() || delivery.reply_to().is_none();
+    // A claimed job, and any job delivered again, looks at its record first.
     if delivery.claimed || delivery.delivered > 1 {
         match claim::look(ctx, job, delivery).await {
             Ok(Found::Done(record)) => {

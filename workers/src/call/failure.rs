@@ -40,6 +40,8 @@ struct Cause {
     io: Option<std::io::ErrorKind>,
     connect: bool,
     timeout: bool,
+    /// The answer's body broke off.
+    body: bool,
     /// The innermost error's own words (for anything not recognised above).
     innermost: Option<String>,
 }
@@ -56,11 +58,18 @@ fn cause_of(error: &(dyn Error + 'static)) -> Cause {
                 cause.status = Some((status.status, retry_after(status)));
             }
             Some(StreamableHttpError::ResponseBodyTooLarge { .. }) => cause.too_large = true,
+            // The client's error is not its source: follow it by hand.
+            Some(StreamableHttpError::Client(client)) => {
+                cause.innermost = Some(e.to_string());
+                next = Some(client);
+                continue;
+            }
             _ => {}
         }
         if let Some(e) = e.downcast_ref::<reqwest::Error>() {
             cause.connect |= e.is_connect();
             cause.timeout |= e.is_timeout();
+            cause.body |= e.is_body() || e.is_decode();
         }
         if let Some(e) = e.downcast_ref::<std::io::Error>() {
             cause.io = Some(e.kind());
@@ -177,6 +186,7 @@ fn transport(server: &str, endpoint: &str, cause: &Cause) -> Failure {
         Some(Io::UnexpectedEof) => "closed before the answer came".to_string(),
         Some(Io::TimedOut) => "timed out".to_string(),
         _ if cause.timeout => "timed out".to_string(),
+        _ if cause.body => "broke off before the answer came".to_string(),
         _ if cause.connect => format!(
             "failed: {}",
             cause.innermost.as_deref().unwrap_or("cannot connect")
