@@ -7,7 +7,7 @@ use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use clap::Subcommand;
 use futures::StreamExt;
 use mcpq_schemas::{
-    audit::AuditRecord,
+    audit::{AUDIT_VERSION, AuditBatch, AuditRecord},
     config::DEFAULT_NATS_URL,
     names::{AUDIT_STREAM, AUDIT_SUBJECTS, audit_subject},
     nats::connect,
@@ -115,9 +115,7 @@ pub async fn run(args: AuditArgs) -> ExitCode {
             break;
         };
         remaining -= 1;
-        if let Ok(record) = serde_json::from_slice::<AuditRecord>(&message.payload)
-            && wanted(&record)
-        {
+        for record in records_of(&message.payload).into_iter().filter(wanted) {
             backlog.push_back(record);
             if last > 0 && backlog.len() > last {
                 backlog.pop_front();
@@ -136,14 +134,68 @@ pub async fn run(args: AuditArgs) -> ExitCode {
         };
         match next {
             Some(Ok(message)) => {
-                if let Ok(record) = serde_json::from_slice::<AuditRecord>(&message.payload)
-                    && wanted(&record)
-                {
-                    print(&record);
-                }
+                records_of(&message.payload)
+                    .iter()
+                    .filter(|r| wanted(r))
+                    .for_each(print);
             }
             Some(Err(e)) => tracing::debug!(error = %e, "audit stream hiccup"),
             None => return crate::run::fail("the audit stream ended"),
+        }
+    }
+}
+
+/// The calls in one message of the stream: a batch (version 2), or one record of version 1.
+fn records_of(payload: &[u8]) -> Vec<AuditRecord> {
+    if let Ok(batch) = serde_json::from_slice::<AuditBatch>(payload)
+        && batch.v == AUDIT_VERSION
+    {
+        return batch.records().collect();
+    }
+    serde_json::from_slice::<LegacyRecord>(payload)
+        .map(|r| vec![r.into()])
+        .unwrap_or_default()
+}
+
+/// What version 1 of the stream stored: one record per message.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LegacyRecord {
+    job_id: uuid::Uuid,
+    server: String,
+    method: String,
+    name: Option<String>,
+    principal: Option<String>,
+    argument_bytes: u64,
+    argument_sha256: String,
+    outcome: String,
+    error_kind: Option<String>,
+    attempts: u32,
+    latency_ms: u64,
+    trace_id: Option<String>,
+    worker_id: String,
+    submitted_at_ms: u64,
+    ended_at_ms: u64,
+}
+
+impl From<LegacyRecord> for AuditRecord {
+    fn from(r: LegacyRecord) -> AuditRecord {
+        AuditRecord {
+            job_id: r.job_id,
+            server: r.server,
+            method: r.method,
+            name: r.name,
+            principal: r.principal,
+            argument_bytes: r.argument_bytes,
+            argument_digest: r.argument_sha256,
+            outcome: r.outcome,
+            error_kind: r.error_kind,
+            attempts: r.attempts,
+            latency_ms: r.latency_ms,
+            trace_id: r.trace_id.unwrap_or_default(),
+            worker_id: r.worker_id,
+            submitted_at_ms: r.submitted_at_ms,
+            ended_at_ms: r.ended_at_ms,
         }
     }
 }
@@ -158,7 +210,7 @@ fn line(r: &AuditRecord) -> String {
         })
         .unwrap_or_else(|| r.ended_at_ms.to_string());
     format!(
-        "{at}  {}/{}  principal={}  {}{}  {} ms  attempts={}  args={}B sha256={}  job={}  trace={}",
+        "{at}  {}/{}  principal={}  {}{}  {} ms  attempts={}  args={}B digest={}  job={}  trace={}",
         r.server,
         r.name.as_deref().unwrap_or(&r.method),
         r.principal.as_deref().unwrap_or("-"),
@@ -169,8 +221,8 @@ fn line(r: &AuditRecord) -> String {
         r.latency_ms,
         r.attempts,
         r.argument_bytes,
-        &r.argument_sha256[..r.argument_sha256.len().min(12)],
+        &r.argument_digest[..r.argument_digest.len().min(12)],
         r.job_id,
-        r.trace_id.as_deref().unwrap_or("-"),
+        r.trace_id,
     )
 }

@@ -1,6 +1,9 @@
 """Submit one MCP tool call to mcpq over NATS, with nothing but nats-py, and wait for the reply.
 
     python3 pipeline.py nats://127.0.0.1:4222 time get_current_time '{"timezone": "UTC"}'
+
+The reply comes to the inbox; a call that completes at once leaves no record behind (its caller
+has the answer). To read outcomes later instead, submit without an inbox: async_pipeline.py.
 """
 
 import asyncio
@@ -29,14 +32,10 @@ async def main(url, server, tool, arguments):
     await js.publish(
         f"mcpq.jobs.{server}.normal",
         json.dumps(job).encode(),
-        headers={"Nats-Msg-Id": job_id, "Mcpq-Reply-To": inbox},
+        headers={"Mcpq-Reply-To": inbox},
     )
     reply = json.loads((await replies.next_msg(timeout=60)).data)
     print(json.dumps(reply))
-    # The same outcome stays readable later in the job record.
-    kv = await js.key_value("mcpq_results")
-    record = json.loads((await kv.get(job_id)).value)
-    print(f"record: {record['status']} after {record['attempts']} attempt(s)", file=sys.stderr)
     await nc.close()
     return 0 if reply["status"] == "ok" else 1
 

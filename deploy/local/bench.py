@@ -16,6 +16,9 @@ connections, and 20 MB results through the object store.
 `--scale-out` measures calls/s with 1, 2 and 3 worker processes on a server whose calls take 20 ms
 and whose workers run 16 at a time each (the workload more workers are for).
 `--metrics-cost` measures mcpq with and without metrics (`--no-metrics`), alternating, in one run.
+`--soak MINUTES` runs calls at full speed (concurrency 64, MCP and NATS-native in turns of 30 s) for
+that long with default settings, sampling the RSS of nats-server, the dispatcher and the worker and
+the size of the JetStream store every 30 s, and reports the growth over the second half.
 `--smoke` runs every mode for a moment (CI uses it so the benchmark never rots; no assertions).
 """
 
@@ -442,6 +445,77 @@ def metrics_cost(rig, seconds, rounds=4):
             "queues every 5 s and send heartbeats: `--no-metrics` turns off metrics only.\n")
 
 
+def dir_mb(path):
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass
+    return total / 1e6
+
+
+def soak(rig, minutes, turn_s=30.0):
+    """Full speed for `minutes`, MCP and NATS-native in turns; a sample of memory and store every turn."""
+    rig.start_worker()
+    for args in modes(rig).values():
+        rig.bench(*args, "--concurrency", "4", "--calls", "200")
+    nats = rig.procs[0]
+    samples = []
+    calls = 0
+    errors = 0
+
+    def sample(t):
+        samples.append({
+            "t": t, "calls": calls, "nats": rig_rss(nats), "dispatcher": rig_rss(rig.dispatcher),
+            "worker": rig_rss(rig.worker), "store": dir_mb(rig.work / "js"),
+        })
+        last = samples[-1]
+        print(f"  {t / 60:5.1f} min  {calls:>10,} calls  nats-server {last['nats']:6.0f} MB  "
+              f"store {last['store']:6.0f} MB  dispatcher {last['dispatcher']:5.0f} MB  "
+              f"worker {last['worker']:5.0f} MB", flush=True)
+
+    started = time.time()
+    sample(0.0)
+    turn = 0
+    while time.time() - started < minutes * 60:
+        mode = "mcpq-mcp" if turn % 2 == 0 else "mcpq-nats"
+        left = minutes * 60 - (time.time() - started)
+        r = rig.bench(*modes(rig)[mode], "--concurrency", "64", "--calls", "1000000000",
+                      "--duration", f"{min(turn_s, max(left, 1.0)):.1f}s")
+        calls += r["calls"]
+        errors += r["errors"]
+        turn += 1
+        sample(time.time() - started)
+    half = samples[len(samples) // 2]
+    end = samples[-1]
+
+    def growth(key):
+        return (end[key] - half[key]) / half[key] * 100 if half[key] else float("nan")
+
+    lines = [
+        "| minute | calls | nats-server RSS MB | store MB | dispatcher RSS MB | worker RSS MB |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for s in samples:
+        lines.append(f"| {s['t'] / 60:.1f} | {s['calls']:,} | {s['nats']:.0f} | {s['store']:.0f} "
+                     f"| {s['dispatcher']:.0f} | {s['worker']:.0f} |")
+    rate = calls / max(end["t"], 1e-9)
+    summary = [
+        f"- {calls:,} calls in {end['t'] / 60:.1f} minutes ({rate:,.0f} calls/s), {errors} errors",
+        f"- growth over the second half: nats-server RSS **{growth('nats'):+.1f} %**, store **{growth('store'):+.1f} %**, "
+        f"dispatcher {growth('dispatcher'):+.1f} %, worker {growth('worker'):+.1f} % (target ≤ 10 % for nats-server and store)",
+        f"- at the end: nats-server **{end['nats']:.0f} MB**, store **{end['store']:.0f} MB** (target ≤ 512 MB), "
+        f"dispatcher **{end['dispatcher']:.0f} MB**, worker **{end['worker']:.0f} MB** (target ≤ 64 MB)",
+    ]
+    return "\n".join(lines) + "\n\n" + "\n".join(summary) + "\n"
+
+
+def rig_rss(proc):
+    return rss_mb(proc, "VmRSS") if proc is not None and proc.poll() is None else float("nan")
+
+
 def write(section, text):
     path = ROOT / "BENCHMARKS.md"
     doc = path.read_text() if path.exists() else "# mcpq benchmarks\n"
@@ -466,6 +540,8 @@ def main():
                         help="calls/s with 1, 2 and 3 worker processes")
     parser.add_argument("--metrics-cost", action="store_true",
                         help="calls/s with and without metrics, alternating, in one run")
+    parser.add_argument("--soak", type=float, metavar="MINUTES",
+                        help="full speed for MINUTES, sampling memory and store size every 30 s")
     parser.add_argument("--limits", action="store_true",
                         help="dispatcher memory at 1,000 calls in flight and 1,000 idle connections; 20 MB results")
     args = parser.parse_args()
@@ -477,10 +553,11 @@ def main():
         try:
             print(f"machine: {versions(rig)}", flush=True)
             # The single-section modes: what to run, and where its text goes.
-            single = ("limits", lambda: limits(rig)) if args.limits else (
+            single = ("soak", lambda: soak(rig, args.soak, 30.0 if args.soak >= 2 else 10.0)) if args.soak else (
+                ("limits", lambda: limits(rig)) if args.limits else (
                 ("scale", lambda: scale(rig, args.scale)) if args.scale else (
                     ("metrics", lambda: metrics_cost(rig, args.seconds)) if args.metrics_cost else (
-                        ("scale-out", lambda: scale_out(rig, args.seconds)) if args.scale_out else None)))
+                        ("scale-out", lambda: scale_out(rig, args.seconds)) if args.scale_out else None))))
             if single:
                 section, run = single
                 text = run()

@@ -253,19 +253,56 @@ impl Client {
         }
     }
 
-    /// The job's record, created `queued` if it has none yet (a record a worker wrote first
-    /// is kept as it is).
+    /// The record of a call that became a task: created `queued` if it has none yet, and in
+    /// any case marked a task, so that it is kept for `nats.resultTtl` (a record a worker wrote
+    /// first keeps what it says; a worker writing later keeps the mark).
     pub async fn ensure_record(&self, job: &Job) -> Result<JobRecord, ClientError> {
-        let bucket = self.results(job.id).await?;
-        let queued = JobRecord::queued(job);
-        let bytes = serde_json::to_vec(&queued).map_err(|e| ClientError::Record {
+        let fail = |reason: String| ClientError::Record {
             job_id: job.id,
-            reason: e.to_string(),
-        })?;
-        match bucket.create(job.id.to_string(), bytes.into()).await {
-            Ok(_) => Ok(queued),
-            Err(_) => Ok(self.record(job.id).await?.unwrap_or(queued)),
+            reason,
+        };
+        let bucket = self.results(job.id).await?;
+        let mut queued = JobRecord::queued(job);
+        queued.task = true;
+        for _ in 0..5 {
+            match bucket
+                .create(job.id.to_string(), record_bytes(&queued)?.into())
+                .await
+            {
+                Ok(_) => return Ok(queued),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(e) => return Err(fail(e.to_string())),
+            }
+            let Some(entry) = bucket
+                .entry(job.id.to_string())
+                .await
+                .map_err(|e| fail(e.to_string()))?
+                .filter(|e| e.operation == kv::Operation::Put)
+            else {
+                continue;
+            };
+            let mut stored: JobRecord =
+                serde_json::from_slice(&entry.value).map_err(|e| fail(e.to_string()))?;
+            if stored.task {
+                return self.resolve_record(stored).await;
+            }
+            stored.task = true;
+            // Written again without a time to live of its own: the bucket's `resultTtl` holds.
+            if bucket
+                .update(
+                    job.id.to_string(),
+                    record_bytes(&stored)?.into(),
+                    entry.revision,
+                )
+                .await
+                .is_ok()
+            {
+                return self.resolve_record(stored).await;
+            }
         }
+        Err(fail(
+            "its record keeps changing under the task; try again".into(),
+        ))
     }
 
     /// Publishes `job` again from the dead letter at `dead_letter_seq`: the same job id (its
@@ -273,7 +310,7 @@ impl Client {
     pub async fn replay(&self, job: &Job, dead_letter_seq: u64) -> Result<Submitted, ClientError> {
         let msg_id = format!("{}:replay:{dead_letter_seq}", job.id);
         let payload = self.encode(job)?;
-        self.publish(job, payload, None, msg_id, Some(dead_letter_seq))
+        self.publish(job, payload, None, Some(msg_id), Some(dead_letter_seq))
             .await
     }
 
@@ -309,7 +346,7 @@ impl Client {
         job: &Job,
         payload: Vec<u8>,
         reply_to: Option<String>,
-        msg_id: String,
+        msg_id: Option<String>,
         replay_of: Option<u64>,
     ) -> Result<Submitted, ClientError> {
         let span = tracing::info_span!("publish", job_id = %job.id, server = %job.server);
@@ -325,7 +362,7 @@ impl Client {
         job: &Job,
         payload: Vec<u8>,
         reply_to: Option<String>,
-        msg_id: String,
+        msg_id: Option<String>,
         replay_of: Option<u64>,
     ) -> Result<Submitted, ClientError> {
         let subject = job_subject(&job.server, job.lane);
@@ -341,7 +378,9 @@ impl Client {
             },
         };
         let mut headers = HeaderMap::new();
-        headers.insert(HDR_MSG_ID, msg_id.as_str());
+        if let Some(msg_id) = &msg_id {
+            headers.insert(HDR_MSG_ID, msg_id.as_str());
+        }
         if let Some(seq) = replay_of {
             headers.insert(HDR_REPLAY_OF, seq.to_string().as_str());
         }

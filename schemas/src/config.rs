@@ -49,6 +49,8 @@ pub struct NatsConfig {
     pub result_ttl: Duration,
     /// The job streams' duplicate window (`Nats-Msg-Id`).
     pub duplicate_window: Duration,
+    /// How long the record of a synchronous call that completed is kept (at most `result_ttl`).
+    pub call_record_ttl: Duration,
     /// How mcpq proves who it is to NATS, and TLS.
     pub credentials: NatsCredentials,
 }

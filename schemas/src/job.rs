@@ -129,9 +129,11 @@ impl Job {
         self
     }
 
-    /// The `Nats-Msg-Id` for this job: its id (which an idempotency key derives).
-    pub fn msg_id(&self) -> String {
-        self.id.to_string()
+    /// The `Nats-Msg-Id` for this job: its id (which its idempotency key derives), for a job
+    /// with a key — the only kind of job that is ever published twice on purpose. (Each id in
+    /// JetStream's duplicate window costs memory in nats-server.)
+    pub fn msg_id(&self) -> Option<String> {
+        self.idempotency_key.as_ref().map(|_| self.id.to_string())
     }
 }
 

@@ -31,6 +31,7 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         one::<crate::batch::BatchRecord>("batch-record.json"),
         one::<crate::batch::BatchStatus>("batch-status.json"),
         one::<crate::batch::BatchResultLine>("batch-result-line.json"),
+        one::<crate::audit::AuditBatch>("audit-batch.json"),
         one::<crate::audit::AuditRecord>("audit-record.json"),
         one::<crate::health::HealthRecord>("health-record.json"),
         one::<crate::health::Alert>("alert.json"),

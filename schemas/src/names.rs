@@ -108,6 +108,28 @@ pub fn resource_updated_subject(server: &str) -> String {
 /// Every server's resource updates.
 pub const RESOURCE_UPDATED_SUBJECTS: &str = "mcpq.events.*.resource_updated";
 
+/// The subject where the worker `worker_key` (its id as a subject token) answers whether it
+/// runs a job (request: the job id; reply `yes` or `no`), for a redelivery that finds the job
+/// claimed by it.
+pub fn holds_subject(worker_key: &str) -> String {
+    format!("mcpq.holds.{worker_key}")
+}
+
+/// A worker id as a subject token and KV key: anything but letters, digits, `-` and `_`
+/// becomes `_`.
+pub fn worker_key(worker_id: &str) -> String {
+    worker_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// The subject a dead letter for `server` is published to.
 pub fn dlq_subject(server: &str) -> String {
     format!("mcpq.dlq.{server}")

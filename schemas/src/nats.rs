@@ -279,7 +279,9 @@ async fn ensure_topology_once(
         js,
         stream::Config {
             name: AUDIT_STREAM.into(),
-            description: Some("mcpq audit: one record per call, mcpq.audit.<server>".into()),
+            description: Some(
+                "mcpq audit: batches of one entry per call, mcpq.audit.<server>".into(),
+            ),
             subjects: vec![AUDIT_SUBJECTS.into()],
             retention: stream::RetentionPolicy::Limits,
             storage: stream::StorageType::File,
@@ -287,8 +289,8 @@ async fn ensure_topology_once(
             max_age: topology.audit.max_age,
             max_bytes: i64::try_from(topology.audit.max_bytes).unwrap_or(i64::MAX),
             discard: stream::DiscardPolicy::Old,
-            // A worker that writes a record again after a crash writes it under the same id.
-            duplicate_window: Duration::from_secs(120),
+            // Entries repeat their keys and names: compressed, they take a third of the room.
+            compression: Some(stream::Compression::S2),
             ..Default::default()
         },
     )
@@ -369,9 +371,29 @@ async fn ensure_topology_once(
     )
     .await
     .map_err(|e| fail("object store mcpq_blobs")(&e))?;
-    // Records, and the cancellations and batches that refer to them, live `resultTtl`.
+    // Records live `resultTtl` at most, each as long as its kind of call needs (`Nats-TTL`).
+    ensure_stream(
+        js,
+        stream::Config {
+            name: format!("KV_{RESULTS_BUCKET}"),
+            description: Some("mcpq job records, keyed by job id".into()),
+            subjects: vec![format!("$KV.{RESULTS_BUCKET}.>")],
+            max_messages_per_subject: 1,
+            max_age: topology.result_ttl,
+            storage: stream::StorageType::File,
+            num_replicas: topology.replicas,
+            discard: stream::DiscardPolicy::New,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            allow_message_ttl: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(|e| fail(&format!("bucket {RESULTS_BUCKET}"))(&e))?;
+    // The cancellations and batches that refer to records, and sessions, live `resultTtl`.
     for (bucket, description) in [
-        (RESULTS_BUCKET, "mcpq job records, keyed by job id"),
         (
             CANCELS_BUCKET,
             "mcpq cancellation requests, keyed by job id",
@@ -456,6 +478,14 @@ fn same_stream(have: &stream::Config, want: &stream::Config) -> bool {
         && have.allow_message_ttl == want.allow_message_ttl
         && have.allow_rollup == want.allow_rollup
         && have.allow_direct == want.allow_direct
+        && have
+            .compression
+            .clone()
+            .unwrap_or(stream::Compression::None)
+            == want
+                .compression
+                .clone()
+                .unwrap_or(stream::Compression::None)
 }
 
 /// The work-queue stream of one server's jobs: its lanes' subjects, at most `max_queued`

@@ -206,6 +206,10 @@ pub struct JobRecord {
     /// delivery that nothing explains was held by a worker that stopped.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub holds: u32,
+    /// The call became an MCP task (its caller stopped waiting and will poll): the record is
+    /// kept for `nats.resultTtl` whatever kind of call it was.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub task: bool,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -234,6 +238,7 @@ impl JobRecord {
             result_ref: None,
             stream_seq: None,
             holds: 0,
+            task: false,
         }
     }
 

@@ -469,7 +469,21 @@ async fn a_hand_written_job_needs_no_submission_time_and_a_malformed_one_keeps_i
         serde_json::from_slice(&replies.next().await.unwrap().payload).unwrap();
     assert_eq!(reply.job_id, id);
     assert!(matches!(reply.outcome, Outcome::Ok { .. }), "{reply:?}");
-    assert!(stack.record(id).await.submitted_at_ms > 0);
+    // Submitted for later (no inbox): its record takes the time JetStream stored it.
+    let later = uuid::Uuid::now_v7();
+    js.publish(
+        "mcpq.jobs.web.normal",
+        json!({"v": 1, "id": later, "server": "web",
+            "request": {"method": "tools/call", "params": {"name": "echo", "arguments": {"text": "hi"}}}})
+        .to_string()
+        .into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    mcpq_tests::all_completed(&stack.client, &[later], Duration::from_secs(30)).await;
+    assert!(stack.record(later).await.submitted_at_ms > 0);
 
     let bad = uuid::Uuid::now_v7();
     send(json!({"v": 1, "id": bad, "server": "web", "request": {"method": ""}})).await;

@@ -23,6 +23,7 @@ mod observe;
 mod plain;
 mod replicas;
 mod restart;
+mod retention;
 mod retry;
 mod roles;
 mod schemas;

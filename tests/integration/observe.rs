@@ -12,7 +12,10 @@ use std::{
 use futures::StreamExt;
 use mcpq_dispatcher::Client;
 use mcpq_schemas::{
-    Job, JobStatus, Lane, McpRequest, audit::AuditRecord, names::AUDIT_STREAM, nats::connect,
+    Job, JobStatus, Lane, McpRequest,
+    audit::{AuditBatch, AuditRecord},
+    names::AUDIT_STREAM,
+    nats::connect,
     status::StatusReport,
 };
 use mcpq_tests::{
@@ -522,8 +525,8 @@ servers:
         .iter()
         .find(|r| r.name.as_deref() == Some("echo"))
         .unwrap();
-    assert_eq!(echo.argument_sha256.len(), 64);
-    assert!(echo.argument_bytes > 0 && echo.trace_id.as_ref().is_some_and(|t| t.len() == 32));
+    assert_eq!(echo.argument_digest.len(), 22);
+    assert!(echo.argument_bytes > 0 && echo.trace_id.len() == 32);
     assert!(
         !serde_json::to_string(echo).unwrap().contains("call "),
         "no argument values"
@@ -601,17 +604,20 @@ async fn a_callers_trace_id_reaches_the_upstream_and_the_audit_record() {
             let info = stream.get_info().await.ok()?;
             for seq in info.state.first_sequence..=info.state.last_sequence {
                 if let Ok(message) = stream.get_raw_message(seq).await
-                    && let Ok(record) = serde_json::from_slice::<AuditRecord>(&message.payload)
-                    && record.name.as_deref() == Some("traced")
+                    && let Ok(batch) = serde_json::from_slice::<AuditBatch>(&message.payload)
                 {
-                    found.push(record);
+                    found.extend(
+                        batch
+                            .records()
+                            .filter(|r| r.name.as_deref() == Some("traced")),
+                    );
                 }
             }
             (found.len() == 2).then_some(found)
         }
     })
     .await;
-    let traces: HashSet<_> = records.iter().filter_map(|r| r.trace_id.clone()).collect();
+    let traces: HashSet<_> = records.iter().map(|r| r.trace_id.clone()).collect();
     assert_eq!(
         traces,
         HashSet::from([trace.to_string(), header_trace.to_string()])

@@ -117,6 +117,8 @@ async fn two_workers_on_one_host_start_with_no_flags_and_a_killed_ones_calls_are
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_stopped_past_ack_wait_then_resumed_runs_claimed_jobs_once_and_cancels_the_rest() {
+    // AckWait 2 s, frozen 5 s: less than its heartbeat lasts (10 s), so the frozen worker keeps
+    // the jobs it claimed.
     let _exclusive = mcpq_tests::exclusive().await;
     let rig = rig_acking(8, "", "30s", "2s").await;
     let tag = |kind: &str, n: usize| format!("{kind}-{n}");
@@ -228,4 +230,35 @@ async fn the_drain_deadline_cancels_calls_upstream_and_hands_their_jobs_back() {
         runs, 2,
         "at least once: the interrupted run, then the one that answered"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_frozen_past_its_heartbeat_loses_its_claimed_job_and_cancels_it_upstream() {
+    let _exclusive = mcpq_tests::exclusive().await;
+    let rig = rig_acking(8, "", "60s", "2s").await;
+    let first = rig.worker("first");
+    let job = call("hold", serde_json::json!({"tag": "frozen", "ms": 20_000}));
+    rig.client.submit(&job).await.unwrap();
+    rig.web.fixture.until_held("frozen").await;
+    // Frozen past AckWait and past its heartbeat (10 s): the second worker asks it, hears
+    // nothing, waits out the heartbeat, and takes the job over.
+    first.signal("STOP");
+    let _second = rig.worker("second");
+    eventually("the second run", Duration::from_secs(60), || {
+        let runs = rig
+            .web
+            .fixture
+            .held()
+            .iter()
+            .filter(|t| *t == "frozen")
+            .count();
+        async move { (runs == 2).then_some(()) }
+    })
+    .await;
+    // Woken, the first finds its claim taken: it cancels its call upstream and leaves the job.
+    first.signal("CONT");
+    rig.web.fixture.until_cancelled("frozen").await;
+    rig.all_completed(&[job.id], Duration::from_secs(60)).await;
+    let record = rig.client.record(job.id).await.unwrap().unwrap();
+    assert_eq!(record.worker_id.as_deref(), Some("second"));
 }

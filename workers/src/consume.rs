@@ -74,6 +74,8 @@ enum Polled {
     Job(Lane, Box<jetstream::Message>, OwnedSemaphorePermit),
     /// The poll is over (and the slots no job took are free).
     Ended(Lane),
+    /// The poll failed (the consumer is gone, say): bind again.
+    Failed(Lane),
 }
 
 /// Why serving the bound consumers stopped.
@@ -153,6 +155,10 @@ impl Puller {
                             self.start(*message, permit);
                         }
                         Some(Polled::Ended(lane)) => lanes[lane.index()].polling = false,
+                        Some(Polled::Failed(lane)) => {
+                            tracing::warn!(server = %self.ctx.server.name, lane = lane.as_str(), "a long poll failed; binding again");
+                            break 'serve Stop::Rebind;
+                        }
                         None => {}
                     }
                     // While every lane has a poll waiting, new jobs come to the polls: a round
@@ -168,11 +174,28 @@ impl Puller {
             match self.ctx.gate.pull() {
                 Gate::Pull => {}
                 Gate::Wait(wait) => {
-                    // An open circuit, or a 429 pause: pull nothing (the jobs stay queued).
+                    // An open circuit, or a 429 pause: pull nothing more (the jobs stay
+                    // queued). Jobs the polls already hold are started meanwhile — each attempt
+                    // asks the gate too, and hands its job back with a recorded hold — never left
+                    // unheld in a buffer.
                     drop(permits);
-                    if !pause(&self.shutdown, wait).await {
-                        break Stop::Shutdown;
+                    let until = tokio::time::Instant::now() + wait;
+                    loop {
+                        tokio::select! {
+                            () = self.shutdown.cancelled() => break 'serve Stop::Shutdown,
+                            () = tokio::time::sleep_until(until) => break,
+                            polled = polls.next(), if !polls.is_empty() => match polled {
+                                Some(Polled::Job(lane, message, permit)) => {
+                                    lanes[lane.index()].last_job = Some(Instant::now());
+                                    self.start(*message, permit);
+                                }
+                                Some(Polled::Ended(lane)) => lanes[lane.index()].polling = false,
+                                Some(Polled::Failed(_)) => break 'serve Stop::Rebind,
+                                None => {}
+                            },
+                        }
                     }
+                    idle = lanes.iter().all(|l| l.polling);
                     continue;
                 }
                 Gate::Probe => {
@@ -377,7 +400,7 @@ async fn fetch(
 }
 
 /// A long poll as a stream: each message with a slot it holds, then the end (which frees the
-/// slots no message took). Errors end it too: the next round binds again if the consumer is gone.
+/// slots no message took), or its failure (the loop binds again, after a backoff).
 fn long_poll(lane: Lane, batch: pull::Batch, slots: Vec<OwnedSemaphorePermit>) -> Poll {
     futures::stream::unfold(Some((batch, slots)), move |state| async move {
         let (mut batch, mut slots) = state?;
@@ -391,7 +414,8 @@ fn long_poll(lane: Lane, batch: pull::Batch, slots: Vec<OwnedSemaphorePermit>) -
                     // More messages than asked for: hand the extra back at once.
                     None => nak(&message).await,
                 },
-                Some(Err(_)) | None => return Some((Polled::Ended(lane), None)),
+                Some(Err(_)) => return Some((Polled::Failed(lane), None)),
+                None => return Some((Polled::Ended(lane), None)),
             }
         }
     })

@@ -44,6 +44,12 @@ pub enum WorkerError {
         #[source]
         source: async_nats::Error,
     },
+    #[error("cannot subscribe to {subject}: {source}")]
+    Subscribe {
+        subject: String,
+        #[source]
+        source: async_nats::Error,
+    },
 }
 
 /// How a worker process behaves, beyond the config file.
@@ -156,7 +162,24 @@ pub async fn run(
         bucket: CANCELS_BUCKET,
         source,
     })?;
+    // Peers that find a job claimed by this worker ask it whether it still runs the job; it
+    // answers until its last call is drained.
+    let drained = CancellationToken::new();
+    call::cancel::answer_holds(
+        client.clone(),
+        &options.worker_id,
+        cancels.clone(),
+        drained.clone(),
+    )
+    .await
+    .map_err(|source| WorkerError::Subscribe {
+        subject: mcpq_schemas::names::holds_subject(&mcpq_schemas::names::worker_key(
+            &options.worker_id,
+        )),
+        source,
+    })?;
 
+    let (audit, auditing) = report::audit::Audit::start(js.clone(), options.worker_id.clone());
     let mut tasks = tokio::task::JoinSet::new();
     let mut upstreams = Vec::new();
     for server in servers {
@@ -200,25 +223,31 @@ pub async fn run(
             outbox: outbox.clone(),
             report: report.clone(),
             cancels: cancels.clone(),
+            call_record_ttl: config.nats.call_record_ttl,
+            audit: audit.clone(),
             workers: workers.clone(),
         });
-        // The heartbeat lasts until the drain is over: while this worker still holds jobs,
-        // peers must see it alive (they do not take over a live worker's jobs).
-        let drained = CancellationToken::new();
+        // The heartbeat lasts until the drain is over: the rate limit stays shared with this
+        // worker while it still calls the upstream.
+        let pool_drained = CancellationToken::new();
         let heartbeats = workers.clone();
         let (stop, grace) = (shutdown.clone(), options.drain_grace);
         tasks.spawn(async move {
             let pulling = async {
                 consume::run(ctx, stop, grace).await;
-                drained.cancel();
+                pool_drained.cancel();
             };
             tokio::join!(
                 pulling,
-                report::heartbeat::run(heartbeats, &report, drained.clone())
+                report::heartbeat::run(heartbeats, &report, pool_drained.clone())
             );
         });
     }
     while tasks.join_next().await.is_some() {}
+    drained.cancel();
+    // Every attempt has ended: what the audit holds goes out.
+    drop(audit);
+    let _ = tokio::time::timeout(Duration::from_secs(10), auditing).await;
     for upstream in upstreams {
         upstream.close(Duration::from_secs(5)).await;
     }

@@ -154,10 +154,11 @@ pub(super) fn alerts(
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuditSection {
-    /// Oldest record kept, e.g. "30d" (default 30 days).
+    /// Oldest record kept, e.g. "30d" (default 7 days).
     #[serde(default)]
     pub max_age: Option<DurationText>,
-    /// Most bytes kept, e.g. "1GiB" (the default); the oldest records go first.
+    /// Most bytes kept, e.g. "1GiB" (default 128MiB: about 900,000 calls); the oldest records
+    /// go first.
     #[serde(default)]
     pub max_bytes: Option<ByteSizeText>,
 }
@@ -172,8 +173,8 @@ pub struct AuditConfig {
 impl Default for AuditConfig {
     fn default() -> Self {
         AuditConfig {
-            max_age: Duration::from_secs(30 * 24 * 3600),
-            max_bytes: 1024 * 1024 * 1024,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_bytes: 128 * 1024 * 1024,
         }
     }
 }

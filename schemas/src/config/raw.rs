@@ -47,6 +47,12 @@ pub struct NatsSection {
     /// How long job results are kept, e.g. "24h" (default 24h).
     #[serde(default)]
     pub result_ttl: Option<DurationText>,
+    /// How long the record of a synchronous call that completed is kept, e.g. "15m" (the
+    /// default). Only calls that were slow (1 s or more), retried or held get a record at all;
+    /// their callers had their answer. Failed calls, and jobs submitted for later, keep theirs
+    /// for `resultTtl`.
+    #[serde(default)]
+    pub call_record_ttl: Option<DurationText>,
     /// How long JetStream remembers a job's `Nats-Msg-Id` to drop a second publish of it, e.g.
     /// "2m" (the default). Idempotency keys hold for the record's life (`resultTtl`) whatever
     /// this is; the window only catches pipelines publishing the same job twice at once.

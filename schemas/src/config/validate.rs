@@ -19,6 +19,7 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 const DEFAULT_CONCURRENCY: usize = 16;
 const MAX_CONCURRENCY: usize = 10_000;
 const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(24 * 3600);
+const DEFAULT_CALL_RECORD_TTL: Duration = Duration::from_secs(15 * 60);
 /// JetStream's own default duplicate window.
 const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 const MAX_ATTEMPTS: u32 = 100;
@@ -135,8 +136,19 @@ fn nats(section: Option<NatsSection>, errors: &mut Vec<ConfigError>) -> NatsConf
             format!("{duplicate_window:?} is out of range (from 1s to 24h)"),
         ));
     }
+    let call_record_ttl = section
+        .call_record_ttl
+        .map_or(DEFAULT_CALL_RECORD_TTL, |d| d.0)
+        .min(result_ttl);
+    if call_record_ttl < Duration::from_secs(1) {
+        errors.push(ConfigError::field(
+            "nats.callRecordTtl",
+            format!("{call_record_ttl:?} is too short (at least 1s)"),
+        ));
+    }
     let credentials = nats_credentials(&section, errors);
     NatsConfig {
+        call_record_ttl,
         url: urls.map(|u| u.join(",")),
         replicas,
         result_ttl,

@@ -56,20 +56,17 @@ pub(super) async fn carry_out(
         (Decision::Abandon, _) => {
             tracing::info!("this attempt no longer holds the job; leaving it to the one that does");
             if delivery.claimed && delivery.revision().is_some() {
-                // Give the claim back, so that a delivery waiting for this attempt goes on (a
-                // claim another attempt took already is left alone).
-                let status = if delivery.history.is_empty() {
-                    JobStatus::Queued
-                } else {
-                    JobStatus::Retrying
-                };
-                let mut released = record(ctx, job, delivery, status, None);
-                released.worker_id = None;
-                let _ = persist_write(ctx, delivery, &released).await;
+                release(ctx, delivery, job).await;
             }
         }
         (Decision::HandBack, _) => {
             tracing::info!("handing the job back for another worker");
+            if delivery.claimed && delivery.revision().is_some() {
+                // The next worker must not wait for this one: the claim goes back, and the
+                // delivery counts as a hold.
+                delivery.holds += 1;
+                release(ctx, delivery, job).await;
+            }
             ack(message, AckKind::Nak(None)).await;
         }
         (Decision::Hold(delay), outcome) => {
@@ -91,7 +88,13 @@ pub(super) async fn carry_out(
             };
             // A hold that cannot be recorded is still handed back: a few unexplained
             // deliveries are allowed for.
-            let _ = write(ctx, delivery, &record(ctx, job, delivery, status, None)).await;
+            let _ = write(
+                ctx,
+                delivery,
+                &record(ctx, job, delivery, status, None),
+                None,
+            )
+            .await;
             ack(message, AckKind::Nak(Some(delay))).await;
         }
         (Decision::Retry(delay), Outcome::Failed { failure, .. }) => {
@@ -101,7 +104,7 @@ pub(super) async fn carry_out(
             failed(ctx, delivery, error.clone(), Some(delay), false);
             let retrying = record(ctx, job, delivery, JobStatus::Retrying, Some(error));
             // If another attempt holds the job now, or the write failed, the message is left.
-            if let Ok(true) = write(ctx, delivery, &retrying).await {
+            if let Ok(true) = persist_write(ctx, delivery, &retrying, None).await {
                 ack(message, AckKind::Nak(Some(delay))).await;
             }
         }
@@ -179,7 +182,8 @@ fn failed(
     held: bool,
 ) {
     delivery.history.push(Attempt {
-        attempt: u32::try_from(delivery.history.len()).unwrap_or(u32::MAX) + 1,
+        // A held failure carries the number of the attempt it did not spend.
+        attempt: delivery.spent() + 1,
         at_ms: now_ms(),
         worker_id: ctx.report.worker_id.clone(),
         error,
@@ -188,26 +192,73 @@ fn failed(
     });
 }
 
+/// Gives this attempt's claim on the job back (status `queued` or `retrying`, no worker), so
+/// that a delivery waiting for it goes on; a claim another attempt took already is left alone.
+async fn release(ctx: &Context, delivery: &Delivery, job: &Job) {
+    let status = if delivery.history.is_empty() {
+        JobStatus::Queued
+    } else {
+        JobStatus::Retrying
+    };
+    let mut released = record(ctx, job, delivery, status, None);
+    released.worker_id = None;
+    let _ = persist_write(ctx, delivery, &released, None).await;
+}
+
 /// Writes the record as this delivery may: over its own revision when it claimed the job (or
-/// read its record), else whatever is there. `Ok(false)` when another attempt's write came
-/// first (the job is that attempt's now).
-async fn write(ctx: &Context, delivery: &Delivery, record: &JobRecord) -> Result<bool, WriteError> {
+/// read its record), else whatever is there; kept `ttl`, or the bucket's `resultTtl`.
+/// `Ok(false)` when another write came first.
+async fn write(
+    ctx: &Context,
+    delivery: &Delivery,
+    record: &JobRecord,
+    ttl: Option<Duration>,
+) -> Result<bool, WriteError> {
     let expect = match delivery.revision() {
         Some(revision) => Expect::Revision(revision),
         None if delivery.claimed => Expect::Absent,
         None => Expect::Any,
     };
-    match ctx.outbox.record(record, expect).await? {
+    match ctx.outbox.record(record, expect, ttl).await? {
         Some(revision) => {
             delivery.set_revision(Some(revision));
             Ok(true)
         }
-        None => {
-            tracing::warn!("another attempt wrote the job's record first; it holds the job now");
-            Ok(false)
-        }
+        None => Ok(false),
     }
 }
+
+/// How long the record of a job that ended is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// No record: a synchronous call that completed at once, its caller answered.
+    Not,
+    /// The bucket's `resultTtl`.
+    Results,
+    /// `nats.callRecordTtl`.
+    For(Duration),
+}
+
+/// Whether and how long the ending of `job` with `status` is recorded. A job submitted for
+/// later, idempotent, or that became a task keeps it for `resultTtl`, as does any job that did
+/// not complete; a synchronous call that completed keeps it `callRecordTtl` — or has none at
+/// all when it completed at its first delivery within `RECORD_AFTER` of its submission.
+fn keep(ctx: &Context, delivery: &Delivery, job: &Job, status: JobStatus) -> Keep {
+    if delivery.claimed || status != JobStatus::Completed {
+        return Keep::Results;
+    }
+    let quick = now_ms().saturating_sub(job.submitted_at_ms)
+        < (ctx.server.tasks.after / 2).min(RECORD_AFTER).as_millis() as u64;
+    if quick && delivery.delivered == 1 && delivery.history.is_empty() && delivery.holds == 0 {
+        Keep::Not
+    } else {
+        Keep::For(ctx.call_record_ttl)
+    }
+}
+
+/// A synchronous call that completes within this (or half its server's `taskAfter`, if less)
+/// of its submission gets no record: nobody will look for it, and it cannot become a task.
+const RECORD_AFTER: Duration = Duration::from_secs(1);
 
 /// Sends a progress event to the caller's inbox; jobs without one get it in their record.
 pub(super) async fn progress(ctx: &Context, delivery: &Delivery, job: &Job, progress: Progress) {
@@ -227,7 +278,7 @@ pub(super) async fn progress(ctx: &Context, delivery: &Delivery, job: &Job, prog
             running.progress = Some(progress);
             // Over this attempt's own revision: another attempt's claim is never overwritten
             // (the final write then finds it and stops).
-            let _ = write(ctx, delivery, &running).await;
+            let _ = write(ctx, delivery, &running, None).await;
         }
     }
 }
@@ -302,9 +353,33 @@ async fn finish(
     // call); the ack does. A claimed job's record is written first: if another attempt holds
     // the job now, this one neither replies nor acks.
     let reply_to = delivery.reply_to();
+    let mut keep = keep(ctx, delivery, job, status);
+    if keep != Keep::Not && !delivery.claimed {
+        // A synchronous call that ran long may have become a task: its record says so.
+        match ctx.outbox.entry(&job.id).await {
+            Ok(Some((stored, revision))) => {
+                if stored.task {
+                    keep = Keep::Results;
+                    ended.task = true;
+                }
+                delivery.set_revision(Some(revision));
+            }
+            Ok(None) => delivery.set_revision(None),
+            Err(_) => {}
+        }
+    }
+    let ttl = match keep {
+        Keep::For(ttl) => Some(ttl),
+        Keep::Not | Keep::Results => None,
+    };
     let recorded = async {
-        if delivery.claimed {
-            let written = persist_write(ctx, delivery, &ended).await;
+        if keep == Keep::Not {
+            (
+                Ok(true),
+                ctx.outbox.reply(reply_to.as_deref(), &reply).await,
+            )
+        } else if delivery.claimed {
+            let written = persist_write(ctx, delivery, &ended, ttl).await;
             let replied = match written {
                 Ok(true) => ctx.outbox.reply(reply_to.as_deref(), &reply).await,
                 _ => Ok(()),
@@ -312,7 +387,7 @@ async fn finish(
             (written, replied)
         } else {
             tokio::join!(
-                persist_write(ctx, delivery, &ended),
+                persist_write(ctx, delivery, &ended, ttl),
                 ctx.outbox.reply(reply_to.as_deref(), &reply)
             )
         }
@@ -323,8 +398,28 @@ async fn finish(
     if let Err(e) = replied {
         tracing::warn!(error = %e, "cannot publish the reply; the result stays in the record");
     }
-    if !matches!(written, Ok(true)) {
-        return;
+    match written {
+        Ok(true) => {}
+        Ok(false) => {
+            // Another write came first: a job that ended meanwhile (cancelled by request, say)
+            // is answered as it stands; one another attempt holds is left to it.
+            if let Ok(Some((stored, _))) = ctx.outbox.entry(&job.id).await
+                && stored.status.is_terminal()
+            {
+                if delivery.claimed
+                    && let Some(reply) = stored.to_reply()
+                {
+                    let _ = ctx.outbox.reply(reply_to.as_deref(), &reply).await;
+                }
+                ack(message, AckKind::Ack).await;
+            } else {
+                tracing::warn!(
+                    "another attempt wrote the job's record first; it holds the job now"
+                );
+            }
+            return;
+        }
+        Err(_) => return,
     }
     let kind = ended.error.as_ref().map(|e| e.kind);
     let tool = observe::tool_label(&ctx.upstream, job, status == JobStatus::Completed);
@@ -334,14 +429,13 @@ async fn finish(
         kind,
         now_ms().saturating_sub(job.submitted_at_ms),
     );
-    let audit = observe::audit_record(job, status, kind, ended.attempts, &ctx.report.worker_id);
     let ack_kind = match status {
         JobStatus::Expired | JobStatus::Dead | JobStatus::Failed => AckKind::Term,
         _ => AckKind::Ack,
     };
     tokio::join!(
         ack(message, ack_kind),
-        observe::audit(&ctx.outbox.js, &audit)
+        ctx.audit.ended(job, status, kind, ended.attempts)
     );
 }
 
@@ -350,11 +444,12 @@ async fn persist_write(
     ctx: &Context,
     delivery: &Delivery,
     record: &JobRecord,
+    ttl: Option<Duration>,
 ) -> Result<bool, WriteError> {
     let started = tokio::time::Instant::now();
     let mut pause = Duration::from_millis(50);
     loop {
-        match write(ctx, delivery, record).await {
+        match write(ctx, delivery, record, ttl).await {
             Ok(written) => return Ok(written),
             Err(e) if started.elapsed() + pause > WRITE_PATIENCE => {
                 tracing::error!(error = %e, "cannot record the job's outcome; giving up: the job will be delivered again");

@@ -4,101 +4,138 @@
 //! claimed — its record written `running` with this worker and this message, by compare-and-set
 //! — so that no two attempts run it at once, whatever JetStream delivers.
 //!
-//! An attempt held by a worker whose heartbeat is gone is taken over: that worker stopped.
-//! One whose worker lives is waited for: it was frozen past AckWait, or it is this process's
-//! own earlier delivery, and will finish.
+//! A record that names another worker is not taken on trust: that worker is asked (NATS request
+//! on `mcpq.holds.<worker>`) whether it still runs the job. While it says yes — it lives, only
+//! its acks came late — this delivery waits; if it says no, the job is taken over. A worker
+//! that does not answer is waited for while its heartbeat lasts (a pause of a few seconds),
+//! then taken over: it is gone, or frozen — and a frozen worker that wakes finds its claim
+//! taken, cancels its call upstream and leaves the job (at-least-once, the upstream told).
 
 use std::time::Duration;
 
 use mcpq_schemas::{Job, JobRecord, JobStatus};
 
 use super::{Context, Delivery};
-use crate::report::{heartbeat, outbox::Expect};
+use crate::{
+    call::{Interrupt, cancel},
+    report::{
+        heartbeat,
+        outbox::{Expect, WriteError},
+    },
+};
 
 /// What the record says about this delivery.
 #[derive(Debug)]
 pub(crate) enum Found {
-    /// Nothing stands in the way: go on (the record, if any, and its revision).
-    Free(Option<(JobRecord, u64)>),
+    /// Nothing stands in the way: go on (the record, if any, and its revision; `fresh` for a
+    /// replay, which starts over whatever the record holds).
+    Free {
+        record: Option<(JobRecord, u64)>,
+        fresh: bool,
+    },
     /// The job ended already.
     Done(JobRecord),
     /// Another message carries the job.
     Duplicate,
-    /// Another live attempt holds this very message: wait for it.
-    HeldElsewhere,
+    /// The delivery was interrupted while it waited for another attempt.
+    Stopped,
 }
 
 /// How often a delivery waiting for another attempt looks again.
 const LOOK_AGAIN: Duration = Duration::from_secs(1);
+/// How long the worker named in a record has to say whether it runs the job.
+const ASK_HOLDER: Duration = Duration::from_secs(2);
 
 /// Reads the job's record and says what it means for this delivery. Waits (looking again
-/// every second) while another live attempt holds the job.
+/// every second) while another attempt that still runs the job holds it.
 pub(crate) async fn look(
     ctx: &Context,
     job: &Job,
     delivery: &Delivery,
-) -> Result<Found, crate::report::outbox::WriteError> {
+    interrupt: &Interrupt,
+) -> Result<Found, WriteError> {
     loop {
-        let found = judge(ctx, job, delivery).await?;
-        if !matches!(found, Found::HeldElsewhere) {
+        if interrupt.why().is_some() {
+            return Ok(Found::Stopped);
+        }
+        if let Some(found) = judge(ctx, job, delivery, interrupt).await? {
             return Ok(found);
         }
-        tokio::time::sleep(LOOK_AGAIN).await;
+        tokio::select! {
+            () = interrupt.fired() => {}
+            () = tokio::time::sleep(LOOK_AGAIN) => {}
+        }
     }
 }
 
+/// What the record means now; `None` while another attempt holds the job.
 async fn judge(
     ctx: &Context,
     job: &Job,
     delivery: &Delivery,
-) -> Result<Found, crate::report::outbox::WriteError> {
+    interrupt: &Interrupt,
+) -> Result<Option<Found>, WriteError> {
     let Some((record, revision)) = ctx.outbox.entry(&job.id).await? else {
-        return Ok(Found::Free(None));
+        return Ok(Some(Found::Free {
+            record: None,
+            fresh: delivery.replay,
+        }));
     };
-    // A replay runs a dead job again: its first delivery does not look at the old ending.
-    let replay = delivery.replay && delivery.delivered == 1;
-    if record.status.is_terminal() && !replay {
-        return Ok(Found::Done(record));
+    let ours = record.stream_seq == Some(delivery.stream_seq);
+    if record.status.is_terminal() {
+        // A replay runs a dead job again; once it has run, its own ending stands.
+        if delivery.replay && !ours {
+            return Ok(Some(Found::Free {
+                record: Some((record, revision)),
+                fresh: true,
+            }));
+        }
+        return Ok(Some(Found::Done(record)));
     }
-    if !record.status.is_terminal()
-        && record
-            .stream_seq
-            .is_some_and(|seq| seq != delivery.stream_seq)
-        && !replay
-    {
-        return Ok(Found::Duplicate);
+    if record.stream_seq.is_some() && !ours {
+        return Ok(Some(Found::Duplicate));
     }
     if record.status == JobStatus::Running
-        && record.stream_seq == Some(delivery.stream_seq)
+        && ours
         && let Some(holder) = &record.worker_id
     {
-        let here = *holder == ctx.report.worker_id;
-        let held = if here {
+        let held = if *holder == ctx.report.worker_id {
             // This process's earlier delivery of the message still runs (its progress acks
             // were late): it will end the job.
-            ctx.cancels.is_running(&job.id)
+            ctx.cancels.runs_elsewhere(&job.id, interrupt)
         } else {
-            heartbeat::alive(&ctx.workers, &ctx.server.name, holder).await
+            match cancel::holds(&ctx.outbox.client, holder, &job.id, ASK_HOLDER).await {
+                Some(held) => held,
+                // Silent: frozen for a moment, or gone. While its heartbeat lasts (10 s after
+                // its last beat), it is given the benefit of the doubt.
+                None => heartbeat::alive(&ctx.workers, &ctx.server.name, holder).await,
+            }
         };
         if held {
-            tracing::info!(holder, "another attempt holds the job; waiting for it");
-            return Ok(Found::HeldElsewhere);
+            tracing::info!(holder, "another attempt runs the job; waiting for it");
+            return Ok(None);
         }
-        if !here {
-            tracing::warn!(holder, "the worker holding the job is gone; taking it over");
+        if *holder != ctx.report.worker_id {
+            tracing::warn!(
+                holder,
+                "the worker holding the job no longer runs it; taking it over"
+            );
         }
     }
-    Ok(Found::Free(Some((record, revision))))
+    Ok(Some(Found::Free {
+        record: Some((record, revision)),
+        fresh: false,
+    }))
 }
 
-/// Claims the job for this delivery: its record written `running` by this worker with this
-/// message, over the revision `look` found (or where there was none). `false` when another
-/// write came first (look again).
+/// Claims the job for this delivery: `running` is written by this worker with this message,
+/// over the revision last seen (or where there was no record). `None` when another write came
+/// first: look again.
 pub(crate) async fn claim(
     ctx: &Context,
     running: &JobRecord,
-    found: Option<u64>,
-) -> Result<Option<u64>, crate::report::outbox::WriteError> {
-    let expect = found.map_or(Expect::Absent, Expect::Revision);
-    ctx.outbox.record(running, expect).await
+    revision: Option<u64>,
+) -> Result<Option<u64>, WriteError> {
+    let expect = revision.map_or(Expect::Absent, Expect::Revision);
+    ctx.outbox.record(running, expect, None).await
 }

@@ -24,7 +24,8 @@ pub enum Decision {
     Hold(Duration),
     /// Failed for good: dead-letter, record, reply, then TERM.
     DeadLetter(JobStatus),
-    /// Give the message back at once for another worker: NAK, nothing recorded.
+    /// Give the message back at once for another worker: NAK (a claimed job's claim is given
+    /// back first, counted as a hold).
     HandBack,
     /// This attempt no longer holds the job: leave the message to the one that does.
     Abandon,

@@ -15,7 +15,7 @@ mod outcome;
 
 use std::{sync::Arc, time::Duration};
 
-use async_nats::jetstream::{AckKind, Message, kv};
+use async_nats::jetstream::{AckKind, Message};
 use mcpq_schemas::{
     Attempt, ErrorKind, Job, JobError, JobRecord, JobStatus, Progress,
     config::ServerConfig,
@@ -44,8 +44,11 @@ pub(crate) struct Context {
     pub outbox: Outbox,
     pub report: Arc<Report>,
     pub cancels: Arc<Cancels>,
-    /// The heartbeats: whether the worker holding a job lives.
-    pub workers: kv::Store,
+    /// How long the record of a synchronous call that completed is kept.
+    pub call_record_ttl: Duration,
+    pub audit: crate::report::audit::Audit,
+    /// The heartbeats: whether a worker that does not answer still beats.
+    pub workers: async_nats::jetstream::kv::Store,
 }
 
 /// The part of a message the attempt needs, read once, and what the job's record adds.
@@ -72,6 +75,8 @@ pub(crate) struct Delivery {
     started: bool,
     /// Whether the job has a record from its submission and is claimed before it runs.
     claimed: bool,
+    /// The call became an MCP task (its record says so, and keeps saying so).
+    task: bool,
 }
 
 impl Delivery {
@@ -100,6 +105,7 @@ impl Delivery {
             earlier: 0,
             started: false,
             claimed: false,
+            task: false,
         }
     }
 
@@ -128,6 +134,7 @@ impl Delivery {
         self.earlier = u32::try_from(self.history.len()).unwrap_or(u32::MAX);
         self.holds = record.holds;
         self.progress = record.progress.clone();
+        self.task = record.task;
         self.set_revision(Some(revision));
     }
 
@@ -193,10 +200,15 @@ pub(crate) async fn handle(ctx: &Context, message: Message) {
         job_id: job.id,
         stream_seq: delivery.stream_seq,
     };
+    // Registered before looking for a cancellation request, so one that arrives meanwhile
+    // still reaches it; and until the decision is carried out, so that another delivery of the
+    // job in this process waits for this one.
+    let running = ctx.cancels.start(job.id, interrupt.clone());
     let attempt = async {
         let outcome = run(ctx, &mut delivery, &job, &interrupt).await;
         let decision = decide(&outcome, delivery.spent(), &ctx.retry, fastrand::f64());
         carry_out::carry_out(ctx, &message, &mut delivery, Some(&job), outcome, decision).await;
+        drop(running);
     };
     tokio::select! {
         () = attempt.instrument(span) => {}
@@ -262,29 +274,10 @@ const CLAIM_TRIES: u32 = 5;
 /// The attempt itself, up to its outcome.
 async fn run(ctx: &Context, delivery: &mut Delivery, job: &Job, interrupt: &Interrupt) -> Outcome {
     // A claimed job, and any job delivered again, looks at its record first.
-    if delivery.claimed || delivery.delivered > 1 {
-        match claim::look(ctx, job, delivery).await {
-            Ok(Found::Done(record)) => {
-                tracing::info!(status = ?record.status, "already done; answering from the record");
-                return Outcome::AlreadyDone(Box::new(record));
-            }
-            Ok(Found::Duplicate) => {
-                tracing::info!("another message carries this job; this one is a duplicate");
-                return Outcome::Duplicate;
-            }
-            Ok(Found::Free(Some((record, revision)))) => {
-                if !(delivery.replay && delivery.delivered == 1) {
-                    delivery.learn(&record, revision);
-                } else {
-                    delivery.set_revision(Some(revision));
-                }
-            }
-            Ok(Found::Free(None) | Found::HeldElsewhere) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the job's record; handing it back");
-                return Outcome::Held(Duration::from_secs(1));
-            }
-        }
+    if (delivery.claimed || delivery.delivered > 1)
+        && let Some(ended) = settle(ctx, delivery, job, interrupt).await
+    {
+        return ended;
     }
     // JetStream delivered it again and again without an outcome: not tried again.
     let stranded = delivery.stranded();
@@ -300,41 +293,29 @@ async fn run(ctx: &Context, delivery: &mut Delivery, job: &Job, interrupt: &Inte
     if delivery.delivered == 1 {
         ctx.report.first_attempt(job.lane, job.submitted_at_ms);
     }
-    // Registered before looking for a request, so one that arrives meanwhile still reaches it.
-    let running = ctx.cancels.start(job.id, interrupt.clone());
-    if let Some(Why::Cancelled(reason)) = running.interrupt.why() {
-        return Outcome::Cancelled {
-            when: "before it started",
-            reason: reason.clone(),
-        };
+    if let Some(why) = interrupt.why() {
+        return stopped(why, "before it started");
     }
     // Every attempt passes the gate: an open circuit holds the job, its attempt not spent.
     let ticket = match ctx.gate.admit() {
         Ok(ticket) => ticket,
         Err(wait) => return Outcome::Held(wait),
     };
-    delivery.started = true;
     if delivery.claimed {
         let mut tries = 0;
         loop {
-            let claim = record(ctx, job, delivery, JobStatus::Running, None);
+            let mut claim = record(ctx, job, delivery, JobStatus::Running, None);
+            claim.attempts = delivery.earlier + 1;
             match claim::claim(ctx, &claim, delivery.revision()).await {
                 Ok(Some(revision)) => {
                     delivery.set_revision(Some(revision));
                     break;
                 }
+                // Another write came first: what is it now?
                 Ok(None) if tries < CLAIM_TRIES => {
                     tries += 1;
-                    // Another write came first: what is it?
-                    match claim::look(ctx, job, delivery).await {
-                        Ok(Found::Done(record)) => return Outcome::AlreadyDone(Box::new(record)),
-                        Ok(Found::Duplicate) => return Outcome::Duplicate,
-                        Ok(Found::Free(current)) => {
-                            delivery.set_revision(current.map(|(_, revision)| revision));
-                        }
-                        Ok(Found::HeldElsewhere) | Err(_) => {
-                            return Outcome::Held(Duration::from_secs(1));
-                        }
+                    if let Some(ended) = settle(ctx, delivery, job, interrupt).await {
+                        return ended;
                     }
                 }
                 Ok(None) => return Outcome::Held(Duration::from_secs(1)),
@@ -345,10 +326,19 @@ async fn run(ctx: &Context, delivery: &mut Delivery, job: &Job, interrupt: &Inte
             }
         }
     }
+    delivery.started = true;
+    interrupt.activate();
     // Over the rate limit the job waits here, held (progress acks continue), then is checked
     // against its deadline like any other.
-    if let Some(waited) = ctx.gate.limit(job.request.tool_name()).await {
+    let limited = tokio::select! {
+        waited = ctx.gate.limit(job.request.tool_name()) => waited,
+        () = interrupt.fired() => None,
+    };
+    if let Some(waited) = limited {
         ctx.report.rate_limited(waited);
+    }
+    if let Some(why) = interrupt.why() {
+        return stopped(why, "before it started");
     }
     let now = now_ms();
     let mut timeout = ctx.server.timeout;
@@ -361,16 +351,15 @@ async fn run(ctx: &Context, delivery: &mut Delivery, job: &Job, interrupt: &Inte
         timeout = timeout.min(Duration::from_millis(deadline - now));
     }
     let outcome = call_upstream(ctx, delivery, job, timeout, interrupt).await;
-    let count = ctx.gate.record(outcome.verdict(), ticket);
+    // An interrupted call says nothing about the upstream.
+    let count = match outcome.verdict() {
+        Some(verdict) => ctx.gate.record(verdict, ticket),
+        None => crate::gate::Count::Counted,
+    };
     match outcome {
-        CallOutcome::Interrupted => match interrupt.why() {
-            Some(Why::Cancelled(reason)) => Outcome::Cancelled {
-                when: "while it ran",
-                reason: reason.clone(),
-            },
-            Some(Why::Lost) => Outcome::Lost,
-            Some(Why::Draining) | None => Outcome::Interrupted,
-        },
+        CallOutcome::Interrupted => {
+            stopped(interrupt.why().unwrap_or(&Why::Draining), "while it ran")
+        }
         CallOutcome::Answered(result) => {
             let size = carry_out::encoded_len(&result);
             if size > ctx.server.max_result_bytes {
@@ -386,6 +375,55 @@ async fn run(ctx: &Context, delivery: &mut Delivery, job: &Job, interrupt: &Inte
             }
             Outcome::Failed { failure, count }
         }
+    }
+}
+
+/// Looks at the job's record (waiting while another attempt runs the job) and takes over what
+/// it knows; the outcome, when the record decides it.
+async fn settle(
+    ctx: &Context,
+    delivery: &mut Delivery,
+    job: &Job,
+    interrupt: &Interrupt,
+) -> Option<Outcome> {
+    match claim::look(ctx, job, delivery, interrupt).await {
+        Ok(Found::Done(record)) => {
+            tracing::info!(status = ?record.status, "already done; answering from the record");
+            Some(Outcome::AlreadyDone(Box::new(record)))
+        }
+        Ok(Found::Duplicate) => {
+            tracing::info!("another message carries this job; this one is a duplicate");
+            Some(Outcome::Duplicate)
+        }
+        Ok(Found::Stopped) => Some(stopped(
+            interrupt.why().unwrap_or(&Why::Draining),
+            "before it started",
+        )),
+        Ok(Found::Free { record, fresh }) => {
+            match record {
+                // A replay starts over: only the revision is kept, to write over.
+                Some((_, revision)) if fresh => delivery.set_revision(Some(revision)),
+                Some((record, revision)) => delivery.learn(&record, revision),
+                None => delivery.set_revision(None),
+            }
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the job's record; handing it back");
+            Some(Outcome::Held(Duration::from_secs(1)))
+        }
+    }
+}
+
+/// The outcome of a delivery stopped by its interrupt.
+fn stopped(why: &Why, when: &'static str) -> Outcome {
+    match why {
+        Why::Cancelled(reason) => Outcome::Cancelled {
+            when,
+            reason: reason.clone(),
+        },
+        Why::Lost => Outcome::Lost,
+        Why::Draining => Outcome::Interrupted,
     }
 }
 
@@ -467,6 +505,7 @@ fn record(
         progress: delivery.progress.clone(),
         stream_seq: Some(delivery.stream_seq),
         holds: delivery.holds,
+        task: delivery.task,
         status,
         ..JobRecord::queued(job)
     }

@@ -39,9 +39,21 @@ pub(crate) enum Why {
 pub(crate) struct Interrupt {
     token: CancellationToken,
     why: Arc<OnceLock<Why>>,
+    /// Set once the delivery holds the job (claimed it, or is about to call): only then does
+    /// it count as running the job here.
+    active: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Interrupt {
+    /// The delivery holds the job from now on.
+    pub(crate) fn activate(&self) {
+        self.active.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn is_active(&self) -> bool {
+        self.active.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Stops the call for `why`, unless it was stopped already.
     pub(crate) fn fire(&self, why: Why) {
         let _ = self.why.set(why);
@@ -112,9 +124,21 @@ impl Cancels {
         }
     }
 
-    /// Whether an attempt at `job_id` runs in this process now.
-    pub(crate) fn is_running(&self, job_id: &Uuid) -> bool {
-        lock(&self.state).running.contains_key(job_id)
+    /// Whether an attempt at `job_id` other than the one `mine` stops holds the job in this
+    /// process now.
+    pub(crate) fn runs_elsewhere(&self, job_id: &Uuid, mine: &Interrupt) -> bool {
+        lock(&self.state).running.get(job_id).is_some_and(|runs| {
+            runs.iter()
+                .any(|run| run.is_active() && !Arc::ptr_eq(&run.why, &mine.why))
+        })
+    }
+
+    /// Whether an attempt holds `job_id` in this process now.
+    fn is_running(&self, job_id: &Uuid) -> bool {
+        lock(&self.state)
+            .running
+            .get(job_id)
+            .is_some_and(|runs| runs.iter().any(Interrupt::is_active))
     }
 
     /// Stops every call running here (the drain deadline passed).
@@ -136,6 +160,54 @@ impl Cancels {
             .requested
             .retain(|_, (_, at)| now.duration_since(*at) < ttl);
         state.requested.insert(request.job_id, (request, now));
+    }
+}
+
+/// Answers, on `mcpq.holds.<this worker>`, whether a job runs here: a worker that finds a job
+/// claimed by this one asks before it takes it over (a worker that does not answer — gone, or
+/// frozen — holds nothing it can finish).
+pub(crate) async fn answer_holds(
+    nats: async_nats::Client,
+    worker_id: &str,
+    cancels: Arc<Cancels>,
+    shutdown: CancellationToken,
+) -> Result<(), async_nats::Error> {
+    let subject = mcpq_schemas::names::holds_subject(&mcpq_schemas::names::worker_key(worker_id));
+    let mut asked = nats.subscribe(subject).await?;
+    tokio::spawn(async move {
+        loop {
+            let question = tokio::select! {
+                () = shutdown.cancelled() => return,
+                question = asked.next() => match question {
+                    Some(question) => question,
+                    None => return,
+                },
+            };
+            let held = std::str::from_utf8(&question.payload)
+                .ok()
+                .and_then(|id| id.trim().parse::<Uuid>().ok())
+                .is_some_and(|id| cancels.is_running(&id));
+            if let Some(reply) = question.reply {
+                let answer: &'static [u8] = if held { b"yes" } else { b"no" };
+                let _ = nats.publish(reply, answer.into()).await;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Asks the worker `holder` whether it runs `job_id`: `None` when it does not answer within
+/// `within` (gone, or frozen).
+pub(crate) async fn holds(
+    nats: &async_nats::Client,
+    holder: &str,
+    job_id: &Uuid,
+    within: Duration,
+) -> Option<bool> {
+    let subject = mcpq_schemas::names::holds_subject(&mcpq_schemas::names::worker_key(holder));
+    match tokio::time::timeout(within, nats.request(subject, job_id.to_string().into())).await {
+        Ok(Ok(answer)) => Some(answer.payload.as_ref() == b"yes"),
+        Ok(Err(_)) | Err(_) => None,
     }
 }
 
@@ -245,9 +317,20 @@ mod tests {
         let id = Uuid::now_v7();
         let first = cancels.start(id, Interrupt::default());
         let second = cancels.start(id, Interrupt::default());
+        assert!(
+            !cancels.is_running(&id),
+            "registered, not yet holding the job"
+        );
+        first.interrupt.activate();
+        second.interrupt.activate();
         assert!(cancels.is_running(&id));
+        assert!(cancels.runs_elsewhere(&id, &second.interrupt));
         drop(first);
         assert!(cancels.is_running(&id), "the second delivery still runs");
+        assert!(
+            !cancels.runs_elsewhere(&id, &second.interrupt),
+            "only itself"
+        );
         cancels.interrupt_all(&Why::Draining);
         assert_eq!(second.interrupt.why(), Some(&Why::Draining));
         drop(second);

@@ -45,12 +45,13 @@ pub(crate) enum CallOutcome {
 }
 
 impl CallOutcome {
-    /// The verdict for the circuit breaker and passive health: an interrupted call says
+    /// The verdict for the circuit breaker and passive health; an interrupted call says
     /// nothing about the upstream.
-    pub(crate) fn verdict(&self) -> Verdict {
+    pub(crate) fn verdict(&self) -> Option<Verdict> {
         match self {
-            CallOutcome::Answered(_) | CallOutcome::Interrupted => Verdict::Answered,
-            CallOutcome::Failed(failure) => failure.verdict,
+            CallOutcome::Answered(_) => Some(Verdict::Answered),
+            CallOutcome::Interrupted => None,
+            CallOutcome::Failed(failure) => Some(failure.verdict),
         }
     }
 }
@@ -91,8 +92,8 @@ pub(crate) async fn call(upstream: &Upstream, job: &Job, options: CallOptions) -
     };
     let endpoint = lease.as_ref().map_or(upstream.server(), |l| l.endpoint());
     let outcome = call_on(upstream, endpoint, &peer, job, options).await;
-    if let Some(lease) = lease {
-        lease.verdict(outcome.verdict());
+    if let (Some(lease), Some(verdict)) = (lease, outcome.verdict()) {
+        lease.verdict(verdict);
     }
     outcome
 }

@@ -2,7 +2,7 @@
 //! `<server>.<worker>`), written every few seconds and at once when the circuit opens or closes,
 //! expiring when a worker dies. It carries the circuit state, the upstream's health, the
 //! worker's counts and its metrics address (for `mcpq status`); counting the entries tells each
-//! worker how many share the server's rate limit, and whether the worker holding a job lives.
+//! worker how many share the server's rate limit.
 
 use std::time::Duration;
 
@@ -17,12 +17,12 @@ use super::Report;
 const HEARTBEAT: Duration = Duration::from_secs(2);
 
 /// The heartbeat key of `worker_id` for `server`.
-pub(crate) fn key(server: &str, worker_id: &str) -> String {
-    format!("{server}.{}", key_safe(worker_id))
+fn key(server: &str, worker_id: &str) -> String {
+    format!("{server}.{}", mcpq_schemas::names::worker_key(worker_id))
 }
 
-/// Whether `worker_id`'s heartbeat for `server` is there (the worker lives). An unreadable
-/// bucket answers yes: a job is not taken from a worker that may be alive.
+/// Whether `worker_id`'s heartbeat for `server` is there. An unreadable bucket answers yes: a
+/// job is not taken from a worker that may be alive.
 pub(crate) async fn alive(bucket: &kv::Store, server: &str, worker_id: &str) -> bool {
     match bucket.get(key(server, worker_id)).await {
         Ok(beat) => beat.is_some(),
@@ -71,17 +71,4 @@ pub(crate) async fn run(bucket: kv::Store, report: &Report, shutdown: Cancellati
         }
     }
     let _ = bucket.delete(&key).await;
-}
-
-/// A worker id as a KV key token: anything but letters, digits, `-` and `_` becomes `_`.
-fn key_safe(id: &str) -> String {
-    id.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }

@@ -1,7 +1,9 @@
 //! What a worker tells others about one server, used by every stage and using none of them:
-//! the record, reply and dead letter of each job ([`outbox`]), metrics and audit ([`observe`]),
+//! the record, reply and dead letter of each job ([`outbox`]), metrics ([`observe`]), audit
+//! entries ([`audit`]),
 //! its heartbeat ([`heartbeat`]), the upstream's health ([`health`]) and catalog ([`catalog`]).
 
+pub(crate) mod audit;
 pub(crate) mod catalog;
 pub(crate) mod health;
 pub(crate) mod heartbeat;

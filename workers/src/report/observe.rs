@@ -1,6 +1,5 @@
 //! What a worker tells operators about the jobs it runs: Prometheus metrics (names in
-//! `mcpq_schemas::metrics`), one audit record per ended job on `MCPQ_AUDIT`, and the counts its
-//! heartbeat carries for `mcpq status`.
+//! `mcpq_schemas::metrics`), and the counts its heartbeat carries for `mcpq status`.
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
@@ -8,13 +7,10 @@ use metrics::{Counter, Gauge, Histogram};
 
 use mcpq_schemas::{
     ErrorKind, Job, JobStatus, Lane,
-    audit::AuditRecord,
     metrics::{self as m, OTHER},
-    names::{ENVELOPE_VERSION, HDR_MSG_ID, audit_subject},
     now_ms,
     worker::CircuitState,
 };
-use sha2::{Digest, Sha256};
 
 use super::Report;
 use crate::{lock, upstream::Upstream};
@@ -167,8 +163,7 @@ impl Report {
         self.update_stats(|s| s.record(0, false));
     }
 
-    /// A job ended for good (its record is written): counted and timed. Its audit record is
-    /// [`audit_record`]'s.
+    /// A job ended for good (its record is written): counted and timed.
     pub(crate) fn ended(
         &self,
         tool: &str,
@@ -197,87 +192,6 @@ impl Drop for InFlight<'_> {
         self.0
             .update_stats(|s| s.in_flight = s.in_flight.saturating_sub(1));
     }
-}
-
-/// The audit record of a job that ended: who, what, how it ended, how long; never argument
-/// values (only their size and SHA-256).
-pub(crate) fn audit_record(
-    job: &Job,
-    status: JobStatus,
-    kind: Option<ErrorKind>,
-    attempts: u32,
-    worker_id: &str,
-) -> AuditRecord {
-    let ended_at_ms = now_ms();
-    let params = job
-        .request
-        .params
-        .as_ref()
-        .map(|p| {
-            let arguments = p.get("arguments").unwrap_or(&serde_json::Value::Null);
-            if job.request.tool_name().is_some() {
-                serde_json::to_vec(arguments)
-            } else {
-                serde_json::to_vec(p)
-            }
-            .unwrap_or_default()
-        })
-        .unwrap_or_default();
-    AuditRecord {
-        v: ENVELOPE_VERSION,
-        job_id: job.id,
-        server: job.server.clone(),
-        method: job.request.method.clone(),
-        name: name_of(job),
-        principal: job.principal.clone(),
-        argument_bytes: params.len() as u64,
-        argument_sha256: hex(&Sha256::digest(&params)),
-        outcome: outcome(status, kind).to_string(),
-        error_kind: kind.map(|k| k.as_str().to_string()),
-        attempts,
-        latency_ms: ended_at_ms.saturating_sub(job.submitted_at_ms),
-        trace_id: job
-            .traceparent
-            .as_deref()
-            .and_then(mcpq_schemas::trace::trace_id_of),
-        worker_id: worker_id.to_string(),
-        submitted_at_ms: job.submitted_at_ms,
-        ended_at_ms,
-    }
-}
-
-/// Publishes a job's audit record on `MCPQ_AUDIT`, under the job id as `Nats-Msg-Id` (a worker
-/// that ends the job again after a crash writes it once). The job's outcome is kept already: an
-/// audit record that cannot be written is logged, never a reason to run the job again.
-pub(crate) async fn audit(js: &async_nats::jetstream::Context, record: &AuditRecord) {
-    let Ok(body) = serde_json::to_vec(record) else {
-        return;
-    };
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(HDR_MSG_ID, format!("{}.audit", record.job_id).as_str());
-    let published = js
-        .publish_with_headers(audit_subject(&record.server), headers, body.into())
-        .await;
-    let acked = match published {
-        Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    if let Err(e) = acked {
-        tracing::warn!(job_id = %record.job_id, error = %e, "cannot write the audit record");
-    }
-}
-
-/// The tool, prompt or resource a request names.
-fn name_of(job: &Job) -> Option<String> {
-    let params = job.request.params.as_ref()?;
-    ["name", "uri"]
-        .iter()
-        .find_map(|key| params.get(*key)?.as_str())
-        .map(str::to_string)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -77,26 +77,30 @@ impl Outbox {
         })
     }
 
-    /// Stores the job's record (durably: waits for the KV write to be acknowledged) unless
+    /// Stores the job's record (durably: waits for the write to be acknowledged) unless
     /// `expect` says another write came first: then `Ok(None)`. The new revision otherwise.
+    /// With a `ttl`, the record lives that long (`Nats-TTL`) instead of the bucket's
+    /// `resultTtl`.
     pub(crate) async fn record(
         &self,
         record: &JobRecord,
         expect: Expect,
+        ttl: Option<std::time::Duration>,
     ) -> Result<Option<u64>, WriteError> {
         let bytes = serde_json::to_vec(record).map_err(|e| fail("encode job record")(&e))?;
         let key = record.job_id.to_string();
-        let written = match expect {
-            Expect::Any => self
+        let written = match (expect, ttl) {
+            (expect, Some(ttl)) => return self.record_for(&key, bytes, expect, ttl).await,
+            (Expect::Any, None) => self
                 .results
                 .put(key, bytes.into())
                 .await
                 .map_err(|e| e.to_string()),
-            Expect::Absent => match self.results.create(key, bytes.into()).await {
+            (Expect::Absent, None) => match self.results.create(key, bytes.into()).await {
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => return Ok(None),
                 other => other.map_err(|e| e.to_string()),
             },
-            Expect::Revision(revision) => {
+            (Expect::Revision(revision), None) => {
                 match self.results.update(key, bytes.into(), revision).await {
                     Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                         return Ok(None);
@@ -108,6 +112,64 @@ impl Outbox {
         written
             .map(Some)
             .map_err(|reason| fail("write job record")(&reason))
+    }
+
+    /// [`Outbox::record`] with a time to live of its own: published on the bucket's subject
+    /// with `Nats-TTL` (whole seconds), the expected revision as
+    /// `Nats-Expected-Last-Subject-Sequence`.
+    async fn record_for(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        expect: Expect,
+        ttl: std::time::Duration,
+    ) -> Result<Option<u64>, WriteError> {
+        use async_nats::header::{NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, NATS_MESSAGE_TTL};
+        let prefix = self
+            .results
+            .put_prefix
+            .as_ref()
+            .unwrap_or(&self.results.prefix);
+        let subject = format!("{prefix}{key}");
+        let mut expect = expect;
+        for _ in 0..2 {
+            let mut headers = HeaderMap::new();
+            headers.insert(NATS_MESSAGE_TTL, ttl.as_secs().max(1).to_string().as_str());
+            match expect {
+                Expect::Any => {}
+                Expect::Absent => headers.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, "0"),
+                Expect::Revision(revision) => headers.insert(
+                    NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                    revision.to_string().as_str(),
+                ),
+            }
+            let published = self
+                .js
+                .publish_with_headers(subject.clone(), headers, bytes.clone().into())
+                .await
+                .map_err(|e| fail("write job record")(&e))?
+                .await;
+            match published {
+                Ok(ack) => return Ok(Some(ack.sequence)),
+                Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                    // "No record" also holds over a deleted one: its marker is the last entry.
+                    let deleted = match (expect, self.results.entry(key).await) {
+                        (Expect::Absent, Ok(Some(entry)))
+                            if entry.operation != kv::Operation::Put =>
+                        {
+                            Some(entry.revision)
+                        }
+                        _ => None,
+                    };
+                    match deleted {
+                        Some(revision) => expect = Expect::Revision(revision),
+                        None => return Ok(None),
+                    }
+                }
+                Err(e) => return Err(fail("write job record")(&e)),
+            }
+        }
+        Ok(None)
     }
 
     /// The stored record of a job and its revision, if it has one.
