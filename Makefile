@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 NPM := .tools/npm
 
-.PHONY: tools build demo test conformance schemas bench bench-scale bench-limits bench-metrics bench-scale-out bench-smoke fmt lint clean
+.PHONY: tools build demo test conformance schemas bench bench-scale bench-limits bench-metrics bench-scale-out bench-smoke soak fmt lint clean
 
 tools: $(VENV)/.installed $(NPM)/.installed .tools/.debian
 
@@ -79,6 +79,13 @@ bench-metrics: tools
 
 bench-smoke: tools build
 	python3 deploy/local/bench.py --smoke --profile debug
+	python3 deploy/local/bench.py --soak 1 --profile debug
+
+# Full speed for SOAK_MINUTES (default 10) with default settings: memory and store size every 30 s.
+SOAK_MINUTES ?= 10
+soak: tools
+	cargo build --release --workspace --bins
+	python3 deploy/local/bench.py --soak $(SOAK_MINUTES) --write
 
 # Regenerate the pinned JSON Schemas under schemas/json after changing a wire or config type.
 schemas:

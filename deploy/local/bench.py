@@ -564,7 +564,8 @@ def main():
                 print()
                 print(text)
                 if args.write:
-                    header = (f"Measured {time.strftime('%Y-%m-%d')} with `make bench-{section}` on {versions(rig)}.\n\n")
+                    command = f"make soak SOAK_MINUTES={args.soak:g}" if section == "soak" else f"make bench-{section}"
+                    header = (f"Measured {time.strftime('%Y-%m-%d')} with `{command}` on {versions(rig)}.\n\n")
                     write(section, header + text)
                 return
 

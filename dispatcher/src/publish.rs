@@ -38,7 +38,7 @@ pub enum ClientError {
         reason: String,
     },
     #[error(
-        "job {job_id}: no reply within {timeout:?}; the job may still complete (look it up with its id)"
+        "job {job_id}: no reply within {timeout:?}; the job may still complete (a call that runs on past 1 s keeps a record: look it up with its id)"
     )]
     Timeout { job_id: Uuid, timeout: Duration },
     #[error("job {job_id}: the reply inbox closed")]
@@ -302,6 +302,61 @@ impl Client {
         }
         Err(fail(
             "its record keeps changing under the task; try again".into(),
+        ))
+    }
+
+    /// Writes the ending `reply` tells into the record of a call that became a task, unless the
+    /// record has ended already (the worker writes the ending of any call that ran long; this
+    /// covers a dispatcher and a worker whose clocks or `taskAfter` disagree).
+    pub async fn settle_task(&self, reply: &Reply) -> Result<(), ClientError> {
+        let job_id = reply.job_id;
+        let fail = |reason: String| ClientError::Record { job_id, reason };
+        let bucket = self.results(job_id).await?;
+        for _ in 0..5 {
+            let Some(entry) = bucket
+                .entry(job_id.to_string())
+                .await
+                .map_err(|e| fail(e.to_string()))?
+                .filter(|e| e.operation == kv::Operation::Put)
+            else {
+                return Ok(());
+            };
+            let mut record: JobRecord =
+                serde_json::from_slice(&entry.value).map_err(|e| fail(e.to_string()))?;
+            if record.status.is_terminal() {
+                return Ok(());
+            }
+            match &reply.outcome {
+                Outcome::Ok { result } => {
+                    record.status = JobStatus::Completed;
+                    record.result = reply.result_ref.is_none().then(|| result.clone());
+                    record.result_ref = reply.result_ref.clone();
+                }
+                Outcome::Error { error } => {
+                    record.status = match error.kind {
+                        ErrorKind::Cancelled => JobStatus::Cancelled,
+                        ErrorKind::Expired => JobStatus::Expired,
+                        _ => JobStatus::Failed,
+                    };
+                    record.error = Some(error.clone());
+                }
+            }
+            record.task = true;
+            record.updated_at_ms = mcpq_schemas::now_ms();
+            if bucket
+                .update(
+                    job_id.to_string(),
+                    record_bytes(&record)?.into(),
+                    entry.revision,
+                )
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+        }
+        Err(fail(
+            "its record keeps changing; the worker's ending stands".into(),
         ))
     }
 

@@ -43,6 +43,10 @@ pub const AUTH_FAILURES: &str = "mcpq_auth_failures_total";
 /// `max_in_flight`) as last seen by this dispatcher.
 pub const QUOTA_USED: &str = "mcpq_quota_used";
 
+/// Counter `{server}`: audit entries a worker dropped because NATS had not taken its earlier
+/// ones for a while (the calls themselves went on).
+pub const AUDIT_DROPPED: &str = "mcpq_audit_dropped_total";
+
 /// Every `outcome` of [`CALLS_TOTAL`].
 pub const OUTCOMES: [&str; 6] = [
     "completed",
@@ -62,7 +66,7 @@ pub const DURATION_BUCKETS: [f64; 16] = [
 ];
 
 /// Every metric name mcpq defines, for the docs check.
-pub const ALL: [&str; 19] = [
+pub const ALL: [&str; 20] = [
     CALLS_TOTAL,
     CALL_DURATION,
     UPSTREAM_DURATION,
@@ -81,5 +85,6 @@ pub const ALL: [&str; 19] = [
     REQUESTS_TOTAL,
     AUTH_FAILURES,
     QUOTA_USED,
+    AUDIT_DROPPED,
     "process_resident_memory_bytes",
 ];

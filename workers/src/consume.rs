@@ -321,6 +321,8 @@ impl Puller {
     }
 
     fn start(&mut self, message: jetstream::Message, permit: OwnedSemaphorePermit) {
+        // Calls that ended are reaped as new ones start: the set holds at most the slots.
+        while self.in_flight.try_join_next().is_some() {}
         let ctx = self.ctx.clone();
         self.in_flight.spawn(async move {
             attempt::handle(&ctx, message).await;

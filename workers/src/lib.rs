@@ -247,7 +247,7 @@ pub async fn run(
     drained.cancel();
     // Every attempt has ended: what the audit holds goes out.
     drop(audit);
-    let _ = tokio::time::timeout(Duration::from_secs(10), auditing).await;
+    let _ = tokio::time::timeout(Duration::from_secs(30), auditing).await;
     for upstream in upstreams {
         upstream.close(Duration::from_secs(5)).await;
     }

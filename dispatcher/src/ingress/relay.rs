@@ -249,7 +249,7 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
     let (job_id, job, call): (
         Uuid,
         Option<Job>,
-        Pin<Box<dyn Future<Output = _> + Send + '_>>,
+        Pin<Box<dyn Future<Output = _> + Send + 'static>>,
     ) = match request.resume {
         Some(resume) => {
             let job_id = resume.job_id;
@@ -273,9 +273,9 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
                 reply_to: None,
             };
             let subject = input_subject(&resume.job_id, &resume.question);
+            let client = shared.client.clone();
             let call = async move {
-                shared
-                    .client
+                client
                     .answer_and_wait(&subject, answer, wait, Some(events))
                     .await
             };
@@ -310,19 +310,14 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
                 TaskMode::Optional => (job.id, Some(job.clone())),
                 _ => (job.id, None),
             };
-            let call = async move {
-                shared
-                    .client
-                    .call_with_events(&job, wait, Some(events))
-                    .await
-            };
+            let client = shared.client.clone();
+            let call = async move { client.call_with_events(&job, wait, Some(events)).await };
             (job_id, kept, Box::pin(call))
         }
     };
     let span = ingress_span
         .unwrap_or_else(|| tracing::info_span!("relay", %job_id, server = request.server));
-    let call = call.instrument(span);
-    tokio::pin!(call);
+    let mut call = Box::pin(call.instrument(span));
     let token = origin.progress_token.clone().or_else(|| {
         meta.and_then(|m| m.get("progressToken"))
             .and_then(|t| serde_json::from_value(t.clone()).ok())
@@ -361,6 +356,16 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
             () = &mut become_task, if job.is_some() => {
                 guard.armed = false;
                 if let Some(job) = job {
+                    // The reply still comes here: the task's record gets it, should the worker
+                    // not have written the ending itself.
+                    let client = shared.client.clone();
+                    tokio::spawn(async move {
+                        if let Ok(reply) = call.await
+                            && let Err(e) = client.settle_task(&reply).await
+                        {
+                            tracing::warn!(job_id = %reply.job_id, error = %e, "cannot write a task's ending");
+                        }
+                    });
                     return Ok(Relayed::Task(job));
                 }
             }

@@ -205,27 +205,53 @@ async fn release(ctx: &Context, delivery: &Delivery, job: &Job) {
     let _ = persist_write(ctx, delivery, &released, None).await;
 }
 
-/// Writes the record as this delivery may: over its own revision when it claimed the job (or
-/// read its record), else whatever is there; kept `ttl`, or the bucket's `resultTtl`.
-/// `Ok(false)` when another write came first.
+/// Writes the record as this delivery may — over the revision it last read or wrote, or where
+/// there is none — kept `ttl`, or the bucket's `resultTtl`. A write that finds the record
+/// changed looks at it: changed by the dispatcher (the call became a task) or by this attempt's
+/// own write whose acknowledgement was lost, it is written again over it (keeping the task
+/// mark); changed by another attempt, or ended, `Ok(false)`.
 async fn write(
     ctx: &Context,
     delivery: &Delivery,
     record: &JobRecord,
     ttl: Option<Duration>,
 ) -> Result<bool, WriteError> {
-    let expect = match delivery.revision() {
-        Some(revision) => Expect::Revision(revision),
-        None if delivery.claimed => Expect::Absent,
-        None => Expect::Any,
-    };
-    match ctx.outbox.record(record, expect, ttl).await? {
-        Some(revision) => {
+    let mut record = std::borrow::Cow::Borrowed(record);
+    let mut ttl = ttl;
+    for _ in 0..3 {
+        let expect = delivery.revision().map_or(Expect::Absent, Expect::Revision);
+        if let Some(revision) = ctx.outbox.record(&record, expect, ttl).await? {
             delivery.set_revision(Some(revision));
-            Ok(true)
+            return Ok(true);
         }
-        None => Ok(false),
+        let Some((stored, revision)) = ctx.outbox.entry(&record.job_id).await? else {
+            delivery.set_revision(None);
+            continue;
+        };
+        let me = ctx.report.worker_id.as_str();
+        let ours = stored
+            .stream_seq
+            .is_none_or(|seq| seq == delivery.stream_seq)
+            && stored.worker_id.as_deref().is_none_or(|w| w == me);
+        if stored.status.is_terminal() {
+            let landed =
+                ours && stored.worker_id.as_deref() == Some(me) && stored.status == record.status;
+            if landed {
+                delivery.set_revision(Some(revision));
+            }
+            return Ok(landed);
+        }
+        if !ours {
+            return Ok(false);
+        }
+        if stored.task && !record.task {
+            // A task's record is kept for resultTtl.
+            record.to_mut().task = true;
+            ttl = None;
+        }
+        delivery.set_revision(Some(revision));
     }
+    Ok(false)
 }
 
 /// How long the record of a job that ended is kept.
@@ -433,10 +459,8 @@ async fn finish(
         JobStatus::Expired | JobStatus::Dead | JobStatus::Failed => AckKind::Term,
         _ => AckKind::Ack,
     };
-    tokio::join!(
-        ack(message, ack_kind),
-        ctx.audit.ended(job, status, kind, ended.attempts)
-    );
+    ctx.audit.ended(job, status, kind, ended.attempts);
+    ack(message, ack_kind).await;
 }
 
 /// [`write`], tried again as a write for a while.

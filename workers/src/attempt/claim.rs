@@ -45,6 +45,9 @@ pub(crate) enum Found {
 const LOOK_AGAIN: Duration = Duration::from_secs(1);
 /// How long the worker named in a record has to say whether it runs the job.
 const ASK_HOLDER: Duration = Duration::from_secs(2);
+/// The longest a delivery waits for a worker that does not answer, whatever its heartbeat
+/// says (the heartbeats cannot be read, or the worker predates `mcpq.holds`).
+const SILENT_MOST: Duration = Duration::from_secs(30);
 
 /// Reads the job's record and says what it means for this delivery. Waits (looking again
 /// every second) while another attempt that still runs the job holds it.
@@ -54,12 +57,18 @@ pub(crate) async fn look(
     delivery: &Delivery,
     interrupt: &Interrupt,
 ) -> Result<Found, WriteError> {
+    let mut silent_since: Option<tokio::time::Instant> = None;
     loop {
         if interrupt.why().is_some() {
             return Ok(Found::Stopped);
         }
-        if let Some(found) = judge(ctx, job, delivery, interrupt).await? {
-            return Ok(found);
+        let patience = silent_since.is_none_or(|since| since.elapsed() < SILENT_MOST);
+        match judge(ctx, job, delivery, interrupt, patience).await? {
+            Judged::Found(found) => return Ok(found),
+            Judged::Held => silent_since = None,
+            Judged::Silent => {
+                silent_since.get_or_insert_with(tokio::time::Instant::now);
+            }
         }
         tokio::select! {
             () = interrupt.fired() => {}
@@ -68,52 +77,71 @@ pub(crate) async fn look(
     }
 }
 
-/// What the record means now; `None` while another attempt holds the job.
+/// What the record means now.
+enum Judged {
+    Found(Found),
+    /// Another attempt says it runs the job.
+    Held,
+    /// The worker named in the record does not answer, and its heartbeat lasts.
+    Silent,
+}
+
+/// What the record means now. Without `patience`, a worker that does not answer is not
+/// waited for.
 async fn judge(
     ctx: &Context,
     job: &Job,
     delivery: &Delivery,
     interrupt: &Interrupt,
-) -> Result<Option<Found>, WriteError> {
+    patience: bool,
+) -> Result<Judged, WriteError> {
+    let found = |found| Ok(Judged::Found(found));
     let Some((record, revision)) = ctx.outbox.entry(&job.id).await? else {
-        return Ok(Some(Found::Free {
+        return found(Found::Free {
             record: None,
             fresh: delivery.replay,
-        }));
+        });
     };
     let ours = record.stream_seq == Some(delivery.stream_seq);
     if record.status.is_terminal() {
         // A replay runs a dead job again; once it has run, its own ending stands.
         if delivery.replay && !ours {
-            return Ok(Some(Found::Free {
+            return found(Found::Free {
                 record: Some((record, revision)),
                 fresh: true,
-            }));
+            });
         }
-        return Ok(Some(Found::Done(record)));
+        return found(Found::Done(record));
     }
     if record.stream_seq.is_some() && !ours {
-        return Ok(Some(Found::Duplicate));
+        return found(Found::Duplicate);
     }
     if record.status == JobStatus::Running
         && ours
         && let Some(holder) = &record.worker_id
     {
-        let held = if *holder == ctx.report.worker_id {
+        if *holder == ctx.report.worker_id {
             // This process's earlier delivery of the message still runs (its progress acks
             // were late): it will end the job.
-            ctx.cancels.runs_elsewhere(&job.id, interrupt)
+            if ctx.cancels.runs_elsewhere(&job.id, interrupt) {
+                return Ok(Judged::Held);
+            }
         } else {
             match cancel::holds(&ctx.outbox.client, holder, &job.id, ASK_HOLDER).await {
-                Some(held) => held,
+                Some(true) => {
+                    tracing::info!(holder, "another attempt runs the job; waiting for it");
+                    return Ok(Judged::Held);
+                }
+                Some(false) => {}
                 // Silent: frozen for a moment, or gone. While its heartbeat lasts (10 s after
                 // its last beat), it is given the benefit of the doubt.
-                None => heartbeat::alive(&ctx.workers, &ctx.server.name, holder).await,
+                None if patience
+                    && heartbeat::alive(&ctx.workers, &ctx.server.name, holder).await =>
+                {
+                    return Ok(Judged::Silent);
+                }
+                None => {}
             }
-        };
-        if held {
-            tracing::info!(holder, "another attempt runs the job; waiting for it");
-            return Ok(None);
         }
         if *holder != ctx.report.worker_id {
             tracing::warn!(
@@ -122,10 +150,10 @@ async fn judge(
             );
         }
     }
-    Ok(Some(Found::Free {
+    found(Found::Free {
         record: Some((record, revision)),
         fresh: false,
-    }))
+    })
 }
 
 /// Claims the job for this delivery: `running` is written by this worker with this message,

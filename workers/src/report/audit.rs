@@ -21,11 +21,14 @@ use super::observe::outcome;
 const EVERY: Duration = Duration::from_millis(200);
 /// A batch is published at once when it reaches this many entries ...
 const MOST_ENTRIES: usize = 1000;
-/// ... or about this many bytes (well inside a NATS message).
+/// ... or this many bytes, or a quarter of the server's `max_payload` if that is less.
 const MOST_BYTES: usize = 256 * 1024;
-/// Entries waiting for the publisher at most; a worker that ends jobs faster than NATS takes
-/// their audit waits (its attempts are held up, not its entries dropped).
-const QUEUE: usize = 16 * 1024;
+/// Entries waiting for the publisher at most. Beyond it — NATS has not taken the audit for a
+/// while — entries are dropped, counted (`mcpq_audit_dropped_total`) and logged: the calls
+/// themselves are never held up for their audit.
+const QUEUE: usize = 64 * 1024;
+/// The longest tool, prompt or resource name, and principal, an entry keeps.
+const MOST_NAME: usize = 512;
 
 /// Where the attempts of every server hand their entries; cheap to clone.
 #[derive(Clone)]
@@ -45,7 +48,7 @@ impl Audit {
     }
 
     /// Audits a job that ended.
-    pub(crate) async fn ended(
+    pub(crate) fn ended(
         &self,
         job: &Job,
         status: JobStatus,
@@ -53,13 +56,10 @@ impl Audit {
         attempts: u32,
     ) {
         let entry = entry(job, status, kind, attempts);
-        if self
-            .entries
-            .send((job.server.clone(), entry))
-            .await
-            .is_err()
-        {
-            tracing::warn!(job_id = %job.id, "the audit publisher has stopped; entry not written");
+        if self.entries.try_send((job.server.clone(), entry)).is_err() {
+            metrics::counter!(mcpq_schemas::metrics::AUDIT_DROPPED, "server" => job.server.clone())
+                .increment(1);
+            tracing::warn!(job_id = %job.id, "the audit publisher is behind; entry dropped");
         }
     }
 }
@@ -85,8 +85,8 @@ fn entry(job: &Job, status: JobStatus, kind: Option<ErrorKind>, attempts: u32) -
     AuditEntry {
         job_id: job.id,
         method: job.request.method.clone(),
-        name: name_of(job),
-        principal: job.principal.clone(),
+        name: name_of(job).map(|n| cut(n, MOST_NAME)),
+        principal: job.principal.clone().map(|p| cut(p, MOST_NAME)),
         arg_bytes: params.len() as u64,
         arg_digest: digest(&params),
         outcome: outcome(status, kind).to_string(),
@@ -100,6 +100,18 @@ fn entry(job: &Job, status: JobStatus, kind: Option<ErrorKind>, attempts: u32) -
             .filter(|id| *id != derived),
         ended_at_ms,
     }
+}
+
+/// `text` cut to at most `most` bytes, on a character boundary.
+fn cut(mut text: String, most: usize) -> String {
+    if text.len() > most {
+        let mut end = most;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
 }
 
 /// The tool, prompt or resource a request names.
@@ -123,6 +135,7 @@ async fn publish(
     worker_id: String,
     mut received: mpsc::Receiver<(String, AuditEntry)>,
 ) {
+    let most_bytes = MOST_BYTES.min(js.client().server_info().max_payload / 4);
     let mut pending: HashMap<String, Pending> = HashMap::new();
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -133,7 +146,7 @@ async fn publish(
                     let batch = pending.entry(server.clone()).or_default();
                     batch.bytes += serde_json::to_vec(&entry).map_or(0, |b| b.len() + 1);
                     batch.entries.push(entry);
-                    if batch.entries.len() >= MOST_ENTRIES || batch.bytes >= MOST_BYTES {
+                    if batch.entries.len() >= MOST_ENTRIES || batch.bytes >= most_bytes {
                         let full = std::mem::take(batch);
                         send(&js, &worker_id, server, full.entries).await;
                     }

@@ -28,8 +28,6 @@ fn fail(what: &'static str) -> impl FnOnce(&dyn std::fmt::Display) -> WriteError
 /// What a record write expects to find, so that it never overwrites another attempt's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Expect {
-    /// Whatever is there (a job no other attempt can hold).
-    Any,
     /// No record yet.
     Absent,
     /// The record at this revision (the last this attempt read or wrote).
@@ -89,18 +87,22 @@ impl Outbox {
     ) -> Result<Option<u64>, WriteError> {
         let bytes = serde_json::to_vec(record).map_err(|e| fail("encode job record")(&e))?;
         let key = record.job_id.to_string();
-        let written = match (expect, ttl) {
-            (expect, Some(ttl)) => return self.record_for(&key, bytes, expect, ttl).await,
-            (Expect::Any, None) => self
-                .results
-                .put(key, bytes.into())
-                .await
-                .map_err(|e| e.to_string()),
-            (Expect::Absent, None) => match self.results.create(key, bytes.into()).await {
+        if let Some(ttl) = ttl {
+            match self.record_for(&key, bytes.clone(), expect, ttl).await {
+                // A bucket that refuses per-message TTLs (laid out by an older mcpq, say)
+                // keeps the record for its own age: an outcome is never lost over its lifetime.
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot give a job record its own time to live; it is kept for resultTtl");
+                }
+                done => return done,
+            }
+        }
+        let written = match expect {
+            Expect::Absent => match self.results.create(key, bytes.into()).await {
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => return Ok(None),
                 other => other.map_err(|e| e.to_string()),
             },
-            (Expect::Revision(revision), None) => {
+            Expect::Revision(revision) => {
                 match self.results.update(key, bytes.into(), revision).await {
                     Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                         return Ok(None);
@@ -136,7 +138,6 @@ impl Outbox {
             let mut headers = HeaderMap::new();
             headers.insert(NATS_MESSAGE_TTL, ttl.as_secs().max(1).to_string().as_str());
             match expect {
-                Expect::Any => {}
                 Expect::Absent => headers.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, "0"),
                 Expect::Revision(revision) => headers.insert(
                     NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
