@@ -64,7 +64,7 @@ pub(crate) async fn look(
         }
         let patience = silent_since.is_none_or(|since| since.elapsed() < SILENT_MOST);
         match judge(ctx, job, delivery, interrupt, patience).await? {
-            Judged::Found(found) => return Ok(found),
+            Judged::Found(found) => return Ok(*found),
             Judged::Held => silent_since = None,
             Judged::Silent => {
                 silent_since.get_or_insert_with(tokio::time::Instant::now);
@@ -79,7 +79,7 @@ pub(crate) async fn look(
 
 /// What the record means now.
 enum Judged {
-    Found(Found),
+    Found(Box<Found>),
     /// Another attempt says it runs the job.
     Held,
     /// The worker named in the record does not answer, and its heartbeat lasts.
@@ -95,7 +95,7 @@ async fn judge(
     interrupt: &Interrupt,
     patience: bool,
 ) -> Result<Judged, WriteError> {
-    let found = |found| Ok(Judged::Found(found));
+    let found = |found| Ok(Judged::Found(Box::new(found)));
     let Some((record, revision)) = ctx.outbox.entry(&job.id).await? else {
         return found(Found::Free {
             record: None,
