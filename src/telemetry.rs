@@ -23,9 +23,13 @@ pub fn install() -> Result<PrometheusHandle, String> {
     describe();
     let collector = metrics_process::Collector::default();
     collector.describe();
+    let upkeep = handle.clone();
     tokio::spawn(async move {
         loop {
             collector.collect();
+            // Histograms keep their samples until drained: without a scrape they would grow
+            // by a few bytes per call for ever.
+            upkeep.run_upkeep();
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
     });

@@ -502,14 +502,75 @@ def soak(rig, minutes, turn_s=30.0):
         lines.append(f"| {s['t'] / 60:.1f} | {s['calls']:,} | {s['nats']:.0f} | {s['store']:.0f} "
                      f"| {s['dispatcher']:.0f} | {s['worker']:.0f} |")
     rate = calls / max(end["t"], 1e-9)
+    audit_mb = stream_bytes_on_disk(rig, "MCPQ_AUDIT") / 1e6
+    audit = stream_state(rig, "MCPQ_AUDIT")
     summary = [
         f"- {calls:,} calls in {end['t'] / 60:.1f} minutes ({rate:,.0f} calls/s), {errors} errors",
         f"- growth over the second half: nats-server RSS **{growth('nats'):+.1f} %**, store **{growth('store'):+.1f} %**, "
         f"dispatcher {growth('dispatcher'):+.1f} %, worker {growth('worker'):+.1f} % (target ≤ 10 % for nats-server and store)",
         f"- at the end: nats-server **{end['nats']:.0f} MB**, store **{end['store']:.0f} MB** (target ≤ 512 MB), "
         f"dispatcher **{end['dispatcher']:.0f} MB**, worker **{end['worker']:.0f} MB** (target ≤ 64 MB)",
+        f"- the audit stream: {audit.get('messages', 0):,} batches, {audit.get('bytes', 0) / 1e6:.0f} MB of entries"
+        + (" (at its `audit.maxBytes` cap: the oldest batches went)" if audit.get('bytes', 0) >= 128 * 2**20 * 0.95 else "")
+        + f", {audit_mb:.0f} MB on disk with S2 compression "
+        f"({audit_mb * 1e6 / max(audit.get('bytes', 1), 1) * 100:.0f} %; every call here has the same arguments, so "
+        "their digests repeat — distinct arguments compress less)",
     ]
     return "\n".join(lines) + "\n\n" + "\n".join(summary) + "\n"
+
+
+def stream_state(rig, name):
+    """The stream's state as nats-server reports it (messages, bytes before compression...)."""
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{rig.monitor_port}/jsz?streams=true") as response:
+        info = json.load(response)
+    for account in info.get("account_details", []):
+        for stream in account.get("stream_detail", []):
+            if stream["name"] == name:
+                return stream["state"]
+    return {}
+
+
+def stream_bytes_on_disk(rig, name):
+    """Bytes the stream `name` takes in the JetStream store directory."""
+    root = rig.work / "js" / "jetstream"
+    for account in root.iterdir() if root.exists() else []:
+        path = account / "streams" / name
+        if path.exists():
+            return dir_mb(path) * 1e6
+    return 0.0
+
+
+def capacity(rig, jobs):
+    """Bytes on disk per queued job, per job record and per audit entry, and nats-server memory
+    per queued job, measured on `jobs` calls submitted for later."""
+    nats = rig.procs[0]
+    base_rss = rss_mb(nats, "VmRSS")
+    base_jobs = stream_bytes_on_disk(rig, "MCPQ_JOBS_fast")
+    base_records = stream_bytes_on_disk(rig, "KV_mcpq_results")
+    r = rig.bench("--server", "fast", "--tool", "echo", "--args", '{"text": "x"}', "--no-wait",
+                  "--concurrency", "64", "--calls", str(jobs))
+    queued = stream_messages(rig, "MCPQ_JOBS_fast")
+    queued_rss = rss_mb(nats, "VmRSS")
+    per_job = (stream_bytes_on_disk(rig, "MCPQ_JOBS_fast") - base_jobs) / max(queued, 1)
+    per_queued_record = (stream_bytes_on_disk(rig, "KV_mcpq_results") - base_records) / max(queued, 1)
+    rig.start_worker()
+    wait_drained(rig)
+    time.sleep(2)  # the last audit batch
+    per_record = (stream_bytes_on_disk(rig, "KV_mcpq_results") - base_records) / jobs
+    audit_entries = jobs
+    per_entry = stream_bytes_on_disk(rig, "MCPQ_AUDIT") / audit_entries
+    print(f"  queued {queued:,} of {jobs:,}: {per_job:.0f} B/job, {per_queued_record:.0f} B/queued record; "
+          f"done: {per_record:.0f} B/record, {per_entry:.0f} B/audit entry", flush=True)
+    return (
+        f"- a queued job (an `echo` call, `mcpq bench --no-wait`): **{per_job:,.0f} B** on disk in its job stream, "
+        f"and nats-server RSS grew {(queued_rss - base_rss) * 1e6 / max(queued, 1):,.0f} B per queued job "
+        f"({queued:,} queued, {r['errors']} errors)\n"
+        f"- a job record: **{per_queued_record:,.0f} B** on disk while `queued`, **{per_record:,.0f} B** once "
+        f"`completed` with its result (one KV entry per job; a quick synchronous call has none)\n"
+        f"- an audit entry: **{per_entry:,.0f} B** on disk (batches, S2 compression; the stream's whole "
+        f"directory divided by the {audit_entries:,} calls)\n"
+    )
 
 
 def rig_rss(proc):
@@ -542,6 +603,8 @@ def main():
                         help="calls/s with and without metrics, alternating, in one run")
     parser.add_argument("--soak", type=float, metavar="MINUTES",
                         help="full speed for MINUTES, sampling memory and store size every 30 s")
+    parser.add_argument("--capacity", type=int, metavar="N",
+                        help="bytes on disk per queued job, job record and audit entry, over N calls for later")
     parser.add_argument("--limits", action="store_true",
                         help="dispatcher memory at 1,000 calls in flight and 1,000 idle connections; 20 MB results")
     args = parser.parse_args()
@@ -553,18 +616,21 @@ def main():
         try:
             print(f"machine: {versions(rig)}", flush=True)
             # The single-section modes: what to run, and where its text goes.
-            single = ("soak", lambda: soak(rig, args.soak, 30.0 if args.soak >= 2 else 10.0)) if args.soak else (
+            single = ("capacity", lambda: capacity(rig, args.capacity)) if args.capacity else (
+                ("soak", lambda: soak(rig, args.soak, 30.0 if args.soak >= 2 else 10.0)) if args.soak else (
                 ("limits", lambda: limits(rig)) if args.limits else (
                 ("scale", lambda: scale(rig, args.scale)) if args.scale else (
                     ("metrics", lambda: metrics_cost(rig, args.seconds)) if args.metrics_cost else (
-                        ("scale-out", lambda: scale_out(rig, args.seconds)) if args.scale_out else None))))
+                        ("scale-out", lambda: scale_out(rig, args.seconds)) if args.scale_out else None)))))
             if single:
                 section, run = single
                 text = run()
                 print()
                 print(text)
                 if args.write:
-                    command = f"make soak SOAK_MINUTES={args.soak:g}" if section == "soak" else f"make bench-{section}"
+                    command = (f"make soak SOAK_MINUTES={args.soak:g}" if section == "soak" else
+                               f"python3 deploy/local/bench.py --capacity {args.capacity} --write"
+                               if section == "capacity" else f"make bench-{section}")
                     header = (f"Measured {time.strftime('%Y-%m-%d')} with `{command}` on {versions(rig)}.\n\n")
                     write(section, header + text)
                 return
