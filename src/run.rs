@@ -90,6 +90,10 @@ pub struct Exposure {
     /// Connections open at once; more are closed as soon as they are accepted.
     #[arg(long, default_value_t = mcpq_dispatcher::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
+    /// 2025-era MCP sessions one principal may hold open through this dispatcher; one more
+    /// initialize gets 429.
+    #[arg(long, default_value_t = mcpq_dispatcher::DEFAULT_MAX_SESSIONS)]
+    max_sessions: usize,
     /// How long a connection may take to send a request's headers, or stay idle between
     /// requests, before it is closed.
     #[arg(long, default_value = "30s", value_parser = humantime_duration)]
@@ -125,6 +129,7 @@ impl Exposure {
             max_requests: self.max_requests,
             max_waits: self.max_waits,
             max_connections: self.max_connections,
+            max_sessions: self.max_sessions,
             idle_timeout: self.idle_timeout,
             ..HttpOptions::default()
         })

@@ -266,7 +266,7 @@ async fn submit(
     let mut job = submission
         .to_job(defaults.lane)
         .map_err(bad_request)?
-        .owned_by(caller.principal().map(str::to_string));
+        .owned_by(caller.principal().map(str::to_string), &shared.signing);
     let caller_trace = crate::http::traceparent_header(&headers);
     let span = tracing::info_span!("submit", job_id = %job.id, server = %job.server);
     mcpq_schemas::trace::adopt(&span, caller_trace.as_deref());
@@ -403,7 +403,7 @@ async fn submit_batch(
         std::str::from_utf8(&body).map_err(|_| bad_request("the body is not UTF-8 text".into()))?;
     let key = idempotency_key(&headers)?;
     let batch_id = key.as_deref().map_or_else(Uuid::now_v7, |key| {
-        mcpq_schemas::job::idempotent_id_of(caller.principal(), "batch", key)
+        mcpq_schemas::job::idempotent_id_of(caller.principal(), "batch", key, &shared.signing)
     });
     let mut jobs = Vec::new();
     for (number, line) in text.lines().enumerate() {
@@ -449,7 +449,7 @@ async fn submit_batch(
         let job = submission
             .to_job(defaults.lane)
             .map_err(|e| bad_request(format!("line {}: {e}; nothing was queued", number + 1)))?;
-        jobs.push(job.owned_by(caller.principal().map(str::to_string)));
+        jobs.push(job.owned_by(caller.principal().map(str::to_string), &shared.signing));
     }
     if jobs.is_empty() {
         return Err(bad_request(

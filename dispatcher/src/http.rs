@@ -36,6 +36,9 @@ pub struct HttpOptions {
     pub max_waits: usize,
     /// Connections open at once; one more is closed as soon as it is accepted.
     pub max_connections: usize,
+    /// 2025-era sessions one principal may hold open through this dispatcher; one more
+    /// `initialize` is answered 429.
+    pub max_sessions: usize,
     /// How long a connection may take to send a request's headers, and stay open idle between
     /// requests; then it is closed.
     pub idle_timeout: Duration,
@@ -53,6 +56,7 @@ impl Default for HttpOptions {
             max_requests: DEFAULT_MAX_REQUESTS,
             max_waits: DEFAULT_MAX_WAITS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_sessions: DEFAULT_MAX_SESSIONS,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             metrics: None,
             sample_every: DEFAULT_SAMPLE_EVERY,
@@ -62,6 +66,8 @@ impl Default for HttpOptions {
 
 /// Connections open at once by default.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Sessions one principal may hold open through one dispatcher by default.
+pub const DEFAULT_MAX_SESSIONS: usize = 256;
 /// Time to send headers, or to stay idle between requests, by default.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -117,7 +123,8 @@ pub(crate) fn router(
         stateless = stateless.with_allowed_hosts(options.allowed_hosts.clone());
     }
     let mut with_sessions = stateless.clone().with_legacy_session_mode(true);
-    with_sessions.session_store = Some(sessions);
+    with_sessions.session_store = Some(sessions.clone());
+    let max_sessions = options.max_sessions;
     let mount = |gateway: Gateway| {
         let service = |config: &StreamableHttpServerConfig| {
             let gateway = gateway.clone();
@@ -128,12 +135,22 @@ pub(crate) fn router(
             )
         };
         let (stateless, with_sessions) = (service(&stateless), service(&with_sessions));
+        let sessions = sessions.clone();
         tower::service_fn(move |request: Request| {
             let (stateless, with_sessions) = (stateless.clone(), with_sessions.clone());
-            let gateway = gateway.clone();
+            let (gateway, sessions) = (gateway.clone(), sessions.clone());
             async move {
                 let response = match route(request).await {
-                    Route::Session(request) => with_sessions.oneshot(request).await,
+                    Route::Session(request) => {
+                        match owned_session(&sessions, request, max_sessions).await {
+                            Ok((request, opening)) => {
+                                let response = with_sessions.oneshot(request).await;
+                                settle_session(&sessions, opening, &response).await;
+                                response
+                            }
+                            Err(refused) => return Ok(refused),
+                        }
+                    }
                     Route::Stateless(parts, body) => match ingress::plain::take(&parts, &body) {
                         Some(taken) => {
                             // The request is read out: its buffers go before the call waits.
@@ -175,6 +192,99 @@ pub(crate) fn router(
             guard,
             crate::auth::guard::guard,
         ))
+}
+
+/// What a session request does to the sessions held open.
+enum Opening {
+    /// It names a session (its id); a DELETE closes it.
+    Uses { id: String, delete: bool },
+    /// It may open one, for this principal.
+    Opens(String),
+}
+
+/// A session is its opener's: a request naming a session another principal opened is
+/// answered as if there were no such session (404), and a principal holding `max_sessions`
+/// open through this replica cannot open another (429).
+async fn owned_session(
+    sessions: &KvSessions,
+    request: Request,
+    max_sessions: usize,
+) -> Result<(Request, Opening), axum::response::Response> {
+    let principal = request
+        .extensions()
+        .get::<crate::auth::Caller>()
+        .and_then(|caller| caller.principal())
+        .unwrap_or("")
+        .to_string();
+    let session = request
+        .headers()
+        .get(HEADER_SESSION_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    match session {
+        Some(id) => {
+            if !sessions.owned_by(&id, &principal).await {
+                return Err(json_rpc_refusal(
+                    axum::http::StatusCode::NOT_FOUND,
+                    -32001,
+                    "Session not found (open one with initialize)",
+                ));
+            }
+            let delete = request.method() == Method::DELETE;
+            Ok((request, Opening::Uses { id, delete }))
+        }
+        None => {
+            if request.method() == Method::POST && !sessions.may_open(&principal, max_sessions) {
+                return Err(json_rpc_refusal(
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    -32000,
+                    &format!(
+                        "this caller holds {max_sessions} sessions open already (--max-sessions): close one (DELETE) or use the stateless 2026-07-28 protocol"
+                    ),
+                ));
+            }
+            Ok((request, Opening::Opens(principal)))
+        }
+    }
+}
+
+/// Notes a session opened (its id in the response) or closed.
+async fn settle_session<B, E>(
+    sessions: &KvSessions,
+    opening: Opening,
+    response: &Result<axum::http::Response<B>, E>,
+) {
+    let Ok(response) = response else { return };
+    match opening {
+        Opening::Uses { id, delete } => {
+            if delete && response.status().is_success() {
+                sessions.closed(&id);
+            }
+        }
+        Opening::Opens(principal) => {
+            if let Some(id) = response
+                .headers()
+                .get(HEADER_SESSION_ID)
+                .and_then(|v| v.to_str().ok())
+            {
+                sessions.opened(id, &principal).await;
+            }
+        }
+    }
+}
+
+/// An HTTP refusal with a JSON-RPC error body, as MCP clients read them.
+fn json_rpc_refusal(
+    status: axum::http::StatusCode,
+    code: i64,
+    message: &str,
+) -> axum::response::Response {
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": {"code": code, "message": message},
+    });
+    (status, axum::Json(body)).into_response()
 }
 
 /// The most of a sessionless POST body read to see whether it is an `initialize` (rmcp's own

@@ -25,8 +25,8 @@ use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 pub use catalog::Catalog;
 pub use http::{
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUESTS, DEFAULT_MAX_WAITS,
-    DEFAULT_SAMPLE_EVERY, HttpOptions,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUESTS, DEFAULT_MAX_SESSIONS,
+    DEFAULT_MAX_WAITS, DEFAULT_SAMPLE_EVERY, HttpOptions,
 };
 pub use ingress::{Gateway, NAME_SEPARATOR};
 use mcpq_schemas::{
@@ -102,7 +102,9 @@ impl Dispatcher {
                 .map(|s| (s.name.clone(), s.max_queued))
                 .collect(),
         );
-        let client = Client::new(nats).await?;
+        let signing =
+            mcpq_schemas::nats::signing_key(&js, config.nats.signing_key.as_ref()).await?;
+        let client = Client::new(nats).await?.signing_with(signing.clone());
         let auth = match &config.auth {
             Some(auth) => Some(Arc::new(auth::Authenticator::new(auth)?)),
             None => None,
@@ -120,7 +122,8 @@ impl Dispatcher {
                     config
                         .auth
                         .iter()
-                        .flat_map(|a| a.api_keys.iter().map(|k| k.principal.clone()))
+                        .filter(|a| a.metrics_by_principal)
+                        .flat_map(|a| a.api_keys.iter().map(|k| auth::key_principal(&k.principal)))
                         .collect(),
                 )
                 .await
@@ -146,6 +149,7 @@ impl Dispatcher {
         Ok(Dispatcher {
             shared: Arc::new(Shared {
                 client,
+                signing,
                 catalog,
                 servers,
                 result_ttl: config.nats.result_ttl,

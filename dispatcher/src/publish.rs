@@ -99,6 +99,8 @@ pub struct Client {
     js: jetstream::Context,
     inbox: Inbox,
     buckets: Arc<Mutex<HashMap<&'static str, kv::Store>>>,
+    /// Seals the jobs that name a principal, so that workers believe it.
+    signing: Option<mcpq_schemas::seal::SigningKey>,
 }
 
 /// What a cancellation did.
@@ -131,7 +133,16 @@ impl Client {
             js: jetstream::new(nats),
             inbox,
             buckets: Arc::default(),
+            signing: None,
         })
+    }
+
+    /// This client, sealing the jobs it publishes that name a principal with `key` (the
+    /// deployment's signing key: a dispatcher's client). A job naming a principal without a
+    /// seal runs as nobody's.
+    pub fn signing_with(mut self, key: mcpq_schemas::seal::SigningKey) -> Client {
+        self.signing = Some(key);
+        self
     }
 
     /// Submits `job` for later: its record is created (`queued`), then the job is published
@@ -445,6 +456,12 @@ impl Client {
         }
         if let Some(traceparent) = &job.traceparent {
             headers.insert(HDR_TRACEPARENT, traceparent.as_str());
+        }
+        if job.principal.is_some()
+            && let Some(signing) = &self.signing
+        {
+            let seal = signing.seal(mcpq_schemas::seal::Purpose::Job, &[&payload]);
+            headers.insert(mcpq_schemas::names::HDR_SEAL, seal.as_str());
         }
         let refused = |e: String| {
             if mcpq_schemas::nats::is_queue_full(&e) {

@@ -14,6 +14,25 @@ use rmcp::transport::streamable_http_server::session::store::{
 /// Sessions in KV.
 pub(crate) struct KvSessions {
     bucket: kv::Store,
+    /// Who opened each session this replica has seen, and the sessions each principal holds
+    /// open here (for `--max-sessions`).
+    owners: std::sync::Mutex<Owners>,
+}
+
+#[derive(Default)]
+struct Owners {
+    /// Session id → its principal ("" for an anonymous caller), as stored.
+    known: std::collections::HashMap<String, String>,
+    /// Principal → the sessions it opened through this replica, with when each was last used.
+    open: std::collections::HashMap<String, std::collections::HashMap<String, std::time::Instant>>,
+}
+
+/// A session unused this long no longer counts against its principal's `--max-sessions`.
+const SESSION_IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The KV key of a session's owner.
+fn owner_key(session_id: &str) -> Result<String, SessionStoreError> {
+    Ok(format!("owner.{}", key(session_id)?))
 }
 
 impl KvSessions {
@@ -22,7 +41,81 @@ impl KvSessions {
             .get_key_value(SESSIONS_BUCKET)
             .await
             .map_err(|e| format!("bucket {SESSIONS_BUCKET}: {e}"))?;
-        Ok(KvSessions { bucket })
+        Ok(KvSessions {
+            bucket,
+            owners: Default::default(),
+        })
+    }
+
+    /// Whether `principal` ("" for anonymous) may use session `session_id`: it opened it. A
+    /// session whose owner is not known (it never was, or it expired) is nobody's.
+    pub(crate) async fn owned_by(&self, session_id: &str, principal: &str) -> bool {
+        let known = crate::lock(&self.owners).known.get(session_id).cloned();
+        let owner = match known {
+            Some(owner) => Some(owner),
+            None => {
+                let Ok(key) = owner_key(session_id) else {
+                    return false;
+                };
+                let stored = self.bucket.get(key).await.ok().flatten();
+                let owner = stored.and_then(|b| String::from_utf8(b.to_vec()).ok());
+                if let Some(owner) = &owner {
+                    crate::lock(&self.owners)
+                        .known
+                        .insert(session_id.to_string(), owner.clone());
+                }
+                owner
+            }
+        };
+        let mine = owner.as_deref() == Some(principal);
+        if mine
+            && let Some(open) = crate::lock(&self.owners).open.get_mut(principal)
+            && let Some(used) = open.get_mut(session_id)
+        {
+            *used = std::time::Instant::now();
+        }
+        mine
+    }
+
+    /// Whether `principal` holds fewer than `most` sessions open through this replica.
+    pub(crate) fn may_open(&self, principal: &str, most: usize) -> bool {
+        let mut owners = crate::lock(&self.owners);
+        let open = owners.open.entry(principal.to_string()).or_default();
+        open.retain(|_, used| used.elapsed() < SESSION_IDLE);
+        open.len() < most
+    }
+
+    /// Records that `principal` opened `session_id`.
+    pub(crate) async fn opened(&self, session_id: &str, principal: &str) {
+        {
+            let mut owners = crate::lock(&self.owners);
+            owners
+                .known
+                .insert(session_id.to_string(), principal.to_string());
+            owners
+                .open
+                .entry(principal.to_string())
+                .or_default()
+                .insert(session_id.to_string(), std::time::Instant::now());
+        }
+        if let Ok(key) = owner_key(session_id)
+            && let Err(e) = self
+                .bucket
+                .put(key, principal.as_bytes().to_vec().into())
+                .await
+        {
+            tracing::warn!(error = %e, "cannot store a session's owner; other replicas will not carry it on");
+        }
+    }
+
+    /// Records that `session_id` was closed.
+    pub(crate) fn closed(&self, session_id: &str) {
+        let mut owners = crate::lock(&self.owners);
+        if let Some(owner) = owners.known.remove(session_id)
+            && let Some(open) = owners.open.get_mut(&owner)
+        {
+            open.remove(session_id);
+        }
     }
 }
 

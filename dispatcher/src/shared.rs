@@ -30,6 +30,9 @@ pub struct ServerDefaults {
 /// State shared by every endpoint of one dispatcher.
 pub struct Shared {
     pub client: Client,
+    /// The deployment's signing key: seals `requestState`, derives authenticated callers'
+    /// idempotent job ids (the client signs their jobs with it too).
+    pub signing: mcpq_schemas::seal::SigningKey,
     pub catalog: Catalog,
     pub servers: BTreeMap<String, ServerDefaults>,
     /// How long job records (and so tasks) are kept.

@@ -53,6 +53,8 @@ pub struct NatsConfig {
     pub call_record_ttl: Duration,
     /// How mcpq proves who it is to NATS, and TLS.
     pub credentials: NatsCredentials,
+    /// The deployment's signing key, as configured (`None`: generated, kept in KV).
+    pub signing_key: Option<Secret>,
 }
 
 /// How mcpq authenticates to NATS (at most one of `creds`, `nkey`, `user`), and TLS.

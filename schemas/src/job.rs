@@ -4,7 +4,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::names::ENVELOPE_VERSION;
+use crate::{
+    names::ENVELOPE_VERSION,
+    seal::{Purpose, SigningKey},
+};
 
 /// A JSON object, as MCP params are.
 pub type JsonObject = serde_json::Map<String, serde_json::Value>;
@@ -111,20 +114,23 @@ impl Job {
     }
 
     /// Makes the job idempotent under `key`: the id becomes a UUID derived from the server and
-    /// the key (v5), so every submission with the same key is the same job — JetStream drops
-    /// the duplicates inside its window, and the job record answers them after it.
+    /// the key (v5, see [`idempotent_id`]), so every submission with the same key is the same
+    /// job. An authenticated caller's job is then made its own with [`Job::owned_by`], which
+    /// derives the id again.
     pub fn with_idempotency_key(mut self, key: impl Into<String>) -> Self {
         let key = key.into();
-        self.id = idempotent_id_of(self.principal.as_deref(), &self.server, &key);
+        self.id = idempotent_id(&self.server, &key);
+        self.principal = None;
         self.idempotency_key = Some(key);
         self
     }
 
-    /// Makes the job `principal`'s; an idempotent job's id is derived again, now scoped to it.
-    pub fn owned_by(mut self, principal: Option<String>) -> Self {
+    /// Makes the job `principal`'s; an idempotent job's id is derived again, now scoped to it
+    /// and keyed with the deployment's signing key (see [`idempotent_id_of`]).
+    pub fn owned_by(mut self, principal: Option<String>, signing: &SigningKey) -> Self {
         self.principal = principal;
         if let Some(key) = &self.idempotency_key {
-            self.id = idempotent_id_of(self.principal.as_deref(), &self.server, key);
+            self.id = idempotent_id_of(self.principal.as_deref(), &self.server, key, signing);
         }
         self
     }
@@ -140,20 +146,30 @@ impl Job {
 /// mcpq's namespace for idempotent ids (a fixed random UUID).
 const NAMESPACE: Uuid = Uuid::from_u128(0x6d63_7071_5f69_6465_6d70_6f74_656e_7401);
 
-/// The job id of every unauthenticated job submitted to `server` with idempotency key `key`.
+/// The job id of every unauthenticated job (a pipeline's, a dispatcher's without `auth:`)
+/// submitted to `server` with idempotency key `key`: UUID v5 of `<server>\0<key>` in mcpq's
+/// namespace — a formula anyone can compute.
 pub fn idempotent_id(server: &str, key: &str) -> Uuid {
-    idempotent_id_of(None, server, key)
+    Uuid::new_v5(&NAMESPACE, format!("{server}\u{0}{key}").as_bytes())
 }
 
-/// The job id of every job `principal` submits to `server` with idempotency key `key`: UUID v5
-/// of `<server>\0<key>`, or `<principal>\0<server>\0<key>` for an authenticated caller, so one
-/// caller never lands on another's job by guessing a key.
-pub fn idempotent_id_of(principal: Option<&str>, server: &str, key: &str) -> Uuid {
-    let name = match principal {
-        None => format!("{server}\u{0}{key}"),
-        Some(principal) => format!("{principal}\u{0}{server}\u{0}{key}"),
-    };
-    Uuid::new_v5(&NAMESPACE, name.as_bytes())
+/// The job id of every job `principal` submits to `server` with idempotency key `key`. For an
+/// authenticated caller a UUID (v8) derived with the deployment's signing key from principal,
+/// server and key: nobody without the key — no pipeline, no other principal — can compute it,
+/// so none can take the id before its caller does. Unauthenticated: [`idempotent_id`].
+pub fn idempotent_id_of(
+    principal: Option<&str>,
+    server: &str,
+    key: &str,
+    signing: &SigningKey,
+) -> Uuid {
+    match principal {
+        None => idempotent_id(server, key),
+        Some(principal) => Uuid::new_v8(signing.derive(
+            Purpose::JobId,
+            &[principal.as_bytes(), server.as_bytes(), key.as_bytes()],
+        )),
+    }
 }
 
 /// Priority lane of a job. Workers take from higher lanes first.

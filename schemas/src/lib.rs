@@ -21,6 +21,7 @@ pub mod nats;
 pub mod openapi;
 pub mod record;
 pub mod redact;
+pub mod seal;
 pub mod status;
 pub mod trace;
 pub mod worker;

@@ -38,6 +38,9 @@ pub const QUOTAS_BUCKET: &str = "mcpq_quotas";
 /// Object Store bucket of results too large for one NATS message, each under its job id;
 /// kept as long as the records.
 pub const BLOBS_BUCKET: &str = "mcpq_blobs";
+/// KV bucket of the deployment's generated signing key (key `signing`), when none is configured
+/// (`nats.signingKey`). Only mcpq's own processes may read it.
+pub const KEYS_BUCKET: &str = "mcpq_keys";
 /// KV bucket of live workers, keyed `<server>.<worker>`; entries expire unless refreshed.
 pub const WORKERS_BUCKET: &str = "mcpq_workers";
 
@@ -65,6 +68,11 @@ pub const HDR_EVENT: &str = "Mcpq-Event";
 pub const HDR_MSG_ID: &str = "Nats-Msg-Id";
 /// W3C trace context, passed through unchanged.
 pub const HDR_TRACEPARENT: &str = "traceparent";
+
+/// Header: the dispatcher's seal over the job's body (HMAC with the deployment's signing
+/// key), on every job that names a `principal`. A worker believes the principal of a sealed
+/// job only; an unsealed one runs as nobody's.
+pub const HDR_SEAL: &str = "Mcpq-Seal";
 
 /// Header on a replayed job: the dead letter's sequence in `MCPQ_DLQ` it was replayed from.
 pub const HDR_REPLAY_OF: &str = "Mcpq-Replay-Of";

@@ -10,8 +10,8 @@ use crate::config::NatsCredentials;
 
 use crate::names::{
     AUDIT_STREAM, AUDIT_SUBJECTS, BATCHES_BUCKET, BLOBS_BUCKET, CANCELS_BUCKET, CATALOG_BUCKET,
-    DLQ_STREAM, DLQ_SUBJECTS, HEALTH_BUCKET, JOBS_STREAM, QUOTAS_BUCKET, RESULTS_BUCKET,
-    SESSIONS_BUCKET, WORKERS_BUCKET, jobs_stream, jobs_subjects,
+    DLQ_STREAM, DLQ_SUBJECTS, HEALTH_BUCKET, JOBS_STREAM, KEYS_BUCKET, QUOTAS_BUCKET,
+    RESULTS_BUCKET, SESSIONS_BUCKET, WORKERS_BUCKET, jobs_stream, jobs_subjects,
 };
 
 /// How long a worker counts as live after its last heartbeat.
@@ -312,6 +312,19 @@ async fn ensure_topology_once(
     ensure_bucket(
         js,
         kv::Config {
+            bucket: KEYS_BUCKET.into(),
+            description: "mcpq's generated signing key (when nats.signingKey is not set)".into(),
+            history: 1,
+            storage: stream::StorageType::File,
+            num_replicas: topology.replicas,
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(|e| fail("bucket mcpq_keys")(&e))?;
+    ensure_bucket(
+        js,
+        kv::Config {
             bucket: CATALOG_BUCKET.into(),
             description: "mcpq tool catalogs, keyed by server".into(),
             history: 1,
@@ -536,6 +549,42 @@ async fn retire_shared_jobs_stream(js: &jetstream::Context) -> Result<(), NatsEr
             reason: e.to_string(),
         })?;
     Ok(())
+}
+
+/// The deployment's signing key: the configured secret, else the one kept in KV `mcpq_keys`
+/// (created by whichever process needs it first; every other process reads that one).
+pub async fn signing_key(
+    js: &jetstream::Context,
+    configured: Option<&crate::config::Secret>,
+) -> Result<crate::seal::SigningKey, NatsError> {
+    use crate::seal::SigningKey;
+    if let Some(secret) = configured {
+        let text = secret.resolve().map_err(|e| NatsError::Topology {
+            what: "the signing key (nats.signingKey)".into(),
+            reason: e.to_string(),
+        })?;
+        return Ok(SigningKey::from_secret(&text));
+    }
+    let fail = |reason: String| NatsError::Topology {
+        what: format!("the signing key in bucket {KEYS_BUCKET}"),
+        reason,
+    };
+    let bucket = js
+        .get_key_value(KEYS_BUCKET)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let fresh = SigningKey::generate();
+    // Only the first creation lands; everyone reads what is there.
+    let _ = bucket.create("signing", fresh.to_text().into()).await;
+    let stored = bucket
+        .get("signing")
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .ok_or_else(|| fail("no key stored".into()))?;
+    std::str::from_utf8(&stored)
+        .ok()
+        .and_then(SigningKey::from_text)
+        .ok_or_else(|| fail("the stored key is not one mcpq wrote".into()))
 }
 
 /// Whether a JetStream publish error says the stream is full (discard new refused it).

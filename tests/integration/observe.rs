@@ -100,6 +100,7 @@ async fn metrics_count_a_known_workload_exactly_and_audit_shows_each_call_once()
             r#"version: "1.0"
 auth:
   apiKeys: [{{principal: ci, sha256: "{sha}", allow: ["*/*"], limits: {{callsPerMinute: 100000}}}}]
+  metricsByPrincipal: true
 servers:
   - {{name: web, type: http, endpoint: "{url}", concurrency: 64, timeout: 30s}}
   - name: slowpoke
@@ -435,7 +436,7 @@ servers:
     let quota = d
         .get(&key(
             "mcpq_quota_used",
-            &[("principal", "ci"), ("limit", "calls_per_minute")],
+            &[("principal", "key:ci"), ("limit", "calls_per_minute")],
         ))
         .copied()
         .unwrap_or(0.0);

@@ -29,7 +29,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    attempt::{self, Context},
+    attempt::{self, Context, HandBacks},
     call::Why,
     gate::{Picker, circuit::Gate},
 };
@@ -230,7 +230,14 @@ impl Puller {
                 if state.polling || (recently_empty && !polls.is_empty()) {
                     continue;
                 }
-                let messages = match fetch(&state.consumer, permits.len(), &self.shutdown).await {
+                let messages = match fetch(
+                    &state.consumer,
+                    permits.len(),
+                    &self.shutdown,
+                    &self.ctx.handed_back,
+                )
+                .await
+                {
                     Ok(messages) => messages,
                     Err(stop) => break 'serve stop,
                 };
@@ -239,7 +246,7 @@ impl Puller {
                     match permits.pop() {
                         Some(permit) => self.start(message, permit),
                         // More than asked for; cannot happen, but never hold it unstarted.
-                        None => nak(&message).await,
+                        None => nak(&message, &self.ctx.handed_back).await,
                     }
                 }
                 if got == 0 {
@@ -263,7 +270,7 @@ impl Puller {
             while self.in_flight.try_join_next().is_some() {}
         };
         // Jobs a poll received but no slot started go back now, not after AckWait.
-        hand_back(&mut polls, &self.ctx.server.name).await;
+        hand_back(&mut polls, &self.ctx.server.name, &self.ctx.handed_back).await;
         stop
     }
 
@@ -315,7 +322,7 @@ impl Puller {
                 .messages()
                 .await?;
             state.polling = true;
-            polls.push(long_poll(lane, batch, slots));
+            polls.push(long_poll(lane, batch, slots, self.ctx.handed_back.clone()));
         }
         Ok(())
     }
@@ -357,6 +364,7 @@ async fn fetch(
     consumer: &PullConsumer,
     max: usize,
     shutdown: &CancellationToken,
+    handed_back: &HandBacks,
 ) -> Result<Vec<jetstream::Message>, Stop> {
     let mut batch = match consumer.fetch().max_messages(max).messages().await {
         Ok(batch) => batch,
@@ -374,7 +382,7 @@ async fn fetch(
         match next {
             None => {
                 for message in &messages {
-                    nak(message).await;
+                    nak(message, handed_back).await;
                 }
                 return Err(Stop::Shutdown);
             }
@@ -385,7 +393,7 @@ async fn fetch(
                 // backs off, then binds again.
                 tracing::warn!(error = %e, "pull interrupted; binding again");
                 for message in &messages {
-                    nak(message).await;
+                    nak(message, handed_back).await;
                 }
                 return Err(Stop::Rebind);
             }
@@ -393,7 +401,7 @@ async fn fetch(
                 // The answer to a fetch was lost (NATS restarted): start over.
                 tracing::warn!("no answer to a fetch; binding again");
                 for message in &messages {
-                    nak(message).await;
+                    nak(message, handed_back).await;
                 }
                 return Err(Stop::Rebind);
             }
@@ -403,21 +411,29 @@ async fn fetch(
 
 /// A long poll as a stream: each message with a slot it holds, then the end (which frees the
 /// slots no message took), or its failure (the loop binds again, after a backoff).
-fn long_poll(lane: Lane, batch: pull::Batch, slots: Vec<OwnedSemaphorePermit>) -> Poll {
-    futures::stream::unfold(Some((batch, slots)), move |state| async move {
-        let (mut batch, mut slots) = state?;
-        loop {
-            match batch.next().await {
-                Some(Ok(message)) => match slots.pop() {
-                    Some(slot) => {
-                        let job = Polled::Job(lane, Box::new(message), slot);
-                        return Some((job, Some((batch, slots))));
-                    }
-                    // More messages than asked for: hand the extra back at once.
-                    None => nak(&message).await,
-                },
-                Some(Err(_)) => return Some((Polled::Failed(lane), None)),
-                None => return Some((Polled::Ended(lane), None)),
+fn long_poll(
+    lane: Lane,
+    batch: pull::Batch,
+    slots: Vec<OwnedSemaphorePermit>,
+    handed_back: Arc<HandBacks>,
+) -> Poll {
+    futures::stream::unfold(Some((batch, slots)), move |state| {
+        let handed_back = handed_back.clone();
+        async move {
+            let (mut batch, mut slots) = state?;
+            loop {
+                match batch.next().await {
+                    Some(Ok(message)) => match slots.pop() {
+                        Some(slot) => {
+                            let job = Polled::Job(lane, Box::new(message), slot);
+                            return Some((job, Some((batch, slots))));
+                        }
+                        // More messages than asked for: hand the extra back at once.
+                        None => nak(&message, &handed_back).await,
+                    },
+                    Some(Err(_)) => return Some((Polled::Failed(lane), None)),
+                    None => return Some((Polled::Ended(lane), None)),
+                }
             }
         }
     })
@@ -426,11 +442,11 @@ fn long_poll(lane: Lane, batch: pull::Batch, slots: Vec<OwnedSemaphorePermit>) -
 
 /// NAKs the messages the polls received but no slot started, so other workers get them now
 /// instead of after AckWait.
-async fn hand_back(polls: &mut SelectAll<Poll>, server: &str) {
+async fn hand_back(polls: &mut SelectAll<Poll>, server: &str, handed_back: &HandBacks) {
     let mut handed = 0;
     while let Some(Some(polled)) = polls.next().now_or_never() {
         if let Polled::Job(_, message, _) = polled {
-            nak(&message).await;
+            nak(&message, handed_back).await;
             handed += 1;
         }
     }
@@ -439,7 +455,12 @@ async fn hand_back(polls: &mut SelectAll<Poll>, server: &str) {
     }
 }
 
-async fn nak(message: &jetstream::Message) {
+/// Hands a message back unstarted, noting it so that its next delivery is not taken for a
+/// stranded one.
+async fn nak(message: &jetstream::Message, handed_back: &HandBacks) {
+    if let Ok(info) = message.info() {
+        handed_back.note(info.stream_sequence);
+    }
     let _ = message.ack_with(AckKind::Nak(None)).await;
 }
 

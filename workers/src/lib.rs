@@ -179,6 +179,7 @@ pub async fn run(
         source,
     })?;
 
+    let signing = mcpq_schemas::nats::signing_key(&js, config.nats.signing_key.as_ref()).await?;
     let (audit, auditing) = report::audit::Audit::start(js.clone(), options.worker_id.clone());
     let mut tasks = tokio::task::JoinSet::new();
     let mut upstreams = Vec::new();
@@ -226,6 +227,8 @@ pub async fn run(
             call_record_ttl: config.nats.call_record_ttl,
             audit: audit.clone(),
             workers: workers.clone(),
+            signing: signing.clone(),
+            handed_back: Default::default(),
         });
         // The heartbeat lasts until the drain is over: the rate limit stays shared with this
         // worker while it still calls the upstream.

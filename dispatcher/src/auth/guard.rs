@@ -36,14 +36,14 @@ pub struct Guard {
 const LOOPBACK: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
 impl Guard {
-    fn host_allowed(&self, host: &str) -> bool {
-        let (name, port) = split_host(host);
+    /// Whether `host` (as [`parse_host`] read it) is allowed.
+    fn host_allowed(&self, host: &Host) -> bool {
         if self.allowed_hosts.is_empty() {
-            return LOOPBACK.contains(&name.as_str());
+            return LOOPBACK.contains(&host.name.as_str());
         }
         self.allowed_hosts.iter().any(|allowed| {
             let (a_name, a_port) = split_host(allowed);
-            a_name == name && a_port.is_none_or(|p| Some(p) == port)
+            a_name == host.name && a_port.is_none_or(|p| Some(p) == host.port)
         })
     }
 
@@ -59,7 +59,69 @@ impl Guard {
     }
 }
 
-/// `host[:port]` → lower-case name without brackets, and the port.
+/// A `Host` header read strictly (RFC 9110: `uri-host [ ":" port ]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Host {
+    /// Lower case; an IPv6 address without its brackets.
+    name: String,
+    port: Option<u16>,
+}
+
+impl Host {
+    /// As it goes into a URL: `name[:port]`, an IPv6 address in brackets.
+    fn authority(&self) -> String {
+        let name = if self.name.contains(':') {
+            format!("[{}]", self.name)
+        } else {
+            self.name.clone()
+        };
+        match self.port {
+            Some(port) => format!("{name}:{port}"),
+            None => name,
+        }
+    }
+}
+
+/// Reads a `Host` header: a DNS name or IPv4 address of letters, digits, `-` and `.`, or an
+/// IPv6 address in brackets, then an optional port of digits. Anything else — userinfo, a
+/// path, quotes, spaces — is not a host: `None`.
+fn parse_host(raw: &str) -> Option<Host> {
+    let (name, port) = if let Some(rest) = raw.strip_prefix('[') {
+        let (address, tail) = rest.split_once(']')?;
+        let address: std::net::Ipv6Addr = address.parse().ok()?;
+        let port = match tail {
+            "" => None,
+            tail => Some(tail.strip_prefix(':')?),
+        };
+        (address.to_string(), port)
+    } else {
+        let (name, port) = match raw.split_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (raw, None),
+        };
+        let name_ok = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if !name_ok {
+            return None;
+        }
+        (name.to_ascii_lowercase(), port)
+    };
+    let port = match port {
+        None => None,
+        Some(port)
+            if !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            Some(port.parse::<u16>().ok()?)
+        }
+        Some(_) => return None,
+    };
+    Some(Host { name, port })
+}
+
+/// `host[:port]` → lower-case name without brackets, and the port (for configured names).
 fn split_host(host: &str) -> (String, Option<u16>) {
     let host = host.trim();
     let (name, port) = if let Some(rest) = host.strip_prefix('[') {
@@ -89,23 +151,34 @@ pub async fn guard(State(guard): State<Arc<Guard>>, mut request: Request, next: 
         return next.run(request).await;
     }
     let headers = request.headers();
-    let host = headers
+    let raw_host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .map(str::to_string)
         .or_else(|| request.uri().authority().map(|a| a.to_string()))
         .unwrap_or_default();
-    if !guard.host_allowed(&host) {
+    let Some(parsed) = parse_host(&raw_host) else {
+        auth_failure("host");
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            ApiErrorCode::BadRequest,
+            "the Host header is not a host name, address or host:port".into(),
+        );
+    };
+    if !guard.host_allowed(&parsed) {
         auth_failure("host");
         return refuse(
             StatusCode::FORBIDDEN,
             ApiErrorCode::Forbidden,
             format!(
-                "Host {host:?} is not allowed (start the dispatcher with --allowed-host {})",
-                split_host(&host).0
+                "Host {:?} is not allowed (start the dispatcher with --allowed-host {})",
+                parsed.authority(),
+                parsed.name
             ),
         );
     }
+    // From here on, only the host as parsed: nothing the caller sent goes into a header or URL.
+    let host = parsed.authority();
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
         if !guard.origin_allowed(origin, &host) {
@@ -222,8 +295,10 @@ pub async fn metadata(
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .unwrap_or_default();
-    let base = base_url(auth, request.headers(), host);
+        .and_then(parse_host)
+        .map(|h| h.authority())
+        .ok_or(StatusCode::BAD_REQUEST)?;
+    let base = base_url(auth, request.headers(), &host);
     let resource_path = request
         .uri()
         .path()
@@ -250,11 +325,15 @@ mod tests {
         }
     }
 
+    fn allowed(g: &Guard, host: &str) -> bool {
+        parse_host(host).is_some_and(|h| g.host_allowed(&h))
+    }
+
     #[test]
     fn hosts_default_to_loopback() {
         let g = guard(&[], &[]);
         for ok in ["127.0.0.1:7400", "localhost", "[::1]:80", "LOCALHOST:1"] {
-            assert!(g.host_allowed(ok), "{ok}");
+            assert!(allowed(&g, ok), "{ok}");
         }
         for bad in [
             "evil.example:7400",
@@ -262,13 +341,38 @@ mod tests {
             "",
             "127.0.0.1.evil.example",
         ] {
-            assert!(!g.host_allowed(bad), "{bad}");
+            assert!(!allowed(&g, bad), "{bad}");
         }
         let g = guard(&["mcpq.example.com", "api.example.com:8443"], &[]);
-        assert!(g.host_allowed("mcpq.example.com:443"));
-        assert!(g.host_allowed("api.example.com:8443"));
-        assert!(!g.host_allowed("api.example.com:80"));
-        assert!(!g.host_allowed("localhost"));
+        assert!(allowed(&g, "mcpq.example.com:443"));
+        assert!(allowed(&g, "api.example.com:8443"));
+        assert!(!allowed(&g, "api.example.com:80"));
+        assert!(!allowed(&g, "localhost"));
+    }
+
+    #[test]
+    fn a_host_is_read_strictly_and_written_back_as_parsed() {
+        for bad in [
+            "localhost:x@evil.example",
+            "localhost:1\", error=\"x",
+            "localhost@evil.example",
+            "local host",
+            "localhost:",
+            "localhost:99999",
+            "localhost:80:80",
+            "[::1",
+            "[::1]x",
+            "[not-v6]:80",
+            "localhost/path",
+        ] {
+            assert_eq!(parse_host(bad), None, "{bad}");
+        }
+        assert_eq!(
+            parse_host("LocalHost:7400").unwrap().authority(),
+            "localhost:7400"
+        );
+        assert_eq!(parse_host("[::1]:80").unwrap().authority(), "[::1]:80");
+        assert_eq!(parse_host("127.0.0.1").unwrap().authority(), "127.0.0.1");
     }
 
     #[test]

@@ -77,6 +77,15 @@ impl Verifier {
     pub async fn verify(&self, token: &str) -> Result<Caller, Denied> {
         let invalid = |reason: String| Denied::Invalid(reason);
         let header = decode_header(token).map_err(|e| invalid(format!("not a JWT: {e}")))?;
+        if self.config.require_access_token_type
+            && !header.typ.as_deref().is_some_and(|t| {
+                t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt")
+            })
+        {
+            return Err(invalid(
+                "the token is not an access token (typ at+jwt, RFC 9068): send an access token, not an ID token".into(),
+            ));
+        }
         let key = self.key(header.kid.as_deref()).await?;
         let family_ok = match header.alg {
             Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => false,
@@ -123,7 +132,7 @@ impl Verifier {
                 ))
             })?;
         let (access, limits) = self.grants(&claims);
-        Ok(Caller::new(principal.to_string(), access, limits))
+        Ok(Caller::new(super::jwt_principal(principal), access, limits))
     }
 
     /// What the matching rules grant: their lists together, the first limits set.

@@ -78,6 +78,18 @@ impl Caller {
     }
 }
 
+/// The principal an API key names, as mcpq keeps it: `key:<name>`. Principals are namespaced
+/// by where they come from, so that a JWT whose subject is `alice` is never the API key
+/// `alice` (and owns none of its jobs).
+pub fn key_principal(name: &str) -> String {
+    format!("key:{name}")
+}
+
+/// The principal a JWT names: `jwt:<subject>`.
+pub fn jwt_principal(subject: &str) -> String {
+    format!("jwt:{subject}")
+}
+
 /// Why a request was not let in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Denied {
@@ -139,7 +151,7 @@ impl Authenticator {
             })?;
         if let Some(key) = self.api_key(token) {
             return Ok(Caller::new(
-                key.principal.clone(),
+                key_principal(&key.principal),
                 key.access.clone(),
                 key.limits,
             ));
@@ -218,11 +230,11 @@ servers: [{{name: github, type: http, endpoint: "http://127.0.0.1:1/mcp"}}]
             .authenticate(Some(&format!("Bearer {key}")))
             .await
             .unwrap();
-        assert_eq!(caller.principal(), Some("ci"));
+        assert_eq!(caller.principal(), Some("key:ci"), "namespaced by source");
         assert!(caller.may("github", "create_issue"));
         assert!(!caller.may("github", "delete_repo"));
         assert!(!caller.may("slack", "post"));
-        assert!(caller.owns(Some("ci")) && !caller.owns(Some("other")) && !caller.owns(None));
+        assert!(caller.owns(Some("key:ci")) && !caller.owns(Some("jwt:ci")) && !caller.owns(None));
         assert_eq!(auth.authenticate(None).await.unwrap_err(), Denied::Missing);
         assert!(matches!(
             auth.authenticate(Some("Bearer mcpq_wrong")).await,

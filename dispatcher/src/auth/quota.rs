@@ -84,8 +84,8 @@ fn token(principal: &str) -> String {
 }
 
 impl Quotas {
-    /// `named`: the principals the config names (API keys); others (JWT subjects) are shown
-    /// as `jwt` in metrics, which must not grow a label per token subject.
+    /// `named`: the principals metrics may name (API keys, when `auth.metricsByPrincipal`);
+    /// others are shown by their source, `key` or `jwt`, and no label grows per caller.
     pub async fn open(
         js: &async_nats::jetstream::Context,
         named: std::collections::BTreeSet<String>,
@@ -212,10 +212,11 @@ impl Quotas {
 
     /// Shows a principal's use of a limit as `mcpq_quota_used`.
     fn used(&self, principal: &str, limit: &'static str, value: u64) {
+        // Only the source (`key`, `jwt`) unless the config asks for names (`auth.metricsByPrincipal`).
         let principal = if self.named.contains(principal) {
             principal.to_string()
         } else {
-            "jwt".to_string()
+            principal.split(':').next().unwrap_or("jwt").to_string()
         };
         metrics::gauge!(mcpq_schemas::metrics::QUOTA_USED, "principal" => principal, "limit" => limit)
             .set(value as f64);

@@ -51,13 +51,33 @@ pub(super) enum Relayed {
     InputRequired(InputRequiredResult),
 }
 
-/// Starts every `requestState` mcpq hands out: `mcpq/<job id>/<question id>`.
+/// Starts every `requestState` mcpq hands out: `mcpq/<job id>/<question id>/<seal>`, the seal
+/// binding job and question to the caller asked (HMAC with the deployment's signing key).
 const STATE_PREFIX: &str = "mcpq/";
+
+/// The `requestState` of question `question` of job `job_id`, asked of `principal`.
+fn request_state(
+    signing: &mcpq_schemas::seal::SigningKey,
+    job_id: &Uuid,
+    question: &str,
+    principal: Option<&str>,
+) -> String {
+    let seal = signing.seal(
+        mcpq_schemas::seal::Purpose::Question,
+        &[
+            job_id.as_bytes(),
+            question.as_bytes(),
+            principal.unwrap_or("").as_bytes(),
+        ],
+    );
+    format!("{STATE_PREFIX}{job_id}/{question}/{seal}")
+}
 
 /// A 2026-07-28 client's retried request: its answer to the question an earlier round asked.
 pub(super) struct Resume {
     job_id: Uuid,
     question: String,
+    seal: String,
     answer: serde_json::Value,
 }
 
@@ -78,10 +98,12 @@ impl Resume {
                 None,
             )
         };
-        let (job_id, question) = state
-            .strip_prefix(STATE_PREFIX)
-            .and_then(|rest| rest.split_once('/'))
-            .ok_or_else(bad)?;
+        let mut parts = state.strip_prefix(STATE_PREFIX).ok_or_else(bad)?.split('/');
+        let (Some(job_id), Some(question), Some(seal), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
         let job_id = job_id.parse().map_err(|_| bad())?;
         // The question id becomes a NATS subject token: mcpq's are letters and digits.
         if question.is_empty() || !question.bytes().all(|b| b.is_ascii_alphanumeric()) {
@@ -99,6 +121,7 @@ impl Resume {
         Ok(Some(Resume {
             job_id,
             question: question.to_string(),
+            seal: seal.to_string(),
             answer,
         }))
     }
@@ -253,12 +276,16 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
     ) = match request.resume {
         Some(resume) => {
             let job_id = resume.job_id;
-            // Only the job's own principal answers its questions.
-            let owned = Box::pin(shared.client.stored_record(job_id))
-                .await
-                .map_err(|e| client_error(job_id, &e))?
-                .is_none_or(|record| caller.owns(record.principal.as_deref()));
-            if !owned {
+            // Only the caller the question was asked of answers it: the seal says who that was.
+            let asked_here = request_state(
+                &shared.signing,
+                &job_id,
+                &resume.question,
+                caller.principal(),
+            );
+            let expected = asked_here.rsplit('/').next().unwrap_or_default();
+            let sealed = subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), resume.seal.as_bytes());
+            if !bool::from(sealed) {
                 return Err(ErrorData::invalid_params(
                     format!("requestState for job {job_id} was not issued to this caller"),
                     None,
@@ -287,7 +314,7 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
                 .await
                 .map_err(over_limit)?;
             let mut job = new_job(&request, defaults, meta, asked, wait)?
-                .owned_by(caller.principal().map(str::to_string));
+                .owned_by(caller.principal().map(str::to_string), &shared.signing);
             // The call's span in the caller's trace; the job carries it on to the worker.
             let span = tracing::info_span!("ingress", job_id = %job.id, server = request.server);
             mcpq_schemas::trace::adopt(&span, job.traceparent.as_deref());
@@ -459,7 +486,12 @@ async fn handle(
         return match serde_json::from_value(requests) {
             Ok(requests) => Some(InputRequiredResult::new(
                 Some(requests),
-                Some(format!("{STATE_PREFIX}{}/{}", question.job_id, question.id)),
+                Some(request_state(
+                    &shared.signing,
+                    &question.job_id,
+                    &question.id,
+                    origin.caller.principal(),
+                )),
             )),
             Err(e) => {
                 let error = serde_json::json!({"code": -32602, "message": format!("mcpq cannot relay {}: {e}", question.method)});

@@ -23,6 +23,10 @@ pub struct AuthSection {
     /// the request's Host). Names the resource in the OAuth protected-resource metadata.
     #[serde(default)]
     pub public_url: Option<String>,
+    /// Show API-key principals by name in metric labels (`mcpq_quota_used`); default false:
+    /// labels say only `key` or `jwt`, and never name who called.
+    #[serde(default)]
+    pub metrics_by_principal: bool,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -63,6 +67,10 @@ pub struct JwtSection {
     /// The claim that names the principal (default `sub`).
     #[serde(default)]
     pub principal_claim: Option<String>,
+    /// Accept only access tokens typed `at+jwt` (RFC 9068 `typ` header), so that an ID token
+    /// or another JWT the issuer signs cannot pass for one (default false: any `typ`).
+    #[serde(default)]
+    pub require_access_token_type: bool,
     /// What a token may call, by its claims: every rule whose claim matches adds its lists.
     #[serde(default)]
     pub rules: Vec<JwtRuleSection>,
@@ -100,6 +108,8 @@ pub struct AuthConfig {
     pub api_keys: Vec<ApiKey>,
     pub jwt: Option<JwtConfig>,
     pub public_url: Option<String>,
+    /// Whether metric labels may name API-key principals.
+    pub metrics_by_principal: bool,
 }
 
 /// One API key: its principal, the SHA-256 of the key, what it may call.
@@ -120,6 +130,8 @@ pub struct JwtConfig {
     pub leeway: Duration,
     pub principal_claim: String,
     pub rules: Vec<JwtRule>,
+    /// Only `typ: at+jwt` tokens pass.
+    pub require_access_token_type: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -367,6 +379,7 @@ pub(super) fn validate(section: AuthSection, errors: &mut Vec<ConfigError>) -> A
             leeway,
             principal_claim: jwt.principal_claim.unwrap_or_else(|| "sub".into()),
             rules,
+            require_access_token_type: jwt.require_access_token_type,
         }
     });
     if api_keys.is_empty() && jwt.is_none() {
@@ -389,6 +402,7 @@ pub(super) fn validate(section: AuthSection, errors: &mut Vec<ConfigError>) -> A
         public_url: section
             .public_url
             .map(|u| u.trim_end_matches('/').to_string()),
+        metrics_by_principal: section.metrics_by_principal,
     }
 }
 

@@ -58,6 +58,12 @@ pub struct NatsSection {
     /// this is; the window only catches pipelines publishing the same job twice at once.
     #[serde(default)]
     pub duplicate_window: Option<DurationText>,
+    /// A secret every dispatcher and worker shares, e.g. "${file:/run/secrets/mcpq-signing}":
+    /// it signs the jobs dispatchers publish for authenticated callers, seals the `requestState`
+    /// of questions, and derives authenticated callers' idempotent job ids. Absent: one is
+    /// generated and kept in KV `mcpq_keys` (let no pipeline read that bucket).
+    #[serde(default)]
+    pub signing_key: Option<String>,
     /// A NATS credentials file (`.creds`: user JWT and nkey seed).
     #[serde(default)]
     pub creds: Option<String>,

@@ -147,7 +147,18 @@ fn nats(section: Option<NatsSection>, errors: &mut Vec<ConfigError>) -> NatsConf
         ));
     }
     let credentials = nats_credentials(&section, errors);
+    let signing_key = section
+        .signing_key
+        .as_deref()
+        .and_then(|value| match Secret::parse(value) {
+            Ok(secret) => Some(secret),
+            Err(message) => {
+                errors.push(ConfigError::field("nats.signingKey", message));
+                None
+            }
+        });
     NatsConfig {
+        signing_key,
         call_record_ttl,
         url: urls.map(|u| u.join(",")),
         replicas,

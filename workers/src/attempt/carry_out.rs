@@ -49,6 +49,30 @@ pub(super) async fn carry_out(
             }
             ack(message, AckKind::Ack).await;
         }
+        (Decision::Refuse, _) => {
+            let error = JobError::new(
+                ErrorKind::MalformedJob,
+                format!(
+                    "job id {} belongs to another caller's job: this one is refused (a pipeline must not reuse ids; an idempotent job's id is derived from its key)",
+                    job.id
+                ),
+            );
+            failed(ctx, delivery, error.clone(), None, false);
+            if !dead_letter(ctx, message, delivery, Some(job), error.clone()).await {
+                return;
+            }
+            let reply = Reply {
+                v: ENVELOPE_VERSION,
+                job_id: job.id,
+                outcome: Ended::Error { error },
+                result_ref: None,
+            };
+            let _ = ctx
+                .outbox
+                .reply(delivery.reply_to().as_deref(), &reply)
+                .await;
+            ack(message, AckKind::Term).await;
+        }
         (Decision::Follow, _) => {
             ack(message, AckKind::Ack).await;
             follow(ctx, job, delivery.reply_to());
@@ -123,7 +147,7 @@ pub(super) async fn carry_out(
                 Outcome::Stranded { deliveries } => JobError::new(
                     ErrorKind::Internal,
                     format!(
-                        "delivered {deliveries} times without an outcome (workers stopped while holding it: crashes, or calls that outlived ackWait); not tried again"
+                        "delivered {deliveries} times without an outcome (workers stopped while holding it — crashes, calls that outlived ackWait — or their acks were lost); not tried again"
                     ),
                 ),
                 other => JobError::new(ErrorKind::Internal, format!("{other:?}")),
@@ -383,6 +407,8 @@ async fn finish(
     if keep != Keep::Not && !delivery.claimed {
         // A synchronous call that ran long may have become a task: its record says so.
         match ctx.outbox.entry(&job.id).await {
+            // Another caller's record: never written over.
+            Ok(Some((stored, _))) if stored.principal != job.principal => keep = Keep::Not,
             Ok(Some((stored, revision))) => {
                 if stored.task {
                     keep = Keep::Results;

@@ -37,6 +37,9 @@ pub(crate) enum Found {
     Done(JobRecord),
     /// Another message carries the job.
     Duplicate,
+    /// The record belongs to another principal (or to somebody, and the job to nobody): the id
+    /// is not this job's to use.
+    Foreign,
     /// The delivery was interrupted while it waited for another attempt.
     Stopped,
 }
@@ -102,6 +105,9 @@ async fn judge(
             fresh: delivery.replay,
         });
     };
+    if record.principal != job.principal {
+        return found(Found::Foreign);
+    }
     let ours = record.stream_seq == Some(delivery.stream_seq);
     if record.status.is_terminal() {
         // A replay runs a dead job again; once it has run, its own ending stands.

@@ -24,6 +24,9 @@ pub enum Decision {
     Hold(Duration),
     /// Failed for good: dead-letter, record, reply, then TERM.
     DeadLetter(JobStatus),
+    /// Not this job's to run (its id is another caller's): dead-letter, reply, then TERM —
+    /// nothing written to the record it named.
+    Refuse,
     /// Give the message back at once for another worker: NAK (a claimed job's claim is given
     /// back first, counted as a hold).
     HandBack,
@@ -72,10 +75,11 @@ impl RetryPolicy {
     }
 }
 
-/// Deliveries of one job that nothing explains — neither a failed attempt nor a hold recorded
-/// — after which the job is dead-lettered rather than delivered again: each was held by a
-/// worker that stopped (a crash, or a call that outlived AckWait with its worker frozen).
-pub const MAX_STRANDED: u32 = 4;
+/// Deliveries of one job that nothing explains — neither a failed attempt nor a hold recorded,
+/// nor a hand-back by this worker — after which the job is dead-lettered rather than delivered
+/// again: each was held by a worker that stopped (a crash, a call that outlived AckWait with its
+/// worker frozen) or whose ack was lost (a NATS node failing over).
+pub const MAX_STRANDED: u32 = 6;
 
 /// Decides the fate of a delivery that ended with `outcome`, `spent` attempts having counted
 /// against the policy before it; `unit` is a uniform draw in `[0, 1)` for the jitter.
@@ -84,6 +88,7 @@ pub fn decide(outcome: &Outcome, spent: u32, policy: &RetryPolicy, unit: f64) ->
         Outcome::Malformed(_) | Outcome::TooLarge { .. } => Decision::DeadLetter(JobStatus::Failed),
         Outcome::AlreadyDone(_) => Decision::Answer,
         Outcome::Duplicate => Decision::Follow,
+        Outcome::Foreign => Decision::Refuse,
         Outcome::Stranded { .. } => Decision::DeadLetter(JobStatus::Dead),
         Outcome::Cancelled { .. } => Decision::End(JobStatus::Cancelled),
         Outcome::Expired { .. } => Decision::End(JobStatus::Expired),
@@ -139,6 +144,7 @@ mod tests {
             ),
             (Outcome::AlreadyDone(Box::new(record)), Decision::Answer),
             (Outcome::Duplicate, Decision::Follow),
+            (Outcome::Foreign, Decision::Refuse),
             (
                 Outcome::Stranded { deliveries: 9 },
                 Decision::DeadLetter(JobStatus::Dead),

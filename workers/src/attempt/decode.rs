@@ -151,7 +151,10 @@ mod properties {
                 job.deadline_ms = deadline;
                 job.lane = lane;
                 job.submitted_at_ms = submitted;
-                job.owned_by(principal)
+                job.owned_by(
+                    principal,
+                    &mcpq_schemas::seal::SigningKey::from_secret("test"),
+                )
             })
     }
 

@@ -49,6 +49,33 @@ pub(crate) struct Context {
     pub audit: crate::report::audit::Audit,
     /// The heartbeats: whether a worker that does not answer still beats.
     pub workers: async_nats::jetstream::kv::Store,
+    /// The deployment's signing key: which jobs' principals to believe.
+    pub signing: mcpq_schemas::seal::SigningKey,
+    /// Messages the pull loop handed back unstarted: those deliveries are explained.
+    pub handed_back: Arc<HandBacks>,
+}
+
+/// The messages this worker handed back without starting them (shutdown, a rebind, more than
+/// asked for), by stream sequence: their deliveries are explained, not stranded.
+#[derive(Default)]
+pub(crate) struct HandBacks(std::sync::Mutex<std::collections::HashMap<u64, u32>>);
+
+impl HandBacks {
+    /// Most sequences remembered; beyond, the oldest knowledge goes (a few unexplained
+    /// deliveries more are allowed for).
+    const MOST: usize = 100_000;
+
+    pub(crate) fn note(&self, stream_seq: u64) {
+        let mut seen = lock(&self.0);
+        if seen.len() >= Self::MOST {
+            seen.clear();
+        }
+        *seen.entry(stream_seq).or_default() += 1;
+    }
+
+    fn of(&self, stream_seq: u64) -> u32 {
+        lock(&self.0).get(&stream_seq).copied().unwrap_or(0)
+    }
 }
 
 /// The part of a message the attempt needs, read once, and what the job's record adds.
@@ -156,6 +183,15 @@ pub(crate) async fn handle(ctx: &Context, message: Message) {
         .unwrap_or_else(|_| now_ms());
     let job = match decode::decode(&ctx.server.name, &message.payload, stored_at_ms) {
         Ok(mut job) => {
+            // A principal counts only under a dispatcher's seal: anyone may publish on NATS.
+            if job.principal.is_some() && !sealed(ctx, &message) {
+                tracing::warn!(
+                    job_id = %job.id,
+                    principal = job.principal.as_deref().unwrap_or_default(),
+                    "a job names a principal without a dispatcher's seal; it runs as nobody's (do dispatchers and workers share nats.signingKey?)"
+                );
+                job.principal = None;
+            }
             // A job published without a trace gets one named after it, the same on every attempt.
             if job.traceparent.is_none() {
                 job.traceparent =
@@ -214,6 +250,21 @@ pub(crate) async fn handle(ctx: &Context, message: Message) {
         () = attempt.instrument(span) => {}
         () = keepalive(ctx, &message, &held, &interrupt) => {}
     }
+}
+
+/// Whether the message carries a dispatcher's seal over its body.
+fn sealed(ctx: &Context, message: &Message) -> bool {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(mcpq_schemas::names::HDR_SEAL))
+        .is_some_and(|seal| {
+            ctx.signing.verify(
+                mcpq_schemas::seal::Purpose::Job,
+                &[&message.payload],
+                seal.as_str(),
+            )
+        })
 }
 
 /// What the keepalive needs to know of the delivery it keeps.
@@ -280,7 +331,9 @@ async fn run(ctx: &Context, delivery: &mut Delivery, job: &Job, interrupt: &Inte
         return ended;
     }
     // JetStream delivered it again and again without an outcome: not tried again.
-    let stranded = delivery.stranded();
+    let stranded = delivery
+        .stranded()
+        .saturating_sub(ctx.handed_back.of(delivery.stream_seq));
     if stranded >= decide::MAX_STRANDED {
         tracing::warn!(
             stranded,
@@ -395,6 +448,10 @@ async fn settle(
             tracing::info!("another message carries this job; this one is a duplicate");
             Some(Outcome::Duplicate)
         }
+        Ok(Found::Foreign) => {
+            tracing::warn!("the job's id is another caller's; refused");
+            Some(Outcome::Foreign)
+        }
         Ok(Found::Stopped) => Some(stopped(
             interrupt.why().unwrap_or(&Why::Draining),
             "before it started",
@@ -443,7 +500,6 @@ async fn call_upstream(
         reply_to: delivery.reply_to.clone(),
         capabilities: job.client_capabilities.clone(),
         deadline: tokio::time::Instant::now() + timeout,
-        next: Default::default(),
     };
     let upstream_span = tracing::info_span!("upstream");
     let mut sent = job.clone();

@@ -17,6 +17,9 @@ pub(crate) enum Outcome {
     /// Another message carries the same job and holds it (published again after the duplicate
     /// window): this one never runs.
     Duplicate,
+    /// The job's id names a record of another principal: it is refused, and that record is
+    /// neither read out nor written.
+    Foreign,
     /// Delivered again and again without an outcome: workers stopped while holding it.
     Stranded { deliveries: u32 },
     /// Cancelled by request, before it started or while it ran (the upstream was told).

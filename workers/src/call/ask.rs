@@ -8,13 +8,7 @@
 //! instead of waiting. An answer may name a new reply subject: the job's later events and its
 //! reply go there (a 2026-07-28 client retries its request on any dispatcher replica).
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU32, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use async_nats::HeaderMap;
 use futures::StreamExt;
@@ -47,7 +41,6 @@ pub(crate) struct Asker {
     pub capabilities: Option<Value>,
     /// Answers are awaited until then (the call's own timeout).
     pub deadline: tokio::time::Instant,
-    pub next: Arc<AtomicU32>,
 }
 
 /// The client capability an upstream's question needs.
@@ -88,7 +81,8 @@ impl Asker {
                 "nobody waits for job {job} (an async job), so nobody can answer {method}"
             )));
         };
-        let id = format!("q{}", self.next.fetch_add(1, Ordering::Relaxed));
+        // Unguessable: the id names the subject the answer goes to.
+        let id = format!("q{}", Uuid::new_v4().simple());
         let answer_to = input_subject(&job, &id);
         let internal = |what: &str, e: &dyn std::fmt::Display| {
             ErrorData::internal_error(format!("job {job}: {what}: {e}"), None)
