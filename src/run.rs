@@ -87,6 +87,10 @@ pub struct Exposure {
     /// `/v1/jobs/{id}/wait` long polls open at once; more get 429.
     #[arg(long, default_value_t = mcpq_dispatcher::DEFAULT_MAX_WAITS)]
     max_waits: usize,
+    /// Long polls, and 2026-07-28 listen streams, one principal may hold open at once; more
+    /// get 429 (an error for a listen stream).
+    #[arg(long, default_value_t = mcpq_dispatcher::DEFAULT_MAX_WAITS_PER_PRINCIPAL)]
+    max_waits_per_principal: usize,
     /// Connections open at once; more are closed as soon as they are accepted.
     #[arg(long, default_value_t = mcpq_dispatcher::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
@@ -128,6 +132,7 @@ impl Exposure {
             allowed_origins: self.allowed_origins.clone(),
             max_requests: self.max_requests,
             max_waits: self.max_waits,
+            max_waits_per_principal: self.max_waits_per_principal,
             max_connections: self.max_connections,
             max_sessions: self.max_sessions,
             idle_timeout: self.idle_timeout,

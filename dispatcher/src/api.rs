@@ -335,6 +335,19 @@ async fn wait(
         Some(record) if caller.owns(record.principal.as_deref()) => {}
         _ => return Err(not_found("job", id)),
     }
+    let Some(_mine) = shared.held.hold(
+        "wait",
+        caller.principal().unwrap_or(""),
+        shared.per_principal,
+    ) else {
+        let response = Failure(
+            StatusCode::TOO_MANY_REQUESTS,
+            ApiErrorCode::RateLimited,
+            "this caller holds as many long polls open here as one caller may (--max-waits-per-principal): read the job with GET /v1/jobs/{id}, or wait again shortly".into(),
+        )
+        .into_response();
+        return Ok(retry_after(response, Duration::from_secs(1)));
+    };
     let Ok(_slot) = shared.waits.clone().try_acquire_owned() else {
         let response = Failure(
             StatusCode::TOO_MANY_REQUESTS,
@@ -487,12 +500,21 @@ async fn batch_results(
     Path(id): Path<String>,
 ) -> Result<Response, Failure> {
     let batch = stored_batch(&shared, &caller, &id).await?;
-    let mut body = Vec::new();
-    for line in shared.client.batch_results(&batch).await? {
-        let _ = serde_json::to_writer(&mut body, &line);
-        body.push(b'\n');
-    }
-    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+    // Streamed: a line goes out as its record is read; the body never holds the whole batch.
+    // A record that cannot be read ends the body early (the client sees fewer lines than the
+    // batch's total, and may ask again).
+    let lines = futures::StreamExt::map(shared.client.batch_result_lines(&batch), |line| {
+        line.map(|line| {
+            let mut text = serde_json::to_vec(&line).unwrap_or_default();
+            text.push(b'\n');
+            bytes::Bytes::from(text)
+        })
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response())
 }
 
 async fn stored_batch(shared: &Shared, caller: &Caller, id: &str) -> Result<BatchRecord, Failure> {

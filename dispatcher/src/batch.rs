@@ -116,13 +116,24 @@ impl Client {
         &self,
         batch: &BatchRecord,
     ) -> Result<Vec<BatchResultLine>, ClientError> {
-        let records = self.records(&batch.jobs).await?;
-        Ok(batch
-            .jobs
-            .iter()
-            .zip(&records)
-            .enumerate()
-            .map(|(index, (id, record))| BatchResultLine::new(index, *id, record.as_ref()))
-            .collect())
+        self.batch_result_lines(batch).try_collect().await
+    }
+
+    /// [`Client::batch_results`] as a stream: at most a few records (and their results) are
+    /// held at once, however large the batch.
+    pub fn batch_result_lines(
+        &self,
+        batch: &BatchRecord,
+    ) -> impl futures::Stream<Item = Result<BatchResultLine, ClientError>> + Send + 'static {
+        let client = self.clone();
+        stream::iter(batch.jobs.clone().into_iter().enumerate())
+            .map(move |(index, id)| {
+                let client = client.clone();
+                async move {
+                    let record = client.record(id).await?;
+                    Ok(BatchResultLine::new(index, id, record.as_ref()))
+                }
+            })
+            .buffered(IN_FLIGHT)
     }
 }

@@ -34,6 +34,8 @@ pub struct HttpOptions {
     /// `/v1/jobs/{id}/wait` long polls open at once (each holds a JetStream watch); more are
     /// answered 429 with `Retry-After`.
     pub max_waits: usize,
+    /// Long polls, and 2026-07-28 listen streams, one principal may hold open at once.
+    pub max_waits_per_principal: usize,
     /// Connections open at once; one more is closed as soon as it is accepted.
     pub max_connections: usize,
     /// 2025-era sessions one principal may hold open through this dispatcher; one more
@@ -55,6 +57,7 @@ impl Default for HttpOptions {
             allowed_origins: Vec::new(),
             max_requests: DEFAULT_MAX_REQUESTS,
             max_waits: DEFAULT_MAX_WAITS,
+            max_waits_per_principal: DEFAULT_MAX_WAITS_PER_PRINCIPAL,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_sessions: DEFAULT_MAX_SESSIONS,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
@@ -78,6 +81,8 @@ pub const DEFAULT_SAMPLE_EVERY: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_REQUESTS: usize = 10_000;
 /// Long polls open at once by default.
 pub const DEFAULT_MAX_WAITS: usize = 1_000;
+/// Long polls (and listen streams) one principal may hold open at once by default.
+pub const DEFAULT_MAX_WAITS_PER_PRINCIPAL: usize = 100;
 
 /// The answer when `max_requests` requests are in flight already: 503 (JSON,
 /// `Retry-After: 1`) at once, instead of taking on more than the process can hold.
@@ -365,13 +370,23 @@ pub(crate) async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let (router, requests, monitor) = (router.clone(), requests.clone(), monitor.clone());
+        let patience = options.idle_timeout;
         let service = hyper_util::service::TowerToHyperService::new(tower::service_fn(
             move |request: Request<hyper::body::Incoming>| {
                 let (router, requests) = (router.clone(), requests.clone());
                 let endpoint = monitor.endpoint(request.uri().path());
                 async move {
-                    let response = match requests.try_acquire() {
-                        Ok(_slot) => router.oneshot(request).await,
+                    let response = match requests.try_acquire_owned() {
+                        // The slot goes with the response body: a streamed answer holds it
+                        // until its last event; a request body must keep arriving.
+                        Ok(slot) => {
+                            let request = request.map(|body| {
+                                axum::body::Body::new(crate::bodies::Timed::new(body, patience))
+                            });
+                            router.oneshot(request).await.map(|response| {
+                                response.map(|body| crate::bodies::Held::new(body, slot))
+                            })
+                        }
                         Err(_) => Ok(busy()),
                     };
                     if let Ok(response) = &response {

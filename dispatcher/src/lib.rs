@@ -8,6 +8,7 @@
 pub mod api;
 pub mod auth;
 pub mod batch;
+mod bodies;
 pub mod catalog;
 pub mod dead_letters;
 
@@ -26,7 +27,7 @@ use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 pub use catalog::Catalog;
 pub use http::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUESTS, DEFAULT_MAX_SESSIONS,
-    DEFAULT_MAX_WAITS, DEFAULT_SAMPLE_EVERY, HttpOptions,
+    DEFAULT_MAX_WAITS, DEFAULT_MAX_WAITS_PER_PRINCIPAL, DEFAULT_SAMPLE_EVERY, HttpOptions,
 };
 pub use ingress::{Gateway, NAME_SEPARATOR};
 use mcpq_schemas::{
@@ -34,7 +35,7 @@ use mcpq_schemas::{
     nats::{NatsError, Topology, ensure_topology},
 };
 pub use publish::{Cancel, Client, ClientError, Submitted};
-pub use replies::Event;
+pub use replies::{EVENTS_UNREAD, Event};
 pub use shared::{Refusal, ServerDefaults, Shared};
 use tokio_util::sync::CancellationToken;
 
@@ -156,6 +157,8 @@ impl Dispatcher {
                 capabilities: Default::default(),
                 quotas,
                 waits: Arc::new(tokio::sync::Semaphore::new(options.max_waits.max(1))),
+                held: Arc::default(),
+                per_principal: options.max_waits_per_principal.max(1),
             }),
             sessions: Arc::new(sessions),
             options,

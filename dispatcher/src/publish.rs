@@ -499,7 +499,7 @@ impl Client {
         &self,
         job: &Job,
         timeout: Duration,
-        events: Option<mpsc::UnboundedSender<Event>>,
+        events: Option<mpsc::Sender<Event>>,
     ) -> Result<Reply, ClientError> {
         let payload = self.encode(job)?;
         // A key's job that exists already is not run again: its record answers, once it ends.
@@ -572,7 +572,7 @@ impl Client {
         answer_to: &str,
         mut answer: InputAnswer,
         timeout: Duration,
-        events: Option<mpsc::UnboundedSender<Event>>,
+        events: Option<mpsc::Sender<Event>>,
     ) -> Result<Reply, ClientError> {
         let job_id = answer.job_id;
         let waiting = self.inbox.expect(events);

@@ -30,10 +30,16 @@ pub enum Event {
     Input(Box<InputRequestEvent>),
 }
 
+/// How many events a caller may leave unread. Beyond it, progress and log events are dropped
+/// (the next ones still come; the reply always does), and a question is refused — the worker
+/// tells the upstream nobody will answer — so a caller that stops reading costs a bounded
+/// amount of memory.
+pub const EVENTS_UNREAD: usize = 256;
+
 /// A caller waiting on its inbox token: where the reply goes, and its events if wanted.
 struct Waiter {
     reply: oneshot::Sender<Reply>,
-    events: Option<mpsc::UnboundedSender<Event>>,
+    events: Option<mpsc::Sender<Event>>,
 }
 
 type Waiters = Arc<std::sync::Mutex<HashMap<u64, Waiter>>>;
@@ -93,7 +99,7 @@ impl Inbox {
 
     /// Registers a wait for one reply (and its events, to `events`); publish the job with
     /// `subject` as its reply inbox.
-    pub(crate) fn expect(&self, events: Option<mpsc::UnboundedSender<Event>>) -> Waiting {
+    pub(crate) fn expect(&self, events: Option<mpsc::Sender<Event>>) -> Waiting {
         let token = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.waiters).insert(token, Waiter { reply: tx, events });
@@ -161,10 +167,19 @@ fn route(
                 Some(Waiter {
                     events: Some(to), ..
                 }),
-            ) => to
-                .send(event)
-                .err()
-                .map(|_| "the caller stopped waiting for this call"),
+            ) => match to.try_send(event) {
+                Ok(()) => None,
+                Err(mpsc::error::TrySendError::Full(Event::Input(_))) => {
+                    Some("the caller has too many events unread to be asked")
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::debug!("a caller's events are unread; one dropped");
+                    None
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    Some("the caller stopped waiting for this call")
+                }
+            },
             (Err(_), _) => Some("this dispatcher cannot read the event"),
             (Ok(_), Some(_)) => Some("the caller waits for the reply only"),
             (Ok(_), None) => Some("nobody waits for this call any more"),

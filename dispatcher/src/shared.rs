@@ -3,6 +3,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    sync::Arc,
     sync::Mutex,
     time::Duration,
 };
@@ -44,6 +45,56 @@ pub struct Shared {
     pub quotas: Option<Quotas>,
     /// Slots for `/v1` long polls (each holds a JetStream watch while it waits).
     pub waits: std::sync::Arc<tokio::sync::Semaphore>,
+    /// What each principal holds open here: long polls, listen streams.
+    pub held: Arc<PerPrincipal>,
+    /// The most of each that one principal may hold open (`--max-waits-per-principal`, also
+    /// for listen streams).
+    pub per_principal: usize,
+}
+
+/// Things one principal holds open on this dispatcher, counted, so that no caller takes all of
+/// a bound that every caller shares.
+#[derive(Default)]
+pub struct PerPrincipal(Mutex<HashMap<(&'static str, String), usize>>);
+
+/// One thing held; dropping it gives it back.
+pub struct HeldOne {
+    counts: Arc<PerPrincipal>,
+    key: (&'static str, String),
+}
+
+impl Drop for HeldOne {
+    fn drop(&mut self) {
+        let mut counts = crate::lock(&self.counts.0);
+        if let Some(n) = counts.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl PerPrincipal {
+    /// Holds one more `kind` for `principal`, unless it holds `most` already.
+    pub fn hold(
+        self: &Arc<Self>,
+        kind: &'static str,
+        principal: &str,
+        most: usize,
+    ) -> Option<HeldOne> {
+        let key = (kind, principal.to_string());
+        let mut counts = crate::lock(&self.0);
+        let n = counts.entry(key.clone()).or_default();
+        if *n >= most {
+            return None;
+        }
+        *n += 1;
+        Some(HeldOne {
+            counts: self.clone(),
+            key,
+        })
+    }
 }
 
 /// Why a call is refused before anything is queued.

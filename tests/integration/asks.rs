@@ -93,7 +93,7 @@ async fn the_upstreams_questions_reach_the_client_and_its_answers_the_upstream()
         ),
     );
     job.client_capabilities = Some(json!({"sampling": {}}));
-    let (to, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let (to, mut events) = tokio::sync::mpsc::channel(mcpq_dispatcher::EVENTS_UNREAD);
     let client = stack.client.clone();
     let answering = tokio::spawn(async move {
         while let Some(event) = events.recv().await {

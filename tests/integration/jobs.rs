@@ -352,7 +352,7 @@ async fn upstream_progress_reaches_mcp_clients_nats_callers_and_records_in_order
     }
 
     // A NATS caller gets progress events on its inbox, in order, before the reply.
-    let (to, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let (to, mut events) = tokio::sync::mpsc::channel(mcpq_dispatcher::EVENTS_UNREAD);
     let reply = stack
         .client
         .call_with_events(

@@ -62,7 +62,8 @@ pub fn may_refresh(last: Option<Instant>, now: Instant) -> bool {
 impl Verifier {
     pub fn new(config: JwtConfig) -> Result<Verifier, JwksError> {
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(5))
+            .connect_timeout(Duration::from_secs(3))
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| JwksError::Client(e.to_string()))?;
@@ -151,26 +152,30 @@ impl Verifier {
     /// The key named `kid` (or the only key, for a token naming none), reading the set again
     /// when it is unknown and the last read is a minute old.
     async fn key(&self, kid: Option<&str>) -> Result<Key, Denied> {
-        let mut keys = self.keys.lock().await;
-        if let Some(key) = keys.find(kid) {
-            return Ok(key);
-        }
-        if may_refresh(keys.read_at, Instant::now()) {
-            keys.read_at = Some(Instant::now());
-            match self.read().await {
-                Ok(set) => keys.replace(set),
-                Err(reason) => {
-                    tracing::warn!(%reason, "cannot read the issuer's JSON Web Key Set");
-                }
-            }
+        {
+            let mut keys = self.keys.lock().await;
             if let Some(key) = keys.find(kid) {
                 return Ok(key);
             }
+            if !may_refresh(keys.read_at, Instant::now()) {
+                return Err(unknown_key(kid));
+            }
+            keys.read_at = Some(Instant::now());
         }
-        Err(Denied::Invalid(match kid {
-            Some(kid) => format!("the token's key {kid:?} is not in the issuer's key set"),
-            None => "the token names no key (kid) and the issuer has several".into(),
-        }))
+        // Read without the lock held: tokens with known keys are checked meanwhile.
+        match self.read().await {
+            Ok(set) => {
+                let mut keys = self.keys.lock().await;
+                keys.replace(set);
+                if let Some(key) = keys.find(kid) {
+                    return Ok(key);
+                }
+            }
+            Err(reason) => {
+                tracing::warn!(%reason, "cannot read the issuer's JSON Web Key Set");
+            }
+        }
+        Err(unknown_key(kid))
     }
 
     async fn read(&self) -> Result<JwkSet, String> {
@@ -192,11 +197,33 @@ impl Verifier {
                         response.status()
                     ));
                 }
-                response.text().await.map_err(|e| e.to_string())?
+                read_capped(response, MAX_JWKS_BYTES).await?
             }
         };
         serde_json::from_str(&text).map_err(|e| format!("not a JSON Web Key Set: {e}"))
     }
+}
+
+/// The largest key set read: a few dozen keys take a few KB.
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
+
+/// A response body as text, refused beyond `most` bytes (read chunk by chunk, never whole).
+async fn read_capped(mut response: reqwest::Response, most: usize) -> Result<String, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > most {
+            return Err(format!("the key set is larger than {most} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    String::from_utf8(body).map_err(|e| format!("the key set is not UTF-8: {e}"))
+}
+
+fn unknown_key(kid: Option<&str>) -> Denied {
+    Denied::Invalid(match kid {
+        Some(kid) => format!("the token's key {kid:?} is not in the issuer's key set"),
+        None => "the token names no key (kid) and the issuer has several".into(),
+    })
 }
 
 impl Keys {

@@ -342,6 +342,18 @@ impl ServerHandler for Gateway {
     /// 2026-07-28 clients hear about catalog changes, and about the resources they name, on a
     /// `subscriptions/listen` stream.
     async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        let caller = caller_of(context.request_context());
+        let Some(_held) = self.shared.held.hold(
+            "listen",
+            caller.principal().unwrap_or(""),
+            self.shared.per_principal,
+        ) else {
+            return Err(ErrorData::new(
+                rmcp::model::ErrorCode(-32000),
+                "this caller holds as many listen streams open here as one caller may (--max-waits-per-principal): close one first",
+                None,
+            ));
+        };
         let mut changes = self.shared.catalog.changes();
         changes.mark_unchanged();
         let accepted = context.accepted().clone();

@@ -265,7 +265,7 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
     let wait = asked.unwrap_or(defaults.timeout + QUEUE_ALLOWANCE);
     let origin = &request.origin;
     let era = origin.era;
-    let (events, mut updates) = tokio::sync::mpsc::unbounded_channel();
+    let (events, mut updates) = tokio::sync::mpsc::channel(crate::replies::EVENTS_UNREAD);
     let mut ingress_span = None;
     // A new job is submitted and waited for; a retry that answers the job's question takes the
     // running job over from there.
