@@ -22,7 +22,8 @@ pub(crate) struct Held {
 }
 
 impl Held {
-    pub(crate) fn new(inner: Body, slot: OwnedSemaphorePermit) -> Body {
+    /// `inner`, holding `slot` until it ends.
+    pub(crate) fn around(inner: Body, slot: OwnedSemaphorePermit) -> Body {
         Body::new(Held { inner, _slot: slot })
     }
 }

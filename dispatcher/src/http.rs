@@ -384,7 +384,7 @@ pub(crate) async fn serve(
                                 axum::body::Body::new(crate::bodies::Timed::new(body, patience))
                             });
                             router.oneshot(request).await.map(|response| {
-                                response.map(|body| crate::bodies::Held::new(body, slot))
+                                response.map(|body| crate::bodies::Held::around(body, slot))
                             })
                         }
                         Err(_) => Ok(busy()),
