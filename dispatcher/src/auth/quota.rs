@@ -240,7 +240,16 @@ impl Quotas {
                 ),
                 _ => (InFlightEntry::default(), None),
             };
-            let mut mine = lock(&self.held).get(principal).copied().unwrap_or(0);
+            // This replica's count as stored is the one to change: the entry read is the one the
+            // write will replace (compare-and-set), so two holds racing here cannot both start
+            // from the same count. Only an entry gone stale falls back to what this replica knows.
+            let stored = entry
+                .replicas
+                .get(&self.replica)
+                .filter(|(_, at)| now.saturating_sub(*at) < STALE.as_millis() as u64)
+                .map(|(n, _)| *n);
+            let mut mine =
+                stored.unwrap_or_else(|| lock(&self.held).get(principal).copied().unwrap_or(0));
             if !f(&entry, &mut mine, now) {
                 return Some(false);
             }

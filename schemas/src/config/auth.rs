@@ -185,10 +185,30 @@ impl Access {
         }
     }
 
-    /// Whether `name` (a tool, a prompt, or a resource URI) of `server` may be used.
+    /// Whether `name` (a tool, a prompt, or a resource URI) of `server` may be used. A URI is
+    /// matched as [`normalize_uri`] reads it — dot segments resolved, encoded unreserved
+    /// characters decoded — so `file:///srv/pub/%2e%2e/etc/shadow` is `file:///etc/shadow`;
+    /// one that cannot be read safely (an encoded `/`, `\` or NUL in its path) is permitted
+    /// only by a pattern whose name part is `*`. A deny pattern matching the URI as sent or as
+    /// read denies it.
     pub fn permits(&self, server: &str, name: &str) -> bool {
-        self.allow.iter().any(|p| p.matches(server, name))
-            && !self.deny.iter().any(|p| p.matches(server, name))
+        let denied = |n: &str| self.deny.iter().any(|p| p.matches(server, n));
+        if !name.contains("://") {
+            return self.allow.iter().any(|p| p.matches(server, name)) && !denied(name);
+        }
+        match normalize_uri(name) {
+            Some(read) => {
+                self.allow.iter().any(|p| p.matches(server, &read))
+                    && !denied(&read)
+                    && !denied(name)
+            }
+            None => {
+                self.allow
+                    .iter()
+                    .any(|p| p.name == "*" && glob(&p.server, server))
+                    && !denied(name)
+            }
+        }
     }
 
     /// Whether anything of `server` could be permitted (an endpoint the caller has no use for
@@ -242,6 +262,70 @@ impl std::fmt::Display for Pattern {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.server, self.name)
     }
+}
+
+/// A resource URI as access rules read it: `scheme://authority` kept, the path's encoded
+/// unreserved characters (`%2e` and the like) decoded and its dot segments (`.`, `..`)
+/// resolved as RFC 3986 says, the query and fragment kept. `None` when its path hides a
+/// separator or a NUL in percent-encoding (`%2f`, `%5c`, `%00`), which an upstream might read
+/// as one.
+pub fn normalize_uri(uri: &str) -> Option<String> {
+    let (scheme, rest) = uri.split_once("://")?;
+    let (authority, after) = match rest.find('/') {
+        Some(at) => (&rest[..at], &rest[at..]),
+        None => (rest, ""),
+    };
+    let tail_at = after.find(['?', '#']).unwrap_or(after.len());
+    let (path, tail) = after.split_at(tail_at);
+    let mut decoded = String::with_capacity(path.len());
+    let bytes = path.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            let byte = u8::from_str_radix(hex, 16).ok()?;
+            if matches!(byte, b'/' | b'\\' | 0) {
+                return None;
+            }
+            if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+                decoded.push(byte as char);
+            } else {
+                decoded.push_str(&path[i..i + 3]);
+            }
+            i += 3;
+        } else {
+            let c = path[i..].chars().next()?;
+            decoded.push(c);
+            i += c.len_utf8();
+        }
+    }
+    let mut segments: Vec<&str> = Vec::new();
+    let absolute = decoded.starts_with('/');
+    let parts: Vec<&str> = decoded.split('/').collect();
+    let last = parts.len().saturating_sub(1);
+    for (n, segment) in parts.iter().enumerate() {
+        match *segment {
+            "." => {
+                if n == last {
+                    segments.push("");
+                }
+            }
+            ".." => {
+                if segments.len() > usize::from(absolute) {
+                    segments.pop();
+                }
+                if n == last {
+                    segments.push("");
+                }
+            }
+            other => segments.push(other),
+        }
+    }
+    let mut path = segments.join("/");
+    if absolute && !path.starts_with('/') {
+        path.insert(0, '/');
+    }
+    Some(format!("{scheme}://{authority}{path}{tail}"))
 }
 
 /// Whether `text` matches `pattern`, where `*` matches any run of characters (none included).
@@ -478,6 +562,53 @@ mod tests {
             allow: parse(allow),
             deny: parse(deny),
         }
+    }
+
+    #[test]
+    fn uris_are_read_before_they_are_matched() {
+        let read = |u: &str| normalize_uri(u);
+        assert_eq!(
+            read("file:///srv/pub/../../etc/shadow").as_deref(),
+            Some("file:///etc/shadow")
+        );
+        assert_eq!(
+            read("file:///srv/pub/%2e%2e/%2E%2E/etc/shadow").as_deref(),
+            Some("file:///etc/shadow")
+        );
+        assert_eq!(
+            read("file:///srv/pub/./a/./b").as_deref(),
+            Some("file:///srv/pub/a/b")
+        );
+        assert_eq!(read("file:///../../x").as_deref(), Some("file:///x"));
+        assert_eq!(
+            read("https://h/a/b/../c?q=../x#f").as_deref(),
+            Some("https://h/a/c?q=../x#f")
+        );
+        assert_eq!(read("file:///srv/pub/..%2f..%2fetc/shadow"), None);
+        assert_eq!(read("file:///srv/pub/x%5c..%5cy"), None);
+        assert_eq!(read("file:///srv/pub/x%00"), None);
+        assert_eq!(read("file:///srv/pub/%zz"), None);
+        assert_eq!(
+            read("file:///srv/pub/a%20b").as_deref(),
+            Some("file:///srv/pub/a%20b")
+        );
+
+        let access = Access {
+            allow: vec![Pattern::parse("files/file:///srv/pub/*").unwrap()],
+            deny: vec![Pattern::parse("files/*secret*").unwrap()],
+        };
+        assert!(access.permits("files", "file:///srv/pub/readme.txt"));
+        assert!(access.permits("files", "file:///srv/pub/sub/../readme.txt"));
+        for walked in [
+            "file:///srv/pub/../../etc/shadow",
+            "file:///srv/pub/%2e%2e/%2e%2e/etc/shadow",
+            "file:///srv/pub/..%2f..%2fetc%2fshadow",
+            "file:///srv/pub/%73ecret.txt",
+        ] {
+            assert!(!access.permits("files", walked), "{walked}");
+        }
+        let everything = Access::everything();
+        assert!(everything.permits("files", "file:///srv/pub/..%2f..%2fetc%2fshadow"));
     }
 
     #[test]
