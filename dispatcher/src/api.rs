@@ -203,12 +203,13 @@ impl From<ClientError> for Failure {
 
 impl From<Refusal> for Failure {
     fn from(refusal: Refusal) -> Self {
-        let code = match refusal {
-            Refusal::UnknownServer(_) => ApiErrorCode::UnknownServer,
-            Refusal::UnknownTool(_) => ApiErrorCode::UnknownTool,
-            Refusal::UnknownName(_) => ApiErrorCode::NotFound,
+        let (status, code) = match refusal {
+            Refusal::UnknownServer(_) => (StatusCode::NOT_FOUND, ApiErrorCode::UnknownServer),
+            Refusal::UnknownTool(_) => (StatusCode::NOT_FOUND, ApiErrorCode::UnknownTool),
+            Refusal::UnknownName(_) => (StatusCode::NOT_FOUND, ApiErrorCode::NotFound),
+            Refusal::NoCatalog(_) => (StatusCode::SERVICE_UNAVAILABLE, ApiErrorCode::Unavailable),
         };
-        Failure(StatusCode::NOT_FOUND, code, refusal.message().to_string())
+        Failure(status, code, refusal.message().to_string())
     }
 }
 

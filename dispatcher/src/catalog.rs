@@ -18,6 +18,25 @@ pub struct Catalog {
     changes: watch::Receiver<u64>,
 }
 
+/// A catalog too large for one message, read from the object store.
+async fn fetch(
+    js: &jetstream::Context,
+    stored: &mcpq_schemas::BlobRef,
+) -> Result<CatalogEntry, String> {
+    use tokio::io::AsyncReadExt;
+    let store = js
+        .get_object_store(&stored.bucket)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut object = store.get(&stored.name).await.map_err(|e| e.to_string())?;
+    let mut bytes = Vec::with_capacity(usize::try_from(stored.size).unwrap_or(0));
+    object
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| e.to_string())?;
+    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+}
+
 impl Catalog {
     /// Starts watching the catalog bucket (which must exist: see `ensure_topology`).
     pub async fn watch(js: &jetstream::Context) -> Result<Catalog, String> {
@@ -32,28 +51,41 @@ impl Catalog {
         let entries: Arc<RwLock<BTreeMap<String, CatalogEntry>>> = Arc::default();
         let (tx, changes) = watch::channel(0u64);
         let shared = entries.clone();
+        let js = js.clone();
         tokio::spawn(async move {
             while let Some(entry) = watch.next().await {
                 let Ok(entry) = entry else { continue };
-                let mut map = shared
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                match entry.operation {
+                let read = match entry.operation {
                     kv::Operation::Put => {
                         match serde_json::from_slice::<CatalogEntry>(&entry.value) {
-                            Ok(catalog) => {
-                                map.insert(entry.key.clone(), catalog);
-                            }
+                            Ok(catalog) => match catalog.stored.clone() {
+                                None => Some(Some(catalog)),
+                                Some(stored) => match fetch(&js, &stored).await {
+                                    Ok(whole) => Some(Some(whole)),
+                                    Err(e) => {
+                                        tracing::warn!(server = %entry.key, error = %e, "cannot read a large catalog");
+                                        None
+                                    }
+                                },
+                            },
                             Err(e) => {
-                                tracing::warn!(server = %entry.key, error = %e, "unreadable catalog entry")
+                                tracing::warn!(server = %entry.key, error = %e, "unreadable catalog entry");
+                                None
                             }
                         }
                     }
-                    kv::Operation::Delete | kv::Operation::Purge => {
-                        map.remove(&entry.key);
-                    }
+                    kv::Operation::Delete | kv::Operation::Purge => Some(None),
+                };
+                let Some(read) = read else { continue };
+                {
+                    let mut map = shared
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    match read {
+                        Some(catalog) => map.insert(entry.key.clone(), catalog),
+                        None => map.remove(&entry.key),
+                    };
                 }
-                drop(map);
                 tx.send_modify(|n| *n += 1);
             }
         });

@@ -104,12 +104,18 @@ pub enum Refusal {
     UnknownTool(String),
     /// A prompt, or a resource, the server does not offer.
     UnknownName(String),
+    /// No worker has published the server's catalog yet: nothing can be checked, so nothing
+    /// is let through.
+    NoCatalog(String),
 }
 
 impl Refusal {
     pub fn message(&self) -> &str {
         match self {
-            Refusal::UnknownServer(m) | Refusal::UnknownTool(m) | Refusal::UnknownName(m) => m,
+            Refusal::UnknownServer(m)
+            | Refusal::UnknownTool(m)
+            | Refusal::UnknownName(m)
+            | Refusal::NoCatalog(m) => m,
         }
     }
 }
@@ -157,7 +163,7 @@ impl Shared {
         let defaults = self.server(server)?;
         self.offers(caller, server, "tool", tool, |e| {
             e.tools.iter().map(|t| t.name.as_ref()).collect()
-        })
+        })?
         .map_err(Refusal::UnknownTool)?;
         Ok(defaults)
     }
@@ -173,13 +179,14 @@ impl Shared {
         let defaults = self.server(server)?;
         self.offers(caller, server, "prompt", name, |e| {
             e.prompts.iter().map(|p| p.name.as_str()).collect()
-        })
+        })?
         .map_err(Refusal::UnknownName)?;
         Ok(defaults)
     }
 
-    /// Whether `server`'s catalog, once known, lists `name` among its `names`; else the
-    /// message naming what it has. Read in place: this is on every call's path.
+    /// Whether `server`'s catalog lists `name` among its `names`; else the message naming what
+    /// it has. A catalog not known yet refuses everything. Read in place: this is on every
+    /// call's path.
     fn offers(
         &self,
         caller: &Caller,
@@ -187,7 +194,7 @@ impl Shared {
         what: &str,
         name: &str,
         names: fn(&CatalogEntry) -> Vec<&str>,
-    ) -> Result<(), String> {
+    ) -> Result<Result<(), String>, Refusal> {
         let missing = self.catalog.with_server(server, |entry| {
             let known = names(entry);
             (!known.contains(&name)).then(|| {
@@ -198,11 +205,14 @@ impl Shared {
                 visible.join(", ")
             })
         });
-        match missing.flatten() {
-            Some(known) => Err(format!(
+        match missing {
+            None => Err(Refusal::NoCatalog(format!(
+                "server {server:?} has no catalog yet (no worker has listed its tools): start a worker for it, or try again shortly"
+            ))),
+            Some(Some(known)) => Ok(Err(format!(
                 "unknown {what} {name:?} on server {server:?} ({what}s: {known})"
-            )),
-            None => Ok(()),
+            ))),
+            Some(None) => Ok(Ok(())),
         }
     }
 

@@ -29,6 +29,11 @@ pub struct CatalogEntry {
     pub prompts: Vec<Prompt>,
     pub updated_at_ms: u64,
     pub worker_id: String,
+    /// Set when the entry is too large for one NATS message: the whole entry is the object
+    /// named here (Object Store `mcpq_catalogs`, object `<server>`), and this one lists
+    /// nothing. Readers fetch it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored: Option<crate::BlobRef>,
 }
 
 impl CatalogEntry {

@@ -41,6 +41,9 @@ pub const BLOBS_BUCKET: &str = "mcpq_blobs";
 /// KV bucket of the deployment's generated signing key (key `signing`), when none is configured
 /// (`nats.signingKey`). Only mcpq's own processes may read it.
 pub const KEYS_BUCKET: &str = "mcpq_keys";
+/// Object Store bucket of catalogs too large for one NATS message, each under its server's
+/// name (the latest only; never expires).
+pub const CATALOGS_STORE: &str = "mcpq_catalogs";
 /// KV bucket of live workers, keyed `<server>.<worker>`; entries expire unless refreshed.
 pub const WORKERS_BUCKET: &str = "mcpq_workers";
 

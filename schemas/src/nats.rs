@@ -10,8 +10,8 @@ use crate::config::NatsCredentials;
 
 use crate::names::{
     AUDIT_STREAM, AUDIT_SUBJECTS, BATCHES_BUCKET, BLOBS_BUCKET, CANCELS_BUCKET, CATALOG_BUCKET,
-    DLQ_STREAM, DLQ_SUBJECTS, HEALTH_BUCKET, JOBS_STREAM, KEYS_BUCKET, QUOTAS_BUCKET,
-    RESULTS_BUCKET, SESSIONS_BUCKET, WORKERS_BUCKET, jobs_stream, jobs_subjects,
+    CATALOGS_STORE, DLQ_STREAM, DLQ_SUBJECTS, HEALTH_BUCKET, JOBS_STREAM, KEYS_BUCKET,
+    QUOTAS_BUCKET, RESULTS_BUCKET, SESSIONS_BUCKET, WORKERS_BUCKET, jobs_stream, jobs_subjects,
 };
 
 /// How long a worker counts as live after its last heartbeat.
@@ -362,6 +362,26 @@ async fn ensure_topology_once(
     })
     .await
     .map_err(|e| fail("bucket mcpq_quotas")(&e))?;
+    // Catalogs too large for a message: an Object Store bucket, the latest object per server.
+    ensure_stream(
+        js,
+        stream::Config {
+            name: format!("OBJ_{CATALOGS_STORE}"),
+            description: Some("mcpq catalogs too large for one NATS message, by server".into()),
+            subjects: vec![
+                format!("$O.{CATALOGS_STORE}.C.>"),
+                format!("$O.{CATALOGS_STORE}.M.>"),
+            ],
+            storage: stream::StorageType::File,
+            num_replicas: topology.replicas,
+            discard: stream::DiscardPolicy::New,
+            allow_rollup: true,
+            allow_direct: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(|e| fail("object store mcpq_catalogs")(&e))?;
     // Results too large for a message: an Object Store bucket (a stream laid out as ADR-20
     // says, created here with create-or-update so a changed TTL or replica count applies).
     ensure_stream(

@@ -693,6 +693,7 @@ servers:
         }
     })
     .await;
+    mcpq_tests::catalogs_published(&nats.url(), &["web", "local"]).await;
     // A success on each upstream, and a call that times out into the dead-letter stream.
     let mut seen = String::new();
     let mut ids = Vec::new();

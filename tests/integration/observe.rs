@@ -671,6 +671,7 @@ async fn spans_are_exported_over_otlp_in_the_callers_trace() {
         &dir.path().join("up.log"),
     );
     mcpq_tests::ready(format!("http://{listen}/readyz")).await;
+    mcpq_tests::catalogs_published(&nats.url(), &["web"]).await;
     let trace = "5bf92f3577b34da6a3ce929d0e0e4737";
     let r = reqwest::Client::new()
         .post(format!("http://{listen}/v1/jobs"))

@@ -82,6 +82,30 @@ pub async fn ready(url: String) {
     .await;
 }
 
+/// Waits up to a minute until a worker has published the catalog of each of `servers` on the
+/// NATS at `nats_url`: until then a dispatcher refuses their calls (it cannot check them).
+pub async fn catalogs_published(nats_url: &str, servers: &[&str]) {
+    let nats = async_nats::connect(nats_url)
+        .await
+        .expect("connect to NATS");
+    let js = async_nats::jetstream::new(nats);
+    eventually(
+        &format!("the catalogs of {servers:?}"),
+        Duration::from_secs(60),
+        || {
+            let js = js.clone();
+            async move {
+                let bucket = js.get_key_value("mcpq_catalog").await.ok()?;
+                for server in servers {
+                    bucket.get(*server).await.ok()??;
+                }
+                Some(())
+            }
+        },
+    )
+    .await;
+}
+
 /// A free loopback port (bound, then let go).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

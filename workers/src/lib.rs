@@ -198,6 +198,7 @@ pub async fn run(
         tasks.spawn(report::catalog::publish_loop(
             upstream.clone(),
             catalog.clone(),
+            js.clone(),
             options.worker_id.clone(),
             options.catalog_refresh,
             shutdown.clone(),

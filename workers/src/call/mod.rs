@@ -251,9 +251,11 @@ fn upstream_meta(job: &Job) -> RequestMetaObject {
     meta
 }
 
-/// `resources/subscribe` and `resources/unsubscribe` change this session's subscriptions; a
-/// 2026-07-28 upstream has no such methods (the upstream's listen loop listens for it), so the
-/// job is answered here. A 2025-era upstream is asked as usual.
+/// `resources/subscribe` and `resources/unsubscribe` change this session's subscriptions,
+/// counted per subscription: only the first subscription to a URI and the last one out reach a
+/// 2025-era upstream (the others are answered here, so one subscriber's `unsubscribe` leaves
+/// the rest subscribed). A 2026-07-28 upstream has no such methods (the upstream's listen loop
+/// listens for it), so its jobs are answered here.
 async fn answered_here(
     upstream: &Upstream,
     peer: &Peer<RoleClient>,
@@ -272,12 +274,13 @@ async fn answered_here(
         .and_then(|p| p.get("uri"))
         .and_then(|u| u.as_str())?;
     let subscriptions = upstream.subscriptions();
-    let generation = subscriptions.set(uri, subscribe);
+    let (generation, changed) = subscriptions.set(uri, subscribe);
     let modern = peer
         .peer_info()
         .is_some_and(|i| !i.protocol_version.has_initialize());
     if !modern {
-        return None;
+        return (!changed)
+            .then(|| CallOutcome::Answered(bridge::canonical_result(serde_json::json!({}))));
     }
     // Answered once the upstream listens, so that no update after the answer is missed.
     if !subscriptions.applied(generation, timeout).await {

@@ -9,7 +9,11 @@
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use mcpq_schemas::{CatalogEntry, names::ENVELOPE_VERSION, now_ms};
+use mcpq_schemas::{
+    CatalogEntry,
+    names::{CATALOGS_STORE, ENVELOPE_VERSION},
+    now_ms,
+};
 use rmcp::{
     RoleClient,
     model::{ServerNotification, SubscriptionFilter},
@@ -22,13 +26,14 @@ use crate::upstream::Upstream;
 pub(crate) async fn publish_loop(
     upstream: Upstream,
     bucket: kv::Store,
+    js: async_nats::jetstream::Context,
     worker_id: String,
     refresh: Duration,
     shutdown: CancellationToken,
 ) {
     let mut retry = Duration::from_millis(250);
     loop {
-        let wait = match publish_once(&upstream, &bucket, &worker_id).await {
+        let wait = match publish_once(&upstream, &bucket, &js, &worker_id).await {
             Ok(entry) => {
                 tracing::info!(
                     server = upstream.server(),
@@ -118,6 +123,7 @@ async fn changed(subscription: Option<&mut Subscription>) {
 async fn publish_once(
     upstream: &Upstream,
     bucket: &kv::Store,
+    js: &async_nats::jetstream::Context,
     worker_id: &str,
 ) -> Result<CatalogEntry, String> {
     let peer = upstream.peer().await.map_err(|e| e.to_string())?;
@@ -133,16 +139,54 @@ async fn publish_once(
     let server = upstream.server();
     if let Ok(Some(bytes)) = bucket.get(server).await
         && let Ok(old) = serde_json::from_slice::<CatalogEntry>(&bytes)
+        && old.stored.is_none()
         && old.same_offer(&entry)
     {
         return Ok(entry);
     }
     let bytes = serde_json::to_vec(&entry).map_err(|e| e.to_string())?;
+    let value = if bytes.len() > inline_limit(js) {
+        // Too large for one message: the whole entry goes to the object store, and the
+        // bucket gets a stub naming it (dispatchers watch the bucket, then fetch the object).
+        let store = js
+            .get_object_store(CATALOGS_STORE)
+            .await
+            .map_err(|e| format!("object store {CATALOGS_STORE}: {e}"))?;
+        let mut reader = bytes.as_slice();
+        store
+            .put(server, &mut reader)
+            .await
+            .map_err(|e| format!("object store {CATALOGS_STORE}: {e}"))?;
+        let stub = CatalogEntry {
+            tools: Vec::new(),
+            resources: Vec::new(),
+            resource_templates: Vec::new(),
+            prompts: Vec::new(),
+            stored: Some(mcpq_schemas::BlobRef {
+                bucket: CATALOGS_STORE.into(),
+                name: server.to_string(),
+                size: bytes.len() as u64,
+            }),
+            ..entry.clone()
+        };
+        serde_json::to_vec(&stub).map_err(|e| e.to_string())?
+    } else {
+        bytes
+    };
     bucket
-        .put(server, bytes.into())
+        .put(server, value.into())
         .await
         .map_err(|e| e.to_string())?;
     Ok(entry)
+}
+
+/// The most bytes a catalog entry may have to be stored in the bucket as it is: the NATS
+/// server's `max_payload`, less room for headers.
+fn inline_limit(js: &async_nats::jetstream::Context) -> usize {
+    js.client()
+        .server_info()
+        .max_payload
+        .saturating_sub(8 * 1024)
 }
 
 /// The upstream's offer: only the lists its capabilities declare are asked for.
@@ -194,5 +238,6 @@ async fn list_offer(
         prompts,
         updated_at_ms: now_ms(),
         worker_id: worker_id.to_string(),
+        stored: None,
     })
 }

@@ -9,7 +9,7 @@
 //! subscriptions with it (clients subscribe again when they reconnect).
 
 use std::{
-    collections::BTreeSet,
+    collections::BTreeMap,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -27,10 +27,12 @@ use tokio_util::sync::CancellationToken;
 use super::Upstream;
 use crate::lock;
 
-/// The URIs this worker's upstream session is subscribed to, and where updates go.
+/// The URIs this worker's upstream session is subscribed to — each with how many
+/// subscriptions asked for it through this worker, so that one subscriber's `unsubscribe`
+/// leaves the others subscribed — and where updates go.
 #[derive(Clone)]
 pub(crate) struct Subscriptions {
-    uris: Arc<Mutex<BTreeSet<String>>>,
+    uris: Arc<Mutex<BTreeMap<String, usize>>>,
     changed: Arc<Notify>,
     updates: mpsc::UnboundedSender<String>,
     /// Bumped by every change of `uris`; `applied` says which change the upstream has.
@@ -51,21 +53,35 @@ impl Subscriptions {
         (subscriptions, received)
     }
 
-    /// Adds (`subscribe`) or removes a URI; the change to wait for (see `applied`).
-    pub(crate) fn set(&self, uri: &str, subscribe: bool) -> u64 {
+    /// Counts a subscription to a URI in (`subscribe`) or out; the URI is listened for while
+    /// its count is above zero. The change to wait for (see `applied`), and whether the
+    /// upstream's subscription changes (the first in, the last out).
+    pub(crate) fn set(&self, uri: &str, subscribe: bool) -> (u64, bool) {
         let mut uris = lock(&self.uris);
         let changed = if subscribe {
-            uris.insert(uri.to_string())
+            let count = uris.entry(uri.to_string()).or_default();
+            *count += 1;
+            *count == 1
         } else {
-            uris.remove(uri)
+            match uris.get_mut(uri) {
+                Some(count) if *count > 1 => {
+                    *count -= 1;
+                    false
+                }
+                Some(_) => {
+                    uris.remove(uri);
+                    true
+                }
+                None => false,
+            }
         };
         if changed {
             let generation = self.wanted.fetch_add(1, Ordering::SeqCst) + 1;
             drop(uris);
             self.changed.notify_one();
-            generation
+            (generation, true)
         } else {
-            self.wanted.load(Ordering::SeqCst)
+            (self.wanted.load(Ordering::SeqCst), false)
         }
     }
 
@@ -86,7 +102,7 @@ impl Subscriptions {
     fn uris(&self) -> (Vec<String>, u64) {
         let uris = lock(&self.uris);
         let generation = self.wanted.load(Ordering::SeqCst);
-        (uris.iter().cloned().collect(), generation)
+        (uris.keys().cloned().collect(), generation)
     }
 
     fn mark_applied(&self, generation: u64) {
