@@ -55,6 +55,10 @@ pub struct RenderOptions {
     /// NATS monitoring endpoint for the `nats-jetstream` trigger.
     #[arg(long, default_value = "nats.mcpq.svc:8222")]
     pub nats_monitoring: String,
+    /// Render a dispatcher without authentication (the config has no auth: section): anyone
+    /// who reaches it may call every tool. Only behind something that authenticates for you.
+    #[arg(long)]
+    pub insecure_no_auth: bool,
 }
 
 pub fn run(command: DeployCommand) -> ExitCode {
@@ -67,6 +71,13 @@ pub fn run(command: DeployCommand) -> ExitCode {
         Ok(text) => text,
         Err(e) => return crate::run::fail(format!("cannot read {}: {e}", args.config.display())),
     };
+    if config.auth.is_none() && !args.options.insecure_no_auth {
+        eprintln!(
+            "mcpq: refusing to render a dispatcher without authentication: the config has no auth: section, so anyone who reaches it could call every tool. \
+             Add auth: (see `mcpq auth new-key` and docs/security.md), or pass --insecure-no-auth if something in front authenticates"
+        );
+        return ExitCode::from(crate::EXIT_CONFIG);
+    }
     let files = render(&config, &text, &args.options);
     if let Err(e) = std::fs::create_dir_all(&args.output) {
         return crate::run::fail(format!("cannot create {}: {e}", args.output.display()));
@@ -80,6 +91,13 @@ pub fn run(command: DeployCommand) -> ExitCode {
     if config.auth.is_none() {
         eprintln!(
             "mcpq: WARNING: the config has no auth: section; the dispatcher is rendered with --insecure-no-auth (anyone who reaches it may call every tool): add auth: before exposing it"
+        );
+    }
+    let c = &config.nats.credentials;
+    if c.user.is_none() && c.creds.is_none() && c.nkey.is_none() {
+        eprintln!(
+            "mcpq: NOTE: the rendered NATS admits only its users (nats-values.yaml): set nats: {{user: \"${{env:MCPQ_NATS_USER}}\", password: \"${{env:MCPQ_NATS_PASSWORD}}\"}} in the config, \
+             and those variables in the mcpq-dispatcher and mcpq-worker-<server> Secrets (users dispatcher and worker)"
         );
     }
     eprintln!(
@@ -132,9 +150,24 @@ pub fn render(
             "kind": "Kustomization",
             "namespace": options.namespace,
             "resources": resources,
+            // The NATS users' passwords: copy nats-users.env.example to nats-users.env and
+            // fill it in (never commit it).
+            "secretGenerator": [{"name": NATS_USERS_SECRET, "envs": ["nats-users.env"]}],
+            "generatorOptions": {"disableNameSuffixHash": true},
         })]),
     );
     files.insert("nats-values.yaml".into(), nats_values(config));
+    files.insert(
+        "nats-users.env.example".into(),
+        format!(
+            "# The passwords of mcpq's NATS users (deploy/nats/roles.conf), for Secret {NATS_USERS_SECRET}:\n\
+             # copy to nats-users.env, fill in long random values, and never commit it.\n{}",
+            NATS_USERS
+                .iter()
+                .map(|(_, var, _, _)| format!("{var}=\n"))
+                .collect::<String>()
+        ),
+    );
     files
 }
 
@@ -394,22 +427,87 @@ fn upstream_ports(server: &ServerConfig) -> Vec<u16> {
     ports
 }
 
+/// The Secret holding the NATS users' passwords.
+const NATS_USERS_SECRET: &str = "mcpq-nats-users";
+
+/// mcpq's NATS users (as deploy/nats/roles.conf defines them): name, password variable, and
+/// the subjects it may publish and subscribe to. Pipelines get users of their own (see
+/// docs/security.md), never one of these.
+const NATS_USERS: [(&str, &str, &[&str], &[&str]); 3] = [
+    (
+        "dispatcher",
+        "MCPQ_DISPATCHER_PASSWORD",
+        &[
+            "mcpq.jobs.>",
+            "mcpq.input.>",
+            "$JS.API.>",
+            "$KV.>",
+            "$O.>",
+            "_INBOX.>",
+        ],
+        &["_INBOX.>", "mcpq.events.>"],
+    ),
+    (
+        "worker",
+        "MCPQ_WORKER_PASSWORD",
+        &[
+            "mcpq.dlq.>",
+            "mcpq.audit.>",
+            "mcpq.events.>",
+            "mcpq.holds.>",
+            "_INBOX.>",
+            "$JS.API.>",
+            "$JS.ACK.>",
+            "$KV.>",
+            "$O.>",
+        ],
+        &["_INBOX.>", "mcpq.input.>", "mcpq.holds.>"],
+    ),
+    (
+        "operator",
+        "MCPQ_OPERATOR_PASSWORD",
+        &["$JS.API.>", "mcpq.jobs.>", "_INBOX.>"],
+        &["_INBOX.>"],
+    ),
+];
+
 fn network_policies(config: &Config, options: &RenderOptions) -> Vec<Value> {
     let nats_egress = json!([
         {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
         {"to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "nats"}}}], "ports": [{"protocol": "TCP", "port": 4222}]},
     ]);
-    let mut docs = vec![json!({
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": metadata("mcpq-dispatcher", options, labels("dispatcher", None)),
-        "spec": {
-            "podSelector": {"matchLabels": labels("dispatcher", None)},
-            "policyTypes": ["Ingress", "Egress"],
-            "ingress": [{"ports": [{"protocol": "TCP", "port": HTTP_PORT}, {"protocol": "TCP", "port": METRICS_PORT}]}],
-            "egress": nats_egress,
-        },
-    })];
+    // NATS itself admits clients from mcpq's pods (and from pods labelled as pipelines) only;
+    // its cluster routes from its own pods; its monitoring port from within the cluster.
+    let mcpq_pods = json!({"podSelector": {"matchLabels": {"app.kubernetes.io/name": "mcpq"}}});
+    let pipeline_pods = json!({"podSelector": {"matchLabels": {"mcpq.io/pipeline": "true"}}});
+    let nats_pods = json!({"podSelector": {"matchLabels": {"app.kubernetes.io/name": "nats"}}});
+    let mut docs = vec![
+        json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": metadata("mcpq-nats", options, labels("nats", None)),
+            "spec": {
+                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "nats"}},
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    {"from": [mcpq_pods, pipeline_pods], "ports": [{"protocol": "TCP", "port": 4222}]},
+                    {"from": [nats_pods], "ports": [{"protocol": "TCP", "port": 6222}]},
+                    {"from": [{"namespaceSelector": {}}], "ports": [{"protocol": "TCP", "port": 8222}]},
+                ],
+            },
+        }),
+        json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": metadata("mcpq-dispatcher", options, labels("dispatcher", None)),
+            "spec": {
+                "podSelector": {"matchLabels": labels("dispatcher", None)},
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": [{"ports": [{"protocol": "TCP", "port": HTTP_PORT}, {"protocol": "TCP", "port": METRICS_PORT}]}],
+                "egress": nats_egress,
+            },
+        }),
+    ];
     for server in &config.servers {
         let mut egress = nats_egress.as_array().cloned().unwrap_or_default();
         let ports: Vec<Value> = upstream_ports(server)
@@ -444,7 +542,18 @@ fn nats_values(config: &Config) -> String {
                 "memoryStore": {"enabled": true, "maxSize": "512Mi"},
             },
             "monitor": {"enabled": true},
+            // Only mcpq's users (deploy/nats/roles.conf), their passwords from Secret
+            // mcpq-nats-users; add one user per pipeline in the same way.
+            "merge": {"authorization": {"users": NATS_USERS.iter().map(|(user, var, publish, subscribe)| json!({
+                "user": user,
+                "password": format!("<< ${var} >>"),
+                "permissions": {"publish": publish, "subscribe": subscribe},
+            })).collect::<Vec<_>>()}},
         },
+        // The chart takes env as a map of name to value (or valueFrom).
+        "container": {"env": NATS_USERS.iter().map(|(_, var, _, _)| (var.to_string(), json!({
+            "valueFrom": {"secretKeyRef": {"name": NATS_USERS_SECRET, "key": var}},
+        }))).collect::<serde_json::Map<_, _>>()},
         "podTemplate": {"topologySpreadConstraints": {"kubernetes.io/hostname": {"maxSkew": 1, "whenUnsatisfiable": "DoNotSchedule"}}},
     });
     format!(

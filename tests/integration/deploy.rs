@@ -42,7 +42,10 @@ fn documents(files: &BTreeMap<String, String>) -> Vec<Value> {
     files
         .iter()
         .filter(|(name, _)| {
-            name.as_str() != "nats-values.yaml" && name.as_str() != "kustomization.yaml"
+            !matches!(
+                name.as_str(),
+                "nats-values.yaml" | "kustomization.yaml" | "nats-users.env.example"
+            )
         })
         .flat_map(|(_, text)| {
             text.split("\n---\n")
@@ -56,7 +59,21 @@ fn documents(files: &BTreeMap<String, String>) -> Vec<Value> {
 fn rendered_manifests_validate_and_match_their_golden_files() {
     let dir = tempfile::tempdir().unwrap();
     let example = repo_root().join("deploy/examples/mcp-infrastructure.yaml");
-    render(&example, dir.path(), &[]);
+    // The guide's example has no auth: rendering it needs saying so.
+    let refused = Command::new(mcpq_bin())
+        .args(["deploy", "render", "--config"])
+        .arg(&example)
+        .arg("-o")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(64), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--insecure-no-auth"),
+        "{refused:?}"
+    );
+    assert!(files(dir.path()).is_empty(), "nothing written when refused");
+    render(&example, dir.path(), &["--insecure-no-auth"]);
     let rendered = files(dir.path());
 
     // Golden files pin the output.
@@ -77,7 +94,12 @@ fn rendered_manifests_validate_and_match_their_golden_files() {
     // Kubernetes' own schemas, strictly (no unknown fields); KEDA's kinds are checked below.
     let manifests: Vec<_> = rendered
         .keys()
-        .filter(|name| *name != "nats-values.yaml" && *name != "kustomization.yaml")
+        .filter(|name| {
+            !matches!(
+                name.as_str(),
+                "nats-values.yaml" | "kustomization.yaml" | "nats-users.env.example"
+            )
+        })
         .map(|name| dir.path().join(name))
         .collect();
     let output = Command::new(required_program("kubernetes-validate"))
@@ -89,6 +111,40 @@ fn rendered_manifests_validate_and_match_their_golden_files() {
         + &String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{report}");
     assert!(!report.contains("ERROR"), "{report}");
+
+    // The NATS users rendered for the Helm chart are deploy/nats/roles.conf's, permission for
+    // permission (the roles test runs a real nats-server on that file).
+    let roles = std::fs::read_to_string(repo_root().join("deploy/nats/roles.conf")).unwrap();
+    let values: Value = yaml_serde::from_str(&rendered["nats-values.yaml"]).unwrap();
+    let users = values["config"]["merge"]["authorization"]["users"]
+        .as_array()
+        .unwrap();
+    assert_eq!(users.len(), 3, "{users:?}");
+    for user in users {
+        let name = user["user"].as_str().unwrap();
+        let list = |what: &str| {
+            let subjects: Vec<String> = user["permissions"][what]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| format!("\"{}\"", s.as_str().unwrap()))
+                .collect();
+            format!("{what}: [{}]", subjects.join(", "))
+        };
+        let block = format!(
+            "  {name} = {{\n    {}\n    {}\n  }}",
+            list("publish"),
+            list("subscribe")
+        );
+        assert!(roles.contains(&block), "roles.conf lacks\n{block}");
+        let var = format!("MCPQ_{}_PASSWORD", name.to_uppercase());
+        assert_eq!(user["password"], format!("<< ${var} >>"));
+        assert_eq!(
+            values["container"]["env"][&var]["valueFrom"]["secretKeyRef"]["name"],
+            "mcpq-nats-users"
+        );
+        assert!(rendered["nats-users.env.example"].contains(&format!("\n{var}=\n")));
+    }
 
     // The KEDA CRD schema.
     let docs = documents(&rendered);
@@ -179,7 +235,7 @@ fn rendered_manifests_validate_and_match_their_golden_files() {
     render(
         &example,
         other.path(),
-        &["--queue-trigger", "nats-jetstream"],
+        &["--insecure-no-auth", "--queue-trigger", "nats-jetstream"],
     );
     let docs = documents(&files(other.path()));
     let scaled = docs.iter().find(|d| d["kind"] == "ScaledObject").unwrap();
