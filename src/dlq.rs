@@ -112,8 +112,36 @@ async fn run_inner(args: DlqArgs) -> Result<ExitCode, Box<dyn std::error::Error>
         }
         DlqCommand::Replay { seqs, all, filter } => {
             let chosen = choose(&dlq, seqs, all, &filter).await?;
-            let client = Client::new(nats).await?;
+            // A replayed job keeps its caller only under the dispatchers' seal.
+            let signing = match std::env::var("MCPQ_SIGNING_KEY") {
+                Ok(secret) => Some(mcpq_schemas::seal::SigningKey::from_secret(&secret)),
+                Err(_) => {
+                    mcpq_schemas::nats::stored_signing_key(&async_nats::jetstream::new(
+                        nats.clone(),
+                    ))
+                    .await?
+                }
+            };
+            let mut client = Client::new(nats).await?;
+            if let Some(signing) = signing {
+                client = client.signing_with(signing);
+            }
+            let sealing = client.seals();
             for stored in chosen {
+                if let Some(principal) = stored
+                    .letter
+                    .job
+                    .as_ref()
+                    .and_then(|j| j.principal.as_deref())
+                    && !sealing
+                {
+                    eprintln!(
+                        "mcpq: dead letter {} is {principal}'s job: replaying it keeps its caller only under the dispatchers' signing key, which this connection cannot read \
+                         (set MCPQ_SIGNING_KEY to the config's nats.signingKey, or connect as a NATS user that may read KV mcpq_keys); skipped",
+                        stored.seq
+                    );
+                    continue;
+                }
                 let job = dlq.replay(&stored, &client).await?;
                 println!(
                     "replayed dead letter {} as job {} (server {})",

@@ -56,7 +56,12 @@ pub const MAX_BATCH_LINES: usize = 10_000;
 /// The body, or a JSON 413 when it is larger than [`MAX_BODY_BYTES`].
 fn body_of(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Failure> {
     body.map_err(|e| {
-        let status = e.status();
+        // A client that stopped sending mid-body timed out (408), it did not send a bad one.
+        let status = if crate::bodies::Stalled::caused(&e) {
+            StatusCode::REQUEST_TIMEOUT
+        } else {
+            e.status()
+        };
         let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
             ApiErrorCode::TooLarge
         } else {

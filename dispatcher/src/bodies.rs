@@ -70,6 +70,20 @@ impl<B> Timed<B> {
 #[error("the client sent nothing of the request body for {0:?} (--idle-timeout)")]
 pub(crate) struct Stalled(Duration);
 
+impl Stalled {
+    /// Whether `error`, or anything it came from, is a stalled body.
+    pub(crate) fn caused(error: &(dyn std::error::Error + 'static)) -> bool {
+        let mut next = Some(error);
+        while let Some(e) = next {
+            if e.is::<Stalled>() {
+                return true;
+            }
+            next = e.source();
+        }
+        false
+    }
+}
+
 impl<B> http_body::Body for Timed<B>
 where
     B: http_body::Body<Data = Bytes> + Unpin,

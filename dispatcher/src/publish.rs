@@ -137,9 +137,15 @@ impl Client {
         })
     }
 
-    /// This client, sealing the jobs it publishes that name a principal with `key` (the
-    /// deployment's signing key: a dispatcher's client). A job naming a principal without a
-    /// seal runs as nobody's.
+    /// Whether this client seals the jobs it publishes.
+    pub fn seals(&self) -> bool {
+        self.signing.is_some()
+    }
+
+    /// This client, sealing every job it publishes with `key` (the deployment's signing key:
+    /// a dispatcher's client, or an operator's replaying dead letters). A job naming a
+    /// principal without a seal runs as nobody's; one without a seal and with a reply inbox
+    /// has its id checked against the records before it runs.
     pub fn signing_with(mut self, key: mcpq_schemas::seal::SigningKey) -> Client {
         self.signing = Some(key);
         self
@@ -457,9 +463,9 @@ impl Client {
         if let Some(traceparent) = &job.traceparent {
             headers.insert(HDR_TRACEPARENT, traceparent.as_str());
         }
-        if job.principal.is_some()
-            && let Some(signing) = &self.signing
-        {
+        // Every job a dispatcher publishes is sealed: a worker trusts a job's principal, and
+        // runs an inbox call without reading its record, only under a dispatcher's seal.
+        if let Some(signing) = &self.signing {
             let seal = signing.seal(mcpq_schemas::seal::Purpose::Job, &[&payload]);
             headers.insert(mcpq_schemas::names::HDR_SEAL, seal.as_str());
         }

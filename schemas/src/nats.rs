@@ -102,12 +102,48 @@ pub async fn connect_with(
     credentials: &NatsCredentials,
 ) -> Result<async_nats::Client, NatsError> {
     let shown = crate::redact::url(url);
-    let options = options(credentials)
+    let mut options = options(credentials)
         .await
         .map_err(|reason| NatsError::Credentials {
             url: shown.clone(),
             reason,
         })?;
+    // async-nats reads no credentials from the URL: `nats://user:password@host` is applied
+    // here, unless the config names a user of its own.
+    if credentials.user.is_none()
+        && let Some(first) = url.split(',').next()
+        && let Ok(addr) = first.trim().parse::<async_nats::ServerAddr>()
+        && let Some(user) = addr.username()
+    {
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .map(|d| d.into_owned())
+                .map_err(|_| NatsError::Credentials {
+                    url: shown.clone(),
+                    reason: "the URL's user or password is not valid percent-encoded UTF-8".into(),
+                })
+        };
+        options = options.user_and_password(decode(user)?, decode(addr.password().unwrap_or(""))?);
+    }
+    // The server's refusal of the credentials, kept to be said plainly (the client itself
+    // would only retry).
+    let refused = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    let heard = refused.clone();
+    let options = options.event_callback(move |event| {
+        let heard = heard.clone();
+        async move {
+            if let async_nats::Event::ServerError(
+                e @ (async_nats::ServerError::AuthorizationViolation
+                | async_nats::ServerError::Other(_)),
+            ) = &event
+                && e.to_string().to_ascii_lowercase().contains("authorization")
+                && let Ok(mut slot) = heard.lock()
+            {
+                *slot = Some(e.to_string());
+            }
+        }
+    });
     let client = options
         .name(name)
         .retry_on_initial_connect()
@@ -129,6 +165,14 @@ pub async fn connect_with(
     // With retry_on_initial_connect the client returns before the first connect; wait for it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while client.connection_state() != async_nats::connection::State::Connected {
+        if let Some(e) = refused.lock().ok().and_then(|slot| slot.clone()) {
+            return Err(NatsError::Credentials {
+                url: url.to_string(),
+                reason: format!(
+                    "the server refused the credentials ({e}): check nats.user/password, nats.creds or nats.nkey in the config, or the user:password in the URL"
+                ),
+            });
+        }
         if tokio::time::Instant::now() > deadline {
             return Err(NatsError::Topology {
                 what: "a NATS connection".into(),
@@ -604,6 +648,32 @@ pub async fn signing_key(
     std::str::from_utf8(&stored)
         .ok()
         .and_then(SigningKey::from_text)
+        .ok_or_else(|| fail("the stored key is not one mcpq wrote".into()))
+}
+
+/// The signing key a dispatcher stored in KV `mcpq_keys`, without creating one: `None` when
+/// there is none (the deployment sets `nats.signingKey`, or no dispatcher has run).
+pub async fn stored_signing_key(
+    js: &jetstream::Context,
+) -> Result<Option<crate::seal::SigningKey>, NatsError> {
+    let fail = |reason: String| NatsError::Topology {
+        what: format!("the signing key in bucket {KEYS_BUCKET}"),
+        reason,
+    };
+    let Ok(bucket) = js.get_key_value(KEYS_BUCKET).await else {
+        return Ok(None);
+    };
+    let Some(stored) = bucket
+        .get("signing")
+        .await
+        .map_err(|e| fail(e.to_string()))?
+    else {
+        return Ok(None);
+    };
+    std::str::from_utf8(&stored)
+        .ok()
+        .and_then(crate::seal::SigningKey::from_text)
+        .map(Some)
         .ok_or_else(|| fail("the stored key is not one mcpq wrote".into()))
 }
 

@@ -15,6 +15,7 @@ mod endpoints;
 mod faults;
 mod flow;
 mod health;
+mod hostile;
 mod idempotency;
 mod jobs;
 mod limits;

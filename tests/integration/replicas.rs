@@ -217,6 +217,7 @@ async fn a_worker_started_under_load_takes_work_at_once() {
     };
     let _first = worker("first");
     mcpq_tests::ready(format!("http://{listen}/readyz")).await;
+    mcpq_tests::catalogs_published(&nats.url(), &["web"]).await;
     // 40 jobs of 300 ms for a worker that runs 2 at a time: 6 s of work for it alone.
     let http = reqwest::Client::new();
     let mut ids = Vec::new();

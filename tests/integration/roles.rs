@@ -13,7 +13,7 @@ use mcpq_schemas::{
 use mcpq_tests::{eventually, fixture::HttpFixture, mcpq_bin, nats::NatsServer, repo_root};
 use serde_json::json;
 
-const PASSWORDS: [(&str, &str); 4] = [
+pub(crate) const PASSWORDS: [(&str, &str); 4] = [
     ("MCPQ_DISPATCHER_PASSWORD", "dispatcher-pw-1"),
     ("MCPQ_WORKER_PASSWORD", "worker-pw-2"),
     ("MCPQ_PIPELINE_WEB_PASSWORD", "pipeline-pw-3"),

@@ -52,6 +52,8 @@ pub struct Conformance {
     listeners: Arc<Mutex<Vec<ListenSubscription>>>,
     /// Resources added by `test_add_resource`, listed after the fixed ones.
     added: Arc<Mutex<Vec<String>>>,
+    /// What ran, in order: `call <tool>`, `answered <tool>: <answer text>`, `read <uri>`.
+    ran: Arc<Mutex<Vec<String>>>,
 }
 
 /// A 2025-era session subscribed to a URI.
@@ -65,6 +67,21 @@ impl Conformance {
             pinned,
             ..Conformance::default()
         }
+    }
+
+    /// What ran, in order: `call <tool>` for each tools/call, `answered <tool>: <text>` when
+    /// an asking tool got its answer, `read <uri>` for each resources/read.
+    pub fn ran(&self) -> Vec<String> {
+        self.ran.lock().expect("ran").clone()
+    }
+
+    /// How many entries of [`Conformance::ran`] start with `prefix`.
+    pub fn ran_count(&self, prefix: &str) -> usize {
+        self.ran().iter().filter(|r| r.starts_with(prefix)).count()
+    }
+
+    fn note(&self, what: String) {
+        self.ran.lock().expect("ran").push(what);
     }
 
     pub fn subscriptions(&self) -> Vec<String> {
@@ -232,6 +249,16 @@ fn client_request(
 }
 
 /// The tool's answer once the client answered what it asked.
+/// The text of a result's first content block ("" when it has none).
+fn first_text(result: &CallToolResult) -> String {
+    result
+        .content
+        .first()
+        .and_then(|c| c.as_text())
+        .map(|t| t.text.clone())
+        .unwrap_or_default()
+}
+
 fn answered(tool: &str, answer: &Value) -> CallToolResult {
     let line = match tool {
         "test_sampling" => {
@@ -436,14 +463,27 @@ impl ServerHandler for Conformance {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let args = request.arguments.clone().unwrap_or_default();
+        self.note(format!("call {}", request.name));
         if let Some((method, params)) = client_request(&request.name, &args) {
             if !is_modern(&context) {
                 let answer = Self::ask(&context, method, params).await?;
-                return Ok(CallToolResponse::Complete(answered(&request.name, &answer)));
+                let result = answered(&request.name, &answer);
+                self.note(format!(
+                    "answered {}: {}",
+                    request.name,
+                    first_text(&result)
+                ));
+                return Ok(CallToolResponse::Complete(result));
             }
             // 2026-07-28: ask in a result, read the answer from the retried request.
             if let Some(answer) = request.input_responses.as_ref().and_then(|r| r.get("ask")) {
-                return Ok(CallToolResponse::Complete(answered(&request.name, answer)));
+                let result = answered(&request.name, answer);
+                self.note(format!(
+                    "answered {}: {}",
+                    request.name,
+                    first_text(&result)
+                ));
+                return Ok(CallToolResponse::Complete(result));
             }
             let asked = from_json(json!({"ask": {"method": method, "params": params}}));
             return Ok(CallToolResponse::InputRequired(
@@ -495,6 +535,7 @@ impl ServerHandler for Conformance {
         request: ReadResourceRequestParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
+        self.note(format!("read {}", request.uri));
         let contents = read(&request.uri).ok_or_else(|| {
             ErrorData::resource_not_found(format!("no resource {:?}", request.uri), None)
         })?;

@@ -102,6 +102,8 @@ pub(crate) struct Delivery {
     started: bool,
     /// Whether the job has a record from its submission and is claimed before it runs.
     claimed: bool,
+    /// Whether a dispatcher sealed the job (anything else came straight from NATS).
+    vouched: bool,
     /// The call became an MCP task (its record says so, and keeps saying so).
     task: bool,
 }
@@ -132,6 +134,7 @@ impl Delivery {
             earlier: 0,
             started: false,
             claimed: false,
+            vouched: false,
             task: false,
         }
     }
@@ -184,7 +187,8 @@ pub(crate) async fn handle(ctx: &Context, message: Message) {
     let job = match decode::decode(&ctx.server.name, &message.payload, stored_at_ms) {
         Ok(mut job) => {
             // A principal counts only under a dispatcher's seal: anyone may publish on NATS.
-            if job.principal.is_some() && !sealed(ctx, &message) {
+            delivery.vouched = sealed(ctx, &message);
+            if job.principal.is_some() && !delivery.vouched {
                 tracing::warn!(
                     job_id = %job.id,
                     principal = job.principal.as_deref().unwrap_or_default(),
@@ -249,6 +253,20 @@ pub(crate) async fn handle(ctx: &Context, message: Message) {
     tokio::select! {
         () = attempt.instrument(span) => {}
         () = keepalive(ctx, &message, &held, &interrupt) => {}
+    }
+}
+
+/// Whether the job's id names a record of another principal's (or of somebody's, when the job
+/// is nobody's). A record that cannot be read counts as not foreign: the job's own writes are
+/// create-only or over its own revision, so they never replace another's record either way.
+async fn foreign(ctx: &Context, job: &Job) -> bool {
+    match ctx.outbox.entry(&job.id).await {
+        Ok(Some((record, _))) => record.principal != job.principal,
+        Ok(None) => false,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the record of an unsealed job");
+            false
+        }
     }
 }
 
@@ -329,6 +347,11 @@ async fn run(ctx: &Context, delivery: &mut Delivery, job: &Job, interrupt: &Inte
         && let Some(ended) = settle(ctx, delivery, job, interrupt).await
     {
         return ended;
+    }
+    // A job no dispatcher sealed (a pipeline's) may not run under an id that names somebody
+    // else's job: its call would answer that job's cancels and fill its audit trail.
+    if !delivery.claimed && !delivery.vouched && foreign(ctx, job).await {
+        return Outcome::Foreign;
     }
     // JetStream delivered it again and again without an outcome: not tried again.
     let stranded = delivery

@@ -43,17 +43,16 @@ pub(crate) struct Outbox {
     pub blobs: jetstream::object_store::ObjectStore,
 }
 
-/// Room kept in a message for headers and the envelope around a result.
+/// Room kept in a message for headers and the envelope around a result (a quarter of the
+/// message, on a server that takes small ones).
 const HEADROOM: usize = 8 * 1024;
 
 impl Outbox {
     /// The most bytes a result may have to travel inline in a record or reply: the NATS
     /// server's `max_payload`, less room for the envelope.
     pub(crate) fn inline_limit(&self) -> usize {
-        self.client
-            .server_info()
-            .max_payload
-            .saturating_sub(HEADROOM)
+        let most = self.client.server_info().max_payload;
+        most.saturating_sub(HEADROOM.min(most / 4))
     }
 
     /// Stores a result too large for a message as object `<job id>` of `mcpq_blobs`.
