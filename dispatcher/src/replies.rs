@@ -202,3 +202,64 @@ fn route(
     }
     None
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn message(token: u64, event: Option<&str>, payload: serde_json::Value) -> async_nats::Message {
+        let headers = event.map(|e| {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert(HDR_EVENT, e);
+            h
+        });
+        let payload = bytes::Bytes::from(payload.to_string());
+        async_nats::Message {
+            subject: format!("_INBOX.test.{token}").into(),
+            reply: Some("_INBOX.worker.ack".into()),
+            length: payload.len(),
+            payload,
+            headers,
+            status: None,
+            description: None,
+        }
+    }
+
+    /// A caller that stops reading: its progress beyond EVENTS_UNREAD is dropped, a question
+    /// is refused with the reason, and the reply still arrives.
+    #[test]
+    fn a_caller_that_stops_reading_holds_a_bounded_backlog_and_still_gets_its_reply() {
+        let waiters: Waiters = Arc::default();
+        let (events, mut unread) = mpsc::channel(EVENTS_UNREAD);
+        let (reply_tx, mut reply_rx) = oneshot::channel();
+        lock(&waiters).insert(
+            7,
+            Waiter {
+                reply: reply_tx,
+                events: Some(events),
+            },
+        );
+        let job = uuid::Uuid::now_v7();
+        for step in 0..EVENTS_UNREAD + 100 {
+            let progress = json!({"v": 1, "jobId": job, "progress": step});
+            assert!(route(&waiters, message(7, Some(EVENT_PROGRESS), progress)).is_some());
+        }
+        let question = json!({"v": 1, "jobId": job, "id": "q", "method": "roots/list",
+                              "params": {}, "answerTo": "mcpq.input.x.q"});
+        let (_, ack) = route(&waiters, message(7, Some(EVENT_INPUT), question)).unwrap();
+        assert!(!ack.ok);
+        assert!(ack.reason.unwrap().contains("too many events unread"));
+        let reply = json!({"v": 1, "jobId": job, "status": "ok", "result": {"content": []}});
+        assert!(route(&waiters, message(7, None, reply)).is_none());
+        assert_eq!(reply_rx.try_recv().unwrap().job_id, job);
+        // Exactly the first EVENTS_UNREAD progress events were kept, in order.
+        let mut kept = Vec::new();
+        while let Ok(Event::Progress(p)) = unread.try_recv() {
+            kept.push(p.progress.progress as usize);
+        }
+        assert_eq!(kept, (0..EVENTS_UNREAD).collect::<Vec<_>>());
+    }
+}

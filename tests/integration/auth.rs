@@ -467,6 +467,21 @@ async fn only_valid_credentials_get_in_and_each_caller_sees_and_owns_only_its_ow
         404,
         "another principal cannot cancel the job"
     );
+    // A JWT whose subject is the API key's principal name is still somebody else
+    // (jwt:alice is not key:alice): it neither reads nor cancels alice's job.
+    let named_alice = bearer(&signer.token("k1", claims(|c| c["sub"] = json!("alice"))));
+    assert_eq!(
+        read(named_alice.clone()).await,
+        404,
+        "jwt:alice read key:alice's job"
+    );
+    let cancel = http
+        .delete(format!("{base}/v1/jobs/{id}"))
+        .header("Authorization", &named_alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), 404);
     // One idempotency key, two principals: two jobs.
     let keyed = |authorization: String| {
         let http = http.clone();

@@ -35,7 +35,14 @@ pub enum JwksError {
 pub struct Verifier {
     config: JwtConfig,
     http: reqwest::Client,
-    keys: Mutex<Keys>,
+    /// The keys known; held only to look up or replace them, never across a read.
+    keys: std::sync::Mutex<Keys>,
+    /// Held while the key set is read: a caller whose key is unknown waits for the read in
+    /// progress, then looks again (one read at a time); a caller whose key is known never
+    /// waits.
+    reading: Mutex<()>,
+    /// The shortest time between two reads ([`REFRESH_INTERVAL`]).
+    refresh: Duration,
 }
 
 #[derive(Default)]
@@ -54,9 +61,9 @@ struct Key {
     rsa: bool,
 }
 
-/// Whether the key set may be read again, last read at `last`.
-pub fn may_refresh(last: Option<Instant>, now: Instant) -> bool {
-    last.is_none_or(|last| now.saturating_duration_since(last) >= REFRESH_INTERVAL)
+/// Whether the key set may be read again, last read at `last`, at most once per `every`.
+pub fn may_refresh(last: Option<Instant>, now: Instant, every: Duration) -> bool {
+    last.is_none_or(|last| now.saturating_duration_since(last) >= every)
 }
 
 impl Verifier {
@@ -70,7 +77,9 @@ impl Verifier {
         Ok(Verifier {
             config,
             http,
-            keys: Mutex::new(Keys::default()),
+            keys: Default::default(),
+            reading: Mutex::new(()),
+            refresh: REFRESH_INTERVAL,
         })
     }
 
@@ -152,25 +161,30 @@ impl Verifier {
     /// The key named `kid` (or the only key, for a token naming none), reading the set again
     /// when it is unknown and the last read is a minute old.
     async fn key(&self, kid: Option<&str>) -> Result<Key, Denied> {
+        if let Some(key) = crate::lock(&self.keys).find(kid) {
+            return Ok(key);
+        }
+        // One read at a time: the set may have changed while this caller waited.
+        let _reading = self.reading.lock().await;
         {
-            let mut keys = self.keys.lock().await;
+            let mut keys = crate::lock(&self.keys);
             if let Some(key) = keys.find(kid) {
                 return Ok(key);
             }
-            if !may_refresh(keys.read_at, Instant::now()) {
+            if !may_refresh(keys.read_at, Instant::now(), self.refresh) {
                 return Err(unknown_key(kid));
             }
             keys.read_at = Some(Instant::now());
         }
-        // Read without the lock held: tokens with known keys are checked meanwhile.
         match self.read().await {
             Ok(set) => {
-                let mut keys = self.keys.lock().await;
+                let mut keys = crate::lock(&self.keys);
                 keys.replace(set);
                 if let Some(key) = keys.find(kid) {
                     return Ok(key);
                 }
             }
+            // The keys read before stay: a failed read takes nothing away.
             Err(reason) => {
                 tracing::warn!(%reason, "cannot read the issuer's JSON Web Key Set");
             }
@@ -308,6 +322,7 @@ fn describe(kind: &jsonwebtoken::errors::ErrorKind) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use serde_json::json;
 
@@ -316,10 +331,142 @@ mod tests {
     #[test]
     fn the_key_set_is_read_again_at_most_once_a_minute() {
         let now = Instant::now();
-        assert!(may_refresh(None, now));
-        assert!(!may_refresh(Some(now), now));
-        assert!(!may_refresh(Some(now), now + Duration::from_secs(59)));
-        assert!(may_refresh(Some(now), now + REFRESH_INTERVAL));
+        let every = REFRESH_INTERVAL;
+        assert!(may_refresh(None, now, every));
+        assert!(!may_refresh(Some(now), now, every));
+        assert!(!may_refresh(
+            Some(now),
+            now + Duration::from_secs(59),
+            every
+        ));
+        assert!(may_refresh(Some(now), now + REFRESH_INTERVAL, every));
+    }
+
+    /// An RSA key, its key set (kid `a`), and tokens signed with it with the given `typ`.
+    struct Issuer {
+        set: serde_json::Value,
+        encoding: jsonwebtoken::EncodingKey,
+    }
+
+    impl Issuer {
+        fn new() -> Issuer {
+            use base64::Engine;
+            use rsa::{pkcs1::EncodeRsaPrivateKey, traits::PublicKeyParts};
+            let private = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
+            let b64 = |b: Vec<u8>| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+            let set = json!({"keys": [{"kty": "RSA", "kid": "a", "alg": "RS256",
+                "n": b64(private.n().to_bytes_be()), "e": b64(private.e().to_bytes_be())}]});
+            let pem = private.to_pkcs1_pem(rsa::pkcs1::LineEnding::LF).unwrap();
+            let encoding = jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap();
+            Issuer { set, encoding }
+        }
+
+        fn token(&self, kid: &str, typ: Option<&str>) -> String {
+            let mut header = jsonwebtoken::Header::new(Algorithm::RS256);
+            header.kid = Some(kid.into());
+            header.typ = typ.map(str::to_string);
+            let exp = mcpq_schemas::now_ms() / 1000 + 600;
+            let claims =
+                json!({"iss": "https://issuer.test", "aud": "mcpq", "sub": "ada", "exp": exp});
+            jsonwebtoken::encode(&header, &claims, &self.encoding).unwrap()
+        }
+    }
+
+    fn config(jwks: JwksSource, require_access_token_type: bool) -> JwtConfig {
+        JwtConfig {
+            issuer: "https://issuer.test".into(),
+            audiences: vec!["mcpq".into()],
+            jwks,
+            required_scopes: Vec::new(),
+            leeway: Duration::from_secs(5),
+            principal_claim: "sub".into(),
+            rules: Vec::new(),
+            require_access_token_type,
+        }
+    }
+
+    #[tokio::test]
+    async fn only_access_tokens_pass_when_the_config_says_so() {
+        let issuer = Issuer::new();
+        let path = std::env::temp_dir().join(format!("mcpq-jwks-{}.json", uuid::Uuid::new_v4()));
+        std::fs::write(&path, issuer.set.to_string()).unwrap();
+        let jwks = || JwksSource::File(path.to_string_lossy().into_owned());
+        let strict = Verifier::new(config(jwks(), true)).unwrap();
+        let lenient = Verifier::new(config(jwks(), false)).unwrap();
+        for typ in ["at+jwt", "application/at+JWT"] {
+            let caller = strict.verify(&issuer.token("a", Some(typ))).await;
+            assert_eq!(caller.unwrap().principal(), Some("jwt:ada"), "{typ}");
+        }
+        for typ in [None, Some("JWT"), Some("id+jwt")] {
+            let refused = strict.verify(&issuer.token("a", typ)).await;
+            assert!(
+                matches!(refused, Err(Denied::Invalid(m)) if m.contains("at+jwt")),
+                "{typ:?}"
+            );
+            assert!(
+                lenient.verify(&issuer.token("a", typ)).await.is_ok(),
+                "{typ:?}"
+            );
+        }
+        let _ = std::fs::remove_file(path);
+    }
+
+    /// An issuer whose key set turns hostile: the first read answers, the second stalls past
+    /// the read timeout, the third is 2 MiB. Tokens with the known key pass throughout.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_or_huge_key_set_holds_up_no_token_whose_key_is_known() {
+        let issuer = Issuer::new();
+        let set = issuer.set.clone();
+        let reads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = reads.clone();
+        let router = axum::Router::new().route(
+            "/jwks",
+            axum::routing::get(move || {
+                let (set, n) = (
+                    set.clone(),
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+                );
+                async move {
+                    match n {
+                        0 => set.to_string(),
+                        1 => {
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                            set.to_string()
+                        }
+                        _ => format!("{{\"keys\": [], \"pad\": \"{}\"}}", "x".repeat(2 << 20)),
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let mut verifier = Verifier::new(config(
+            JwksSource::Url(format!("http://{addr}/jwks")),
+            false,
+        ))
+        .unwrap();
+        verifier.refresh = Duration::ZERO;
+        let verifier = std::sync::Arc::new(verifier);
+        let token = |kid: &str| issuer.token(kid, None);
+        let known = token("a");
+        assert!(verifier.verify(&known).await.is_ok(), "the first read");
+        // An unknown key starts a read that stalls; meanwhile the known key passes at once.
+        let stalled = tokio::spawn({
+            let (verifier, unknown) = (verifier.clone(), token("b"));
+            async move { verifier.verify(&unknown).await.map(|_| ()) }
+        });
+        while reads.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(verifier.verify(&known).await.is_ok());
+        assert!(!stalled.is_finished(), "the known key waited for the read");
+        // The read gives up (5 s), and the unknown key is refused.
+        assert!(matches!(stalled.await.unwrap(), Err(Denied::Invalid(m)) if m.contains("\"b\"")));
+        // A 2 MiB key set is not read, and takes no known key away.
+        assert!(verifier.verify(&token("c")).await.is_err());
+        assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert!(verifier.verify(&known).await.is_ok());
     }
 
     #[test]
