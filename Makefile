@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 NPM := .tools/npm
 
-.PHONY: tools build demo test conformance schemas bench bench-scale bench-limits bench-metrics bench-scale-out bench-smoke soak fmt lint clean
+.PHONY: tools build demo test conformance schemas bench bench-scale bench-limits bench-metrics bench-scale-out bench-smoke soak fuzz fmt lint clean
 
 tools: $(VENV)/.installed $(NPM)/.installed .tools/.debian
 
@@ -86,6 +86,13 @@ SOAK_MINUTES ?= 10
 soak: tools
 	cargo build --release --workspace --bins
 	python3 deploy/local/bench.py --soak $(SOAK_MINUTES) --write
+
+# The HTTP front under FUZZ_CASES generated requests (default 1,000,000; `make test` runs 2,000):
+# no panic and no 500 (tests/integration/fuzz.rs). FUZZ_SEED picks another sequence.
+FUZZ_CASES ?= 1000000
+FUZZ_SEED ?= 27
+fuzz: tools
+	MCPQ_FUZZ_CASES=$(FUZZ_CASES) MCPQ_FUZZ_SEED=$(FUZZ_SEED) cargo test --release -p mcpq-tests --test integration -- fuzz:: --nocapture
 
 # Regenerate the pinned JSON Schemas under schemas/json after changing a wire or config type.
 schemas:

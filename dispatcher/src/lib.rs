@@ -179,6 +179,18 @@ impl Dispatcher {
         listener: tokio::net::TcpListener,
         shutdown: CancellationToken,
     ) -> Result<(), DispatcherError> {
+        let options = self.options.clone();
+        let monitor = self.monitor.clone();
+        let router = self.into_router(shutdown.clone());
+        http::serve(listener, router, &options, monitor, shutdown).await?;
+        Ok(())
+    }
+
+    /// Every route, as one axum router, for serving in a server of one's own (or driving
+    /// in-process, as the HTTP fuzz test does). The connection-level bounds of
+    /// [`Dispatcher::serve`] — `--max-connections`, `--max-requests`, `--idle-timeout` — are
+    /// not part of it.
+    pub fn into_router(self, shutdown: CancellationToken) -> axum::Router {
         let guard = auth::guard::Guard {
             auth: self.auth,
             allowed_hosts: self.options.allowed_hosts.clone(),
@@ -192,9 +204,8 @@ impl Dispatcher {
             self.monitor.clone(),
             &shutdown,
         );
-        tokio::spawn(self.monitor.clone().run(self.sampler, shutdown.clone()));
-        http::serve(listener, router, &self.options, self.monitor, shutdown).await?;
-        Ok(())
+        tokio::spawn(self.monitor.run(self.sampler, shutdown));
+        router
     }
 
     /// Binds `addr` and serves until `shutdown`, returning the bound address first through

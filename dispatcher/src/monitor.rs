@@ -132,11 +132,36 @@ pub(crate) fn routes(monitor: Arc<Monitor>) -> Router {
         .with_state(monitor)
 }
 
-async fn metrics(State(monitor): State<Arc<Monitor>>) -> Response {
+/// The caller of a request (anonymous when the dispatcher has no `auth:`).
+fn caller_of(caller: Option<axum::Extension<crate::auth::Caller>>) -> crate::auth::Caller {
+    caller.map_or_else(crate::auth::Caller::anonymous, |c| c.0)
+}
+
+/// The Prometheus text without the samples of servers `caller` may not use: a caller learns
+/// nothing of the traffic of servers it has no part in.
+fn metrics_for(text: &str, caller: &crate::auth::Caller, servers: &BTreeSet<String>) -> String {
+    let hidden: Vec<String> = servers
+        .iter()
+        .filter(|s| !caller.may_use_server(s))
+        .map(|s| format!("server=\"{s}\""))
+        .collect();
+    if hidden.is_empty() {
+        return text.to_string();
+    }
+    text.lines()
+        .filter(|line| line.starts_with('#') || !hidden.iter().any(|h| line.contains(h.as_str())))
+        .flat_map(|line| [line, "\n"])
+        .collect()
+}
+
+async fn metrics(
+    State(monitor): State<Arc<Monitor>>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
+) -> Response {
     match &monitor.metrics {
         Some(handle) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-            handle.render(),
+            metrics_for(&handle.render(), &caller_of(caller), &monitor.servers),
         )
             .into_response(),
         None => (
@@ -158,9 +183,25 @@ async fn readyz(State(monitor): State<Arc<Monitor>>) -> Response {
     }
 }
 
-async fn status(State(monitor): State<Arc<Monitor>>) -> Response {
+async fn status(
+    State(monitor): State<Arc<Monitor>>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
+) -> Response {
+    let caller = caller_of(caller);
     match lock(&monitor.window).report() {
-        Some(report) => Json(report).into_response(),
+        Some(mut report) => {
+            // Only the servers this caller may use.
+            report.servers.retain(|s| caller.may_use_server(&s.server));
+            for point in &mut report.history {
+                point
+                    .queued
+                    .retain(|server, _| caller.may_use_server(server));
+                point
+                    .calls_per_sec
+                    .retain(|server, _| caller.may_use_server(server));
+            }
+            Json(report).into_response()
+        }
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::RETRY_AFTER, "2")],

@@ -466,7 +466,11 @@ impl Client {
         // Every job a dispatcher publishes is sealed: a worker trusts a job's principal, and
         // runs an inbox call without reading its record, only under a dispatcher's seal.
         if let Some(signing) = &self.signing {
-            let seal = signing.seal(mcpq_schemas::seal::Purpose::Job, &[&payload]);
+            let reply = reply_to.as_deref().unwrap_or("");
+            let seal = signing.seal(
+                mcpq_schemas::seal::Purpose::Job,
+                &[&payload, reply.as_bytes()],
+            );
             headers.insert(mcpq_schemas::names::HDR_SEAL, seal.as_str());
         }
         let refused = |e: String| {
@@ -519,7 +523,7 @@ impl Client {
                 }
             }
         };
-        let waiting = self.inbox.expect(events);
+        let waiting = self.inbox.expect(job.id, events);
         let reply_to = Some(waiting.subject.clone());
         // Each step but the wait is boxed: a call in flight then holds only the wait's state,
         // not room for the largest step (a thousand calls in flight are a thousand of these).
@@ -581,7 +585,7 @@ impl Client {
         events: Option<mpsc::Sender<Event>>,
     ) -> Result<Reply, ClientError> {
         let job_id = answer.job_id;
-        let waiting = self.inbox.expect(events);
+        let waiting = self.inbox.expect(job_id, events);
         answer.reply_to = Some(waiting.subject.clone());
         self.answer(answer_to, &answer).await?;
         match tokio::time::timeout(timeout, waiting.reply()).await {

@@ -30,14 +30,27 @@ pub enum Event {
     Input(Box<InputRequestEvent>),
 }
 
+impl Event {
+    /// The job the event is about.
+    pub fn job_id(&self) -> uuid::Uuid {
+        match self {
+            Event::Progress(e) => e.job_id,
+            Event::Log(e) => e.job_id,
+            Event::Input(e) => e.job_id,
+        }
+    }
+}
+
 /// How many events a caller may leave unread. Beyond it, progress and log events are dropped
 /// (the next ones still come; the reply always does), and a question is refused — the worker
 /// tells the upstream nobody will answer — so a caller that stops reading costs a bounded
 /// amount of memory.
 pub const EVENTS_UNREAD: usize = 256;
 
-/// A caller waiting on its inbox token: where the reply goes, and its events if wanted.
+/// A caller waiting on its inbox token: the job it waits for, where the reply goes, and its
+/// events if wanted. A message on the token about another job is not taken.
 struct Waiter {
+    job_id: uuid::Uuid,
     reply: oneshot::Sender<Reply>,
     events: Option<mpsc::Sender<Event>>,
 }
@@ -97,12 +110,23 @@ impl Inbox {
         })
     }
 
-    /// Registers a wait for one reply (and its events, to `events`); publish the job with
-    /// `subject` as its reply inbox.
-    pub(crate) fn expect(&self, events: Option<mpsc::Sender<Event>>) -> Waiting {
+    /// Registers a wait for one reply of job `job_id` (and its events, to `events`); publish
+    /// the job with `subject` as its reply inbox.
+    pub(crate) fn expect(
+        &self,
+        job_id: uuid::Uuid,
+        events: Option<mpsc::Sender<Event>>,
+    ) -> Waiting {
         let token = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        lock(&self.waiters).insert(token, Waiter { reply: tx, events });
+        lock(&self.waiters).insert(
+            token,
+            Waiter {
+                job_id,
+                reply: tx,
+                events,
+            },
+        );
         Waiting {
             token,
             subject: format!("{}.{token}", self.prefix),
@@ -161,13 +185,15 @@ fn route(
         Some(_) => return None, // events of newer workers this version does not know
     };
     if let Some(event) = event {
-        let refused = match (event, lock(waiters).get(&token)) {
-            (
-                Ok(event),
-                Some(Waiter {
-                    events: Some(to), ..
-                }),
-            ) => match to.try_send(event) {
+        let waiter = lock(waiters)
+            .get(&token)
+            .map(|w| (w.job_id, w.events.clone()));
+        let refused = match (event, waiter) {
+            (Ok(event), Some((job_id, _))) if event.job_id() != job_id => {
+                tracing::warn!(%job_id, other = %event.job_id(), "an event about another job on a call's inbox; not taken");
+                Some("this inbox waits for another job")
+            }
+            (Ok(event), Some((_, Some(to)))) => match to.try_send(event) {
                 Ok(()) => None,
                 Err(mpsc::error::TrySendError::Full(Event::Input(_))) => {
                     Some("the caller has too many events unread to be asked")
@@ -197,8 +223,17 @@ fn route(
             return None;
         }
     };
-    if let Some(waiter) = lock(waiters).remove(&token) {
-        let _ = waiter.reply.send(reply);
+    let mut waiters = lock(waiters);
+    match waiters.get(&token) {
+        Some(waiter) if waiter.job_id == reply.job_id => {
+            if let Some(waiter) = waiters.remove(&token) {
+                let _ = waiter.reply.send(reply);
+            }
+        }
+        Some(waiter) => {
+            tracing::warn!(job_id = %waiter.job_id, other = %reply.job_id, "a reply about another job on a call's inbox; not taken");
+        }
+        None => {}
     }
     None
 }
@@ -235,14 +270,15 @@ mod tests {
         let waiters: Waiters = Arc::default();
         let (events, mut unread) = mpsc::channel(EVENTS_UNREAD);
         let (reply_tx, mut reply_rx) = oneshot::channel();
+        let job = uuid::Uuid::now_v7();
         lock(&waiters).insert(
             7,
             Waiter {
+                job_id: job,
                 reply: reply_tx,
                 events: Some(events),
             },
         );
-        let job = uuid::Uuid::now_v7();
         for step in 0..EVENTS_UNREAD + 100 {
             let progress = json!({"v": 1, "jobId": job, "progress": step});
             assert!(route(&waiters, message(7, Some(EVENT_PROGRESS), progress)).is_some());
@@ -252,6 +288,21 @@ mod tests {
         let (_, ack) = route(&waiters, message(7, Some(EVENT_INPUT), question)).unwrap();
         assert!(!ack.ok);
         assert!(ack.reason.unwrap().contains("too many events unread"));
+        // A reply about another job on the same inbox is not taken; the job's own is.
+        let other = uuid::Uuid::now_v7();
+        let forged = json!({"v": 1, "jobId": other, "status": "ok", "result": {"content": [{"type": "text", "text": "forged"}]}});
+        assert!(route(&waiters, message(7, None, forged)).is_none());
+        assert!(reply_rx.try_recv().is_err());
+        let (_, ack) = route(
+            &waiters,
+            message(
+                7,
+                Some(EVENT_PROGRESS),
+                json!({"v": 1, "jobId": other, "progress": 1}),
+            ),
+        )
+        .unwrap();
+        assert!(!ack.ok);
         let reply = json!({"v": 1, "jobId": job, "status": "ok", "result": {"content": []}});
         assert!(route(&waiters, message(7, None, reply)).is_none());
         assert_eq!(reply_rx.try_recv().unwrap().job_id, job);

@@ -61,8 +61,28 @@ pub fn audit_subject(server: &str) -> String {
     format!("mcpq.audit.{server}")
 }
 
-/// Header: the subject a worker publishes the reply (and progress events) to.
+/// Header: the subject a worker publishes the reply (and progress events) to — a reply inbox
+/// (see [`is_reply_inbox`]).
 pub const HDR_REPLY_TO: &str = "Mcpq-Reply-To";
+
+/// Where every reply inbox lives.
+pub const INBOX_PREFIX: &str = "_INBOX.";
+
+/// Whether `subject` may receive a job's reply and events: a literal subject under `_INBOX.`
+/// (tokens of printable characters, no wildcards), at most 256 bytes. A worker publishes
+/// nowhere else for a job, whoever published it: a job cannot make a worker write on
+/// mcpq's own subjects, its buckets or JetStream's API.
+pub fn is_reply_inbox(subject: &str) -> bool {
+    subject.len() <= 256
+        && subject.strip_prefix(INBOX_PREFIX).is_some_and(|rest| {
+            rest.split('.').all(|token| {
+                !token.is_empty()
+                    && token != "*"
+                    && token != ">"
+                    && token.bytes().all(|b| b.is_ascii_graphic())
+            })
+        })
+}
 /// Header: the job id (also in the body), so a reader need not parse the body.
 pub const HDR_JOB_ID: &str = "Mcpq-Job-Id";
 /// Header on messages sent to a reply inbox: what kind of event the message is.
@@ -72,9 +92,9 @@ pub const HDR_MSG_ID: &str = "Nats-Msg-Id";
 /// W3C trace context, passed through unchanged.
 pub const HDR_TRACEPARENT: &str = "traceparent";
 
-/// Header: the dispatcher's seal over the job's body (HMAC with the deployment's signing
-/// key), on every job that names a `principal`. A worker believes the principal of a sealed
-/// job only; an unsealed one runs as nobody's.
+/// Header: the dispatcher's seal over the job's body and its `Mcpq-Reply-To` (HMAC with the
+/// deployment's signing key), on every job a dispatcher publishes. A worker believes the
+/// principal of a sealed job only; an unsealed one runs as nobody's.
 pub const HDR_SEAL: &str = "Mcpq-Seal";
 
 /// Header on a replayed job: the dead letter's sequence in `MCPQ_DLQ` it was replayed from.
@@ -175,6 +195,33 @@ mod tests {
         assert!(is_valid_server_name("my-db_2"));
         for bad in ["", "a.b", "a b", "a__b", "_a", "a_", "a*", "a>", "ü"] {
             assert!(!is_valid_server_name(bad), "{bad:?} must be rejected");
+        }
+    }
+
+    #[test]
+    fn replies_go_to_literal_inboxes_only() {
+        for good in ["_INBOX.abc.7", "_INBOX.pipeline-web.x", "_INBOX.a"] {
+            assert!(is_reply_inbox(good), "{good:?}");
+        }
+        let long = format!("_INBOX.{}", "a".repeat(260));
+        for bad in [
+            "",
+            "_INBOX.",
+            "_INBOX",
+            "_INBOX.>",
+            "_INBOX.a.*",
+            "_INBOX.a..b",
+            "_INBOX.a b",
+            "_INBOX.a\tb",
+            "$KV.mcpq_results.x",
+            "$KV.mcpq_keys.signing",
+            "mcpq.events.x.resource_updated",
+            "$JS.API.STREAM.PURGE.MCPQ_DLQ",
+            "_inbox.a",
+            "x._INBOX.a",
+            long.as_str(),
+        ] {
+            assert!(!is_reply_inbox(bad), "{bad:?} must be refused");
         }
     }
 }

@@ -1303,3 +1303,135 @@ async fn an_operator_replays_a_callers_dead_letter_as_that_callers_job() {
         "the upstream ran the replay"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_cannot_lend_itself_the_workers_rights_through_its_reply_subject() {
+    let t = Tenancy::start(&[]).await;
+    let http = reqwest::Client::new();
+    // Alice's finished job, whose record the pipeline aims at.
+    let accepted: Value = http
+        .post(t.url("/v1/jobs"))
+        .bearer_auth(ALICE)
+        .json(&json!({"server": "web", "tool": "echo", "arguments": {"text": "alice's"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let alice_job = accepted["id"].as_str().unwrap().to_string();
+    let waited: Value = http
+        .get(t.url(&format!("/v1/jobs/{alice_job}/wait?timeout=30s")))
+        .bearer_auth(ALICE)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(waited["status"], "completed", "{waited}");
+    let js = async_nats::jetstream::new(t.as_dispatcher().await);
+    let keys = js.get_key_value("mcpq_keys").await.unwrap();
+    let key_before = keys.get("signing").await.unwrap().unwrap();
+    let catalog = js
+        .get_key_value(mcpq_schemas::names::CATALOG_BUCKET)
+        .await
+        .unwrap();
+    let catalog_before = catalog.get("conf").await.unwrap().unwrap();
+
+    // The pipeline names subjects only the worker may write as its "reply inbox".
+    let pipeline = t.pipeline().await;
+    let js_pipeline = async_nats::jetstream::new(pipeline.clone());
+    let targets = [
+        format!("$KV.mcpq_results.{alice_job}"),
+        "$KV.mcpq_keys.signing".to_string(),
+        "$KV.mcpq_catalog.conf".to_string(),
+        "mcpq.events.conf.resource_updated".to_string(),
+        "$JS.API.STREAM.PURGE.MCPQ_DLQ".to_string(),
+        "_INBOX.>".to_string(),
+    ];
+    for (i, target) in targets.iter().enumerate() {
+        let job = mark(&format!("lend-{i}"), 0);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(HDR_REPLY_TO, target.as_str());
+        js_pipeline
+            .publish_with_headers(
+                job_subject("web", Lane::Normal),
+                headers,
+                serde_json::to_vec(&job).unwrap().into(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    // Each is dead-lettered with the reason, and runs nothing.
+    let dlq = js.get_stream("MCPQ_DLQ").await.unwrap();
+    let wanted = targets.len() as u64;
+    let letters = eventually("six dead letters", Duration::from_secs(30), || {
+        let mut dlq = dlq.clone();
+        async move {
+            let n = dlq.info().await.ok()?.state.messages;
+            (n >= wanted).then_some(n)
+        }
+    })
+    .await;
+    for seq in 1..=letters {
+        let letter: mcpq_schemas::DeadLetter =
+            serde_json::from_slice(&dlq.get_raw_message(seq).await.unwrap().payload).unwrap();
+        assert_eq!(letter.reason.kind, mcpq_schemas::ErrorKind::MalformedJob);
+        assert!(
+            letter.reason.message.contains("is not a reply inbox"),
+            "{}",
+            letter.reason.message
+        );
+    }
+    assert!(!t.web.fixture.marks().iter().any(|m| m.starts_with("lend")));
+    // Everything it aimed at is as it was.
+    let read: Value = http
+        .get(t.url(&format!("/v1/jobs/{alice_job}")))
+        .bearer_auth(ALICE)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read["status"], "completed", "{read}");
+    assert_eq!(read["result"]["content"][0]["text"], "alice's");
+    assert_eq!(keys.get("signing").await.unwrap().unwrap(), key_before);
+    assert_eq!(catalog.get("conf").await.unwrap().unwrap(), catalog_before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_sees_the_traffic_of_its_own_servers_only() {
+    let t = Tenancy::start(&[]).await;
+    let http = reqwest::Client::new();
+    // Only alice may use ghost.
+    let status = |key: &'static str| {
+        let request = http.get(t.url("/status.json")).bearer_auth(key).send();
+        async move {
+            let report: Value = request.await.ok()?.json().await.ok()?;
+            let servers: Vec<String> = report["servers"]
+                .as_array()?
+                .iter()
+                .filter_map(|s| s["server"].as_str().map(str::to_string))
+                .collect();
+            Some((servers, report))
+        }
+    };
+    let (alices, _) = eventually("alice's status", Duration::from_secs(30), || status(ALICE)).await;
+    assert!(alices.contains(&"ghost".to_string()), "{alices:?}");
+    let (bobs, report) = eventually("bob's status", Duration::from_secs(30), || status(BOB)).await;
+    assert!(!bobs.contains(&"ghost".to_string()), "{bobs:?}");
+    assert!(bobs.contains(&"web".to_string()), "{bobs:?}");
+    assert!(!report.to_string().contains("ghost"), "{report}");
+    let metrics = |key: &'static str| {
+        let request = http.get(t.url("/metrics")).bearer_auth(key).send();
+        async move { request.await.unwrap().text().await.unwrap() }
+    };
+    assert!(metrics(ALICE).await.contains("server=\"ghost\""));
+    let bobs = metrics(BOB).await;
+    assert!(bobs.contains("server=\"web\""), "{bobs}");
+    assert!(!bobs.contains("server=\"ghost\""), "{bobs}");
+}

@@ -52,10 +52,10 @@ async fn submissions_under_one_idempotency_key_run_once() {
     // the record instead of calling the upstream. (A different Nats-Msg-Id stands in for time.)
     let nats = async_nats::connect(stack.nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(nats.clone());
-    let mut replies = nats.subscribe("late.caller").await.unwrap();
+    let mut replies = nats.subscribe("_INBOX.late.caller").await.unwrap();
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", "after-the-window");
-    headers.insert("Mcpq-Reply-To", "late.caller");
+    headers.insert("Mcpq-Reply-To", "_INBOX.late.caller");
     let body = serde_json::to_vec(&keyed("nightly-42")).unwrap();
     js.publish_with_headers("mcpq.jobs.web.normal", headers, body.into())
         .await
@@ -163,9 +163,9 @@ async fn a_key_runs_once_past_the_duplicate_window_a_nats_restart_and_a_second_d
     // A pipeline publishing the job again on NATS, past the window: not run again either.
     let nats = async_nats::connect(stack.nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(nats.clone());
-    let mut replies = nats.subscribe("pipeline.inbox").await.unwrap();
+    let mut replies = nats.subscribe("_INBOX.pipeline.inbox").await.unwrap();
     let mut headers = HeaderMap::new();
-    headers.insert("Mcpq-Reply-To", "pipeline.inbox");
+    headers.insert("Mcpq-Reply-To", "_INBOX.pipeline.inbox");
     js.publish_with_headers(
         "mcpq.jobs.web.normal",
         headers,
@@ -219,9 +219,9 @@ async fn a_second_message_for_a_running_job_is_a_duplicate_and_its_caller_gets_t
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let nats = async_nats::connect(stack.nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(nats.clone());
-    let mut replies = nats.subscribe("second.inbox").await.unwrap();
+    let mut replies = nats.subscribe("_INBOX.second.inbox").await.unwrap();
     let mut headers = HeaderMap::new();
-    headers.insert("Mcpq-Reply-To", "second.inbox");
+    headers.insert("Mcpq-Reply-To", "_INBOX.second.inbox");
     js.publish_with_headers(
         "mcpq.jobs.web.normal",
         headers,

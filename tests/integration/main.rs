@@ -14,6 +14,7 @@ mod deploy;
 mod endpoints;
 mod faults;
 mod flow;
+mod fuzz;
 mod health;
 mod hostile;
 mod idempotency;

@@ -45,7 +45,7 @@ async fn a_job_published_by_hand_is_answered_on_its_inbox_and_recorded() {
     let nats = async_nats::connect(stack.nats.url())
         .await
         .expect("connect");
-    let inbox = "pipeline.replies.job-1";
+    let inbox = "_INBOX.pipeline.replies.job-1";
     let mut replies = nats.subscribe(inbox).await.expect("subscribe");
     let id = "0190f5a2-7c1e-7cc0-8a4e-3f1f5c2b9d10";
     let job = serde_json::json!({
@@ -93,7 +93,7 @@ async fn malformed_jobs_are_dead_lettered_with_their_reason_and_the_worker_keeps
     let nats = async_nats::connect(stack.nats.url())
         .await
         .expect("connect");
-    let inbox = "pipeline.bad";
+    let inbox = "_INBOX.pipeline.bad";
     let mut replies = nats
         .subscribe(format!("{inbox}.*"))
         .await
@@ -150,14 +150,14 @@ async fn malformed_jobs_are_dead_lettered_with_their_reason_and_the_worker_keeps
     }
     let letter = letters
         .iter()
-        .find(|l| l["headers"]["Mcpq-Reply-To"] == "pipeline.bad.not-json-0")
+        .find(|l| l["headers"]["Mcpq-Reply-To"] == "_INBOX.pipeline.bad.not-json-0")
         .expect("the not-JSON message's dead letter");
     assert_eq!(letter["server"], "web");
     assert_eq!(letter["reason"]["kind"], "malformed_job");
     assert_eq!(letter["raw"], "{this is not json");
     let huge = letters
         .iter()
-        .find(|l| l["headers"]["Mcpq-Reply-To"] == "pipeline.bad.huge-7")
+        .find(|l| l["headers"]["Mcpq-Reply-To"] == "_INBOX.pipeline.bad.huge-7")
         .expect("the huge message's dead letter");
     assert_eq!(
         huge["raw"].as_str().unwrap().len(),

@@ -573,6 +573,11 @@ async fn dead_letter(
         .iter()
         .flat_map(|h| h.iter())
         .filter(|(k, _)| !mcpq_schemas::redact::is_secret_header(k.as_ref()))
+        // A dispatcher's seal stays with the message it sealed.
+        .filter(|(k, _)| {
+            let name: &str = k.as_ref();
+            !name.eq_ignore_ascii_case(mcpq_schemas::names::HDR_SEAL)
+        })
         .filter_map(|(k, v)| Some((k.to_string(), v.first()?.to_string())))
         .collect();
     let raw = job.is_none().then(|| {

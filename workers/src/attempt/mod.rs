@@ -120,10 +120,12 @@ impl Delivery {
             })
             .unwrap_or((1, 0));
         let header = |name| message.headers.as_ref().and_then(|h| h.get(name));
+        // Only a reply inbox is kept (see `handle`, which refuses a job naming anything else).
+        let reply_to = header(HDR_REPLY_TO)
+            .map(|v| v.to_string())
+            .filter(|s| mcpq_schemas::names::is_reply_inbox(s));
         Delivery {
-            reply_to: ReplyTo::new(std::sync::Mutex::new(
-                header(HDR_REPLY_TO).map(|v| v.to_string()),
-            )),
+            reply_to: ReplyTo::new(std::sync::Mutex::new(reply_to)),
             replay: header(HDR_REPLAY_OF).is_some(),
             delivered,
             stream_seq,
@@ -184,6 +186,26 @@ pub(crate) async fn handle(ctx: &Context, message: Message) {
         .info()
         .map(|i| u64::try_from(i.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0))
         .unwrap_or_else(|_| now_ms());
+    // A reply subject that is not an inbox: the job is refused before anything runs, and
+    // nothing is published there.
+    let asked_reply = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(HDR_REPLY_TO))
+        .map(|v| v.to_string());
+    if let Some(subject) = asked_reply.filter(|s| !mcpq_schemas::names::is_reply_inbox(s)) {
+        let error = JobError::new(
+            ErrorKind::MalformedJob,
+            format!(
+                "Mcpq-Reply-To {subject:?} is not a reply inbox: name a subject under _INBOX. (the job was not run)"
+            ),
+        );
+        tracing::warn!(server = %ctx.server.name, stream_seq = delivery.stream_seq, error = %error.message, "job refused");
+        let outcome = Outcome::Malformed(error);
+        let decision = decide(&outcome, 0, &ctx.retry, 0.5);
+        carry_out::carry_out(ctx, &message, &mut delivery, None, outcome, decision).await;
+        return;
+    }
     let job = match decode::decode(&ctx.server.name, &message.payload, stored_at_ms) {
         Ok(mut job) => {
             // A principal counts only under a dispatcher's seal: anyone may publish on NATS.
@@ -270,16 +292,18 @@ async fn foreign(ctx: &Context, job: &Job) -> bool {
     }
 }
 
-/// Whether the message carries a dispatcher's seal over its body.
+/// Whether the message carries a dispatcher's seal over its body and its reply subject.
 fn sealed(ctx: &Context, message: &Message) -> bool {
-    message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(mcpq_schemas::names::HDR_SEAL))
+    let Some(headers) = message.headers.as_ref() else {
+        return false;
+    };
+    let reply_to = headers.get(HDR_REPLY_TO).map_or("", |v| v.as_str());
+    headers
+        .get(mcpq_schemas::names::HDR_SEAL)
         .is_some_and(|seal| {
             ctx.signing.verify(
                 mcpq_schemas::seal::Purpose::Job,
-                &[&message.payload],
+                &[&message.payload, reply_to.as_bytes()],
                 seal.as_str(),
             )
         })
@@ -377,6 +401,11 @@ async fn run(ctx: &Context, delivery: &mut Delivery, job: &Job, interrupt: &Inte
         Ok(ticket) => ticket,
         Err(wait) => return Outcome::Held(wait),
     };
+    // Holding the job from before the claim is written: once the record names this worker,
+    // another worker asking whether it still runs the job must hear yes — never a no in the
+    // moment between the write and the call, which would let it take the job over and run it
+    // a second time.
+    interrupt.activate();
     if delivery.claimed {
         let mut tries = 0;
         loop {
@@ -390,12 +419,18 @@ async fn run(ctx: &Context, delivery: &mut Delivery, job: &Job, interrupt: &Inte
                 // Another write came first: what is it now?
                 Ok(None) if tries < CLAIM_TRIES => {
                     tries += 1;
+                    interrupt.deactivate();
                     if let Some(ended) = settle(ctx, delivery, job, interrupt).await {
                         return ended;
                     }
+                    interrupt.activate();
                 }
-                Ok(None) => return Outcome::Held(Duration::from_secs(1)),
+                Ok(None) => {
+                    interrupt.deactivate();
+                    return Outcome::Held(Duration::from_secs(1));
+                }
                 Err(e) => {
+                    interrupt.deactivate();
                     tracing::warn!(error = %e, "cannot claim the job; handing it back");
                     return Outcome::Held(Duration::from_secs(1));
                 }
@@ -403,7 +438,6 @@ async fn run(ctx: &Context, delivery: &mut Delivery, job: &Job, interrupt: &Inte
         }
     }
     delivery.started = true;
-    interrupt.activate();
     // Over the rate limit the job waits here, held (progress acks continue), then is checked
     // against its deadline like any other.
     let limited = tokio::select! {

@@ -149,7 +149,10 @@ impl Asker {
             .unwrap_or_default();
             let _ = self.nats.publish(reply, ack.into()).await;
         }
-        if let Some(moved) = answer.reply_to {
+        if let Some(moved) = answer
+            .reply_to
+            .filter(|s| mcpq_schemas::names::is_reply_inbox(s))
+        {
             *lock(&self.reply_to) = Some(moved);
         }
         match (answer.result, answer.error) {

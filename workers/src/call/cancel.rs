@@ -50,6 +50,12 @@ impl Interrupt {
         self.active.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// The delivery does not hold the job after all (its claim did not land).
+    pub(crate) fn deactivate(&self) {
+        self.active
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
     fn is_active(&self) -> bool {
         self.active.load(std::sync::atomic::Ordering::SeqCst)
     }

@@ -43,6 +43,18 @@ pub(crate) struct Outbox {
     pub blobs: jetstream::object_store::ObjectStore,
 }
 
+/// Replies and events go to reply inboxes only: whatever a job says, the worker's own rights on
+/// NATS are never lent to it.
+fn inbox_only(subject: &str) -> Result<(), WriteError> {
+    if mcpq_schemas::names::is_reply_inbox(subject) {
+        Ok(())
+    } else {
+        Err(fail("publish to the caller's inbox")(&format!(
+            "{subject:?} is not a reply inbox (a subject under _INBOX.)"
+        )))
+    }
+}
+
 /// Room kept in a message for headers and the envelope around a result (a quarter of the
 /// message, on a server that takes small ones).
 const HEADROOM: usize = 8 * 1024;
@@ -219,6 +231,7 @@ impl Outbox {
         reply: &Reply,
     ) -> Result<(), WriteError> {
         let Some(inbox) = reply_to else { return Ok(()) };
+        inbox_only(inbox)?;
         let bytes = serde_json::to_vec(reply).map_err(|e| fail("encode reply")(&e))?;
         let mut headers = HeaderMap::new();
         headers.insert(HDR_EVENT, EVENT_REPLY);
@@ -252,6 +265,7 @@ impl Outbox {
         job_id: &uuid::Uuid,
         body: &impl serde::Serialize,
     ) -> Result<(), WriteError> {
+        inbox_only(inbox)?;
         let bytes = serde_json::to_vec(body).map_err(|e| fail("encode an event")(&e))?;
         let mut headers = HeaderMap::new();
         headers.insert(HDR_EVENT, kind);
