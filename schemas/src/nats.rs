@@ -409,20 +409,12 @@ async fn ensure_topology_once(
     // Catalogs too large for a message: an Object Store bucket, the latest object per server.
     ensure_stream(
         js,
-        stream::Config {
-            name: format!("OBJ_{CATALOGS_STORE}"),
-            description: Some("mcpq catalogs too large for one NATS message, by server".into()),
-            subjects: vec![
-                format!("$O.{CATALOGS_STORE}.C.>"),
-                format!("$O.{CATALOGS_STORE}.M.>"),
-            ],
-            storage: stream::StorageType::File,
-            num_replicas: topology.replicas,
-            discard: stream::DiscardPolicy::New,
-            allow_rollup: true,
-            allow_direct: true,
-            ..Default::default()
-        },
+        object_store(
+            CATALOGS_STORE,
+            "mcpq catalogs too large for one NATS message, by server",
+            Duration::ZERO,
+            topology.replicas,
+        ),
     )
     .await
     .map_err(|e| fail("object store mcpq_catalogs")(&e))?;
@@ -430,21 +422,12 @@ async fn ensure_topology_once(
     // says, created here with create-or-update so a changed TTL or replica count applies).
     ensure_stream(
         js,
-        stream::Config {
-            name: format!("OBJ_{BLOBS_BUCKET}"),
-            description: Some("mcpq results too large for one NATS message, by job id".into()),
-            subjects: vec![
-                format!("$O.{BLOBS_BUCKET}.C.>"),
-                format!("$O.{BLOBS_BUCKET}.M.>"),
-            ],
-            max_age: topology.result_ttl,
-            storage: stream::StorageType::File,
-            num_replicas: topology.replicas,
-            discard: stream::DiscardPolicy::New,
-            allow_rollup: true,
-            allow_direct: true,
-            ..Default::default()
-        },
+        object_store(
+            BLOBS_BUCKET,
+            "mcpq results too large for one NATS message, by job id",
+            topology.result_ttl,
+            topology.replicas,
+        ),
     )
     .await
     .map_err(|e| fail("object store mcpq_blobs")(&e))?;
@@ -675,6 +658,28 @@ pub async fn stored_signing_key(
         .and_then(crate::seal::SigningKey::from_text)
         .map(Some)
         .ok_or_else(|| fail("the stored key is not one mcpq wrote".into()))
+}
+
+/// The stream of Object Store bucket `name`, laid out as ADR-20 says (created here with
+/// create-or-update, so a changed TTL or replica count applies); `max_age` zero: kept.
+fn object_store(
+    name: &str,
+    description: &str,
+    max_age: Duration,
+    replicas: usize,
+) -> stream::Config {
+    stream::Config {
+        name: format!("OBJ_{name}"),
+        description: Some(description.into()),
+        subjects: vec![format!("$O.{name}.C.>"), format!("$O.{name}.M.>")],
+        max_age,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        discard: stream::DiscardPolicy::New,
+        allow_rollup: true,
+        allow_direct: true,
+        ..Default::default()
+    }
 }
 
 /// Whether a JetStream publish error says the stream is full (discard new refused it).

@@ -20,7 +20,7 @@ use mcpq_tests::{
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::roles::PASSWORDS;
+use crate::{limits::json_of, roles::PASSWORDS};
 
 const ALICE: &str = "mcpq_alice-hostile-key-0123456789";
 const BOB: &str = "mcpq_bob-hostile-key-0123456789";
@@ -132,20 +132,20 @@ servers:
             || {
                 let base = base.clone();
                 async move {
-                    let (_, web) = mcp(
+                    let (_, web) = call(
                         &base,
                         "/servers/web/mcp",
-                        Some(ALICE),
-                        "tools/call",
-                        json!({"name": "echo", "arguments": {"text": "up"}}),
+                        ALICE,
+                        "echo",
+                        json!({"text": "up"}),
                     )
                     .await;
-                    let (_, conf) = mcp(
+                    let (_, conf) = call(
                         &base,
                         "/servers/conf/mcp",
-                        Some(ALICE),
-                        "tools/call",
-                        json!({"name": "test_simple_text", "arguments": {}}),
+                        ALICE,
+                        "test_simple_text",
+                        json!({}),
                     )
                     .await;
                     (web["result"]["content"][0]["text"] == "up"
@@ -179,6 +179,18 @@ servers:
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// Submits `job` to `/v1/jobs` as `key` and waits for it to end: its id and its record.
+    async fn run_job(&self, key: &str, job: Value) -> (String, Value) {
+        let http = reqwest::Client::new();
+        let accepted = json_of(http.post(self.url("/v1/jobs")).bearer_auth(key).json(&job)).await;
+        let id = accepted["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not accepted: {accepted}"))
+            .to_string();
+        let wait = self.url(&format!("/v1/jobs/{id}/wait?timeout=30s"));
+        (id, json_of(http.get(wait).bearer_auth(key)).await)
     }
 }
 
@@ -226,6 +238,12 @@ async fn mcp(
         .find(|m| m.get("id").is_some())
         .unwrap_or(Value::Null);
     (status, message)
+}
+
+/// A 2026-07-28 `tools/call` of `tool` with `arguments`, as `key`.
+async fn call(base: &str, path: &str, key: &str, tool: &str, arguments: Value) -> (u16, Value) {
+    let params = json!({"name": tool, "arguments": arguments});
+    mcp(base, path, Some(key), "tools/call", params).await
 }
 
 /// The JSON-RPC error message of `response` ("" when it is no error).
@@ -347,6 +365,20 @@ async fn legacy(
     request.send().await.unwrap()
 }
 
+/// The status a request without a body naming `session` gets, as `key`.
+async fn session_status(
+    base: &str,
+    path: &str,
+    key: &str,
+    session: &str,
+    method: reqwest::Method,
+) -> u16 {
+    legacy(base, path, Some(key), Some(session), method, None)
+        .await
+        .status()
+        .as_u16()
+}
+
 /// Opens a 2025-era session on `path` as `key`: its id, or the refusal's status.
 async fn open_session(base: &str, path: &str, key: &str) -> Result<String, u16> {
     let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
@@ -421,26 +453,14 @@ async fn a_session_is_its_openers_alone_and_each_caller_holds_few() {
     let (status, said) =
         in_session(&t.base, conf, Some(BOB), &session, "tools/list", json!({})).await;
     assert_eq!(status, 404, "{said}");
-    let get = legacy(
-        &t.base,
-        conf,
-        Some(BOB),
-        Some(&session),
-        reqwest::Method::GET,
-        None,
-    )
-    .await;
-    assert_eq!(get.status(), 404);
-    let delete = legacy(
-        &t.base,
-        conf,
-        Some(BOB),
-        Some(&session),
-        reqwest::Method::DELETE,
-        None,
-    )
-    .await;
-    assert_eq!(delete.status(), 404);
+    assert_eq!(
+        session_status(&t.base, conf, BOB, &session, reqwest::Method::GET).await,
+        404
+    );
+    assert_eq!(
+        session_status(&t.base, conf, BOB, &session, reqwest::Method::DELETE).await,
+        404
+    );
     let (status, _) = in_session(&t.base, conf, None, &session, "tools/list", json!({})).await;
     assert_eq!(status, 401, "no credentials");
     // Bob's call through it never reached the upstream.
@@ -474,46 +494,25 @@ async fn a_session_is_its_openers_alone_and_each_caller_holds_few() {
             .is_some_and(|t| t.len() > 10),
         "{listed}"
     );
-    let stream = legacy(
-        &t.base,
-        conf,
-        Some(ALICE),
-        Some(&session),
-        reqwest::Method::GET,
-        None,
-    )
-    .await;
-    assert_eq!(stream.status(), 200);
-    drop(stream);
+    assert_eq!(
+        session_status(&t.base, conf, ALICE, &session, reqwest::Method::GET).await,
+        200
+    );
 
     // Two sessions per caller here: alice's third is refused, bob's first is not.
     let second = open_session(&t.base, conf, ALICE).await.unwrap();
     assert_eq!(open_session(&t.base, conf, ALICE).await, Err(429));
     let bobs = open_session(&t.base, conf, BOB).await.unwrap();
     // Bob cannot end alice's to make room for himself; alice ends one and opens another.
-    let delete = legacy(
-        &t.base,
-        conf,
-        Some(BOB),
-        Some(&second),
-        reqwest::Method::DELETE,
-        None,
-    )
-    .await;
-    assert_eq!(delete.status(), 404);
+    assert_eq!(
+        session_status(&t.base, conf, BOB, &second, reqwest::Method::DELETE).await,
+        404
+    );
     let (status, _) =
         in_session(&t.base, conf, Some(ALICE), &second, "tools/list", json!({})).await;
     assert_eq!(status, 200, "bob's DELETE ended nothing");
-    let delete = legacy(
-        &t.base,
-        conf,
-        Some(ALICE),
-        Some(&second),
-        reqwest::Method::DELETE,
-        None,
-    )
-    .await;
-    assert!(delete.status().is_success(), "{}", delete.status());
+    let status = session_status(&t.base, conf, ALICE, &second, reqwest::Method::DELETE).await;
+    assert!((200..300).contains(&status), "{status}");
     open_session(&t.base, conf, ALICE).await.unwrap();
     // And alice cannot use bob's.
     let (status, _) = in_session(&t.base, conf, Some(ALICE), &bobs, "tools/list", json!({})).await;
@@ -656,29 +655,21 @@ async fn a_pipeline_can_neither_borrow_a_principal_nor_take_a_callers_job_id() {
     assert_eq!(accepted["duplicate"], false, "{accepted}");
     let alice_job: Uuid = accepted["id"].as_str().unwrap().parse().unwrap();
     assert!(!squats.contains(&alice_job));
-    let waited: Value = http
-        .get(t.url(&format!("/v1/jobs/{alice_job}/wait?timeout=30s")))
-        .bearer_auth(ALICE)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let waited = json_of(
+        http.get(t.url(&format!("/v1/jobs/{alice_job}/wait?timeout=30s")))
+            .bearer_auth(ALICE),
+    )
+    .await;
     assert_eq!(waited["status"], "completed", "{waited}");
     assert_eq!(waited["result"]["content"][0]["text"], "alice-42");
     // Bob's order-42 is his own job, not alice's (and echo only: mark is not his).
-    let bobs: Value = http
-        .post(t.url("/v1/jobs"))
-        .bearer_auth(BOB)
-        .header("Idempotency-Key", "order-42")
-        .json(&json!({"server": "web", "tool": "echo", "arguments": {"text": "bob-42"}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let bobs = json_of(
+        http.post(t.url("/v1/jobs"))
+            .bearer_auth(BOB)
+            .header("Idempotency-Key", "order-42")
+            .json(&json!({"server": "web", "tool": "echo", "arguments": {"text": "bob-42"}})),
+    )
+    .await;
     assert_eq!(bobs["duplicate"], false, "{bobs}");
     assert_ne!(bobs["id"], accepted["id"]);
 
@@ -708,15 +699,11 @@ async fn a_pipeline_can_neither_borrow_a_principal_nor_take_a_callers_job_id() {
             got[&alice_job]
         );
     }
-    let read: Value = http
-        .get(t.url(&format!("/v1/jobs/{alice_job}")))
-        .bearer_auth(ALICE)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let read = json_of(
+        http.get(t.url(&format!("/v1/jobs/{alice_job}")))
+            .bearer_auth(ALICE),
+    )
+    .await;
     assert_eq!(read["status"], "completed", "{read}");
     assert_eq!(read["result"]["content"][0]["text"], "alice-42");
     let bob_reads = http
@@ -873,25 +860,15 @@ async fn one_caller_holds_only_its_share_of_a_dispatcher() {
             () = t.web.fixture.until_held(&tag) => {}
             body = &mut call => panic!("{accept}: the call ended before it ran: {body:?}"),
         }
-        let (status, said) = mcp(
-            &one,
-            web,
-            Some(BOB),
-            "tools/call",
-            json!({"name": "echo", "arguments": {"text": "squeezed"}}),
-        )
-        .await;
+        let echo = |text: &str| {
+            let params = json!({"name": "echo", "arguments": {"text": text}});
+            mcp(&one, web, Some(BOB), "tools/call", params)
+        };
+        let (status, said) = echo("squeezed").await;
         assert_eq!(status, 503, "{accept}: {said}");
         let body = call.await.unwrap();
         assert!(body.contains(&format!("held {tag}")), "{accept}: {body}");
-        let (status, said) = mcp(
-            &one,
-            web,
-            Some(BOB),
-            "tools/call",
-            json!({"name": "echo", "arguments": {"text": "after"}}),
-        )
-        .await;
+        let (status, said) = echo("after").await;
         assert_eq!(
             (status, said["result"]["content"][0]["text"].as_str()),
             (200, Some("after")),
@@ -904,16 +881,14 @@ async fn one_caller_holds_only_its_share_of_a_dispatcher() {
         .dispatcher(&["--max-waits-per-principal", "1", "--idle-timeout", "2s"])
         .await;
     let http = reqwest::Client::new();
-    let accepted: Value = http
-        .post(format!("{polls}/v1/jobs"))
-        .bearer_auth(ALICE)
-        .json(&json!({"server": "web", "tool": "hold", "arguments": {"tag": "poll", "ms": 3000}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let accepted = json_of(
+        http.post(format!("{polls}/v1/jobs"))
+            .bearer_auth(ALICE)
+            .json(
+                &json!({"server": "web", "tool": "hold", "arguments": {"tag": "poll", "ms": 3000}}),
+            ),
+    )
+    .await;
     let wait_url = format!(
         "{polls}/v1/jobs/{}/wait?timeout=30s",
         accepted["id"].as_str().unwrap()
@@ -940,16 +915,12 @@ async fn one_caller_holds_only_its_share_of_a_dispatcher() {
             .contains("--max-waits-per-principal"),
         "{said}"
     );
-    let bobs: Value = http
-        .post(format!("{polls}/v1/jobs"))
-        .bearer_auth(BOB)
-        .json(&json!({"server": "web", "tool": "echo", "arguments": {"text": "bob waits"}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let bobs = json_of(
+        http.post(format!("{polls}/v1/jobs"))
+            .bearer_auth(BOB)
+            .json(&json!({"server": "web", "tool": "echo", "arguments": {"text": "bob waits"}})),
+    )
+    .await;
     let bob_waits = http
         .get(format!(
             "{polls}/v1/jobs/{}/wait?timeout=30s",
@@ -975,17 +946,11 @@ async fn one_caller_holds_only_its_share_of_a_dispatcher() {
     assert!(!t.web.fixture.held().contains(&"never".to_string()));
 
     // Batch results stream line by line, never one body built in memory.
-    let batch: Value = http
+    let batch = json_of(http
         .post(format!("{polls}/v1/batches"))
         .bearer_auth(ALICE)
         .header("Content-Type", "application/x-ndjson")
-        .body("{\"server\": \"web\", \"tool\": \"echo\", \"arguments\": {\"text\": \"b0\"}}\n{\"server\": \"web\", \"tool\": \"echo\", \"arguments\": {\"text\": \"b1\"}}\n")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .body("{\"server\": \"web\", \"tool\": \"echo\", \"arguments\": {\"text\": \"b0\"}}\n{\"server\": \"web\", \"tool\": \"echo\", \"arguments\": {\"text\": \"b1\"}}\n")).await;
     let batch_id = batch["batchId"].as_str().unwrap().to_string();
     eventually("the batch is done", Duration::from_secs(30), || {
         let request = http
@@ -1068,25 +1033,18 @@ async fn authorization_reads_a_uri_as_the_upstream_will() {
         "test_simple_text ",
         "conf__test_sampling",
     ] {
-        let (status, said) = mcp(
-            &t.base,
-            conf,
-            Some(BOB),
-            "tools/call",
-            json!({"name": name, "arguments": {"prompt": "x"}}),
-        )
-        .await;
+        let (status, said) = call(&t.base, conf, BOB, name, json!({"prompt": "x"})).await;
         assert!(
             said.get("result").is_none() || said["result"]["isError"] == true,
             "{name}: {status} {said}"
         );
     }
-    let (status, said) = mcp(
+    let (status, said) = call(
         &t.base,
         "/mcp",
-        Some(BOB),
-        "tools/call",
-        json!({"name": "web__mark", "arguments": {"tag": "bob-walks"}}),
+        BOB,
+        "web__mark",
+        json!({"tag": "bob-walks"}),
     )
     .await;
     assert!(
@@ -1124,26 +1082,19 @@ async fn a_catalog_of_any_size_is_served_and_a_missing_one_lets_nothing_through(
             .any(|t| t["name"] == "json_schema_2020_12_tool")
     );
     // A tool it does not list is refused, never tried.
-    let (status, said) = mcp(
+    let (status, said) = call(
         &t.base,
         "/servers/conf/mcp",
-        Some(ALICE),
-        "tools/call",
-        json!({"name": "no_such_tool", "arguments": {}}),
+        ALICE,
+        "no_such_tool",
+        json!({}),
     )
     .await;
     assert!(error_of(&said).contains("no_such_tool"), "{status} {said}");
     assert_eq!(t.conf.fixture.ran_count("call no_such_tool"), 0);
     // A server whose catalog nobody has published (its upstream was never reached): calls
     // are refused as unavailable, whatever the tool, and nothing is queued.
-    let (status, said) = mcp(
-        &t.base,
-        "/servers/ghost/mcp",
-        Some(ALICE),
-        "tools/call",
-        json!({"name": "anything", "arguments": {}}),
-    )
-    .await;
+    let (status, said) = call(&t.base, "/servers/ghost/mcp", ALICE, "anything", json!({})).await;
     assert!(
         status == 503
             || error_of(&said).contains("unavailable")
@@ -1193,30 +1144,25 @@ async fn one_subscribers_unsubscribe_leaves_the_others_subscribed() {
         )
         .await
     };
+    let unsubscribe = async |session: &str| {
+        let params = json!({"uri": uri});
+        let (status, said) = in_session(
+            &t.base,
+            conf,
+            Some(ALICE),
+            session,
+            "resources/unsubscribe",
+            params,
+        )
+        .await;
+        assert_eq!(status, 200, "{said}");
+    };
     subscribed(1).await;
-    let (status, _) = in_session(
-        &t.base,
-        conf,
-        Some(ALICE),
-        &a,
-        "resources/unsubscribe",
-        json!({"uri": uri}),
-    )
-    .await;
-    assert_eq!(status, 200);
+    unsubscribe(&a).await;
     // The upstream still has b's subscription; b's going ends it.
     tokio::time::sleep(Duration::from_millis(500)).await;
     subscribed(1).await;
-    let (status, _) = in_session(
-        &t.base,
-        conf,
-        Some(ALICE),
-        &b,
-        "resources/unsubscribe",
-        json!({"uri": uri}),
-    )
-    .await;
-    assert_eq!(status, 200);
+    unsubscribe(&b).await;
     subscribed(0).await;
 }
 
@@ -1225,26 +1171,9 @@ async fn an_operator_replays_a_callers_dead_letter_as_that_callers_job() {
     let t = Tenancy::start(&[]).await;
     let http = reqwest::Client::new();
     // Alice's call fails for good and is dead-lettered, her record with it.
-    let accepted: Value = http
-        .post(t.url("/v1/jobs"))
-        .bearer_auth(ALICE)
-        .json(&json!({"server": "web", "tool": "reject"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = accepted["id"].as_str().unwrap().to_string();
-    let ended: Value = http
-        .get(t.url(&format!("/v1/jobs/{id}/wait?timeout=30s")))
-        .bearer_auth(ALICE)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (id, ended) = t
+        .run_job(ALICE, json!({"server": "web", "tool": "reject"}))
+        .await;
     assert_eq!(ended["status"], "failed", "{ended}");
     // The operator, under its NATS role, replays it: it runs again as alice's (the worker
     // sees the dispatchers' seal), so it updates her record rather than being refused.
@@ -1309,26 +1238,12 @@ async fn a_pipeline_cannot_lend_itself_the_workers_rights_through_its_reply_subj
     let t = Tenancy::start(&[]).await;
     let http = reqwest::Client::new();
     // Alice's finished job, whose record the pipeline aims at.
-    let accepted: Value = http
-        .post(t.url("/v1/jobs"))
-        .bearer_auth(ALICE)
-        .json(&json!({"server": "web", "tool": "echo", "arguments": {"text": "alice's"}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let alice_job = accepted["id"].as_str().unwrap().to_string();
-    let waited: Value = http
-        .get(t.url(&format!("/v1/jobs/{alice_job}/wait?timeout=30s")))
-        .bearer_auth(ALICE)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (alice_job, waited) = t
+        .run_job(
+            ALICE,
+            json!({"server": "web", "tool": "echo", "arguments": {"text": "alice's"}}),
+        )
+        .await;
     assert_eq!(waited["status"], "completed", "{waited}");
     let js = async_nats::jetstream::new(t.as_dispatcher().await);
     let keys = js.get_key_value("mcpq_keys").await.unwrap();
@@ -1388,15 +1303,11 @@ async fn a_pipeline_cannot_lend_itself_the_workers_rights_through_its_reply_subj
     }
     assert!(!t.web.fixture.marks().iter().any(|m| m.starts_with("lend")));
     // Everything it aimed at is as it was.
-    let read: Value = http
-        .get(t.url(&format!("/v1/jobs/{alice_job}")))
-        .bearer_auth(ALICE)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let read = json_of(
+        http.get(t.url(&format!("/v1/jobs/{alice_job}")))
+            .bearer_auth(ALICE),
+    )
+    .await;
     assert_eq!(read["status"], "completed", "{read}");
     assert_eq!(read["result"]["content"][0]["text"], "alice's");
     assert_eq!(keys.get("signing").await.unwrap().unwrap(), key_before);

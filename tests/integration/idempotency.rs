@@ -161,28 +161,7 @@ async fn a_key_runs_once_past_the_duplicate_window_a_nats_restart_and_a_second_d
     assert!(matches!(reply.outcome, Outcome::Ok { .. }), "{reply:?}");
 
     // A pipeline publishing the job again on NATS, past the window: not run again either.
-    let nats = async_nats::connect(stack.nats.url()).await.unwrap();
-    let js = async_nats::jetstream::new(nats.clone());
-    let mut replies = nats.subscribe("_INBOX.pipeline.inbox").await.unwrap();
-    let mut headers = HeaderMap::new();
-    headers.insert("Mcpq-Reply-To", "_INBOX.pipeline.inbox");
-    js.publish_with_headers(
-        "mcpq.jobs.web.normal",
-        headers,
-        serde_json::to_vec(&job).unwrap().into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
-    let message = tokio::time::timeout(
-        Duration::from_secs(30),
-        futures::StreamExt::next(&mut replies),
-    )
-    .await
-    .expect("a reply")
-    .unwrap();
-    let reply: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+    let reply = published_for_reply(&stack, &job, "_INBOX.pipeline.inbox").await;
     assert_eq!(reply["status"], "ok", "{reply}");
 
     let runs = web
@@ -217,15 +196,25 @@ async fn a_second_message_for_a_running_job_is_a_duplicate_and_its_caller_gets_t
     web.fixture.until_marked("twice").await;
     // A pipeline publishes the same job again while it runs, with its own inbox.
     tokio::time::sleep(Duration::from_millis(1200)).await;
+    let reply = published_for_reply(&stack, &job, "_INBOX.second.inbox").await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    assert_eq!(reply["jobId"], job.id.to_string());
+    let runs = web.fixture.marks().iter().filter(|m| *m == "twice").count();
+    assert_eq!(runs, 1);
+    stack.stop().await;
+}
+
+/// Publishes `job` as a pipeline would, its reply to `inbox`, and reads the reply.
+async fn published_for_reply(stack: &Stack, job: &Job, inbox: &str) -> serde_json::Value {
     let nats = async_nats::connect(stack.nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(nats.clone());
-    let mut replies = nats.subscribe("_INBOX.second.inbox").await.unwrap();
+    let mut replies = nats.subscribe(inbox.to_string()).await.unwrap();
     let mut headers = HeaderMap::new();
-    headers.insert("Mcpq-Reply-To", "_INBOX.second.inbox");
+    headers.insert("Mcpq-Reply-To", inbox);
     js.publish_with_headers(
         "mcpq.jobs.web.normal",
         headers,
-        serde_json::to_vec(&job).unwrap().into(),
+        serde_json::to_vec(job).unwrap().into(),
     )
     .await
     .unwrap()
@@ -236,12 +225,7 @@ async fn a_second_message_for_a_running_job_is_a_duplicate_and_its_caller_gets_t
         futures::StreamExt::next(&mut replies),
     )
     .await
-    .expect("the duplicate's caller hears the job's reply")
+    .expect("a reply within 30 s")
     .unwrap();
-    let reply: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
-    assert_eq!(reply["status"], "ok", "{reply}");
-    assert_eq!(reply["jobId"], job.id.to_string());
-    let runs = web.fixture.marks().iter().filter(|m| *m == "twice").count();
-    assert_eq!(runs, 1);
-    stack.stop().await;
+    serde_json::from_slice(&message.payload).unwrap()
 }

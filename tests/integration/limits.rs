@@ -52,7 +52,7 @@ async fn web_stack(extra: &str) -> (HttpFixture, Stack) {
 }
 
 /// The JSON body of the answer to `request`.
-async fn json_of(request: reqwest::RequestBuilder) -> serde_json::Value {
+pub(crate) async fn json_of(request: reqwest::RequestBuilder) -> serde_json::Value {
     request.send().await.unwrap().json().await.unwrap()
 }
 
