@@ -1,6 +1,7 @@
 """`make conformance`: the official MCP conformance suite, directly and through mcpq.
 
-Runs `@modelcontextprotocol/conformance` (npm, from `make tools`) server scenarios against four
+Runs `@modelcontextprotocol/conformance` 0.2.0-alpha.12 (npm, from `make tools`, on the Node 22
+`make tools` puts in .tools/npm; the system's Node is not used) with `--suite all` against four
 targets on loopback:
 
   fixture direct      the conformance fixture (tests/src/conformance.rs) over streamable HTTP
@@ -9,8 +10,9 @@ targets on loopback:
   everything via mcpq the same server as a stdio upstream, through /servers/everything/mcp
 
 `mcpq up` (debug build) runs the dispatcher, the workers and its own nats-server. Prints the
-table (scenario, then pass/fail per target) and exits 1 when a scenario passes against the
-fixture directly but not through mcpq. `--write` also puts the table into README.md.
+table (scenario, then pass/fail per target) and exits 1 when a scenario passes directly (against
+the fixture or server-everything) but not through mcpq, or when any scenario fails through mcpq
+against the fixture. `--write` also puts the table into README.md.
 """
 
 import argparse
@@ -28,6 +30,9 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TOOLS = ROOT / ".tools"
 NPM_BIN = TOOLS / "npm" / "node_modules" / ".bin"
+NODE = TOOLS / "npm" / "node_modules" / "node" / "bin" / "node"
+SUITE = TOOLS / "npm" / "node_modules" / "@modelcontextprotocol" / "conformance" / "dist" / "index.js"
+SUITE_VERSION = "0.2.0-alpha.12"
 TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"
 DOC = ROOT / "README.md"
 BEGIN, END = "<!-- conformance:begin -->", "<!-- conformance:end -->"
@@ -76,7 +81,7 @@ def run_suite(url, log_dir, name):
     log = log_dir / f"{name}.log"
     with log.open("w") as out:
         subprocess.run(
-            [str(NPM_BIN / "conformance"), "server", "--url", url],
+            [str(NODE), str(SUITE), "server", "--url", url, "--suite", "all"],
             stdout=out,
             stderr=subprocess.STDOUT,
             timeout=900,
@@ -86,7 +91,11 @@ def run_suite(url, log_dir, name):
     for line in log.read_text().splitlines():
         m = SUMMARY.match(line.strip())
         if m:
-            results[m.group(1)] = (int(m.group(2)), int(m.group(3)))
+            # Two scenarios may share a name (the suite runs some once per variant).
+            name, n = m.group(1), 2
+            while name in results:
+                name, n = f"{m.group(1)} #{n}", n + 1
+            results[name] = (int(m.group(2)), int(m.group(3)))
     if not results:
         sys.exit(f"conformance: no results from {url}; see {log}")
     return results
@@ -123,7 +132,8 @@ def main():
     mcpq = need(TARGET / "mcpq", "run `make build`")
     fixture = need(TARGET / "mcpq-fixture", "run `make build`")
     everything = need(NPM_BIN / "mcp-server-everything", "run `make tools` (needs npm)")
-    need(NPM_BIN / "conformance", "run `make tools` (needs npm)")
+    need(NODE, "run `make tools` (needs npm: it installs Node 22 into .tools/npm)")
+    need(SUITE, "run `make tools` (needs npm)")
     nats_bin = TOOLS / "venv" / "bin"
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="mcpq-conformance-"))
@@ -172,12 +182,15 @@ def main():
     ]
     rendered = table(columns, results)
     print(rendered)
-    print(f"\nconformance 0.1.13, four runs in {elapsed:.0f} s; logs in {work}")
+    print(f"\nconformance {SUITE_VERSION} --suite all, four runs in {elapsed:.0f} s; logs in {work}")
 
     lost = [
-        s for s in results["fixture-direct"]
-        if passed(results["fixture-direct"], s) and not passed(results["fixture-mcpq"], s)
+        f"{s} ({upstream})"
+        for upstream in ("fixture", "everything")
+        for s in results[f"{upstream}-direct"]
+        if passed(results[f"{upstream}-direct"], s) and not passed(results[f"{upstream}-mcpq"], s)
     ]
+    failing = [s for s in results["fixture-mcpq"] if not passed(results["fixture-mcpq"], s)]
     if args.write:
         text = DOC.read_text()
         if BEGIN not in text or END not in text:
@@ -187,10 +200,13 @@ def main():
         DOC.write_text(f"{head}{BEGIN}\n{rendered}\n{END}{tail}")
         print("README.md updated")
     if lost:
-        print(f"\nconformance: FAILED: passes against the fixture directly but not through mcpq: {', '.join(lost)}")
+        print(f"\nconformance: FAILED: passes directly but not through mcpq: {', '.join(lost)}")
+    if failing:
+        print(f"\nconformance: FAILED: fails through mcpq against the fixture: {', '.join(failing)}")
+    if lost or failing:
         sys.exit(1)
     shutil.rmtree(work, ignore_errors=True)
-    print("conformance: every scenario that passes directly passes through mcpq")
+    print("conformance: every scenario passes through mcpq against the fixture, and every one that passes directly passes through mcpq")
 
 
 def wait_catalog(port, timeout=60):

@@ -267,7 +267,7 @@ async fn submit(
     if !caller.may(&submission.server, &submission.tool) {
         return Err(forbidden(&caller, &submission.server, &submission.tool).into());
     }
-    let defaults = shared.check(&caller, &submission.server, &submission.tool)?;
+    let defaults = shared.check(&submission.server)?;
     shared.admit_calls(&caller, 1).await?;
     let mut job = submission
         .to_job(defaults.lane)
@@ -446,16 +446,14 @@ async fn submit_batch(
                 number + 1
             ))
         })?;
-        let defaults = shared
-            .check(&caller, &submission.server, &submission.tool)
-            .map_err(|refusal| {
-                let Failure(status, code, message) = Failure::from(refusal);
-                Failure(
-                    status,
-                    code,
-                    format!("line {}: {message}; nothing was queued", number + 1),
-                )
-            })?;
+        let defaults = shared.check(&submission.server).map_err(|refusal| {
+            let Failure(status, code, message) = Failure::from(refusal);
+            Failure(
+                status,
+                code,
+                format!("line {}: {message}; nothing was queued", number + 1),
+            )
+        })?;
         if !caller.may(&submission.server, &submission.tool) {
             let Failure(status, code, message) =
                 forbidden(&caller, &submission.server, &submission.tool);

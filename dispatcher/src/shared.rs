@@ -150,70 +150,25 @@ impl Shared {
         })
     }
 
-    /// The defaults of `server`, if it is configured and (once its catalog is known) has `tool`.
-    /// A server whose catalog is not published yet still takes jobs: they wait in the queue for
-    /// its workers.
-    /// The refusal names only the tools `caller` may call.
-    pub fn check(
-        &self,
-        caller: &Caller,
-        server: &str,
-        tool: &str,
-    ) -> Result<&ServerDefaults, Refusal> {
+    /// The defaults of `server`, if it is configured and a worker has published its catalog.
+    /// The catalog is a listing, not a gate: a tool it does not list still goes to the
+    /// upstream (servers disclose tools progressively, or by the client's capabilities, and a
+    /// catalog may be a moment stale), whose answer passes through. Whether the caller may
+    /// call it is decided before this, by its allow and deny lists.
+    pub fn check(&self, server: &str) -> Result<&ServerDefaults, Refusal> {
         let defaults = self.server(server)?;
-        self.offers(caller, server, "tool", tool, |e| {
-            e.tools.iter().map(|t| t.name.as_ref()).collect()
-        })?
-        .map_err(Refusal::UnknownTool)?;
+        self.listed(server)?;
         Ok(defaults)
     }
 
-    /// The defaults of `server`, if it is configured and (once its catalog is known) has the
-    /// prompt `name`.
-    pub fn check_prompt(
-        &self,
-        caller: &Caller,
-        server: &str,
-        name: &str,
-    ) -> Result<&ServerDefaults, Refusal> {
-        let defaults = self.server(server)?;
-        self.offers(caller, server, "prompt", name, |e| {
-            e.prompts.iter().map(|p| p.name.as_str()).collect()
-        })?
-        .map_err(Refusal::UnknownName)?;
-        Ok(defaults)
-    }
-
-    /// Whether `server`'s catalog lists `name` among its `names`; else the message naming what
-    /// it has. A catalog not known yet refuses everything. Read in place: this is on every
-    /// call's path.
-    fn offers(
-        &self,
-        caller: &Caller,
-        server: &str,
-        what: &str,
-        name: &str,
-        names: fn(&CatalogEntry) -> Vec<&str>,
-    ) -> Result<Result<(), String>, Refusal> {
-        let missing = self.catalog.with_server(server, |entry| {
-            let known = names(entry);
-            (!known.contains(&name)).then(|| {
-                let visible: Vec<&str> = known
-                    .into_iter()
-                    .filter(|n| caller.may(server, n))
-                    .collect();
-                visible.join(", ")
-            })
-        });
-        match missing {
-            None => Err(Refusal::NoCatalog(format!(
+    /// Whether a worker has published `server`'s catalog: until one has, no worker serves it
+    /// and nothing could run, so nothing is queued.
+    fn listed(&self, server: &str) -> Result<(), Refusal> {
+        self.catalog.with_server(server, |_| ()).ok_or_else(|| {
+            Refusal::NoCatalog(format!(
                 "server {server:?} has no catalog yet (no worker has listed its tools): start a worker for it, or try again shortly"
-            ))),
-            Some(Some(known)) => Ok(Err(format!(
-                "unknown {what} {name:?} on server {server:?} ({what}s: {known})"
-            ))),
-            Some(None) => Ok(Ok(())),
-        }
+            ))
+        })
     }
 
     /// The catalog entries of the configured servers, by name.

@@ -1056,7 +1056,8 @@ async fn authorization_reads_a_uri_as_the_upstream_will() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_catalog_of_any_size_is_served_and_a_missing_one_lets_nothing_through() {
+async fn a_catalog_of_any_size_is_served_lists_without_gating_and_a_missing_one_lets_nothing_through()
+ {
     let t = Tenancy::start(&[]).await;
     // The conformance upstream's catalog is larger than one message: stored as an object,
     // with a stub in the bucket.
@@ -1081,17 +1082,39 @@ async fn a_catalog_of_any_size_is_served_and_a_missing_one_lets_nothing_through(
             .iter()
             .any(|t| t["name"] == "json_schema_2020_12_tool")
     );
-    // A tool it does not list is refused, never tried.
-    let (status, said) = call(
+    // The catalog is a listing, not a gate: a tool it does not list goes to the upstream,
+    // whose answer (or error) passes through; the caller's allow list still applies first.
+    let conf = "/servers/conf/mcp";
+    let (_, unlisted) = call(&t.base, conf, ALICE, "test_unlisted_tool", json!({})).await;
+    assert_eq!(
+        unlisted["result"]["content"][0]["text"], "an unlisted tool answered",
+        "{unlisted}"
+    );
+    let (_, on_mcp) = call(
         &t.base,
-        "/servers/conf/mcp",
+        "/mcp",
         ALICE,
-        "no_such_tool",
+        "conf__test_unlisted_tool",
         json!({}),
     )
     .await;
-    assert!(error_of(&said).contains("no_such_tool"), "{status} {said}");
-    assert_eq!(t.conf.fixture.ran_count("call no_such_tool"), 0);
+    assert_eq!(on_mcp["result"], unlisted["result"], "{on_mcp}");
+    let (status, refused) = call(&t.base, conf, BOB, "test_unlisted_tool", json!({})).await;
+    assert!(
+        status == 403 || error_of(&refused).contains("may not"),
+        "{status} {refused}"
+    );
+    assert_eq!(t.conf.fixture.ran_count("call test_unlisted_tool"), 2);
+    let (_, said) = call(&t.base, conf, ALICE, "no_such_tool", json!({})).await;
+    assert_eq!(
+        said["error"]["code"], -32602,
+        "the upstream's own error: {said}"
+    );
+    assert!(
+        error_of(&said).contains("unknown tool \"no_such_tool\""),
+        "{said}"
+    );
+    assert_eq!(t.conf.fixture.ran_count("call no_such_tool"), 1);
     // A server whose catalog nobody has published (its upstream was never reached): calls
     // are refused as unavailable, whatever the tool, and nothing is queued.
     let (status, said) = call(&t.base, "/servers/ghost/mcp", ALICE, "anything", json!({})).await;

@@ -388,6 +388,8 @@ impl Conformance {
                 }
                 json!({"content": [text("Tool with progress executed successfully")]})
             }
+            // Answered, never listed: a tool disclosed later, or a catalog a moment stale.
+            "test_unlisted_tool" => json!({"content": [text("an unlisted tool answered")]}),
             other => {
                 return Err(ErrorData::invalid_params(
                     format!("unknown tool {other:?}"),

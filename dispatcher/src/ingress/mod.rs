@@ -233,7 +233,7 @@ impl Gateway {
         }
         let defaults = self
             .shared
-            .check(caller, server, tool)
+            .check(server)
             .map_err(|refusal| ErrorData::invalid_params(refusal.message().to_string(), None))?;
         let declared_tasks = origin
             .capabilities
@@ -481,7 +481,7 @@ impl ServerHandler for Gateway {
             return Err(relay::forbidden(&caller, server, name));
         }
         self.shared
-            .check_prompt(&caller, server, name)
+            .check(server)
             .map_err(|refusal| ErrorData::invalid_params(refusal.message().to_string(), None))?;
         let resume = Resume::from_request(
             request.request_state.as_deref(),
