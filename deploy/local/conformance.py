@@ -11,8 +11,8 @@ targets on loopback:
 
 `mcpq up` (debug build) runs the dispatcher, the workers and its own nats-server. Prints the
 table (scenario, then pass/fail per target) and exits 1 when a scenario passes directly (against
-the fixture or server-everything) but not through mcpq, or when any scenario fails through mcpq
-against the fixture. `--write` also puts the table into README.md.
+the fixture or server-everything) but not through mcpq, or when a scenario fails through mcpq
+against the fixture that is not on NOT_YET (and when one on NOT_YET passes: the list only shrinks). `--write` also puts the table into README.md.
 """
 
 import argparse
@@ -37,6 +37,34 @@ TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "de
 DOC = ROOT / "README.md"
 BEGIN, END = "<!-- conformance:begin -->", "<!-- conformance:end -->"
 SUMMARY = re.compile(r"^[✓✗] ([a-z0-9-]+): (\d+) passed, (\d+) failed$")
+
+
+# Scenarios the fixture or mcpq's front door does not implement yet (issue 21): failing through
+# mcpq against the fixture is tolerated for these only, and the run fails once one of them passes.
+NOT_YET = {
+    "server-stateless",
+    "http-custom-header-server-validation",
+    "tasks-lifecycle",
+    "tasks-capability-negotiation",
+    "tasks-wire-fields",
+    "tasks-request-state-removal",
+    "tasks-mrtr-input",
+    "tasks-request-headers",
+    "tasks-dispatch-and-envelope",
+    "tasks-status-notifications",
+    "tasks-required-task-error",
+    "tasks-mrtr-composition",
+    "input-required-result-basic-elicitation",
+    "input-required-result-basic-sampling",
+    "input-required-result-basic-list-roots",
+    "input-required-result-request-state",
+    "input-required-result-multiple-input-requests",
+    "input-required-result-multi-round",
+    "input-required-result-non-tool-request",
+    "input-required-result-result-type",
+    "input-required-result-tampered-state",
+    "input-required-result-capability-check",
+}
 
 
 from bench import free_port, wait_port  # noqa: E402 (the benchmark driver, beside this file)
@@ -190,7 +218,13 @@ def main():
         for s in results[f"{upstream}-direct"]
         if passed(results[f"{upstream}-direct"], s) and not passed(results[f"{upstream}-mcpq"], s)
     ]
-    failing = [s for s in results["fixture-mcpq"] if not passed(results["fixture-mcpq"], s)]
+    failing = [
+        s
+        for s in results["fixture-mcpq"]
+        if not passed(results["fixture-mcpq"], s) and s not in NOT_YET
+    ]
+    # The list below only shrinks: a scenario on it that passes through mcpq must come off it.
+    stale = [s for s in NOT_YET if s in results["fixture-mcpq"] and passed(results["fixture-mcpq"], s)]
     if args.write:
         text = DOC.read_text()
         if BEGIN not in text or END not in text:
@@ -203,10 +237,16 @@ def main():
         print(f"\nconformance: FAILED: passes directly but not through mcpq: {', '.join(lost)}")
     if failing:
         print(f"\nconformance: FAILED: fails through mcpq against the fixture: {', '.join(failing)}")
-    if lost or failing:
+    if stale:
+        print(f"\nconformance: FAILED: now passing, take off NOT_YET: {', '.join(stale)}")
+    if lost or failing or stale:
         sys.exit(1)
     shutil.rmtree(work, ignore_errors=True)
-    print("conformance: every scenario passes through mcpq against the fixture, and every one that passes directly passes through mcpq")
+    pending = sorted(s for s in NOT_YET if s in results["fixture-mcpq"])
+    print(
+        "conformance: every scenario that passes directly passes through mcpq; through mcpq against "
+        f"the fixture all pass but {len(pending)} not implemented yet (NOT_YET)"
+    )
 
 
 def wait_catalog(port, timeout=60):
