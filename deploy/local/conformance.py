@@ -54,16 +54,6 @@ NOT_YET = {
     "tasks-status-notifications",
     "tasks-required-task-error",
     "tasks-mrtr-composition",
-    "input-required-result-basic-elicitation",
-    "input-required-result-basic-sampling",
-    "input-required-result-basic-list-roots",
-    "input-required-result-request-state",
-    "input-required-result-multiple-input-requests",
-    "input-required-result-multi-round",
-    "input-required-result-non-tool-request",
-    "input-required-result-result-type",
-    "input-required-result-tampered-state",
-    "input-required-result-capability-check",
 }
 
 

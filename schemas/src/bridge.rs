@@ -27,6 +27,8 @@ use serde_json::{Map, Value};
 pub const CURRENT: &str = "2026-07-28";
 /// `_meta` key of a 2026-07-28 request that opts in to log messages at or above a level.
 pub const META_LOG_LEVEL: &str = "io.modelcontextprotocol/logLevel";
+/// Request `_meta` key (2026-07-28): the capabilities of the client making the request.
+pub const META_CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
 /// Resource not found, before 2026-07-28.
 pub const LEGACY_RESOURCE_NOT_FOUND: i64 = -32002;
 /// Invalid params: also "resource not found" from 2026-07-28 on.

@@ -333,6 +333,13 @@ pub struct InputRequestEvent {
     /// Its params, exactly as the upstream sent them.
     #[serde(default)]
     pub params: serde_json::Value,
+    /// A 2026-07-28 upstream's round of questions (its `input_required` result), each
+    /// `{method, params}` under the upstream's own key; `method` and `params` then repeat the
+    /// first. The answer's `result` is the caller's `inputResponses` by the same keys, passed
+    /// to the upstream as they came (a key missing, one too many, an answer of the wrong shape
+    /// are the upstream's to judge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<serde_json::Map<String, serde_json::Value>>,
     /// Where to send the answer: `mcpq.input.<job id>.<id>`.
     pub answer_to: String,
 }

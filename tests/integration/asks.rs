@@ -18,7 +18,9 @@ fn steps() -> serde_json::Value {
     json!([
         ["call_tool", "test_sampling", {"prompt": "say hi"}],
         ["call_tool", "test_elicitation", {"message": "who are you?"}],
-        ["call_tool", "test_list_roots", {}]
+        ["call_tool", "test_list_roots", {}],
+        // Three questions in one round (a 2026-07-28 upstream asks them at once, by its keys).
+        ["call_tool", "test_input_required_result_multiple_inputs", {}]
     ])
 }
 
@@ -54,9 +56,25 @@ async fn the_upstreams_questions_reach_the_client_and_its_answers_the_upstream()
                 .map(|a| a["method"].as_str().unwrap())
                 .collect();
             assert_eq!(
-                asked,
+                asked[..3],
                 ["sampling/createMessage", "elicitation/create", "roots/list"],
                 "{what}"
+            );
+            // The round's three questions, each answered once, and every answer reached the
+            // upstream under its key.
+            let mut round = asked[3..].to_vec();
+            round.sort_unstable();
+            assert_eq!(
+                round,
+                ["elicitation/create", "roots/list", "sampling/createMessage"],
+                "{what}"
+            );
+            let all = text(&out, 3);
+            assert!(
+                all.contains("ada")
+                    && all.contains("The LLM said: sampled by the test client")
+                    && all.contains("file:///work/project"),
+                "{what}: {all}"
             );
             // The question reached the client as the upstream asked it.
             assert_eq!(
@@ -81,6 +99,17 @@ async fn the_upstreams_questions_reach_the_client_and_its_answers_the_upstream()
                     "{what}, step {step}: {step_out}"
                 );
             }
+            // A 2026-07-28 upstream hears the caller's capabilities with each request, so it
+            // asks only what the caller can answer: nothing, here.
+            if server == "modern" {
+                let ask = json!([["call_tool", "test_input_required_result_capabilities", {}]]);
+                let out = python_sdk(&stack.server_url(server), mode, ask, &["--no-answers"]).await;
+                assert_eq!(
+                    text(&out, 0),
+                    "asked only what the client can answer; answered: []",
+                    "{what}"
+                );
+            }
         }
     }
 
@@ -103,15 +132,19 @@ async fn the_upstreams_questions_reach_the_client_and_its_answers_the_upstream()
                     question.params["messages"][0]["content"]["text"],
                     "from nats"
                 );
+                // The 2026-07-28 fixture asks in a round, under its own key: answered by it.
+                let requests = question.requests.clone().expect("a round of questions");
+                assert_eq!(requests.keys().collect::<Vec<_>>(), ["ask"]);
+                assert!(question.id.starts_with('r'), "{}", question.id);
                 let answer = InputAnswer {
                     v: ENVELOPE_VERSION,
                     job_id: question.job_id,
                     id: question.id.clone(),
-                    result: Some(json!({
+                    result: Some(json!({"ask": {
                         "role": "assistant",
                         "content": {"type": "text", "text": "a pipeline answered"},
                         "model": "none"
-                    })),
+                    }})),
                     error: None,
                     reply_to: None,
                 };

@@ -51,6 +51,10 @@ pub(super) enum Relayed {
     InputRequired(InputRequiredResult),
 }
 
+/// Starts the id of a question that is a 2026-07-28 upstream's whole round (see the worker's
+/// `call::ask::ROUND`): its answer is the caller's `inputResponses` as they came.
+const ROUND: char = 'r';
+
 /// Starts every `requestState` mcpq hands out: `mcpq/<job id>/<question id>/<seal>`, the seal
 /// binding job and question to the caller asked (HMAC with the deployment's signing key).
 const STATE_PREFIX: &str = "mcpq/";
@@ -109,15 +113,21 @@ impl Resume {
         if question.is_empty() || !question.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(bad());
         }
-        let answer = responses
-            .and_then(|r| r.get(question))
-            .cloned()
-            .ok_or_else(|| {
-                ErrorData::invalid_params(
-                    format!("inputResponses has no answer to {question:?}, which requestState {state:?} asks for"),
-                    None,
-                )
-            })?;
+        // A 2026-07-28 upstream's round is answered whole: the upstream judges what is missing,
+        // extra or malformed (and may ask again). A single question needs its answer here.
+        let answer = if question.starts_with(ROUND) {
+            serde_json::to_value(responses.cloned().unwrap_or_default()).map_err(|_| bad())?
+        } else {
+            responses
+                .and_then(|r| r.get(question))
+                .cloned()
+                .ok_or_else(|| {
+                    ErrorData::invalid_params(
+                        format!("inputResponses has no answer to {question:?}, which requestState {state:?} asks for"),
+                        None,
+                    )
+                })?
+        };
         Ok(Some(Resume {
             job_id,
             question: question.to_string(),
@@ -482,7 +492,11 @@ async fn handle(
     };
     let asked = serde_json::json!({"method": question.method, "params": question.params});
     if origin.era == Era::Stateless {
-        let requests = serde_json::json!({ question.id.clone(): asked });
+        // The upstream's keys when it asked a round; the question's id for a single question.
+        let requests = match &question.requests {
+            Some(requests) => serde_json::Value::Object(requests.clone()),
+            None => serde_json::json!({ question.id.clone(): asked }),
+        };
         return match serde_json::from_value(requests) {
             Ok(requests) => Some(InputRequiredResult::new(
                 Some(requests),
@@ -505,24 +519,52 @@ async fn handle(
         answer(shared, &question, Err(error)).await;
         return None;
     };
+    // A 2025-era session is asked a round's questions one after the other.
+    let answered = match &question.requests {
+        None => ask_session(peer, asked).await,
+        Some(requests) => {
+            let mut answers = serde_json::Map::with_capacity(requests.len());
+            let mut refused = None;
+            for (key, asked) in requests {
+                match ask_session(peer, asked.clone()).await {
+                    Ok(answer) => {
+                        answers.insert(key.clone(), answer);
+                    }
+                    Err(error) => {
+                        refused = Some(error);
+                        break;
+                    }
+                }
+            }
+            refused.map_or(Ok(serde_json::Value::Object(answers)), Err)
+        }
+    };
+    answer(shared, &question, answered).await;
+    None
+}
+
+/// Asks a 2025-era session `asked` (`{method, params}`) as a request of the server's own: its
+/// answer, or its refusal as a JSON-RPC error.
+async fn ask_session(
+    peer: &Peer<RoleServer>,
+    asked: serde_json::Value,
+) -> Result<serde_json::Value, serde_json::Value> {
+    let method = asked["method"].as_str().unwrap_or_default().to_string();
     let answered = match serde_json::from_value::<ServerRequest>(asked) {
         Ok(request) => match peer.send_request(request).await {
             Ok(result) => serde_json::to_value(result).map_err(|e| e.to_string()),
             Err(rmcp::ServiceError::McpError(e)) => {
-                let error =
-                    serde_json::json!({"code": e.code.0, "message": e.message, "data": e.data});
-                answer(shared, &question, Err(error)).await;
-                return None;
+                return Err(
+                    serde_json::json!({"code": e.code.0, "message": e.message, "data": e.data}),
+                );
             }
             Err(e) => Err(e.to_string()),
         },
         Err(e) => Err(e.to_string()),
     };
-    let answered = answered.map_err(|e| {
-        serde_json::json!({"code": -32603, "message": format!("the client did not answer {}: {e}", question.method)})
-    });
-    answer(shared, &question, answered).await;
-    None
+    answered.map_err(|e| {
+        serde_json::json!({"code": -32603, "message": format!("the client did not answer {method}: {e}")})
+    })
 }
 
 /// Sends the client's answer (or refusal) to the worker that asked.

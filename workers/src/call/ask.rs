@@ -57,9 +57,13 @@ fn refused(message: String) -> ErrorData {
     ErrorData::new(ErrorCode::METHOD_NOT_FOUND, message, None)
 }
 
+/// Starts the id of a 2026-07-28 upstream's round of questions (answered all at once, by the
+/// upstream's keys); a single question's id starts with `q`.
+pub const ROUND: char = 'r';
+
 impl Asker {
-    /// The caller's answer to `method` with `params`, or why there is none.
-    pub(crate) async fn ask(&self, method: &str, params: Value) -> Result<Value, ErrorData> {
+    /// Refuses at once a question the caller cannot answer.
+    fn check(&self, method: &str) -> Result<(), ErrorData> {
         let job = self.job_id;
         let Some(needed) = capability(method) else {
             return Err(refused(format!(
@@ -76,13 +80,53 @@ impl Asker {
                 "the caller of job {job} cannot answer {method}: it declared no {needed:?} capability"
             )));
         }
+        Ok(())
+    }
+
+    /// The caller's answer to `method` with `params`, or why there is none.
+    pub(crate) async fn ask(&self, method: &str, params: Value) -> Result<Value, ErrorData> {
+        self.check(method)?;
+        self.put('q', method, params, None).await
+    }
+
+    /// The caller's answers to a 2026-07-28 upstream's round of questions (`{method, params}`
+    /// by the upstream's keys), asked at once: its `inputResponses`, by the same keys.
+    pub(crate) async fn ask_round(
+        &self,
+        requests: serde_json::Map<String, Value>,
+    ) -> Result<Value, ErrorData> {
+        let mut methods = Vec::with_capacity(requests.len());
+        for question in requests.values() {
+            let method = question["method"].as_str().unwrap_or_default();
+            self.check(method)?;
+            methods.push(method);
+        }
+        let what = methods.join(", ");
+        let params = requests
+            .values()
+            .next()
+            .and_then(|q| q.get("params"))
+            .cloned()
+            .unwrap_or_default();
+        self.put(ROUND, &what, params, Some(requests)).await
+    }
+
+    /// Puts a question (or a round of them) to the caller and waits for the answer.
+    async fn put(
+        &self,
+        kind: char,
+        method: &str,
+        params: Value,
+        requests: Option<serde_json::Map<String, Value>>,
+    ) -> Result<Value, ErrorData> {
+        let job = self.job_id;
         let Some(inbox) = lock(&self.reply_to).clone() else {
             return Err(refused(format!(
                 "nobody waits for job {job} (an async job), so nobody can answer {method}"
             )));
         };
         // Unguessable: the id names the subject the answer goes to.
-        let id = format!("q{}", Uuid::new_v4().simple());
+        let id = format!("{kind}{}", Uuid::new_v4().simple());
         let answer_to = input_subject(&job, &id);
         let internal = |what: &str, e: &dyn std::fmt::Display| {
             ErrorData::internal_error(format!("job {job}: {what}: {e}"), None)
@@ -96,8 +140,17 @@ impl Asker {
             v: ENVELOPE_VERSION,
             job_id: job,
             id: id.clone(),
-            method: method.to_string(),
+            method: match &requests {
+                Some(requests) => requests
+                    .values()
+                    .next()
+                    .and_then(|q| q["method"].as_str())
+                    .unwrap_or_default()
+                    .to_string(),
+                None => method.to_string(),
+            },
             params,
+            requests,
             answer_to,
         };
         let body = serde_json::to_vec(&event).map_err(|e| internal("encode", &e))?;
@@ -192,30 +245,40 @@ impl crate::upstream::Ask for Asker {
     }
 }
 
-/// Asks the caller every question of an `input_required` result; the answers and the request
-/// state to send back.
+/// Asks the caller an `input_required` result's questions, all at once and by the upstream's
+/// keys; the caller's answers and the upstream's request state, to send back.
 pub(crate) async fn answer_questions(
     asker: Option<&Asker>,
     asked: InputRequiredResult,
 ) -> Result<(serde_json::Value, Option<String>), JobError> {
-    let mut answers = serde_json::Map::new();
-    for (key, question) in asked.input_requests.unwrap_or_default() {
-        let question = serde_json::to_value(&question).unwrap_or_default();
-        let method = question["method"].as_str().unwrap_or_default().to_string();
-        let params = question.get("params").cloned().unwrap_or_default();
-        let no_answer = |message: String| JobError::new(ErrorKind::NoAnswer, message);
-        let Some(asker) = asker else {
-            return Err(no_answer(format!(
-                "the upstream asked {method}, and nobody can answer for this job"
-            )));
-        };
-        let answer = asker.ask(&method, params).await.map_err(|e| {
-            no_answer(format!(
-                "the upstream asked {method}, and got no answer: {}",
-                e.message
-            ))
-        })?;
-        answers.insert(key, answer);
+    let requests: serde_json::Map<String, Value> = asked
+        .input_requests
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(key, question)| (key, serde_json::to_value(&question).unwrap_or_default()))
+        .collect();
+    let what: Vec<&str> = requests
+        .values()
+        .map(|q| q["method"].as_str().unwrap_or_default())
+        .collect();
+    let what = what.join(", ");
+    let no_answer = |message: String| JobError::new(ErrorKind::NoAnswer, message);
+    if requests.is_empty() {
+        return Err(JobError::new(
+            ErrorKind::Upstream,
+            "the upstream answered input_required and asked nothing",
+        ));
     }
-    Ok((serde_json::Value::Object(answers), asked.request_state))
+    let Some(asker) = asker else {
+        return Err(no_answer(format!(
+            "the upstream asked {what}, and nobody can answer for this job"
+        )));
+    };
+    let answers = asker.ask_round(requests).await.map_err(|e| {
+        no_answer(format!(
+            "the upstream asked {what}, and got no answer: {}",
+            e.message
+        ))
+    })?;
+    Ok((answers, asked.request_state))
 }

@@ -198,7 +198,10 @@ async fn send(
     in_flight: &InFlight<'_>,
 ) -> Option<Result<ServerResult, ServiceError>> {
     let mut request_options = PeerRequestOptions::with_timeout(options.timeout);
-    request_options.meta = Some(upstream_meta(job));
+    let modern = peer
+        .peer_info()
+        .is_some_and(|i| !i.protocol_version.has_initialize());
+    request_options.meta = Some(upstream_meta(job, modern));
     let handle = match peer
         .send_request_with_option(request, request_options)
         .await
@@ -233,9 +236,19 @@ async fn send(
 }
 
 /// The `_meta` mcpq sends upstream with a job's request.
-fn upstream_meta(job: &Job) -> RequestMetaObject {
+fn upstream_meta(job: &Job, modern: bool) -> RequestMetaObject {
     let mut meta = RequestMetaObject::new();
     let map = &mut meta.0.0;
+    // A 2026-07-28 upstream reads the client's capabilities from each request: it hears the
+    // caller's, so that it asks only what the caller can answer — of those mcpq relays.
+    if modern && let Some(declared) = job.client_capabilities.as_ref().and_then(|c| c.as_object()) {
+        let relayed: serde_json::Map<_, _> = declared
+            .iter()
+            .filter(|(key, _)| matches!(key.as_str(), "sampling" | "elicitation" | "roots"))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        map.insert(bridge::META_CLIENT_CAPABILITIES.into(), relayed.into());
+    }
     map.insert(META_JOB_ID.into(), job.id.to_string().into());
     if let Some(key) = &job.idempotency_key {
         map.insert(META_IDEMPOTENCY_KEY.into(), key.clone().into());

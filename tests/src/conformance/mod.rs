@@ -35,6 +35,8 @@ use rmcp::{
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+mod rounds;
+
 /// A 1×1 red PNG.
 pub const PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==";
 /// A tiny WAV file (44-byte header, no samples).
@@ -54,6 +56,8 @@ pub struct Conformance {
     added: Arc<Mutex<Vec<String>>>,
     /// What ran, in order: `call <tool>`, `answered <tool>: <answer text>`, `read <uri>`.
     ran: Arc<Mutex<Vec<String>>>,
+    /// Seals the `requestState` of the tools that ask in rounds.
+    rounds: Arc<rounds::Rounds>,
 }
 
 /// A 2025-era session subscribed to a URI.
@@ -131,6 +135,15 @@ impl Conformance {
     }
 }
 
+/// A result, marked `resultType: "complete"` (2026-07-28 requires the field; rmcp drops it for
+/// a 2025-era client).
+fn complete<T: serde::de::DeserializeOwned>(mut value: Value) -> T {
+    if let Some(object) = value.as_object_mut() {
+        object.insert("resultType".into(), "complete".into());
+    }
+    from_json(value)
+}
+
 fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> T {
     serde_json::from_value(value).expect("the fixture's own JSON fits rmcp's types")
 }
@@ -167,6 +180,15 @@ fn tools() -> Value {
             }
         }
     ])
+}
+
+/// Every tool listed: the fixed ones, then those that ask in rounds.
+fn all_tools() -> Value {
+    let mut all = tools();
+    if let Some(list) = all.as_array_mut() {
+        list.extend(rounds::tools());
+    }
+    all
 }
 
 fn text(t: &str) -> Value {
@@ -273,7 +295,7 @@ fn answered(tool: &str, answer: &Value) -> CallToolResult {
             answer.get("content").unwrap_or(&Value::Null)
         ),
     };
-    from_json(json!({"content": [text(&line)]}))
+    complete(json!({"content": [text(&line)]}))
 }
 
 fn is_modern(context: &RequestContext<RoleServer>) -> bool {
@@ -282,7 +304,82 @@ fn is_modern(context: &RequestContext<RoleServer>) -> bool {
         .is_some_and(|v| !v.has_initialize())
 }
 
+/// A request of a tool or prompt that asks in rounds: its retried answers and state.
+trait Retried {
+    fn responses(&self) -> Option<&rmcp::model::InputResponses>;
+    fn state(&self) -> Option<&str>;
+}
+
+impl Retried for CallToolRequestParams {
+    fn responses(&self) -> Option<&rmcp::model::InputResponses> {
+        self.input_responses.as_ref()
+    }
+    fn state(&self) -> Option<&str> {
+        self.request_state.as_deref()
+    }
+}
+
+impl Retried for GetPromptRequestParams {
+    fn responses(&self) -> Option<&rmcp::model::InputResponses> {
+        self.input_responses.as_ref()
+    }
+    fn state(&self) -> Option<&str> {
+        self.request_state.as_deref()
+    }
+}
+
 impl Conformance {
+    /// A tool or prompt that asks in rounds: its answer text, or (2026-07-28) the round's
+    /// questions for the client. A 2025-era session is asked each round's questions as
+    /// requests of the server's own, round after round, until the tool has its answer.
+    async fn in_rounds(
+        &self,
+        name: &str,
+        request: &impl Retried,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<Result<String, InputRequiredResult>, ErrorData> {
+        let capabilities = context.client_capabilities();
+        if is_modern(context) {
+            return Ok(
+                match self.rounds.round(
+                    name,
+                    request.responses(),
+                    request.state(),
+                    capabilities.as_ref(),
+                )? {
+                    rounds::Round::Done(text) => Ok(text),
+                    rounds::Round::Ask(asked) => Err(asked),
+                },
+            );
+        }
+        let (mut responses, mut state) = (None, None);
+        for _ in 0..8 {
+            let asked = match self.rounds.round(
+                name,
+                responses.as_ref(),
+                state.as_deref(),
+                capabilities.as_ref(),
+            )? {
+                rounds::Round::Done(text) => return Ok(Ok(text)),
+                rounds::Round::Ask(asked) => asked,
+            };
+            let mut answers = rmcp::model::InputResponses::new();
+            for (key, question) in asked.input_requests.unwrap_or_default() {
+                let question = serde_json::to_value(&question)
+                    .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+                let method = question["method"].as_str().unwrap_or_default();
+                let params = question.get("params").cloned().unwrap_or_default();
+                answers.insert(key, Self::ask(context, method, params).await?);
+            }
+            responses = Some(answers);
+            state = asked.request_state;
+        }
+        Err(ErrorData::internal_error(
+            format!("{name} asked for more than 8 rounds"),
+            None,
+        ))
+    }
+
     /// Asks the client during a 2025-era call; the answer as JSON.
     async fn ask(
         context: &RequestContext<RoleServer>,
@@ -397,7 +494,7 @@ impl Conformance {
                 ));
             }
         };
-        Ok(from_json(result))
+        Ok(complete(result))
     }
 }
 
@@ -456,7 +553,7 @@ impl ServerHandler for Conformance {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        Ok(ListToolsResult::with_all_items(from_json(tools())))
+        Ok(ListToolsResult::with_all_items(from_json(all_tools())))
     }
 
     async fn call_tool(
@@ -466,6 +563,16 @@ impl ServerHandler for Conformance {
     ) -> Result<CallToolResponse, ErrorData> {
         let args = request.arguments.clone().unwrap_or_default();
         self.note(format!("call {}", request.name));
+        if rounds::asks_in_rounds(&request.name) {
+            let text = match self.in_rounds(&request.name, &request, &context).await? {
+                Ok(text) => text,
+                Err(asked) => return Ok(CallToolResponse::InputRequired(asked)),
+            };
+            self.note(format!("answered {}: {text}", request.name));
+            return Ok(CallToolResponse::Complete(complete(
+                json!({"content": [self::text(&text)]}),
+            )));
+        }
         if let Some((method, params)) = client_request(&request.name, &args) {
             if !is_modern(&context) {
                 let answer = Self::ask(&context, method, params).await?;
@@ -541,9 +648,9 @@ impl ServerHandler for Conformance {
         let contents = read(&request.uri).ok_or_else(|| {
             ErrorData::resource_not_found(format!("no resource {:?}", request.uri), None)
         })?;
-        Ok(ReadResourceResponse::Complete(from_json::<
-            ReadResourceResult,
-        >(contents)))
+        Ok(ReadResourceResponse::Complete(
+            complete::<ReadResourceResult>(contents),
+        ))
     }
 
     async fn subscribe(
@@ -622,15 +729,25 @@ impl ServerHandler for Conformance {
              "arguments": [arg("arg1", "First test argument"), arg("arg2", "Second test argument")]},
             {"name": "test_prompt_with_embedded_resource", "description": "A prompt that embeds a resource",
              "arguments": [arg("resourceUri", "URI of the resource to embed")]},
-            {"name": "test_prompt_with_image", "description": "A prompt with an image"}
+            {"name": "test_prompt_with_image", "description": "A prompt with an image"},
+            {"name": rounds::PROMPT, "description": "A prompt that asks the user for its context first"}
         ]))))
     }
 
     async fn get_prompt(
         &self,
         request: GetPromptRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
+        if request.name == rounds::PROMPT {
+            let text = match self.in_rounds(&request.name, &request, &context).await? {
+                Ok(text) => text,
+                Err(asked) => return Ok(GetPromptResponse::InputRequired(asked)),
+            };
+            return Ok(GetPromptResponse::Complete(complete::<GetPromptResult>(
+                json!({"messages": [{"role": "user", "content": self::text(&text)}]}),
+            )));
+        }
         let args = request.arguments.clone().unwrap_or_default();
         let arg = |name: &str| {
             args.get(name)
@@ -663,7 +780,7 @@ impl ServerHandler for Conformance {
                 ));
             }
         };
-        Ok(GetPromptResponse::Complete(from_json::<GetPromptResult>(
+        Ok(GetPromptResponse::Complete(complete::<GetPromptResult>(
             json!({"messages": messages}),
         )))
     }
@@ -678,7 +795,7 @@ impl ServerHandler for Conformance {
             .into_iter()
             .filter(|v| v.starts_with(&typed))
             .collect();
-        Ok(from_json(
+        Ok(complete(
             json!({"completion": {"values": values, "total": values.len(), "hasMore": false}}),
         ))
     }
