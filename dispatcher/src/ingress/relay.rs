@@ -679,10 +679,18 @@ pub(super) fn client_error(job_id: Uuid, e: &crate::ClientError) -> ErrorData {
 /// A job error as the JSON-RPC error the caller sees. Upstream JSON-RPC errors keep their code
 /// (in the caller's revision: see `bridge::error_code_for`).
 fn to_mcp_error(era: Era, job_id: uuid::Uuid, error: JobError) -> ErrorData {
-    let mut data = serde_json::json!({ "jobId": job_id, "kind": error.kind });
-    if let Some(upstream) = &error.data {
-        data["upstream"] = upstream.clone();
-    }
+    // The upstream's own error data reaches the client as it sent it (e.g. -32021's
+    // `requiredCapabilities`), mcpq's `jobId` and `kind` added where the upstream used neither.
+    let mut data = match error.data {
+        Some(serde_json::Value::Object(upstream)) => upstream,
+        Some(other) => serde_json::Map::from_iter([("upstream".to_string(), other)]),
+        None => serde_json::Map::new(),
+    };
+    data.entry("jobId")
+        .or_insert_with(|| job_id.to_string().into());
+    data.entry("kind")
+        .or_insert_with(|| serde_json::to_value(error.kind).unwrap_or_default());
+    let data = serde_json::Value::Object(data);
     let code = error
         .code
         .map(|c| bridge::error_code_for(era, c))

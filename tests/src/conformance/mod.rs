@@ -54,6 +54,9 @@ pub struct Conformance {
     listeners: Arc<Mutex<Vec<ListenSubscription>>>,
     /// Resources added by `test_add_resource`, listed after the fixed ones.
     added: Arc<Mutex<Vec<String>>>,
+    /// Tools and prompts added by `test_trigger_tool_change` and `test_trigger_prompt_change`.
+    added_tools: Arc<Mutex<Vec<String>>>,
+    added_prompts: Arc<Mutex<Vec<String>>>,
     /// What ran, in order: `call <tool>`, `answered <tool>: <answer text>`, `read <uri>`.
     ran: Arc<Mutex<Vec<String>>>,
     /// Seals the `requestState` of the tools that ask in rounds.
@@ -63,7 +66,15 @@ pub struct Conformance {
 /// A 2025-era session subscribed to a URI.
 type SessionSubscription = (String, rmcp::Peer<RoleServer>);
 /// A 2026-07-28 listen stream and the URIs it names.
-type ListenSubscription = (Vec<String>, SubscriptionSink);
+type ListenSubscription = (Vec<String>, SubscriptionSink, SubscriptionFilter);
+
+/// Which of the server's lists changed.
+#[derive(Clone, Copy)]
+enum List {
+    Tools,
+    Resources,
+    Prompts,
+}
 
 impl Conformance {
     pub fn new(pinned: Option<ProtocolVersion>) -> Self {
@@ -107,8 +118,8 @@ impl Conformance {
             .lock()
             .expect("listeners")
             .iter()
-            .filter(|(uris, _)| uris.iter().any(|u| u == uri))
-            .map(|(_, sink)| sink.clone())
+            .filter(|(uris, _, _)| uris.iter().any(|u| u == uri))
+            .map(|(_, sink, _)| sink.clone())
             .collect();
         let mut told = 0;
         for peer in sessions {
@@ -159,6 +170,7 @@ fn tools() -> Value {
         tool("test_embedded_resource", "Answers with an embedded resource", &none),
         tool("test_multiple_content_types", "Answers with text, an image and a resource", &none),
         tool("test_tool_with_logging", "Logs three messages while it runs", &none),
+        tool("test_logging_tool", "Logs three messages while it runs, on 2026-07-28 only to a request that set _meta logLevel", &none),
         tool("test_error_handling", "Always fails (isError: true)", &none),
         tool("test_tool_with_progress", "Reports progress 0, 50, 100 of 100", &none),
         tool("test_sampling", "Asks the client's LLM to answer a prompt", &string_arg("prompt", "The prompt to send to the LLM")),
@@ -168,6 +180,8 @@ fn tools() -> Value {
         tool("test_list_roots", "Asks the client for its roots", &none),
         tool("test_touch_resource", "Tells the subscribers of a resource that it changed", &string_arg("uri", "The resource")),
         tool("test_add_resource", "Adds a resource and says the list changed", &string_arg("uri", "The new resource")),
+        tool("test_trigger_tool_change", "Adds a tool and says the tool list changed", &none),
+        tool("test_trigger_prompt_change", "Adds a prompt and says the prompt list changed", &none),
         {
             "name": "json_schema_2020_12_tool",
             "description": "Tool with JSON Schema 2020-12 features",
@@ -329,6 +343,38 @@ impl Retried for GetPromptRequestParams {
 }
 
 impl Conformance {
+    /// Says that `list` changed: to a 2025-era session on the session, to the 2026-07-28
+    /// listen streams that asked for it.
+    async fn list_changed(&self, context: &RequestContext<RoleServer>, list: List) {
+        let _ = match list {
+            List::Tools => context.peer.notify_tool_list_changed().await,
+            List::Resources => context.peer.notify_resource_list_changed().await,
+            List::Prompts => context.peer.notify_prompt_list_changed().await,
+        };
+        let sinks: Vec<_> = self
+            .listeners
+            .lock()
+            .expect("listeners")
+            .iter()
+            .filter(|(_, _, accepted)| {
+                let wanted = match list {
+                    List::Tools => accepted.tools_list_changed,
+                    List::Resources => accepted.resources_list_changed,
+                    List::Prompts => accepted.prompts_list_changed,
+                };
+                wanted == Some(true)
+            })
+            .map(|(_, sink, _)| sink.clone())
+            .collect();
+        for sink in sinks {
+            let _ = match list {
+                List::Tools => sink.notify_tool_list_changed().await,
+                List::Resources => sink.notify_resource_list_changed().await,
+                List::Prompts => sink.notify_prompt_list_changed().await,
+            };
+        }
+    }
+
     /// A tool or prompt that asks in rounds: its answer text, or (2026-07-28) the round's
     /// questions for the client. A 2025-era session is asked each round's questions as
     /// requests of the server's own, round after round, until the tool has its answer.
@@ -426,26 +472,50 @@ impl Conformance {
             "test_add_resource" => {
                 let uri = args.get("uri").and_then(Value::as_str).unwrap_or_default();
                 self.added.lock().expect("added").push(uri.to_string());
-                // 2025-era sessions hear it on the session, 2026-07-28 on listen streams.
-                let _ = context.peer.notify_resource_list_changed().await;
-                let sinks: Vec<_> = self
-                    .listeners
-                    .lock()
-                    .expect("listeners")
-                    .iter()
-                    .map(|(_, sink)| sink.clone())
-                    .collect();
-                for sink in sinks {
-                    let _ = sink.notify_resource_list_changed().await;
-                }
+                self.list_changed(context, List::Resources).await;
                 json!({"content": [text(&format!("added {uri}"))]})
+            }
+            "test_trigger_tool_change" | "test_trigger_prompt_change" => {
+                let (added, list, what) = if name == "test_trigger_tool_change" {
+                    (&self.added_tools, List::Tools, "tool")
+                } else {
+                    (&self.added_prompts, List::Prompts, "prompt")
+                };
+                let new = {
+                    let mut added = added.lock().expect("added");
+                    let new = format!("test_dynamic_{what}_{}", added.len() + 1);
+                    added.push(new.clone());
+                    new
+                };
+                self.list_changed(context, list).await;
+                json!({"content": [text(&format!("added {what} {new}"))]})
+            }
+            dynamic
+                if dynamic.starts_with("test_dynamic_tool_")
+                    && self
+                        .added_tools
+                        .lock()
+                        .expect("added")
+                        .iter()
+                        .any(|t| t == dynamic) =>
+            {
+                json!({"content": [text(&format!("{dynamic} answered"))]})
             }
             "test_touch_resource" => {
                 let uri = args.get("uri").and_then(Value::as_str).unwrap_or_default();
                 let told = self.touch(uri).await;
                 json!({"content": [text(&format!("told {told} subscribers"))]})
             }
-            "test_tool_with_logging" => {
+            // 2026-07-28: log messages only for a request that asks for them.
+            "test_logging_tool"
+                if is_modern(context)
+                    && !context
+                        .meta
+                        .contains_key("io.modelcontextprotocol/logLevel") =>
+            {
+                json!({"content": [text("Tool with logging executed successfully (nothing logged: no logLevel)")]})
+            }
+            "test_tool_with_logging" | "test_logging_tool" => {
                 for (i, message) in [
                     "Tool execution started",
                     "Tool processing data",
@@ -528,10 +598,12 @@ impl ServerHandler for Conformance {
         #[allow(deprecated)] // logging is deprecated by SEP-2577; the suite still tests it
         let caps = ServerCapabilities::builder()
             .enable_tools()
+            .enable_tool_list_changed()
             .enable_resources()
             .enable_resources_subscribe()
             .enable_resources_list_changed()
             .enable_prompts()
+            .enable_prompts_list_changed()
             .enable_completions()
             .enable_logging()
             .build();
@@ -553,7 +625,13 @@ impl ServerHandler for Conformance {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        Ok(ListToolsResult::with_all_items(from_json(all_tools())))
+        let mut tools = all_tools();
+        if let Some(list) = tools.as_array_mut() {
+            for name in self.added_tools.lock().expect("added").iter() {
+                list.push(json!({"name": name, "description": "Added by test_trigger_tool_change", "inputSchema": {"type": "object", "properties": {}}}));
+            }
+        }
+        Ok(ListToolsResult::with_all_items(from_json(tools)))
     }
 
     async fn call_tool(
@@ -686,10 +764,11 @@ impl ServerHandler for Conformance {
             .lock()
             .expect("subscriptions")
             .extend(uris.iter().cloned());
-        self.listeners
-            .lock()
-            .expect("listeners")
-            .push((uris.clone(), context.sink().clone()));
+        self.listeners.lock().expect("listeners").push((
+            uris.clone(),
+            context.sink().clone(),
+            context.accepted().clone(),
+        ));
         context.cancelled().await;
         let mut subscribed = self.subscriptions.lock().expect("subscriptions");
         for uri in &uris {
@@ -723,7 +802,7 @@ impl ServerHandler for Conformance {
     ) -> Result<ListPromptsResult, ErrorData> {
         let arg =
             |name: &str, what: &str| json!({"name": name, "description": what, "required": true});
-        Ok(ListPromptsResult::with_all_items(from_json(json!([
+        let mut prompts = json!([
             {"name": "test_simple_prompt", "description": "A prompt without arguments"},
             {"name": "test_prompt_with_arguments", "description": "A prompt with two arguments",
              "arguments": [arg("arg1", "First test argument"), arg("arg2", "Second test argument")]},
@@ -731,7 +810,15 @@ impl ServerHandler for Conformance {
              "arguments": [arg("resourceUri", "URI of the resource to embed")]},
             {"name": "test_prompt_with_image", "description": "A prompt with an image"},
             {"name": rounds::PROMPT, "description": "A prompt that asks the user for its context first"}
-        ]))))
+        ]);
+        if let Some(list) = prompts.as_array_mut() {
+            for name in self.added_prompts.lock().expect("added").iter() {
+                list.push(
+                    json!({"name": name, "description": "Added by test_trigger_prompt_change"}),
+                );
+            }
+        }
+        Ok(ListPromptsResult::with_all_items(from_json(prompts)))
     }
 
     async fn get_prompt(

@@ -11,7 +11,8 @@
 use rmcp::{
     ErrorData,
     model::{
-        ClientCapabilities, InputRequiredResult, InputResponses, RequestStateCodec, SealOptions,
+        ClientCapabilities, ErrorCode, InputRequiredResult, InputResponses, RequestStateCodec,
+        SealOptions,
     },
 };
 use serde_json::{Value, json};
@@ -19,7 +20,7 @@ use serde_json::{Value, json};
 /// The prompt that asks before it is given.
 pub const PROMPT: &str = "test_input_required_result_prompt";
 
-const TOOLS: [(&str, &str); 8] = [
+const TOOLS: [(&str, &str); 10] = [
     (
         "test_input_required_result_elicitation",
         "Asks the user's name (key user_name), then greets them",
@@ -51,6 +52,14 @@ const TOOLS: [(&str, &str); 8] = [
     (
         "test_input_required_result_capabilities",
         "Asks only what the request's client capabilities allow",
+    ),
+    (
+        "test_missing_capability",
+        "Needs the client's sampling: refused (-32021) when the request did not declare it",
+    ),
+    (
+        "test_streaming_elicitation",
+        "Asks for a confirmation while it runs (in its result, never on the response stream)",
     ),
 ];
 
@@ -194,6 +203,11 @@ impl Rounds {
         // A state is checked whenever one comes back.
         let opened = state.map(|s| self.open(name, s)).transpose()?;
         let name_question = || elicit("What is your name?", "name", "string");
+        let declared = |what: &str| {
+            capabilities
+                .and_then(|c| serde_json::to_value(c).ok())
+                .is_some_and(|c| c.get(what).is_some())
+        };
         match name {
             "test_input_required_result_elicitation" => match answer(responses, "user_name")? {
                 Some(a) => Ok(Round::Done(format!("Hello, {}!", entered(a, "name")))),
@@ -278,12 +292,24 @@ impl Rounds {
                     Some(self.seal(name, "step1")),
                 ),
             },
+            "test_missing_capability" => {
+                if !declared("sampling") {
+                    return Err(ErrorData::new(
+                        ErrorCode::MISSING_REQUIRED_CLIENT_CAPABILITY,
+                        "test_missing_capability needs the client's sampling capability, which the request did not declare",
+                        Some(json!({"requiredCapabilities": {"sampling": {}}})),
+                    ));
+                }
+                match answer(responses, "sample")? {
+                    Some(a) => Ok(Round::Done(format!("The LLM said: {}", said(a)))),
+                    None => ask(json!({"sample": sample("Say something")}), None),
+                }
+            }
+            "test_streaming_elicitation" => match answer(responses, "confirm")? {
+                Some(a) => Ok(Round::Done(format!("Confirmed: {}", entered(a, "ok")))),
+                None => ask(json!({"confirm": elicit("Go on?", "ok", "boolean")}), None),
+            },
             "test_input_required_result_capabilities" => {
-                let declared = |what: &str| {
-                    capabilities
-                        .and_then(|c| serde_json::to_value(c).ok())
-                        .is_some_and(|c| c.get(what).is_some())
-                };
                 let mut questions = serde_json::Map::new();
                 if declared("elicitation") {
                     questions.insert("user_name".into(), name_question());

@@ -125,6 +125,7 @@ async fn call_on(
                 .clone()
                 .map(|a| Arc::new(a) as Arc<dyn crate::upstream::Ask>),
             request_id: None,
+            between_rounds: false,
         },
     );
     // A 2026-07-28 upstream asks in its result (`input_required`); the request is then sent
@@ -142,12 +143,14 @@ async fn call_on(
                 });
             }
         };
+        in_flight.between_rounds(false);
         let Some(answer) = send(peer, upstream, job, request, &options, &in_flight).await else {
             return CallOutcome::Interrupted;
         };
         let result = match answer {
             Ok(ServerResult::InputRequiredResult(asked)) if round < MAX_ROUNDS => {
                 round += 1;
+                in_flight.between_rounds(true);
                 match ask::answer_questions(options.asker.as_ref(), asked).await {
                     Ok(next) => {
                         answers = Some(next);
@@ -353,6 +356,17 @@ impl<'a> InFlight<'a> {
     fn sent(&self, id: rmcp::model::RequestId) {
         if let Some(entry) = lock(&self.upstream.events().calls).get_mut(&self.key) {
             entry.request_id = Some(id);
+        }
+    }
+
+    /// Notes whether the call's questions are with the caller: until its next request,
+    /// nothing the upstream sends is the call's.
+    fn between_rounds(&self, between: bool) {
+        if let Some(entry) = lock(&self.upstream.events().calls).get_mut(&self.key) {
+            entry.between_rounds = between;
+            if between {
+                entry.request_id = None;
+            }
         }
     }
 }

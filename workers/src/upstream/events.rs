@@ -96,6 +96,9 @@ pub(crate) struct CallEntry {
     pub logs: Option<LogRoute>,
     pub asker: Option<Arc<dyn Ask>>,
     pub request_id: Option<RequestId>,
+    /// Between rounds of a 2026-07-28 call (its questions are with the caller): no request of
+    /// it is upstream, so nothing the upstream sends now is its.
+    pub between_rounds: bool,
 }
 
 /// Where one call's log messages go.
@@ -204,7 +207,7 @@ impl Events {
     }
 
     /// A log message names no request, so it can only be given to the call it belongs to
-    /// when one call alone is in flight on this session; otherwise it is not guessed at (and
+    /// when one call alone is in flight on this session (a call between rounds is not); otherwise it is not guessed at (and
     /// never shown to another caller), only logged here.
     #[allow(deprecated)] // logging is deprecated by SEP-2577; upstreams still log
     fn log(&self, params: &LoggingMessageNotificationParam) {
@@ -213,7 +216,7 @@ impl Events {
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_else(|| "info".into());
         let calls = lock(&self.calls);
-        let mut only = calls.values();
+        let mut only = calls.values().filter(|c| !c.between_rounds);
         match (only.next().and_then(|c| c.logs.as_ref()), only.next()) {
             (Some(route), None) if bridge::log_passes(&level, &route.min_level) => {
                 let _ = route.to.send(CallEvent::Log(LogMessage {
@@ -247,7 +250,7 @@ impl Events {
                     .cloned()
             });
             let only = || {
-                let mut all = calls.values();
+                let mut all = calls.values().filter(|c| !c.between_rounds);
                 match (all.next(), all.next()) {
                     (Some(call), None) => Some(call.clone()),
                     _ => None,
