@@ -42,7 +42,6 @@ SUMMARY = re.compile(r"^[✓✗] ([a-z0-9-]+): (\d+) passed, (\d+) failed$")
 # Scenarios the fixture or mcpq's front door does not implement yet (issue 21): failing through
 # mcpq against the fixture is tolerated for these only, and the run fails once one of them passes.
 NOT_YET = {
-    "http-custom-header-server-validation",
     "tasks-lifecycle",
     "tasks-capability-negotiation",
     "tasks-wire-fields",

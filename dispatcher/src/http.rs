@@ -156,17 +156,22 @@ pub(crate) fn router(
                             Err(refused) => return Ok(refused),
                         }
                     }
-                    Route::Stateless(parts, body) => match ingress::plain::take(&parts, &body) {
-                        Some(taken) => {
-                            // The request is read out: its buffers go before the call waits.
-                            drop((parts, body));
-                            return Ok(ingress::plain::answer(gateway, taken).await);
+                    Route::Stateless(parts, body) => {
+                        match ingress::plain::take(&parts, &body, |tool| {
+                            gateway.mirrors_params(tool)
+                        }) {
+                            Some(taken) => {
+                                // The request is read out: its buffers go before the call waits.
+                                drop((parts, body));
+                                return Ok(ingress::plain::answer(gateway, taken).await);
+                            }
+                            None => {
+                                let request =
+                                    Request::from_parts(parts, axum::body::Body::from(body));
+                                stateless.oneshot(request).await
+                            }
                         }
-                        None => {
-                            let request = Request::from_parts(parts, axum::body::Body::from(body));
-                            stateless.oneshot(request).await
-                        }
-                    },
+                    }
                 };
                 Ok::<_, std::convert::Infallible>(
                     response.map_or_else(|never| match never {}, |r| r.map(axum::body::Body::new)),

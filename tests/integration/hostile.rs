@@ -203,6 +203,18 @@ async fn mcp(
     method: &str,
     params: Value,
 ) -> (u16, Value) {
+    mcp_with(base, path, key, method, params, &[]).await
+}
+
+/// [`mcp`] with extra HTTP headers.
+async fn mcp_with(
+    base: &str,
+    path: &str,
+    key: Option<&str>,
+    method: &str,
+    params: Value,
+    headers: &[(&str, &str)],
+) -> (u16, Value) {
     let mut params = params;
     params["_meta"]["io.modelcontextprotocol/protocolVersion"] = json!("2026-07-28");
     params["_meta"]["io.modelcontextprotocol/clientInfo"] =
@@ -225,6 +237,9 @@ async fn mcp(
     }
     if let Some(key) = key {
         request = request.bearer_auth(key);
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
     }
     let Ok(response) = request.send().await else {
         return (0, Value::Null);
@@ -251,6 +266,57 @@ fn error_of(response: &Value) -> &str {
     response["error"]["message"].as_str().unwrap_or_default()
 }
 
+/// SEP-2243: a parameter the tool's schema mirrors in an `Mcp-Param-*` header (the catalog
+/// keeps its `x-mcp-header`) must agree with that header — as sent, or `=?base64?…?=` strictly
+/// decoded — or the call is refused with HTTP 400 and -32020 before anything is queued. A call
+/// whose header agrees reaches the HTTP upstream with the header (which checks it again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_header_that_disagrees_with_its_parameter_is_refused_before_queueing() {
+    let t = Tenancy::start(&[]).await;
+    let conf = "/servers/conf/mcp";
+    let call = json!({"name": "test_custom_header", "arguments": {"region": "eu-west"}});
+    let header = "Mcp-Param-Region";
+    for (what, headers) in [
+        ("another value", vec![(header, "us-east")]),
+        ("no header", vec![]),
+        (
+            "bad Base64 padding",
+            vec![(header, "=?base64?ZXUtd2VzdA?=")],
+        ),
+        ("not Base64", vec![(header, "=?base64?ZXUt!!d2VzdA==?=")]),
+    ] {
+        let (status, refused) = mcp_with(
+            &t.base,
+            conf,
+            Some(ALICE),
+            "tools/call",
+            call.clone(),
+            &headers,
+        )
+        .await;
+        assert_eq!(status, 400, "{what}: {refused}");
+        assert_eq!(refused["error"]["code"], -32020, "{what}: {refused}");
+    }
+    assert_eq!(t.conf.fixture.ran_count("call test_custom_header"), 0);
+    for value in ["eu-west", "  eu-west ", "=?base64?ZXUtd2VzdA==?="] {
+        let (status, answered) = mcp_with(
+            &t.base,
+            conf,
+            Some(ALICE),
+            "tools/call",
+            call.clone(),
+            &[(header, value)],
+        )
+        .await;
+        assert_eq!(status, 200, "{value:?}: {answered}");
+        assert_eq!(
+            answered["result"]["content"][0]["text"], "region eu-west",
+            "{value:?}: {answered}"
+        );
+    }
+    assert_eq!(t.conf.fixture.ran_count("call test_custom_header"), 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_question_is_answered_only_by_the_caller_it_was_asked() {
     let t = Tenancy::start(&[]).await;
@@ -265,11 +331,13 @@ async fn a_question_is_answered_only_by_the_caller_it_was_asked() {
         .as_object()
         .and_then(|q| q.keys().next().cloned())
         .unwrap();
-    // mcpq/<job>/<question>/<seal>: a question id nobody guesses, a seal nobody forges.
+    // mcpq/<job>/<round>/<seal>: a round id nobody guesses, a seal nobody forges; the
+    // question keeps the upstream's own key.
     let parts: Vec<&str> = state.split('/').collect();
     assert_eq!(parts.len(), 4, "{state}");
-    assert_eq!(parts[2], question);
-    assert!(question.len() >= 16, "a guessable question id: {question}");
+    let round = parts[2];
+    assert!(round.len() >= 16, "a guessable round id: {round}");
+    assert_eq!(question, "ask", "{asked}");
     let answer = |text: &str| {
         json!({ question.clone(): {
             "role": "assistant", "content": {"type": "text", "text": text}, "model": "test"
@@ -296,9 +364,9 @@ async fn a_question_is_answered_only_by_the_caller_it_was_asked() {
     // Forged states: no seal, another question, a seal of bob's own making, no credentials.
     let job = parts[1];
     for forged in [
-        format!("mcpq/{job}/{question}"),
-        format!("mcpq/{job}/q0/{}", parts[3]),
-        format!("mcpq/{job}/{question}/{}", "A".repeat(parts[3].len())),
+        format!("mcpq/{job}/{round}"),
+        format!("mcpq/{job}/r0/{}", parts[3]),
+        format!("mcpq/{job}/{round}/{}", "A".repeat(parts[3].len())),
     ] {
         let mut attempt = replay.clone();
         attempt["requestState"] = json!(forged);

@@ -114,6 +114,35 @@ impl Gateway {
             .map(drop)
     }
 
+    /// Whether the tool's input schema names a parameter that clients mirror in an
+    /// `Mcp-Param-*` header (SEP-2243 `x-mcp-header`, at any depth of `properties`).
+    pub(crate) fn mirrors_params(&self, name: &str) -> bool {
+        fn annotated(schema: &serde_json::Map<String, serde_json::Value>) -> bool {
+            schema
+                .get("properties")
+                .and_then(|p| p.as_object())
+                .is_some_and(|properties| {
+                    properties
+                        .values()
+                        .filter_map(|p| p.as_object())
+                        .any(|p| p.contains_key("x-mcp-header") || annotated(p))
+                })
+        }
+        let Ok((server, tool)) = self.resolve(name, "tool") else {
+            return false;
+        };
+        self.shared
+            .catalog
+            .with_server(server, |entry| {
+                entry
+                    .tools
+                    .iter()
+                    .find(|t| t.name == tool)
+                    .is_some_and(|t| annotated(&t.input_schema))
+            })
+            .unwrap_or(false)
+    }
+
     /// Splits a tool or prompt name as this endpoint exposes it into (server, upstream name).
     fn resolve<'a>(&'a self, name: &'a str, what: &str) -> Result<(&'a str, &'a str), ErrorData> {
         match &self.scope {
@@ -322,6 +351,20 @@ impl ServerHandler for Gateway {
                     names::URI_PREFIX
                 ),
             })
+    }
+
+    /// The tool as the catalog lists it (renamed on the aggregated endpoint): rmcp checks a
+    /// call's `Mcp-Param-*` headers against its input schema's `x-mcp-header` annotations
+    /// (SEP-2243) before the call reaches mcpq. A tool the catalog does not list is not checked.
+    fn get_tool(&self, name: &str) -> Option<rmcp::model::Tool> {
+        let (server, tool) = self.resolve(name, "tool").ok()?;
+        self.shared.catalog.with_server(server, |entry| {
+            entry.tools.iter().find(|t| t.name == tool).map(|t| {
+                let mut t = t.clone();
+                t.name = name.to_string().into();
+                t
+            })
+        })?
     }
 
     /// List changes only; rmcp intersects this with what the client asked for.

@@ -6,7 +6,8 @@
 //! thousand calls held a thousand of those. A request takes this path only when rmcp would
 //! accept it exactly as it is and nothing has to be streamed back: the 2026-07-28 revision in
 //! `_meta` and in `MCP-Protocol-Version`, its `Mcp-Method`/`Mcp-Name` headers equal to the
-//! body, no progress token, no log level. Anything else — every other method, every other
+//! body, no progress token, no log level, no `Mcp-Param-*` header and a tool whose schema asks
+//! for none (SEP-2243's checks are rmcp's). Anything else — every other method, every other
 //! revision, every malformed request — is declined and goes to rmcp untouched, which answers
 //! it as it always has. What this path answers is what rmcp's handler layer would have
 //! answered: the same gateway call, the same result conversion (`resultType`, cache hints),
@@ -51,7 +52,14 @@ pub(crate) struct Taken {
 }
 
 /// Takes the request when it belongs on this path; `None` sends it to rmcp as it is.
-pub(crate) fn take(parts: &Parts, body: &Bytes) -> Option<Taken> {
+///
+/// `mirrors_params` says whether a tool's schema names a parameter mirrored in an
+/// `Mcp-Param-*` header (`Gateway::mirrors_params`).
+pub(crate) fn take(
+    parts: &Parts,
+    body: &Bytes,
+    mirrors_params: impl Fn(&str) -> bool,
+) -> Option<Taken> {
     let headers = &parts.headers;
     if !accepts_json_and_sse(headers)
         || !media_type_is(headers.get(header::CONTENT_TYPE)?, "application/json")
@@ -72,7 +80,10 @@ pub(crate) fn take(parts: &Parts, body: &Bytes) -> Option<Taken> {
             .is_empty()
         // A name that needs Base64 in its header is left to rmcp to decode.
         && sole(headers, HEADER_MCP_NAME)? == call.params.name
-        && !call.params.name.starts_with("=?");
+        && !call.params.name.starts_with("=?")
+        // SEP-2243 `Mcp-Param-*` headers are rmcp's to check against the tool's schema.
+        && !headers.keys().any(|h| h.as_str().starts_with("mcp-param-"))
+        && !mirrors_params(&call.params.name);
     if !plain {
         return None;
     }
@@ -331,7 +342,7 @@ mod tests {
 
     #[test]
     fn a_plain_2026_call_is_taken_with_its_meta() {
-        let taken = take(&parts(&HEADERS), &body(meta())).expect("taken");
+        let taken = take(&parts(&HEADERS), &body(meta()), |_| false).expect("taken");
         assert_eq!(taken.id, RequestId::Number(7));
         assert_eq!(taken.params.name, "web__echo");
         assert!(taken.capabilities.is_some());
@@ -339,7 +350,7 @@ mod tests {
         assert!(taken.progress_token.is_none());
         let mut streaming = meta();
         streaming["progressToken"] = 1.into();
-        let taken = take(&parts(&HEADERS), &body(streaming)).expect("taken");
+        let taken = take(&parts(&HEADERS), &body(streaming), |_| false).expect("taken");
         assert_eq!(
             taken.progress_token,
             Some(rmcp::model::ProgressToken(
@@ -371,16 +382,29 @@ mod tests {
                 body(meta()),
             ),
             (with("content-type", "text/plain"), body(meta())),
+            // SEP-2243 custom headers are rmcp's to check.
+            (with("mcp-param-region", "eu"), body(meta())),
         ];
         for (parts, body) in declined {
-            assert!(take(&parts, &body).is_none(), "{:?}", parts.headers);
+            assert!(
+                take(&parts, &body, |_| false).is_none(),
+                "{:?}",
+                parts.headers
+            );
         }
         let mut incomplete = meta();
         incomplete
             .as_object_mut()
             .expect("object")
             .remove("io.modelcontextprotocol/clientCapabilities");
-        assert!(take(&parts(&HEADERS), &body(incomplete)).is_none());
-        assert!(take(&parts(&HEADERS), &Bytes::from_static(b"{not json")).is_none());
+        assert!(take(&parts(&HEADERS), &body(incomplete), |_| false).is_none());
+        assert!(
+            take(&parts(&HEADERS), &Bytes::from_static(b"{not json"), |_| {
+                false
+            })
+            .is_none()
+        );
+        // A tool whose schema mirrors a parameter in a header, even when the header is missing.
+        assert!(take(&parts(&HEADERS), &body(meta()), |_| true).is_none());
     }
 }

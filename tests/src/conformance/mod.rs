@@ -181,6 +181,12 @@ fn tools() -> Value {
         tool("test_touch_resource", "Tells the subscribers of a resource that it changed", &string_arg("uri", "The resource")),
         tool("test_add_resource", "Adds a resource and says the list changed", &string_arg("uri", "The new resource")),
         tool("test_trigger_tool_change", "Adds a tool and says the tool list changed", &none),
+        // SEP-2243: the client mirrors `region` in an `Mcp-Param-Region` header.
+        tool("test_custom_header", "Echoes its region, which clients also send as the Mcp-Param-Region header", &json!({
+            "type": "object",
+            "properties": {"region": {"type": "string", "description": "Where to run", "x-mcp-header": "Region"}},
+            "required": ["region"]
+        })),
         tool("test_trigger_prompt_change", "Adds a prompt and says the prompt list changed", &none),
         {
             "name": "json_schema_2020_12_tool",
@@ -475,6 +481,13 @@ impl Conformance {
                 self.list_changed(context, List::Resources).await;
                 json!({"content": [text(&format!("added {uri}"))]})
             }
+            "test_custom_header" => {
+                let region = args
+                    .get("region")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                json!({"content": [text(&format!("region {region}"))]})
+            }
             "test_trigger_tool_change" | "test_trigger_prompt_change" => {
                 let (added, list, what) = if name == "test_trigger_tool_change" {
                     (&self.added_tools, List::Tools, "tool")
@@ -618,6 +631,12 @@ impl ServerHandler for Conformance {
             Some(version) => vec![version.clone()].into(),
             None => ProtocolVersion::KNOWN_VERSIONS.into(),
         }
+    }
+
+    /// A tool's definition, for rmcp's SEP-2243 `Mcp-Param-*` header checks.
+    fn get_tool(&self, name: &str) -> Option<rmcp::model::Tool> {
+        let tools: Vec<rmcp::model::Tool> = from_json(all_tools());
+        tools.into_iter().find(|t| t.name == name)
     }
 
     async fn list_tools(
