@@ -13,8 +13,8 @@ use std::{
 
 use futures::StreamExt;
 use mcpq_schemas::{
-    InputAck, InputRequestEvent, LogEvent, ProgressEvent, Reply,
-    names::{EVENT_INPUT, EVENT_LOG, EVENT_PROGRESS, EVENT_REPLY, HDR_EVENT},
+    InputAck, InputRequestEvent, LogEvent, ProgressEvent, Reply, TaskEvent,
+    names::{EVENT_INPUT, EVENT_LOG, EVENT_PROGRESS, EVENT_REPLY, EVENT_TASK, HDR_EVENT},
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -28,6 +28,8 @@ pub enum Event {
     Log(Box<LogEvent>),
     /// The upstream asks the caller something; answer with [`crate::Client::answer`].
     Input(Box<InputRequestEvent>),
+    /// The upstream made the call a task (SEP-2663): its questions now wait in the job's record.
+    Task(Box<TaskEvent>),
 }
 
 impl Event {
@@ -37,6 +39,7 @@ impl Event {
             Event::Progress(e) => e.job_id,
             Event::Log(e) => e.job_id,
             Event::Input(e) => e.job_id,
+            Event::Task(e) => e.job_id,
         }
     }
 }
@@ -181,6 +184,9 @@ fn route(
         }
         Some(EVENT_INPUT) => {
             Some(serde_json::from_slice(&message.payload).map(|e| Event::Input(Box::new(e))))
+        }
+        Some(EVENT_TASK) => {
+            Some(serde_json::from_slice(&message.payload).map(|e| Event::Task(Box::new(e))))
         }
         Some(_) => return None, // events of newer workers this version does not know
     };

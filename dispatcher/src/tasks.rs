@@ -4,7 +4,10 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use mcpq_schemas::{Job, JobRecord, JobStatus};
+use mcpq_schemas::{
+    InputAnswer, Job, JobRecord, JobStatus,
+    names::{ENVELOPE_VERSION, input_subject},
+};
 use rmcp::{
     ErrorData,
     model::{
@@ -108,7 +111,15 @@ pub(crate) fn detailed(record: &JobRecord, ttl: Duration) -> DetailedTask {
             );
             TaskPayload::Failed { error: object }
         }
-        JobStatus::Queued | JobStatus::Running | JobStatus::Retrying => TaskPayload::Working,
+        JobStatus::Queued | JobStatus::Running | JobStatus::Retrying => match &record.input {
+            Some(input) => {
+                serde_json::from_value(serde_json::Value::Object(input.requests.clone()))
+                    .map_or(TaskPayload::Working, |input_requests| {
+                        TaskPayload::InputRequired { input_requests }
+                    })
+            }
+            None => TaskPayload::Working,
+        },
     };
     DetailedTask::new(task(record, ttl), payload)
 }
@@ -123,6 +134,57 @@ pub(crate) async fn created(shared: &Shared, job: &Job) -> Result<CallToolRespon
         &record,
         shared.result_ttl,
     ))))
+}
+
+/// The answer to a retried call the upstream made a task of: the worker wrote the task's
+/// record before it said so.
+pub(crate) async fn became(shared: &Shared, job_id: Uuid) -> Result<CallToolResponse, ErrorData> {
+    let record = shared
+        .client
+        .record(job_id)
+        .await
+        .map_err(|e| ErrorData::internal_error(e.to_string(), None))?
+        .ok_or_else(|| {
+            ErrorData::internal_error(format!("job {job_id} became a task without a record"), None)
+        })?;
+    Ok(CallToolResponse::Task(CreateTaskResult::new(task(
+        &record,
+        shared.result_ttl,
+    ))))
+}
+
+/// `tasks/update`: the caller's answers (some or all) to the questions its task waits on, to
+/// the worker that asked; acknowledged once the task's record shows what still waits.
+pub(crate) async fn update(
+    shared: &Shared,
+    record: JobRecord,
+    responses: rmcp::model::InputResponses,
+) -> Result<(), ErrorData> {
+    let waiting = record.input.filter(|_| !record.status.is_terminal());
+    let Some(input) = waiting else {
+        return Err(ErrorData::invalid_params(
+            format!(
+                "task {} is not waiting for input (tasks/get says when it is, and what it asks)",
+                record.job_id
+            ),
+            None,
+        ));
+    };
+    let answer = InputAnswer {
+        v: ENVELOPE_VERSION,
+        job_id: record.job_id,
+        id: input.id.clone(),
+        result: Some(serde_json::to_value(responses).unwrap_or_default()),
+        error: None,
+        reply_to: None,
+    };
+    // The subject is worked out here, never read from the record.
+    let answer_to = input_subject(&record.job_id, &input.id);
+    shared
+        .client
+        .answer(&answer_to, &answer)
+        .await
+        .map_err(|e| ErrorData::invalid_params(e.to_string(), None))
 }
 
 /// The record behind a task id a client sent, if the task is the caller's: another

@@ -29,6 +29,8 @@ pub const CURRENT: &str = "2026-07-28";
 pub const META_LOG_LEVEL: &str = "io.modelcontextprotocol/logLevel";
 /// Request `_meta` key (2026-07-28): the capabilities of the client making the request.
 pub const META_CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
+/// The Tasks extension (SEP-2663), as capabilities name it under `extensions`.
+pub const TASKS_EXTENSION: &str = "io.modelcontextprotocol/tasks";
 /// Resource not found, before 2026-07-28.
 pub const LEGACY_RESOURCE_NOT_FOUND: i64 = -32002;
 /// Invalid params: also "resource not found" from 2026-07-28 on.

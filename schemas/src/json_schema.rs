@@ -20,6 +20,7 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         one::<crate::ProgressEvent>("progress-event.json"),
         one::<crate::LogEvent>("log-event.json"),
         one::<crate::InputRequestEvent>("input-request-event.json"),
+        one::<crate::TaskEvent>("task-event.json"),
         one::<crate::InputAnswer>("input-answer.json"),
         one::<crate::InputAck>("input-ack.json"),
         one::<crate::ResourceUpdatedEvent>("resource-updated-event.json"),

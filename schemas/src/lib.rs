@@ -31,8 +31,8 @@ pub use dead_letter::{Attempt, DeadLetter};
 pub use job::{Job, JsonObject, Lane, McpRequest};
 pub use record::{
     BlobRef, CancelRequest, ErrorKind, InputAck, InputAnswer, InputRequestEvent, JobError,
-    JobRecord, JobStatus, LogEvent, LogMessage, Outcome, Progress, ProgressEvent, Reply,
-    ResourceUpdatedEvent,
+    JobRecord, JobStatus, LogEvent, LogMessage, Outcome, PendingInput, Progress, ProgressEvent,
+    Reply, ResourceUpdatedEvent, TaskEvent,
 };
 
 /// Unix time now, in milliseconds.

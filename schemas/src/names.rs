@@ -108,6 +108,10 @@ pub const EVENT_PROGRESS: &str = "progress";
 pub const EVENT_LOG: &str = "log";
 /// `Mcpq-Event` value of an input request: the upstream asks the caller something.
 pub const EVENT_INPUT: &str = "input";
+/// `Mcpq-Event` value of a task event: the upstream made the call a task (SEP-2663). A caller
+/// that declared the tasks extension now has a task of mcpq's (the job id); the call's later
+/// questions wait in its record, and the reply still comes.
+pub const EVENT_TASK: &str = "task";
 
 /// Subjects of every server's jobs: `mcpq.jobs.<server>.<lane>`.
 pub const JOBS_SUBJECTS: &str = "mcpq.jobs.>";

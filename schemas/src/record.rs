@@ -210,6 +210,31 @@ pub struct JobRecord {
     /// kept for `nats.resultTtl` whatever kind of call it was.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub task: bool,
+    /// Questions of the upstream waiting for answers, for a caller that will not be asked on
+    /// an inbox (a task): the caller reads them here and answers to `answerTo`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<PendingInput>,
+}
+
+/// The upstream's questions a job's record shows while they wait (see [`JobRecord::input`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingInput {
+    /// The questions' id: what an [`InputAnswer`] names.
+    pub id: String,
+    /// The questions not answered yet, each `{method, params}`, by key.
+    pub requests: serde_json::Map<String, serde_json::Value>,
+    /// Where an [`InputAnswer`] goes (a NATS request): its `result` is answers by key, some or
+    /// all of them; the worker replies once the record shows what is still unanswered.
+    pub answer_to: String,
+}
+
+/// The upstream made the call a task (header `Mcpq-Event: task`); sent before the reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskEvent {
+    pub v: u32,
+    pub job_id: Uuid,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -239,6 +264,7 @@ impl JobRecord {
             stream_seq: None,
             holds: 0,
             task: false,
+            input: None,
         }
     }
 

@@ -239,10 +239,9 @@ impl Gateway {
         match relay(&self.shared, request).await? {
             Relayed::Answer(result) => read_result(era, &method, result).map(Answered::Complete),
             Relayed::InputRequired(asked) => Ok(Answered::InputRequired(asked)),
-            Relayed::Task(job) => Err(ErrorData::internal_error(
-                format!("job {}: only tool calls become tasks", job.id),
-                None,
-            )),
+            Relayed::Task(mcpq_schemas::Job { id, .. }) | Relayed::TaskOf(id) => Err(
+                ErrorData::internal_error(format!("job {id}: only tool calls become tasks"), None),
+            ),
         }
     }
 }
@@ -291,6 +290,7 @@ impl Gateway {
                 .map(CallToolResponse::Complete),
             Relayed::InputRequired(asked) => Ok(CallToolResponse::InputRequired(asked)),
             Relayed::Task(job) => Box::pin(tasks::created(&self.shared, &job)).await,
+            Relayed::TaskOf(job_id) => Box::pin(tasks::became(&self.shared, job_id)).await,
         }
     }
 }
@@ -672,13 +672,7 @@ impl ServerHandler for Gateway {
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
         let record = tasks::record(&self.shared, &caller_of(&context), &request.task_id).await?;
-        Err(ErrorData::invalid_params(
-            format!(
-                "task {} is not waiting for input (mcpq tasks never ask for any)",
-                record.job_id
-            ),
-            None,
-        ))
+        tasks::update(&self.shared, record, request.input_responses).await
     }
 
     async fn cancel_task(

@@ -46,6 +46,9 @@ pub(super) enum Relayed {
     Answer(serde_json::Value),
     /// The call became a task (tools only): the job is stored; the client polls it.
     Task(Job),
+    /// A retried call the upstream made a task of: its record (written by the worker) is the
+    /// task.
+    TaskOf(Uuid),
     /// The upstream asks a 2026-07-28 client something: the client retries its request with
     /// the answer (the job waits meanwhile).
     InputRequired(InputRequiredResult),
@@ -277,6 +280,7 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
     let era = origin.era;
     let (events, mut updates) = tokio::sync::mpsc::channel(crate::replies::EVENTS_UNREAD);
     let mut ingress_span = None;
+    let mut resumed = false;
     // A new job is submitted and waited for; a retry that answers the job's question takes the
     // running job over from there.
     let (job_id, job, call): (
@@ -285,6 +289,7 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
         Pin<Box<dyn Future<Output = _> + Send + 'static>>,
     ) = match request.resume {
         Some(resume) => {
+            resumed = true;
             let job_id = resume.job_id;
             // Only the caller the question was asked of answers it: the seal says who that was.
             let asked_here = request_state(
@@ -342,10 +347,11 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
                     .map_err(|e| client_error(job.id, &e))?;
                 return Ok(Relayed::Task(job));
             }
-            // A copy is kept only for a call that may become a task.
+            // A copy is kept only for a call that may become a task: after `taskAfter`, or
+            // when the upstream makes a task of it.
             let (job_id, kept) = match request.task {
-                TaskMode::Optional => (job.id, Some(job.clone())),
-                _ => (job.id, None),
+                TaskMode::Never => (job.id, None),
+                _ => (job.id, Some(job.clone())),
             };
             let client = shared.client.clone();
             let call = async move { client.call_with_events(&job, wait, Some(events)).await };
@@ -378,6 +384,21 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
         tokio::select! {
             reply = &mut call => break reply,
             Some(event) = updates.recv() => {
+                // The upstream made a task of the call: so does mcpq, for a caller that can
+                // have one (the job was kept); any other caller just waits on.
+                if matches!(event, Event::Task(_)) {
+                    if let Some(job) = job {
+                        guard.armed = false;
+                        settle_later(shared, call);
+                        return Ok(Relayed::Task(job));
+                    }
+                    if resumed {
+                        guard.armed = false;
+                        settle_later(shared, call);
+                        return Ok(Relayed::TaskOf(job_id));
+                    }
+                    continue;
+                }
                 if let Some(asked) = Box::pin(handle(shared, origin, token.as_ref(), event)).await {
                     guard.armed = false;
                     return Ok(Relayed::InputRequired(asked));
@@ -393,16 +414,7 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
             () = &mut become_task, if job.is_some() => {
                 guard.armed = false;
                 if let Some(job) = job {
-                    // The reply still comes here: the task's record gets it, should the worker
-                    // not have written the ending itself.
-                    let client = shared.client.clone();
-                    tokio::spawn(async move {
-                        if let Ok(reply) = call.await
-                            && let Err(e) = client.settle_task(&reply).await
-                        {
-                            tracing::warn!(job_id = %reply.job_id, error = %e, "cannot write a task's ending");
-                        }
-                    });
+                    settle_later(shared, call);
                     return Ok(Relayed::Task(job));
                 }
             }
@@ -423,6 +435,22 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
         Outcome::Ok { result } => Ok(Relayed::Answer(result)),
         Outcome::Error { error } => Err(to_mcp_error(era, reply.job_id, error)),
     }
+}
+
+/// A call that became a task: its reply still comes here, and the task's record gets it,
+/// should the worker not have written the ending itself.
+fn settle_later<F>(shared: &Shared, call: Pin<Box<F>>)
+where
+    F: Future<Output = Result<mcpq_schemas::Reply, crate::ClientError>> + Send + 'static,
+{
+    let client = shared.client.clone();
+    tokio::spawn(async move {
+        if let Ok(reply) = call.await
+            && let Err(e) = client.settle_task(&reply).await
+        {
+            tracing::warn!(job_id = %reply.job_id, error = %e, "cannot write a task's ending");
+        }
+    });
 }
 
 /// The job for a new request, from its `_meta` and the server's defaults.
@@ -473,6 +501,17 @@ fn new_job(
         .capabilities
         .as_ref()
         .and_then(|c| serde_json::to_value(c).ok());
+    // The upstream may make a task of the call only when mcpq may (the worker declares the
+    // extension upstream for a caller that has it).
+    if request.task == TaskMode::Never
+        && let Some(extensions) = job
+            .client_capabilities
+            .as_mut()
+            .and_then(|c| c.get_mut("extensions"))
+            .and_then(|e| e.as_object_mut())
+    {
+        extensions.remove(bridge::TASKS_EXTENSION);
+    }
     Ok(job)
 }
 
@@ -643,7 +682,7 @@ async fn notify(stream: &Stream<'_>, token: Option<&ProgressToken>, event: Event
                 Err(e) => tracing::debug!(error = %e, "log message with an unknown level dropped"),
             }
         }
-        Event::Input(_) => {}
+        Event::Input(_) | Event::Task(_) => {}
     }
 }
 

@@ -36,6 +36,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 mod rounds;
+mod tasks;
 
 /// A 1×1 red PNG.
 pub const PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==";
@@ -61,6 +62,8 @@ pub struct Conformance {
     ran: Arc<Mutex<Vec<String>>>,
     /// Seals the `requestState` of the tools that ask in rounds.
     rounds: Arc<rounds::Rounds>,
+    /// The tasks of the `tasks-*` scenarios' tools.
+    tasks: Arc<tasks::Tasks>,
 }
 
 /// A 2025-era session subscribed to a URI.
@@ -207,6 +210,7 @@ fn all_tools() -> Value {
     let mut all = tools();
     if let Some(list) = all.as_array_mut() {
         list.extend(rounds::tools());
+        list.extend(tasks::tools());
     }
     all
 }
@@ -349,6 +353,47 @@ impl Retried for GetPromptRequestParams {
 }
 
 impl Conformance {
+    /// A tool of the `tasks-*` scenarios: a task when the client supports tasks and the tool
+    /// does, run to the end when only the tool does not require one, refused (-32021) when it
+    /// does and the client cannot have one.
+    async fn task_tool(
+        &self,
+        request: CallToolRequestParams,
+        mut args: serde_json::Map<String, Value>,
+        support: Option<&str>,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let declared = tasks::declared(context.client_capabilities().as_ref());
+        if support == Some("required") && !declared {
+            return Err(tasks::required());
+        }
+        // It asks first (an input_required round), then finishes in a task.
+        if request.name == "test_tool_with_task" {
+            match tasks::user_name(request.input_responses.as_ref()) {
+                Some(name) => {
+                    args.insert("user_name".into(), name.into());
+                }
+                None => {
+                    return Ok(CallToolResponse::InputRequired(
+                        InputRequiredResult::from_input_requests(from_json(tasks::ask_user_name())),
+                    ));
+                }
+            }
+        }
+        let name = request.name.to_string();
+        if support.is_some() && declared {
+            let created = self
+                .tasks
+                .start(move |running| tasks::work(name, args, Some(running)));
+            return Ok(CallToolResponse::Task(created));
+        }
+        match tasks::work(name, args, None).await {
+            tasks::Ending::Completed(result) => Ok(CallToolResponse::Complete(from_json(result))),
+            tasks::Ending::Failed(error) => Err(error),
+            tasks::Ending::Cancelled => Err(ErrorData::internal_error("cancelled", None)),
+        }
+    }
+
     /// Says that `list` changed: to a 2025-era session on the session, to the 2026-07-28
     /// listen streams that asked for it.
     async fn list_changed(&self, context: &RequestContext<RoleServer>, list: List) {
@@ -619,6 +664,7 @@ impl ServerHandler for Conformance {
             .enable_prompts_list_changed()
             .enable_completions()
             .enable_logging()
+            .enable_tasks()
             .build();
         ServerConfig::new(caps).with_server_info(rmcp::model::Implementation::new(
             "mcpq-conformance-fixture",
@@ -631,6 +677,30 @@ impl ServerHandler for Conformance {
             Some(version) => vec![version.clone()].into(),
             None => ProtocolVersion::KNOWN_VERSIONS.into(),
         }
+    }
+
+    async fn get_task(
+        &self,
+        request: rmcp::model::GetTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::GetTaskResult, ErrorData> {
+        self.tasks.get(&request.task_id)
+    }
+
+    async fn update_task(
+        &self,
+        request: rmcp::model::UpdateTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.tasks.update(&request.task_id, request.input_responses)
+    }
+
+    async fn cancel_task(
+        &self,
+        request: rmcp::model::CancelTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.tasks.cancel(&request.task_id)
     }
 
     /// A tool's definition, for rmcp's SEP-2243 `Mcp-Param-*` header checks.
@@ -660,6 +730,9 @@ impl ServerHandler for Conformance {
     ) -> Result<CallToolResponse, ErrorData> {
         let args = request.arguments.clone().unwrap_or_default();
         self.note(format!("call {}", request.name));
+        if let Some(support) = tasks::support(&request.name) {
+            return self.task_tool(request, args, support, &context).await;
+        }
         if rounds::asks_in_rounds(&request.name) {
             let text = match self.in_rounds(&request.name, &request, &context).await? {
                 Ok(text) => text,

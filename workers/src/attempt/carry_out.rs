@@ -333,6 +333,23 @@ pub(super) async fn progress(ctx: &Context, delivery: &Delivery, job: &Job, prog
     }
 }
 
+/// Shows the upstream's waiting questions in the job's record (or that none wait): a caller
+/// not asked on an inbox (a task) reads them there.
+pub(super) async fn pending_input(
+    ctx: &Context,
+    delivery: &Delivery,
+    job: &Job,
+    input: Option<mcpq_schemas::PendingInput>,
+    task: bool,
+) {
+    let mut running = record(ctx, job, delivery, JobStatus::Running, None);
+    running.input = input;
+    running.task |= task;
+    if let Err(e) = write(ctx, delivery, &running, None).await {
+        tracing::warn!(error = %e, "cannot show the upstream's questions in the job's record");
+    }
+}
+
 /// Sends a log event to the caller's inbox (a job without one has nobody to tell).
 pub(super) async fn log(ctx: &Context, delivery: &Delivery, job: &Job, message: LogMessage) {
     if let Some(inbox) = delivery.reply_to().as_deref() {

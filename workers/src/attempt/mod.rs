@@ -557,6 +557,8 @@ async fn call_upstream(
         reply_to: delivery.reply_to.clone(),
         capabilities: job.client_capabilities.clone(),
         deadline: tokio::time::Instant::now() + timeout,
+        record: events.clone(),
+        became_task: Default::default(),
     };
     let upstream_span = tracing::info_span!("upstream");
     let mut sent = job.clone();
@@ -583,6 +585,7 @@ async fn call_upstream(
     let delivery_ref = &*delivery;
     let forwarded = async {
         let mut last = None;
+        let mut became_task = false;
         while let Some(event) = updates.recv().await {
             match event {
                 CallEvent::Progress(progress) => {
@@ -590,14 +593,24 @@ async fn call_upstream(
                     last = Some(progress);
                 }
                 CallEvent::Log(message) => carry_out::log(ctx, delivery_ref, job, message).await,
+                CallEvent::Input(input, written) => {
+                    carry_out::pending_input(ctx, delivery_ref, job, input, became_task).await;
+                    let _ = written.send(());
+                }
+                CallEvent::Task(written) => {
+                    became_task = true;
+                    carry_out::pending_input(ctx, delivery_ref, job, None, true).await;
+                    let _ = written.send(());
+                }
             }
         }
-        last
+        (last, became_task)
     };
-    let (outcome, last) = tokio::join!(called, forwarded);
+    let (outcome, (last, became_task)) = tokio::join!(called, forwarded);
     if last.is_some() {
         delivery.progress = last;
     }
+    delivery.task |= became_task;
     outcome
 }
 

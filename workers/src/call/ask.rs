@@ -13,8 +13,8 @@ use std::{sync::Arc, time::Duration};
 use async_nats::HeaderMap;
 use futures::StreamExt;
 use mcpq_schemas::{
-    ErrorKind, InputAck, InputAnswer, InputRequestEvent, JobError,
-    names::{ENVELOPE_VERSION, EVENT_INPUT, HDR_EVENT, HDR_JOB_ID, input_subject},
+    ErrorKind, InputAck, InputAnswer, InputRequestEvent, JobError, PendingInput, TaskEvent,
+    names::{ENVELOPE_VERSION, EVENT_INPUT, EVENT_TASK, HDR_EVENT, HDR_JOB_ID, input_subject},
 };
 use rmcp::{
     ErrorData,
@@ -23,7 +23,7 @@ use rmcp::{
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::lock;
+use crate::{lock, upstream::CallEvent};
 
 /// How long the receiver of a question has to take it.
 const TAKE_WITHIN: Duration = Duration::from_secs(5);
@@ -41,6 +41,11 @@ pub(crate) struct Asker {
     pub capabilities: Option<Value>,
     /// Answers are awaited until then (the call's own timeout).
     pub deadline: tokio::time::Instant,
+    /// Where the job's record hears of questions waiting in it.
+    pub record: tokio::sync::mpsc::UnboundedSender<CallEvent>,
+    /// The upstream made the call a task: its caller now polls the task, and the questions
+    /// wait in the job's record instead of going to the inbox.
+    pub became_task: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The client capability an upstream's question needs.
@@ -111,6 +116,38 @@ impl Asker {
         self.put(ROUND, &what, params, Some(requests)).await
     }
 
+    /// Notes that the upstream made the call a task, and tells the caller on its inbox: from
+    /// now on the call's questions wait in its record (the caller polls its task).
+    pub(crate) async fn became_task(&self) {
+        use std::sync::atomic::Ordering;
+        if self.became_task.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // The task's record is written before anyone hears of the task.
+        let (written, shown) = tokio::sync::oneshot::channel();
+        if self.record.send(CallEvent::Task(written)).is_ok() {
+            let _ = tokio::time::timeout(TAKE_WITHIN, shown).await;
+        }
+        let Some(inbox) = lock(&self.reply_to).clone() else {
+            return;
+        };
+        let event = TaskEvent {
+            v: ENVELOPE_VERSION,
+            job_id: self.job_id,
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(HDR_EVENT, EVENT_TASK);
+        headers.insert(HDR_JOB_ID, self.job_id.to_string().as_str());
+        if let Ok(body) = serde_json::to_vec(&event)
+            && let Err(e) = self
+                .nats
+                .publish_with_headers(inbox, headers, body.into())
+                .await
+        {
+            tracing::warn!(error = %e, "cannot tell the caller its call became a task");
+        }
+    }
+
     /// Puts a question (or a round of them) to the caller and waits for the answer.
     async fn put(
         &self,
@@ -120,10 +157,13 @@ impl Asker {
         requests: Option<serde_json::Map<String, Value>>,
     ) -> Result<Value, ErrorData> {
         let job = self.job_id;
-        let Some(inbox) = lock(&self.reply_to).clone() else {
-            return Err(refused(format!(
-                "nobody waits for job {job} (an async job), so nobody can answer {method}"
-            )));
+        let inbox = if self.became_task.load(std::sync::atomic::Ordering::SeqCst) {
+            None
+        } else {
+            lock(&self.reply_to).clone()
+        };
+        let Some(inbox) = inbox else {
+            return self.put_in_record(kind, method, params, requests).await;
         };
         // Unguessable: the id names the subject the answer goes to.
         let id = format!("{kind}{}", Uuid::new_v4().simple());
@@ -210,29 +250,127 @@ impl Asker {
         }
         match (answer.result, answer.error) {
             (Some(result), _) => Ok(result),
-            (None, Some(error)) => {
-                let code = error
-                    .get("code")
-                    .and_then(Value::as_i64)
-                    .and_then(|c| i32::try_from(c).ok())
-                    .unwrap_or(ErrorCode::INTERNAL_ERROR.0);
-                let message = error
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("the caller refused")
-                    .to_string();
-                Err(ErrorData::new(
-                    ErrorCode(code),
-                    message,
-                    error.get("data").cloned(),
-                ))
-            }
+            (None, Some(error)) => Err(refusal(error)),
             (None, None) => Err(ErrorData::internal_error(
                 format!("the caller of job {job} sent an empty answer to {method}"),
                 None,
             )),
         }
     }
+}
+
+impl Asker {
+    /// Shows the waiting questions in the job's record (`None`: none), and waits until it does.
+    async fn show(&self, input: Option<PendingInput>) {
+        let (written, shown) = tokio::sync::oneshot::channel();
+        if self.record.send(CallEvent::Input(input, written)).is_ok() {
+            let _ = tokio::time::timeout(TAKE_WITHIN, shown).await;
+        }
+    }
+
+    /// Asks a caller that is not asked on an inbox — a task's, or an async job's that declared
+    /// what it can answer: the questions wait in the job's record (`input`), the caller answers
+    /// to `answerTo`, some of them at a time if it likes (each answer is acknowledged once the
+    /// record shows what still waits), until every one is answered or the call's time is up.
+    async fn put_in_record(
+        &self,
+        kind: char,
+        method: &str,
+        params: Value,
+        requests: Option<serde_json::Map<String, Value>>,
+    ) -> Result<Value, ErrorData> {
+        let job = self.job_id;
+        let id = format!("{kind}{}", Uuid::new_v4().simple());
+        let answer_to = input_subject(&job, &id);
+        let single = requests.is_none();
+        let mut waiting = requests.unwrap_or_else(|| {
+            serde_json::Map::from_iter([(
+                id.clone(),
+                serde_json::json!({"method": method, "params": params}),
+            )])
+        });
+        let mut answers = serde_json::Map::new();
+        let mut incoming = self.nats.subscribe(answer_to.clone()).await.map_err(|e| {
+            ErrorData::internal_error(format!("job {job}: cannot listen for answers: {e}"), None)
+        })?;
+        let pending = |waiting: &serde_json::Map<String, Value>| {
+            (!waiting.is_empty()).then(|| PendingInput {
+                id: id.clone(),
+                requests: waiting.clone(),
+                answer_to: answer_to.clone(),
+            })
+        };
+        self.show(pending(&waiting)).await;
+        while !waiting.is_empty() {
+            let Some(message) = tokio::time::timeout_at(self.deadline, incoming.next())
+                .await
+                .ok()
+                .flatten()
+            else {
+                self.show(None).await;
+                return Err(ErrorData::internal_error(
+                    format!("the caller of job {job} did not answer {method} in time"),
+                    None,
+                ));
+            };
+            let ack = |ok: bool, reason: Option<String>| {
+                let nats = self.nats.clone();
+                let reply = message.reply.clone();
+                async move {
+                    if let Some(reply) = reply {
+                        let body = serde_json::to_vec(&InputAck { ok, reason }).unwrap_or_default();
+                        let _ = nats.publish(reply, body.into()).await;
+                    }
+                }
+            };
+            let answer = match serde_json::from_slice::<InputAnswer>(&message.payload) {
+                Ok(answer) if answer.id == id => answer,
+                _ => {
+                    ack(false, Some(format!("not an answer to {id}"))).await;
+                    continue;
+                }
+            };
+            match (answer.result, answer.error) {
+                (Some(Value::Object(given)), _) => {
+                    for (key, value) in given {
+                        if waiting.remove(&key).is_some() {
+                            answers.insert(key, value);
+                        }
+                    }
+                }
+                (None, Some(error)) => {
+                    self.show(None).await;
+                    ack(true, None).await;
+                    return Err(refusal(error));
+                }
+                _ => {
+                    ack(false, Some("answers come by key, in an object".into())).await;
+                    continue;
+                }
+            }
+            self.show(pending(&waiting)).await;
+            ack(true, None).await;
+        }
+        if single {
+            return Ok(answers.remove(&id).unwrap_or_default());
+        }
+        Ok(Value::Object(answers))
+    }
+}
+
+/// A caller's refusal (a JSON-RPC error object) as the error the upstream hears.
+fn refusal(error: Value) -> ErrorData {
+    let code = error
+        .get("code")
+        .and_then(Value::as_i64)
+        .and_then(|c| i32::try_from(c).ok())
+        .unwrap_or(ErrorCode::INTERNAL_ERROR.0);
+    let message = error
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or("the caller refused")
+        .to_string();
+    ErrorData::new(ErrorCode(code), message, error.get("data").cloned())
 }
 
 impl crate::upstream::Ask for Asker {

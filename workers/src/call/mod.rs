@@ -5,6 +5,7 @@
 pub(crate) mod ask;
 pub(crate) mod cancel;
 mod failure;
+mod task;
 
 use std::{sync::Arc, time::Duration};
 
@@ -147,6 +148,23 @@ async fn call_on(
         let Some(answer) = send(peer, upstream, job, request, &options, &in_flight).await else {
             return CallOutcome::Interrupted;
         };
+        // The upstream made the call a task: followed to its end.
+        let answer = match answer {
+            Ok(ServerResult::CreateTaskResult(created)) => {
+                match task::follow(peer, job, created, &options).await {
+                    task::Followed::Ended(answer) => *answer,
+                    task::Followed::Interrupted => return CallOutcome::Interrupted,
+                    task::Followed::Unanswered(error) => {
+                        return CallOutcome::Failed(Failure {
+                            error,
+                            verdict: Verdict::Permanent,
+                            retry_after: None,
+                        });
+                    }
+                }
+            }
+            other => other,
+        };
         let result = match answer {
             Ok(ServerResult::InputRequiredResult(asked)) if round < MAX_ROUNDS => {
                 round += 1;
@@ -243,13 +261,24 @@ fn upstream_meta(job: &Job, modern: bool) -> RequestMetaObject {
     let mut meta = RequestMetaObject::new();
     let map = &mut meta.0.0;
     // A 2026-07-28 upstream reads the client's capabilities from each request: it hears the
-    // caller's, so that it asks only what the caller can answer — of those mcpq relays.
+    // caller's, so that it asks only what the caller can answer — of those mcpq relays — and
+    // makes a task of the call only for a caller that can have one (mcpq follows it).
     if modern && let Some(declared) = job.client_capabilities.as_ref().and_then(|c| c.as_object()) {
-        let relayed: serde_json::Map<_, _> = declared
+        let mut relayed: serde_json::Map<_, _> = declared
             .iter()
             .filter(|(key, _)| matches!(key.as_str(), "sampling" | "elicitation" | "roots"))
             .map(|(key, value)| (key.clone(), value.clone()))
             .collect();
+        if declared
+            .get("extensions")
+            .and_then(|e| e.get(bridge::TASKS_EXTENSION))
+            .is_some()
+        {
+            relayed.insert(
+                "extensions".into(),
+                serde_json::json!({ bridge::TASKS_EXTENSION: {} }),
+            );
+        }
         map.insert(bridge::META_CLIENT_CAPABILITIES.into(), relayed.into());
     }
     map.insert(META_JOB_ID.into(), job.id.to_string().into());

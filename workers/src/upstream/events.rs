@@ -37,10 +37,19 @@ pub(crate) trait Ask: Send + Sync {
 }
 
 /// What the upstream reports during one call, in the order it reported it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub(crate) enum CallEvent {
     Progress(Progress),
     Log(LogMessage),
+    /// The questions the job's record shows as waiting (`None`: none); the sender hears once
+    /// the record says so.
+    Input(
+        Option<mcpq_schemas::PendingInput>,
+        tokio::sync::oneshot::Sender<()>,
+    ),
+    /// The upstream made the call a task: the record is the caller's task from now on; the
+    /// sender hears once the record is written.
+    Task(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Where each call in flight wants its progress, by the progress token rmcp gave its request.
