@@ -569,7 +569,11 @@ impl Client {
         )
         .await
         {
-            Ok(Ok(_)) => Ok(()),
+            // The worker took it, unless it said otherwise (an answer to no question of it).
+            Ok(Ok(ack)) => match serde_json::from_slice::<mcpq_schemas::InputAck>(&ack.payload) {
+                Ok(mcpq_schemas::InputAck { ok: false, .. }) => Err(not_asking()),
+                _ => Ok(()),
+            },
             Ok(Err(_)) | Err(_) => Err(not_asking()),
         }
     }

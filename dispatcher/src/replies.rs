@@ -204,6 +204,13 @@ fn route(
                 Err(mpsc::error::TrySendError::Full(Event::Input(_))) => {
                     Some("the caller has too many events unread to be asked")
                 }
+                // That the call became a task is never dropped: it changes how it ends.
+                Err(mpsc::error::TrySendError::Full(event @ Event::Task(_))) => {
+                    tokio::spawn(async move {
+                        let _ = to.send(event).await;
+                    });
+                    None
+                }
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     tracing::debug!("a caller's events are unread; one dropped");
                     None

@@ -10,6 +10,7 @@ use rmcp::{
     model::{
         CallToolRequestParams, CallToolResponse, CancelTaskParams, ClientCapabilities,
         ClientConfig, GetTaskParams, Implementation, ProtocolVersion, TaskPayload, TaskStatus,
+        UpdateTaskParams,
     },
     service::{ClientLifecycleMode, ClientServiceExt, RunningService},
     transport::StreamableHttpClientTransport,
@@ -153,4 +154,189 @@ async fn tasks_are_durable_served_by_any_replica_and_cancellable() {
         .unwrap();
     assert_eq!(result.content[0].as_text().unwrap().text, "slept 800 ms");
     stack.stop().await;
+}
+
+/// Polls `tasks/get` until the task waits for `keys` answers; its questions, by key.
+async fn asking(client: &McpClient, task_id: &str, keys: usize) -> Vec<(String, String)> {
+    eventually("the task asks", Duration::from_secs(30), || async {
+        let task = client
+            .get_task(GetTaskParams::new(task_id))
+            .await
+            .ok()?
+            .task;
+        let TaskPayload::InputRequired { input_requests } = task.payload else {
+            return None;
+        };
+        let asked: Vec<(String, String)> = input_requests
+            .iter()
+            .map(|(key, request)| {
+                let request = serde_json::to_value(request).unwrap();
+                (key.clone(), request["method"].as_str().unwrap().to_string())
+            })
+            .collect();
+        (asked.len() == keys).then_some(asked)
+    })
+    .await
+}
+
+fn accept(content: serde_json::Value) -> serde_json::Value {
+    json!({"action": "accept", "content": content})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstreams_own_tasks_are_followed_asked_through_and_outlive_a_dispatcher() {
+    let conf =
+        mcpq_tests::conformance::HttpConformance::start("127.0.0.1:0".parse().unwrap(), None).await;
+    let servers = format!(
+        "  - name: conf\n    type: http\n    endpoint: {}\n    timeout: 60s\n",
+        conf.url()
+    );
+    let stack = Stack::start(&servers).await;
+    let connect_conf = |addr: SocketAddr| async move {
+        let capabilities = ClientCapabilities::builder()
+            .enable_elicitation()
+            .enable_tasks()
+            .build();
+        ClientConfig::new(capabilities, Implementation::new("task-test", "1"))
+            .serve_with_lifecycle(
+                StreamableHttpClientTransport::from_uri(format!("http://{addr}/servers/conf/mcp")),
+                ClientLifecycleMode::Discover {
+                    preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+                },
+            )
+            .await
+            .expect("connect")
+    };
+    let first = connect_conf(stack.addr).await;
+
+    // The upstream makes a task of the call: so does mcpq, its own (a job id), stored first.
+    let CallToolResponse::Task(created) = first
+        .call_tool_once(call("confirm_delete", json!({"filename": "a.txt"})))
+        .await
+        .unwrap()
+    else {
+        panic!("confirm_delete is a task upstream");
+    };
+    let task_id = created.task.task_id.clone();
+    assert!(
+        task_id.parse::<uuid::Uuid>().is_ok(),
+        "mcpq's own task: {task_id}"
+    );
+    // What the upstream's task asks waits in mcpq's task, on every replica, after a restart.
+    let asked = asking(&first, &task_id, 1).await;
+    assert_eq!(asked[0].1, "elicitation/create");
+    stack.stop_dispatcher();
+    let restarted = stack.another_dispatcher().await;
+    let second = connect_conf(restarted).await;
+    assert_eq!(asking(&second, &task_id, 1).await, asked);
+    second
+        .update_task(UpdateTaskParams::new(
+            task_id.as_str(),
+            [(asked[0].0.clone(), accept(json!({"confirm": true})))].into(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(text(&ended(&second, &task_id).await), "delete a.txt: true");
+
+    // Two questions at once, answered one at a time: the task waits until both are.
+    let CallToolResponse::Task(created) = second
+        .call_tool_once(call("multi_input", json!({})))
+        .await
+        .unwrap()
+    else {
+        panic!("multi_input is a task upstream");
+    };
+    let task_id = created.task.task_id;
+    let asked = asking(&second, &task_id, 2).await;
+    second
+        .update_task(UpdateTaskParams::new(
+            task_id.as_str(),
+            [(asked[0].0.clone(), accept(json!({"name": "ada"})))].into(),
+        ))
+        .await
+        .unwrap();
+    let left = asking(&second, &task_id, 1).await;
+    assert_eq!(
+        left[0].0, asked[1].0,
+        "only the unanswered question is left"
+    );
+    second
+        .update_task(UpdateTaskParams::new(
+            task_id.as_str(),
+            [(asked[1].0.clone(), accept(json!({"name": "lovelace"})))].into(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        text(&ended(&second, &task_id).await),
+        "answered: ada, lovelace"
+    );
+
+    // Cancelling mcpq's task cancels the upstream's.
+    let CallToolResponse::Task(created) = second
+        .call_tool_once(call("slow_compute", json!({"seconds": 60, "label": "x"})))
+        .await
+        .unwrap()
+    else {
+        panic!("slow_compute is a task upstream for a client that can have one");
+    };
+    eventually("the upstream runs it", Duration::from_secs(30), || async {
+        (conf.fixture.ran_count("call slow_compute") == 1).then_some(())
+    })
+    .await;
+    second
+        .cancel_task(CancelTaskParams::new(created.task.task_id.as_str()))
+        .await
+        .unwrap();
+    assert_eq!(
+        ended(&second, &created.task.task_id).await,
+        TaskPayload::Cancelled
+    );
+    eventually(
+        "the upstream's task is cancelled",
+        Duration::from_secs(30),
+        || async { (conf.fixture.ran_count("cancel task") == 1).then_some(()) },
+    )
+    .await;
+
+    // A client without the extension: an optional task tool runs to the end, a required one
+    // is refused as the upstream refuses it (-32021, naming the extension).
+    let plain = connect_conf_plain(restarted).await;
+    let result = plain
+        .call_tool(call("slow_compute", json!({"seconds": 0, "label": "now"})))
+        .await
+        .unwrap();
+    assert_eq!(
+        result.content[0].as_text().unwrap().text,
+        "computed now in 0s"
+    );
+    let refused = plain
+        .call_tool(call("failing_job", json!({})))
+        .await
+        .unwrap_err();
+    let rmcp::ServiceError::McpError(refused) = refused else {
+        panic!("an MCP error: {refused:?}");
+    };
+    assert_eq!(refused.code.0, -32021, "{refused:?}");
+    assert!(
+        refused.data.unwrap()["requiredCapabilities"]["extensions"]
+            ["io.modelcontextprotocol/tasks"]
+            .is_object()
+    );
+    stack.stop().await;
+}
+
+async fn connect_conf_plain(addr: SocketAddr) -> McpClient {
+    ClientConfig::new(
+        ClientCapabilities::default(),
+        Implementation::new("task-test", "1"),
+    )
+    .serve_with_lifecycle(
+        StreamableHttpClientTransport::from_uri(format!("http://{addr}/servers/conf/mcp")),
+        ClientLifecycleMode::Discover {
+            preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+        },
+    )
+    .await
+    .expect("connect")
 }

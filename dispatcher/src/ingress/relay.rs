@@ -719,16 +719,28 @@ pub(super) fn client_error(job_id: Uuid, e: &crate::ClientError) -> ErrorData {
 /// (in the caller's revision: see `bridge::error_code_for`).
 fn to_mcp_error(era: Era, job_id: uuid::Uuid, error: JobError) -> ErrorData {
     // The upstream's own error data reaches the client as it sent it (e.g. -32021's
-    // `requiredCapabilities`), mcpq's `jobId` and `kind` added where the upstream used neither.
+    // `requiredCapabilities`), with mcpq's `jobId` and `kind`: those are always mcpq's (an
+    // upstream's own keys of those names move to `data.upstream`).
     let mut data = match error.data {
         Some(serde_json::Value::Object(upstream)) => upstream,
         Some(other) => serde_json::Map::from_iter([("upstream".to_string(), other)]),
         None => serde_json::Map::new(),
     };
-    data.entry("jobId")
-        .or_insert_with(|| job_id.to_string().into());
-    data.entry("kind")
-        .or_insert_with(|| serde_json::to_value(error.kind).unwrap_or_default());
+    for key in ["jobId", "kind"] {
+        if let Some(theirs) = data.remove(key) {
+            let upstream = data
+                .entry("upstream")
+                .or_insert_with(|| serde_json::json!({}));
+            if let Some(upstream) = upstream.as_object_mut() {
+                upstream.insert(key.to_string(), theirs);
+            }
+        }
+    }
+    data.insert("jobId".into(), job_id.to_string().into());
+    data.insert(
+        "kind".into(),
+        serde_json::to_value(error.kind).unwrap_or_default(),
+    );
     let data = serde_json::Value::Object(data);
     let code = error
         .code

@@ -700,6 +700,7 @@ impl ServerHandler for Conformance {
         request: rmcp::model::CancelTaskParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
+        self.note("cancel task".to_string());
         self.tasks.cancel(&request.task_id)
     }
 

@@ -310,9 +310,25 @@ fn keep(ctx: &Context, delivery: &Delivery, job: &Job, status: JobStatus) -> Kee
 /// of its submission gets no record: nobody will look for it, and it cannot become a task.
 const RECORD_AFTER: Duration = Duration::from_secs(1);
 
-/// Sends a progress event to the caller's inbox; jobs without one get it in their record.
-pub(super) async fn progress(ctx: &Context, delivery: &Delivery, job: &Job, progress: Progress) {
-    match delivery.reply_to().as_deref() {
+/// What a job's record shows while its call runs (see [`running`]).
+#[derive(Default)]
+pub(super) struct Running {
+    pub progress: Option<Progress>,
+    pub input: Option<mcpq_schemas::PendingInput>,
+    pub task: bool,
+}
+
+/// Sends a progress event to the caller's inbox; jobs without one (or that became tasks) get
+/// it in their record.
+pub(super) async fn progress(
+    ctx: &Context,
+    delivery: &Delivery,
+    job: &Job,
+    progress: Progress,
+    now: &Running,
+) {
+    let inbox = delivery.reply_to().filter(|_| !now.task);
+    match inbox.as_deref() {
         Some(inbox) => {
             let event = ProgressEvent {
                 v: ENVELOPE_VERSION,
@@ -323,30 +339,21 @@ pub(super) async fn progress(ctx: &Context, delivery: &Delivery, job: &Job, prog
                 tracing::debug!(error = %e, "cannot publish a progress event");
             }
         }
-        None => {
-            let mut running = record(ctx, job, delivery, JobStatus::Running, None);
-            running.progress = Some(progress);
-            // Over this attempt's own revision: another attempt's claim is never overwritten
-            // (the final write then finds it and stops).
-            let _ = write(ctx, delivery, &running, None).await;
-        }
+        None => running(ctx, delivery, job, now).await,
     }
 }
 
-/// Shows the upstream's waiting questions in the job's record (or that none wait): a caller
-/// not asked on an inbox (a task) reads them there.
-pub(super) async fn pending_input(
-    ctx: &Context,
-    delivery: &Delivery,
-    job: &Job,
-    input: Option<mcpq_schemas::PendingInput>,
-    task: bool,
-) {
-    let mut running = record(ctx, job, delivery, JobStatus::Running, None);
-    running.input = input;
-    running.task |= task;
-    if let Err(e) = write(ctx, delivery, &running, None).await {
-        tracing::warn!(error = %e, "cannot show the upstream's questions in the job's record");
+/// Writes the record of a running job as `now` says: its latest progress, the upstream's
+/// questions waiting for a caller not asked on an inbox (a task's), whether it is a task.
+pub(super) async fn running(ctx: &Context, delivery: &Delivery, job: &Job, now: &Running) {
+    let mut record = record(ctx, job, delivery, JobStatus::Running, None);
+    record.progress = now.progress.clone().or(record.progress);
+    record.input = now.input.clone();
+    record.task |= now.task;
+    // Over this attempt's own revision: another attempt's claim is never overwritten (the
+    // final write then finds it and stops).
+    if let Err(e) = write(ctx, delivery, &record, None).await {
+        tracing::warn!(error = %e, "cannot write the running job's record");
     }
 }
 

@@ -557,6 +557,7 @@ async fn call_upstream(
         reply_to: delivery.reply_to.clone(),
         capabilities: job.client_capabilities.clone(),
         deadline: tokio::time::Instant::now() + timeout,
+        interrupt: interrupt.clone(),
         record: events.clone(),
         became_task: Default::default(),
     };
@@ -584,27 +585,29 @@ async fn call_upstream(
     .instrument(upstream_span);
     let delivery_ref = &*delivery;
     let forwarded = async {
-        let mut last = None;
-        let mut became_task = false;
+        // What the record shows while the call runs: its latest progress, the questions
+        // waiting in it, whether it is a task; every write carries all three.
+        let mut running = carry_out::Running::default();
         while let Some(event) = updates.recv().await {
             match event {
                 CallEvent::Progress(progress) => {
-                    carry_out::progress(ctx, delivery_ref, job, progress.clone()).await;
-                    last = Some(progress);
+                    running.progress = Some(progress.clone());
+                    carry_out::progress(ctx, delivery_ref, job, progress, &running).await;
                 }
                 CallEvent::Log(message) => carry_out::log(ctx, delivery_ref, job, message).await,
                 CallEvent::Input(input, written) => {
-                    carry_out::pending_input(ctx, delivery_ref, job, input, became_task).await;
+                    running.input = input;
+                    carry_out::running(ctx, delivery_ref, job, &running).await;
                     let _ = written.send(());
                 }
                 CallEvent::Task(written) => {
-                    became_task = true;
-                    carry_out::pending_input(ctx, delivery_ref, job, None, true).await;
+                    running.task = true;
+                    carry_out::running(ctx, delivery_ref, job, &running).await;
                     let _ = written.send(());
                 }
             }
         }
-        (last, became_task)
+        (running.progress, running.task)
     };
     let (outcome, (last, became_task)) = tokio::join!(called, forwarded);
     if last.is_some() {

@@ -41,6 +41,8 @@ pub(crate) struct Asker {
     pub capabilities: Option<Value>,
     /// Answers are awaited until then (the call's own timeout).
     pub deadline: tokio::time::Instant,
+    /// Fires when the call is cancelled, or the worker stops: a question stops waiting.
+    pub interrupt: super::Interrupt,
     /// Where the job's record hears of questions waiting in it.
     pub record: tokio::sync::mpsc::UnboundedSender<CallEvent>,
     /// The upstream made the call a task: its caller now polls the task, and the questions
@@ -120,7 +122,9 @@ impl Asker {
     /// now on the call's questions wait in its record (the caller polls its task).
     pub(crate) async fn became_task(&self) {
         use std::sync::atomic::Ordering;
-        if self.became_task.swap(true, Ordering::SeqCst) {
+        // A caller without the extension goes on waiting for the reply (and is asked on its
+        // inbox); mcpq asks the upstream for tasks only for callers that have it.
+        if !self.may_have_task() || self.became_task.swap(true, Ordering::SeqCst) {
             return;
         }
         // The task's record is written before anyone hears of the task.
@@ -222,16 +226,16 @@ impl Asker {
                 )));
             }
         }
-        let message = tokio::time::timeout_at(self.deadline, answers.next())
-            .await
-            .ok()
-            .flatten()
-            .ok_or_else(|| {
-                ErrorData::internal_error(
-                    format!("the caller of job {job} did not answer {method} in time"),
-                    None,
-                )
-            })?;
+        let message = tokio::select! {
+            message = tokio::time::timeout_at(self.deadline, answers.next()) => message,
+            () = self.interrupt.fired() => return Err(self.interrupted(method)),
+        };
+        let message = message.ok().flatten().ok_or_else(|| {
+            ErrorData::internal_error(
+                format!("the caller of job {job} did not answer {method} in time"),
+                None,
+            )
+        })?;
         let answer: InputAnswer = serde_json::from_slice(&message.payload)
             .map_err(|e| internal("unreadable answer", &e))?;
         if let Some(reply) = message.reply {
@@ -260,6 +264,25 @@ impl Asker {
 }
 
 impl Asker {
+    fn interrupted(&self, method: &str) -> ErrorData {
+        ErrorData::internal_error(
+            format!(
+                "job {} was interrupted while its caller was asked {method}",
+                self.job_id
+            ),
+            None,
+        )
+    }
+
+    /// Whether the caller can have a task (it declared the extension).
+    fn may_have_task(&self) -> bool {
+        self.capabilities
+            .as_ref()
+            .and_then(|c| c.get("extensions"))
+            .and_then(|e| e.get(mcpq_schemas::bridge::TASKS_EXTENSION))
+            .is_some()
+    }
+
     /// Shows the waiting questions in the job's record (`None`: none), and waits until it does.
     async fn show(&self, input: Option<PendingInput>) {
         let (written, shown) = tokio::sync::oneshot::channel();
@@ -302,11 +325,14 @@ impl Asker {
         };
         self.show(pending(&waiting)).await;
         while !waiting.is_empty() {
-            let Some(message) = tokio::time::timeout_at(self.deadline, incoming.next())
-                .await
-                .ok()
-                .flatten()
-            else {
+            let message = tokio::select! {
+                message = tokio::time::timeout_at(self.deadline, incoming.next()) => message,
+                () = self.interrupt.fired() => {
+                    self.show(None).await;
+                    return Err(self.interrupted(method));
+                }
+            };
+            let Some(message) = message.ok().flatten() else {
                 self.show(None).await;
                 return Err(ErrorData::internal_error(
                     format!("the caller of job {job} did not answer {method} in time"),

@@ -174,6 +174,9 @@ async fn call_on(
                         answers = Some(next);
                         continue;
                     }
+                    Err(_) if options.interrupt.why().is_some() => {
+                        return CallOutcome::Interrupted;
+                    }
                     Err(error) => {
                         return CallOutcome::Failed(Failure {
                             error,

@@ -52,7 +52,11 @@ pub(super) async fn follow(
     }
     let task_id = created.task.task_id.clone();
     let poll = poll_interval(&created);
-    let deadline = tokio::time::Instant::now() + options.timeout;
+    // The call's own time, counted from when it started.
+    let deadline = options.asker.as_ref().map_or_else(
+        || tokio::time::Instant::now() + options.timeout,
+        |asker| asker.deadline,
+    );
     let send = |request: ClientRequest| async move {
         let mut request_options = PeerRequestOptions::with_timeout(options.timeout);
         request_options.meta = Some(upstream_meta(job, true));
@@ -87,8 +91,19 @@ pub(super) async fn follow(
         .await;
         let got = match got {
             Ok(ServerResult::GetTaskResult(got)) => got,
-            Ok(_) => return Followed::ended(Err(ServiceError::UnexpectedResponse)),
-            Err(e) => return Followed::ended(Err(e)),
+            // The upstream's own word (an unknown task, say) ends it; a poll lost on the way
+            // is tried again until the call's time is up.
+            Err(ServiceError::McpError(e)) => {
+                return Followed::ended(Err(ServiceError::McpError(e)));
+            }
+            Err(e) => {
+                tracing::debug!(task_id, error = %e, "polling the upstream's task failed; trying again");
+                continue;
+            }
+            Ok(_) => {
+                cancel().await;
+                return Followed::ended(Err(ServiceError::UnexpectedResponse));
+            }
         };
         match got.task.payload {
             TaskPayload::Working => {}
@@ -96,6 +111,10 @@ pub(super) async fn follow(
                 let asked = InputRequiredResult::new(Some(input_requests), None);
                 let answers = match ask::answer_questions(options.asker.as_ref(), asked).await {
                     Ok((answers, _)) => answers,
+                    Err(_) if options.interrupt.why().is_some() => {
+                        cancel().await;
+                        return Followed::Interrupted;
+                    }
                     Err(error) => {
                         cancel().await;
                         return Followed::Unanswered(error);
@@ -105,6 +124,7 @@ pub(super) async fn follow(
                 let update =
                     UpdateTaskRequest::new(UpdateTaskParams::new(task_id.clone(), responses));
                 if let Err(e) = send(ClientRequest::UpdateTaskRequest(update)).await {
+                    cancel().await;
                     return Followed::ended(Err(e));
                 }
             }
