@@ -210,6 +210,11 @@ pub struct JobRecord {
     /// kept for `nats.resultTtl` whatever kind of call it was.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub task: bool,
+    /// Attempts that found the job held by an attempt that no longer ran it (its worker
+    /// stopped mid-call) and took it over: a job that keeps taking its workers down ends after
+    /// a few.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub takeovers: u32,
     /// Questions of the upstream waiting for answers, for a caller that will not be asked on
     /// an inbox (a task): the caller reads them here and answers to `answerTo`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -264,6 +269,7 @@ impl JobRecord {
             stream_seq: None,
             holds: 0,
             task: false,
+            takeovers: 0,
             input: None,
         }
     }

@@ -110,15 +110,19 @@ pub(super) async fn carry_out(
             } else {
                 JobStatus::Retrying
             };
-            // A hold that cannot be recorded is still handed back: a few unexplained
-            // deliveries are allowed for.
-            let _ = write(
+            // A hold that cannot be recorded (the results bucket has no leader for a moment)
+            // is still handed back, and this process remembers it: its next delivery here is
+            // not taken for one a stopped worker held.
+            let recorded = write(
                 ctx,
                 delivery,
                 &record(ctx, job, delivery, status, None),
                 None,
             )
             .await;
+            if !matches!(recorded, Ok(true)) {
+                ctx.handed_back.note(delivery.stream_seq);
+            }
             ack(message, AckKind::Nak(Some(delay))).await;
         }
         (Decision::Retry(delay), Outcome::Failed { failure, .. }) => {

@@ -106,6 +106,11 @@ pub(crate) struct Delivery {
     vouched: bool,
     /// The call became an MCP task (its record says so, and keeps saying so).
     task: bool,
+    /// The job's record was read before the attempt: strandings are counted in it
+    /// (`takeovers`), not guessed from deliveries.
+    recorded: bool,
+    /// Attempts that took the job over from one that stopped holding it, this one included.
+    takeovers: u32,
 }
 
 impl Delivery {
@@ -138,6 +143,8 @@ impl Delivery {
             claimed: false,
             vouched: false,
             task: false,
+            recorded: false,
+            takeovers: 0,
         }
     }
 
@@ -167,6 +174,9 @@ impl Delivery {
         self.holds = record.holds;
         self.progress = record.progress.clone();
         self.task = record.task;
+        self.recorded = true;
+        // Found running, yet free: the attempt that held it stopped; this one takes over.
+        self.takeovers = record.takeovers + u32::from(record.status == JobStatus::Running);
         self.set_revision(Some(revision));
     }
 
@@ -377,10 +387,17 @@ async fn run(ctx: &Context, delivery: &mut Delivery, job: &Job, interrupt: &Inte
     if !delivery.claimed && !delivery.vouched && foreign(ctx, job).await {
         return Outcome::Foreign;
     }
-    // JetStream delivered it again and again without an outcome: not tried again.
-    let stranded = delivery
-        .stranded()
-        .saturating_sub(ctx.handed_back.of(delivery.stream_seq));
+    // Workers keep stopping while they hold it: not tried again. A job with a record counts
+    // the attempts its record found held by one that had stopped; one without guesses from
+    // deliveries nothing explains (a delivery lost with a connection, or handed back by
+    // another worker, looks the same: a job with a record is not misled by those).
+    let stranded = if delivery.recorded {
+        delivery.takeovers
+    } else {
+        delivery
+            .stranded()
+            .saturating_sub(ctx.handed_back.of(delivery.stream_seq))
+    };
     if stranded >= decide::MAX_STRANDED {
         tracing::warn!(
             stranded,
@@ -432,7 +449,7 @@ async fn run(ctx: &Context, delivery: &mut Delivery, job: &Job, interrupt: &Inte
                 Err(e) => {
                     interrupt.deactivate();
                     tracing::warn!(error = %e, "cannot claim the job; handing it back");
-                    return Outcome::Held(Duration::from_secs(1));
+                    return Outcome::Held(unreachable_record(delivery));
                 }
             }
         }
@@ -524,9 +541,16 @@ async fn settle(
         }
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the job's record; handing it back");
-            Some(Outcome::Held(Duration::from_secs(1)))
+            Some(Outcome::Held(unreachable_record(delivery)))
         }
     }
+}
+
+/// How long a job whose record cannot be read or written waits before it comes back: 1 s,
+/// doubling with each delivery up to 16 s (the results bucket is electing a leader, or NATS
+/// is restarting).
+fn unreachable_record(delivery: &Delivery) -> Duration {
+    Duration::from_secs(1 << delivery.delivered.saturating_sub(1).min(4))
 }
 
 /// The outcome of a delivery stopped by its interrupt.
@@ -635,6 +659,7 @@ fn record(
         stream_seq: Some(delivery.stream_seq),
         holds: delivery.holds,
         task: delivery.task,
+        takeovers: delivery.takeovers,
         status,
         ..JobRecord::queued(job)
     }
