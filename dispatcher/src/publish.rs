@@ -517,9 +517,30 @@ impl Client {
             None => None,
             Some(_) => {
                 let bucket = self.results(job.id).await?;
-                match Box::pin(self.claim_key(&bucket, job)).await? {
-                    KeyClaim::Taken(_) => return Box::pin(self.wait(job.id, timeout)).await,
-                    KeyClaim::New { revision } => Some((bucket, revision)),
+                let started = tokio::time::Instant::now();
+                loop {
+                    let left = timeout.saturating_sub(started.elapsed());
+                    let record = match Box::pin(self.claim_key(&bucket, job)).await? {
+                        KeyClaim::New { revision } => break Some((bucket, revision)),
+                        KeyClaim::Taken(record) => record,
+                    };
+                    // A first submission never queued (its submitter died between claiming the
+                    // key and publishing) becomes an orphan: waited for until then, it is
+                    // claimed again and queued here.
+                    let orphan_in = (record.status == JobStatus::Queued
+                        && record.stream_seq.is_none())
+                    .then(|| {
+                        let age = mcpq_schemas::now_ms().saturating_sub(record.updated_at_ms);
+                        ORPHAN_AFTER.saturating_sub(Duration::from_millis(age))
+                            + Duration::from_millis(250)
+                    })
+                    .filter(|wait| *wait < left);
+                    let Some(orphan_in) = orphan_in else {
+                        return Box::pin(self.wait(job.id, left)).await;
+                    };
+                    if let Ok(reply) = Box::pin(self.wait(job.id, orphan_in)).await {
+                        return Ok(reply);
+                    }
                 }
             }
         };

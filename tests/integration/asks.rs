@@ -9,7 +9,7 @@ use mcpq_dispatcher::Event;
 use mcpq_schemas::{
     ErrorKind, InputAnswer, Job, JobStatus, McpRequest, Outcome, names::ENVELOPE_VERSION,
 };
-use mcpq_tests::python_sdk;
+use mcpq_tests::{eventually, python_sdk};
 use serde_json::json;
 
 use crate::bridge::modern_and_legacy;
@@ -187,6 +187,62 @@ async fn the_upstreams_questions_reach_the_client_and_its_answers_the_upstream()
     };
     assert_eq!(error.kind, ErrorKind::NoAnswer, "{error}");
     assert_eq!(stack.record(job.id).await.status, JobStatus::Failed);
+
+    // An async job that declared what it can answer finds the question in its record, and
+    // answers on the subject the record names.
+    let mut job = Job::new(
+        "modern",
+        McpRequest::call_tool(
+            "test_sampling",
+            json!({"prompt": "from the record"}).as_object().cloned(),
+        ),
+    );
+    job.client_capabilities = Some(json!({"sampling": {}}));
+    stack.client.submit(&job).await.unwrap();
+    let input = eventually(
+        "the question in the record",
+        Duration::from_secs(30),
+        || {
+            let client = stack.client.clone();
+            async move { client.record(job.id).await.ok().flatten()?.input }
+        },
+    )
+    .await;
+    assert_eq!(input.requests["ask"]["method"], "sampling/createMessage");
+    let answer = InputAnswer {
+        v: ENVELOPE_VERSION,
+        job_id: job.id,
+        id: input.id.clone(),
+        result: Some(json!({"ask": {
+            "role": "assistant",
+            "content": {"type": "text", "text": "answered from the record"},
+            "model": "none"
+        }})),
+        error: None,
+        reply_to: None,
+    };
+    stack
+        .client
+        .answer(&input.answer_to, &answer)
+        .await
+        .unwrap();
+    let reply = stack
+        .client
+        .wait(job.id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let Outcome::Ok { result } = reply.outcome else {
+        panic!("answered from the record: {reply:?}");
+    };
+    assert_eq!(
+        crate::first_text(&result),
+        "LLM response: answered from the record"
+    );
+    assert_eq!(
+        stack.record(job.id).await.input,
+        None,
+        "nothing waits any more"
+    );
     stack.stop().await;
 }
 

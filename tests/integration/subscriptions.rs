@@ -179,7 +179,7 @@ async fn subscribed_clients_hear_resource_updates_until_they_unsubscribe() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resource_lists_follow_the_upstreams_list_changed() {
+async fn lists_follow_the_upstreams_list_changed() {
     let stack = modern_and_legacy("2025-06-18").await;
     // A 2026-07-28 upstream says so on a listen stream, a 2025-era one on its session; either
     // way the catalog is listed again and every endpoint serves the new list.
@@ -205,6 +205,55 @@ async fn resource_lists_follow_the_upstreams_list_changed() {
             },
         )
         .await;
+        let _ = client.cancel().await;
+    }
+
+    // A 2026-07-28 client's listen streams hear the list changes they asked for, and only the
+    // lists that changed: a new tool reaches the tools stream, not the prompts one.
+    for server in ["modern", "legacy"] {
+        let client = modern_client(&stack.server_url(server)).await;
+        let listen = |filter: SubscriptionFilter| {
+            let peer = client.peer().clone();
+            async move { peer.listen(filter).await.unwrap() }
+        };
+        let mut tools = listen(SubscriptionFilter::builder().tools_list_changed().build()).await;
+        let mut prompts =
+            listen(SubscriptionFilter::builder().prompts_list_changed().build()).await;
+        client
+            .call_tool(touch("test_trigger_tool_change", ""))
+            .await
+            .unwrap();
+        let heard = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if let Ok(Some(ServerNotification::ToolListChangedNotification(_))) =
+                    tools.next().await
+                {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(
+            heard.is_ok(),
+            "{server}: no tools list_changed on the listen stream"
+        );
+        let listed = client.list_all_tools().await.unwrap();
+        assert!(
+            listed.iter().any(|t| t.name == "test_dynamic_tool_1"),
+            "{server}: the new tool is listed"
+        );
+        let leaked = tokio::time::timeout(Duration::from_millis(500), prompts.next()).await;
+        assert!(
+            !matches!(
+                leaked,
+                Ok(Ok(Some(ServerNotification::PromptListChangedNotification(
+                    _
+                )))) | Ok(Ok(Some(ServerNotification::ToolListChangedNotification(_))))
+            ),
+            "{server}: the prompts stream heard of a tools change: {leaked:?}"
+        );
+        let _ = tools.cancel().await;
+        let _ = prompts.cancel().await;
         let _ = client.cancel().await;
     }
     stack.stop().await;

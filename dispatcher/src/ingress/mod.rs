@@ -114,6 +114,25 @@ impl Gateway {
             .map(drop)
     }
 
+    /// A digest of each list the caller sees here (tools; resources and templates; prompts), to
+    /// tell which changed.
+    fn offer(&self, caller: &Caller) -> (u64, u64, u64) {
+        fn digest<T: serde::Serialize>(items: &[T]) -> u64 {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            serde_json::to_vec(items)
+                .unwrap_or_default()
+                .hash(&mut hasher);
+            hasher.finish()
+        }
+        (
+            digest(&self.tools(caller)),
+            digest(&self.resources(caller))
+                ^ digest(&self.resource_templates(caller)).rotate_left(1),
+            digest(&self.prompts(caller)),
+        )
+    }
+
     /// Whether the tool's input schema names a parameter that clients mirror in an
     /// `Mcp-Param-*` header (SEP-2243 `x-mcp-header`, at any depth of `properties`).
     pub(crate) fn mirrors_params(&self, name: &str) -> bool {
@@ -399,6 +418,7 @@ impl ServerHandler for Gateway {
         };
         let mut changes = self.shared.catalog.changes();
         changes.mark_unchanged();
+        let mut offer = self.offer(&caller);
         let accepted = context.accepted().clone();
         let subscribed = subscriptions::Subscribed::default();
         // rmcp has acknowledged the stream already; updates count from when the upstream
@@ -425,15 +445,18 @@ impl ServerHandler for Gateway {
                     if changed.is_err() {
                         return Ok(());
                     }
+                    // Only the lists that changed, as this caller sees them.
+                    let now = self.offer(&caller);
+                    let was = std::mem::replace(&mut offer, now);
                     let sink = context.sink();
                     let sent = async {
-                        if accepted.tools_list_changed == Some(true) {
+                        if accepted.tools_list_changed == Some(true) && was.0 != now.0 {
                             sink.notify_tool_list_changed().await?;
                         }
-                        if accepted.resources_list_changed == Some(true) {
+                        if accepted.resources_list_changed == Some(true) && was.1 != now.1 {
                             sink.notify_resource_list_changed().await?;
                         }
-                        if accepted.prompts_list_changed == Some(true) {
+                        if accepted.prompts_list_changed == Some(true) && was.2 != now.2 {
                             sink.notify_prompt_list_changed().await?;
                         }
                         Ok::<(), rmcp::service::SubscriptionSendError>(())
