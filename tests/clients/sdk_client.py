@@ -13,6 +13,9 @@ MODE is `auto` (the SDK's default: 2026-07-28 where the server speaks it), `lega
 Prints one JSON object: `version` (negotiated), `steps` (per step `{"ok": result}` or
 `{"error": message, "code": code}`), and what the server sent or asked on the way: `progress`,
 `logs`, `asked` (sampling and elicitation requests, answered with fixed answers, and roots).
+
+Flags: `--no-answers` (declare no sampling, elicitation or roots), `--log-level LEVEL`,
+`--wait-logs N` (before closing, wait up to 5 s until N log messages have come).
 """
 
 import asyncio
@@ -89,6 +92,14 @@ async def main(url, mode, steps):
             except Exception as e:  # the test reads the error
                 error = getattr(e, "error", None)
                 out["steps"].append({"error": str(e), "code": getattr(error, "code", None)})
+        # A 2025-era session hears log messages on its standalone stream, which may deliver the
+        # last of them after the response: --wait-logs N waits (up to 5 s) until N have come.
+        if "--wait-logs" in sys.argv:
+            wanted = int(sys.argv[sys.argv.index("--wait-logs") + 1])
+            for _ in range(100):
+                if len(seen["logs"]) >= wanted:
+                    break
+                await asyncio.sleep(0.05)
     out.update(seen)
     print(json.dumps(out))
 

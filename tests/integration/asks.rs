@@ -275,7 +275,8 @@ async fn log_messages_reach_the_caller_in_order_at_its_level() {
                 ["set_logging_level", "info"],
                 call
             ]),
-            &[],
+            // The session's log messages ride its standalone stream, not the call's.
+            &["--wait-logs", "3"],
         )
         .await;
         assert_eq!(

@@ -25,9 +25,14 @@ async fn connect(addr: SocketAddr, tasks: bool) -> McpClient {
     } else {
         ClientCapabilities::default()
     };
+    connect_to(addr, "web", capabilities).await
+}
+
+/// A 2026-07-28 client of `/servers/<server>/mcp` with `capabilities`.
+async fn connect_to(addr: SocketAddr, server: &str, capabilities: ClientCapabilities) -> McpClient {
     ClientConfig::new(capabilities, Implementation::new("task-test", "1"))
         .serve_with_lifecycle(
-            StreamableHttpClientTransport::from_uri(format!("http://{addr}/servers/web/mcp")),
+            StreamableHttpClientTransport::from_uri(format!("http://{addr}/servers/{server}/mcp")),
             ClientLifecycleMode::Discover {
                 preferred_versions: vec![ProtocolVersion::V_2026_07_28],
             },
@@ -192,20 +197,12 @@ async fn an_upstreams_own_tasks_are_followed_asked_through_and_outlive_a_dispatc
         conf.url()
     );
     let stack = Stack::start(&servers).await;
-    let connect_conf = |addr: SocketAddr| async move {
+    let connect_conf = |addr: SocketAddr| {
         let capabilities = ClientCapabilities::builder()
             .enable_elicitation()
             .enable_tasks()
             .build();
-        ClientConfig::new(capabilities, Implementation::new("task-test", "1"))
-            .serve_with_lifecycle(
-                StreamableHttpClientTransport::from_uri(format!("http://{addr}/servers/conf/mcp")),
-                ClientLifecycleMode::Discover {
-                    preferred_versions: vec![ProtocolVersion::V_2026_07_28],
-                },
-            )
-            .await
-            .expect("connect")
+        connect_to(addr, "conf", capabilities)
     };
     let first = connect_conf(stack.addr).await;
 
@@ -301,7 +298,7 @@ async fn an_upstreams_own_tasks_are_followed_asked_through_and_outlive_a_dispatc
 
     // A client without the extension: an optional task tool runs to the end, a required one
     // is refused as the upstream refuses it (-32021, naming the extension).
-    let plain = connect_conf_plain(restarted).await;
+    let plain = connect_to(restarted, "conf", ClientCapabilities::default()).await;
     let result = plain
         .call_tool(call("slow_compute", json!({"seconds": 0, "label": "now"})))
         .await
@@ -324,19 +321,4 @@ async fn an_upstreams_own_tasks_are_followed_asked_through_and_outlive_a_dispatc
             .is_object()
     );
     stack.stop().await;
-}
-
-async fn connect_conf_plain(addr: SocketAddr) -> McpClient {
-    ClientConfig::new(
-        ClientCapabilities::default(),
-        Implementation::new("task-test", "1"),
-    )
-    .serve_with_lifecycle(
-        StreamableHttpClientTransport::from_uri(format!("http://{addr}/servers/conf/mcp")),
-        ClientLifecycleMode::Discover {
-            preferred_versions: vec![ProtocolVersion::V_2026_07_28],
-        },
-    )
-    .await
-    .expect("connect")
 }
