@@ -28,6 +28,7 @@ import os
 import pathlib
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -88,10 +89,12 @@ class Rig:
         nats_server = shutil.which("nats-server", path=self.env["PATH"])
         if not nats_server:
             sys.exit("bench: no nats-server: run `make tools`")
-        self.spawn([nats_server, "-js", "-a", "127.0.0.1", "-p", str(self.nats_port), "-m", str(self.monitor_port),
-                    "-sd", str(self.work / "js")], stderr=open(self.work / "nats.log", "w"))
+        self.nats = self.spawn([nats_server, "-js", "-a", "127.0.0.1", "-p", str(self.nats_port), "-m",
+                                str(self.monitor_port), "-sd", str(self.work / "js")],
+                               stderr=open(self.work / "nats.log", "w"))
 
-        self.spawn([self.bin / "mcpq-fixture", "--http", f"127.0.0.1:{self.fixture_port}"], stdout=subprocess.DEVNULL)
+        self.fixture = self.spawn([self.bin / "mcpq-fixture", "--http", f"127.0.0.1:{self.fixture_port}"],
+                                  stdout=subprocess.DEVNULL)
         wait_port(self.nats_port)
         wait_port(self.fixture_port)
         self.config = self.work / "bench.yaml"
@@ -244,6 +247,28 @@ def versions(rig):
     return f"{os.cpu_count()} cores ({cpu}), {mem} GiB, {platform.system()} {platform.release()}; {nats}; {rustc}"
 
 
+def cpu_seconds(proc):
+    """The process's CPU time so far (user + system), in seconds."""
+    fields = pathlib.Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds():
+    """CPU time of this script's finished children (the `mcpq bench` load clients)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cpu_sample(rig):
+    return {
+        "upstream": cpu_seconds(rig.fixture),
+        "nats-server": cpu_seconds(rig.nats),
+        "dispatcher": cpu_seconds(rig.dispatcher),
+        "worker": cpu_seconds(rig.worker),
+        "load client": children_cpu_seconds(),
+    }
+
+
 def compare(rig, concurrencies, seconds, in_flight_calls):
     rig.start_worker()
     # Warm up every path once (sessions, catalog, consumers).
@@ -252,7 +277,11 @@ def compare(rig, concurrencies, seconds, in_flight_calls):
     rows = []
     for c in concurrencies:
         for name, args in modes(rig).items():
+            before = cpu_sample(rig)
             r = rig.bench(*args, "--concurrency", str(c), "--calls", "10000000", "--duration", f"{seconds}s")
+            after = cpu_sample(rig)
+            # Each process's CPU per call of this run, in µs.
+            r["cpu_us"] = {k: (after[k] - before[k]) * 1e6 / max(r["calls"], 1) for k in before}
             r["name"] = name
             rows.append(r)
             print(f"  c={c:<4} {name:<10} {r['calls_per_s']:>8.0f} calls/s  p50 {r['p50_ms']:.2f} ms  "
@@ -291,7 +320,36 @@ def table(rows, rss, concurrencies):
         f"- peak RSS after runs up to 1,000 calls in flight: worker **{rss['worker']:.0f} MB**, "
         f"dispatcher **{rss['dispatcher']:.0f} MB** (target ≤ 64 MB each)",
     ]
-    return "\n".join(lines) + "\n\n" + "\n".join(summary) + "\n"
+    return "\n".join(lines) + "\n\n" + "\n".join(summary) + "\n\n" + cpu_table(by, c64)
+
+
+# Which processes take part in each mode (the others idle; their CPU is not the mode's).
+TAKES_PART = {
+    "floor": ["nats-server", "load client"],
+    "direct": ["upstream", "load client"],
+    "mcpq-nats": ["upstream", "nats-server", "worker", "load client"],
+    "mcpq-mcp": ["upstream", "nats-server", "dispatcher", "worker", "load client"],
+}
+
+
+def cpu_table(by, c):
+    """CPU per call of every process, per mode, at concurrency `c` (utime + stime from /proc)."""
+    columns = ["upstream", "nats-server", "dispatcher", "worker", "load client"]
+    lines = [
+        f"CPU per call at concurrency {c}, µs (utime + stime from /proc over the run, ÷ calls):",
+        "",
+        "| mode | calls/s | " + " | ".join(columns) + " | total µs/call | ÷ direct |",
+        "| --- | ---: | " + " | ".join("---:" for _ in columns) + " | ---: | ---: |",
+    ]
+    totals = {}
+    for name in ["direct", "mcpq-nats", "mcpq-mcp", "floor"]:
+        r = by[(name, c)]
+        cells = [f"{r['cpu_us'][k]:.0f}" if k in TAKES_PART[name] else "—" for k in columns]
+        totals[name] = sum(r["cpu_us"][k] for k in TAKES_PART[name])
+        ratio = totals[name] / totals["direct"] if totals.get("direct") else float("nan")
+        lines.append(f"| {name} | {r['calls_per_s']:,.0f} | " + " | ".join(cells)
+                     + f" | {totals[name]:.0f} | {ratio:.2f}× |")
+    return "\n".join(lines) + "\n"
 
 
 def scale(rig, jobs):
