@@ -50,6 +50,7 @@ fn the_readme_names_every_nats_name() {
         EVENT_PROGRESS,
         EVENT_LOG,
         EVENT_INPUT,
+        EVENT_TASK,
         SESSIONS_BUCKET,
         BLOBS_BUCKET,
         AUDIT_STREAM,
