@@ -206,11 +206,20 @@ async fn clients_of_every_revision_work_with_upstreams_of_every_revision() {
         let out = python_sdk(
             &stack.server_url("time"),
             mode,
-            json!([["call_tool", "get_current_time", {"timezone": "UTC"}]]),
+            json!([
+                ["call_tool", "get_current_time", {"timezone": "UTC"}],
+                ["list_prompts"],
+                ["list_resources"],
+                ["list_resource_templates"]
+            ]),
             &[],
         )
         .await;
         assert!(text(ok(&out, 0)).contains("UTC"), "{mode}: {out}");
+        // It declares prompts and resources (and has none): empty lists, as it answers itself.
+        assert_eq!(ok(&out, 1)["prompts"], json!([]), "{mode}: {out}");
+        assert_eq!(ok(&out, 2)["resources"], json!([]), "{mode}: {out}");
+        assert_eq!(ok(&out, 3)["resourceTemplates"], json!([]), "{mode}: {out}");
     }
 
     // The third client revision: an rmcp client on 2025-06-18, against each kind of upstream.
@@ -369,5 +378,42 @@ async fn resources_and_prompts_are_namespaced_on_mcp_and_reach_the_upstream_unch
     };
     assert_eq!(text.len(), 2_000_000, "the whole resource");
     let _ = all.cancel().await;
+    stack.stop().await;
+}
+
+/// An endpoint declares what the upstreams behind it declared, and no more: the tools-only
+/// fixture's `/servers/web/mcp` answers prompts and resources methods "method not found", as the
+/// fixture itself does; `/mcp` declares the union, so there they are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_declares_what_its_upstreams_declare_and_no_more() {
+    let web = mcpq_tests::fixture::HttpFixture::start().await;
+    let servers = format!(
+        "  - name: web\n    type: http\n    endpoint: {}\n{}",
+        web.url(),
+        conformance_upstream("conf", "2026-07-28")
+    );
+    let stack = Stack::start(&servers).await;
+    let asks = json!([
+        ["list_prompts"],
+        ["list_resources"],
+        ["list_resource_templates"]
+    ]);
+    for mode in ["auto", "legacy"] {
+        let out = python_sdk(&stack.server_url("web"), mode, asks.clone(), &[]).await;
+        for step in 0..3 {
+            assert_eq!(
+                out["steps"][step]["code"], -32601,
+                "{mode}, step {step}: {out}"
+            );
+        }
+        let out = python_sdk(&stack.mcp_url(), mode, asks.clone(), &[]).await;
+        assert!(
+            ok(&out, 0)["prompts"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|p| p["name"] == "conf__test_simple_prompt")),
+            "{mode}: {out}"
+        );
+        assert!(ok(&out, 1)["resources"].is_array(), "{mode}: {out}");
+    }
     stack.stop().await;
 }

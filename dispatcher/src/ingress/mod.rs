@@ -114,6 +114,29 @@ impl Gateway {
             .map(drop)
     }
 
+    /// "Method not found" for a method no upstream behind this endpoint serves, as that upstream
+    /// would answer (its catalog declares no such capability); before any catalog is published
+    /// nothing is judged.
+    fn serves(
+        &self,
+        method: &str,
+        declared: fn(&rmcp::model::ServerCapabilities) -> bool,
+    ) -> Result<(), ErrorData> {
+        let entries = self.entries();
+        if entries.is_empty() || entries.iter().any(|(_, e)| declared(&e.capabilities)) {
+            return Ok(());
+        }
+        let servers: Vec<&str> = entries.iter().map(|(s, _)| s.as_str()).collect();
+        Err(ErrorData::new(
+            rmcp::model::ErrorCode::METHOD_NOT_FOUND,
+            format!(
+                "{method}: not served here (upstream {} declares no such capability)",
+                servers.join(", ")
+            ),
+            None,
+        ))
+    }
+
     /// A digest of each list the caller sees here (tools; resources and templates; prompts), to
     /// tell which changed.
     fn offer(&self, caller: &Caller) -> (u64, u64, u64) {
@@ -484,6 +507,7 @@ impl ServerHandler for Gateway {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
+        self.serves("resources/list", |c| c.resources.is_some())?;
         Ok(ListResourcesResult::with_all_items(
             self.resources(&caller_of(&context)),
         ))
@@ -494,6 +518,7 @@ impl ServerHandler for Gateway {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        self.serves("resources/templates/list", |c| c.resources.is_some())?;
         Ok(ListResourceTemplatesResult::with_all_items(
             self.resource_templates(&caller_of(&context)),
         ))
@@ -504,6 +529,7 @@ impl ServerHandler for Gateway {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, ErrorData> {
+        self.serves("prompts/list", |c| c.prompts.is_some())?;
         Ok(ListPromptsResult::with_all_items(
             self.prompts(&caller_of(&context)),
         ))
@@ -514,6 +540,7 @@ impl ServerHandler for Gateway {
         request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
+        self.serves("resources/read", |c| c.resources.is_some())?;
         let (server, uri) = self.resolve_uri(&request.uri)?;
         let resume = Resume::from_request(
             request.request_state.as_deref(),
@@ -541,6 +568,7 @@ impl ServerHandler for Gateway {
         request: GetPromptRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
+        self.serves("prompts/get", |c| c.prompts.is_some())?;
         let (server, name) = self.resolve(&request.name, "prompt")?;
         let caller = caller_of(&context);
         if !caller.may(server, name) {
@@ -575,6 +603,7 @@ impl ServerHandler for Gateway {
         request: CompleteRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CompleteResult, ErrorData> {
+        self.serves("completion/complete", |c| c.completions.is_some())?;
         let (server, reference) = match &request.r#ref {
             Reference::Prompt(prompt) => {
                 let (server, name) = self.resolve(&prompt.name, "prompt")?;
@@ -617,6 +646,7 @@ impl ServerHandler for Gateway {
         request: SubscribeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
+        self.serves("resources/subscribe", |c| c.resources.is_some())?;
         let (server, uri) = self.resolve_uri(&request.uri)?;
         // Updates are followed before the upstream subscribes: none after the answer is lost.
         let following = lock(&self.forwarder).is_some();
@@ -645,6 +675,7 @@ impl ServerHandler for Gateway {
         request: UnsubscribeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
+        self.serves("resources/unsubscribe", |c| c.resources.is_some())?;
         let (server, uri) = self.resolve_uri(&request.uri)?;
         lock(&self.subscribed).remove(&(server.to_string(), uri.to_string()));
         self.subscription_job(server, uri, false, &context).await
@@ -656,6 +687,7 @@ impl ServerHandler for Gateway {
         request: SetLevelRequestParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
+        self.serves("logging/setLevel", |c| c.logging.is_some())?;
         let level = serde_json::to_value(request.level)
             .ok()
             .and_then(|l| l.as_str().map(str::to_string));
