@@ -69,9 +69,11 @@ class Processes:
         for proc in reversed(self.procs):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGINT)
+        # `mcpq up` drains for up to 30 s (calls a scenario left waiting for an answer), then
+        # stops its nats-server: killed before that, it would leave that server behind.
         for proc in reversed(self.procs):
             try:
-                proc.wait(timeout=20)
+                proc.wait(timeout=40)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
 
