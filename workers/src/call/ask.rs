@@ -64,6 +64,17 @@ fn refused(message: String) -> ErrorData {
     ErrorData::new(ErrorCode::METHOD_NOT_FOUND, message, None)
 }
 
+/// A question to put to the caller, or a 2026-07-28 upstream's round of them.
+struct Question<'a> {
+    /// What the question's id starts with: `q` for one, [`ROUND`] for a round.
+    kind: char,
+    /// What it asks, for messages (a round names each of its methods).
+    method: &'a str,
+    params: Value,
+    /// A round's questions (`{method, params}`) by the upstream's keys.
+    requests: Option<serde_json::Map<String, Value>>,
+}
+
 /// Starts the id of a 2026-07-28 upstream's round of questions (answered all at once, by the
 /// upstream's keys); a single question's id starts with `q`.
 pub const ROUND: char = 'r';
@@ -93,7 +104,13 @@ impl Asker {
     /// The caller's answer to `method` with `params`, or why there is none.
     pub(crate) async fn ask(&self, method: &str, params: Value) -> Result<Value, ErrorData> {
         self.check(method)?;
-        self.put('q', method, params, None).await
+        self.put(Question {
+            kind: 'q',
+            method,
+            params,
+            requests: None,
+        })
+        .await
     }
 
     /// The caller's answers to a 2026-07-28 upstream's round of questions (`{method, params}`
@@ -115,7 +132,13 @@ impl Asker {
             .and_then(|q| q.get("params"))
             .cloned()
             .unwrap_or_default();
-        self.put(ROUND, &what, params, Some(requests)).await
+        self.put(Question {
+            kind: ROUND,
+            method: &what,
+            params,
+            requests: Some(requests),
+        })
+        .await
     }
 
     /// Notes that the upstream made the call a task, and tells the caller on its inbox: from
@@ -153,13 +176,7 @@ impl Asker {
     }
 
     /// Puts a question (or a round of them) to the caller and waits for the answer.
-    async fn put(
-        &self,
-        kind: char,
-        method: &str,
-        params: Value,
-        requests: Option<serde_json::Map<String, Value>>,
-    ) -> Result<Value, ErrorData> {
+    async fn put(&self, question: Question<'_>) -> Result<Value, ErrorData> {
         let job = self.job_id;
         let inbox = if self.became_task.load(std::sync::atomic::Ordering::SeqCst) {
             None
@@ -167,9 +184,15 @@ impl Asker {
             lock(&self.reply_to).clone()
         };
         let Some(inbox) = inbox else {
-            return self.put_in_record(kind, method, params, requests).await;
+            return self.put_in_record(question).await;
         };
         // Unguessable: the id names the subject the answer goes to.
+        let Question {
+            kind,
+            method,
+            params,
+            requests,
+        } = question;
         let id = format!("{kind}{}", Uuid::new_v4().simple());
         let answer_to = input_subject(&job, &id);
         let internal = |what: &str, e: &dyn std::fmt::Display| {
@@ -295,13 +318,13 @@ impl Asker {
     /// what it can answer: the questions wait in the job's record (`input`), the caller answers
     /// to `answerTo`, some of them at a time if it likes (each answer is acknowledged once the
     /// record shows what still waits), until every one is answered or the call's time is up.
-    async fn put_in_record(
-        &self,
-        kind: char,
-        method: &str,
-        params: Value,
-        requests: Option<serde_json::Map<String, Value>>,
-    ) -> Result<Value, ErrorData> {
+    async fn put_in_record(&self, question: Question<'_>) -> Result<Value, ErrorData> {
+        let Question {
+            kind,
+            method,
+            params,
+            requests,
+        } = question;
         let job = self.job_id;
         let id = format!("{kind}{}", Uuid::new_v4().simple());
         let answer_to = input_subject(&job, &id);
