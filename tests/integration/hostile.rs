@@ -219,10 +219,16 @@ async fn mcp_with(
     params["_meta"]["io.modelcontextprotocol/protocolVersion"] = json!("2026-07-28");
     params["_meta"]["io.modelcontextprotocol/clientInfo"] =
         json!({"name": "hostile", "version": "1"});
-    params["_meta"]["io.modelcontextprotocol/clientCapabilities"] = json!({"sampling": {}});
+    if params["_meta"]
+        .get("io.modelcontextprotocol/clientCapabilities")
+        .is_none()
+    {
+        params["_meta"]["io.modelcontextprotocol/clientCapabilities"] = json!({"sampling": {}});
+    }
     let name = params["name"]
         .as_str()
         .or(params["uri"].as_str())
+        .or(params["taskId"].as_str())
         .unwrap_or_default()
         .to_string();
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
@@ -264,6 +270,69 @@ async fn call(base: &str, path: &str, key: &str, tool: &str, arguments: Value) -
 /// The JSON-RPC error message of `response` ("" when it is no error).
 fn error_of(response: &Value) -> &str {
     response["error"]["message"].as_str().unwrap_or_default()
+}
+
+/// A task is its caller's alone: bob can neither read alice's task, nor answer what it asks, nor
+/// cancel it — the same "unknown task" as a task that never was — while alice can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_and_its_questions_are_its_callers_alone() {
+    let t = Tenancy::start(&[]).await;
+    let conf = "/servers/conf/mcp";
+    let tasks = json!({"io.modelcontextprotocol/clientCapabilities": {
+        "elicitation": {}, "extensions": {"io.modelcontextprotocol/tasks": {}}
+    }});
+    let mut call = json!({"name": "confirm_delete", "arguments": {"filename": "hers.txt"}});
+    call["_meta"] = tasks.clone();
+    let (_, created) = mcp(&t.base, conf, Some(ALICE), "tools/call", call).await;
+    assert_eq!(created["result"]["resultType"], "task", "{created}");
+    let task_id = created["result"]["taskId"].as_str().unwrap().to_string();
+    let on_task = |extra: Value| {
+        let mut params = json!({"taskId": task_id});
+        params["_meta"] = tasks.clone();
+        if let (Some(params), Some(extra)) = (params.as_object_mut(), extra.as_object()) {
+            params.extend(extra.clone());
+        }
+        params
+    };
+    // Alice sees her task ask its question.
+    let asked = mcpq_tests::eventually("alice's task asks", Duration::from_secs(30), || {
+        let (base, params) = (t.base.clone(), on_task(json!({})));
+        async move {
+            let (_, got) = mcp(&base, conf, Some(ALICE), "tasks/get", params).await;
+            (got["result"]["status"] == "input_required").then_some(got)
+        }
+    })
+    .await;
+    let key = asked["result"]["inputRequests"]
+        .as_object()
+        .and_then(|q| q.keys().next().cloned())
+        .unwrap();
+    let answer = json!({"inputResponses": {key.clone(): {"action": "accept", "content": {"confirm": true}}}});
+    // Bob: unknown task, whatever he tries.
+    for (method, extra) in [
+        ("tasks/get", json!({})),
+        ("tasks/update", answer.clone()),
+        ("tasks/cancel", json!({})),
+    ] {
+        let (_, bob) = mcp(&t.base, conf, Some(BOB), method, on_task(extra)).await;
+        assert_eq!(bob["error"]["code"], -32602, "{method}: {bob}");
+        assert!(error_of(&bob).contains("unknown task"), "{method}: {bob}");
+    }
+    // Alice's answer ends her task, which bob's cancel did not touch.
+    let (_, updated) = mcp(&t.base, conf, Some(ALICE), "tasks/update", on_task(answer)).await;
+    assert_eq!(updated["result"]["resultType"], "complete", "{updated}");
+    let done = mcpq_tests::eventually("alice's task ends", Duration::from_secs(30), || {
+        let (base, params) = (t.base.clone(), on_task(json!({})));
+        async move {
+            let (_, got) = mcp(&base, conf, Some(ALICE), "tasks/get", params).await;
+            (got["result"]["status"] == "completed").then_some(got)
+        }
+    })
+    .await;
+    assert_eq!(
+        done["result"]["result"]["content"][0]["text"], "delete hers.txt: true",
+        "{done}"
+    );
 }
 
 /// SEP-2243: a parameter the tool's schema mirrors in an `Mcp-Param-*` header (the catalog

@@ -162,6 +162,13 @@ async fn each_role_may_do_its_part_and_a_pipeline_nothing_else() {
     let _ = pipeline
         .publish("$JS.API.DIRECT.GET.KV_mcpq_results", "{}".into())
         .await;
+    // Answering a question (one waiting in a task's record, say) is the dispatcher's alone.
+    let _ = pipeline
+        .publish(
+            "mcpq.input.0190f5a2-0000-7000-8000-000000000000.r1",
+            "{}".into(),
+        )
+        .await;
     pipeline.flush().await.ok();
     let mut seen = Vec::new();
     let wanted = [
@@ -169,6 +176,7 @@ async fn each_role_may_do_its_part_and_a_pipeline_nothing_else() {
         "Subscription to \"$KV.mcpq_results.>\"",
         "Subscription to \"_INBOX.dispatcher.>\"",
         "Publish to \"$JS.API.DIRECT.GET.KV_mcpq_results\"",
+        "Publish to \"mcpq.input.0190f5a2-0000-7000-8000-000000000000.r1\"",
     ];
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(refusal) = refusals.recv().await {

@@ -776,3 +776,43 @@ impl Drop for CancelOnDrop {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The upstream's error data reaches the client as sent; `jobId` and `kind` are always
+    /// mcpq's, an upstream's own of those names kept under `data.upstream`.
+    #[test]
+    fn an_upstreams_error_data_passes_through_and_cannot_pose_as_mcpqs() {
+        let job_id = Uuid::new_v4();
+        let mut error = JobError::new(mcpq_schemas::ErrorKind::Upstream, "needs sampling");
+        error.code = Some(-32021);
+        error.data = Some(serde_json::json!({
+            "requiredCapabilities": {"sampling": {}},
+            "jobId": "not-mcpqs",
+            "kind": "forged"
+        }));
+        let mcp = to_mcp_error(Era::Stateless, job_id, error);
+        assert_eq!(mcp.code.0, -32021);
+        let data = mcp.data.expect("data");
+        assert_eq!(
+            data["requiredCapabilities"],
+            serde_json::json!({"sampling": {}})
+        );
+        assert_eq!(data["jobId"], job_id.to_string());
+        assert_eq!(data["kind"], "upstream");
+        assert_eq!(
+            data["upstream"],
+            serde_json::json!({"jobId": "not-mcpqs", "kind": "forged"})
+        );
+        // Data that is no object is kept whole under `upstream`.
+        let mut error = JobError::new(mcpq_schemas::ErrorKind::Upstream, "plain");
+        error.data = Some(serde_json::json!("text"));
+        let data = to_mcp_error(Era::Stateless, job_id, error)
+            .data
+            .expect("data");
+        assert_eq!(data["upstream"], "text");
+        assert_eq!(data["kind"], "upstream");
+    }
+}
