@@ -399,7 +399,7 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
                     }
                     continue;
                 }
-                if let Some(asked) = Box::pin(handle(shared, origin, token.as_ref(), event)).await {
+                if let Some(asked) = Box::pin(handle(shared, origin, token.as_ref(), event, wait)).await {
                     guard.armed = false;
                     return Ok(Relayed::InputRequired(asked));
                 }
@@ -423,7 +423,7 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
     guard.armed = false;
     // Events sent before the reply go out before the result.
     while let Ok(event) = updates.try_recv() {
-        if let Some(asked) = Box::pin(handle(shared, origin, token.as_ref(), event)).await {
+        if let Some(asked) = Box::pin(handle(shared, origin, token.as_ref(), event, wait)).await {
             return Ok(Relayed::InputRequired(asked));
         }
     }
@@ -524,6 +524,7 @@ async fn handle(
     origin: &Origin<'_>,
     token: Option<&ProgressToken>,
     event: Event,
+    wait: Duration,
 ) -> Option<InputRequiredResult> {
     let Event::Input(question) = event else {
         notify(&origin.stream, token, event).await;
@@ -560,12 +561,12 @@ async fn handle(
     };
     // A 2025-era session is asked a round's questions one after the other.
     let answered = match &question.requests {
-        None => ask_session(peer, asked).await,
+        None => ask_session(peer, asked, wait).await,
         Some(requests) => {
             let mut answers = serde_json::Map::with_capacity(requests.len());
             let mut refused = None;
             for (key, asked) in requests {
-                match ask_session(peer, asked.clone()).await {
+                match ask_session(peer, asked.clone(), wait).await {
                     Ok(answer) => {
                         answers.insert(key.clone(), answer);
                     }
@@ -587,10 +588,15 @@ async fn handle(
 async fn ask_session(
     peer: &Peer<RoleServer>,
     asked: serde_json::Value,
+    wait: Duration,
 ) -> Result<serde_json::Value, serde_json::Value> {
     let method = asked["method"].as_str().unwrap_or_default().to_string();
     let answered = match serde_json::from_value::<ServerRequest>(asked) {
-        Ok(request) => match peer.send_request(request).await {
+        // A client that never answers holds the call no longer than the call itself may last.
+        Ok(request) => match tokio::time::timeout(wait, peer.send_request(request))
+            .await
+            .unwrap_or(Err(rmcp::ServiceError::Timeout { timeout: wait }))
+        {
             Ok(result) => serde_json::to_value(result).map_err(|e| e.to_string()),
             Err(rmcp::ServiceError::McpError(e)) => {
                 return Err(
