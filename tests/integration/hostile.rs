@@ -294,15 +294,19 @@ async fn a_task_and_its_questions_are_its_callers_alone() {
         }
         params
     };
+    // Alice's task as `tasks/get` shows it to her, once its status is `status`.
+    let (base, on_task) = (&t.base, &on_task);
+    let alices_task_is = |status: &'static str| {
+        mcpq_tests::eventually(status, Duration::from_secs(30), move || {
+            let (base, params) = (base.clone(), on_task(json!({})));
+            async move {
+                let (_, got) = mcp(&base, conf, Some(ALICE), "tasks/get", params).await;
+                (got["result"]["status"] == status).then_some(got)
+            }
+        })
+    };
     // Alice sees her task ask its question.
-    let asked = mcpq_tests::eventually("alice's task asks", Duration::from_secs(30), || {
-        let (base, params) = (t.base.clone(), on_task(json!({})));
-        async move {
-            let (_, got) = mcp(&base, conf, Some(ALICE), "tasks/get", params).await;
-            (got["result"]["status"] == "input_required").then_some(got)
-        }
-    })
-    .await;
+    let asked = alices_task_is("input_required").await;
     let key = asked["result"]["inputRequests"]
         .as_object()
         .and_then(|q| q.keys().next().cloned())
@@ -321,14 +325,7 @@ async fn a_task_and_its_questions_are_its_callers_alone() {
     // Alice's answer ends her task, which bob's cancel did not touch.
     let (_, updated) = mcp(&t.base, conf, Some(ALICE), "tasks/update", on_task(answer)).await;
     assert_eq!(updated["result"]["resultType"], "complete", "{updated}");
-    let done = mcpq_tests::eventually("alice's task ends", Duration::from_secs(30), || {
-        let (base, params) = (t.base.clone(), on_task(json!({})));
-        async move {
-            let (_, got) = mcp(&base, conf, Some(ALICE), "tasks/get", params).await;
-            (got["result"]["status"] == "completed").then_some(got)
-        }
-    })
-    .await;
+    let done = alices_task_is("completed").await;
     assert_eq!(
         done["result"]["result"]["content"][0]["text"], "delete hers.txt: true",
         "{done}"

@@ -229,3 +229,46 @@ async fn published_for_reply(stack: &Stack, job: &Job, inbox: &str) -> serde_jso
     .unwrap();
     serde_json::from_slice(&message.payload).unwrap()
 }
+
+/// A key whose first submission was claimed but never queued (its dispatcher died between
+/// claiming the key and publishing) is taken over once that claim is an orphan (30 s old): the
+/// next caller of the key waits that long, not its whole timeout, and its call runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_whose_first_submission_was_never_queued_is_taken_over() {
+    let web = HttpFixture::start().await;
+    let stack = Stack::start(&two_fixtures(&web.url())).await;
+    let job = Job::new(
+        "web",
+        McpRequest::call_tool(
+            "mark",
+            serde_json::json!({"tag": "orphan"}).as_object().cloned(),
+        ),
+    )
+    .with_idempotency_key("orphan-1");
+    // What a submitter that died after its claim leaves: the record `queued`, no message, its
+    // claim 29 s old.
+    let nats = mcpq_schemas::nats::connect(&stack.nats.url(), "test-orphan")
+        .await
+        .unwrap();
+    let results = async_nats::jetstream::new(nats)
+        .get_key_value(mcpq_schemas::names::RESULTS_BUCKET)
+        .await
+        .unwrap();
+    let mut claim = mcpq_schemas::JobRecord::queued(&job);
+    claim.updated_at_ms = mcpq_schemas::now_ms() - 29_000;
+    results
+        .create(
+            job.id.to_string(),
+            serde_json::to_vec(&claim).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    let reply = stack
+        .client
+        .call(&job, Duration::from_secs(20))
+        .await
+        .expect("taken over within the call's time");
+    assert!(matches!(reply.outcome, Outcome::Ok { .. }), "{reply:?}");
+    assert_eq!(web.fixture.marks(), ["orphan"], "run once");
+    stack.stop().await;
+}

@@ -184,8 +184,16 @@ async fn asking(client: &McpClient, task_id: &str, keys: usize) -> Vec<(String, 
     .await
 }
 
-fn accept(content: serde_json::Value) -> serde_json::Value {
-    json!({"action": "accept", "content": content})
+/// Answers the task's question `key` with an accepted elicitation of `content`.
+async fn answer(client: &McpClient, task_id: &str, key: &str, content: serde_json::Value) {
+    let accepted = json!({"action": "accept", "content": content});
+    client
+        .update_task(UpdateTaskParams::new(
+            task_id,
+            [(key.to_string(), accepted)].into(),
+        ))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,13 +234,7 @@ async fn an_upstreams_own_tasks_are_followed_asked_through_and_outlive_a_dispatc
     let restarted = stack.another_dispatcher().await;
     let second = connect_conf(restarted).await;
     assert_eq!(asking(&second, &task_id, 1).await, asked);
-    second
-        .update_task(UpdateTaskParams::new(
-            task_id.as_str(),
-            [(asked[0].0.clone(), accept(json!({"confirm": true})))].into(),
-        ))
-        .await
-        .unwrap();
+    answer(&second, &task_id, &asked[0].0, json!({"confirm": true})).await;
     assert_eq!(text(&ended(&second, &task_id).await), "delete a.txt: true");
 
     // Two questions at once, answered one at a time: the task waits until both are.
@@ -245,25 +247,13 @@ async fn an_upstreams_own_tasks_are_followed_asked_through_and_outlive_a_dispatc
     };
     let task_id = created.task.task_id;
     let asked = asking(&second, &task_id, 2).await;
-    second
-        .update_task(UpdateTaskParams::new(
-            task_id.as_str(),
-            [(asked[0].0.clone(), accept(json!({"name": "ada"})))].into(),
-        ))
-        .await
-        .unwrap();
+    answer(&second, &task_id, &asked[0].0, json!({"name": "ada"})).await;
     let left = asking(&second, &task_id, 1).await;
     assert_eq!(
         left[0].0, asked[1].0,
         "only the unanswered question is left"
     );
-    second
-        .update_task(UpdateTaskParams::new(
-            task_id.as_str(),
-            [(asked[1].0.clone(), accept(json!({"name": "lovelace"})))].into(),
-        ))
-        .await
-        .unwrap();
+    answer(&second, &task_id, &asked[1].0, json!({"name": "lovelace"})).await;
     assert_eq!(
         text(&ended(&second, &task_id).await),
         "answered: ada, lovelace"

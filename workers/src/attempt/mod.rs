@@ -129,9 +129,20 @@ impl Delivery {
         let reply_to = header(HDR_REPLY_TO)
             .map(|v| v.to_string())
             .filter(|s| mcpq_schemas::names::is_reply_inbox(s));
+        Delivery::new(
+            reply_to,
+            header(HDR_REPLAY_OF).is_some(),
+            delivered,
+            stream_seq,
+        )
+    }
+
+    /// The delivery of message `stream_seq`, delivered `delivered` times, before its record is
+    /// read.
+    fn new(reply_to: Option<String>, replay: bool, delivered: u32, stream_seq: u64) -> Delivery {
         Delivery {
             reply_to: ReplyTo::new(std::sync::Mutex::new(reply_to)),
-            replay: header(HDR_REPLAY_OF).is_some(),
+            replay,
             delivered,
             stream_seq,
             history: Vec::new(),
@@ -151,6 +162,18 @@ impl Delivery {
     /// The subject the caller waits on now.
     fn reply_to(&self) -> Option<String> {
         lock(&self.reply_to).clone()
+    }
+
+    /// How often the job was held by an attempt that stopped mid-call. A job with a record
+    /// counts it there (`takeovers`); one without guesses from deliveries nothing explains — a
+    /// delivery lost with a connection, or handed back by another worker, looks the same, so
+    /// `handed_back` (this process's hand-backs of the message) is taken off.
+    fn strandings(&self, handed_back: u32) -> u32 {
+        if self.recorded {
+            self.takeovers
+        } else {
+            self.stranded().saturating_sub(handed_back)
+        }
     }
 
     /// Attempts that count against `retry.maxAttempts` so far.
@@ -387,17 +410,8 @@ async fn run(ctx: &Context, delivery: &mut Delivery, job: &Job, interrupt: &Inte
     if !delivery.claimed && !delivery.vouched && foreign(ctx, job).await {
         return Outcome::Foreign;
     }
-    // Workers keep stopping while they hold it: not tried again. A job with a record counts
-    // the attempts its record found held by one that had stopped; one without guesses from
-    // deliveries nothing explains (a delivery lost with a connection, or handed back by
-    // another worker, looks the same: a job with a record is not misled by those).
-    let stranded = if delivery.recorded {
-        delivery.takeovers
-    } else {
-        delivery
-            .stranded()
-            .saturating_sub(ctx.handed_back.of(delivery.stream_seq))
-    };
+    // Workers keep stopping while they hold it: not tried again.
+    let stranded = delivery.strandings(ctx.handed_back.of(delivery.stream_seq));
     if stranded >= decide::MAX_STRANDED {
         tracing::warn!(
             stranded,
@@ -676,4 +690,39 @@ fn attempt_error(mut error: JobError, attempt: u32, of: u32, held: bool) -> JobE
         error.message.push_str(&note);
     }
     error
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(status: JobStatus, takeovers: u32) -> JobRecord {
+        let job = Job::new("web", mcpq_schemas::McpRequest::call_tool("echo", None));
+        JobRecord {
+            status,
+            takeovers,
+            ..JobRecord::queued(&job)
+        }
+    }
+
+    /// A job with a record counts only the attempts found holding it after they stopped:
+    /// deliveries lost with a connection, or handed back while its record could not be
+    /// written, are never taken for workers dying with it.
+    #[test]
+    fn a_job_with_a_record_counts_takeovers_not_deliveries() {
+        let mut lost = Delivery::new(None, false, 8, 7);
+        lost.learn(&record(JobStatus::Queued, 0), 1);
+        assert_eq!(lost.strandings(0), 0, "seven deliveries lost, none held");
+        let mut taken_over = Delivery::new(None, false, 3, 7);
+        taken_over.learn(&record(JobStatus::Running, 5), 1);
+        assert_eq!(
+            taken_over.strandings(0),
+            6,
+            "found held by one that stopped"
+        );
+        // Without a record, deliveries nothing explains are the guess, less this process's
+        // own hand-backs.
+        let unrecorded = Delivery::new(None, false, 8, 7);
+        assert_eq!(unrecorded.strandings(2), 5);
+    }
 }

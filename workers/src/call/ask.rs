@@ -186,14 +186,9 @@ impl Asker {
         let Some(inbox) = inbox else {
             return self.put_in_record(question).await;
         };
+        let method = question.method;
         // Unguessable: the id names the subject the answer goes to.
-        let Question {
-            kind,
-            method,
-            params,
-            requests,
-        } = question;
-        let id = format!("{kind}{}", Uuid::new_v4().simple());
+        let id = format!("{}{}", question.kind, Uuid::new_v4().simple());
         let answer_to = input_subject(&job, &id);
         let internal = |what: &str, e: &dyn std::fmt::Display| {
             ErrorData::internal_error(format!("job {job}: {what}: {e}"), None)
@@ -207,7 +202,7 @@ impl Asker {
             v: ENVELOPE_VERSION,
             job_id: job,
             id: id.clone(),
-            method: match &requests {
+            method: match &question.requests {
                 Some(requests) => requests
                     .values()
                     .next()
@@ -216,8 +211,8 @@ impl Asker {
                     .to_string(),
                 None => method.to_string(),
             },
-            params,
-            requests,
+            params: question.params,
+            requests: question.requests,
             answer_to,
         };
         let body = serde_json::to_vec(&event).map_err(|e| internal("encode", &e))?;
