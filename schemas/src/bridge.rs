@@ -31,6 +31,14 @@ pub const META_LOG_LEVEL: &str = "io.modelcontextprotocol/logLevel";
 pub const META_CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
 /// The Tasks extension (SEP-2663), as capabilities name it under `extensions`.
 pub const TASKS_EXTENSION: &str = "io.modelcontextprotocol/tasks";
+
+/// Whether client capabilities (as JSON) declare the Tasks extension.
+pub fn declares_tasks(capabilities: &serde_json::Value) -> bool {
+    capabilities
+        .get("extensions")
+        .and_then(|e| e.get(TASKS_EXTENSION))
+        .is_some()
+}
 /// Resource not found, before 2026-07-28.
 pub const LEGACY_RESOURCE_NOT_FOUND: i64 = -32002;
 /// Invalid params: also "resource not found" from 2026-07-28 on.

@@ -280,7 +280,7 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
     let era = origin.era;
     let (events, mut updates) = tokio::sync::mpsc::channel(crate::replies::EVENTS_UNREAD);
     let mut ingress_span = None;
-    let mut resumed = false;
+    let resumed = request.resume.is_some();
     // A new job is submitted and waited for; a retry that answers the job's question takes the
     // running job over from there.
     let (job_id, job, call): (
@@ -289,7 +289,6 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
         Pin<Box<dyn Future<Output = _> + Send + 'static>>,
     ) = match request.resume {
         Some(resume) => {
-            resumed = true;
             let job_id = resume.job_id;
             // Only the caller the question was asked of answers it: the seal says who that was.
             let asked_here = request_state(

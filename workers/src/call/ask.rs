@@ -296,9 +296,7 @@ impl Asker {
     fn may_have_task(&self) -> bool {
         self.capabilities
             .as_ref()
-            .and_then(|c| c.get("extensions"))
-            .and_then(|e| e.get(mcpq_schemas::bridge::TASKS_EXTENSION))
-            .is_some()
+            .is_some_and(mcpq_schemas::bridge::declares_tasks)
     }
 
     /// Shows the waiting questions in the job's record (`None`: none), and waits until it does.

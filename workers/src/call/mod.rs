@@ -144,7 +144,9 @@ async fn call_on(
                 });
             }
         };
-        in_flight.between_rounds(false);
+        if round > 0 {
+            in_flight.between_rounds(false);
+        }
         let Some(answer) = send(peer, upstream, job, request, &options, &in_flight).await else {
             return CallOutcome::Interrupted;
         };
@@ -272,10 +274,10 @@ fn upstream_meta(job: &Job, modern: bool) -> RequestMetaObject {
             .filter(|(key, _)| matches!(key.as_str(), "sampling" | "elicitation" | "roots"))
             .map(|(key, value)| (key.clone(), value.clone()))
             .collect();
-        if declared
-            .get("extensions")
-            .and_then(|e| e.get(bridge::TASKS_EXTENSION))
-            .is_some()
+        if job
+            .client_capabilities
+            .as_ref()
+            .is_some_and(bridge::declares_tasks)
         {
             relayed.insert(
                 "extensions".into(),
