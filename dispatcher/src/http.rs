@@ -16,7 +16,7 @@ use tower::ServiceExt;
 use crate::{
     Shared,
     auth::guard::{Guard, METADATA_PATH},
-    ingress::{self, Gateway},
+    ingress::{self, Gateway, as_written},
     sessions::KvSessions,
 };
 
@@ -145,13 +145,14 @@ pub(crate) fn router(
             let (stateless, with_sessions) = (stateless.clone(), with_sessions.clone());
             let (gateway, sessions) = (gateway.clone(), sessions.clone());
             async move {
-                let response = match route(request).await {
+                let (response, asked) = match route(request).await {
                     Route::Session(request) => {
+                        let (request, asked) = list_request(request).await;
                         match owned_session(&sessions, request, max_sessions).await {
                             Ok((request, opening)) => {
                                 let response = with_sessions.oneshot(request).await;
                                 settle_session(&sessions, opening, &response).await;
-                                response
+                                (response, asked)
                             }
                             Err(refused) => return Ok(refused),
                         }
@@ -166,16 +167,20 @@ pub(crate) fn router(
                                 return Ok(ingress::plain::answer(gateway, taken).await);
                             }
                             None => {
+                                let asked = as_written::asked(&body, parts.extensions.get());
                                 let request =
                                     Request::from_parts(parts, axum::body::Body::from(body));
-                                stateless.oneshot(request).await
+                                (stateless.oneshot(request).await, asked)
                             }
                         }
                     }
                 };
-                Ok::<_, std::convert::Infallible>(
-                    response.map_or_else(|never| match never {}, |r| r.map(axum::body::Body::new)),
-                )
+                let response =
+                    response.map_or_else(|never| match never {}, |r| r.map(axum::body::Body::new));
+                Ok::<_, std::convert::Infallible>(match asked {
+                    Some(asked) => as_written::answer(&gateway, &asked, response).await,
+                    None => response,
+                })
             }
         })
     };
@@ -329,6 +334,23 @@ async fn route(request: Request) -> Route {
     } else {
         Route::Stateless(parts, bytes)
     }
+}
+
+/// A session's POST with its body read, and the list request it is, if it is one (its answer
+/// gets the upstreams' own definitions: `ingress::as_written`).
+async fn list_request(request: Request) -> (Request, Option<as_written::Asked>) {
+    if request.method() != Method::POST {
+        return (request, None);
+    }
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
+        return (Request::from_parts(parts, axum::body::Body::empty()), None);
+    };
+    let asked = as_written::asked(&bytes, parts.extensions.get());
+    (
+        Request::from_parts(parts, axum::body::Body::from(bytes)),
+        asked,
+    )
 }
 
 /// A cheap look for the word before parsing: most requests are not `initialize`.

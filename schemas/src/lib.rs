@@ -26,7 +26,7 @@ pub mod status;
 pub mod trace;
 pub mod worker;
 
-pub use catalog::CatalogEntry;
+pub use catalog::{CatalogEntry, Listed};
 pub use dead_letter::{Attempt, DeadLetter};
 pub use job::{Job, JsonObject, Lane, McpRequest};
 pub use record::{

@@ -1,10 +1,10 @@
 //! What an endpoint lists: the catalog entries it serves, renamed for the aggregated endpoint
 //! (see `names`), and the capabilities it declares for them.
 
-use mcpq_schemas::CatalogEntry;
+use mcpq_schemas::{CatalogEntry, JsonObject, Listed};
 use rmcp::model::{Prompt, Resource, ResourceTemplate, ServerCapabilities, Tool};
 
-use super::{Gateway, names};
+use super::{Gateway, as_written::List, names};
 use crate::auth::Caller;
 
 impl Gateway {
@@ -22,52 +22,92 @@ impl Gateway {
         }
     }
 
-    /// Every entry's items the caller may use (by `name`), renamed for this endpoint by
-    /// `rename` when it is the aggregated one.
-    fn list<T>(
+    /// Every entry's definitions the caller may use (by `name`), with their server.
+    fn visible<T: Clone>(
         &self,
         caller: &Caller,
-        items: impl Fn(CatalogEntry) -> Vec<T>,
+        items: impl Fn(&CatalogEntry) -> &[Listed<T>],
         name: impl Fn(&T) -> &str,
-        rename: impl Fn(&str, &mut T),
-    ) -> Vec<T> {
-        let aggregated = self.scope.is_none();
+    ) -> Vec<(String, Listed<T>)> {
         self.entries()
             .into_iter()
             .filter(|(server, _)| caller.may_use_server(server))
             .flat_map(|(server, entry)| {
-                let mut items = items(entry);
-                items.retain(|item| caller.may(&server, name(item)));
+                items(&entry)
+                    .iter()
+                    .filter(|item| caller.may(&server, name(item)))
+                    .map(|item| (server.clone(), item.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// The visible definitions in rmcp's model, renamed by `rename` on the aggregated endpoint.
+    fn typed<T: Clone>(
+        &self,
+        caller: &Caller,
+        items: impl Fn(&CatalogEntry) -> &[Listed<T>],
+        name: impl Fn(&T) -> &str,
+        rename: impl Fn(&str, &mut T),
+    ) -> Vec<T> {
+        let aggregated = self.scope.is_none();
+        self.visible(caller, items, name)
+            .into_iter()
+            .map(|(server, item)| {
+                let mut item = T::clone(&item);
                 if aggregated {
-                    items.iter_mut().for_each(|item| rename(&server, item));
+                    rename(&server, &mut item);
                 }
-                items
+                item
+            })
+            .collect()
+    }
+
+    /// The visible definitions as their upstreams wrote them: on the aggregated endpoint the
+    /// name (or URI) field joined with the server's name, every other field as it was.
+    fn raw<T: Clone>(
+        &self,
+        caller: &Caller,
+        items: impl Fn(&CatalogEntry) -> &[Listed<T>],
+        name: impl Fn(&T) -> &str,
+        field: &str,
+        join: impl Fn(&str, &str) -> String,
+    ) -> Vec<JsonObject> {
+        let aggregated = self.scope.is_none();
+        self.visible(caller, items, &name)
+            .into_iter()
+            .map(|(server, item)| {
+                if aggregated {
+                    item.raw_with(field, join(&server, name(&item)))
+                } else {
+                    item.raw().clone()
+                }
             })
             .collect()
     }
 
     pub(super) fn tools(&self, caller: &Caller) -> Vec<Tool> {
-        self.list(
+        self.typed(
             caller,
-            |e| e.tools,
+            |e| &e.tools,
             |t| t.name.as_ref(),
             |server, tool: &mut Tool| tool.name = names::join_name(server, &tool.name).into(),
         )
     }
 
     pub(super) fn resources(&self, caller: &Caller) -> Vec<Resource> {
-        self.list(
+        self.typed(
             caller,
-            |e| e.resources,
+            |e| &e.resources,
             |r| r.uri.as_str(),
             |server, r: &mut Resource| r.uri = names::join_uri(server, &r.uri),
         )
     }
 
     pub(super) fn resource_templates(&self, caller: &Caller) -> Vec<ResourceTemplate> {
-        self.list(
+        self.typed(
             caller,
-            |e| e.resource_templates,
+            |e| &e.resource_templates,
             |t| t.uri_template.as_str(),
             |server, t: &mut ResourceTemplate| {
                 t.uri_template = names::join_uri(server, &t.uri_template);
@@ -76,12 +116,46 @@ impl Gateway {
     }
 
     pub(super) fn prompts(&self, caller: &Caller) -> Vec<Prompt> {
-        self.list(
+        self.typed(
             caller,
-            |e| e.prompts,
+            |e| &e.prompts,
             |p| p.name.as_str(),
             |server, p: &mut Prompt| p.name = names::join_name(server, &p.name),
         )
+    }
+
+    /// One list as the caller sees it here, each definition as its upstream wrote it.
+    pub(crate) fn listed(&self, caller: &Caller, list: List) -> Vec<JsonObject> {
+        match list {
+            List::Tools => self.raw(
+                caller,
+                |e| &e.tools,
+                |t| t.name.as_ref(),
+                "name",
+                names::join_name,
+            ),
+            List::Resources => self.raw(
+                caller,
+                |e| &e.resources,
+                |r| r.uri.as_str(),
+                "uri",
+                names::join_uri,
+            ),
+            List::Templates => self.raw(
+                caller,
+                |e| &e.resource_templates,
+                |t| t.uri_template.as_str(),
+                "uriTemplate",
+                names::join_uri,
+            ),
+            List::Prompts => self.raw(
+                caller,
+                |e| &e.prompts,
+                |p| p.name.as_str(),
+                "name",
+                names::join_name,
+            ),
+        }
     }
 
     /// What this endpoint can do: tools and tasks always; resources, prompts, completions and

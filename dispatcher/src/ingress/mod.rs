@@ -6,6 +6,7 @@
 //! `/mcp` serves every server's offer under aggregated names ([`names`]); `/servers/<name>/mcp`
 //! serves one server's under the upstream's own names.
 
+pub(crate) mod as_written;
 mod lists;
 pub mod names;
 pub(crate) mod plain;
@@ -35,6 +36,7 @@ use rmcp::{
     service::{RequestContext, SubscriptionContext},
 };
 
+use self::as_written::List;
 pub use self::names::NAME_SEPARATOR;
 pub use self::relay::{META_IDEMPOTENCY_KEY, META_LANE, META_TIMEOUT_MS};
 pub(crate) use self::relay::{Origin, Stream};
@@ -149,10 +151,10 @@ impl Gateway {
             hasher.finish()
         }
         (
-            digest(&self.tools(caller)),
-            digest(&self.resources(caller))
-                ^ digest(&self.resource_templates(caller)).rotate_left(1),
-            digest(&self.prompts(caller)),
+            digest(&self.listed(caller, List::Tools)),
+            digest(&self.listed(caller, List::Resources))
+                ^ digest(&self.listed(caller, List::Templates)).rotate_left(1),
+            digest(&self.listed(caller, List::Prompts)),
         )
     }
 
@@ -402,7 +404,7 @@ impl ServerHandler for Gateway {
         let (server, tool) = self.resolve(name, "tool").ok()?;
         self.shared.catalog.with_server(server, |entry| {
             entry.tools.iter().find(|t| t.name == tool).map(|t| {
-                let mut t = t.clone();
+                let mut t = rmcp::model::Tool::clone(t);
                 t.name = name.to_string().into();
                 t
             })

@@ -10,18 +10,18 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use mcpq_schemas::{
-    CatalogEntry,
+    CatalogEntry, Listed,
     names::{CATALOGS_STORE, ENVELOPE_VERSION},
     now_ms,
 };
 use rmcp::{
     RoleClient,
-    model::{ServerNotification, SubscriptionFilter},
+    model::{PaginatedRequestParams, ServerNotification, SubscriptionFilter},
     service::{Peer, Subscription},
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::upstream::Upstream;
+use crate::upstream::{ListTap, Page, Upstream};
 
 pub(crate) async fn publish_loop(
     upstream: Upstream,
@@ -127,7 +127,7 @@ async fn publish_once(
     worker_id: &str,
 ) -> Result<CatalogEntry, String> {
     let peer = upstream.peer().await.map_err(|e| e.to_string())?;
-    let entry = list_offer(&peer, upstream.server(), worker_id).await?;
+    let entry = list_offer(upstream, &peer, worker_id).await?;
     upstream.set_known(
         entry
             .tools
@@ -189,47 +189,69 @@ fn inline_limit(js: &async_nats::jetstream::Context) -> usize {
         .saturating_sub(8 * 1024)
 }
 
-/// The upstream's offer: only the lists its capabilities declare are asked for.
+/// The upstream's offer: only the lists its capabilities declare are asked for. Each
+/// definition is kept as the upstream wrote it (see `upstream::tap`).
 async fn list_offer(
+    upstream: &Upstream,
     peer: &Peer<RoleClient>,
-    server: &str,
     worker_id: &str,
 ) -> Result<CatalogEntry, String> {
     let info = peer
         .peer_info()
         .ok_or("the upstream session has no server info")?;
     let caps = info.capabilities.clone();
-    let fail = |what: &str| {
-        let what = what.to_string();
-        move |e: rmcp::ServiceError| format!("{what}: {e}")
-    };
-    let tools = if caps.tools.is_some() {
-        peer.list_all_tools().await.map_err(fail("tools/list"))?
-    } else {
-        Vec::new()
-    };
-    let (resources, resource_templates) = if caps.resources.is_some() {
-        (
-            peer.list_all_resources()
-                .await
-                .map_err(fail("resources/list"))?,
-            peer.list_all_resource_templates()
-                .await
-                .map_err(fail("resources/templates/list"))?,
-        )
-    } else {
-        (Vec::new(), Vec::new())
-    };
-    let prompts = if caps.prompts.is_some() {
-        peer.list_all_prompts()
-            .await
-            .map_err(fail("prompts/list"))?
-    } else {
-        Vec::new()
-    };
+    let tap = &upstream.events().tap;
+    let listed = async {
+        let tools = if caps.tools.is_some() {
+            list_all(tap, "tools/list", "tools", |params| async move {
+                peer.list_tools(params)
+                    .await
+                    .map(|page| (page.tools, page.next_cursor))
+            })
+            .await?
+        } else {
+            Vec::new()
+        };
+        let (resources, resource_templates) = if caps.resources.is_some() {
+            let resources = list_all(tap, "resources/list", "resources", |params| async move {
+                peer.list_resources(params)
+                    .await
+                    .map(|page| (page.resources, page.next_cursor))
+            })
+            .await?;
+            let templates = list_all(
+                tap,
+                "resources/templates/list",
+                "resourceTemplates",
+                |params| async move {
+                    peer.list_resource_templates(params)
+                        .await
+                        .map(|page| (page.resource_templates, page.next_cursor))
+                },
+            )
+            .await?;
+            (resources, templates)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let prompts = if caps.prompts.is_some() {
+            list_all(tap, "prompts/list", "prompts", |params| async move {
+                peer.list_prompts(params)
+                    .await
+                    .map(|page| (page.prompts, page.next_cursor))
+            })
+            .await?
+        } else {
+            Vec::new()
+        };
+        Ok::<_, String>((tools, resources, resource_templates, prompts))
+    }
+    .await;
+    tap.forget();
+    let (tools, resources, resource_templates, prompts) = listed?;
     Ok(CatalogEntry {
         v: ENVELOPE_VERSION,
-        server: server.to_string(),
+        server: upstream.server().to_string(),
         protocol_version: Some(info.protocol_version.to_string()),
         capabilities: caps,
         tools,
@@ -240,4 +262,57 @@ async fn list_offer(
         worker_id: worker_id.to_string(),
         stored: None,
     })
+}
+
+/// The most pages one list may have: an upstream whose cursors never end is not followed
+/// forever.
+const MAX_PAGES: usize = 1000;
+
+/// Every page of one list, each item as the upstream wrote it: the page's raw answer when the
+/// tap kept it and it lists the same items rmcp read, else rmcp's reading of it.
+async fn list_all<T, F, Fut>(
+    tap: &ListTap,
+    method: &'static str,
+    field: &str,
+    mut page: F,
+) -> Result<Vec<Listed<T>>, String>
+where
+    T: serde::de::DeserializeOwned + serde::Serialize,
+    F: FnMut(Option<PaginatedRequestParams>) -> Fut,
+    Fut: Future<Output = Result<(Vec<T>, Option<String>), rmcp::ServiceError>>,
+{
+    let mut all = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..MAX_PAGES {
+        let params = cursor
+            .clone()
+            .map(|c| PaginatedRequestParams::default().with_cursor(Some(c)));
+        let (items, next) = page(params).await.map_err(|e| format!("{method}: {e}"))?;
+        let raw = tap
+            .take(&Page {
+                method,
+                cursor: cursor.clone(),
+            })
+            .and_then(|mut result| match result.remove(field) {
+                Some(serde_json::Value::Array(raw)) if raw.len() == items.len() => Some(raw),
+                _ => None,
+            });
+        match raw {
+            Some(raw) => all.extend(raw.into_iter().zip(items).map(|(raw, typed)| match raw {
+                serde_json::Value::Object(raw) => {
+                    Listed::from_raw(raw).unwrap_or_else(|_| Listed::from_typed(typed))
+                }
+                _ => Listed::from_typed(typed),
+            })),
+            None => {
+                tracing::debug!(method, "no raw answer kept: definitions as rmcp reads them");
+                all.extend(items.into_iter().map(Listed::from_typed));
+            }
+        }
+        match next {
+            Some(next) if Some(&next) != cursor.as_ref() => cursor = Some(next),
+            _ => return Ok(all),
+        }
+    }
+    Err(format!("{method}: more than {MAX_PAGES} pages"))
 }

@@ -128,6 +128,8 @@ pub(crate) struct Events {
     pub calls: CallsInFlight,
     /// `notifications/resources/updated` are announced to dispatchers.
     pub subscriptions: Subscriptions,
+    /// List answers kept as the upstream wrote them, for the catalog.
+    pub tap: Arc<super::tap::ListTap>,
 }
 
 #[allow(deprecated)] // sampling, roots and logging are deprecated by SEP-2577; upstreams still use them
@@ -311,6 +313,7 @@ impl<T: Transport<RoleClient>> Transport<RoleClient> for Observed<T> {
         &mut self,
         item: TxJsonRpcMessage<RoleClient>,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+        self.events.tap.asked(&item);
         self.inner.send(item)
     }
 

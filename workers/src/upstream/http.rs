@@ -1,14 +1,26 @@
 //! Streamable HTTP upstreams.
 
-use std::collections::{BTreeMap, HashMap};
-
-use http::{HeaderName, HeaderValue};
-use mcpq_schemas::config::Secret;
-use rmcp::transport::{
-    StreamableHttpClientTransport, streamable_http_client::StreamableHttpClientTransportConfig,
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
 };
 
-use super::UpstreamError;
+use futures::{StreamExt, TryStreamExt, stream::BoxStream};
+use http::{HeaderName, HeaderValue};
+use mcpq_schemas::config::Secret;
+use rmcp::{
+    model::{ClientJsonRpcMessage, ServerJsonRpcMessage},
+    transport::{
+        StreamableHttpClientTransport,
+        streamable_http_client::{
+            SseError, StreamableHttpClient, StreamableHttpClientTransportConfig,
+            StreamableHttpError, StreamableHttpPostResponse, StreamableHttpResponseLimits,
+        },
+    },
+};
+use sse_stream::{Sse, SseStream};
+
+use super::{UpstreamError, tap::ListTap};
 
 /// Bytes an upstream's response may have beyond `maxResultBytes`: the JSON-RPC envelope.
 const RESPONSE_SLACK: usize = 1024 * 1024;
@@ -57,13 +69,235 @@ impl HttpConnector {
         Ok(HttpConnector { config })
     }
 
-    pub(super) fn transport(&self) -> StreamableHttpClientTransport<reqwest::Client> {
+    pub(super) fn transport(&self, tap: Arc<ListTap>) -> StreamableHttpClientTransport<Tapped> {
         let client = reqwest::Client::builder()
             .tcp_nodelay(true)
             .redirect(same_origin_redirects())
             .build()
             .unwrap_or_default();
-        StreamableHttpClientTransport::with_client(client, self.config.clone())
+        StreamableHttpClientTransport::with_client(Tapped { client, tap }, self.config.clone())
+    }
+}
+
+/// rmcp's reqwest client, except that the answer to a list request is read here, so that the
+/// tap sees its bytes before rmcp's model types drop the fields they do not know (see `tap`).
+/// Every other message goes through rmcp's client unchanged.
+#[derive(Clone)]
+pub(super) struct Tapped {
+    client: reqwest::Client,
+    tap: Arc<ListTap>,
+}
+
+type PostResult = Result<StreamableHttpPostResponse, StreamableHttpError<reqwest::Error>>;
+
+impl Tapped {
+    /// A list request, posted as rmcp's client posts it. `None` when the answer is not a
+    /// plain success (an error status, another content type, a body over the limit): rmcp's
+    /// client then asks again and says what was wrong (a list request is safe to repeat).
+    async fn post_list(
+        &self,
+        uri: &str,
+        message: &ClientJsonRpcMessage,
+        session_id: Option<&str>,
+        auth_token: Option<&str>,
+        custom_headers: &HashMap<HeaderName, HeaderValue>,
+        limits: &StreamableHttpResponseLimits,
+    ) -> Option<StreamableHttpPostResponse> {
+        let mut request = self
+            .client
+            .post(uri)
+            .header(http::header::ACCEPT, "text/event-stream, application/json");
+        if let Some(token) = auth_token {
+            request = request.bearer_auth(token);
+        }
+        for (name, value) in custom_headers {
+            request = request.header(name, value);
+        }
+        if let Some(session_id) = session_id {
+            request = request.header("Mcp-Session-Id", session_id);
+        }
+        let response = request.json(message).send().await.ok()?;
+        if response.status() != reqwest::StatusCode::OK {
+            return None;
+        }
+        let session_id = response
+            .headers()
+            .get("Mcp-Session-Id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let content_type = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let limit = limits.max_json_response_size;
+        if content_type.starts_with("application/json") {
+            if response.content_length().is_some_and(|n| n > limit as u64) {
+                return None;
+            }
+            let body = response.bytes().await.ok()?;
+            if body.len() > limit {
+                return None;
+            }
+            self.tap.heard(&body);
+            let message: ServerJsonRpcMessage = serde_json::from_slice(&body).ok()?;
+            Some(StreamableHttpPostResponse::Json(message, session_id))
+        } else if content_type.starts_with("text/event-stream") {
+            let tap = self.tap.clone();
+            let mut read = 0usize;
+            let bytes = response.bytes_stream().map(move |chunk| {
+                let chunk = chunk.map_err(std::io::Error::other)?;
+                read += chunk.len();
+                if read > limit {
+                    return Err(std::io::Error::other(format!(
+                        "the list answer is over {limit} bytes"
+                    )));
+                }
+                Ok(chunk)
+            });
+            let events: BoxStream<'static, Result<Sse, SseError>> =
+                SseStream::from_bytes_stream(bytes)
+                    .inspect_ok(move |event| {
+                        if let Some(data) = &event.data {
+                            tap.heard(data.as_bytes());
+                        }
+                    })
+                    .boxed();
+            Some(StreamableHttpPostResponse::Sse(events, session_id))
+        } else {
+            None
+        }
+    }
+}
+
+impl StreamableHttpClient for Tapped {
+    type Error = reqwest::Error;
+
+    async fn post_message(
+        &self,
+        uri: Arc<str>,
+        message: ClientJsonRpcMessage,
+        session_id: Option<Arc<str>>,
+        auth_token: Option<String>,
+        custom_headers: HashMap<HeaderName, HeaderValue>,
+    ) -> PostResult {
+        self.post_message_with_response_limits(
+            uri,
+            message,
+            session_id,
+            auth_token,
+            custom_headers,
+            StreamableHttpResponseLimits::default(),
+        )
+        .await
+    }
+
+    async fn post_message_with_max_sse_event_size(
+        &self,
+        uri: Arc<str>,
+        message: ClientJsonRpcMessage,
+        session_id: Option<Arc<str>>,
+        auth_token: Option<String>,
+        custom_headers: HashMap<HeaderName, HeaderValue>,
+        max_sse_event_size: usize,
+    ) -> PostResult {
+        let mut limits = StreamableHttpResponseLimits::default();
+        limits.max_sse_event_size = max_sse_event_size;
+        self.post_message_with_response_limits(
+            uri,
+            message,
+            session_id,
+            auth_token,
+            custom_headers,
+            limits,
+        )
+        .await
+    }
+
+    async fn post_message_with_response_limits(
+        &self,
+        uri: Arc<str>,
+        message: ClientJsonRpcMessage,
+        session_id: Option<Arc<str>>,
+        auth_token: Option<String>,
+        custom_headers: HashMap<HeaderName, HeaderValue>,
+        limits: StreamableHttpResponseLimits,
+    ) -> PostResult {
+        if self.tap.armed()
+            && let ClientJsonRpcMessage::Request(request) = &message
+            && self.tap.awaits(&request.id)
+            && let Some(response) = self
+                .post_list(
+                    &uri,
+                    &message,
+                    session_id.as_deref(),
+                    auth_token.as_deref(),
+                    &custom_headers,
+                    &limits,
+                )
+                .await
+        {
+            return Ok(response);
+        }
+        self.client
+            .post_message_with_response_limits(
+                uri,
+                message,
+                session_id,
+                auth_token,
+                custom_headers,
+                limits,
+            )
+            .await
+    }
+
+    async fn delete_session(
+        &self,
+        uri: Arc<str>,
+        session_id: Arc<str>,
+        auth_token: Option<String>,
+        custom_headers: HashMap<HeaderName, HeaderValue>,
+    ) -> Result<(), StreamableHttpError<reqwest::Error>> {
+        self.client
+            .delete_session(uri, session_id, auth_token, custom_headers)
+            .await
+    }
+
+    async fn get_stream(
+        &self,
+        uri: Arc<str>,
+        session_id: Option<Arc<str>>,
+        last_event_id: Option<String>,
+        auth_token: Option<String>,
+        custom_headers: HashMap<HeaderName, HeaderValue>,
+    ) -> Result<BoxStream<'static, Result<Sse, SseError>>, StreamableHttpError<reqwest::Error>>
+    {
+        self.client
+            .get_stream(uri, session_id, last_event_id, auth_token, custom_headers)
+            .await
+    }
+
+    async fn get_stream_with_max_sse_event_size(
+        &self,
+        uri: Arc<str>,
+        session_id: Option<Arc<str>>,
+        last_event_id: Option<String>,
+        auth_token: Option<String>,
+        custom_headers: HashMap<HeaderName, HeaderValue>,
+        max_sse_event_size: usize,
+    ) -> Result<BoxStream<'static, Result<Sse, SseError>>, StreamableHttpError<reqwest::Error>>
+    {
+        self.client
+            .get_stream_with_max_sse_event_size(
+                uri,
+                session_id,
+                last_event_id,
+                auth_token,
+                custom_headers,
+                max_sse_event_size,
+            )
+            .await
     }
 }
 

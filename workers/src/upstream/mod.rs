@@ -10,6 +10,9 @@ mod http;
 mod ping;
 mod stdio;
 mod subscribe;
+mod tap;
+
+pub(crate) use tap::{ListTap, Page};
 
 use std::{
     sync::{
@@ -215,6 +218,7 @@ impl Upstream {
                     progress: ProgressRoutes::default(),
                     calls: CallsInFlight::default(),
                     subscriptions,
+                    tap: Arc::default(),
                 },
                 known: Default::default(),
             }),
@@ -427,11 +431,11 @@ impl Upstream {
         let events = self.inner.events.clone();
         let started = match connector {
             Connector::Http(c) => {
-                let transport = Observed::new(c.transport(), events.clone());
+                let transport = Observed::new(c.transport(events.tap.clone()), events.clone());
                 events.serve_with_lifecycle(transport, lifecycle).await
             }
             Connector::Stdio(c) => {
-                let transport = Observed::new(c.spawn()?, events.clone());
+                let transport = Observed::new(c.spawn(events.tap.clone())?, events.clone());
                 events.serve_with_lifecycle(transport, lifecycle).await
             }
         };

@@ -1,6 +1,6 @@
 //! Upstreams that are child processes speaking MCP on stdin/stdout.
 
-use std::{borrow::Cow, collections::BTreeMap, process::Stdio, time::Duration};
+use std::{borrow::Cow, collections::BTreeMap, process::Stdio, sync::Arc, time::Duration};
 
 use mcpq_schemas::config::Secret;
 use rmcp::{
@@ -10,7 +10,10 @@ use rmcp::{
 };
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
-use super::UpstreamError;
+use super::{
+    UpstreamError,
+    tap::{ListTap, TappedReader},
+};
 
 #[derive(Clone)]
 pub(super) struct StdioConnector {
@@ -32,7 +35,7 @@ const EXIT_GRACE: Duration = Duration::from_secs(3);
 /// killed when the transport is dropped without being closed.
 pub(super) struct ChildTransport {
     child: Child,
-    lines: AsyncRwTransport<RoleClient, ChildStdout, ChildStdin>,
+    lines: AsyncRwTransport<RoleClient, TappedReader<ChildStdout>, ChildStdin>,
 }
 
 impl Transport<RoleClient> for ChildTransport {
@@ -92,7 +95,7 @@ impl StdioConnector {
     }
 
     /// Starts the child process. Its stderr goes to the worker's stderr.
-    pub(super) fn spawn(&self) -> Result<ChildTransport, UpstreamError> {
+    pub(super) fn spawn(&self, tap: Arc<ListTap>) -> Result<ChildTransport, UpstreamError> {
         let mut command = tokio::process::Command::new(&self.command);
         // Only what the config names, and what any program needs to start: the worker's own
         // environment holds other servers' tokens.
@@ -121,7 +124,8 @@ impl StdioConnector {
             return Err(spawn_failed("no stdin or stdout to talk to".into()));
         };
         tracing::info!(server = %self.server, command = %self.command, pid = ?child.id(), "started stdio upstream");
-        let lines = AsyncRwTransport::new_client(stdout, stdin).with_max_line_length(MAX_LINE);
+        let lines = AsyncRwTransport::new_client(TappedReader::new(stdout, tap), stdin)
+            .with_max_line_length(MAX_LINE);
         Ok(ChildTransport { child, lines })
     }
 }
