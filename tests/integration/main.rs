@@ -13,6 +13,7 @@ mod dashboards;
 mod deploy;
 mod endpoints;
 mod faults;
+mod fidelity;
 mod flow;
 mod fuzz;
 mod health;

@@ -6,6 +6,7 @@ pub mod conformance;
 pub mod fixture;
 pub mod nats;
 pub mod proxy;
+pub mod raw;
 pub mod stack;
 
 use std::{

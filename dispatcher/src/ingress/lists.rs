@@ -158,8 +158,9 @@ impl Gateway {
         }
     }
 
-    /// What this endpoint can do: tools and tasks always; resources, prompts, completions and
-    /// logging when an upstream behind it declared them (all lists change with the catalog).
+    /// What this endpoint can do: what the upstreams behind it declared (tools, resources and
+    /// their subscriptions, prompts, completions, logging), each list said to change (the
+    /// catalog does), and mcpq's own tasks; tools alone before any catalog is published.
     /// Worked out once per catalog version: rmcp asks on every stateless request.
     pub(super) fn capabilities(&self) -> ServerCapabilities {
         let version = self.shared.catalog.version();
@@ -179,7 +180,11 @@ impl Gateway {
         let any = |has: fn(&ServerCapabilities) -> bool| {
             entries.iter().any(|(_, e)| has(&e.capabilities))
         };
-        let mut caps = serde_json::json!({"tools": {"listChanged": true}});
+        let mut caps = serde_json::json!({});
+        // Before any catalog is published, what the endpoint is for.
+        if entries.is_empty() || any(|c| c.tools.is_some()) {
+            caps["tools"] = serde_json::json!({"listChanged": true});
+        }
         if any(|c| c.resources.is_some()) {
             let subscribe = any(|c| c.resources.as_ref().and_then(|r| r.subscribe) == Some(true));
             caps["resources"] = serde_json::json!({"listChanged": true, "subscribe": subscribe});

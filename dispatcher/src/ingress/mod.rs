@@ -499,6 +499,7 @@ impl ServerHandler for Gateway {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
+        self.serves("tools/list", |c| c.tools.is_some())?;
         Ok(ListToolsResult::with_all_items(
             self.tools(&caller_of(&context)),
         ))

@@ -50,13 +50,56 @@ pub(crate) struct Asker {
     pub became_task: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// The client capability an upstream's question needs.
-fn capability(method: &str) -> Option<&'static str> {
+/// The client capabilities an upstream's question needs, as paths into the caller's declared
+/// capabilities: the capability itself, or a mode or feature of it that the question uses
+/// (URL-mode elicitation, tools or context in sampling). `None` for a question mcpq does not
+/// relay.
+fn needs(method: &str, params: &Value) -> Option<Vec<&'static str>> {
     match method {
-        "sampling/createMessage" => Some("sampling"),
-        "elicitation/create" => Some("elicitation"),
-        "roots/list" => Some("roots"),
+        "sampling/createMessage" => {
+            let mut needs = vec!["sampling"];
+            if params
+                .get("tools")
+                .and_then(Value::as_array)
+                .is_some_and(|tools| !tools.is_empty())
+            {
+                needs.push("sampling.tools");
+            }
+            if matches!(
+                params.get("includeContext").and_then(Value::as_str),
+                Some("thisServer" | "allServers")
+            ) {
+                needs.push("sampling.context");
+            }
+            Some(needs)
+        }
+        "elicitation/create" => match params.get("mode").and_then(Value::as_str) {
+            Some("url") => Some(vec!["elicitation.url"]),
+            _ => Some(vec!["elicitation.form"]),
+        },
+        "roots/list" => Some(vec!["roots"]),
         _ => None,
+    }
+}
+
+/// Whether the caller declared the capability at `path`. An `elicitation` that names no mode
+/// is form mode (as it was before URL mode came, in 2025-11-25).
+fn declared(capabilities: Option<&Value>, path: &str) -> bool {
+    let Some(capabilities) = capabilities else {
+        return false;
+    };
+    let (top, sub) = path
+        .split_once('.')
+        .map_or((path, None), |(t, s)| (t, Some(s)));
+    let Some(declared) = capabilities.get(top) else {
+        return false;
+    };
+    match sub {
+        None => true,
+        Some("form") if top == "elicitation" => {
+            declared.get("form").is_some() || declared.get("url").is_none()
+        }
+        Some(sub) => declared.get(sub).is_some(),
     }
 }
 
@@ -81,29 +124,27 @@ pub const ROUND: char = 'r';
 
 impl Asker {
     /// Refuses at once a question the caller cannot answer.
-    fn check(&self, method: &str) -> Result<(), ErrorData> {
+    fn check(&self, method: &str, params: &Value) -> Result<(), ErrorData> {
         let job = self.job_id;
-        let Some(needed) = capability(method) else {
+        let Some(needs) = needs(method, params) else {
             return Err(refused(format!(
                 "mcpq does not relay {method:?} to callers"
             )));
         };
-        if self
-            .capabilities
-            .as_ref()
-            .and_then(|c| c.get(needed))
-            .is_none()
+        match needs
+            .into_iter()
+            .find(|need| !declared(self.capabilities.as_ref(), need))
         {
-            return Err(refused(format!(
-                "the caller of job {job} cannot answer {method}: it declared no {needed:?} capability"
-            )));
+            None => Ok(()),
+            Some(missing) => Err(refused(format!(
+                "the caller of job {job} cannot answer {method}: it declared no {missing:?} capability"
+            ))),
         }
-        Ok(())
     }
 
     /// The caller's answer to `method` with `params`, or why there is none.
     pub(crate) async fn ask(&self, method: &str, params: Value) -> Result<Value, ErrorData> {
-        self.check(method)?;
+        self.check(method, &params)?;
         self.put(Question {
             kind: 'q',
             method,
@@ -122,7 +163,7 @@ impl Asker {
         let mut methods = Vec::with_capacity(requests.len());
         for question in requests.values() {
             let method = question["method"].as_str().unwrap_or_default();
-            self.check(method)?;
+            self.check(method, &question["params"])?;
             methods.push(method);
         }
         let what = methods.join(", ");
@@ -461,4 +502,76 @@ pub(crate) async fn answer_questions(
         ))
     })?;
     Ok((answers, asked.request_state))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn may_answer(capabilities: Value, method: &str, params: Value) -> bool {
+        needs(method, &params)
+            .is_some_and(|needs| needs.iter().all(|n| declared(Some(&capabilities), n)))
+    }
+
+    #[test]
+    fn a_question_needs_the_mode_or_feature_it_uses() {
+        let form = json!({"mode": "form", "message": "m", "requestedSchema": {}});
+        let url = json!({"mode": "url", "message": "m", "url": "https://x", "elicitationId": "1"});
+        // An elicitation capability that names no mode is form mode.
+        assert!(may_answer(
+            json!({"elicitation": {}}),
+            "elicitation/create",
+            form.clone()
+        ));
+        assert!(!may_answer(
+            json!({"elicitation": {}}),
+            "elicitation/create",
+            url.clone()
+        ));
+        assert!(may_answer(
+            json!({"elicitation": {"url": {}}}),
+            "elicitation/create",
+            url
+        ));
+        assert!(!may_answer(
+            json!({"elicitation": {"url": {}}}),
+            "elicitation/create",
+            form.clone()
+        ));
+        assert!(may_answer(
+            json!({"elicitation": {"form": {}, "url": {}}}),
+            "elicitation/create",
+            form
+        ));
+        let with_tools = json!({"messages": [], "maxTokens": 1, "tools": [{"name": "t"}]});
+        assert!(!may_answer(
+            json!({"sampling": {}}),
+            "sampling/createMessage",
+            with_tools.clone()
+        ));
+        assert!(may_answer(
+            json!({"sampling": {"tools": {}}}),
+            "sampling/createMessage",
+            with_tools
+        ));
+        let with_context = json!({"messages": [], "maxTokens": 1, "includeContext": "thisServer"});
+        assert!(!may_answer(
+            json!({"sampling": {}}),
+            "sampling/createMessage",
+            with_context
+        ));
+        assert!(may_answer(
+            json!({"sampling": {}}),
+            "sampling/createMessage",
+            json!({"includeContext": "none"})
+        ));
+        assert!(!may_answer(
+            json!({"sampling": {}}),
+            "roots/list",
+            json!({})
+        ));
+        assert!(!may_answer(json!({"roots": {}}), "tools/call", json!({})));
+    }
 }

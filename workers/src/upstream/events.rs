@@ -183,9 +183,15 @@ impl ClientHandler for Events {
             .await
     }
 
-    /// The worker can answer whatever the caller of a call can: it asks them.
+    /// The worker can answer whatever the caller of a call can: it asks them (every mode and
+    /// feature of each, relayed whole; a caller that did not declare the one a question uses
+    /// is refused at once, see `call::ask`).
     fn get_info(&self) -> ClientConfig {
-        let capabilities = serde_json::json!({"sampling": {}, "elicitation": {}, "roots": {}});
+        let capabilities = serde_json::json!({
+            "sampling": {"tools": {}, "context": {}},
+            "elicitation": {"form": {}, "url": {}},
+            "roots": {}
+        });
         ClientConfig::new(
             serde_json::from_value::<ClientCapabilities>(capabilities).unwrap_or_default(),
             Implementation::new("mcpq-worker", env!("CARGO_PKG_VERSION")),
