@@ -147,7 +147,10 @@ pub(crate) fn router(
             async move {
                 let (response, asked) = match route(request).await {
                     Route::Session(request) => {
-                        let (request, asked) = list_request(request).await;
+                        let (request, asked) = match list_request(request).await {
+                            Ok(read) => read,
+                            Err(refused) => return Ok(refused),
+                        };
                         match owned_session(&sessions, request, max_sessions).await {
                             Ok((request, opening)) => {
                                 let response = with_sessions.oneshot(request).await;
@@ -338,19 +341,34 @@ async fn route(request: Request) -> Route {
 
 /// A session's POST with its body read, and the list request it is, if it is one (its answer
 /// gets the upstreams' own definitions: `ingress::as_written`).
-async fn list_request(request: Request) -> (Request, Option<as_written::Asked>) {
-    if request.method() != Method::POST {
-        return (request, None);
+///
+/// Only a small body with a length is read here (a list request is a few hundred bytes); any
+/// other goes on to rmcp unread, as it came.
+async fn list_request(
+    request: Request,
+) -> Result<(Request, Option<as_written::Asked>), axum::response::Response> {
+    const SMALL: u64 = 64 * 1024;
+    let length = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if request.method() != Method::POST || length.is_none_or(|n| n > SMALL) {
+        return Ok((request, None));
     }
     let (parts, body) = request.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
-        return (Request::from_parts(parts, axum::body::Body::empty()), None);
+    let Ok(bytes) = axum::body::to_bytes(body, SMALL as usize).await else {
+        return Err((
+            axum::http::StatusCode::BAD_REQUEST,
+            "the request body was not as long as its Content-Length said\n",
+        )
+            .into_response());
     };
     let asked = as_written::asked(&bytes, parts.extensions.get());
-    (
+    Ok((
         Request::from_parts(parts, axum::body::Body::from(bytes)),
         asked,
-    )
+    ))
 }
 
 /// A cheap look for the word before parsing: most requests are not `initialize`.

@@ -105,6 +105,7 @@ pub(crate) async fn answer(
     // rmcp's answer to a list request is whole once the body ends (its SSE stream closes
     // after the answer).
     let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        parts.headers.remove(header::CONTENT_LENGTH);
         return Response::from_parts(parts, Body::empty());
     };
     let rewritten = if json {

@@ -51,33 +51,28 @@ pub(crate) struct Asker {
 }
 
 /// The client capabilities an upstream's question needs, as paths into the caller's declared
-/// capabilities: the capability itself, or a mode or feature of it that the question uses
-/// (URL-mode elicitation, tools or context in sampling). `None` for a question mcpq does not
-/// relay.
-fn needs(method: &str, params: &Value) -> Option<Vec<&'static str>> {
+/// capabilities: the capability itself, or the mode or feature of it that the question uses
+/// (`elicitation.url`, `sampling.tools`). `None` for a question mcpq does not relay.
+/// `includeContext` asks for nothing: it is a hint a client may ignore, passed on as it is.
+fn needs(method: &str, params: &Value) -> Option<Vec<String>> {
     match method {
         "sampling/createMessage" => {
-            let mut needs = vec!["sampling"];
+            let mut needs = vec!["sampling".to_string()];
             if params
                 .get("tools")
                 .and_then(Value::as_array)
                 .is_some_and(|tools| !tools.is_empty())
             {
-                needs.push("sampling.tools");
-            }
-            if matches!(
-                params.get("includeContext").and_then(Value::as_str),
-                Some("thisServer" | "allServers")
-            ) {
-                needs.push("sampling.context");
+                needs.push("sampling.tools".into());
             }
             Some(needs)
         }
-        "elicitation/create" => match params.get("mode").and_then(Value::as_str) {
-            Some("url") => Some(vec!["elicitation.url"]),
-            _ => Some(vec!["elicitation.form"]),
-        },
-        "roots/list" => Some(vec!["roots"]),
+        // Each mode is declared by name; a request that names none is form mode.
+        "elicitation/create" => {
+            let mode = params.get("mode").and_then(Value::as_str).unwrap_or("form");
+            Some(vec![format!("elicitation.{mode}")])
+        }
+        "roots/list" => Some(vec!["roots".into()]),
         _ => None,
     }
 }
@@ -556,16 +551,24 @@ mod tests {
             "sampling/createMessage",
             with_tools
         ));
+        // includeContext is a hint: passed on, never a reason to refuse.
         let with_context = json!({"messages": [], "maxTokens": 1, "includeContext": "thisServer"});
-        assert!(!may_answer(
+        assert!(may_answer(
             json!({"sampling": {}}),
             "sampling/createMessage",
             with_context
         ));
+        // A mode mcpq has not heard of goes to a caller that declared it, and only to one.
+        let later = json!({"mode": "later", "message": "m"});
+        assert!(!may_answer(
+            json!({"elicitation": {}}),
+            "elicitation/create",
+            later.clone()
+        ));
         assert!(may_answer(
-            json!({"sampling": {}}),
-            "sampling/createMessage",
-            json!({"includeContext": "none"})
+            json!({"elicitation": {"later": {}}}),
+            "elicitation/create",
+            later
         ));
         assert!(!may_answer(
             json!({"sampling": {}}),

@@ -6,7 +6,7 @@
 //! (see `upstream::Events`); upstreams on 2026-07-28 send them only on a `subscriptions/listen`
 //! stream, which this loop keeps open while it waits.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use async_nats::jetstream::kv;
 use mcpq_schemas::{
@@ -16,7 +16,11 @@ use mcpq_schemas::{
 };
 use rmcp::{
     RoleClient,
-    model::{PaginatedRequestParams, ServerNotification, SubscriptionFilter},
+    model::{
+        ClientRequest, ListPromptsRequest, ListResourceTemplatesRequest, ListResourcesRequest,
+        ListToolsRequest, PaginatedRequestParams, ServerNotification, ServerResult,
+        SubscriptionFilter,
+    },
     service::{Peer, Subscription},
 };
 use tokio_util::sync::CancellationToken;
@@ -201,54 +205,48 @@ async fn list_offer(
         .ok_or("the upstream session has no server info")?;
     let caps = info.capabilities.clone();
     let tap = &upstream.events().tap;
+    let _listing = tap.listing();
     let listed = async {
         let tools = if caps.tools.is_some() {
-            list_all(tap, "tools/list", "tools", |params| async move {
-                peer.list_tools(params)
-                    .await
-                    .map(|page| (page.tools, page.next_cursor))
+            list_all(tap, peer, List::Tools, |r| match r {
+                ServerResult::ListToolsResult(page) => Some((page.tools, page.next_cursor)),
+                _ => None,
             })
             .await?
         } else {
             Vec::new()
         };
         let (resources, resource_templates) = if caps.resources.is_some() {
-            let resources = list_all(tap, "resources/list", "resources", |params| async move {
-                peer.list_resources(params)
-                    .await
-                    .map(|page| (page.resources, page.next_cursor))
+            let resources = list_all(tap, peer, List::Resources, |r| match r {
+                ServerResult::ListResourcesResult(page) => Some((page.resources, page.next_cursor)),
+                _ => None,
             })
             .await?;
-            let templates = list_all(
-                tap,
-                "resources/templates/list",
-                "resourceTemplates",
-                |params| async move {
-                    peer.list_resource_templates(params)
-                        .await
-                        .map(|page| (page.resource_templates, page.next_cursor))
-                },
-            )
+            let templates = list_all(tap, peer, List::Templates, |r| match r {
+                ServerResult::ListResourceTemplatesResult(page) => {
+                    Some((page.resource_templates, page.next_cursor))
+                }
+                _ => None,
+            })
             .await?;
             (resources, templates)
         } else {
             (Vec::new(), Vec::new())
         };
         let prompts = if caps.prompts.is_some() {
-            list_all(tap, "prompts/list", "prompts", |params| async move {
-                peer.list_prompts(params)
-                    .await
-                    .map(|page| (page.prompts, page.next_cursor))
+            list_all(tap, peer, List::Prompts, |r| match r {
+                ServerResult::ListPromptsResult(page) => Some((page.prompts, page.next_cursor)),
+                _ => None,
             })
             .await?
         } else {
             Vec::new()
         };
         Ok::<_, String>((tools, resources, resource_templates, prompts))
-    }
-    .await;
-    tap.forget();
-    let (tools, resources, resource_templates, prompts) = listed?;
+    };
+    let (tools, resources, resource_templates, prompts) = tokio::time::timeout(LIST_WITHIN, listed)
+        .await
+        .map_err(|_| format!("the upstream did not list its offer within {LIST_WITHIN:?}"))??;
     Ok(CatalogEntry {
         v: ENVELOPE_VERSION,
         server: upstream.server().to_string(),
@@ -264,50 +262,120 @@ async fn list_offer(
     })
 }
 
+/// How long listing the whole offer may take.
+const LIST_WITHIN: Duration = Duration::from_secs(120);
+
 /// The most pages one list may have: an upstream whose cursors never end is not followed
 /// forever.
 const MAX_PAGES: usize = 1000;
 
-/// Every page of one list, each item as the upstream wrote it: the page's raw answer when the
-/// tap kept it and it lists the same items rmcp read, else rmcp's reading of it.
-async fn list_all<T, F, Fut>(
+/// The four lists, as asked for.
+#[derive(Clone, Copy)]
+enum List {
+    Tools,
+    Resources,
+    Templates,
+    Prompts,
+}
+
+impl List {
+    fn method(self) -> &'static str {
+        match self {
+            List::Tools => "tools/list",
+            List::Resources => "resources/list",
+            List::Templates => "resources/templates/list",
+            List::Prompts => "prompts/list",
+        }
+    }
+
+    /// The result's field that holds the list, and the field that names each item.
+    fn fields(self) -> (&'static str, &'static str) {
+        match self {
+            List::Tools => ("tools", "name"),
+            List::Resources => ("resources", "uri"),
+            List::Templates => ("resourceTemplates", "uriTemplate"),
+            List::Prompts => ("prompts", "name"),
+        }
+    }
+
+    /// The request for one page. Sent with `send_request`, not rmcp's `list_*`: those answer
+    /// from rmcp's response cache (for as long as the upstream's `ttlMs`), and the catalog
+    /// must hear the upstream itself.
+    fn request(self, cursor: Option<String>) -> ClientRequest {
+        let params = cursor.map(|c| PaginatedRequestParams::default().with_cursor(Some(c)));
+        match self {
+            List::Tools => ClientRequest::ListToolsRequest(ListToolsRequest {
+                method: Default::default(),
+                params,
+                extensions: Default::default(),
+            }),
+            List::Resources => ClientRequest::ListResourcesRequest(ListResourcesRequest {
+                method: Default::default(),
+                params,
+                extensions: Default::default(),
+            }),
+            List::Templates => {
+                ClientRequest::ListResourceTemplatesRequest(ListResourceTemplatesRequest {
+                    method: Default::default(),
+                    params,
+                    extensions: Default::default(),
+                })
+            }
+            List::Prompts => ClientRequest::ListPromptsRequest(ListPromptsRequest {
+                method: Default::default(),
+                params,
+                extensions: Default::default(),
+            }),
+        }
+    }
+}
+
+/// Every page of one list, each item as the upstream wrote it (the raw answer the tap kept,
+/// matched to rmcp's reading by name or URI), else as rmcp reads it.
+async fn list_all<T>(
     tap: &ListTap,
-    method: &'static str,
-    field: &str,
-    mut page: F,
+    peer: &Peer<RoleClient>,
+    list: List,
+    page_of: impl Fn(ServerResult) -> Option<(Vec<T>, Option<String>)>,
 ) -> Result<Vec<Listed<T>>, String>
 where
     T: serde::de::DeserializeOwned + serde::Serialize,
-    F: FnMut(Option<PaginatedRequestParams>) -> Fut,
-    Fut: Future<Output = Result<(Vec<T>, Option<String>), rmcp::ServiceError>>,
 {
+    let method = list.method();
+    let (field, key) = list.fields();
     let mut all = Vec::new();
     let mut cursor: Option<String> = None;
     for _ in 0..MAX_PAGES {
-        let params = cursor
-            .clone()
-            .map(|c| PaginatedRequestParams::default().with_cursor(Some(c)));
-        let (items, next) = page(params).await.map_err(|e| format!("{method}: {e}"))?;
-        let raw = tap
+        let answer = peer
+            .send_request(list.request(cursor.clone()))
+            .await
+            .map_err(|e| format!("{method}: {e}"))?;
+        let (items, next) = page_of(answer)
+            .ok_or_else(|| format!("{method}: the upstream answered another result"))?;
+        // By name (or URI): rmcp's transport may leave out an item it refuses (a tool with
+        // invalid `x-mcp-header` annotations).
+        let mut raw: HashMap<serde_json::Value, serde_json::Value> = tap
             .take(&Page {
                 method,
                 cursor: cursor.clone(),
             })
             .and_then(|mut result| match result.remove(field) {
-                Some(serde_json::Value::Array(raw)) if raw.len() == items.len() => Some(raw),
+                Some(serde_json::Value::Array(raw)) => Some(raw),
                 _ => None,
-            });
-        match raw {
-            Some(raw) => all.extend(raw.into_iter().zip(items).map(|(raw, typed)| match raw {
-                serde_json::Value::Object(raw) => {
-                    Listed::from_raw(raw).unwrap_or_else(|_| Listed::from_typed(typed))
-                }
-                _ => Listed::from_typed(typed),
-            })),
-            None => {
+            })
+            .unwrap_or_else(|| {
                 tracing::debug!(method, "no raw answer kept: definitions as rmcp reads them");
-                all.extend(items.into_iter().map(Listed::from_typed));
-            }
+                Vec::new()
+            })
+            .into_iter()
+            .filter_map(|item| Some((item.get(key)?.clone(), item)))
+            .collect();
+        for typed in items {
+            let named = serde_json::to_value(&typed)
+                .ok()
+                .and_then(|t| t.get(key).cloned());
+            let raw = named.and_then(|name| raw.remove(&name));
+            all.push(as_written(raw, typed));
         }
         match next {
             Some(next) if Some(&next) != cursor.as_ref() => cursor = Some(next),
@@ -315,4 +383,17 @@ where
         }
     }
     Err(format!("{method}: more than {MAX_PAGES} pages"))
+}
+
+/// The item as the upstream wrote it, when its raw object reads as one; else rmcp's reading.
+fn as_written<T>(raw: Option<serde_json::Value>, typed: T) -> Listed<T>
+where
+    T: serde::de::DeserializeOwned + serde::Serialize,
+{
+    match raw {
+        Some(serde_json::Value::Object(raw)) => {
+            Listed::from_raw(raw).unwrap_or_else(|_| Listed::from_typed(typed))
+        }
+        _ => Listed::from_typed(typed),
+    }
 }

@@ -304,11 +304,17 @@ impl Events {
 pub(super) struct Observed<T> {
     inner: T,
     events: Events,
+    /// This transport's list requests, for the catalog (see `tap`).
+    conversation: super::tap::Conversation,
 }
 
 impl<T> Observed<T> {
-    pub(super) fn new(inner: T, events: Events) -> Self {
-        Observed { inner, events }
+    pub(super) fn new(inner: T, events: Events, conversation: super::tap::Conversation) -> Self {
+        Observed {
+            inner,
+            events,
+            conversation,
+        }
     }
 }
 
@@ -319,7 +325,7 @@ impl<T: Transport<RoleClient>> Transport<RoleClient> for Observed<T> {
         &mut self,
         item: TxJsonRpcMessage<RoleClient>,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
-        self.events.tap.asked(&item);
+        self.conversation.asked(&item);
         self.inner.send(item)
     }
 

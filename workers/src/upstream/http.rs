@@ -20,7 +20,7 @@ use rmcp::{
 };
 use sse_stream::{Sse, SseStream};
 
-use super::{UpstreamError, tap::ListTap};
+use super::{UpstreamError, tap::Conversation};
 
 /// Bytes an upstream's response may have beyond `maxResultBytes`: the JSON-RPC envelope.
 const RESPONSE_SLACK: usize = 1024 * 1024;
@@ -69,7 +69,7 @@ impl HttpConnector {
         Ok(HttpConnector { config })
     }
 
-    pub(super) fn transport(&self, tap: Arc<ListTap>) -> StreamableHttpClientTransport<Tapped> {
+    pub(super) fn transport(&self, tap: Conversation) -> StreamableHttpClientTransport<Tapped> {
         let client = reqwest::Client::builder()
             .tcp_nodelay(true)
             .redirect(same_origin_redirects())
@@ -85,7 +85,7 @@ impl HttpConnector {
 #[derive(Clone)]
 pub(super) struct Tapped {
     client: reqwest::Client,
-    tap: Arc<ListTap>,
+    tap: Conversation,
 }
 
 type PostResult = Result<StreamableHttpPostResponse, StreamableHttpError<reqwest::Error>>;
@@ -136,9 +136,13 @@ impl Tapped {
             if response.content_length().is_some_and(|n| n > limit as u64) {
                 return None;
             }
-            let body = response.bytes().await.ok()?;
-            if body.len() > limit {
-                return None;
+            let mut response = response;
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await.ok()? {
+                if body.len() + chunk.len() > limit {
+                    return None;
+                }
+                body.extend_from_slice(&chunk);
             }
             self.tap.heard(&body);
             let message: ServerJsonRpcMessage = serde_json::from_slice(&body).ok()?;
@@ -224,9 +228,7 @@ impl StreamableHttpClient for Tapped {
         custom_headers: HashMap<HeaderName, HeaderValue>,
         limits: StreamableHttpResponseLimits,
     ) -> PostResult {
-        if self.tap.armed()
-            && let ClientJsonRpcMessage::Request(request) = &message
-            && self.tap.awaits(&request.id)
+        if self.tap.awaits(&message)
             && let Some(response) = self
                 .post_list(
                     &uri,

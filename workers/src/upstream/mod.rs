@@ -431,11 +431,18 @@ impl Upstream {
         let events = self.inner.events.clone();
         let started = match connector {
             Connector::Http(c) => {
-                let transport = Observed::new(c.transport(events.tap.clone()), events.clone());
+                let conversation = events.tap.conversation();
+                let transport = Observed::new(
+                    c.transport(conversation.clone()),
+                    events.clone(),
+                    conversation,
+                );
                 events.serve_with_lifecycle(transport, lifecycle).await
             }
             Connector::Stdio(c) => {
-                let transport = Observed::new(c.spawn(events.tap.clone())?, events.clone());
+                let conversation = events.tap.conversation();
+                let transport =
+                    Observed::new(c.spawn(conversation.clone())?, events.clone(), conversation);
                 events.serve_with_lifecycle(transport, lifecycle).await
             }
         };

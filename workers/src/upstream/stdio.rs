@@ -1,6 +1,6 @@
 //! Upstreams that are child processes speaking MCP on stdin/stdout.
 
-use std::{borrow::Cow, collections::BTreeMap, process::Stdio, sync::Arc, time::Duration};
+use std::{borrow::Cow, collections::BTreeMap, process::Stdio, time::Duration};
 
 use mcpq_schemas::config::Secret;
 use rmcp::{
@@ -12,7 +12,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 
 use super::{
     UpstreamError,
-    tap::{ListTap, TappedReader},
+    tap::{Conversation, TappedReader},
 };
 
 #[derive(Clone)]
@@ -95,7 +95,7 @@ impl StdioConnector {
     }
 
     /// Starts the child process. Its stderr goes to the worker's stderr.
-    pub(super) fn spawn(&self, tap: Arc<ListTap>) -> Result<ChildTransport, UpstreamError> {
+    pub(super) fn spawn(&self, tap: Conversation) -> Result<ChildTransport, UpstreamError> {
         let mut command = tokio::process::Command::new(&self.command);
         // Only what the config names, and what any program needs to start: the worker's own
         // environment holds other servers' tokens.
