@@ -37,6 +37,30 @@ async fn fetch(
     serde_json::from_slice(&bytes).map_err(|e| e.to_string())
 }
 
+/// What one change of the bucket means: `Some(Some(entry))` a server's new entry, `Some(None)`
+/// a server gone, `None` nothing readable (logged).
+async fn read(js: &jetstream::Context, entry: &kv::Entry) -> Option<Option<CatalogEntry>> {
+    match entry.operation {
+        kv::Operation::Put => match serde_json::from_slice::<CatalogEntry>(&entry.value) {
+            Ok(catalog) => match catalog.stored.clone() {
+                None => Some(Some(catalog)),
+                Some(stored) => match fetch(js, &stored).await {
+                    Ok(whole) => Some(Some(whole)),
+                    Err(e) => {
+                        tracing::warn!(server = %entry.key, error = %e, "cannot read a large catalog");
+                        None
+                    }
+                },
+            },
+            Err(e) => {
+                tracing::warn!(server = %entry.key, error = %e, "unreadable catalog entry");
+                None
+            }
+        },
+        kv::Operation::Delete | kv::Operation::Purge => Some(None),
+    }
+}
+
 impl Catalog {
     /// Starts watching the catalog bucket (which must exist: see `ensure_topology`).
     pub async fn watch(js: &jetstream::Context) -> Result<Catalog, String> {
@@ -53,40 +77,41 @@ impl Catalog {
         let shared = entries.clone();
         let js = js.clone();
         tokio::spawn(async move {
-            while let Some(entry) = watch.next().await {
-                let Ok(entry) = entry else { continue };
-                let read = match entry.operation {
-                    kv::Operation::Put => {
-                        match serde_json::from_slice::<CatalogEntry>(&entry.value) {
-                            Ok(catalog) => match catalog.stored.clone() {
-                                None => Some(Some(catalog)),
-                                Some(stored) => match fetch(&js, &stored).await {
-                                    Ok(whole) => Some(Some(whole)),
-                                    Err(e) => {
-                                        tracing::warn!(server = %entry.key, error = %e, "cannot read a large catalog");
-                                        None
-                                    }
-                                },
-                            },
-                            Err(e) => {
-                                tracing::warn!(server = %entry.key, error = %e, "unreadable catalog entry");
-                                None
-                            }
+            loop {
+                while let Some(entry) = watch.next().await {
+                    // A failed watch is opened anew below, from every key's latest value:
+                    // async-nats's ordered consumer panics when polled after its connection
+                    // is gone (seen when a dispatcher stops).
+                    let Ok(entry) = entry else { break };
+                    if let Some(read) = read(&js, &entry).await {
+                        {
+                            let mut map = shared
+                                .write()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner);
+                            match read {
+                                Some(catalog) => map.insert(entry.key.clone(), catalog),
+                                None => map.remove(&entry.key),
+                            };
+                        }
+                        tx.send_modify(|n| *n += 1);
+                    }
+                }
+                if tx.is_closed() {
+                    return;
+                }
+                // Every key again from its latest value: nothing missed while it was down.
+                watch = loop {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    if tx.is_closed() {
+                        return;
+                    }
+                    match bucket.watch_with_history(">").await {
+                        Ok(watch) => break watch,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "cannot watch the catalog bucket yet")
                         }
                     }
-                    kv::Operation::Delete | kv::Operation::Purge => Some(None),
                 };
-                let Some(read) = read else { continue };
-                {
-                    let mut map = shared
-                        .write()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    match read {
-                        Some(catalog) => map.insert(entry.key.clone(), catalog),
-                        None => map.remove(&entry.key),
-                    };
-                }
-                tx.send_modify(|n| *n += 1);
             }
         });
         Ok(Catalog { entries, changes })

@@ -26,9 +26,9 @@ impl TraceParent {
         if version == "00" && parts.next().is_some() {
             return None;
         }
-        let trace_id: [u8; 16] = hex(trace)?.try_into().ok()?;
-        let span_id: [u8; 8] = hex(span)?.try_into().ok()?;
-        let flags: [u8; 1] = hex(flags)?.try_into().ok()?;
+        let trace_id: [u8; 16] = hex(trace)?;
+        let span_id: [u8; 8] = hex(span)?;
+        let flags: [u8; 1] = hex(flags)?;
         if trace_id == [0; 16] || span_id == [0; 8] {
             return None;
         }
@@ -89,13 +89,15 @@ impl TraceParent {
 
 impl fmt::Display for TraceParent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "00-{}-{}-{:02x}",
-            to_hex(&self.trace_id),
-            to_hex(&self.span_id),
-            self.flags
-        )
+        // Written into one stack buffer: this runs for every attempt.
+        let mut text = [0u8; 55];
+        text[..3].copy_from_slice(b"00-");
+        write_hex(&self.trace_id, &mut text[3..35]);
+        text[35] = b'-';
+        write_hex(&self.span_id, &mut text[36..52]);
+        text[52] = b'-';
+        write_hex(&[self.flags], &mut text[53..55]);
+        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -149,18 +151,40 @@ fn is_lower_hex(text: &str) -> bool {
     text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-fn hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) || !is_lower_hex(text) {
+/// Lower-case hex digits into exactly `N` bytes; `None` for anything else.
+fn hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    fn digit(b: u8) -> Option<u8> {
+        match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            _ => None,
+        }
+    }
+    let text = text.as_bytes();
+    if text.len() != 2 * N {
         return None;
     }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
-        .collect()
+    let mut bytes = [0u8; N];
+    for (byte, pair) in bytes.iter_mut().zip(text.chunks_exact(2)) {
+        *byte = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(bytes)
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// `bytes` as lower-case hex into `out` (twice as long).
+fn write_hex(bytes: &[u8], out: &mut [u8]) {
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
+    }
 }
 
 fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = vec![0u8; bytes.len() * 2];
+    write_hex(bytes, &mut out);
+    String::from_utf8(out).unwrap_or_default()
 }
 
 fn fill(bytes: &mut [u8]) {

@@ -600,11 +600,7 @@ async fn call_upstream(
         became_task: Default::default(),
     };
     let upstream_span = tracing::info_span!("upstream");
-    let mut sent = job.clone();
-    sent.traceparent = Some(mcpq_schemas::trace::send_on(
-        &upstream_span,
-        job.traceparent.as_deref(),
-    ));
+    let traceparent = mcpq_schemas::trace::send_on(&upstream_span, job.traceparent.as_deref());
     let called = async {
         let _in_flight = ctx.report.in_flight();
         let started = std::time::Instant::now();
@@ -613,8 +609,9 @@ async fn call_upstream(
             interrupt: interrupt.clone(),
             events: Some(events),
             asker: Some(asker),
+            traceparent: Some(traceparent),
         };
-        let outcome = call::call(&ctx.upstream, &sent, options).await;
+        let outcome = call::call(&ctx.upstream, job, options).await;
         let answered = matches!(outcome, CallOutcome::Answered(_));
         let tool = observe::tool_label(&ctx.upstream, job, answered);
         ctx.report.upstream_call(&tool, started.elapsed());

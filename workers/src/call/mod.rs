@@ -64,6 +64,9 @@ pub(crate) struct CallOptions {
     /// Progress, and log messages at or above the job's `logLevel`.
     pub events: Option<mpsc::UnboundedSender<CallEvent>>,
     pub asker: Option<Asker>,
+    /// The trace context sent upstream: a child of the attempt's span (the job's own is its
+    /// parent).
+    pub traceparent: Option<String>,
 }
 
 /// Sends the job's request upstream and waits at most `options.timeout` for the answer, or
@@ -227,7 +230,7 @@ async fn send(
     let modern = peer
         .peer_info()
         .is_some_and(|i| !i.protocol_version.has_initialize());
-    request_options.meta = Some(upstream_meta(job, modern));
+    request_options.meta = Some(upstream_meta(job, options.traceparent.as_deref(), modern));
     let handle = match peer
         .send_request_with_option(request, request_options)
         .await
@@ -262,7 +265,7 @@ async fn send(
 }
 
 /// The `_meta` mcpq sends upstream with a job's request.
-fn upstream_meta(job: &Job, modern: bool) -> RequestMetaObject {
+fn upstream_meta(job: &Job, traceparent: Option<&str>, modern: bool) -> RequestMetaObject {
     let mut meta = RequestMetaObject::new();
     let map = &mut meta.0.0;
     // A 2026-07-28 upstream reads the client's capabilities from each request: it hears the
@@ -290,9 +293,9 @@ fn upstream_meta(job: &Job, modern: bool) -> RequestMetaObject {
     if let Some(key) = &job.idempotency_key {
         map.insert(META_IDEMPOTENCY_KEY.into(), key.clone().into());
     }
-    // The attempt made it the upstream call's own span.
-    if let Some(traceparent) = &job.traceparent {
-        map.insert("traceparent".into(), traceparent.clone().into());
+    // The upstream call's own span, or else the job's trace.
+    if let Some(traceparent) = traceparent.or(job.traceparent.as_deref()) {
+        map.insert("traceparent".into(), traceparent.into());
     }
     if let Some(level) = &job.log_level {
         // 2026-07-28 upstreams send log messages only to requests that opt in.

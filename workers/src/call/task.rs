@@ -59,7 +59,7 @@ pub(super) async fn follow(
     );
     let send = |request: ClientRequest| async move {
         let mut request_options = PeerRequestOptions::with_timeout(options.timeout);
-        request_options.meta = Some(upstream_meta(job, true));
+        request_options.meta = Some(upstream_meta(job, options.traceparent.as_deref(), true));
         peer.send_request_with_option(request, request_options)
             .await?
             .await_response()
