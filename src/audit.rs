@@ -34,7 +34,7 @@ enum AuditCommand {
         #[arg(long)]
         principal: Option<String>,
         /// Look back this far, e.g. 1h (default 24h).
-        #[arg(long, default_value = "24h", value_parser = |s: &str| humantime::parse_duration(s).map_err(|e| e.to_string()))]
+        #[arg(long, default_value = "24h", value_parser = crate::duration)]
         since: Duration,
         /// Print at most the last N of those (0: all).
         #[arg(long, default_value_t = 50)]

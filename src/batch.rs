@@ -8,7 +8,7 @@ use std::{
     io::Write,
     path::PathBuf,
     process::ExitCode,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex},
     time::Instant,
 };
 
@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::{Common, EXIT_CONFIG, call::connect_client};
+use mcpq_schemas::sync::lock;
 
 #[derive(clap::Args)]
 pub struct BatchArgs {
@@ -136,7 +137,7 @@ async fn execute(client: &Client, jobs: Vec<Job>, args: &RunArgs) -> Result<Stri
         let ends = ends.clone();
         async move {
             while let Some(record) = records.next().await {
-                let mut ends = ends.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut ends = lock(&ends);
                 if record.status == JobStatus::Retrying {
                     ends.retrying.insert(record.job_id);
                 }
@@ -208,10 +209,6 @@ async fn execute(client: &Client, jobs: Vec<Job>, args: &RunArgs) -> Result<Stri
         total as f64 / seconds.max(1e-9),
         args.output.display()
     ))
-}
-
-fn lock(ends: &Mutex<Ends>) -> std::sync::MutexGuard<'_, Ends> {
-    ends.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[derive(Debug, thiserror::Error)]

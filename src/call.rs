@@ -51,7 +51,7 @@ pub struct CallArgs {
     #[command(flatten)]
     call: ToolCall,
     /// How long to wait for the reply.
-    #[arg(long, default_value = "60s", value_parser = |s: &str| humantime::parse_duration(s).map_err(|e| e.to_string()))]
+    #[arg(long, default_value = "60s", value_parser = crate::duration)]
     timeout: Duration,
 }
 

@@ -30,7 +30,7 @@ struct FilterArgs {
     #[arg(long)]
     reason: Option<String>,
     /// Only letters that died within this long, e.g. 1h.
-    #[arg(long, value_parser = |s: &str| humantime::parse_duration(s).map_err(|e| e.to_string()))]
+    #[arg(long, value_parser = crate::duration)]
     since: Option<Duration>,
 }
 

@@ -10,16 +10,12 @@ use crate::{
     call::{ToolCall, connect_client},
 };
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| e.to_string())
-}
-
 #[derive(clap::Args)]
 pub struct SubmitArgs {
     #[command(flatten)]
     call: ToolCall,
     /// The job expires unless it starts within this long.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = crate::duration)]
     timeout: Option<Duration>,
 }
 
@@ -63,7 +59,7 @@ enum JobCommand {
     /// did not end in time.
     Wait {
         id: String,
-        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        #[arg(long, default_value = "60s", value_parser = crate::duration)]
         timeout: Duration,
     },
     /// Cancel the job: a queued job never runs, a running one has its upstream call cancelled.

@@ -33,6 +33,11 @@ struct Cli {
     command: Command,
 }
 
+/// The one parser of every duration flag: `30s`, `500ms`, `1h 30m`.
+pub fn duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (like 30s, 500ms or 1h)"))
+}
+
 /// Where the config and NATS are; shared by most commands.
 #[derive(clap::Args, Clone)]
 pub struct Common {

@@ -100,7 +100,7 @@ pub struct Exposure {
     max_sessions: usize,
     /// How long a connection may take to send a request's headers, or stay idle between
     /// requests, before it is closed.
-    #[arg(long, default_value = "30s", value_parser = humantime_duration)]
+    #[arg(long, default_value = "30s", value_parser = crate::duration)]
     idle_timeout: Duration,
 }
 
@@ -169,7 +169,7 @@ pub struct WorkerArgs {
     #[arg(long)]
     id: Option<String>,
     /// How long calls in flight may take to finish after SIGTERM.
-    #[arg(long, default_value = "30s", value_parser = humantime_duration)]
+    #[arg(long, default_value = "30s", value_parser = crate::duration)]
     drain_grace: Duration,
     /// Address of the worker's /metrics, /healthz and /readyz. Without it: 127.0.0.1:9464, or
     /// a free port when that one is taken (another worker on this host); the address is logged
@@ -183,10 +183,6 @@ pub struct WorkerArgs {
 /// Where a worker serves its metrics unless told otherwise (the port `mcpq deploy render` uses).
 const DEFAULT_WORKER_METRICS: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
-
-fn humantime_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("{e} (like 30s or 500ms)"))
-}
 
 /// Cancels the token on SIGINT or SIGTERM.
 pub(crate) fn on_signal() -> CancellationToken {

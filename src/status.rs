@@ -23,7 +23,7 @@ pub struct StatusArgs {
     #[arg(long)]
     json: bool,
     /// Time between samples.
-    #[arg(long, default_value = "2s", value_parser = |s: &str| humantime::parse_duration(s).map_err(|e| e.to_string()))]
+    #[arg(long, default_value = "2s", value_parser = crate::duration)]
     interval: Duration,
 }
 

@@ -12,7 +12,7 @@ targets on loopback:
 `mcpq up` (debug build) runs the dispatcher, the workers and its own nats-server. Prints the
 table (scenario, then pass/fail per target) and exits 1 when a scenario passes directly (against
 the fixture or server-everything) but not through mcpq, or when any scenario fails through mcpq
-against the fixture (a scenario the suite skips itself, with no check run, is shown as such). `--write` also puts the table into README.md.
+against the fixture (a scenario the suite skips itself, with no check run, is shown as such). `--write` also puts the table into docs/conformance.md.
 """
 
 import argparse
@@ -34,7 +34,7 @@ NODE = TOOLS / "npm" / "node_modules" / "node" / "bin" / "node"
 SUITE = TOOLS / "npm" / "node_modules" / "@modelcontextprotocol" / "conformance" / "dist" / "index.js"
 SUITE_VERSION = "0.2.0-alpha.12"
 TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"
-DOC = ROOT / "README.md"
+DOC = ROOT / "docs" / "conformance.md"
 BEGIN, END = "<!-- conformance:begin -->", "<!-- conformance:end -->"
 SUMMARY = re.compile(r"^[✓✗] ([a-z0-9-]+): (\d+) passed, (\d+) failed$")
 
@@ -138,7 +138,7 @@ def table(columns, results):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", action="store_true", help="put the table into README.md")
+    parser.add_argument("--write", action="store_true", help="put the table into docs/conformance.md")
     args = parser.parse_args()
 
     mcpq = need(TARGET / "mcpq", "run `make build`")
@@ -210,11 +210,11 @@ def main():
     if args.write:
         text = DOC.read_text()
         if BEGIN not in text or END not in text:
-            sys.exit(f"conformance: README.md has no {BEGIN} ... {END} section")
+            sys.exit(f"conformance: docs/conformance.md has no {BEGIN} ... {END} section")
         head, rest = text.split(BEGIN, 1)
         _, tail = rest.split(END, 1)
         DOC.write_text(f"{head}{BEGIN}\n{rendered}\n{END}{tail}")
-        print("README.md updated")
+        print("docs/conformance.md updated")
     if lost:
         print(f"\nconformance: FAILED: passes directly but not through mcpq: {', '.join(lost)}")
     if failing:

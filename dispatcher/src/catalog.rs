@@ -85,9 +85,7 @@ impl Catalog {
                     let Ok(entry) = entry else { break };
                     if let Some(read) = read(&js, &entry).await {
                         {
-                            let mut map = shared
-                                .write()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner);
+                            let mut map = mcpq_schemas::sync::write(&shared);
                             match read {
                                 Some(catalog) => map.insert(entry.key.clone(), catalog),
                                 None => map.remove(&entry.key),
@@ -143,8 +141,6 @@ impl Catalog {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, CatalogEntry>> {
-        self.entries
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        mcpq_schemas::sync::read(&self.entries)
     }
 }

@@ -39,9 +39,15 @@ pub use replies::{EVENTS_UNREAD, Event};
 pub use shared::{Refusal, ServerDefaults, Shared};
 use tokio_util::sync::CancellationToken;
 
-/// A poisoned lock still holds the state: nothing here leaves it half-changed across a panic.
-pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+pub(crate) use mcpq_schemas::sync::lock;
+
+/// A task aborted when its handle is dropped.
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Why a dispatcher could not start.

@@ -3,6 +3,7 @@
 //! task that waits for it. Tokens rather than job ids, because two callers may wait on one job
 //! (an idempotency key submitted twice).
 
+use crate::{AbortOnDrop, lock};
 use std::{
     collections::HashMap,
     sync::{
@@ -67,14 +68,6 @@ pub(crate) struct Inbox {
     next: Arc<AtomicU64>,
     waiters: Waiters,
     _router: Arc<AbortOnDrop>,
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// A registered wait for one job's reply; dropping it unregisters.
@@ -150,12 +143,6 @@ impl Drop for Waiting {
     fn drop(&mut self) {
         lock(&self.waiters).remove(&self.token);
     }
-}
-
-fn lock(waiters: &Waiters) -> std::sync::MutexGuard<'_, HashMap<u64, Waiter>> {
-    waiters
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Hands the message to its waiter; for a question, what to answer the worker (it takes it if

@@ -23,6 +23,7 @@ pub mod record;
 pub mod redact;
 pub mod seal;
 pub mod status;
+pub mod sync;
 pub mod trace;
 pub mod worker;
 

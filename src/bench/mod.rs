@@ -23,13 +23,14 @@ use std::{
 use hdrhistogram::Histogram;
 use mcpq_schemas::config::DEFAULT_NATS_URL;
 
-use crate::EXIT_CONFIG;
+use crate::{Common, EXIT_CONFIG};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// NATS URL (NATS and floor modes).
-    #[arg(long, env = "MCPQ_NATS_URL", default_value = DEFAULT_NATS_URL)]
-    nats: String,
+    /// The config file (NATS and floor modes: its `nats.url`, when the file exists) and the
+    /// NATS URL, which overrides it.
+    #[command(flatten)]
+    common: Common,
     /// The server whose queue the jobs go to (NATS and jobs-API modes).
     #[arg(long, required_unless_present_any = ["mcp", "floor"])]
     server: Option<String>,
@@ -59,7 +60,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1000)]
     calls: usize,
     /// Longest run, e.g. 10s.
-    #[arg(long, value_parser = |s: &str| humantime::parse_duration(s).map_err(|e| e.to_string()))]
+    #[arg(long, value_parser = crate::duration)]
     duration: Option<Duration>,
     /// NATS mode: submit jobs without waiting for replies (measures accepted jobs/s).
     #[arg(long)]
@@ -94,10 +95,18 @@ pub async fn run(args: BenchArgs) -> ExitCode {
             arguments,
         ))
     } else if args.floor {
-        floor::caller(&args.nats, args.payload_bytes.unwrap_or(16)).await
+        let url = match nats_url(&args.common) {
+            Ok(url) => url,
+            Err(code) => return code,
+        };
+        floor::caller(&url, args.payload_bytes.unwrap_or(16)).await
     } else {
+        let url = match nats_url(&args.common) {
+            Ok(url) => url,
+            Err(code) => return code,
+        };
         let server = args.server.clone().unwrap_or_default();
-        nats::caller(&args.nats, &server, &args.tool, arguments, !args.no_wait).await
+        nats::caller(&url, &server, &args.tool, arguments, !args.no_wait).await
     };
     let caller = match caller {
         Ok(caller) => caller,
@@ -200,6 +209,26 @@ impl Report {
                 ms(0.99),
                 self.errors
             );
+        }
+    }
+}
+
+/// The NATS URL: `--nats`, else the config's when the config file exists, else the default.
+fn nats_url(common: &Common) -> Result<String, ExitCode> {
+    if let Some(url) = &common.nats {
+        return Ok(url.clone());
+    }
+    if !common.config.exists() {
+        return Ok(DEFAULT_NATS_URL.to_string());
+    }
+    match mcpq_schemas::config::Config::load(&common.config) {
+        Ok(config) => Ok(config.nats.url_or_default().to_string()),
+        Err(errors) => {
+            eprintln!(
+                "mcpq: {} is not a valid config:\n{errors}",
+                common.config.display()
+            );
+            Err(ExitCode::from(EXIT_CONFIG))
         }
     }
 }

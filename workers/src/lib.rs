@@ -89,11 +89,7 @@ pub fn default_worker_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// The one way to take a std mutex: a poisoned one (a task panicked holding it) is used as
-/// it stands — every value behind these locks stays valid between statements.
-pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+pub(crate) use mcpq_schemas::sync::lock;
 
 /// Serves the chosen servers until `shutdown` is cancelled, then drains.
 pub async fn run(

@@ -13,7 +13,7 @@ pub(crate) mod plain;
 mod relay;
 mod subscriptions;
 
-use crate::lock;
+use crate::{AbortOnDrop, lock};
 use std::sync::{Arc, Mutex};
 
 use mcpq_schemas::{
@@ -55,15 +55,6 @@ pub struct Gateway {
     /// on (stopped with the session).
     subscribed: subscriptions::Subscribed,
     forwarder: Arc<Mutex<Option<AbortOnDrop>>>,
-}
-
-/// A task aborted when its handle is dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 impl Gateway {

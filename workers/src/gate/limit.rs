@@ -46,16 +46,11 @@ impl Limiter {
             return;
         }
         let limiter = Arc::new(RateLimiter::direct(quota(self.limit, workers)));
-        *self
-            .share
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = (workers, limiter);
+        *mcpq_schemas::sync::write(&self.share) = (workers, limiter);
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, (usize, Arc<DefaultDirectRateLimiter>)> {
-        self.share
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        mcpq_schemas::sync::read(&self.share)
     }
 }
 

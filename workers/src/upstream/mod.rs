@@ -231,20 +231,12 @@ impl Upstream {
 
     /// Whether the upstream's last listing had a tool or prompt of this name.
     pub(crate) fn knows_tool(&self, name: &str) -> bool {
-        self.inner
-            .known
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .contains(name)
+        mcpq_schemas::sync::read(&self.inner.known).contains(name)
     }
 
     /// Remembers the names the upstream listed.
     pub(crate) fn set_known(&self, names: std::collections::HashSet<String>) {
-        *self
-            .inner
-            .known
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = names;
+        *mcpq_schemas::sync::write(&self.inner.known) = names;
     }
 
     /// The resource subscriptions of this upstream's session.
