@@ -35,6 +35,45 @@ fn stateless_meta(capabilities: &Value) -> Value {
 /// A JSON-RPC error (`{code, message, data}`) or a transport failure's text.
 pub type Refusal = Value;
 
+/// A peer that answers requests: either client here.
+trait Requests {
+    async fn request(&mut self, method: &str, params: Value) -> Result<Value, Refusal>;
+}
+
+impl Requests for StdioPeer {
+    async fn request(&mut self, method: &str, params: Value) -> Result<Value, Refusal> {
+        StdioPeer::request(self, method, params).await
+    }
+}
+
+impl Requests for HttpPeer {
+    async fn request(&mut self, method: &str, params: Value) -> Result<Value, Refusal> {
+        HttpPeer::request(self, method, params).await
+    }
+}
+
+/// Every page of a list (`field` of each result), following `nextCursor`.
+async fn list_all(
+    peer: &mut impl Requests,
+    method: &str,
+    field: &str,
+) -> Result<Vec<Value>, Refusal> {
+    let mut all = Vec::new();
+    let mut cursor: Option<Value> = None;
+    loop {
+        let params = match &cursor {
+            Some(cursor) => json!({"cursor": cursor}),
+            None => json!({}),
+        };
+        let page = peer.request(method, params).await?;
+        all.extend(page[field].as_array().cloned().unwrap_or_default());
+        match page.get("nextCursor") {
+            Some(next) if !next.is_null() => cursor = Some(next.clone()),
+            _ => return Ok(all),
+        }
+    }
+}
+
 /// A stdio MCP server, spoken to directly in the revision it prefers, as mcpq's worker speaks
 /// to it: 2026-07-28 when it answers `server/discover`, else the 2025-era handshake.
 pub struct StdioPeer {
@@ -179,20 +218,7 @@ impl StdioPeer {
 
     /// Every page of a list (`field` of each result).
     pub async fn list(&mut self, method: &str, field: &str) -> Result<Vec<Value>, Refusal> {
-        let mut all = Vec::new();
-        let mut cursor: Option<Value> = None;
-        loop {
-            let params = match &cursor {
-                Some(cursor) => json!({"cursor": cursor}),
-                None => json!({}),
-            };
-            let page = self.request(method, params).await?;
-            all.extend(page[field].as_array().cloned().unwrap_or_default());
-            match page.get("nextCursor") {
-                Some(next) if !next.is_null() => cursor = Some(next.clone()),
-                _ => return Ok(all),
-            }
-        }
+        list_all(self, method, field).await
     }
 
     /// Closes stdin and waits for the server to end (killed if it does not).
@@ -355,19 +381,6 @@ impl HttpPeer {
 
     /// Every page of a list (`field` of each result).
     pub async fn list(&mut self, method: &str, field: &str) -> Result<Vec<Value>, Refusal> {
-        let mut all = Vec::new();
-        let mut cursor: Option<Value> = None;
-        loop {
-            let params = match &cursor {
-                Some(cursor) => json!({"cursor": cursor}),
-                None => json!({}),
-            };
-            let page = self.request(method, params).await?;
-            all.extend(page[field].as_array().cloned().unwrap_or_default());
-            match page.get("nextCursor") {
-                Some(next) if !next.is_null() => cursor = Some(next.clone()),
-                _ => return Ok(all),
-            }
-        }
+        list_all(self, method, field).await
     }
 }
