@@ -91,6 +91,23 @@ pub fn default_worker_id() -> String {
 
 pub(crate) use mcpq_schemas::sync::lock;
 
+/// The length of `value` as JSON, counted without building the text.
+pub(crate) fn json_len(value: &impl serde::Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
 /// Serves the chosen servers until `shutdown` is cancelled, then drains.
 pub async fn run(
     client: async_nats::Client,

@@ -572,19 +572,7 @@ where
 
 /// The length of `value` as JSON, without building the text.
 pub(super) fn encoded_len(value: &serde_json::Value) -> u64 {
-    struct Count(u64);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len() as u64;
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    let _ = serde_json::to_writer(&mut count, value);
-    count.0
+    crate::json_len(value) as u64
 }
 
 /// Copies the message to the dead-letter stream (before it is termed: on a work queue, TERM

@@ -144,7 +144,7 @@ async fn publish(
             next = received.recv() => match next {
                 Some((server, entry)) => {
                     let batch = pending.entry(server.clone()).or_default();
-                    batch.bytes += serde_json::to_vec(&entry).map_or(0, |b| b.len() + 1);
+                    batch.bytes += crate::json_len(&entry) + 1;
                     batch.entries.push(entry);
                     if batch.entries.len() >= MOST_ENTRIES || batch.bytes >= most_bytes {
                         let full = std::mem::take(batch);
