@@ -5,6 +5,7 @@
 pub(crate) mod ask;
 pub(crate) mod cancel;
 mod failure;
+mod plain;
 mod task;
 
 use std::{sync::Arc, time::Duration};
@@ -28,7 +29,7 @@ pub(crate) use self::{
 };
 use crate::{
     lock,
-    upstream::{CallEntry, CallEvent, LogRoute, Upstream, Verdict},
+    upstream::{CallEntry, CallEvent, Lease, LogRoute, Upstream, Verdict, http::Plain},
 };
 
 /// `_meta` keys mcpq adds to every upstream request, so upstream tools can dedupe and correlate.
@@ -95,7 +96,8 @@ pub(crate) async fn call(upstream: &Upstream, job: &Job, options: CallOptions) -
         }
     };
     let endpoint = lease.as_ref().map_or(upstream.server(), |l| l.endpoint());
-    let outcome = call_on(upstream, endpoint, &peer, job, options).await;
+    let plain = lease.as_ref().and_then(Lease::plain);
+    let outcome = call_on(upstream, endpoint, &peer, plain.as_deref(), job, options).await;
     if let (Some(lease), Some(verdict)) = (lease, outcome.verdict()) {
         lease.verdict(verdict);
     }
@@ -107,6 +109,7 @@ async fn call_on(
     upstream: &Upstream,
     endpoint: &str,
     peer: &Peer<RoleClient>,
+    plain: Option<&Plain>,
     job: &Job,
     options: CallOptions,
 ) -> CallOutcome {
@@ -150,7 +153,8 @@ async fn call_on(
         if round > 0 {
             in_flight.between_rounds(false);
         }
-        let Some(answer) = send(peer, upstream, job, request, &options, &in_flight).await else {
+        let Some(answer) = send(peer, plain, upstream, job, request, &options, &in_flight).await
+        else {
             return CallOutcome::Interrupted;
         };
         // The upstream made the call a task: followed to its end.
@@ -220,16 +224,27 @@ const MAX_ROUNDS: usize = 10;
 /// `notifications/cancelled` to a 2025-era upstream and closes a 2026-07-28 request's stream.
 async fn send(
     peer: &Peer<RoleClient>,
+    plain: Option<&Plain>,
     upstream: &Upstream,
     job: &Job,
     request: ClientRequest,
     options: &CallOptions,
     in_flight: &InFlight<'_>,
 ) -> Option<Result<ServerResult, ServiceError>> {
+    let revision = peer.peer_info().map(|i| i.protocol_version.clone());
+    let modern = revision.as_ref().is_some_and(|r| !r.has_initialize());
+    // A 2026-07-28 tool call over HTTP needs none of rmcp's client machinery.
+    let request = match (request, plain, &revision) {
+        (ClientRequest::CallToolRequest(call), Some(plain), Some(revision))
+            if modern && upstream.plain_for(&call.params.name) =>
+        {
+            let revision = revision.to_string();
+            return self::plain::send(plain, upstream, job, call, options, in_flight, &revision)
+                .await;
+        }
+        (request, _, _) => request,
+    };
     let mut request_options = PeerRequestOptions::with_timeout(options.timeout);
-    let modern = peer
-        .peer_info()
-        .is_some_and(|i| !i.protocol_version.has_initialize());
     request_options.meta = Some(upstream_meta(job, options.traceparent.as_deref(), modern));
     let handle = match peer
         .send_request_with_option(request, request_options)

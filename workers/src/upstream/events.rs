@@ -26,6 +26,15 @@ use tokio::sync::{Notify, mpsc};
 use super::Subscriptions;
 use crate::lock;
 
+/// What a worker declares to its upstreams: everything mcpq relays to callers.
+pub(crate) fn worker_capabilities() -> serde_json::Value {
+    serde_json::json!({
+        "sampling": {"tools": {}, "context": {}},
+        "elicitation": {"form": {}, "url": {}},
+        "roots": {}
+    })
+}
+
 /// Whoever answers the questions an upstream asks during one call: the call's caller, reached
 /// through NATS (`call::ask`). The upstream layer only routes questions to it.
 pub(crate) trait Ask: Send + Sync {
@@ -187,13 +196,8 @@ impl ClientHandler for Events {
     /// feature of each, relayed whole; a caller that did not declare the one a question uses
     /// is refused at once, see `call::ask`).
     fn get_info(&self) -> ClientConfig {
-        let capabilities = serde_json::json!({
-            "sampling": {"tools": {}, "context": {}},
-            "elicitation": {"form": {}, "url": {}},
-            "roots": {}
-        });
         ClientConfig::new(
-            serde_json::from_value::<ClientCapabilities>(capabilities).unwrap_or_default(),
+            serde_json::from_value::<ClientCapabilities>(worker_capabilities()).unwrap_or_default(),
             Implementation::new("mcpq-worker", env!("CARGO_PKG_VERSION")),
         )
     }
@@ -204,7 +208,7 @@ impl Events {
     /// that follows it (rmcp hands notifications to the handler in tasks of their own, which
     /// may run after the response — and out of order): progress and log messages are routed to
     /// their call here.
-    fn observe(&self, notification: &ServerNotification) {
+    pub(crate) fn observe(&self, notification: &ServerNotification) {
         match notification {
             ServerNotification::ProgressNotification(n) => {
                 let params = &n.params;

@@ -28,6 +28,19 @@ const RESPONSE_SLACK: usize = 1024 * 1024;
 #[derive(Clone)]
 pub(super) struct HttpConnector {
     config: StreamableHttpClientTransportConfig,
+    /// The plain path's client for this endpoint (see `call::plain`).
+    plain: Arc<Plain>,
+}
+
+/// What a plain 2026-07-28 `tools/call` needs (see `call::plain`): one pooled keep-alive
+/// client per endpoint, its URL and configured headers, and the most bytes an answer may have.
+pub(crate) struct Plain {
+    pub client: reqwest::Client,
+    pub uri: String,
+    pub headers: http::HeaderMap,
+    pub limit: usize,
+    /// Numbers the plain path's request ids.
+    pub next_id: std::sync::atomic::AtomicI64,
 }
 
 impl HttpConnector {
@@ -63,20 +76,42 @@ impl HttpConnector {
             .max_concurrent_requests(concurrency)
             .max_json_response_size(limit)
             .max_sse_event_size(limit);
+        let plain = Arc::new(Plain {
+            client: client(),
+            uri: endpoint.to_string(),
+            headers: custom.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            limit,
+            next_id: std::sync::atomic::AtomicI64::new(1),
+        });
         config.custom_headers = custom;
         config.allow_stateless = true;
         config.reinit_on_expired_session = true;
-        Ok(HttpConnector { config })
+        Ok(HttpConnector { config, plain })
+    }
+
+    /// The plain path's client for this endpoint.
+    pub(super) fn plain(&self) -> Arc<Plain> {
+        self.plain.clone()
     }
 
     pub(super) fn transport(&self, tap: Conversation) -> StreamableHttpClientTransport<Tapped> {
-        let client = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .redirect(same_origin_redirects())
-            .build()
-            .unwrap_or_default();
-        StreamableHttpClientTransport::with_client(Tapped { client, tap }, self.config.clone())
+        StreamableHttpClientTransport::with_client(
+            Tapped {
+                client: client(),
+                tap,
+            },
+            self.config.clone(),
+        )
     }
+}
+
+/// An HTTP client for an upstream: no Nagle delay, redirects only to the same origin.
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .redirect(same_origin_redirects())
+        .build()
+        .unwrap_or_default()
 }
 
 /// rmcp's reqwest client, except that the answer to a list request is read here, so that the

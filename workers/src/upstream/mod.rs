@@ -6,7 +6,7 @@
 
 mod balance;
 mod events;
-mod http;
+pub(crate) mod http;
 mod ping;
 mod stdio;
 mod subscribe;
@@ -32,7 +32,7 @@ use rmcp::{
 };
 use tokio::sync::{Mutex, Notify, mpsc};
 
-pub(crate) use self::events::{Ask, CallEntry, CallEvent, Events, LogRoute};
+pub(crate) use self::events::{Ask, CallEntry, CallEvent, Events, LogRoute, worker_capabilities};
 use self::events::{CallsInFlight, Observed, ProgressRoutes};
 pub(crate) use self::ping::ping;
 pub(crate) use self::subscribe::{Subscriptions, announce, listen_loop};
@@ -100,6 +100,8 @@ struct Inner {
     events: Events,
     /// The tool and prompt names the upstream last listed (metric labels use only these).
     known: std::sync::RwLock<std::collections::HashSet<String>>,
+    /// The tools whose schemas ask for `Mcp-Param-*` headers; `None` until first listed.
+    mirrored: std::sync::RwLock<Option<std::collections::HashSet<String>>>,
 }
 
 /// One endpoint: how to reach it, its sessions, and what passive health knows of it.
@@ -156,6 +158,14 @@ impl Lease {
     /// The endpoint the call went to: its URL, or a stdio server's command.
     pub(crate) fn endpoint(&self) -> &str {
         &self.upstream.inner.endpoints[self.endpoint].name
+    }
+
+    /// The plain path's client, when the endpoint is an HTTP one.
+    pub(crate) fn plain(&self) -> Option<Arc<http::Plain>> {
+        match &self.upstream.inner.endpoints[self.endpoint].connector {
+            Connector::Http(c) => Some(c.plain()),
+            Connector::Stdio(_) => None,
+        }
     }
 }
 
@@ -221,6 +231,7 @@ impl Upstream {
                     tap: Arc::default(),
                 },
                 known: Default::default(),
+                mirrored: Default::default(),
             }),
         })
     }
@@ -232,6 +243,28 @@ impl Upstream {
     /// Whether the upstream's last listing had a tool or prompt of this name.
     pub(crate) fn knows_tool(&self, name: &str) -> bool {
         mcpq_schemas::sync::read(&self.inner.known).contains(name)
+    }
+
+    /// Whether a call of this tool may take the plain path: the catalog has been listed and
+    /// the tool's schema asks for no `Mcp-Param-*` header (SEP-2243, which rmcp's client
+    /// writes).
+    pub(crate) fn plain_for(&self, tool: &str) -> bool {
+        // Sent as it is in `Mcp-Name` (rmcp encodes any other name).
+        let plain_name = !tool.is_empty()
+            && tool.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+            && !tool.starts_with(' ')
+            && !tool.ends_with(' ')
+            && !tool.starts_with("=?");
+        plain_name
+            && self.knows_tool(tool)
+            && mcpq_schemas::sync::read(&self.inner.mirrored)
+                .as_ref()
+                .is_some_and(|mirrored| !mirrored.contains(tool))
+    }
+
+    /// Remembers the tools whose schemas ask for `Mcp-Param-*` headers.
+    pub(crate) fn set_mirrored(&self, tools: std::collections::HashSet<String>) {
+        *mcpq_schemas::sync::write(&self.inner.mirrored) = Some(tools);
     }
 
     /// Remembers the names the upstream listed.

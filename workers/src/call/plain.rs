@@ -1,0 +1,442 @@
+//! The plain path: a 2026-07-28 `tools/call` to an HTTP upstream as one POST on a pooled
+//! keep-alive connection, its answer read from the body — a JSON one, or the SSE stream of the
+//! call's progress, log messages and questions ending in it.
+//!
+//! rmcp's client hands every request to its transport's worker task through channels, writes
+//! the message to a JSON value just to derive its headers, and reads the answer through serde's
+//! buffered untagged enums: on two cores that was about a sixth of a worker's CPU per call
+//! (BENCHMARKS.md). A 2026-07-28 request needs none of it — it carries its revision, client and
+//! capabilities in its `_meta` and is answered on its own — so a call takes this path when its
+//! session speaks 2026-07-28 over HTTP, the catalog lists its tool, the tool's schema asks for
+//! no `Mcp-Param-*` header (SEP-2243, which rmcp writes) and its name is a plain header value
+//! (`Upstream::plain_for`). Everything else goes through rmcp, as do the follow-ups of a task
+//! the upstream makes of the call (`task::follow`).
+//!
+//! What goes on the wire is what rmcp sends: the same headers, and in `_meta` the caller's keys,
+//! then the revision, mcpq's client and capabilities, then mcpq's own keys and a progress token.
+//! Ids and tokens are strings unique to the job and the attempt, so they never meet rmcp's
+//! numbers on the upstream's shared routes. An answer is read in rmcp's order — an auth
+//! challenge, 429 and 5xx by their status (with `Retry-After`), a JSON-RPC error in any other
+//! body, a stream that breaks off as a closed transport — so `failure::classify` says the
+//! same. A question the upstream asks on the stream goes to the caller (`ask`) and the answer
+//! back in a POST. The upstream hears of a timeout or an interrupt as rmcp's client tells it:
+//! the request's connection is closed.
+
+use std::{borrow::Cow, sync::atomic::Ordering};
+
+use futures::StreamExt;
+use mcpq_schemas::{Job, JsonObject};
+use rmcp::{
+    ServiceError,
+    model::{
+        CallToolRequest, JsonRpcRequest, NumberOrString, ProgressToken, RequestId,
+        ServerJsonRpcMessage, ServerNotification, ServerRequest, ServerResult,
+    },
+    transport::{DynamicTransportError, streamable_http_client::HttpStatusError},
+};
+use serde_json::Value;
+
+use super::{CallOptions, InFlight, Route, upstream_meta};
+use crate::upstream::{Upstream, http::Plain};
+
+/// Sends the call and reads its answer; `None` when it was interrupted first.
+pub(super) async fn send(
+    plain: &Plain,
+    upstream: &Upstream,
+    job: &Job,
+    request: CallToolRequest,
+    options: &CallOptions,
+    in_flight: &InFlight<'_>,
+    revision: &str,
+) -> Option<Result<ServerResult, ServiceError>> {
+    let n = plain.next_id.fetch_add(1, Ordering::Relaxed);
+    let id: std::sync::Arc<str> = format!("mcpq-{}-{n}", job.id).into();
+    let request_id = RequestId::String(id.clone());
+    let token = ProgressToken(NumberOrString::String(id));
+    let name = request.params.name.to_string();
+    let body = match body(&request_id, &token, job, request, options, revision) {
+        Ok(body) => body,
+        Err(e) => return Some(Err(e)),
+    };
+    in_flight.sent(request_id.clone());
+    let _route = options
+        .events
+        .clone()
+        .map(|to| Route::add(upstream, token, to));
+    let call = Call {
+        plain,
+        upstream,
+        options,
+        id: &request_id,
+        revision,
+    };
+    let answer = tokio::time::timeout(options.timeout, call.post(&name, body));
+    tokio::select! {
+        answered = answer => Some(answered.unwrap_or(Err(ServiceError::Timeout {
+            timeout: options.timeout,
+        }))),
+        // Dropping the request closes its connection: how a 2026-07-28 upstream hears of it.
+        () = options.interrupt.fired() => None,
+    }
+}
+
+/// The JSON-RPC request as rmcp writes it: the job's params, and in `_meta` the caller's keys,
+/// then the revision, mcpq's client and capabilities, then mcpq's own keys (the caller's
+/// capabilities, as mcpq relays them, among them), then the progress token.
+fn body(
+    id: &RequestId,
+    token: &ProgressToken,
+    job: &Job,
+    mut request: CallToolRequest,
+    options: &CallOptions,
+    revision: &str,
+) -> Result<Vec<u8>, ServiceError> {
+    let mut meta: JsonObject = request
+        .extensions
+        .get::<rmcp::model::RequestMetaObject>()
+        .map(|m| m.0.0.clone())
+        .unwrap_or_default();
+    meta.insert(
+        "io.modelcontextprotocol/protocolVersion".into(),
+        revision.into(),
+    );
+    meta.insert(
+        "io.modelcontextprotocol/clientInfo".into(),
+        serde_json::json!({"name": "mcpq-worker", "version": env!("CARGO_PKG_VERSION")}),
+    );
+    meta.insert(
+        mcpq_schemas::bridge::META_CLIENT_CAPABILITIES.into(),
+        crate::upstream::worker_capabilities(),
+    );
+    meta.extend(upstream_meta(job, options.traceparent.as_deref(), true).0.0);
+    meta.insert(
+        "progressToken".into(),
+        serde_json::to_value(token).unwrap_or(Value::Null),
+    );
+    request.params.meta = None;
+    let mut params = match serde_json::to_value(&request.params) {
+        Ok(Value::Object(params)) => params,
+        _ => JsonObject::new(),
+    };
+    params.insert("_meta".into(), Value::Object(meta));
+    serde_json::to_vec(&serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "method": "tools/call",
+        "params": params,
+    }))
+    .map_err(|e| failed(Unexpected(format!("cannot encode the request: {e}"))))
+}
+
+/// One call on the plain path.
+struct Call<'a> {
+    plain: &'a Plain,
+    upstream: &'a Upstream,
+    options: &'a CallOptions,
+    id: &'a RequestId,
+    revision: &'a str,
+}
+
+impl Call<'_> {
+    /// The headers of every POST of this call: the endpoint's configured ones and rmcp's.
+    fn headers(&self, method: Option<&str>, name: Option<&str>) -> http::HeaderMap {
+        let mut headers = self.plain.headers.clone();
+        let fixed = [
+            ("accept", Some("text/event-stream, application/json")),
+            ("content-type", Some("application/json")),
+            ("mcp-protocol-version", Some(self.revision)),
+            ("mcp-method", method),
+            ("mcp-name", name),
+        ];
+        for (header, value) in fixed {
+            if let Some(value) = value.and_then(|v| http::HeaderValue::from_str(v).ok()) {
+                headers.insert(header, value);
+            }
+        }
+        headers
+    }
+
+    /// Posts the request and reads the answer to it, in the order rmcp's client does.
+    async fn post(&self, name: &str, body: Vec<u8>) -> Result<ServerResult, ServiceError> {
+        let response = self
+            .plain
+            .client
+            .post(&self.plain.uri)
+            .headers(self.headers(Some("tools/call"), Some(name)))
+            .body(body)
+            .send()
+            .await
+            .map_err(failed)?;
+        let status = response.status();
+        let header = |name: http::HeaderName| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let content_type = header(http::header::CONTENT_TYPE)
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let json = content_type.starts_with("application/json");
+        let retry_after = header(http::header::RETRY_AFTER);
+        if matches!(status.as_u16(), 401 | 403)
+            && let Some(challenge) = header(http::header::WWW_AUTHENTICATE)
+        {
+            return Err(failed(Unexpected(format!(
+                "HTTP {status}: the upstream asks for authorization ({challenge})"
+            ))));
+        }
+        if status == http::StatusCode::TOO_MANY_REQUESTS || (status.is_server_error() && !json) {
+            return Err(failed(HttpStatusError::new(status.as_u16(), retry_after)));
+        }
+        if status.is_success() && content_type.starts_with("text/event-stream") {
+            return self.events(response).await;
+        }
+        if !status.is_success() {
+            // A JSON-RPC error may come with any status; anything else is the status.
+            let body = if json {
+                read(self.plain.limit, response).await.ok()
+            } else {
+                None
+            };
+            if let Some(body) = &body
+                && let Ok(ServerJsonRpcMessage::Error(e)) = serde_json::from_slice(body)
+            {
+                return Err(ServiceError::McpError(e.error));
+            }
+            if status.is_server_error() {
+                return Err(failed(HttpStatusError::new(status.as_u16(), retry_after)));
+            }
+            let text = body
+                .map(|b| String::from_utf8_lossy(&b[..b.len().min(64 * 1024)]).into_owned())
+                .unwrap_or_default();
+            return Err(failed(Unexpected(format!(
+                "unexpected server response: HTTP {status}: {text}"
+            ))));
+        }
+        if !json {
+            return Err(failed(Unexpected(format!(
+                "unexpected content type {content_type:?} (HTTP {status})"
+            ))));
+        }
+        let body = read(self.plain.limit, response).await?;
+        match serde_json::from_slice::<ServerJsonRpcMessage>(&body) {
+            Ok(message) => self.answer(message).unwrap_or_else(|| {
+                Err(failed(Unexpected(
+                    "the upstream answered another request".into(),
+                )))
+            }),
+            Err(e) => Err(failed(Unexpected(format!(
+                "the upstream's answer is not JSON-RPC: {e}"
+            )))),
+        }
+    }
+
+    /// The answer in an SSE stream; the progress and log messages before it are the call's,
+    /// and a question on it goes to the caller.
+    async fn events(&self, response: reqwest::Response) -> Result<ServerResult, ServiceError> {
+        let limit = self.plain.limit;
+        let mut read = 0usize;
+        let bytes = response.bytes_stream().map(move |chunk| {
+            let chunk = chunk.map_err(std::io::Error::other)?;
+            read += chunk.len();
+            if read > limit {
+                return Err(std::io::Error::other(format!(
+                    "the answer exceeded the maximum size of {limit} bytes"
+                )));
+            }
+            Ok(chunk)
+        });
+        let mut events = sse_stream::SseStream::from_bytes_stream(bytes);
+        while let Some(event) = events.next().await {
+            let event = match event {
+                Ok(event) => event,
+                Err(e) if e.to_string().contains("exceeded the maximum size") => {
+                    return Err(failed(Unexpected(e.to_string())));
+                }
+                // Broken off: as rmcp's client says when it cannot resume.
+                Err(_) => return Err(ServiceError::TransportClosed),
+            };
+            if event.event.as_deref().is_some_and(|kind| kind != "message") {
+                continue;
+            }
+            let Some(data) = event.data.filter(|d| !d.is_empty()) else {
+                continue;
+            };
+            let Ok(message) = serde_json::from_str::<ServerJsonRpcMessage>(&data) else {
+                continue;
+            };
+            match message {
+                ServerJsonRpcMessage::Notification(n) => self.heard(&n.notification),
+                ServerJsonRpcMessage::Request(asked) => self.ask(asked).await,
+                message => {
+                    if let Some(answer) = self.answer(message) {
+                        return answer;
+                    }
+                }
+            }
+        }
+        Err(ServiceError::TransportClosed)
+    }
+
+    /// A notification on the call's stream: progress and log messages are routed to their
+    /// call, list changes and resource updates to the upstream's listeners.
+    fn heard(&self, notification: &ServerNotification) {
+        use ServerNotification as N;
+        let events = self.upstream.events();
+        match notification {
+            N::ToolListChangedNotification(_)
+            | N::ResourceListChangedNotification(_)
+            | N::PromptListChangedNotification(_) => events.offer_changed.notify_one(),
+            N::ResourceUpdatedNotification(n) => {
+                events.subscriptions.updated(n.params.uri.clone());
+            }
+            other => events.observe(other),
+        }
+    }
+
+    /// A question the upstream asks on the call's stream: put to the caller (or refused, as
+    /// `ask` refuses), and the answer posted back.
+    async fn ask(&self, asked: JsonRpcRequest<ServerRequest>) {
+        let Ok(Value::Object(mut question)) = serde_json::to_value(&asked.request) else {
+            return;
+        };
+        let method = question
+            .remove("method")
+            .and_then(|m| m.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let params = question.remove("params").unwrap_or(Value::Null);
+        let answered = match &self.options.asker {
+            Some(asker) => asker.ask(&method, params).await,
+            None => Err(rmcp::ErrorData::new(
+                rmcp::model::ErrorCode::METHOD_NOT_FOUND,
+                format!("mcpq cannot put {method} to this job's caller"),
+                None,
+            )),
+        };
+        let reply = match answered {
+            Ok(result) => serde_json::json!({"jsonrpc": "2.0", "id": asked.id, "result": result}),
+            Err(e) => serde_json::json!({"jsonrpc": "2.0", "id": asked.id, "error": e}),
+        };
+        let posted = self
+            .plain
+            .client
+            .post(&self.plain.uri)
+            .headers(self.headers(None, None))
+            .json(&reply)
+            .send()
+            .await;
+        if let Err(e) = posted {
+            tracing::warn!(error = %e, method, "cannot post the answer to the upstream's question");
+        }
+    }
+
+    /// The result or error a message carries, when it answers this call's request (its id
+    /// as sent, or echoed as another JSON type with the same text).
+    fn answer(&self, message: ServerJsonRpcMessage) -> Option<Result<ServerResult, ServiceError>> {
+        let ours = |other: &RequestId| other == self.id || other.to_string() == self.id.to_string();
+        match message {
+            ServerJsonRpcMessage::Response(r) if ours(&r.id) => Some(Ok(r.result)),
+            ServerJsonRpcMessage::Error(e) if e.id.as_ref().is_some_and(ours) => {
+                Some(Err(ServiceError::McpError(e.error)))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The whole body, at most `limit` bytes.
+async fn read(limit: usize, mut response: reqwest::Response) -> Result<Vec<u8>, ServiceError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(failed)? {
+        if body.len() + chunk.len() > limit {
+            return Err(failed(Unexpected(format!(
+                "the answer exceeded the maximum size of {limit} bytes"
+            ))));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// What the upstream said that was not an answer, in its words.
+#[derive(Debug)]
+struct Unexpected(String);
+
+impl std::fmt::Display for Unexpected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unexpected {}
+
+/// A failure as rmcp's client reports one, for `failure::classify`.
+fn failed(error: impl std::error::Error + Send + Sync + 'static) -> ServiceError {
+    ServiceError::TransportSend(DynamicTransportError::from_parts(
+        Cow::Borrowed("plain HTTP"),
+        std::any::TypeId::of::<Plain>(),
+        Box::new(error),
+    ))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use mcpq_schemas::McpRequest;
+
+    use super::*;
+
+    #[test]
+    fn the_request_carries_what_rmcp_sends_and_the_callers_meta_cannot_override_it() {
+        let params = serde_json::json!({
+            "name": "echo",
+            "arguments": {"text": "hi"},
+            "_meta": {"io.modelcontextprotocol/protocolVersion": "2025-06-18", "mine": 1}
+        });
+        let job = Job::new(
+            "s",
+            McpRequest {
+                method: "tools/call".into(),
+                params: params.as_object().cloned(),
+            },
+        );
+        let Ok(rmcp::model::ClientRequest::CallToolRequest(call)) =
+            super::super::to_client_request(&job, None)
+        else {
+            panic!("a tool call");
+        };
+        let options = CallOptions {
+            timeout: std::time::Duration::from_secs(1),
+            interrupt: super::super::Interrupt::default(),
+            events: None,
+            asker: None,
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        };
+        let id = RequestId::String("mcpq-x-1".into());
+        let token = ProgressToken(NumberOrString::String("mcpq-x-1".into()));
+        let body = body(&id, &token, &job, call, &options, "2026-07-28").unwrap();
+        let sent: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(sent["id"], "mcpq-x-1");
+        assert_eq!(sent["method"], "tools/call");
+        assert_eq!(sent["params"]["name"], "echo");
+        assert_eq!(sent["params"]["arguments"]["text"], "hi");
+        let meta = &sent["params"]["_meta"];
+        assert_eq!(
+            meta["io.modelcontextprotocol/protocolVersion"],
+            "2026-07-28"
+        );
+        assert_eq!(
+            meta["io.modelcontextprotocol/clientInfo"]["name"],
+            "mcpq-worker"
+        );
+        assert_eq!(meta["mine"], 1, "the caller's own keys pass");
+        assert_eq!(meta["progressToken"], "mcpq-x-1");
+        assert_eq!(meta["io.mcpq/jobId"], job.id.to_string());
+        assert_eq!(meta["traceparent"], options.traceparent.clone().unwrap());
+        assert!(
+            meta["io.modelcontextprotocol/clientCapabilities"]["elicitation"]["url"].is_object()
+        );
+    }
+}
