@@ -57,8 +57,10 @@ pub enum DispatcherError {
     Nats(#[from] NatsError),
     #[error(transparent)]
     Client(#[from] ClientError),
-    #[error("cannot read mcpq's buckets: {0}")]
-    Catalog(String),
+    /// A bucket or store a dispatcher keeps open (the catalog, sessions, the status sampler's
+    /// views, quotas) could not be opened.
+    #[error("cannot open {what}: {reason}")]
+    Open { what: &'static str, reason: String },
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
@@ -83,12 +85,14 @@ impl Dispatcher {
     ) -> Result<Dispatcher, DispatcherError> {
         let js = async_nats::jetstream::new(nats.clone());
         ensure_topology(&js, &Topology::from(config)).await?;
+        let open =
+            |what: &'static str| move |reason: String| DispatcherError::Open { what, reason };
         let catalog = Catalog::watch(&js)
             .await
-            .map_err(DispatcherError::Catalog)?;
+            .map_err(open("the catalog bucket"))?;
         let sessions = sessions::KvSessions::open(&js)
             .await
-            .map_err(DispatcherError::Catalog)?;
+            .map_err(open("the sessions bucket"))?;
         let sampler = status::Sampler::open(
             js.clone(),
             config
@@ -98,7 +102,7 @@ impl Dispatcher {
                 .collect(),
         )
         .await
-        .map_err(DispatcherError::Catalog)?;
+        .map_err(open("the status sampler's streams"))?;
         let monitor = monitor::Monitor::new(
             nats.clone(),
             options.sample_every,
@@ -134,7 +138,7 @@ impl Dispatcher {
                         .collect(),
                 )
                 .await
-                .map_err(DispatcherError::Catalog)?,
+                .map_err(open("the quotas bucket"))?,
             )
         } else {
             None
@@ -214,8 +218,8 @@ impl Dispatcher {
         router
     }
 
-    /// Binds `addr` and serves until `shutdown`, returning the bound address first through
-    /// `bound` (useful with port 0).
+    /// Binds `addr`: the address it is bound to (useful with port 0) and the future that serves
+    /// until `shutdown`.
     pub async fn listen(
         self,
         addr: SocketAddr,

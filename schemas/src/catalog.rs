@@ -50,6 +50,20 @@ impl CatalogEntry {
     }
 }
 
+/// Whether a tool's input schema names a parameter that clients mirror in an `Mcp-Param-*`
+/// header (SEP-2243 `x-mcp-header`, at any depth of `properties`).
+pub fn mirrors_params(schema: &JsonObject) -> bool {
+    schema
+        .get("properties")
+        .and_then(|p| p.as_object())
+        .is_some_and(|properties| {
+            properties
+                .values()
+                .filter_map(|p| p.as_object())
+                .any(|p| p.contains_key("x-mcp-header") || mirrors_params(p))
+        })
+}
+
 /// One definition (a tool, resource, template or prompt) as the upstream sent it: every field
 /// it had, those rmcp's model does not know included (`execution`, extension fields, fields of
 /// revisions newer than mcpq), and rmcp's typed view of it for mcpq's own use. It is written

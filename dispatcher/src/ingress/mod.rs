@@ -152,17 +152,6 @@ impl Gateway {
     /// Whether the tool's input schema names a parameter that clients mirror in an
     /// `Mcp-Param-*` header (SEP-2243 `x-mcp-header`, at any depth of `properties`).
     pub(crate) fn mirrors_params(&self, name: &str) -> bool {
-        fn annotated(schema: &serde_json::Map<String, serde_json::Value>) -> bool {
-            schema
-                .get("properties")
-                .and_then(|p| p.as_object())
-                .is_some_and(|properties| {
-                    properties
-                        .values()
-                        .filter_map(|p| p.as_object())
-                        .any(|p| p.contains_key("x-mcp-header") || annotated(p))
-                })
-        }
         let Ok((server, tool)) = self.resolve(name, "tool") else {
             return false;
         };
@@ -173,7 +162,7 @@ impl Gateway {
                     .tools
                     .iter()
                     .find(|t| t.name == tool)
-                    .is_some_and(|t| annotated(&t.input_schema))
+                    .is_some_and(|t| mcpq_schemas::catalog::mirrors_params(&t.input_schema))
             })
             .unwrap_or(false)
     }

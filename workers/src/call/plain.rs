@@ -236,18 +236,7 @@ impl Call<'_> {
     /// The answer in an SSE stream; the progress and log messages before it are the call's,
     /// and a question on it goes to the caller.
     async fn events(&self, response: reqwest::Response) -> Result<ServerResult, ServiceError> {
-        let limit = self.plain.limit;
-        let mut read = 0usize;
-        let bytes = response.bytes_stream().map(move |chunk| {
-            let chunk = chunk.map_err(std::io::Error::other)?;
-            read += chunk.len();
-            if read > limit {
-                return Err(std::io::Error::other(format!(
-                    "the answer exceeded the maximum size of {limit} bytes"
-                )));
-            }
-            Ok(chunk)
-        });
+        let bytes = crate::upstream::http::bounded(response, self.plain.limit);
         let mut events = sse_stream::SseStream::from_bytes_stream(bytes);
         while let Some(event) = events.next().await {
             let event = match event {

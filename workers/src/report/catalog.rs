@@ -144,7 +144,7 @@ async fn publish_once(
         entry
             .tools
             .iter()
-            .filter(|t| mirrors_params(&t.input_schema))
+            .filter(|t| mcpq_schemas::catalog::mirrors_params(&t.input_schema))
             .map(|t| t.name.to_string())
             .collect(),
     );
@@ -190,20 +190,6 @@ async fn publish_once(
         .await
         .map_err(|e| e.to_string())?;
     Ok(entry)
-}
-
-/// Whether a tool's input schema names a parameter clients mirror in an `Mcp-Param-*` header
-/// (SEP-2243 `x-mcp-header`, at any depth of `properties`).
-fn mirrors_params(schema: &serde_json::Map<String, serde_json::Value>) -> bool {
-    schema
-        .get("properties")
-        .and_then(|p| p.as_object())
-        .is_some_and(|properties| {
-            properties
-                .values()
-                .filter_map(|p| p.as_object())
-                .any(|p| p.contains_key("x-mcp-header") || mirrors_params(p))
-        })
 }
 
 /// The most bytes a catalog entry may have to be stored in the bucket as it is: the NATS

@@ -105,6 +105,25 @@ impl HttpConnector {
     }
 }
 
+/// A response's body as a stream that fails once it has brought more than `limit` bytes
+/// ("exceeded the maximum size", which `call::failure` reads as too large).
+pub(crate) fn bounded(
+    response: reqwest::Response,
+    limit: usize,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    let mut read = 0usize;
+    response.bytes_stream().map(move |chunk| {
+        let chunk = chunk.map_err(std::io::Error::other)?;
+        read += chunk.len();
+        if read > limit {
+            return Err(std::io::Error::other(format!(
+                "the answer exceeded the maximum size of {limit} bytes"
+            )));
+        }
+        Ok(chunk)
+    })
+}
+
 /// An HTTP client for an upstream: no Nagle delay, redirects only to the same origin.
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -184,17 +203,7 @@ impl Tapped {
             Some(StreamableHttpPostResponse::Json(message, session_id))
         } else if content_type.starts_with("text/event-stream") {
             let tap = self.tap.clone();
-            let mut read = 0usize;
-            let bytes = response.bytes_stream().map(move |chunk| {
-                let chunk = chunk.map_err(std::io::Error::other)?;
-                read += chunk.len();
-                if read > limit {
-                    return Err(std::io::Error::other(format!(
-                        "the list answer is over {limit} bytes"
-                    )));
-                }
-                Ok(chunk)
-            });
+            let bytes = bounded(response, limit);
             let events: BoxStream<'static, Result<Sse, SseError>> =
                 SseStream::from_bytes_stream(bytes)
                     .inspect_ok(move |event| {
