@@ -438,10 +438,10 @@ impl Client {
         replay_of: Option<u64>,
     ) -> Result<Submitted, ClientError> {
         let subject = job_subject(&job.server, job.lane);
-        let fail = |reason: String| ClientError::Publish {
+        let fail = |reason: String, no_stream: bool| ClientError::Publish {
             job_id: job.id,
             subject: subject.clone(),
-            reason: if reason.contains("no stream found") {
+            reason: if no_stream {
                 format!(
                     "{reason} (mcpq's streams do not exist yet: start `mcpq up`, a dispatcher or a worker first)"
                 )
@@ -473,23 +473,26 @@ impl Client {
             );
             headers.insert(mcpq_schemas::names::HDR_SEAL, seal.as_str());
         }
-        let refused = |e: String| {
-            if mcpq_schemas::nats::is_queue_full(&e) {
+        let refused = |e: async_nats::jetstream::context::PublishError| {
+            let no_stream =
+                e.kind() == async_nats::jetstream::context::PublishErrorKind::StreamNotFound;
+            let text = e.to_string();
+            if mcpq_schemas::nats::is_queue_full(&text) {
                 ClientError::QueueFull {
                     job_id: job.id,
                     server: job.server.clone(),
                 }
             } else {
-                fail(e)
+                fail(text, no_stream)
             }
         };
         let ack = self
             .js
             .publish_with_headers(subject.clone(), headers, payload.into())
             .await
-            .map_err(|e| refused(e.to_string()))?
+            .map_err(refused)?
             .await
-            .map_err(|e| refused(e.to_string()))?;
+            .map_err(refused)?;
         Ok(Submitted {
             stream_seq: ack.sequence,
             duplicate: ack.duplicate,
