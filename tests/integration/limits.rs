@@ -227,8 +227,27 @@ async fn results_beyond_a_message_arrive_whole_and_run_once_and_too_large_fails_
     );
     let record = stack.record(reply.job_id).await;
     assert_eq!((record.status, record.attempts), (JobStatus::Failed, 1));
-    // Give a redelivery, were there one, the time to happen.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Once its message has left the work queue (TERMed), no redelivery can come.
+    let js = async_nats::jetstream::new(
+        async_nats::connect(stack.nats.url())
+            .await
+            .expect("connect to NATS"),
+    );
+    mcpq_tests::eventually(
+        "the job's message to leave the queue",
+        Duration::from_secs(30),
+        || {
+            let js = js.clone();
+            async move {
+                let mut stream = js
+                    .get_stream(mcpq_schemas::names::jobs_stream("web"))
+                    .await
+                    .ok()?;
+                (stream.info().await.ok()?.state.messages == 0).then_some(())
+            }
+        },
+    )
+    .await;
     assert_eq!(runs(&web, "too-big"), 1, "never sent upstream again");
     stack.stop().await;
 }
