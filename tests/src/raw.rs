@@ -52,6 +52,17 @@ impl Requests for HttpPeer {
     }
 }
 
+/// A JSON-RPC answer's result, or its error.
+fn outcome(method: &str, message: &Value) -> Result<Value, Refusal> {
+    match (message.get("result"), message.get("error")) {
+        (Some(result), _) => Ok(result.clone()),
+        (None, Some(error)) => Err(error.clone()),
+        _ => Err(json!(format!(
+            "{method}: neither result nor error: {message}"
+        ))),
+    }
+}
+
 /// Every page of a list (`field` of each result), following `nextCursor`.
 async fn list_all(
     peer: &mut impl Requests,
@@ -206,13 +217,7 @@ impl StdioPeer {
             if message.get("id") != Some(&json!(id)) {
                 continue;
             }
-            return match (message.get("result"), message.get("error")) {
-                (Some(result), _) => Ok(result.clone()),
-                (None, Some(error)) => Err(error.clone()),
-                _ => Err(json!(format!(
-                    "{method}: neither result nor error: {message}"
-                ))),
-            };
+            return outcome(method, &message);
         }
     }
 
@@ -370,13 +375,7 @@ impl HttpPeer {
             .into_iter()
             .find(|m| m.get("id") == Some(&json!(id)))
             .unwrap_or_else(|| panic!("{method}: no answer in {text:?}"));
-        match (message.get("result"), message.get("error")) {
-            (Some(result), _) => Ok(result.clone()),
-            (None, Some(error)) => Err(error.clone()),
-            _ => Err(json!(format!(
-                "{method}: neither result nor error: {message}"
-            ))),
-        }
+        outcome(method, &message)
     }
 
     /// Every page of a list (`field` of each result).
