@@ -289,23 +289,33 @@ async fn ensure_topology_once(
     js: &jetstream::Context,
     topology: &Topology,
 ) -> Result<(), NatsError> {
-    let fail = |what: &str| {
-        let what = what.to_string();
-        move |e: &dyn std::fmt::Display| NatsError::Topology {
-            what,
-            reason: e.to_string(),
-        }
-    };
+    let fail = |what: String| move |reason: String| NatsError::Topology { what, reason };
     retire_shared_jobs_stream(js).await?;
-    for (server, max_queued) in &topology.queues {
-        let mut config = jobs_stream_config(server, *max_queued, topology.replicas);
-        config.duplicate_window = topology.duplicate_window;
-        ensure_stream(js, config)
-            .await
-            .map_err(|e| fail(&format!("stream {}", jobs_stream(server)))(&e))?;
+    for (what, config) in streams(topology) {
+        ensure_stream(js, config).await.map_err(fail(what))?;
     }
-    ensure_stream(
-        js,
+    for config in buckets(topology) {
+        let what = format!("bucket {}", config.bucket);
+        ensure_bucket(js, config).await.map_err(fail(what))?;
+    }
+    Ok(())
+}
+
+/// Every stream mcpq keeps, with what to call it in an error: the job streams (one per
+/// server), the dead letters, the audit, the Object Stores of large catalogs and results, and
+/// the job records' bucket (a stream here: its records carry their own TTLs).
+fn streams(topology: &Topology) -> Vec<(String, stream::Config)> {
+    let mut streams: Vec<(String, stream::Config)> = topology
+        .queues
+        .iter()
+        .map(|(server, max_queued)| {
+            let mut config = jobs_stream_config(server, *max_queued, topology.replicas);
+            config.duplicate_window = topology.duplicate_window;
+            (format!("stream {}", jobs_stream(server)), config)
+        })
+        .collect();
+    streams.push((
+        "stream MCPQ_DLQ".into(),
         stream::Config {
             name: DLQ_STREAM.into(),
             description: Some("mcpq dead letters: mcpq.dlq.<server>".into()),
@@ -316,11 +326,9 @@ async fn ensure_topology_once(
             max_age: Duration::from_secs(30 * 24 * 3600),
             ..Default::default()
         },
-    )
-    .await
-    .map_err(|e| fail("stream MCPQ_DLQ")(&e))?;
-    ensure_stream(
-        js,
+    ));
+    streams.push((
+        "stream MCPQ_AUDIT".into(),
         stream::Config {
             name: AUDIT_STREAM.into(),
             description: Some(
@@ -337,103 +345,31 @@ async fn ensure_topology_once(
             compression: Some(stream::Compression::S2),
             ..Default::default()
         },
-    )
-    .await
-    .map_err(|e| fail("stream MCPQ_AUDIT")(&e))?;
-    ensure_bucket(
-        js,
-        kv::Config {
-            bucket: HEALTH_BUCKET.into(),
-            description: "mcpq upstream health and the last alert, keyed by server".into(),
-            history: 1,
-            storage: stream::StorageType::File,
-            num_replicas: topology.replicas,
-            ..Default::default()
-        },
-    )
-    .await
-    .map_err(|e| fail("bucket mcpq_health")(&e))?;
-    ensure_bucket(
-        js,
-        kv::Config {
-            bucket: KEYS_BUCKET.into(),
-            description: "mcpq's generated signing key (when nats.signingKey is not set)".into(),
-            history: 1,
-            storage: stream::StorageType::File,
-            num_replicas: topology.replicas,
-            ..Default::default()
-        },
-    )
-    .await
-    .map_err(|e| fail("bucket mcpq_keys")(&e))?;
-    ensure_bucket(
-        js,
-        kv::Config {
-            bucket: CATALOG_BUCKET.into(),
-            description: "mcpq tool catalogs, keyed by server".into(),
-            history: 1,
-            storage: stream::StorageType::File,
-            num_replicas: topology.replicas,
-            ..Default::default()
-        },
-    )
-    .await
-    .map_err(|e| fail("bucket mcpq_catalog")(&e))?;
-    ensure_bucket(
-        js,
-        kv::Config {
-            bucket: WORKERS_BUCKET.into(),
-            description: "mcpq live workers (heartbeats), keyed by <server>.<worker>".into(),
-            history: 1,
-            max_age: WORKER_TTL,
-            storage: stream::StorageType::Memory,
-            num_replicas: topology.replicas,
-            ..Default::default()
-        },
-    )
-    .await
-    .map_err(|e| fail("bucket mcpq_workers")(&e))?;
-    ensure_bucket(js, kv::Config {
-        bucket: QUOTAS_BUCKET.into(),
-        description:
-            "mcpq per-principal usage, keyed calls.<principal>.<minute> and inflight.<principal>"
-                .into(),
-        history: 1,
-        max_age: Duration::from_secs(300),
-        storage: stream::StorageType::Memory,
-        num_replicas: topology.replicas,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| fail("bucket mcpq_quotas")(&e))?;
+    ));
     // Catalogs too large for a message: an Object Store bucket, the latest object per server.
-    ensure_stream(
-        js,
+    streams.push((
+        format!("object store {CATALOGS_STORE}"),
         object_store(
             CATALOGS_STORE,
             "mcpq catalogs too large for one NATS message, by server",
             Duration::ZERO,
             topology.replicas,
         ),
-    )
-    .await
-    .map_err(|e| fail("object store mcpq_catalogs")(&e))?;
+    ));
     // Results too large for a message: an Object Store bucket (a stream laid out as ADR-20
     // says, created here with create-or-update so a changed TTL or replica count applies).
-    ensure_stream(
-        js,
+    streams.push((
+        format!("object store {BLOBS_BUCKET}"),
         object_store(
             BLOBS_BUCKET,
             "mcpq results too large for one NATS message, by job id",
             topology.result_ttl,
             topology.replicas,
         ),
-    )
-    .await
-    .map_err(|e| fail("object store mcpq_blobs")(&e))?;
+    ));
     // Records live `resultTtl` at most, each as long as its kind of call needs (`Nats-TTL`).
-    ensure_stream(
-        js,
+    streams.push((
+        format!("bucket {RESULTS_BUCKET}"),
         stream::Config {
             name: format!("KV_{RESULTS_BUCKET}"),
             description: Some("mcpq job records, keyed by job id".into()),
@@ -449,40 +385,79 @@ async fn ensure_topology_once(
             allow_message_ttl: true,
             ..Default::default()
         },
-    )
-    .await
-    .map_err(|e| fail(&format!("bucket {RESULTS_BUCKET}"))(&e))?;
-    // The cancellations and batches that refer to records, and sessions, live `resultTtl`.
-    for (bucket, description) in [
-        (
+    ));
+    streams
+}
+
+/// Every KV bucket mcpq keeps (besides the records'): one value per key, on file unless it is
+/// only about the living (heartbeats, quotas).
+fn buckets(topology: &Topology) -> Vec<kv::Config> {
+    let bucket = |name: &str, description: &str, max_age: Duration, memory: bool| kv::Config {
+        bucket: name.into(),
+        description: description.into(),
+        history: 1,
+        max_age,
+        storage: if memory {
+            stream::StorageType::Memory
+        } else {
+            stream::StorageType::File
+        },
+        num_replicas: topology.replicas,
+        ..Default::default()
+    };
+    let forever = Duration::ZERO;
+    let records = topology.result_ttl;
+    vec![
+        bucket(
+            HEALTH_BUCKET,
+            "mcpq upstream health and the last alert, keyed by server",
+            forever,
+            false,
+        ),
+        bucket(
+            KEYS_BUCKET,
+            "mcpq's generated signing key (when nats.signingKey is not set)",
+            forever,
+            false,
+        ),
+        bucket(
+            CATALOG_BUCKET,
+            "mcpq tool catalogs, keyed by server",
+            forever,
+            false,
+        ),
+        bucket(
+            WORKERS_BUCKET,
+            "mcpq live workers (heartbeats), keyed by <server>.<worker>",
+            WORKER_TTL,
+            true,
+        ),
+        bucket(
+            QUOTAS_BUCKET,
+            "mcpq per-principal usage, keyed calls.<principal>.<minute> and inflight.<principal>",
+            Duration::from_secs(300),
+            true,
+        ),
+        // What refers to records lives as long as they may.
+        bucket(
             CANCELS_BUCKET,
             "mcpq cancellation requests, keyed by job id",
+            records,
+            false,
         ),
-        (
+        bucket(
             BATCHES_BUCKET,
             "mcpq batches (job ids in input order), keyed by batch id",
+            records,
+            false,
         ),
-        (
+        bucket(
             SESSIONS_BUCKET,
             "mcpq 2025-era MCP sessions (the client's initialize), keyed by session id",
+            records,
+            false,
         ),
-    ] {
-        ensure_bucket(
-            js,
-            kv::Config {
-                bucket: bucket.into(),
-                description: description.into(),
-                history: 1,
-                max_age: topology.result_ttl,
-                storage: stream::StorageType::File,
-                num_replicas: topology.replicas,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| fail(&format!("bucket {bucket}"))(&e))?;
-    }
-    Ok(())
+    ]
 }
 
 /// Creates the stream, or updates it when what mcpq sets differs; a stream already as wanted is
