@@ -133,6 +133,7 @@ async fn call_on(
                 .map(|a| Arc::new(a) as Arc<dyn crate::upstream::Ask>),
             request_id: None,
             between_rounds: false,
+            plain: false,
         },
     );
     // A 2026-07-28 upstream asks in its result (`input_required`); the request is then sent
@@ -408,6 +409,16 @@ impl<'a> InFlight<'a> {
     fn sent(&self, id: rmcp::model::RequestId) {
         if let Some(entry) = lock(&self.upstream.events().calls).get_mut(&self.key) {
             entry.request_id = Some(id);
+            entry.plain = false;
+        }
+    }
+
+    /// Notes that the call's request went on the plain path: what comes for it comes on its
+    /// own stream.
+    fn sent_plain(&self) {
+        if let Some(entry) = lock(&self.upstream.events().calls).get_mut(&self.key) {
+            entry.request_id = None;
+            entry.plain = true;
         }
     }
 

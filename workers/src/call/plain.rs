@@ -12,17 +12,28 @@
 //! (`Upstream::plain_for`). Everything else goes through rmcp, as do the follow-ups of a task
 //! the upstream makes of the call (`task::follow`).
 //!
-//! What goes on the wire is what rmcp sends: the same headers, and in `_meta` the caller's keys,
-//! then the revision, mcpq's client and capabilities, then mcpq's own keys and a progress token.
-//! Ids and tokens are strings unique to the job and the attempt, so they never meet rmcp's
-//! numbers on the upstream's shared routes. An answer is read in rmcp's order — an auth
-//! challenge, 429 and 5xx by their status (with `Retry-After`), a JSON-RPC error in any other
-//! body, a stream that breaks off as a closed transport — so `failure::classify` says the
-//! same. A question the upstream asks on the stream goes to the caller (`ask`) and the answer
-//! back in a POST. The upstream hears of a timeout or an interrupt as rmcp's client tells it:
-//! the request's connection is closed.
+//! What goes on the wire is what rmcp sends: the same headers (a configured header of one of
+//! their names is overridden, where rmcp refuses it), and in `_meta` the caller's keys, then
+//! the revision, mcpq's client and capabilities, then mcpq's own keys and a progress token. Ids
+//! and tokens are strings unique in the process, so they never meet rmcp's numbers; the call's
+//! progress (under its own token) and log messages come on its own stream and go straight to
+//! its caller, and its entry among the calls in flight is never guessed to own anything a
+//! session sends. An answer is read in rmcp's order — an auth challenge, 429 and 5xx by their
+//! status (with `Retry-After`), a JSON-RPC error in any other body but an unchallenged 401 or
+//! 403, a stream that breaks off as a closed transport — so `failure::classify` says what it
+//! says for rmcp's client, with two differences: an event over the size limit fails the call
+//! as too large (rmcp's client closes the stream), and a stream that ends early is not resumed
+//! with `Last-Event-ID` (the call is tried again, as rmcp's client does when it cannot
+//! resume). A question the upstream asks on the stream goes to the caller (`ask`; a ping is
+//! answered here) and the answer back in a POST. The client speaks HTTP/1.1 only, so the
+//! upstream hears of a timeout or an interrupt as rmcp's client tells it: the request's
+//! connection is closed.
 
-use std::{borrow::Cow, sync::atomic::Ordering};
+use std::{
+    borrow::Cow,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
 
 use futures::StreamExt;
 use mcpq_schemas::{Job, JsonObject};
@@ -36,8 +47,8 @@ use rmcp::{
 };
 use serde_json::Value;
 
-use super::{CallOptions, InFlight, Route, upstream_meta};
-use crate::upstream::{Upstream, http::Plain};
+use super::{CallOptions, InFlight, upstream_meta};
+use crate::upstream::{CallEvent, Upstream, http::Plain};
 
 /// Sends the call and reads its answer; `None` when it was interrupted first.
 pub(super) async fn send(
@@ -49,7 +60,9 @@ pub(super) async fn send(
     in_flight: &InFlight<'_>,
     revision: &str,
 ) -> Option<Result<ServerResult, ServiceError>> {
-    let n = plain.next_id.fetch_add(1, Ordering::Relaxed);
+    // Unique in this process: ids and tokens are never shared with another request.
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let id: std::sync::Arc<str> = format!("mcpq-{}-{n}", job.id).into();
     let request_id = RequestId::String(id.clone());
     let token = ProgressToken(NumberOrString::String(id));
@@ -58,16 +71,14 @@ pub(super) async fn send(
         Ok(body) => body,
         Err(e) => return Some(Err(e)),
     };
-    in_flight.sent(request_id.clone());
-    let _route = options
-        .events
-        .clone()
-        .map(|to| Route::add(upstream, token, to));
+    in_flight.sent_plain();
     let call = Call {
         plain,
         upstream,
         options,
         id: &request_id,
+        token: &token,
+        log_level: job.log_level.as_deref(),
         revision,
     };
     let answer = tokio::time::timeout(options.timeout, call.post(&name, body));
@@ -134,6 +145,9 @@ struct Call<'a> {
     upstream: &'a Upstream,
     options: &'a CallOptions,
     id: &'a RequestId,
+    token: &'a ProgressToken,
+    /// The job's `logLevel`: log messages at or above it go to the caller.
+    log_level: Option<&'a str>,
     revision: &'a str,
 }
 
@@ -195,22 +209,21 @@ impl Call<'_> {
         }
         if !status.is_success() {
             // A JSON-RPC error may come with any status; anything else is the status.
-            let body = if json {
-                read(self.plain.limit, response).await.ok()
+            // An unchallenged 401 or 403 keeps its status, as rmcp's client keeps it.
+            let json_rpc = json && !matches!(status.as_u16(), 401 | 403);
+            let limit = if json_rpc {
+                self.plain.limit
             } else {
-                None
+                64 * 1024
             };
-            if let Some(body) = &body
-                && let Ok(ServerJsonRpcMessage::Error(e)) = serde_json::from_slice(body)
-            {
+            let body = read_prefix(limit, response).await;
+            if json_rpc && let Ok(ServerJsonRpcMessage::Error(e)) = serde_json::from_slice(&body) {
                 return Err(ServiceError::McpError(e.error));
             }
             if status.is_server_error() {
                 return Err(failed(HttpStatusError::new(status.as_u16(), retry_after)));
             }
-            let text = body
-                .map(|b| String::from_utf8_lossy(&b[..b.len().min(64 * 1024)]).into_owned())
-                .unwrap_or_default();
+            let text = String::from_utf8_lossy(&body[..body.len().min(64 * 1024)]).into_owned();
             return Err(failed(Unexpected(format!(
                 "unexpected server response: HTTP {status}: {text}"
             ))));
@@ -236,7 +249,7 @@ impl Call<'_> {
     /// The answer in an SSE stream; the progress and log messages before it are the call's,
     /// and a question on it goes to the caller.
     async fn events(&self, response: reqwest::Response) -> Result<ServerResult, ServiceError> {
-        let bytes = crate::upstream::http::bounded(response, self.plain.limit);
+        let bytes = crate::upstream::http::bounded_events(response, self.plain.limit);
         let mut events = sse_stream::SseStream::from_bytes_stream(bytes);
         while let Some(event) = events.next().await {
             let event = match event {
@@ -247,7 +260,11 @@ impl Call<'_> {
                 // Broken off: as rmcp's client says when it cannot resume.
                 Err(_) => return Err(ServiceError::TransportClosed),
             };
-            if event.event.as_deref().is_some_and(|kind| kind != "message") {
+            if event
+                .event
+                .as_deref()
+                .is_some_and(|kind| !kind.is_empty() && kind != "message")
+            {
                 continue;
             }
             let Some(data) = event.data.filter(|d| !d.is_empty()) else {
@@ -269,8 +286,10 @@ impl Call<'_> {
         Err(ServiceError::TransportClosed)
     }
 
-    /// A notification on the call's stream: progress and log messages are routed to their
-    /// call, list changes and resource updates to the upstream's listeners.
+    /// A notification on the call's stream: its progress (under its own token) and its log
+    /// messages (at or above the job's level) go to its caller, list changes and resource
+    /// updates to the upstream's listeners.
+    #[allow(deprecated)] // logging is deprecated by SEP-2577; upstreams still log
     fn heard(&self, notification: &ServerNotification) {
         use ServerNotification as N;
         let events = self.upstream.events();
@@ -281,7 +300,32 @@ impl Call<'_> {
             N::ResourceUpdatedNotification(n) => {
                 events.subscriptions.updated(n.params.uri.clone());
             }
-            other => events.observe(other),
+            N::ProgressNotification(n) if &n.params.progress_token == self.token => {
+                if let Some(to) = &self.options.events {
+                    let _ = to.send(CallEvent::Progress(mcpq_schemas::Progress {
+                        progress: n.params.progress,
+                        total: n.params.total,
+                        message: n.params.message.clone(),
+                    }));
+                }
+            }
+            N::LoggingMessageNotification(n) => {
+                let level = serde_json::to_value(n.params.level)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_else(|| "info".into());
+                match (&self.options.events, self.log_level) {
+                    (Some(to), Some(min)) if mcpq_schemas::bridge::log_passes(&level, min) => {
+                        let _ = to.send(CallEvent::Log(mcpq_schemas::LogMessage {
+                            level,
+                            logger: n.params.logger.clone(),
+                            data: n.params.data.clone(),
+                        }));
+                    }
+                    _ => tracing::debug!(level, data = %n.params.data, "upstream log message"),
+                }
+            }
+            _ => {}
         }
     }
 
@@ -296,9 +340,10 @@ impl Call<'_> {
             .and_then(|m| m.as_str().map(str::to_string))
             .unwrap_or_default();
         let params = question.remove("params").unwrap_or(Value::Null);
-        let answered = match &self.options.asker {
-            Some(asker) => asker.ask(&method, params).await,
-            None => Err(rmcp::ErrorData::new(
+        let answered = match (&self.options.asker, method.as_str()) {
+            (_, "ping") => Ok(serde_json::json!({})),
+            (Some(asker), _) => asker.ask(&method, params).await,
+            (None, _) => Err(rmcp::ErrorData::new(
                 rmcp::model::ErrorCode::METHOD_NOT_FOUND,
                 format!("mcpq cannot put {method} to this job's caller"),
                 None,
@@ -314,10 +359,19 @@ impl Call<'_> {
             .post(&self.plain.uri)
             .headers(self.headers(None, None))
             .json(&reply)
+            .timeout(ANSWER_WITHIN)
             .send()
             .await;
-        if let Err(e) = posted {
-            tracing::warn!(error = %e, method, "cannot post the answer to the upstream's question");
+        match posted {
+            Ok(response) if response.status().is_success() => {}
+            Ok(response) => tracing::warn!(
+                status = %response.status(),
+                method,
+                "the upstream refused the answer to its question"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, method, "cannot post the answer to the upstream's question");
+            }
         }
     }
 
@@ -335,6 +389,9 @@ impl Call<'_> {
     }
 }
 
+/// How long posting the answer to an upstream's question may take.
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
 /// The whole body, at most `limit` bytes.
 async fn read(limit: usize, mut response: reqwest::Response) -> Result<Vec<u8>, ServiceError> {
     let mut body = Vec::new();
@@ -347,6 +404,19 @@ async fn read(limit: usize, mut response: reqwest::Response) -> Result<Vec<u8>, 
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// Up to `limit` bytes of the body, whatever came before it broke off (for an error's text).
+async fn read_prefix(limit: usize, mut response: reqwest::Response) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        let room = limit.saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= limit {
+            break;
+        }
+    }
+    body
 }
 
 /// What the upstream said that was not an answer, in its words.

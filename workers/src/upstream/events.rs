@@ -117,6 +117,9 @@ pub(crate) struct CallEntry {
     /// Between rounds of a 2026-07-28 call (its questions are with the caller): no request of
     /// it is upstream, so nothing the upstream sends now is its.
     pub between_rounds: bool,
+    /// On the plain path (`call::plain`): what the upstream sends for it comes on its own
+    /// stream, so nothing from a session is ever guessed to be its.
+    pub plain: bool,
 }
 
 /// Where one call's log messages go.
@@ -237,7 +240,7 @@ impl Events {
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_else(|| "info".into());
         let calls = lock(&self.calls);
-        let mut only = calls.values().filter(|c| !c.between_rounds);
+        let mut only = calls.values().filter(|c| !c.between_rounds && !c.plain);
         match (only.next().and_then(|c| c.logs.as_ref()), only.next()) {
             (Some(route), None) if bridge::log_passes(&level, &route.min_level) => {
                 let _ = route.to.send(CallEvent::Log(LogMessage {
@@ -271,7 +274,7 @@ impl Events {
                     .cloned()
             });
             let only = || {
-                let mut all = calls.values().filter(|c| !c.between_rounds);
+                let mut all = calls.values().filter(|c| !c.between_rounds && !c.plain);
                 match (all.next(), all.next()) {
                     (Some(call), None) => Some(call.clone()),
                     _ => None,

@@ -39,8 +39,6 @@ pub(crate) struct Plain {
     pub uri: String,
     pub headers: http::HeaderMap,
     pub limit: usize,
-    /// Numbers the plain path's request ids.
-    pub next_id: std::sync::atomic::AtomicI64,
 }
 
 impl HttpConnector {
@@ -77,11 +75,17 @@ impl HttpConnector {
             .max_json_response_size(limit)
             .max_sse_event_size(limit);
         let plain = Arc::new(Plain {
-            client: client(),
+            // HTTP/1.1 only: a call's stream and the answer to a question on it never wait
+            // for one another in one connection's stream limit.
+            client: reqwest::Client::builder()
+                .tcp_nodelay(true)
+                .redirect(same_origin_redirects())
+                .http1_only()
+                .build()
+                .unwrap_or_default(),
             uri: endpoint.to_string(),
             headers: custom.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             limit,
-            next_id: std::sync::atomic::AtomicI64::new(1),
         });
         config.custom_headers = custom;
         config.allow_stateless = true;
@@ -118,6 +122,40 @@ pub(crate) fn bounded(
         if read > limit {
             return Err(std::io::Error::other(format!(
                 "the answer exceeded the maximum size of {limit} bytes"
+            )));
+        }
+        Ok(chunk)
+    })
+}
+
+/// A response's SSE body as a stream that fails once one event (the bytes since the last blank
+/// line) is longer than `limit`, as rmcp bounds each event; a long stream of small events is
+/// never cut.
+pub(crate) fn bounded_events(
+    response: reqwest::Response,
+    limit: usize,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    let mut since_blank = 0usize;
+    response.bytes_stream().map(move |chunk| {
+        let chunk = chunk.map_err(std::io::Error::other)?;
+        // The end of the last event in the chunk: a blank line, LF or CRLF.
+        let end = chunk
+            .windows(2)
+            .rposition(|w| w == b"\n\n")
+            .map(|at| at + 2)
+            .max(
+                chunk
+                    .windows(3)
+                    .rposition(|w| w == b"\n\r\n")
+                    .map(|at| at + 3),
+            );
+        since_blank = match end {
+            Some(end) => chunk.len() - end,
+            None => since_blank + chunk.len(),
+        };
+        if since_blank > limit {
+            return Err(std::io::Error::other(format!(
+                "an event exceeded the maximum size of {limit} bytes"
             )));
         }
         Ok(chunk)
