@@ -78,14 +78,17 @@ pub(crate) async fn call(upstream: &Upstream, job: &Job, options: CallOptions) -
     let subscription =
         job.request.method.starts_with("resources/") && job.request.method.ends_with("subscribe");
     let leased = if subscription {
-        upstream.peer().await.map(|peer| (peer, None))
+        upstream
+            .home()
+            .await
+            .map(|(peer, session)| (peer, session, None))
     } else {
         upstream
             .lease()
             .await
-            .map(|(peer, lease)| (peer, Some(lease)))
+            .map(|(peer, lease)| (peer, lease.session(), Some(lease)))
     };
-    let (peer, lease) = match leased {
+    let (peer, session, lease) = match leased {
         Ok(leased) => leased,
         Err(e) => {
             return CallOutcome::Failed(Failure::new(
@@ -97,7 +100,13 @@ pub(crate) async fn call(upstream: &Upstream, job: &Job, options: CallOptions) -
     };
     let endpoint = lease.as_ref().map_or(upstream.server(), |l| l.endpoint());
     let plain = lease.as_ref().and_then(Lease::plain);
-    let outcome = call_on(upstream, endpoint, &peer, plain.as_deref(), job, options).await;
+    let on = On {
+        endpoint,
+        peer: &peer,
+        session,
+        plain: plain.as_deref(),
+    };
+    let outcome = call_on(upstream, on, job, options).await;
     if let (Some(lease), Some(verdict)) = (lease, outcome.verdict()) {
         lease.verdict(verdict);
     }
@@ -105,14 +114,18 @@ pub(crate) async fn call(upstream: &Upstream, job: &Job, options: CallOptions) -
 }
 
 /// [`call`] on a chosen session.
-async fn call_on(
-    upstream: &Upstream,
-    endpoint: &str,
-    peer: &Peer<RoleClient>,
-    plain: Option<&Plain>,
-    job: &Job,
-    options: CallOptions,
-) -> CallOutcome {
+/// Where a call goes: the endpoint (for messages), the session's peer and number, and the
+/// plain path's client when the endpoint is an HTTP one.
+#[derive(Clone, Copy)]
+struct On<'a> {
+    endpoint: &'a str,
+    peer: &'a Peer<RoleClient>,
+    session: u64,
+    plain: Option<&'a Plain>,
+}
+
+async fn call_on(upstream: &Upstream, on: On<'_>, job: &Job, options: CallOptions) -> CallOutcome {
+    let On { endpoint, peer, .. } = on;
     if let Some(answer) = answered_here(upstream, peer, job, options.timeout).await {
         return answer;
     }
@@ -132,6 +145,7 @@ async fn call_on(
                 .clone()
                 .map(|a| Arc::new(a) as Arc<dyn crate::upstream::Ask>),
             request_id: None,
+            session: None,
             between_rounds: false,
             plain: false,
         },
@@ -154,8 +168,7 @@ async fn call_on(
         if round > 0 {
             in_flight.between_rounds(false);
         }
-        let Some(answer) = send(peer, plain, upstream, job, request, &options, &in_flight).await
-        else {
+        let Some(answer) = send(on, upstream, job, request, &options, &in_flight).await else {
             return CallOutcome::Interrupted;
         };
         // The upstream made the call a task: followed to its end.
@@ -224,14 +237,19 @@ const MAX_ROUNDS: usize = 10;
 /// first. The upstream hears of a timeout or an interrupt before this returns: rmcp sends
 /// `notifications/cancelled` to a 2025-era upstream and closes a 2026-07-28 request's stream.
 async fn send(
-    peer: &Peer<RoleClient>,
-    plain: Option<&Plain>,
+    on: On<'_>,
     upstream: &Upstream,
     job: &Job,
     request: ClientRequest,
     options: &CallOptions,
     in_flight: &InFlight<'_>,
 ) -> Option<Result<ServerResult, ServiceError>> {
+    let On {
+        peer,
+        session,
+        plain,
+        ..
+    } = on;
     let revision = peer.peer_info().map(|i| i.protocol_version.clone());
     let modern = revision.as_ref().is_some_and(|r| !r.has_initialize());
     // A 2026-07-28 tool call over HTTP needs none of rmcp's client machinery.
@@ -254,11 +272,11 @@ async fn send(
         Ok(handle) => handle,
         Err(e) => return Some(Err(e)),
     };
-    in_flight.sent(handle.id.clone());
+    in_flight.sent(session, handle.id.clone());
     let _route = options
         .events
         .clone()
-        .map(|to| Route::add(upstream, handle.progress_token.clone(), to));
+        .map(|to| Route::add(upstream, session, handle.progress_token.clone(), to));
     let id = handle.id.clone();
     tokio::select! {
         answer = handle.await_response() => Some(answer),
@@ -371,23 +389,29 @@ async fn answered_here(
 /// A call's entry in the upstream's progress routes, removed when the call ends.
 struct Route<'a> {
     upstream: &'a Upstream,
+    session: u64,
     token: ProgressToken,
 }
 
 impl<'a> Route<'a> {
     fn add(
         upstream: &'a Upstream,
+        session: u64,
         token: ProgressToken,
         to: mpsc::UnboundedSender<CallEvent>,
     ) -> Self {
-        lock(&upstream.events().progress).add(token.clone(), to);
-        Route { upstream, token }
+        lock(&upstream.events().progress).add(session, token.clone(), to);
+        Route {
+            upstream,
+            session,
+            token,
+        }
     }
 }
 
 impl Drop for Route<'_> {
     fn drop(&mut self) {
-        lock(&self.upstream.events().progress).remove(&self.token);
+        lock(&self.upstream.events().progress).remove(self.session, &self.token);
     }
 }
 
@@ -406,9 +430,10 @@ impl<'a> InFlight<'a> {
     }
 
     /// Notes the id of the call's request upstream: questions on its response stream are its.
-    fn sent(&self, id: rmcp::model::RequestId) {
+    fn sent(&self, session: u64, id: rmcp::model::RequestId) {
         if let Some(entry) = lock(&self.upstream.events().calls).get_mut(&self.key) {
             entry.request_id = Some(id);
+            entry.session = Some(session);
             entry.plain = false;
         }
     }
@@ -418,6 +443,7 @@ impl<'a> InFlight<'a> {
     fn sent_plain(&self) {
         if let Some(entry) = lock(&self.upstream.events().calls).get_mut(&self.key) {
             entry.request_id = None;
+            entry.session = None;
             entry.plain = true;
         }
     }

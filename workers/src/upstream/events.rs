@@ -68,28 +68,37 @@ pub(crate) type ProgressRoutes = Arc<std::sync::Mutex<Progressing>>;
 /// may report progress before rmcp hands the request back to the worker).
 #[derive(Default)]
 pub(crate) struct Progressing {
-    routes: HashMap<ProgressToken, mpsc::UnboundedSender<CallEvent>>,
-    early: HashMap<ProgressToken, Vec<Progress>>,
+    routes: HashMap<(u64, ProgressToken), mpsc::UnboundedSender<CallEvent>>,
+    early: HashMap<(u64, ProgressToken), Vec<Progress>>,
 }
 
 /// How many calls' early progress is kept at most; older ones belonged to calls that ended.
 const EARLY_CALLS: usize = 256;
 
 impl Progressing {
-    /// Routes `token`'s progress to `to`, starting with whatever came early.
-    pub(crate) fn add(&mut self, token: ProgressToken, to: mpsc::UnboundedSender<CallEvent>) {
-        for progress in self.early.remove(&token).unwrap_or_default() {
+    /// Routes the progress of `token` on `session` to `to`, starting with whatever came early.
+    /// Tokens are rmcp's numbers, counted per session: only the pair names one request.
+    pub(crate) fn add(
+        &mut self,
+        session: u64,
+        token: ProgressToken,
+        to: mpsc::UnboundedSender<CallEvent>,
+    ) {
+        let key = (session, token);
+        for progress in self.early.remove(&key).unwrap_or_default() {
             let _ = to.send(CallEvent::Progress(progress));
         }
-        self.routes.insert(token, to);
+        self.routes.insert(key, to);
     }
 
-    pub(crate) fn remove(&mut self, token: &ProgressToken) {
-        self.routes.remove(token);
-        self.early.remove(token);
+    pub(crate) fn remove(&mut self, session: u64, token: &ProgressToken) {
+        let key = (session, token.clone());
+        self.routes.remove(&key);
+        self.early.remove(&key);
     }
 
-    fn route(&mut self, token: ProgressToken, progress: Progress) {
+    fn route(&mut self, session: u64, token: ProgressToken, progress: Progress) {
+        let token = (session, token);
         match self.routes.get(&token) {
             Some(to) => {
                 let _ = to.send(CallEvent::Progress(progress));
@@ -114,6 +123,8 @@ pub(crate) struct CallEntry {
     pub logs: Option<LogRoute>,
     pub asker: Option<Arc<dyn Ask>>,
     pub request_id: Option<RequestId>,
+    /// The session its request went on (request ids are counted per session).
+    pub session: Option<u64>,
     /// Between rounds of a 2026-07-28 call (its questions are with the caller): no request of
     /// it is upstream, so nothing the upstream sends now is its.
     pub between_rounds: bool,
@@ -142,6 +153,9 @@ pub(crate) struct Events {
     pub subscriptions: Subscriptions,
     /// List answers kept as the upstream wrote them, for the catalog.
     pub tap: Arc<super::tap::ListTap>,
+    /// Which of the upstream's sessions this handler serves (0 before one is opened): what a
+    /// session reports is matched to calls on that session only.
+    pub session: u64,
 }
 
 #[allow(deprecated)] // sampling, roots and logging are deprecated by SEP-2577; upstreams still use them
@@ -207,6 +221,14 @@ impl ClientHandler for Events {
 }
 
 impl Events {
+    /// The handler of one session: the same shared routes, its own session number.
+    pub(crate) fn for_session(&self, session: u64) -> Events {
+        Events {
+            session,
+            ..self.clone()
+        }
+    }
+
     /// Sees every notification as the transport delivers it, in order and before the response
     /// that follows it (rmcp hands notifications to the handler in tasks of their own, which
     /// may run after the response — and out of order): progress and log messages are routed to
@@ -216,6 +238,7 @@ impl Events {
             ServerNotification::ProgressNotification(n) => {
                 let params = &n.params;
                 lock(&self.progress).route(
+                    self.session,
                     params.progress_token.clone(),
                     Progress {
                         progress: params.progress,
@@ -240,7 +263,9 @@ impl Events {
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_else(|| "info".into());
         let calls = lock(&self.calls);
-        let mut only = calls.values().filter(|c| !c.between_rounds && !c.plain);
+        let mut only = calls
+            .values()
+            .filter(|c| !c.between_rounds && !c.plain && c.session == Some(self.session));
         match (only.next().and_then(|c| c.logs.as_ref()), only.next()) {
             (Some(route), None) if bridge::log_passes(&level, &route.min_level) => {
                 let _ = route.to.send(CallEvent::Log(LogMessage {
@@ -270,11 +295,13 @@ impl Events {
             let by_origin = origin.and_then(|id| {
                 calls
                     .values()
-                    .find(|c| c.request_id.as_ref() == Some(&id))
+                    .find(|c| c.session == Some(self.session) && c.request_id.as_ref() == Some(&id))
                     .cloned()
             });
             let only = || {
-                let mut all = calls.values().filter(|c| !c.between_rounds && !c.plain);
+                let mut all = calls
+                    .values()
+                    .filter(|c| !c.between_rounds && !c.plain && c.session == Some(self.session));
                 match (all.next(), all.next()) {
                     (Some(call), None) => Some(call.clone()),
                     _ => None,
@@ -346,5 +373,45 @@ impl<T: Transport<RoleClient>> Transport<RoleClient> for Observed<T> {
 
     fn close(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send {
         self.inner.close()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod session_tests {
+    use rmcp::model::NumberOrString;
+
+    use super::*;
+
+    #[test]
+    fn the_same_token_on_two_sessions_names_two_calls() {
+        let mut routes = Progressing::default();
+        let (a, mut heard_a) = mpsc::unbounded_channel();
+        let (b, mut heard_b) = mpsc::unbounded_channel();
+        let token = ProgressToken(NumberOrString::Number(3));
+        routes.add(1, token.clone(), a);
+        routes.add(2, token.clone(), b);
+        let progress = |n: f64| Progress {
+            progress: n,
+            total: None,
+            message: None,
+        };
+        routes.route(1, token.clone(), progress(1.0));
+        routes.route(2, token.clone(), progress(2.0));
+        let Ok(CallEvent::Progress(got)) = heard_a.try_recv() else {
+            panic!("session 1's call hears its progress")
+        };
+        assert_eq!(got.progress, 1.0);
+        assert!(heard_a.try_recv().is_err(), "and nothing of session 2's");
+        let Ok(CallEvent::Progress(got)) = heard_b.try_recv() else {
+            panic!("session 2's call hears its progress")
+        };
+        assert_eq!(got.progress, 2.0);
+        routes.remove(1, &token);
+        routes.route(2, token, progress(3.0));
+        assert!(
+            matches!(heard_b.try_recv(), Ok(CallEvent::Progress(_))),
+            "session 2's route stays"
+        );
     }
 }

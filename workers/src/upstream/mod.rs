@@ -147,6 +147,8 @@ impl Endpoint {
 pub(crate) struct Lease {
     upstream: Upstream,
     endpoint: usize,
+    /// The session the call goes on.
+    session: u64,
 }
 
 impl Lease {
@@ -158,6 +160,11 @@ impl Lease {
     /// The endpoint the call went to: its URL, or a stdio server's command.
     pub(crate) fn endpoint(&self) -> &str {
         &self.upstream.inner.endpoints[self.endpoint].name
+    }
+
+    /// The session the call goes on (request ids and progress tokens are counted per session).
+    pub(crate) fn session(&self) -> u64 {
+        self.session
     }
 
     /// The plain path's client, when the endpoint is an HTTP one.
@@ -229,6 +236,7 @@ impl Upstream {
                     calls: CallsInFlight::default(),
                     subscriptions,
                     tap: Arc::default(),
+                    session: 0,
                 },
                 known: Default::default(),
                 mirrored: Default::default(),
@@ -288,7 +296,7 @@ impl Upstream {
 
     /// A peer on the home session — the first healthy primary endpoint's first slot — for
     /// what must stay on one session: the catalog, resource subscriptions, probes.
-    pub(crate) async fn peer(&self) -> Result<Peer<RoleClient>, UpstreamError> {
+    pub(crate) async fn home(&self) -> Result<(Peer<RoleClient>, u64), UpstreamError> {
         let endpoints = &self.inner.endpoints;
         let home = endpoints
             .iter()
@@ -300,6 +308,11 @@ impl Upstream {
             })
             .unwrap_or(0);
         self.session_peer(home, 0).await
+    }
+
+    /// [`Upstream::home`]'s peer alone.
+    pub(crate) async fn peer(&self) -> Result<Peer<RoleClient>, UpstreamError> {
+        self.home().await.map(|(peer, _)| peer)
     }
 
     /// A peer for one call, on the endpoint the balancer picks, and the lease that counts it.
@@ -322,6 +335,7 @@ impl Upstream {
         let lease = Lease {
             upstream: self.clone(),
             endpoint: index,
+            session: 0,
         };
         let slot =
             endpoint.next.fetch_add(1, Ordering::SeqCst) % self.inner.pool.max_connections.max(1);
@@ -329,7 +343,10 @@ impl Upstream {
         if peer.is_err() {
             lease.verdict(Verdict::Retryable);
         }
-        Ok((peer?, lease))
+        let (peer, session) = peer?;
+        let mut lease = lease;
+        lease.session = session;
+        Ok((peer, lease))
     }
 
     /// The peer of one session slot of one endpoint, opening it if it is missing, closed, or
@@ -338,7 +355,7 @@ impl Upstream {
         &self,
         index: usize,
         slot: usize,
-    ) -> Result<Peer<RoleClient>, UpstreamError> {
+    ) -> Result<(Peer<RoleClient>, u64), UpstreamError> {
         let endpoint = &self.inner.endpoints[index];
         let mut sessions = endpoint.sessions.lock().await;
         let idle = self.inner.pool.idle_timeout;
@@ -346,14 +363,14 @@ impl Upstream {
             let fresh = used.elapsed() < idle;
             if fresh && !open.is_closed() && !open.is_transport_closed() {
                 *used = Instant::now();
-                return Ok(open.peer().clone());
+                return Ok((open.peer().clone(), open.service().session));
             }
             if fresh {
                 tracing::warn!(server = %self.inner.server, endpoint = %endpoint.name, "upstream session closed; opening a new one");
             }
         }
         let opened = self.open(&endpoint.connector).await?;
-        let peer = opened.peer().clone();
+        let peer = (opened.peer().clone(), opened.service().session);
         if let Some((old, _)) = sessions[slot].replace((opened, Instant::now())) {
             old.cancellation_token().cancel();
         }
@@ -384,7 +401,7 @@ impl Upstream {
             if endpoint.ejected.load(Ordering::SeqCst) {
                 let answered =
                     match tokio::time::timeout(timeout, self.session_peer(index, 0)).await {
-                        Ok(Ok(peer)) => ping(&peer, timeout).await,
+                        Ok(Ok((peer, _))) => ping(&peer, timeout).await,
                         _ => false,
                     };
                 if answered {
@@ -453,10 +470,10 @@ impl Upstream {
             server: server.clone(),
             reason: mcpq_schemas::redact::in_text(&e.to_string()),
         };
-        let events = self.inner.events.clone();
+        let conversation = self.inner.events.tap.conversation();
+        let events = self.inner.events.for_session(conversation.id());
         let started = match connector {
             Connector::Http(c) => {
-                let conversation = events.tap.conversation();
                 let transport = Observed::new(
                     c.transport(conversation.clone()),
                     events.clone(),
@@ -465,7 +482,6 @@ impl Upstream {
                 events.serve_with_lifecycle(transport, lifecycle).await
             }
             Connector::Stdio(c) => {
-                let conversation = events.tap.conversation();
                 let transport =
                     Observed::new(c.spawn(conversation.clone())?, events.clone(), conversation);
                 events.serve_with_lifecycle(transport, lifecycle).await

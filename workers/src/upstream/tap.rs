@@ -132,6 +132,11 @@ pub(crate) fn page_of(message: &ClientJsonRpcMessage) -> Option<(&RequestId, Pag
 }
 
 impl Conversation {
+    /// This transport's number among the upstream's: it names the session.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
     /// Notes an outgoing message when it asks for a list while the catalog lists.
     pub(crate) fn asked(&self, message: &ClientJsonRpcMessage) {
         if !self.tap.listing.load(Ordering::Acquire) {
