@@ -410,7 +410,7 @@ async fn finish(
     let mut ended = record(ctx, job, delivery, status, error);
     let mut outcome = outcome;
     if let Ended::Ok { result } = &mut outcome {
-        if encoded_len(result) > ctx.outbox.inline_limit() as u64 {
+        if crate::json_len(result) > ctx.outbox.inline_limit() {
             let bytes = serde_json::to_vec(result).unwrap_or_default();
             let stored = persist("store a large result", || ctx.outbox.blob(&job.id, &bytes));
             let Ok(blob) = stored.await else { return };
@@ -568,11 +568,6 @@ where
             }
         }
     }
-}
-
-/// The length of `value` as JSON, without building the text.
-pub(super) fn encoded_len(value: &serde_json::Value) -> u64 {
-    crate::json_len(value) as u64
 }
 
 /// Copies the message to the dead-letter stream (before it is termed: on a work queue, TERM

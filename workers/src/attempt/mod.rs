@@ -502,7 +502,7 @@ async fn run(ctx: &Context, delivery: &mut Delivery, job: &Job, interrupt: &Inte
             stopped(interrupt.why().unwrap_or(&Why::Draining), "while it ran")
         }
         CallOutcome::Answered(result) => {
-            let size = carry_out::encoded_len(&result);
+            let size = crate::json_len(&result) as u64;
             if size > ctx.server.max_result_bytes {
                 Outcome::TooLarge { size }
             } else {

@@ -393,17 +393,15 @@ impl Call<'_> {
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
 /// The whole body, at most `limit` bytes.
-async fn read(limit: usize, mut response: reqwest::Response) -> Result<Vec<u8>, ServiceError> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(failed)? {
-        if body.len() + chunk.len() > limit {
-            return Err(failed(Unexpected(format!(
+async fn read(limit: usize, response: reqwest::Response) -> Result<Vec<u8>, ServiceError> {
+    crate::upstream::http::read_body(response, limit)
+        .await
+        .map_err(failed)?
+        .ok_or_else(|| {
+            failed(Unexpected(format!(
                 "the answer exceeded the maximum size of {limit} bytes"
-            ))));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+            )))
+        })
 }
 
 /// Up to `limit` bytes of the body, whatever came before it broke off (for an error's text).

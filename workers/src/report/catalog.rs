@@ -140,14 +140,7 @@ async fn publish_once(
             .chain(entry.prompts.iter().map(|p| p.name.clone()))
             .collect(),
     );
-    upstream.set_mirrored(
-        entry
-            .tools
-            .iter()
-            .filter(|t| mcpq_schemas::catalog::mirrors_params(&t.input_schema))
-            .map(|t| t.name.to_string())
-            .collect(),
-    );
+    upstream.set_listed_tools(entry.tools.iter().map(|t| &**t));
     let server = upstream.server();
     if let Ok(Some(bytes)) = bucket.get(server).await
         && let Ok(old) = serde_json::from_slice::<CatalogEntry>(&bytes)

@@ -109,6 +109,21 @@ impl HttpConnector {
     }
 }
 
+/// A response's whole body; `None` when it is longer than `limit` bytes (read no further).
+pub(crate) async fn read_body(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
 /// A response's body as a stream that fails once it has brought more than `limit` bytes
 /// ("exceeded the maximum size", which `call::failure` reads as too large).
 pub(crate) fn bounded(
@@ -228,14 +243,7 @@ impl Tapped {
             if response.content_length().is_some_and(|n| n > limit as u64) {
                 return None;
             }
-            let mut response = response;
-            let mut body = Vec::new();
-            while let Some(chunk) = response.chunk().await.ok()? {
-                if body.len() + chunk.len() > limit {
-                    return None;
-                }
-                body.extend_from_slice(&chunk);
-            }
+            let body = read_body(response, limit).await.ok()??;
             self.tap.heard(&body);
             let message: ServerJsonRpcMessage = serde_json::from_slice(&body).ok()?;
             Some(StreamableHttpPostResponse::Json(message, session_id))
@@ -257,6 +265,9 @@ impl Tapped {
     }
 }
 
+/// rmcp's transport calls only `post_message_with_response_limits` and
+/// `get_stream_with_max_sse_event_size`; the two methods the trait requires besides go
+/// straight to rmcp's client.
 impl StreamableHttpClient for Tapped {
     type Error = reqwest::Error;
 
@@ -268,37 +279,9 @@ impl StreamableHttpClient for Tapped {
         auth_token: Option<String>,
         custom_headers: HashMap<HeaderName, HeaderValue>,
     ) -> PostResult {
-        self.post_message_with_response_limits(
-            uri,
-            message,
-            session_id,
-            auth_token,
-            custom_headers,
-            StreamableHttpResponseLimits::default(),
-        )
-        .await
-    }
-
-    async fn post_message_with_max_sse_event_size(
-        &self,
-        uri: Arc<str>,
-        message: ClientJsonRpcMessage,
-        session_id: Option<Arc<str>>,
-        auth_token: Option<String>,
-        custom_headers: HashMap<HeaderName, HeaderValue>,
-        max_sse_event_size: usize,
-    ) -> PostResult {
-        let mut limits = StreamableHttpResponseLimits::default();
-        limits.max_sse_event_size = max_sse_event_size;
-        self.post_message_with_response_limits(
-            uri,
-            message,
-            session_id,
-            auth_token,
-            custom_headers,
-            limits,
-        )
-        .await
+        self.client
+            .post_message(uri, message, session_id, auth_token, custom_headers)
+            .await
     }
 
     async fn post_message_with_response_limits(

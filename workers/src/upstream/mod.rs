@@ -100,8 +100,8 @@ struct Inner {
     events: Events,
     /// The tool and prompt names the upstream last listed (metric labels use only these).
     known: std::sync::RwLock<std::collections::HashSet<String>>,
-    /// The tools whose schemas ask for `Mcp-Param-*` headers; `None` until first listed.
-    mirrored: std::sync::RwLock<Option<std::collections::HashSet<String>>>,
+    /// The tools a call of which may take the plain path (none until first listed).
+    plain: std::sync::RwLock<std::collections::HashSet<String>>,
 }
 
 /// One endpoint: how to reach it, its sessions, and what passive health knows of it.
@@ -239,7 +239,7 @@ impl Upstream {
                     session: 0,
                 },
                 known: Default::default(),
-                mirrored: Default::default(),
+                plain: Default::default(),
             }),
         })
     }
@@ -253,26 +253,28 @@ impl Upstream {
         mcpq_schemas::sync::read(&self.inner.known).contains(name)
     }
 
-    /// Whether a call of this tool may take the plain path: the catalog has been listed and
-    /// the tool's schema asks for no `Mcp-Param-*` header (SEP-2243, which rmcp's client
-    /// writes).
+    /// Whether a call of this tool may take the plain path (`call::plain`): the catalog
+    /// listed it, its schema asks for no `Mcp-Param-*` header (SEP-2243, which rmcp's client
+    /// writes), and its name goes in `Mcp-Name` as it is (rmcp encodes any other).
     pub(crate) fn plain_for(&self, tool: &str) -> bool {
-        // Sent as it is in `Mcp-Name` (rmcp encodes any other name).
-        let plain_name = !tool.is_empty()
-            && tool.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
-            && !tool.starts_with(' ')
-            && !tool.ends_with(' ')
-            && !tool.starts_with("=?");
-        plain_name
-            && self.knows_tool(tool)
-            && mcpq_schemas::sync::read(&self.inner.mirrored)
-                .as_ref()
-                .is_some_and(|mirrored| !mirrored.contains(tool))
+        mcpq_schemas::sync::read(&self.inner.plain).contains(tool)
     }
 
-    /// Remembers the tools whose schemas ask for `Mcp-Param-*` headers.
-    pub(crate) fn set_mirrored(&self, tools: std::collections::HashSet<String>) {
-        *mcpq_schemas::sync::write(&self.inner.mirrored) = Some(tools);
+    /// Remembers which of the listed tools may take the plain path.
+    pub(crate) fn set_listed_tools<'a>(&self, tools: impl Iterator<Item = &'a rmcp::model::Tool>) {
+        let plain_name = |name: &str| {
+            !name.is_empty()
+                && name.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+                && !name.starts_with(' ')
+                && !name.ends_with(' ')
+                && !name.starts_with("=?")
+        };
+        *mcpq_schemas::sync::write(&self.inner.plain) = tools
+            .filter(|t| {
+                plain_name(&t.name) && !mcpq_schemas::catalog::mirrors_params(&t.input_schema)
+            })
+            .map(|t| t.name.to_string())
+            .collect();
     }
 
     /// Remembers the names the upstream listed.
