@@ -171,6 +171,14 @@ async fn call_on(upstream: &Upstream, on: On<'_>, job: &Job, options: CallOption
         let Some(answer) = send(on, upstream, job, request, &options, &in_flight).await else {
             return CallOutcome::Interrupted;
         };
+        let answer = match answer {
+            // A complete result as the upstream wrote it (the plain path): the job's result.
+            Ok(Answer::AsWritten(result)) => {
+                return CallOutcome::Answered(bridge::canonical_result(result));
+            }
+            Ok(Answer::Read(read)) => Ok(*read),
+            Err(e) => Err(e),
+        };
         // The upstream made the call a task: followed to its end.
         let answer = match answer {
             Ok(ServerResult::CreateTaskResult(created)) => {
@@ -236,6 +244,14 @@ const MAX_ROUNDS: usize = 10;
 /// Sends one request upstream and waits for its answer; `None` when the call was interrupted
 /// first. The upstream hears of a timeout or an interrupt before this returns: rmcp sends
 /// `notifications/cancelled` to a 2025-era upstream and closes a 2026-07-28 request's stream.
+/// What the upstream answered a request with.
+enum Answer {
+    /// rmcp's reading of the result.
+    Read(Box<ServerResult>),
+    /// A complete tool result as the upstream wrote it (the plain path reads no further).
+    AsWritten(serde_json::Value),
+}
+
 async fn send(
     on: On<'_>,
     upstream: &Upstream,
@@ -243,7 +259,7 @@ async fn send(
     request: ClientRequest,
     options: &CallOptions,
     in_flight: &InFlight<'_>,
-) -> Option<Result<ServerResult, ServiceError>> {
+) -> Option<Result<Answer, ServiceError>> {
     let On {
         peer,
         session,
@@ -279,7 +295,7 @@ async fn send(
         .map(|to| Route::add(upstream, session, handle.progress_token.clone(), to));
     let id = handle.id.clone();
     tokio::select! {
-        answer = handle.await_response() => Some(answer),
+        answer = handle.await_response() => Some(answer.map(|read| Answer::Read(Box::new(read)))),
         () = options.interrupt.fired() => {
             let reason = match options.interrupt.why() {
                 Some(Why::Cancelled(_)) | None => "cancelled through mcpq",

@@ -45,9 +45,10 @@ use rmcp::{
     },
     transport::{DynamicTransportError, streamable_http_client::HttpStatusError},
 };
+use serde::Deserialize;
 use serde_json::Value;
 
-use super::{CallOptions, InFlight, upstream_meta};
+use super::{Answer, CallOptions, InFlight, upstream_meta};
 use crate::upstream::{CallEvent, Upstream, http::Plain};
 
 /// Sends the call and reads its answer; `None` when it was interrupted first.
@@ -59,7 +60,7 @@ pub(super) async fn send(
     options: &CallOptions,
     in_flight: &InFlight<'_>,
     revision: &str,
-) -> Option<Result<ServerResult, ServiceError>> {
+) -> Option<Result<Answer, ServiceError>> {
     // Unique in this process: ids and tokens are never shared with another request.
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -171,7 +172,7 @@ impl Call<'_> {
     }
 
     /// Posts the request and reads the answer to it, in the order rmcp's client does.
-    async fn post(&self, name: &str, body: Vec<u8>) -> Result<ServerResult, ServiceError> {
+    async fn post(&self, name: &str, body: Vec<u8>) -> Result<Answer, ServiceError> {
         let response = self
             .plain
             .client
@@ -234,13 +235,12 @@ impl Call<'_> {
             ))));
         }
         let body = read(self.plain.limit, response).await?;
-        match serde_json::from_slice::<ServerJsonRpcMessage>(&body) {
-            Ok(message) => self.answer(message).unwrap_or_else(|| {
-                Err(failed(Unexpected(
-                    "the upstream answered another request".into(),
-                )))
-            }),
-            Err(e) => Err(failed(Unexpected(format!(
+        match self.read(&body) {
+            Heard::Answer(answer) => answer,
+            Heard::Other(_) => Err(failed(Unexpected(
+                "the upstream answered another request".into(),
+            ))),
+            Heard::Unreadable(e) => Err(failed(Unexpected(format!(
                 "the upstream's answer is not JSON-RPC: {e}"
             )))),
         }
@@ -248,7 +248,7 @@ impl Call<'_> {
 
     /// The answer in an SSE stream; the progress and log messages before it are the call's,
     /// and a question on it goes to the caller.
-    async fn events(&self, response: reqwest::Response) -> Result<ServerResult, ServiceError> {
+    async fn events(&self, response: reqwest::Response) -> Result<Answer, ServiceError> {
         let bytes = crate::upstream::http::bounded_events(response, self.plain.limit);
         let mut events = sse_stream::SseStream::from_bytes_stream(bytes);
         while let Some(event) = events.next().await {
@@ -270,17 +270,14 @@ impl Call<'_> {
             let Some(data) = event.data.filter(|d| !d.is_empty()) else {
                 continue;
             };
-            let Ok(message) = serde_json::from_str::<ServerJsonRpcMessage>(&data) else {
-                continue;
-            };
-            match message {
-                ServerJsonRpcMessage::Notification(n) => self.heard(&n.notification),
-                ServerJsonRpcMessage::Request(asked) => self.ask(asked).await,
-                message => {
-                    if let Some(answer) = self.answer(message) {
-                        return answer;
-                    }
-                }
+            match self.read(data.as_bytes()) {
+                Heard::Answer(answer) => return answer,
+                Heard::Other(message) => match *message {
+                    ServerJsonRpcMessage::Notification(n) => self.heard(&n.notification),
+                    ServerJsonRpcMessage::Request(asked) => self.ask(asked).await,
+                    _ => {}
+                },
+                Heard::Unreadable(_) => {}
             }
         }
         Err(ServiceError::TransportClosed)
@@ -375,18 +372,68 @@ impl Call<'_> {
         }
     }
 
-    /// The result or error a message carries, when it answers this call's request (its id
-    /// as sent, or echoed as another JSON type with the same text).
-    fn answer(&self, message: ServerJsonRpcMessage) -> Option<Result<ServerResult, ServiceError>> {
-        let ours = |other: &RequestId| other == self.id || other.to_string() == self.id.to_string();
-        match message {
-            ServerJsonRpcMessage::Response(r) if ours(&r.id) => Some(Ok(r.result)),
-            ServerJsonRpcMessage::Error(e) if e.id.as_ref().is_some_and(ours) => {
-                Some(Err(ServiceError::McpError(e.error)))
+    /// A message from the upstream, read once as JSON. The answer to this call's request
+    /// (its id as sent, or echoed as another JSON type with the same text) is its result as
+    /// the upstream wrote it when that result is complete — nothing of it respelled or dropped,
+    /// and no pass through rmcp's untagged enums — and rmcp's reading otherwise (a task, a
+    /// question); any other message is rmcp's reading.
+    fn read(&self, bytes: &[u8]) -> Heard {
+        read_message(self.id, bytes)
+    }
+}
+
+/// [`Call::read`], for the request `id`.
+fn read_message(id: &RequestId, bytes: &[u8]) -> Heard {
+    let mut message = match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(message)) => message,
+        Ok(other) => return Heard::Unreadable(format!("not an object: {other}")),
+        Err(e) => return Heard::Unreadable(e.to_string()),
+    };
+    let ours = message
+        .get("id")
+        .and_then(|id| RequestId::deserialize(id).ok())
+        .is_some_and(|heard| heard == *id || heard.to_string() == id.to_string());
+    if ours && !message.contains_key("method") {
+        if let Some(result) = message.remove("result") {
+            if complete(&result) {
+                return Heard::Answer(Ok(Answer::AsWritten(result)));
             }
-            _ => None,
+            return match ServerResult::deserialize(result) {
+                Ok(read) => Heard::Answer(Ok(Answer::Read(Box::new(read)))),
+                Err(e) => Heard::Unreadable(e.to_string()),
+            };
+        }
+        if let Some(error) = message.remove("error") {
+            return match rmcp::ErrorData::deserialize(error) {
+                Ok(error) => Heard::Answer(Err(ServiceError::McpError(error))),
+                Err(e) => Heard::Unreadable(e.to_string()),
+            };
         }
     }
+    match ServerJsonRpcMessage::deserialize(Value::Object(message)) {
+        Ok(message) => Heard::Other(Box::new(message)),
+        Err(e) => Heard::Unreadable(e.to_string()),
+    }
+}
+
+/// A message on the call's body or stream, as [`Call::read`] reads it.
+enum Heard {
+    /// The answer to the call's request.
+    Answer(Result<Answer, ServiceError>),
+    /// Anything else the upstream sent: a notification, a question, another request's answer.
+    Other(Box<ServerJsonRpcMessage>),
+    /// Not a JSON-RPC message; why.
+    Unreadable(String),
+}
+
+/// Whether a tool call's result is complete (not a task the upstream made of the call, nor its
+/// questions): then it is the job's result as it stands.
+fn complete(result: &Value) -> bool {
+    result.as_object().is_some_and(|r| {
+        !r.contains_key("task")
+            && r.get("resultType")
+                .is_none_or(|t| t.as_str() == Some("complete"))
+    })
 }
 
 /// How long posting the answer to an upstream's question may take.
@@ -495,5 +542,50 @@ mod tests {
         assert!(
             meta["io.modelcontextprotocol/clientCapabilities"]["elicitation"]["url"].is_object()
         );
+    }
+
+    #[test]
+    fn a_complete_result_is_kept_as_written_and_anything_else_is_read_by_rmcp() {
+        let id = RequestId::String("mcpq-1".into());
+        // Unknown fields and integer spellings survive; rmcp's model would drop or respell them.
+        let answer = br#"{"jsonrpc":"2.0","id":"mcpq-1","result":{"content":[{"type":"text","text":"x","annotations":{"priority":1},"x-new":true}],"resultType":"complete"}}"#;
+        let Heard::Answer(Ok(Answer::AsWritten(result))) = read_message(&id, answer) else {
+            panic!("a complete result, as written");
+        };
+        assert_eq!(
+            serde_json::to_string(&result["content"][0]).unwrap(),
+            r#"{"annotations":{"priority":1},"text":"x","type":"text","x-new":true}"#
+        );
+        // The id echoed as a number with the same text is still ours.
+        let id = RequestId::Number(7);
+        let answer = br#"{"jsonrpc":"2.0","id":"7","result":{"content":[]}}"#;
+        assert!(matches!(
+            read_message(&id, answer),
+            Heard::Answer(Ok(Answer::AsWritten(_)))
+        ));
+        // Questions and tasks go through rmcp's reading.
+        let asked = br#"{"jsonrpc":"2.0","id":7,"result":{"resultType":"input_required","inputRequests":{"q":{"method":"elicitation/create","params":{"mode":"form","message":"?","requestedSchema":{"type":"object","properties":{}}}}}}}"#;
+        assert!(
+            matches!(
+                read_message(&id, asked),
+                Heard::Answer(Ok(Answer::Read(r))) if matches!(*r, ServerResult::InputRequiredResult(_))
+            ),
+            "input_required is read by rmcp"
+        );
+        assert!(!complete(&serde_json::json!({"task": {"taskId": "t"}})));
+        // Errors, other requests' answers, notifications and junk.
+        let error = br#"{"jsonrpc":"2.0","id":7,"error":{"code":-32602,"message":"no"}}"#;
+        assert!(
+            matches!(read_message(&id, error), Heard::Answer(Err(ServiceError::McpError(e))) if e.message == "no")
+        );
+        let other = br#"{"jsonrpc":"2.0","id":8,"result":{"content":[]}}"#;
+        assert!(matches!(read_message(&id, other), Heard::Other(_)));
+        let note = br#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"mcpq-1","progress":1}}"#;
+        assert!(matches!(
+            read_message(&id, note),
+            Heard::Other(m) if matches!(*m, ServerJsonRpcMessage::Notification(_))
+        ));
+        assert!(matches!(read_message(&id, b"[1]"), Heard::Unreadable(_)));
+        assert!(matches!(read_message(&id, b"{"), Heard::Unreadable(_)));
     }
 }
