@@ -26,10 +26,7 @@ use bytes::Bytes;
 use mcpq_schemas::bridge::Era;
 use rmcp::{
     ErrorData,
-    model::{
-        ClientJsonRpcMessage, ClientRequest, ErrorCode, GetMeta, ProtocolVersion, RequestId,
-        ServerJsonRpcMessage, ServerResult,
-    },
+    model::{ErrorCode, ProtocolVersion, RequestId, ServerJsonRpcMessage, ServerResult},
     transport::common::http_header::{
         HEADER_MCP_METHOD, HEADER_MCP_NAME, HEADER_MCP_PROTOCOL_VERSION,
     },
@@ -51,6 +48,17 @@ pub(crate) struct Taken {
     traceparent: Option<String>,
 }
 
+/// A JSON-RPC request whose parameters are a tool call's.
+#[derive(serde::Deserialize)]
+struct Wire {
+    /// "2.0", or the request is not read here.
+    #[serde(rename = "jsonrpc")]
+    _version: rmcp::model::JsonRpcVersion2_0,
+    id: RequestId,
+    method: String,
+    params: rmcp::model::CallToolRequestParams,
+}
+
 /// Takes the request when it belongs on this path; `None` sends it to rmcp as it is.
 ///
 /// `mirrors_params` says whether a tool's schema names a parameter mirrored in an
@@ -68,22 +76,29 @@ pub(crate) fn take(
     {
         return None;
     }
-    let message: ClientJsonRpcMessage = serde_json::from_slice(body).ok()?;
-    let (mut request, id) = message.into_request()?;
-    let meta = std::mem::take(request.get_meta_mut());
-    let ClientRequest::CallToolRequest(call) = request else {
+    // Read as the one request it must be, straight into its parameters: rmcp's reading goes
+    // through serde's buffered untagged and flattened enums (a tenth of a dispatcher's CPU per
+    // call). Anything that is not plainly a `tools/call` request is declined, for rmcp.
+    let Wire {
+        id,
+        method,
+        params: mut call,
+        ..
+    } = serde_json::from_slice(body).ok()?;
+    if method != "tools/call" {
         return None;
-    };
+    }
+    let meta = call.meta.take().unwrap_or_default();
     let plain = meta.protocol_version() == Some(ProtocolVersion::V_2026_07_28)
         && meta
             .missing_required_keys(&ProtocolVersion::V_2026_07_28)
             .is_empty()
         // A name that needs Base64 in its header is left to rmcp to decode.
-        && sole(headers, HEADER_MCP_NAME)? == call.params.name
-        && !call.params.name.starts_with("=?")
+        && sole(headers, HEADER_MCP_NAME)? == call.name
+        && !call.name.starts_with("=?")
         // SEP-2243 `Mcp-Param-*` headers are rmcp's to check against the tool's schema.
         && !headers.keys().any(|h| h.as_str().starts_with("mcp-param-"))
-        && !mirrors_params(&call.params.name);
+        && !mirrors_params(&call.name);
     if !plain {
         return None;
     }
@@ -100,7 +115,7 @@ pub(crate) fn take(
     }
     Some(Taken {
         id,
-        params: call.params,
+        params: call,
         capabilities,
         progress_token,
         meta,
@@ -406,5 +421,21 @@ mod tests {
         );
         // A tool whose schema mirrors a parameter in a header, even when the header is missing.
         assert!(take(&parts(&HEADERS), &body(meta()), |_| true).is_none());
+        // Bodies that are not plainly one tools/call request.
+        for (key, value) in [
+            ("jsonrpc", serde_json::json!("1.0")),
+            ("id", serde_json::Value::Null),
+            ("method", serde_json::json!("tools/list")),
+            ("params", serde_json::json!({"arguments": {}})),
+        ] {
+            let mut request: serde_json::Value =
+                serde_json::from_slice(&body(meta())).expect("json");
+            request[key] = value;
+            let request = Bytes::from(request.to_string());
+            assert!(
+                take(&parts(&HEADERS), &request, |_| false).is_none(),
+                "{key}"
+            );
+        }
     }
 }
