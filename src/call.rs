@@ -56,7 +56,7 @@ pub struct CallArgs {
 }
 
 /// An idempotency key as `--idempotency-key` takes it: printable, at most 256 bytes.
-fn parse_key(text: &str) -> Result<String, String> {
+fn parse_key(text: &str) -> Result<String, mcpq_schemas::check::Invalid> {
     mcpq_schemas::check::idempotency_key("--idempotency-key", text).map(|()| text.to_string())
 }
 

@@ -218,8 +218,12 @@ impl From<Refusal> for Failure {
     }
 }
 
-fn bad_request(message: String) -> Failure {
-    Failure(StatusCode::BAD_REQUEST, ApiErrorCode::BadRequest, message)
+fn bad_request(message: impl ToString) -> Failure {
+    Failure(
+        StatusCode::BAD_REQUEST,
+        ApiErrorCode::BadRequest,
+        message.to_string(),
+    )
 }
 
 fn parse_id(id: &str, what: &str) -> Result<Uuid, Failure> {
@@ -245,7 +249,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Failure> {
     };
     let key = value
         .to_str()
-        .map_err(|_| bad_request("header Idempotency-Key: not printable ASCII text".into()))?;
+        .map_err(|_| bad_request("header Idempotency-Key: not printable ASCII text"))?;
     mcpq_schemas::check::idempotency_key("header Idempotency-Key", key).map_err(bad_request)?;
     Ok(Some(key.to_string()))
 }
@@ -418,8 +422,7 @@ async fn submit_batch(
 ) -> Result<(StatusCode, Json<BatchAccepted>), Refused> {
     json_body(&headers, true)?;
     let body = body_of(body)?;
-    let text =
-        std::str::from_utf8(&body).map_err(|_| bad_request("the body is not UTF-8 text".into()))?;
+    let text = std::str::from_utf8(&body).map_err(|_| bad_request("the body is not UTF-8 text"))?;
     let key = idempotency_key(&headers)?;
     let batch_id = key.as_deref().map_or_else(Uuid::now_v7, |key| {
         mcpq_schemas::job::idempotent_id_of(caller.principal(), "batch", key, &shared.signing)
@@ -469,10 +472,9 @@ async fn submit_batch(
         jobs.push(job.owned_by(caller.principal().map(str::to_string), &shared.signing));
     }
     if jobs.is_empty() {
-        return Err(bad_request(
-            "the body has no lines; send one JSON job submission per line".into(),
-        )
-        .into());
+        return Err(
+            bad_request("the body has no lines; send one JSON job submission per line").into(),
+        );
     }
     shared
         .admit_calls(&caller, u32::try_from(jobs.len()).unwrap_or(u32::MAX))

@@ -476,14 +476,13 @@ impl Client {
         let refused = |e: async_nats::jetstream::context::PublishError| {
             let no_stream =
                 e.kind() == async_nats::jetstream::context::PublishErrorKind::StreamNotFound;
-            let text = e.to_string();
-            if mcpq_schemas::nats::is_queue_full(&text) {
+            if mcpq_schemas::nats::is_queue_full(&e) {
                 ClientError::QueueFull {
                     job_id: job.id,
                     server: job.server.clone(),
                 }
             } else {
-                fail(text, no_stream)
+                fail(e.to_string(), no_stream)
             }
         };
         let ack = self

@@ -34,7 +34,7 @@ pub struct JobSubmission {
 impl JobSubmission {
     /// The job this submission becomes, with the server's default lane when none is given; or
     /// what is wrong with it (naming the field).
-    pub fn to_job(&self, default_lane: Lane) -> Result<Job, String> {
+    pub fn to_job(&self, default_lane: Lane) -> Result<Job, crate::check::Invalid> {
         let mut job = Job::new(
             &self.server,
             McpRequest::call_tool(&self.tool, self.arguments.clone()),

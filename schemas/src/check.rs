@@ -4,6 +4,24 @@
 
 use std::time::Duration;
 
+/// What a caller sent that cannot become part of a job: the field, as the caller named it, and
+/// what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct Invalid {
+    pub field: String,
+    pub reason: String,
+}
+
+impl Invalid {
+    pub fn new(field: &str, reason: impl Into<String>) -> Invalid {
+        Invalid {
+            field: field.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
 /// The longest a caller may ask a job to wait for its start (`timeoutMs`, `io.mcpq/timeoutMs`):
 /// a week, in milliseconds.
 pub const MAX_TIMEOUT_MS: u64 = 7 * 24 * 3600 * 1000;
@@ -12,11 +30,12 @@ pub const MAX_KEY_BYTES: usize = 256;
 
 /// A caller's `timeoutMs` as a duration, if it is one from 0 to [`MAX_TIMEOUT_MS`]; `field`
 /// names it in the error.
-pub fn timeout_ms(field: &str, value: &serde_json::Value) -> Result<Duration, String> {
+pub fn timeout_ms(field: &str, value: &serde_json::Value) -> Result<Duration, Invalid> {
     match value.as_u64() {
         Some(ms) if ms <= MAX_TIMEOUT_MS => Ok(Duration::from_millis(ms)),
-        _ => Err(format!(
-            "{field}: {value} is not a number of milliseconds from 0 to {MAX_TIMEOUT_MS} (a week)"
+        _ => Err(Invalid::new(
+            field,
+            format!("{value} is not a number of milliseconds from 0 to {MAX_TIMEOUT_MS} (a week)"),
         )),
     }
 }
@@ -28,19 +47,23 @@ pub fn deadline_after(now_ms: u64, wait: Duration) -> u64 {
 
 /// An idempotency key: 1 to [`MAX_KEY_BYTES`] bytes of printable text (no control characters,
 /// so never a CR or LF that could end a header line).
-pub fn idempotency_key(field: &str, key: &str) -> Result<(), String> {
+pub fn idempotency_key(field: &str, key: &str) -> Result<(), Invalid> {
     if key.is_empty() {
-        return Err(format!("{field}: an idempotency key may not be empty"));
+        return Err(Invalid::new(field, "an idempotency key may not be empty"));
     }
     if key.len() > MAX_KEY_BYTES {
-        return Err(format!(
-            "{field}: the idempotency key is {} bytes, longer than {MAX_KEY_BYTES}",
-            key.len()
+        return Err(Invalid::new(
+            field,
+            format!(
+                "the idempotency key is {} bytes, longer than {MAX_KEY_BYTES}",
+                key.len()
+            ),
         ));
     }
     if let Some(c) = key.chars().find(|c| c.is_control()) {
-        return Err(format!(
-            "{field}: the idempotency key holds the control character {c:?} (printable text only)"
+        return Err(Invalid::new(
+            field,
+            format!("the idempotency key holds the control character {c:?} (printable text only)"),
         ));
     }
     Ok(())
@@ -48,11 +71,14 @@ pub fn idempotency_key(field: &str, key: &str) -> Result<(), String> {
 
 /// A W3C `traceparent`: `<version>-<trace id>-<parent id>-<flags>` in lower-case hex (2, 32,
 /// 16 and 2 digits), the ids not all zero, version `ff` never.
-pub fn traceparent(field: &str, value: &str) -> Result<(), String> {
+pub fn traceparent(field: &str, value: &str) -> Result<(), Invalid> {
     let bad = |why: &str| {
         let shown: String = value.chars().take(80).collect();
-        Err(format!(
-            "{field}: {shown:?} is not a W3C traceparent ({why}; expected e.g. 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01)"
+        Err(Invalid::new(
+            field,
+            format!(
+                "{shown:?} is not a W3C traceparent ({why}; expected e.g. 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01)"
+            ),
         ))
     };
     let parts: Vec<&str> = value.split('-').collect();
@@ -106,7 +132,7 @@ mod tests {
             json!(MAX_TIMEOUT_MS + 1),
         ] {
             let e = timeout_ms("timeoutMs", &bad).unwrap_err();
-            assert!(e.starts_with("timeoutMs: "), "{e}");
+            assert_eq!(e.field, "timeoutMs", "{e}");
         }
         assert_eq!(deadline_after(u64::MAX - 1, Duration::MAX), u64::MAX);
     }
@@ -217,7 +243,7 @@ mod properties {
         ) {
             match super::timeout_ms("timeoutMs", &value) {
                 Ok(wait) => prop_assert!(wait.as_millis() <= u128::from(super::MAX_TIMEOUT_MS)),
-                Err(e) => prop_assert!(e.starts_with("timeoutMs")),
+                Err(e) => prop_assert!(e.field == "timeoutMs"),
             }
         }
 

@@ -248,10 +248,10 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    pub(crate) fn field(path: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn field(path: impl Into<String>, message: impl std::fmt::Display) -> Self {
         ConfigError::Field {
             path: path.into(),
-            message: message.into(),
+            message: message.to_string(),
         }
     }
 

@@ -40,10 +40,47 @@ pub enum NatsError {
         "nats-server at {url} has JetStream disabled: start it with -js (or jetstream: enabled in its config)"
     )]
     NoJetStream { url: String },
-    #[error("cannot connect to NATS at {url}: {reason}")]
-    Credentials { url: String, reason: String },
-    #[error("cannot create {what}: {reason}")]
-    Topology { what: String, reason: String },
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Credentials {
+        url: String,
+        #[source]
+        source: CredentialsError,
+    },
+    #[error("cannot create {what}: {source}")]
+    Topology {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Why the configured NATS credentials cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("cannot read nats.creds {path}: {source}")]
+    CredsFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read nats.nkey {path}: {source}")]
+    NkeyFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{field}: {source}")]
+    Secret {
+        field: &'static str,
+        #[source]
+        source: crate::config::SecretError,
+    },
+    #[error("the URL's user or password is not valid percent-encoded UTF-8")]
+    UrlEncoding,
+    #[error(
+        "the server refused the credentials ({0}): check nats.user/password, nats.creds or nats.nkey in the config, or the user:password in the URL"
+    )]
+    Refused(String),
 }
 
 /// Options for the topology mcpq creates.
@@ -104,9 +141,9 @@ pub async fn connect_with(
     let shown = crate::redact::url(url);
     let mut options = options(credentials)
         .await
-        .map_err(|reason| NatsError::Credentials {
+        .map_err(|source| NatsError::Credentials {
             url: shown.clone(),
-            reason,
+            source,
         })?;
     // async-nats reads no credentials from the URL: `nats://user:password@host` is applied
     // here, unless the config names a user of its own.
@@ -121,7 +158,7 @@ pub async fn connect_with(
                 .map(|d| d.into_owned())
                 .map_err(|_| NatsError::Credentials {
                     url: shown.clone(),
-                    reason: "the URL's user or password is not valid percent-encoded UTF-8".into(),
+                    source: CredentialsError::UrlEncoding,
                 })
         };
         options = options.user_and_password(decode(user)?, decode(addr.password().unwrap_or(""))?);
@@ -168,15 +205,14 @@ pub async fn connect_with(
         if let Some(e) = refused.lock().ok().and_then(|slot| slot.clone()) {
             return Err(NatsError::Credentials {
                 url: url.to_string(),
-                reason: format!(
-                    "the server refused the credentials ({e}): check nats.user/password, nats.creds or nats.nkey in the config, or the user:password in the URL"
-                ),
+                source: CredentialsError::Refused(e),
             });
         }
         if tokio::time::Instant::now() > deadline {
             return Err(NatsError::Topology {
                 what: "a NATS connection".into(),
-                reason: format!("no connection to {url} after 30s (is nats-server running?)"),
+                source: format!("no connection to {url} after 30s (is nats-server running?)")
+                    .into(),
             });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -197,23 +233,32 @@ pub async fn connect_with(
 }
 
 /// Connect options carrying `credentials`; the error names the file or secret that failed.
-async fn options(credentials: &NatsCredentials) -> Result<async_nats::ConnectOptions, String> {
+async fn options(
+    credentials: &NatsCredentials,
+) -> Result<async_nats::ConnectOptions, CredentialsError> {
     let mut options = async_nats::ConnectOptions::new();
     if let Some(path) = &credentials.creds {
-        options = options
-            .credentials_file(path)
-            .await
-            .map_err(|e| format!("cannot read nats.creds {path}: {e}"))?;
+        options =
+            options
+                .credentials_file(path)
+                .await
+                .map_err(|source| CredentialsError::CredsFile {
+                    path: path.clone(),
+                    source,
+                })?;
     }
     if let Some(path) = &credentials.nkey {
-        let seed = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read nats.nkey {path}: {e}"))?;
+        let seed = std::fs::read_to_string(path).map_err(|source| CredentialsError::NkeyFile {
+            path: path.clone(),
+            source,
+        })?;
         options = options.nkey(seed.trim().to_string());
     }
+    let secret = |field| move |source| CredentialsError::Secret { field, source };
     if let Some(user) = &credentials.user {
-        let user = user.resolve().map_err(|e| format!("nats.user: {e}"))?;
+        let user = user.resolve().map_err(secret("nats.user"))?;
         let password = match &credentials.password {
-            Some(p) => p.resolve().map_err(|e| format!("nats.password: {e}"))?,
+            Some(p) => p.resolve().map_err(secret("nats.password"))?,
             None => String::new(),
         };
         options = options.user_and_password(user, password);
@@ -251,10 +296,11 @@ pub async fn ensure_topology(
     let mut pause = Duration::from_millis(250);
     loop {
         match ensure_topology_once(js, topology).await {
-            Err(NatsError::Topology { what, reason })
-                if is_transient(&reason) && started.elapsed() + pause < TOPOLOGY_PATIENCE =>
+            Err(NatsError::Topology { what, source })
+                if is_transient(&source.to_string())
+                    && started.elapsed() + pause < TOPOLOGY_PATIENCE =>
             {
-                tracing::warn!(%what, %reason, retry_in = ?pause, "JetStream is not ready; trying again");
+                tracing::warn!(%what, reason = %source, retry_in = ?pause, "JetStream is not ready; trying again");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
@@ -289,7 +335,9 @@ async fn ensure_topology_once(
     js: &jetstream::Context,
     topology: &Topology,
 ) -> Result<(), NatsError> {
-    let fail = |what: String| move |reason: String| NatsError::Topology { what, reason };
+    let fail = |what: String| {
+        move |source: Box<dyn std::error::Error + Send + Sync>| NatsError::Topology { what, source }
+    };
     retire_shared_jobs_stream(js).await?;
     for (what, config) in streams(topology) {
         ensure_stream(js, config).await.map_err(fail(what))?;
@@ -463,7 +511,10 @@ fn buckets(topology: &Topology) -> Vec<kv::Config> {
 /// Creates the stream, or updates it when what mcpq sets differs; a stream already as wanted is
 /// left alone. (Many processes start at once in a cluster: each one sending an update that
 /// changes nothing stalls JetStream's meta layer while the streams are being placed.)
-async fn ensure_stream(js: &jetstream::Context, want: stream::Config) -> Result<(), String> {
+async fn ensure_stream(
+    js: &jetstream::Context,
+    want: stream::Config,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     if let Ok(stream) = js.get_stream(&want.name).await
         && same_stream(&stream.cached_info().config, &want)
     {
@@ -472,11 +523,14 @@ async fn ensure_stream(js: &jetstream::Context, want: stream::Config) -> Result<
     js.create_or_update_stream(want)
         .await
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(Into::into)
 }
 
 /// [`ensure_stream`] for a KV bucket (stream `KV_<bucket>`).
-async fn ensure_bucket(js: &jetstream::Context, want: kv::Config) -> Result<(), String> {
+async fn ensure_bucket(
+    js: &jetstream::Context,
+    want: kv::Config,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     if let Ok(stream) = js.get_stream(format!("KV_{}", want.bucket)).await {
         let have = &stream.cached_info().config;
         let history = want.history.max(1);
@@ -492,7 +546,7 @@ async fn ensure_bucket(js: &jetstream::Context, want: kv::Config) -> Result<(), 
     js.create_or_update_key_value(want)
         .await
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(Into::into)
 }
 
 /// Whether a stream as it stands has everything mcpq sets as `want` says (limits of 0 or less
@@ -555,9 +609,10 @@ async fn retire_shared_jobs_stream(js: &jetstream::Context) -> Result<(), NatsEr
     if held > 0 {
         return Err(NatsError::Topology {
             what: format!("the per-server job streams ({JOBS_STREAM}_<server>)"),
-            reason: format!(
+            source: format!(
                 "stream {JOBS_STREAM} of an earlier mcpq still holds {held} jobs: let its workers finish them (or delete it with `nats stream rm {JOBS_STREAM}`), then start this version"
-            ),
+            )
+            .into(),
         });
     }
     tracing::info!(
@@ -568,7 +623,7 @@ async fn retire_shared_jobs_stream(js: &jetstream::Context) -> Result<(), NatsEr
         .await
         .map_err(|e| NatsError::Topology {
             what: format!("removing stream {JOBS_STREAM}"),
-            reason: e.to_string(),
+            source: e.into(),
         })?;
     Ok(())
 }
@@ -583,25 +638,25 @@ pub async fn signing_key(
     if let Some(secret) = configured {
         let text = secret.resolve().map_err(|e| NatsError::Topology {
             what: "the signing key (nats.signingKey)".into(),
-            reason: e.to_string(),
+            source: e.into(),
         })?;
         return Ok(SigningKey::from_secret(&text));
     }
-    let fail = |reason: String| NatsError::Topology {
+    let fail = |source: Box<dyn std::error::Error + Send + Sync>| NatsError::Topology {
         what: format!("the signing key in bucket {KEYS_BUCKET}"),
-        reason,
+        source,
     };
     let bucket = js
         .get_key_value(KEYS_BUCKET)
         .await
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| fail(e.into()))?;
     let fresh = SigningKey::generate();
     // Only the first creation lands; everyone reads what is there.
     let _ = bucket.create("signing", fresh.to_text().into()).await;
     let stored = bucket
         .get("signing")
         .await
-        .map_err(|e| fail(e.to_string()))?
+        .map_err(|e| fail(e.into()))?
         .ok_or_else(|| fail("no key stored".into()))?;
     std::str::from_utf8(&stored)
         .ok()
@@ -614,18 +669,14 @@ pub async fn signing_key(
 pub async fn stored_signing_key(
     js: &jetstream::Context,
 ) -> Result<Option<crate::seal::SigningKey>, NatsError> {
-    let fail = |reason: String| NatsError::Topology {
+    let fail = |source: Box<dyn std::error::Error + Send + Sync>| NatsError::Topology {
         what: format!("the signing key in bucket {KEYS_BUCKET}"),
-        reason,
+        source,
     };
     let Ok(bucket) = js.get_key_value(KEYS_BUCKET).await else {
         return Ok(None);
     };
-    let Some(stored) = bucket
-        .get("signing")
-        .await
-        .map_err(|e| fail(e.to_string()))?
-    else {
+    let Some(stored) = bucket.get("signing").await.map_err(|e| fail(e.into()))? else {
         return Ok(None);
     };
     std::str::from_utf8(&stored)
@@ -657,9 +708,20 @@ fn object_store(
     }
 }
 
-/// Whether a JetStream publish error says the stream is full (discard new refused it).
-pub fn is_queue_full(error: &str) -> bool {
-    error.contains("maximum messages") || error.contains("maximum bytes")
+/// Whether a JetStream publish was refused because the stream can take no more now: its
+/// `maxMsgs`/`maxBytes` with discard-new (nats-server answers "store failed", error code 10077,
+/// for those and for a store that cannot write), or the account's storage is used up (10047).
+/// Either way the job was not queued and can be sent again later.
+pub fn is_queue_full(error: &jetstream::context::PublishError) -> bool {
+    use jetstream::ErrorCode;
+    std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<jetstream::Error>())
+        .is_some_and(|refusal| {
+            matches!(
+                refusal.error_code(),
+                ErrorCode::STREAM_STORE_FAILED | ErrorCode::STORAGE_RESOURCES_EXCEEDED
+            )
+        })
 }
 
 #[cfg(test)]

@@ -471,7 +471,9 @@ fn new_job(
         })?,
     };
     job.deadline_ms = Some(deadline(asked.unwrap_or(wait)));
-    let invalid = |e: String| ErrorData::invalid_params(e, None);
+    fn invalid(e: impl ToString) -> ErrorData {
+        ErrorData::invalid_params(e.to_string(), None)
+    }
     let text = |key: &str| match meta.and_then(|m| m.get(key)) {
         None => Ok(None),
         Some(serde_json::Value::String(s)) => Ok(Some(s.as_str())),
@@ -641,7 +643,7 @@ fn wait_asked(meta: Option<&JsonObject>) -> Result<Option<Duration>, ErrorData> 
     };
     check::timeout_ms(&format!("_meta {META_TIMEOUT_MS:?}"), value)
         .map(Some)
-        .map_err(|e| ErrorData::invalid_params(e, None))
+        .map_err(|e| ErrorData::invalid_params(e.to_string(), None))
 }
 
 /// Unix milliseconds `wait` from now.

@@ -232,20 +232,29 @@ pub struct Pattern {
     name: String,
 }
 
+/// Why a text is not a [`Pattern`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    #[error(
+        "{0:?} is not a server/name pattern (like \"github/*\", \"*/read_*\" or \"jira/create_issue\")"
+    )]
+    NoSlash(String),
+    #[error(
+        "{0:?}: the server part must be a server name or a glob of one, and the name part not empty (like \"github/*\")"
+    )]
+    Parts(String),
+}
+
 impl Pattern {
-    pub fn parse(text: &str) -> Result<Pattern, String> {
+    pub fn parse(text: &str) -> Result<Pattern, PatternError> {
         let Some((server, name)) = text.split_once('/') else {
-            return Err(format!(
-                "{text:?} is not a server/name pattern (like \"github/*\", \"*/read_*\" or \"jira/create_issue\")"
-            ));
+            return Err(PatternError::NoSlash(text.to_string()));
         };
         let server_ok = server == "*"
             || is_valid_server_name(&server.replace('*', "x"))
             || (!server.is_empty() && server.chars().all(|c| c == '*'));
         if !server_ok || name.is_empty() {
-            return Err(format!(
-                "{text:?}: the server part must be a server name or a glob of one, and the name part not empty (like \"github/*\")"
-            ));
+            return Err(PatternError::Parts(text.to_string()));
         }
         Ok(Pattern {
             server: server.to_string(),
@@ -502,7 +511,7 @@ fn access(
             .filter_map(|(i, text)| match Pattern::parse(text) {
                 Ok(p) => Some(p),
                 Err(message) => {
-                    err(format!("{path}.{field}[{i}]"), message);
+                    err(format!("{path}.{field}[{i}]"), message.to_string());
                     None
                 }
             })

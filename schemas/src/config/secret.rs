@@ -25,9 +25,22 @@ pub enum SecretError {
     File { path: String, reason: String },
 }
 
+/// Why a value's `${...}` references cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReferenceError {
+    #[error("unclosed reference in {0:?} (expected ${{env:NAME}} or ${{file:PATH}})")]
+    Unclosed(String),
+    #[error(
+        "{0:?} is not an environment variable name (letters, digits and _, not starting with a digit)"
+    )]
+    EnvName(String),
+    #[error("unknown reference ${{{0}}} (expected ${{env:NAME}} or ${{file:PATH}})")]
+    Unknown(String),
+}
+
 impl Secret {
     /// Parses a value, checking every `${...}` reference. The error says what is wrong with it.
-    pub fn parse(value: &str) -> Result<Secret, String> {
+    pub fn parse(value: &str) -> Result<Secret, ReferenceError> {
         let mut parts = Vec::new();
         let mut rest = value;
         while let Some(start) = rest.find("${") {
@@ -35,25 +48,15 @@ impl Secret {
                 parts.push(Part::Literal(rest[..start].to_string()));
             }
             let after = &rest[start + 2..];
-            let end = after.find('}').ok_or_else(|| {
-                format!(
-                    "unclosed reference in {value:?} (expected ${{env:NAME}} or ${{file:PATH}})"
-                )
-            })?;
+            let end = after
+                .find('}')
+                .ok_or_else(|| ReferenceError::Unclosed(value.to_string()))?;
             let reference = &after[..end];
             let part = match reference.split_once(':') {
                 Some(("env", name)) if is_env_name(name) => Part::Env(name.to_string()),
-                Some(("env", name)) => {
-                    return Err(format!(
-                        "{name:?} is not an environment variable name (letters, digits and _, not starting with a digit)"
-                    ));
-                }
+                Some(("env", name)) => return Err(ReferenceError::EnvName(name.to_string())),
                 Some(("file", path)) if !path.is_empty() => Part::File(path.to_string()),
-                _ => {
-                    return Err(format!(
-                        "unknown reference ${{{reference}}} (expected ${{env:NAME}} or ${{file:PATH}})"
-                    ));
-                }
+                _ => return Err(ReferenceError::Unknown(reference.to_string())),
             };
             parts.push(part);
             rest = &after[end + 1..];

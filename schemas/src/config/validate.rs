@@ -190,7 +190,7 @@ fn nats_credentials(section: &NatsSection, errors: &mut Vec<ConfigError>) -> Nat
         value.as_deref().and_then(|v| match Secret::parse(v) {
             Ok(secret) => Some(secret),
             Err(message) => {
-                err(field, message);
+                err(field, message.to_string());
                 None
             }
         })
@@ -264,7 +264,7 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
                 ),
                 (Some(url), true) => {
                     if let Err(message) = check_http_url(&url) {
-                        err("endpoint", message);
+                        err("endpoint", message.to_string());
                     }
                     endpoints.push(Endpoint {
                         url,
@@ -275,7 +275,7 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
                 (None, false) => {
                     for (i, e) in s.endpoints.into_iter().enumerate() {
                         if let Err(message) = check_http_url(&e.url) {
-                            err(&format!("endpoints[{i}].url"), message);
+                            err(&format!("endpoints[{i}].url"), message.to_string());
                         }
                         let weight = e.weight.unwrap_or(1);
                         if weight == 0 {
@@ -301,7 +301,7 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
                     Ok(secret) => {
                         headers.insert(name.clone(), secret);
                     }
-                    Err(message) => err(&format!("headers.{name}"), message),
+                    Err(message) => err(&format!("headers.{name}"), message.to_string()),
                 }
             }
             match &s.auth {
@@ -320,7 +320,7 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
                             Ok(secret) => {
                                 headers.insert("Authorization".into(), bearer(secret));
                             }
-                            Err(message) => err("auth.bearer", message),
+                            Err(message) => err("auth.bearer", message.to_string()),
                         }
                     }
                     for (name, value) in extra {
@@ -328,7 +328,9 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
                             Ok(secret) => {
                                 headers.insert(name.clone(), secret);
                             }
-                            Err(message) => err(&format!("auth.headers.{name}"), message),
+                            Err(message) => {
+                                err(&format!("auth.headers.{name}"), message.to_string())
+                            }
                         }
                     }
                 }
@@ -381,7 +383,7 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
                     Ok(secret) => {
                         env.insert(name.clone(), secret);
                     }
-                    Err(message) => err(&format!("env.{name}"), message),
+                    Err(message) => err(&format!("env.{name}"), message.to_string()),
                 }
             }
             Transport::Stdio {
@@ -588,18 +590,27 @@ fn bearer(token: Secret) -> Secret {
     token.prefixed("Bearer ")
 }
 
-pub(super) fn check_http_url(url: &str) -> Result<(), String> {
+/// Why a value is not an HTTP URL mcpq can call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("{0:?} is not a URL (expected http:// or https://)")]
+    NotUrl(String),
+    #[error("{0:?} is not a URL (expected http or https)")]
+    Scheme(String),
+    #[error("{0:?} has no host (expected like https://mcp.example.com/mcp)")]
+    NoHost(String),
+}
+
+pub(super) fn check_http_url(url: &str) -> Result<(), UrlError> {
     let (scheme, rest) = url
         .split_once("://")
-        .ok_or_else(|| format!("{url:?} is not a URL (expected http:// or https://)"))?;
+        .ok_or_else(|| UrlError::NotUrl(url.to_string()))?;
     if scheme != "http" && scheme != "https" {
-        return Err(format!("{url:?} is not a URL (expected http or https)"));
+        return Err(UrlError::Scheme(url.to_string()));
     }
     let host = rest.split(['/', '?', '#']).next().unwrap_or("");
     if host.is_empty() || host.contains(char::is_whitespace) {
-        return Err(format!(
-            "{url:?} has no host (expected like https://mcp.example.com/mcp)"
-        ));
+        return Err(UrlError::NoHost(url.to_string()));
     }
     Ok(())
 }

@@ -7,6 +7,7 @@ use mcpq_schemas::{ErrorKind, Job, JobError, names::ENVELOPE_VERSION};
 /// `submittedAtMs` gets `stored_at_ms`, when JetStream stored it.
 pub(crate) fn decode(server: &str, payload: &[u8], stored_at_ms: u64) -> Result<Job, JobError> {
     let malformed = |message: String| JobError::new(ErrorKind::MalformedJob, message);
+    let invalid = |e: mcpq_schemas::check::Invalid| malformed(e.to_string());
     if payload.is_empty() {
         return Err(malformed(
             "empty message body (expected a JSON job envelope, see schemas/json/job.json)".into(),
@@ -47,10 +48,10 @@ pub(crate) fn decode(server: &str, payload: &[u8], stored_at_ms: u64) -> Result<
         ));
     }
     if let Some(key) = &job.idempotency_key {
-        mcpq_schemas::check::idempotency_key("idempotencyKey", key).map_err(malformed)?;
+        mcpq_schemas::check::idempotency_key("idempotencyKey", key).map_err(invalid)?;
     }
     if let Some(traceparent) = &job.traceparent {
-        mcpq_schemas::check::traceparent("traceparent", traceparent).map_err(malformed)?;
+        mcpq_schemas::check::traceparent("traceparent", traceparent).map_err(invalid)?;
     }
     if job.submitted_at_ms == 0 {
         job.submitted_at_ms = stored_at_ms;
