@@ -30,16 +30,13 @@ impl Client {
             jobs: jobs.iter().map(|j| j.id).collect(),
             principal: jobs.first().and_then(|j| j.principal.clone()),
         };
-        let fail = |reason: String| ClientError::Record {
-            job_id: batch_id,
-            reason,
-        };
+        let fail = |source: crate::publish::BoxError| ClientError::Batch { batch_id, source };
         // Every job and the batch record must fit in a message: checked before anything is
         // written, so a batch is taken whole or not at all.
         for job in jobs {
             self.encode(job)?;
         }
-        let bytes = serde_json::to_vec(&record).map_err(|e| fail(e.to_string()))?;
+        let bytes = serde_json::to_vec(&record).map_err(|e| fail(e.into()))?;
         let limit = self.max_job_bytes();
         if bytes.len() > limit {
             return Err(ClientError::BatchTooLarge {
@@ -48,7 +45,7 @@ impl Client {
                 limit,
             });
         }
-        let bucket = self.bucket(BATCHES_BUCKET, batch_id).await?;
+        let bucket = self.bucket(BATCHES_BUCKET).await?;
         if bucket
             .create(batch_id.to_string(), bytes.into())
             .await

@@ -22,19 +22,23 @@ pub struct Catalog {
 async fn fetch(
     js: &jetstream::Context,
     stored: &mcpq_schemas::BlobRef,
-) -> Result<CatalogEntry, String> {
+) -> Result<CatalogEntry, crate::StoreError> {
     use tokio::io::AsyncReadExt;
+    let what = format!("object {} in store {}", stored.name, stored.bucket);
     let store = js
         .get_object_store(&stored.bucket)
         .await
-        .map_err(|e| e.to_string())?;
-    let mut object = store.get(&stored.name).await.map_err(|e| e.to_string())?;
+        .map_err(crate::StoreError::at(what.clone()))?;
+    let mut object = store
+        .get(&stored.name)
+        .await
+        .map_err(crate::StoreError::at(what.clone()))?;
     let mut bytes = Vec::with_capacity(usize::try_from(stored.size).unwrap_or(0));
     object
         .read_to_end(&mut bytes)
         .await
-        .map_err(|e| e.to_string())?;
-    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+        .map_err(crate::StoreError::at(what.clone()))?;
+    serde_json::from_slice(&bytes).map_err(crate::StoreError::at(what.clone()))
 }
 
 /// What one change of the bucket means: `Some(Some(entry))` a server's new entry, `Some(None)`
@@ -63,15 +67,16 @@ async fn read(js: &jetstream::Context, entry: &kv::Entry) -> Option<Option<Catal
 
 impl Catalog {
     /// Starts watching the catalog bucket (which must exist: see `ensure_topology`).
-    pub async fn watch(js: &jetstream::Context) -> Result<Catalog, String> {
+    pub async fn watch(js: &jetstream::Context) -> Result<Catalog, crate::StoreError> {
+        let what = format!("bucket {CATALOG_BUCKET}");
         let bucket = js
             .get_key_value(CATALOG_BUCKET)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(crate::StoreError::at(what.clone()))?;
         let mut watch = bucket
             .watch_with_history(">")
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(crate::StoreError::at(what.clone()))?;
         let entries: Arc<RwLock<BTreeMap<String, CatalogEntry>>> = Arc::default();
         let (tx, changes) = watch::channel(0u64);
         let shared = entries.clone();

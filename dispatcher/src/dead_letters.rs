@@ -15,7 +15,15 @@ use crate::publish::{Client, ClientError};
 #[derive(Debug, thiserror::Error)]
 pub enum DeadLetterError {
     #[error("cannot read the dead-letter stream {DLQ_STREAM}: {0}")]
-    Stream(String),
+    Stream(#[source] crate::publish::BoxError),
+    #[error(
+        "cannot read the dead-letter stream {DLQ_STREAM}: dead letter {seq} is not readable: {source}"
+    )]
+    NotReadable {
+        seq: u64,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("no dead letter {0} in {DLQ_STREAM} (list them with `mcpq dlq list`)")]
     NotFound(u64),
     #[error(
@@ -67,13 +75,13 @@ impl DeadLetters {
         let stream = js
             .get_stream(DLQ_STREAM)
             .await
-            .map_err(|e| DeadLetterError::Stream(e.to_string()))?;
+            .map_err(|e| DeadLetterError::Stream(e.into()))?;
         Ok(DeadLetters { stream })
     }
 
     /// Every dead letter matching `filter`, oldest first.
     pub async fn list(&self, filter: &Filter) -> Result<Vec<Stored>, DeadLetterError> {
-        let fail = |e: &dyn std::fmt::Display| DeadLetterError::Stream(e.to_string());
+        let fail = |e: crate::publish::BoxError| DeadLetterError::Stream(e);
         let subject = filter
             .server
             .as_deref()
@@ -85,18 +93,22 @@ impl DeadLetters {
                 ..Default::default()
             })
             .await
-            .map_err(|e| fail(&e))?;
-        let mut remaining = consumer.info().await.map_err(|e| fail(&e))?.num_pending;
+            .map_err(|e| fail(e.into()))?;
+        let mut remaining = consumer
+            .info()
+            .await
+            .map_err(|e| fail(e.into()))?
+            .num_pending;
         let mut found = Vec::new();
         if remaining == 0 {
             return Ok(found);
         }
-        let mut messages = consumer.messages().await.map_err(|e| fail(&e))?;
+        let mut messages = consumer.messages().await.map_err(|e| fail(e.into()))?;
         while remaining > 0 {
             let Some(message) = messages.next().await else {
                 break;
             };
-            let message = message.map_err(|e| fail(&e))?;
+            let message = message.map_err(|e| fail(e.into()))?;
             remaining -= 1;
             let Ok(info) = message.info() else { continue };
             let seq = info.stream_sequence;
@@ -116,9 +128,8 @@ impl DeadLetters {
             .get_raw_message(seq)
             .await
             .map_err(|_| DeadLetterError::NotFound(seq))?;
-        let letter = serde_json::from_slice(&message.payload).map_err(|e| {
-            DeadLetterError::Stream(format!("dead letter {seq} is not readable: {e}"))
-        })?;
+        let letter = serde_json::from_slice(&message.payload)
+            .map_err(|source| DeadLetterError::NotReadable { seq, source })?;
         Ok(Stored { seq, letter })
     }
 
@@ -141,6 +152,6 @@ impl DeadLetters {
         self.stream
             .delete_message(seq)
             .await
-            .map_err(|e| DeadLetterError::Stream(e.to_string()))
+            .map_err(|e| DeadLetterError::Stream(e.into()))
     }
 }

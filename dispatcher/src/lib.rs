@@ -59,12 +59,40 @@ pub enum DispatcherError {
     Client(#[from] ClientError),
     /// A bucket or store a dispatcher keeps open (the catalog, sessions, the status sampler's
     /// views, quotas) could not be opened.
-    #[error("cannot open {what}: {reason}")]
-    Open { what: &'static str, reason: String },
+    #[error("cannot open {what}: {source}")]
+    Open {
+        what: &'static str,
+        #[source]
+        source: StoreError,
+    },
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Jwks(#[from] auth::jwt::JwksError),
+}
+
+/// A JetStream bucket, stream or object a dispatcher reads could not be reached or read.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct StoreError {
+    /// The bucket, stream or object, e.g. `bucket mcpq_sessions`.
+    pub what: String,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl StoreError {
+    /// The error of reading `what`, from async-nats's (or any) error.
+    pub(crate) fn at<E>(what: impl Into<String>) -> impl FnOnce(E) -> StoreError
+    where
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let what = what.into();
+        move |source| StoreError {
+            what,
+            source: source.into(),
+        }
+    }
 }
 
 /// A dispatcher ready to serve: topology ensured, catalog watched, inbox open.
@@ -86,7 +114,7 @@ impl Dispatcher {
         let js = async_nats::jetstream::new(nats.clone());
         ensure_topology(&js, &Topology::from(config)).await?;
         let open =
-            |what: &'static str| move |reason: String| DispatcherError::Open { what, reason };
+            |what: &'static str| move |source: StoreError| DispatcherError::Open { what, source };
         let catalog = Catalog::watch(&js)
             .await
             .map_err(open("the catalog bucket"))?;

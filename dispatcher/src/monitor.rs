@@ -74,7 +74,9 @@ impl Monitor {
             let sampled =
                 tokio::time::timeout(self.every.max(Duration::from_secs(5)), sampler.sample())
                     .await
-                    .unwrap_or_else(|_| Err("JetStream did not answer in time".into()));
+                    .unwrap_or_else(|_| {
+                        Err(crate::StoreError::at("JetStream")("did not answer in time"))
+                    });
             match sampled {
                 Ok(sample) => {
                     crate::status::export(&sample);
@@ -84,7 +86,7 @@ impl Monitor {
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "cannot sample the queues");
-                    *lock(&self.last_error) = Some(e);
+                    *lock(&self.last_error) = Some(e.to_string());
                 }
             }
             if let Some(handle) = &self.metrics {

@@ -30,12 +30,23 @@ use crate::replies::{Event, Inbox};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot subscribe to the reply inbox: {0}")]
-    Inbox(String),
-    #[error("job {job_id}: cannot publish to {subject}: {reason}")]
+    Inbox(#[source] async_nats::SubscribeError),
+    #[error("job {job_id}: cannot publish to {subject}: {source}")]
     Publish {
         job_id: Uuid,
         subject: String,
-        reason: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error(
+        "job {job_id}: no stream takes {subject}: mcpq's streams do not exist yet (start `mcpq up`, a dispatcher or a worker first)"
+    )]
+    NoStream { job_id: Uuid, subject: String },
+    #[error("cannot open bucket {name}: {source}")]
+    Bucket {
+        name: &'static str,
+        #[source]
+        source: jetstream::context::KeyValueError,
     },
     #[error(
         "job {job_id}: no reply within {timeout:?}; the job may still complete (a call that runs on past 1 s keeps a record: look it up with its id)"
@@ -63,13 +74,38 @@ pub enum ClientError {
         "job {job_id}: the queue of server {server:?} is full (maxQueued jobs wait already); try again later"
     )]
     QueueFull { job_id: Uuid, server: String },
-    #[error("job {job_id}: cannot read its record: {reason}")]
-    Record { job_id: Uuid, reason: String },
+    #[error("job {job_id}: cannot read its record: {source}")]
+    Record {
+        job_id: Uuid,
+        #[source]
+        source: BoxError,
+    },
+    #[error(
+        "job {job_id}: cannot read its result from object {name:?} of bucket {bucket}: {source}"
+    )]
+    Blob {
+        job_id: Uuid,
+        name: String,
+        bucket: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("batch {batch_id}: cannot store its record: {source}")]
+    Batch {
+        batch_id: Uuid,
+        #[source]
+        source: BoxError,
+    },
+    #[error("cannot watch the job records: {0}")]
+    Records(#[source] jetstream::kv::WatchError),
     #[error(
         "job {job_id}: no longer waits for an answer to question {question:?} (it ended, or its worker stopped)"
     )]
     NotAsking { job_id: Uuid, question: String },
 }
+
+/// The error beneath a [`ClientError`], as async-nats or serde reported it.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Room kept in a job message for its headers (reply inbox, ids, `traceparent`).
 const HEADER_ROOM: usize = 4 * 1024;
@@ -89,7 +125,7 @@ enum KeyClaim {
 fn record_bytes(record: &JobRecord) -> Result<Vec<u8>, ClientError> {
     serde_json::to_vec(record).map_err(|e| ClientError::Record {
         job_id: record.job_id,
-        reason: e.to_string(),
+        source: e.into(),
     })
 }
 
@@ -126,9 +162,7 @@ pub struct Submitted {
 impl Client {
     /// A client on an open NATS connection; subscribes this process's reply inbox.
     pub async fn new(nats: async_nats::Client) -> Result<Client, ClientError> {
-        let inbox = Inbox::open(&nats)
-            .await
-            .map_err(|e| ClientError::Inbox(e.to_string()))?;
+        let inbox = Inbox::open(&nats).await.map_err(ClientError::Inbox)?;
         Ok(Client {
             js: jetstream::new(nats),
             inbox,
@@ -161,7 +195,7 @@ impl Client {
     pub async fn submit(&self, job: &Job) -> Result<Submitted, ClientError> {
         // Refused before anything is written: no record of a job that was never queued.
         let payload = self.encode(job)?;
-        let bucket = self.results(job.id).await?;
+        let bucket = self.results().await?;
         if job.idempotency_key.is_some() {
             return match self.claim_key(&bucket, job).await? {
                 KeyClaim::Taken(record) => Ok(Submitted {
@@ -202,9 +236,9 @@ impl Client {
     /// (then it is not published again). A record left `queued` and never published — its
     /// submitter died between the two writes — is taken over after [`ORPHAN_AFTER`].
     async fn claim_key(&self, bucket: &kv::Store, job: &Job) -> Result<KeyClaim, ClientError> {
-        let fail = |reason: String| ClientError::Record {
+        let fail = |source: BoxError| ClientError::Record {
             job_id: job.id,
-            reason,
+            source,
         };
         let bytes = record_bytes(&JobRecord::queued(job))?;
         for _ in 0..5 {
@@ -214,18 +248,18 @@ impl Client {
             {
                 Ok(revision) => return Ok(KeyClaim::New { revision }),
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
-                Err(e) => return Err(fail(e.to_string())),
+                Err(e) => return Err(fail(e.into())),
             }
             let Some(entry) = bucket
                 .entry(job.id.to_string())
                 .await
-                .map_err(|e| fail(e.to_string()))?
+                .map_err(|e| fail(e.into()))?
                 .filter(|e| e.operation == kv::Operation::Put)
             else {
                 continue;
             };
             let record: JobRecord =
-                serde_json::from_slice(&entry.value).map_err(|e| fail(e.to_string()))?;
+                serde_json::from_slice(&entry.value).map_err(|e| fail(e.into()))?;
             let orphan = record.status == JobStatus::Queued
                 && record.stream_seq.is_none()
                 && mcpq_schemas::now_ms().saturating_sub(record.updated_at_ms)
@@ -274,11 +308,11 @@ impl Client {
     /// any case marked a task, so that it is kept for `nats.resultTtl` (a record a worker wrote
     /// first keeps what it says; a worker writing later keeps the mark).
     pub async fn ensure_record(&self, job: &Job) -> Result<JobRecord, ClientError> {
-        let fail = |reason: String| ClientError::Record {
+        let fail = |source: BoxError| ClientError::Record {
             job_id: job.id,
-            reason,
+            source,
         };
-        let bucket = self.results(job.id).await?;
+        let bucket = self.results().await?;
         let mut queued = JobRecord::queued(job);
         queued.task = true;
         for _ in 0..5 {
@@ -288,18 +322,18 @@ impl Client {
             {
                 Ok(_) => return Ok(queued),
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
-                Err(e) => return Err(fail(e.to_string())),
+                Err(e) => return Err(fail(e.into())),
             }
             let Some(entry) = bucket
                 .entry(job.id.to_string())
                 .await
-                .map_err(|e| fail(e.to_string()))?
+                .map_err(|e| fail(e.into()))?
                 .filter(|e| e.operation == kv::Operation::Put)
             else {
                 continue;
             };
             let mut stored: JobRecord =
-                serde_json::from_slice(&entry.value).map_err(|e| fail(e.to_string()))?;
+                serde_json::from_slice(&entry.value).map_err(|e| fail(e.into()))?;
             if stored.task {
                 return self.resolve_record(stored).await;
             }
@@ -327,19 +361,19 @@ impl Client {
     /// covers a dispatcher and a worker whose clocks or `taskAfter` disagree).
     pub async fn settle_task(&self, reply: &Reply) -> Result<(), ClientError> {
         let job_id = reply.job_id;
-        let fail = |reason: String| ClientError::Record { job_id, reason };
-        let bucket = self.results(job_id).await?;
+        let fail = |source: BoxError| ClientError::Record { job_id, source };
+        let bucket = self.results().await?;
         for _ in 0..5 {
             let Some(entry) = bucket
                 .entry(job_id.to_string())
                 .await
-                .map_err(|e| fail(e.to_string()))?
+                .map_err(|e| fail(e.into()))?
                 .filter(|e| e.operation == kv::Operation::Put)
             else {
                 return Ok(());
             };
             let mut record: JobRecord =
-                serde_json::from_slice(&entry.value).map_err(|e| fail(e.to_string()))?;
+                serde_json::from_slice(&entry.value).map_err(|e| fail(e.into()))?;
             if record.status.is_terminal() {
                 return Ok(());
             }
@@ -391,7 +425,7 @@ impl Client {
         let payload = serde_json::to_vec(job).map_err(|e| ClientError::Publish {
             job_id: job.id,
             subject: job_subject(&job.server, job.lane),
-            reason: e.to_string(),
+            source: e.into(),
         })?;
         let limit = self.max_job_bytes();
         if payload.len() > limit {
@@ -438,16 +472,10 @@ impl Client {
         replay_of: Option<u64>,
     ) -> Result<Submitted, ClientError> {
         let subject = job_subject(&job.server, job.lane);
-        let fail = |reason: String, no_stream: bool| ClientError::Publish {
+        let fail = |source: BoxError| ClientError::Publish {
             job_id: job.id,
             subject: subject.clone(),
-            reason: if no_stream {
-                format!(
-                    "{reason} (mcpq's streams do not exist yet: start `mcpq up`, a dispatcher or a worker first)"
-                )
-            } else {
-                reason
-            },
+            source,
         };
         let mut headers = HeaderMap::new();
         if let Some(msg_id) = &msg_id {
@@ -474,15 +502,18 @@ impl Client {
             headers.insert(mcpq_schemas::names::HDR_SEAL, seal.as_str());
         }
         let refused = |e: async_nats::jetstream::context::PublishError| {
-            let no_stream =
-                e.kind() == async_nats::jetstream::context::PublishErrorKind::StreamNotFound;
-            if mcpq_schemas::nats::is_queue_full(&e) {
+            if e.kind() == async_nats::jetstream::context::PublishErrorKind::StreamNotFound {
+                ClientError::NoStream {
+                    job_id: job.id,
+                    subject: subject.clone(),
+                }
+            } else if mcpq_schemas::nats::is_queue_full(&e) {
                 ClientError::QueueFull {
                     job_id: job.id,
                     server: job.server.clone(),
                 }
             } else {
-                fail(e.to_string(), no_stream)
+                fail(e.into())
             }
         };
         let ack = self
@@ -518,7 +549,7 @@ impl Client {
         let claim = match &job.idempotency_key {
             None => None,
             Some(_) => {
-                let bucket = self.results(job.id).await?;
+                let bucket = self.results().await?;
                 let started = tokio::time::Instant::now();
                 loop {
                     let left = timeout.saturating_sub(started.elapsed());
@@ -583,7 +614,7 @@ impl Client {
         let body = serde_json::to_vec(answer).map_err(|e| ClientError::Publish {
             job_id: answer.job_id,
             subject: answer_to.to_string(),
-            reason: e.to_string(),
+            source: e.into(),
         })?;
         let nats = self.js.client();
         match tokio::time::timeout(
@@ -637,12 +668,12 @@ impl Client {
         job_id: Uuid,
         timeout: Duration,
     ) -> Result<Option<JobRecord>, ClientError> {
-        let fail = |reason: String| ClientError::Record { job_id, reason };
-        let bucket = self.results(job_id).await?;
+        let fail = |source: BoxError| ClientError::Record { job_id, source };
+        let bucket = self.results().await?;
         let mut updates = bucket
             .watch_with_history(job_id.to_string())
             .await
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(e.into()))?;
         let mut last = None;
         let ended = async {
             while let Some(entry) = updates.next().await {
@@ -679,18 +710,17 @@ impl Client {
         job_id: Uuid,
         reason: Option<String>,
     ) -> Result<Cancel, ClientError> {
-        let fail = |reason: String| ClientError::Record { job_id, reason };
-        let bucket = self.results(job_id).await?;
+        let fail = |source: BoxError| ClientError::Record { job_id, source };
+        let bucket = self.results().await?;
         let Some(entry) = bucket
             .entry(job_id.to_string())
             .await
-            .map_err(|e| fail(e.to_string()))?
+            .map_err(|e| fail(e.into()))?
             .filter(|e| e.operation == kv::Operation::Put)
         else {
             return Ok(Cancel::NotFound);
         };
-        let record: JobRecord =
-            serde_json::from_slice(&entry.value).map_err(|e| fail(e.to_string()))?;
+        let record: JobRecord = serde_json::from_slice(&entry.value).map_err(|e| fail(e.into()))?;
         if record.status.is_terminal() {
             return Ok(Cancel::AlreadyEnded(record));
         }
@@ -711,7 +741,7 @@ impl Client {
                 reason.map_or(String::new(), |r| format!(" ({r})"))
             ),
         ));
-        let bytes = serde_json::to_vec(&cancelled).map_err(|e| fail(e.to_string()))?;
+        let bytes = serde_json::to_vec(&cancelled).map_err(|e| fail(e.into()))?;
         match bucket
             .update(job_id.to_string(), bytes.into(), entry.revision)
             .await
@@ -731,8 +761,8 @@ impl Client {
         server: &str,
         reason: Option<String>,
     ) -> Result<(), ClientError> {
-        let fail = |reason: String| ClientError::Record { job_id, reason };
-        let bucket = self.bucket(CANCELS_BUCKET, job_id).await?;
+        let fail = |source: BoxError| ClientError::Record { job_id, source };
+        let bucket = self.bucket(CANCELS_BUCKET).await?;
         let request = CancelRequest {
             v: ENVELOPE_VERSION,
             job_id,
@@ -740,11 +770,11 @@ impl Client {
             at_ms: mcpq_schemas::now_ms(),
             reason,
         };
-        let bytes = serde_json::to_vec(&request).map_err(|e| fail(e.to_string()))?;
+        let bytes = serde_json::to_vec(&request).map_err(|e| fail(e.into()))?;
         bucket
             .put(job_id.to_string(), bytes.into())
             .await
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(e.into()))?;
         Ok(())
     }
 
@@ -752,11 +782,8 @@ impl Client {
     pub async fn watch_records(
         &self,
     ) -> Result<impl futures::Stream<Item = JobRecord> + Send + 'static, ClientError> {
-        let bucket = self.results(Uuid::nil()).await?;
-        let watch = bucket.watch(">").await.map_err(|e| ClientError::Record {
-            job_id: Uuid::nil(),
-            reason: e.to_string(),
-        })?;
+        let bucket = self.results().await?;
+        let watch = bucket.watch(">").await.map_err(ClientError::Records)?;
         let client = self.clone();
         Ok(watch.filter_map(move |entry| {
             let client = client.clone();
@@ -781,18 +808,14 @@ impl Client {
 
     /// The results bucket (looked up per use: a pipeline's client may start before the bucket
     /// exists).
-    async fn results(&self, job_id: Uuid) -> Result<jetstream::kv::Store, ClientError> {
-        self.bucket(RESULTS_BUCKET, job_id).await
+    async fn results(&self) -> Result<jetstream::kv::Store, ClientError> {
+        self.bucket(RESULTS_BUCKET).await
     }
 
-    /// A KV bucket of mcpq's, for an operation on `id` (named in the error). Looked up once
+    /// A KV bucket of mcpq's. Looked up once
     /// and kept (a lookup is a JetStream request); a bucket that does not exist yet is looked
     /// up again next time.
-    pub(crate) async fn bucket(
-        &self,
-        name: &'static str,
-        id: Uuid,
-    ) -> Result<kv::Store, ClientError> {
+    pub(crate) async fn bucket(&self, name: &'static str) -> Result<kv::Store, ClientError> {
         if let Some(bucket) = lock(&self.buckets).get(name) {
             return Ok(bucket.clone());
         }
@@ -800,10 +823,7 @@ impl Client {
             .js
             .get_key_value(name)
             .await
-            .map_err(|e| ClientError::Record {
-                job_id: id,
-                reason: e.to_string(),
-            })?;
+            .map_err(|source| ClientError::Bucket { name, source })?;
         lock(&self.buckets).insert(name, bucket.clone());
         Ok(bucket)
     }
@@ -814,17 +834,17 @@ impl Client {
         name: &'static str,
         id: Uuid,
     ) -> Result<Option<T>, ClientError> {
-        let fail = |reason: String| ClientError::Record { job_id: id, reason };
-        let bucket = self.bucket(name, id).await?;
+        let fail = |source: BoxError| ClientError::Record { job_id: id, source };
+        let bucket = self.bucket(name).await?;
         match bucket
             .get(id.to_string())
             .await
-            .map_err(|e| fail(e.to_string()))?
+            .map_err(|e| fail(e.into()))?
         {
             None => Ok(None),
             Some(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)
-                .map_err(|e| fail(e.to_string())),
+                .map_err(|e| fail(e.into())),
         }
     }
 
@@ -865,27 +885,23 @@ impl Client {
     /// Reads object `blob` (a job's result) from the Object Store.
     async fn blob(&self, job_id: Uuid, blob: &BlobRef) -> Result<serde_json::Value, ClientError> {
         use tokio::io::AsyncReadExt;
-        let fail = |reason: String| ClientError::Record {
+        let fail = |source: BoxError| ClientError::Blob {
             job_id,
-            reason: format!(
-                "cannot read its result from object {:?} of bucket {}: {reason}",
-                blob.name, blob.bucket
-            ),
+            name: blob.name.clone(),
+            bucket: blob.bucket.clone(),
+            source,
         };
         let store = self
             .js
             .get_object_store(&blob.bucket)
             .await
-            .map_err(|e| fail(e.to_string()))?;
-        let mut object = store
-            .get(&blob.name)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(e.into()))?;
+        let mut object = store.get(&blob.name).await.map_err(|e| fail(e.into()))?;
         let mut bytes = Vec::with_capacity(usize::try_from(blob.size).unwrap_or(0));
         object
             .read_to_end(&mut bytes)
             .await
-            .map_err(|e| fail(e.to_string()))?;
-        serde_json::from_slice(&bytes).map_err(|e| fail(e.to_string()))
+            .map_err(|e| fail(e.into()))?;
+        serde_json::from_slice(&bytes).map_err(|e| fail(e.into()))
     }
 }

@@ -36,11 +36,13 @@ fn owner_key(session_id: &str) -> Result<String, SessionStoreError> {
 }
 
 impl KvSessions {
-    pub(crate) async fn open(js: &async_nats::jetstream::Context) -> Result<Self, String> {
+    pub(crate) async fn open(
+        js: &async_nats::jetstream::Context,
+    ) -> Result<Self, crate::StoreError> {
         let bucket = js
             .get_key_value(SESSIONS_BUCKET)
             .await
-            .map_err(|e| format!("bucket {SESSIONS_BUCKET}: {e}"))?;
+            .map_err(crate::StoreError::at(format!("bucket {SESSIONS_BUCKET}")))?;
         Ok(KvSessions {
             bucket,
             owners: Default::default(),

@@ -8,6 +8,7 @@
 
 use std::{collections::VecDeque, time::Duration};
 
+use crate::StoreError;
 use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
 use mcpq_schemas::{
@@ -46,13 +47,13 @@ pub struct Sample {
 }
 
 impl Sampler {
-    pub async fn open(js: jetstream::Context, servers: Vec<String>) -> Result<Sampler, String> {
+    pub async fn open(js: jetstream::Context, servers: Vec<String>) -> Result<Sampler, StoreError> {
         let bucket = |name: &'static str| {
             let js = js.clone();
             async move {
                 js.get_key_value(name)
                     .await
-                    .map_err(|e| format!("cannot open bucket {name}: {e}"))
+                    .map_err(StoreError::at(format!("bucket {name}")))
             }
         };
         Ok(Sampler {
@@ -65,7 +66,7 @@ impl Sampler {
 
     /// One sample of every server; an error when JetStream cannot say (the streams are
     /// missing, NATS is gone).
-    pub async fn sample(&self) -> Result<Sample, String> {
+    pub async fn sample(&self) -> Result<Sample, StoreError> {
         let dlq = self.dead_letters().await?;
         let beats = self.beats().await;
         let mut servers = Vec::with_capacity(self.servers.len());
@@ -74,7 +75,7 @@ impl Sampler {
                 .js
                 .get_stream_no_info(jobs_stream(server))
                 .await
-                .map_err(|e| format!("stream {}: {e}", jobs_stream(server)))?;
+                .map_err(StoreError::at(format!("stream {}", jobs_stream(server))))?;
             let mut lanes = Vec::with_capacity(Lane::ALL.len());
             for lane in Lane::ALL {
                 let name = consumer_name(server, lane);
@@ -145,16 +146,17 @@ impl Sampler {
     }
 
     /// Dead letters by subject.
-    async fn dead_letters(&self) -> Result<std::collections::HashMap<String, u64>, String> {
+    async fn dead_letters(&self) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+        let what = format!("stream {DLQ_STREAM}");
         let stream = self
             .js
             .get_stream_no_info(DLQ_STREAM)
             .await
-            .map_err(|e| format!("stream {DLQ_STREAM}: {e}"))?;
+            .map_err(StoreError::at(what.clone()))?;
         let mut subjects = stream
             .info_with_subjects(DLQ_SUBJECTS)
             .await
-            .map_err(|e| format!("stream {DLQ_STREAM}: {e}"))?;
+            .map_err(StoreError::at(what.clone()))?;
         let mut counts = std::collections::HashMap::new();
         while let Some(Ok((subject, count))) = subjects.next().await {
             counts.insert(subject, count as u64);
@@ -188,11 +190,11 @@ impl Sampler {
 async fn subject_count(
     stream: &jetstream::stream::Stream<()>,
     subject: &str,
-) -> Result<u64, String> {
+) -> Result<u64, StoreError> {
     let mut subjects = stream
         .info_with_subjects(subject)
         .await
-        .map_err(|e| format!("messages on {subject}: {e}"))?;
+        .map_err(StoreError::at(format!("messages on {subject}")))?;
     let mut count = 0;
     while let Some(Ok((_, n))) = subjects.next().await {
         count += n as u64;

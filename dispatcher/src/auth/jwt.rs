@@ -28,7 +28,7 @@ pub const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 #[derive(Debug, thiserror::Error)]
 pub enum JwksError {
     #[error("auth.jwt: cannot build an HTTP client for jwksUrl: {0}")]
-    Client(String),
+    Client(#[source] reqwest::Error),
 }
 
 /// Checks tokens of one issuer.
@@ -73,7 +73,7 @@ impl Verifier {
             .connect_timeout(Duration::from_secs(3))
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| JwksError::Client(e.to_string()))?;
+            .map_err(JwksError::Client)?;
         Ok(Verifier {
             config,
             http,
@@ -192,29 +192,35 @@ impl Verifier {
         Err(unknown_key(kid))
     }
 
-    async fn read(&self) -> Result<JwkSet, String> {
+    async fn read(&self) -> Result<JwkSet, ReadError> {
         let text = match &self.config.jwks {
             JwksSource::File(path) => {
-                std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?
+                std::fs::read_to_string(path).map_err(|source| ReadError::File {
+                    path: path.clone(),
+                    source,
+                })?
             }
             JwksSource::Url(url) => {
-                let response = self
-                    .http
-                    .get(url)
-                    .send()
-                    .await
-                    .map_err(|e| format!("{}: {e}", mcpq_schemas::redact::url(url)))?;
+                let shown = || mcpq_schemas::redact::url(url);
+                let response =
+                    self.http
+                        .get(url)
+                        .send()
+                        .await
+                        .map_err(|source| ReadError::Fetch {
+                            url: shown(),
+                            source,
+                        })?;
                 if !response.status().is_success() {
-                    return Err(format!(
-                        "{}: HTTP {}",
-                        mcpq_schemas::redact::url(url),
-                        response.status()
-                    ));
+                    return Err(ReadError::Status {
+                        url: shown(),
+                        status: response.status(),
+                    });
                 }
                 read_capped(response, MAX_JWKS_BYTES).await?
             }
         };
-        serde_json::from_str(&text).map_err(|e| format!("not a JSON Web Key Set: {e}"))
+        Ok(serde_json::from_str(&text)?)
     }
 }
 
@@ -222,15 +228,45 @@ impl Verifier {
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
 /// A response body as text, refused beyond `most` bytes (read chunk by chunk, never whole).
-async fn read_capped(mut response: reqwest::Response, most: usize) -> Result<String, String> {
+async fn read_capped(mut response: reqwest::Response, most: usize) -> Result<String, ReadError> {
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+    while let Some(chunk) = response.chunk().await.map_err(ReadError::Body)? {
         if body.len() + chunk.len() > most {
-            return Err(format!("the key set is larger than {most} bytes"));
+            return Err(ReadError::TooLarge { most });
         }
         body.extend_from_slice(&chunk);
     }
-    String::from_utf8(body).map_err(|e| format!("the key set is not UTF-8: {e}"))
+    Ok(String::from_utf8(body)?)
+}
+
+/// Why the issuer's key set could not be read.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error("{path}: {source}")]
+    File {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{url}: {source}")]
+    Fetch {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{url}: HTTP {status}")]
+    Status {
+        url: String,
+        status: reqwest::StatusCode,
+    },
+    #[error("the key set broke off: {0}")]
+    Body(#[source] reqwest::Error),
+    #[error("the key set is larger than {most} bytes")]
+    TooLarge { most: usize },
+    #[error("the key set is not UTF-8: {0}")]
+    NotUtf8(#[from] std::string::FromUtf8Error),
+    #[error("not a JSON Web Key Set: {0}")]
+    NotKeySet(#[from] serde_json::Error),
 }
 
 fn unknown_key(kid: Option<&str>) -> Denied {

@@ -89,11 +89,11 @@ impl Quotas {
     pub async fn open(
         js: &async_nats::jetstream::Context,
         named: std::collections::BTreeSet<String>,
-    ) -> Result<Quotas, String> {
+    ) -> Result<Quotas, crate::StoreError> {
         let kv = js
             .get_key_value(QUOTAS_BUCKET)
             .await
-            .map_err(|e| format!("bucket {QUOTAS_BUCKET}: {e}"))?;
+            .map_err(crate::StoreError::at(format!("bucket {QUOTAS_BUCKET}")))?;
         let quotas = Quotas {
             kv,
             replica: uuid::Uuid::now_v7().simple().to_string(),

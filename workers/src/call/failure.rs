@@ -74,9 +74,7 @@ fn cause_of(error: &(dyn Error + 'static)) -> Cause {
         if let Some(e) = e.downcast_ref::<std::io::Error>() {
             cause.io = Some(e.kind());
         }
-        if e.to_string().contains("exceeded the maximum size") {
-            cause.too_large = true;
-        }
+        cause.too_large |= crate::upstream::http::is_too_large(e);
         cause.innermost = Some(e.to_string());
         next = e.source();
     }

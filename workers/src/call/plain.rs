@@ -254,8 +254,11 @@ impl Call<'_> {
         while let Some(event) = events.next().await {
             let event = match event {
                 Ok(event) => event,
-                Err(e) if e.to_string().contains("exceeded the maximum size") => {
-                    return Err(failed(Unexpected(e.to_string())));
+                Err(e) if crate::upstream::http::is_too_large(&e) => {
+                    return Err(failed(crate::upstream::http::TooLarge {
+                        what: "an event",
+                        limit: self.plain.limit,
+                    }));
                 }
                 // Broken off: as rmcp's client says when it cannot resume.
                 Err(_) => return Err(ServiceError::TransportClosed),
@@ -445,9 +448,10 @@ async fn read(limit: usize, response: reqwest::Response) -> Result<Vec<u8>, Serv
         .await
         .map_err(failed)?
         .ok_or_else(|| {
-            failed(Unexpected(format!(
-                "the answer exceeded the maximum size of {limit} bytes"
-            )))
+            failed(crate::upstream::http::TooLarge {
+                what: "the answer",
+                limit,
+            })
         })
 }
 

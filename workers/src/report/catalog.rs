@@ -123,14 +123,41 @@ async fn changed(subscription: Option<&mut Subscription>) {
     }
 }
 
+/// Why the upstream's offer could not be listed or written.
+#[derive(Debug, thiserror::Error)]
+enum CatalogError {
+    #[error(transparent)]
+    Upstream(#[from] crate::upstream::UpstreamError),
+    #[error("the upstream session has no server info")]
+    NoServerInfo,
+    #[error("{method}: {source}")]
+    List {
+        method: &'static str,
+        #[source]
+        source: rmcp::ServiceError,
+    },
+    #[error("{method}: the upstream answered another result")]
+    OtherResult { method: &'static str },
+    #[error("{method}: more than {MAX_PAGES} pages")]
+    TooManyPages { method: &'static str },
+    #[error("the upstream did not list its offer within {LIST_WITHIN:?}")]
+    TimedOut,
+    #[error("cannot encode the catalog: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("object store {CATALOGS_STORE}: {0}")]
+    Store(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("cannot write the catalog: {0}")]
+    Write(#[from] kv::PutError),
+}
+
 /// Lists everything the upstream offers and writes it, unless the bucket already has it.
 async fn publish_once(
     upstream: &Upstream,
     bucket: &kv::Store,
     js: &async_nats::jetstream::Context,
     worker_id: &str,
-) -> Result<CatalogEntry, String> {
-    let peer = upstream.peer().await.map_err(|e| e.to_string())?;
+) -> Result<CatalogEntry, CatalogError> {
+    let peer = upstream.peer().await?;
     let entry = list_offer(upstream, &peer, worker_id).await?;
     upstream.set_known(
         entry
@@ -149,19 +176,19 @@ async fn publish_once(
     {
         return Ok(entry);
     }
-    let bytes = serde_json::to_vec(&entry).map_err(|e| e.to_string())?;
+    let bytes = serde_json::to_vec(&entry)?;
     let value = if bytes.len() > inline_limit(js) {
         // Too large for one message: the whole entry goes to the object store, and the
         // bucket gets a stub naming it (dispatchers watch the bucket, then fetch the object).
         let store = js
             .get_object_store(CATALOGS_STORE)
             .await
-            .map_err(|e| format!("object store {CATALOGS_STORE}: {e}"))?;
+            .map_err(|e| CatalogError::Store(e.into()))?;
         let mut reader = bytes.as_slice();
         store
             .put(server, &mut reader)
             .await
-            .map_err(|e| format!("object store {CATALOGS_STORE}: {e}"))?;
+            .map_err(|e| CatalogError::Store(e.into()))?;
         let stub = CatalogEntry {
             tools: Vec::new(),
             resources: Vec::new(),
@@ -174,14 +201,11 @@ async fn publish_once(
             }),
             ..entry.clone()
         };
-        serde_json::to_vec(&stub).map_err(|e| e.to_string())?
+        serde_json::to_vec(&stub)?
     } else {
         bytes
     };
-    bucket
-        .put(server, value.into())
-        .await
-        .map_err(|e| e.to_string())?;
+    bucket.put(server, value.into()).await?;
     Ok(entry)
 }
 
@@ -200,10 +224,8 @@ async fn list_offer(
     upstream: &Upstream,
     peer: &Peer<RoleClient>,
     worker_id: &str,
-) -> Result<CatalogEntry, String> {
-    let info = peer
-        .peer_info()
-        .ok_or("the upstream session has no server info")?;
+) -> Result<CatalogEntry, CatalogError> {
+    let info = peer.peer_info().ok_or(CatalogError::NoServerInfo)?;
     let caps = info.capabilities.clone();
     let tap = &upstream.events().tap;
     let _listing = tap.listing();
@@ -243,11 +265,11 @@ async fn list_offer(
         } else {
             Vec::new()
         };
-        Ok::<_, String>((tools, resources, resource_templates, prompts))
+        Ok::<_, CatalogError>((tools, resources, resource_templates, prompts))
     };
     let (tools, resources, resource_templates, prompts) = tokio::time::timeout(LIST_WITHIN, listed)
         .await
-        .map_err(|_| format!("the upstream did not list its offer within {LIST_WITHIN:?}"))??;
+        .map_err(|_| CatalogError::TimedOut)??;
     Ok(CatalogEntry {
         v: ENVELOPE_VERSION,
         server: upstream.server().to_string(),
@@ -338,7 +360,7 @@ async fn list_all<T>(
     peer: &Peer<RoleClient>,
     list: List,
     page_of: impl Fn(ServerResult) -> Option<(Vec<T>, Option<String>)>,
-) -> Result<Vec<Listed<T>>, String>
+) -> Result<Vec<Listed<T>>, CatalogError>
 where
     T: serde::de::DeserializeOwned + serde::Serialize,
 {
@@ -350,9 +372,8 @@ where
         let answer = peer
             .send_request(list.request(cursor.clone()))
             .await
-            .map_err(|e| format!("{method}: {e}"))?;
-        let (items, next) = page_of(answer)
-            .ok_or_else(|| format!("{method}: the upstream answered another result"))?;
+            .map_err(|source| CatalogError::List { method, source })?;
+        let (items, next) = page_of(answer).ok_or(CatalogError::OtherResult { method })?;
         // By name (or URI): rmcp's transport may leave out an item it refuses (a tool with
         // invalid `x-mcp-header` annotations).
         let mut raw: HashMap<serde_json::Value, serde_json::Value> = tap
@@ -383,7 +404,7 @@ where
             _ => return Ok(all),
         }
     }
-    Err(format!("{method}: more than {MAX_PAGES} pages"))
+    Err(CatalogError::TooManyPages { method })
 }
 
 /// The item as the upstream wrote it, when its raw object reads as one; else rmcp's reading.

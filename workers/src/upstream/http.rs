@@ -124,8 +124,35 @@ pub(crate) async fn read_body(
     Ok(Some(body))
 }
 
-/// A response's body as a stream that fails once it has brought more than `limit` bytes
-/// ("exceeded the maximum size", which `call::failure` reads as too large).
+/// An answer, or one event of it, longer than the worker reads (`call::failure` reads it as
+/// too large).
+#[derive(Debug, thiserror::Error)]
+#[error("{what} exceeded the maximum size of {limit} bytes")]
+pub(crate) struct TooLarge {
+    pub what: &'static str,
+    pub limit: usize,
+}
+
+/// Whether `error` is a [`TooLarge`], or carries one inside an I/O error or an SSE stream's
+/// body error (neither of which names what it carries as its source).
+pub(crate) fn is_too_large(error: &(dyn std::error::Error + 'static)) -> bool {
+    if error.is::<TooLarge>() {
+        return true;
+    }
+    if let Some(inner) = error
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+    {
+        return is_too_large(inner);
+    }
+    if let Some(sse_stream::Error::Body(inner)) = error.downcast_ref::<sse_stream::Error>() {
+        return is_too_large(&**inner);
+    }
+    false
+}
+
+/// A response's body as a stream that fails with [`TooLarge`] once it has brought more than
+/// `limit` bytes.
 pub(crate) fn bounded(
     response: reqwest::Response,
     limit: usize,
@@ -135,9 +162,10 @@ pub(crate) fn bounded(
         let chunk = chunk.map_err(std::io::Error::other)?;
         read += chunk.len();
         if read > limit {
-            return Err(std::io::Error::other(format!(
-                "the answer exceeded the maximum size of {limit} bytes"
-            )));
+            return Err(std::io::Error::other(TooLarge {
+                what: "the answer",
+                limit,
+            }));
         }
         Ok(chunk)
     })
@@ -169,9 +197,10 @@ pub(crate) fn bounded_events(
             None => since_blank + chunk.len(),
         };
         if since_blank > limit {
-            return Err(std::io::Error::other(format!(
-                "an event exceeded the maximum size of {limit} bytes"
-            )));
+            return Err(std::io::Error::other(TooLarge {
+                what: "an event",
+                limit,
+            }));
         }
         Ok(chunk)
     })
@@ -389,4 +418,29 @@ fn same_origin_redirects() -> reqwest::redirect::Policy {
             ))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn too_large_is_recognised_inside_io_and_sse_errors_and_nothing_else_is() {
+        let io = || {
+            std::io::Error::other(TooLarge {
+                what: "an event",
+                limit: 8,
+            })
+        };
+        assert!(is_too_large(&io()));
+        assert!(is_too_large(&sse_stream::Error::Body(Box::new(io()))));
+        assert!(is_too_large(&TooLarge {
+            what: "the answer",
+            limit: 8
+        }));
+        // The same words from anyone else are not a kind.
+        let said = std::io::Error::other("the answer exceeded the maximum size of 8 bytes");
+        assert!(!is_too_large(&said));
+        assert!(!is_too_large(&sse_stream::Error::InvalidLine));
+    }
 }
