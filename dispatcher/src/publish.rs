@@ -114,6 +114,51 @@ const HEADER_ROOM: usize = 4 * 1024;
 /// this long after was never published (its submitter died between the two writes).
 const ORPHAN_AFTER: Duration = Duration::from_secs(30);
 
+/// What creating a job's record found.
+enum Created {
+    /// The record is new, at this revision.
+    New(u64),
+    /// A record was there already (as stored, at this revision).
+    Found(Box<JobRecord>, u64),
+    /// One was there, and was deleted before it could be read: try again.
+    Gone,
+}
+
+/// Creates job `job_id`'s record as `bytes`, or reads the one that is there.
+async fn create_or_read(
+    bucket: &kv::Store,
+    job_id: Uuid,
+    bytes: &[u8],
+) -> Result<Created, ClientError> {
+    let fail = |source: BoxError| ClientError::Record { job_id, source };
+    let key = job_id.to_string();
+    match bucket.create(&key, bytes.to_vec().into()).await {
+        Ok(revision) => return Ok(Created::New(revision)),
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+        Err(e) => return Err(fail(e.into())),
+    }
+    Ok(match stored(bucket, job_id).await? {
+        Some((record, revision)) => Created::Found(Box::new(record), revision),
+        None => Created::Gone,
+    })
+}
+
+/// Job `job_id`'s record as it stands, and its revision; `None` when it has none (or it was
+/// deleted).
+async fn stored(bucket: &kv::Store, job_id: Uuid) -> Result<Option<(JobRecord, u64)>, ClientError> {
+    let fail = |source: BoxError| ClientError::Record { job_id, source };
+    let Some(entry) = bucket
+        .entry(job_id.to_string())
+        .await
+        .map_err(|e| fail(e.into()))?
+        .filter(|e| e.operation == kv::Operation::Put)
+    else {
+        return Ok(None);
+    };
+    let record = serde_json::from_slice(&entry.value).map_err(|e| fail(e.into()))?;
+    Ok(Some((record, entry.revision)))
+}
+
 /// What claiming an idempotency key found.
 enum KeyClaim {
     /// The key is new: publish the job, then settle the claim made at `revision`.
@@ -242,24 +287,11 @@ impl Client {
         };
         let bytes = record_bytes(&JobRecord::queued(job))?;
         for _ in 0..5 {
-            match bucket
-                .create(job.id.to_string(), bytes.clone().into())
-                .await
-            {
-                Ok(revision) => return Ok(KeyClaim::New { revision }),
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
-                Err(e) => return Err(fail(e.into())),
-            }
-            let Some(entry) = bucket
-                .entry(job.id.to_string())
-                .await
-                .map_err(|e| fail(e.into()))?
-                .filter(|e| e.operation == kv::Operation::Put)
-            else {
-                continue;
+            let (record, revision) = match create_or_read(bucket, job.id, &bytes).await? {
+                Created::New(revision) => return Ok(KeyClaim::New { revision }),
+                Created::Gone => continue,
+                Created::Found(record, revision) => (*record, revision),
             };
-            let record: JobRecord =
-                serde_json::from_slice(&entry.value).map_err(|e| fail(e.into()))?;
             let orphan = record.status == JobStatus::Queued
                 && record.stream_seq.is_none()
                 && mcpq_schemas::now_ms().saturating_sub(record.updated_at_ms)
@@ -269,7 +301,7 @@ impl Client {
             }
             tracing::warn!(job_id = %job.id, "the first submission of this key was never queued; queueing it now");
             match bucket
-                .update(job.id.to_string(), bytes.clone().into(), entry.revision)
+                .update(job.id.to_string(), bytes.clone().into(), revision)
                 .await
             {
                 Ok(revision) => return Ok(KeyClaim::New { revision }),
@@ -315,36 +347,20 @@ impl Client {
         let bucket = self.results().await?;
         let mut queued = JobRecord::queued(job);
         queued.task = true;
+        let bytes = record_bytes(&queued)?;
         for _ in 0..5 {
-            match bucket
-                .create(job.id.to_string(), record_bytes(&queued)?.into())
-                .await
-            {
-                Ok(_) => return Ok(queued),
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
-                Err(e) => return Err(fail(e.into())),
-            }
-            let Some(entry) = bucket
-                .entry(job.id.to_string())
-                .await
-                .map_err(|e| fail(e.into()))?
-                .filter(|e| e.operation == kv::Operation::Put)
-            else {
-                continue;
+            let (mut stored, revision) = match create_or_read(&bucket, job.id, &bytes).await? {
+                Created::New(_) => return Ok(queued),
+                Created::Gone => continue,
+                Created::Found(record, revision) => (*record, revision),
             };
-            let mut stored: JobRecord =
-                serde_json::from_slice(&entry.value).map_err(|e| fail(e.into()))?;
             if stored.task {
                 return self.resolve_record(stored).await;
             }
             stored.task = true;
             // Written again without a time to live of its own: the bucket's `resultTtl` holds.
             if bucket
-                .update(
-                    job.id.to_string(),
-                    record_bytes(&stored)?.into(),
-                    entry.revision,
-                )
+                .update(job.id.to_string(), record_bytes(&stored)?.into(), revision)
                 .await
                 .is_ok()
             {
@@ -364,16 +380,9 @@ impl Client {
         let fail = |source: BoxError| ClientError::Record { job_id, source };
         let bucket = self.results().await?;
         for _ in 0..5 {
-            let Some(entry) = bucket
-                .entry(job_id.to_string())
-                .await
-                .map_err(|e| fail(e.into()))?
-                .filter(|e| e.operation == kv::Operation::Put)
-            else {
+            let Some((mut record, revision)) = stored(&bucket, job_id).await? else {
                 return Ok(());
             };
-            let mut record: JobRecord =
-                serde_json::from_slice(&entry.value).map_err(|e| fail(e.into()))?;
             if record.status.is_terminal() {
                 return Ok(());
             }
@@ -395,11 +404,7 @@ impl Client {
             record.task = true;
             record.updated_at_ms = mcpq_schemas::now_ms();
             if bucket
-                .update(
-                    job_id.to_string(),
-                    record_bytes(&record)?.into(),
-                    entry.revision,
-                )
+                .update(job_id.to_string(), record_bytes(&record)?.into(), revision)
                 .await
                 .is_ok()
             {
@@ -447,23 +452,8 @@ impl Client {
             .saturating_sub(HEADER_ROOM)
     }
 
+    #[tracing::instrument(name = "publish", skip_all, fields(job_id = %job.id, server = %job.server))]
     async fn publish(
-        &self,
-        job: &Job,
-        payload: Vec<u8>,
-        reply_to: Option<String>,
-        msg_id: Option<String>,
-        replay_of: Option<u64>,
-    ) -> Result<Submitted, ClientError> {
-        let span = tracing::info_span!("publish", job_id = %job.id, server = %job.server);
-        tracing::Instrument::instrument(
-            self.publish_traced(job, payload, reply_to, msg_id, replay_of),
-            span,
-        )
-        .await
-    }
-
-    async fn publish_traced(
         &self,
         job: &Job,
         payload: Vec<u8>,
@@ -712,15 +702,9 @@ impl Client {
     ) -> Result<Cancel, ClientError> {
         let fail = |source: BoxError| ClientError::Record { job_id, source };
         let bucket = self.results().await?;
-        let Some(entry) = bucket
-            .entry(job_id.to_string())
-            .await
-            .map_err(|e| fail(e.into()))?
-            .filter(|e| e.operation == kv::Operation::Put)
-        else {
+        let Some((record, revision)) = stored(&bucket, job_id).await? else {
             return Ok(Cancel::NotFound);
         };
-        let record: JobRecord = serde_json::from_slice(&entry.value).map_err(|e| fail(e.into()))?;
         if record.status.is_terminal() {
             return Ok(Cancel::AlreadyEnded(record));
         }
@@ -743,7 +727,7 @@ impl Client {
         ));
         let bytes = serde_json::to_vec(&cancelled).map_err(|e| fail(e.into()))?;
         match bucket
-            .update(job_id.to_string(), bytes.into(), entry.revision)
+            .update(job_id.to_string(), bytes.into(), revision)
             .await
         {
             Ok(_) => Ok(Cancel::Requested(cancelled)),

@@ -84,9 +84,13 @@ pub struct JwtRuleSection {
     pub claim: String,
     /// The value the claim must equal or contain; `*` matches any value.
     pub value: String,
+    /// What a token this rule matches may call (`server/name` globs), added to what other
+    /// matching rules allow.
     pub allow: Vec<String>,
+    /// What it may not call; a deny of any matching rule wins over every allow.
     #[serde(default)]
     pub deny: Vec<String>,
+    /// Limits for tokens this rule matches (the first matching rule with limits sets them).
     #[serde(default)]
     pub limits: Option<LimitsSection>,
 }
