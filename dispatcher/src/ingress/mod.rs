@@ -39,7 +39,7 @@ use rmcp::{
 use self::as_written::List;
 pub use self::names::NAME_SEPARATOR;
 pub use self::relay::{META_IDEMPOTENCY_KEY, META_LANE, META_TIMEOUT_MS};
-pub(crate) use self::relay::{Origin, Stream};
+pub(crate) use self::relay::{Notifier, Origin};
 use self::relay::{Relayed, Request, Resume, relay};
 use crate::{Cancel, auth::Caller, shared::Shared, tasks};
 
@@ -279,14 +279,6 @@ impl Gateway {
         origin: Origin<'_>,
     ) -> Result<CallToolResponse, ErrorData> {
         let (server, tool) = self.resolve(&request.name, "tool")?;
-        let caller = &origin.caller;
-        if !caller.may(server, tool) {
-            return Err(relay::forbidden(caller, server, tool));
-        }
-        let defaults = self
-            .shared
-            .check(server)
-            .map_err(|refusal| ErrorData::invalid_params(refusal.message().to_string(), None))?;
         let declared_tasks = origin
             .capabilities
             .as_ref()
@@ -302,10 +294,10 @@ impl Gateway {
             meta,
             log_level: self.log_level(era, meta),
             origin,
-            task: if declared_tasks && resume.is_none() {
-                defaults.tasks.mode(tool)
-            } else {
-                TaskMode::Never
+            // Admission (`relay::admit`) refuses a server that is not configured.
+            task: match self.shared.server(server) {
+                Ok(defaults) if declared_tasks && resume.is_none() => defaults.tasks.mode(tool),
+                _ => TaskMode::Never,
             },
             resume,
         };
@@ -553,13 +545,6 @@ impl ServerHandler for Gateway {
     ) -> Result<GetPromptResponse, ErrorData> {
         self.serves("prompts/get", |c| c.prompts.is_some())?;
         let (server, name) = self.resolve(&request.name, "prompt")?;
-        let caller = caller_of(&context);
-        if !caller.may(server, name) {
-            return Err(relay::forbidden(&caller, server, name));
-        }
-        self.shared
-            .check(server)
-            .map_err(|refusal| ErrorData::invalid_params(refusal.message().to_string(), None))?;
         let resume = Resume::from_request(
             request.request_state.as_deref(),
             request.input_responses.as_ref(),

@@ -32,7 +32,7 @@ use rmcp::{
     },
 };
 
-use super::{Gateway, Origin, Stream};
+use super::{Gateway, Notifier, Origin};
 use crate::auth::Caller;
 
 /// A request this path takes, read out of the HTTP request: everything it needs, so that the
@@ -231,7 +231,7 @@ async fn call(
         era: Era::Stateless,
         capabilities,
         progress_token,
-        stream: Stream::Plain(notes),
+        notifier: Notifier::Plain(notes),
         cancelled: None,
         traceparent,
     };

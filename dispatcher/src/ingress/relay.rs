@@ -148,7 +148,7 @@ pub(crate) struct Origin<'a> {
     pub capabilities: Option<ClientCapabilities>,
     pub progress_token: Option<ProgressToken>,
     /// Where progress, log messages and a 2025-era session's questions go.
-    pub stream: Stream<'a>,
+    pub notifier: Notifier<'a>,
     /// Cancelled when the client cancels the request (dropping the call does the same).
     pub cancelled: Option<&'a CancellationToken>,
     /// The W3C `traceparent` HTTP header, when it was a valid one (`_meta` comes first).
@@ -164,7 +164,7 @@ impl<'a> Origin<'a> {
             era: Era::of(version.as_ref().map(|v| v.as_str())),
             capabilities: context.client_capabilities(),
             progress_token: context.meta.get_progress_token(),
-            stream: Stream::Peer(&context.peer),
+            notifier: Notifier::Peer(&context.peer),
             cancelled: Some(&context.ct),
             traceparent: context
                 .extensions
@@ -175,20 +175,20 @@ impl<'a> Origin<'a> {
 }
 
 /// Where a request's notifications go while it runs.
-pub(crate) enum Stream<'a> {
+pub(crate) enum Notifier<'a> {
     /// rmcp's peer of the request: its response stream, or a 2025-era session.
     Peer(&'a Peer<RoleServer>),
     /// The plain JSON path's SSE body (`ingress::plain`): JSON-RPC notifications, encoded.
     Plain(tokio::sync::mpsc::UnboundedSender<String>),
 }
 
-impl Stream<'_> {
+impl Notifier<'_> {
     async fn notify(&self, notification: ServerNotification) {
         match self {
-            Stream::Peer(peer) => {
+            Notifier::Peer(peer) => {
                 let _ = peer.send_notification(notification).await;
             }
-            Stream::Plain(sender) => {
+            Notifier::Plain(sender) => {
                 let message = rmcp::model::ServerJsonRpcMessage::notification(notification);
                 if let Ok(text) = serde_json::to_string(&message) {
                     let _ = sender.send(text);
@@ -261,111 +261,187 @@ fn used_name(request: &McpRequest) -> Option<&str> {
     }
 }
 
-/// Sends `request` through the queue and waits for its answer.
+/// Sends `request` through the queue and waits for its answer: admitted, started (a new job
+/// submitted, or a running job's question answered), then its events relayed until the reply.
 pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relayed, ErrorData> {
-    let defaults = shared
-        .server(request.server)
-        .map_err(|r| ErrorData::invalid_params(r.message().to_string(), None))?;
+    let defaults = admit(shared, &request)?;
+    let asked = wait_asked(request.meta)?;
+    let wait = asked.unwrap_or(defaults.timeout + QUEUE_ALLOWANCE);
+    let (events, updates) = tokio::sync::mpsc::channel(crate::replies::EVENTS_UNREAD);
+    let started = match &request.resume {
+        Some(resume) => answer_question(shared, &request, resume, wait, events)?,
+        None => match submit(shared, &request, defaults, asked, wait, events).await? {
+            Submitted::Task(job) => return Ok(Relayed::Task(*job)),
+            Submitted::Call(started) => *started,
+        },
+    };
+    pump(shared, &request, defaults, started, updates, wait).await
+}
+
+/// Admission, the same for every method: a configured server that a worker serves (it has
+/// published a catalog), and a caller allowed to use what the request names (the tool, prompt
+/// or resource). Nothing is queued for a request refused here.
+fn admit<'s>(
+    shared: &'s Shared,
+    request: &Request<'_>,
+) -> Result<&'s crate::ServerDefaults, ErrorData> {
+    let refused =
+        |r: crate::shared::Refusal| ErrorData::invalid_params(r.message().to_string(), None);
+    shared.server(request.server).map_err(refused)?;
     let caller = &request.origin.caller;
     let name = used_name(&request.request).unwrap_or("");
     if !caller.may(request.server, name) {
         return Err(forbidden(caller, request.server, name));
     }
-    // Held until the answer (or the task) is handed back.
-    let mut _held = None;
-    let meta = request.meta;
-    let asked = wait_asked(meta)?;
-    let wait = asked.unwrap_or(defaults.timeout + QUEUE_ALLOWANCE);
-    let origin = &request.origin;
-    let era = origin.era;
-    let (events, mut updates) = tokio::sync::mpsc::channel(crate::replies::EVENTS_UNREAD);
-    let mut ingress_span = None;
-    let resumed = request.resume.is_some();
-    // A new job is submitted and waited for; a retry that answers the job's question takes the
-    // running job over from there.
-    let (job_id, job, call): (
-        Uuid,
-        Option<Job>,
-        Pin<Box<dyn Future<Output = _> + Send + 'static>>,
-    ) = match request.resume {
-        Some(resume) => {
-            let job_id = resume.job_id;
-            // Only the caller the question was asked of answers it: the seal says who that was.
-            let asked_here = request_state(
-                &shared.signing,
-                &job_id,
-                &resume.question,
-                caller.principal(),
-            );
-            let expected = asked_here.rsplit('/').next().unwrap_or_default();
-            let sealed = subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), resume.seal.as_bytes());
-            if !bool::from(sealed) {
-                return Err(ErrorData::invalid_params(
-                    format!("requestState for job {job_id} was not issued to this caller"),
-                    None,
-                ));
-            }
-            let answer = InputAnswer {
-                v: ENVELOPE_VERSION,
-                job_id: resume.job_id,
-                id: resume.question.clone(),
-                result: Some(resume.answer),
-                error: None,
-                reply_to: None,
-            };
-            let subject = input_subject(&resume.job_id, &resume.question);
-            let client = shared.client.clone();
-            let call = async move {
-                client
-                    .answer_and_wait(&subject, answer, wait, Some(events))
-                    .await
-            };
-            (job_id, None, Box::pin(call))
-        }
-        None => {
-            // Steps other than the wait are boxed, so a waiting call holds no room for them.
-            _held = Box::pin(shared.admit_open_call(caller))
-                .await
-                .map_err(over_limit)?;
-            let mut job = new_job(&request, defaults, meta, asked, wait)?
-                .owned_by(caller.principal().map(str::to_string), &shared.signing);
-            // The call's span in the caller's trace; the job carries it on to the worker.
-            let span = tracing::info_span!("ingress", job_id = %job.id, server = request.server);
-            mcpq_schemas::trace::adopt(&span, job.traceparent.as_deref());
-            if let Some(own) = mcpq_schemas::trace::of_span(&span) {
-                job.traceparent = Some(own.to_string());
-            }
-            ingress_span = Some(span);
-            if request.task == TaskMode::Always {
-                // The record and the job are stored before the client hears of the task; a
-                // task has no deadline unless the caller set one.
-                let mut job = job;
-                job.deadline_ms = asked.map(deadline);
-                Box::pin(shared.client.submit(&job))
-                    .await
-                    .map_err(|e| client_error(job.id, &e))?;
-                return Ok(Relayed::Task(job));
-            }
-            // A copy is kept only for a call that may become a task: after `taskAfter`, or
-            // when the upstream makes a task of it.
-            let (job_id, kept) = match request.task {
-                TaskMode::Never => (job.id, None),
-                _ => (job.id, Some(job.clone())),
-            };
-            let client = shared.client.clone();
-            let call = async move { client.call_with_events(&job, wait, Some(events)).await };
-            (job_id, kept, Box::pin(call))
-        }
+    shared.check(request.server).map_err(refused)
+}
+
+/// A call on its way: the job's id, the job itself when the call may still become a task, and
+/// the wait for its reply.
+struct Started {
+    job_id: Uuid,
+    kept: Option<Job>,
+    call: Pin<Box<dyn Future<Output = Result<mcpq_schemas::Reply, crate::ClientError>> + Send>>,
+    span: tracing::Span,
+    /// The caller's open-call slot (`maxOpenCalls`), held until the answer or the task is
+    /// handed back.
+    _slot: Option<crate::auth::quota::Held>,
+}
+
+/// What submitting a new request came to.
+enum Submitted {
+    /// A call to wait for.
+    Call(Box<Started>),
+    /// A task from the start (`taskMode: always`): stored, not waited for.
+    Task(Box<Job>),
+}
+
+/// A 2026-07-28 client's retry that answers its job's question: only the caller the question
+/// was asked of may (the `requestState`'s seal says who that was); the running job is waited
+/// for from there.
+fn answer_question(
+    shared: &Shared,
+    request: &Request<'_>,
+    resume: &Resume,
+    wait: Duration,
+    events: tokio::sync::mpsc::Sender<Event>,
+) -> Result<Started, ErrorData> {
+    let job_id = resume.job_id;
+    let asked_here = request_state(
+        &shared.signing,
+        &job_id,
+        &resume.question,
+        request.origin.caller.principal(),
+    );
+    let expected = asked_here.rsplit('/').next().unwrap_or_default();
+    let sealed = subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), resume.seal.as_bytes());
+    if !bool::from(sealed) {
+        return Err(ErrorData::invalid_params(
+            format!("requestState for job {job_id} was not issued to this caller"),
+            None,
+        ));
+    }
+    let answer = InputAnswer {
+        v: ENVELOPE_VERSION,
+        job_id,
+        id: resume.question.clone(),
+        result: Some(resume.answer.clone()),
+        error: None,
+        reply_to: None,
     };
-    let span = ingress_span
-        .unwrap_or_else(|| tracing::info_span!("relay", %job_id, server = request.server));
+    let subject = input_subject(&job_id, &resume.question);
+    let client = shared.client.clone();
+    let call = async move {
+        client
+            .answer_and_wait(&subject, answer, wait, Some(events))
+            .await
+    };
+    Ok(Started {
+        job_id,
+        kept: None,
+        call: Box::pin(call),
+        span: tracing::info_span!("relay", %job_id, server = request.server),
+        _slot: None,
+    })
+}
+
+/// A new request: a slot among the caller's open calls, then its job built and published.
+async fn submit(
+    shared: &Shared,
+    request: &Request<'_>,
+    defaults: &crate::ServerDefaults,
+    asked: Option<Duration>,
+    wait: Duration,
+    events: tokio::sync::mpsc::Sender<Event>,
+) -> Result<Submitted, ErrorData> {
+    let caller = &request.origin.caller;
+    // Steps other than the wait are boxed, so a waiting call holds no room for them.
+    let slot = Box::pin(shared.admit_open_call(caller))
+        .await
+        .map_err(over_limit)?;
+    let mut job = new_job(request, defaults, request.meta, asked, wait)?
+        .owned_by(caller.principal().map(str::to_string), &shared.signing);
+    // The call's span in the caller's trace; the job carries it on to the worker.
+    let span = tracing::info_span!("ingress", job_id = %job.id, server = request.server);
+    mcpq_schemas::trace::adopt(&span, job.traceparent.as_deref());
+    if let Some(own) = mcpq_schemas::trace::of_span(&span) {
+        job.traceparent = Some(own.to_string());
+    }
+    if request.task == TaskMode::Always {
+        // The record and the job are stored before the client hears of the task; a task has
+        // no deadline unless the caller set one.
+        job.deadline_ms = asked.map(deadline);
+        Box::pin(shared.client.submit(&job))
+            .await
+            .map_err(|e| client_error(job.id, &e))?;
+        return Ok(Submitted::Task(Box::new(job)));
+    }
+    // A copy is kept only for a call that may become a task: after `taskAfter`, or when the
+    // upstream makes a task of it.
+    let kept = match request.task {
+        TaskMode::Never => None,
+        _ => Some(job.clone()),
+    };
+    let job_id = job.id;
+    let client = shared.client.clone();
+    let call = async move { client.call_with_events(&job, wait, Some(events)).await };
+    Ok(Submitted::Call(Box::new(Started {
+        job_id,
+        kept,
+        call: Box::pin(call),
+        span,
+        _slot: slot,
+    })))
+}
+
+/// Waits for the call's reply, relaying its events to the client in order meanwhile; hands
+/// the call over as a task when it becomes one, and cancels the job when the client goes away.
+async fn pump(
+    shared: &Shared,
+    request: &Request<'_>,
+    defaults: &crate::ServerDefaults,
+    started: Started,
+    mut updates: tokio::sync::mpsc::Receiver<Event>,
+    wait: Duration,
+) -> Result<Relayed, ErrorData> {
+    let Started {
+        job_id,
+        kept: job,
+        call,
+        span,
+        _slot,
+    } = started;
+    let origin = &request.origin;
+    let resumed = request.resume.is_some();
     let mut call = Box::pin(call.instrument(span));
     let token = origin.progress_token.clone().or_else(|| {
-        meta.and_then(|m| m.get("progressToken"))
+        request
+            .meta
+            .and_then(|m| m.get("progressToken"))
             .and_then(|t| serde_json::from_value(t.clone()).ok())
     });
-    // A caller that goes away (a dropped response stream, `notifications/cancelled`)
-    // cancels the job, queued or running.
+    // A caller that goes away (a dropped response stream, `notifications/cancelled`) cancels
+    // the job, queued or running.
     let mut guard = CancelOnDrop {
         client: shared.client.clone(),
         job_id,
@@ -432,7 +508,7 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
     })?;
     match reply.outcome {
         Outcome::Ok { result } => Ok(Relayed::Answer(result)),
-        Outcome::Error { error } => Err(to_mcp_error(era, reply.job_id, error)),
+        Outcome::Error { error } => Err(to_mcp_error(origin.era, reply.job_id, error)),
     }
 }
 
@@ -528,7 +604,7 @@ async fn handle(
     wait: Duration,
 ) -> Option<InputRequiredResult> {
     let Event::Input(question) = event else {
-        notify(&origin.stream, token, event).await;
+        notify(&origin.notifier, token, event).await;
         return None;
     };
     let asked = serde_json::json!({"method": question.method, "params": question.params});
@@ -555,7 +631,7 @@ async fn handle(
             }
         };
     }
-    let Stream::Peer(peer) = origin.stream else {
+    let Notifier::Peer(peer) = origin.notifier else {
         let error = serde_json::json!({"code": -32603, "message": format!("the client has no session to be asked {} in", question.method)});
         answer(shared, &question, Err(error)).await;
         return None;
@@ -652,7 +728,7 @@ fn deadline(wait: Duration) -> u64 {
 }
 
 /// Relays a progress or log event to the client.
-async fn notify(stream: &Stream<'_>, token: Option<&ProgressToken>, event: Event) {
+async fn notify(notifier: &Notifier<'_>, token: Option<&ProgressToken>, event: Event) {
     match event {
         Event::Progress(event) => {
             let Some(token) = token else {
@@ -665,7 +741,7 @@ async fn notify(stream: &Stream<'_>, token: Option<&ProgressToken>, event: Event
             if let Some(message) = event.progress.message {
                 param = param.with_message(message);
             }
-            stream
+            notifier
                 .notify(ServerNotification::ProgressNotification(
                     rmcp::model::Notification::new(param),
                 ))
@@ -680,7 +756,7 @@ async fn notify(stream: &Stream<'_>, token: Option<&ProgressToken>, event: Event
             #[allow(deprecated)] // logging is deprecated by SEP-2577; upstreams still log
             match serde_json::from_value::<rmcp::model::LoggingMessageNotificationParam>(message) {
                 Ok(param) => {
-                    stream
+                    notifier
                         .notify(ServerNotification::LoggingMessageNotification(
                             rmcp::model::Notification::new(param),
                         ))
