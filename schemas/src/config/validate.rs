@@ -7,7 +7,8 @@ use super::{
     NatsConfig, NatsCredentials, PoolConfig, RateLimit, RetryConfig, Secret, ServerConfig,
     TaskMode, TaskPolicy, Transport,
     raw::{
-        AuthSpec, ConfigFile, NatsSection, Priority, RateLimitSection, ServerKind, ServerSection,
+        AuthSpec, AutoScaleSection, CircuitBreakerSection, ConfigFile, NatsSection, Priority,
+        RateLimitSection, RetrySection, ServerKind, ServerSection,
     },
     secret::is_env_name,
 };
@@ -224,13 +225,36 @@ fn nats_credentials(section: &NatsSection, errors: &mut Vec<ConfigError>) -> Nat
     }
 }
 
+/// The errors of one server's fields, each named under the server's path.
+struct Fields<'a> {
+    path: &'a str,
+    errors: &'a mut Vec<ConfigError>,
+}
+
+impl Fields<'_> {
+    fn err(&mut self, field: &str, message: impl std::fmt::Display) {
+        self.errors.push(ConfigError::field(
+            format!("{}.{field}", self.path),
+            message,
+        ));
+    }
+
+    /// `value` of `field`, with an error when `ok` says it is out of range.
+    fn range<T: Copy>(&mut self, field: &str, value: T, ok: bool, message: String) -> T {
+        if !ok {
+            self.err(field, message);
+        }
+        value
+    }
+}
+
+/// One server: its name, its transport, then its capacity, pacing and connections, each
+/// section checking its own fields. `None` when any field was wrong (all are reported).
 fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option<ServerConfig> {
     let before = errors.len();
-    let mut err = |field: &str, message: String| {
-        errors.push(ConfigError::field(format!("{path}.{field}"), message));
-    };
+    let mut f = Fields { path, errors };
     if !is_valid_server_name(&s.name) {
-        err(
+        f.err(
             "name",
             format!(
                 "{:?} is not a valid server name (1-64 letters, digits, - and _, no \"__\", not starting or ending with _)",
@@ -239,308 +263,72 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
         );
     }
     let transport = match s.kind {
-        ServerKind::External | ServerKind::Http => {
-            if s.command.is_some() {
-                err(
-                    "command",
-                    "only stdio servers have a command (set type: stdio, or remove command)".into(),
-                );
-            }
-            if !s.args.is_empty() {
-                err("args", "only stdio servers have args".into());
-            }
-            if !s.env.is_empty() {
-                err("env", "only stdio servers have env (send credentials to an HTTP server with auth or headers)".into());
-            }
-            let mut endpoints = Vec::new();
-            match (s.endpoint, s.endpoints.is_empty()) {
-                (None, true) => err(
-                    "endpoint",
-                    "missing: an HTTP server needs the URL of its MCP endpoint (or endpoints: [{url: ...}])".into(),
-                ),
-                (Some(_), false) => err(
-                    "endpoints",
-                    "set endpoint or endpoints, not both".into(),
-                ),
-                (Some(url), true) => {
-                    if let Err(message) = check_http_url(&url) {
-                        err("endpoint", message.to_string());
-                    }
-                    endpoints.push(Endpoint {
-                        url,
-                        weight: 1,
-                        role: EndpointRole::Primary,
-                    });
-                }
-                (None, false) => {
-                    for (i, e) in s.endpoints.into_iter().enumerate() {
-                        if let Err(message) = check_http_url(&e.url) {
-                            err(&format!("endpoints[{i}].url"), message.to_string());
-                        }
-                        let weight = e.weight.unwrap_or(1);
-                        if weight == 0 {
-                            err(&format!("endpoints[{i}].weight"), "0 (at least 1)".into());
-                        }
-                        endpoints.push(Endpoint {
-                            url: e.url,
-                            weight,
-                            role: e.role.unwrap_or_default(),
-                        });
-                    }
-                    if !endpoints.iter().any(|e| e.role == EndpointRole::Primary) {
-                        err(
-                            "endpoints",
-                            "no primary endpoint (mark at least one role: primary)".into(),
-                        );
-                    }
-                }
-            }
-            let mut headers = BTreeMap::new();
-            for (name, value) in &s.headers {
-                match Secret::parse(value) {
-                    Ok(secret) => {
-                        headers.insert(name.clone(), secret);
-                    }
-                    Err(message) => err(&format!("headers.{name}"), message.to_string()),
-                }
-            }
-            match &s.auth {
-                None => {}
-                Some(AuthSpec::Shorthand(shorthand)) => {
-                    if let Some(var) = shorthand.env_var(&s.name) {
-                        headers.insert("Authorization".into(), bearer(Secret::env(&var)));
-                    }
-                }
-                Some(AuthSpec::Explicit {
-                    bearer: token,
-                    headers: extra,
-                }) => {
-                    if let Some(token) = token {
-                        match Secret::parse(token) {
-                            Ok(secret) => {
-                                headers.insert("Authorization".into(), bearer(secret));
-                            }
-                            Err(message) => err("auth.bearer", message.to_string()),
-                        }
-                    }
-                    for (name, value) in extra {
-                        match Secret::parse(value) {
-                            Ok(secret) => {
-                                headers.insert(name.clone(), secret);
-                            }
-                            Err(message) => {
-                                err(&format!("auth.headers.{name}"), message.to_string())
-                            }
-                        }
-                    }
-                }
-            }
-            Transport::Http { endpoints, headers }
-        }
-        ServerKind::Stdio => {
-            if !s.endpoints.is_empty() || s.load_balancing.is_some() || s.pool.is_some() {
-                err(
-                    "endpoints",
-                    "a stdio server has no endpoints, loadBalancing or pool (set type: http)"
-                        .into(),
-                );
-            }
-            if s.endpoint.is_some() {
-                err(
-                    "endpoint",
-                    "a stdio server has no endpoint (set type: http, or remove endpoint)".into(),
-                );
-            }
-            if s.auth.is_some() {
-                err("auth", "auth applies to HTTP servers; give a stdio server its credentials with env: {NAME: \"${env:NAME}\"}".into());
-            }
-            if !s.headers.is_empty() {
-                err("headers", "only HTTP servers have headers".into());
-            }
-            let command = match s.command {
-                Some(c) if !c.trim().is_empty() => c,
-                Some(_) => {
-                    err("command", "empty: name the program to start".into());
-                    String::new()
-                }
-                None => {
-                    err(
-                        "command",
-                        "missing: a stdio server needs the program to start".into(),
-                    );
-                    String::new()
-                }
-            };
-            let mut env = BTreeMap::new();
-            for (name, value) in &s.env {
-                if !is_env_name(name) {
-                    err(
-                        &format!("env.{name}"),
-                        format!("{name:?} is not an environment variable name"),
-                    );
-                }
-                match Secret::parse(value) {
-                    Ok(secret) => {
-                        env.insert(name.clone(), secret);
-                    }
-                    Err(message) => err(&format!("env.{name}"), message.to_string()),
-                }
-            }
-            Transport::Stdio {
-                command,
-                args: s.args,
-                env,
-            }
-        }
+        ServerKind::External | ServerKind::Http => http_transport(&mut f, &s),
+        ServerKind::Stdio => stdio_transport(&mut f, &s),
     };
+    // Capacity.
     let timeout = s.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0);
-    if timeout.is_zero() || timeout > MAX_TIMEOUT {
-        err(
-            "timeout",
-            format!("{timeout:?} is out of range (more than 0, at most 24h)"),
-        );
-    }
+    let timeout = f.range(
+        "timeout",
+        timeout,
+        !timeout.is_zero() && timeout <= MAX_TIMEOUT,
+        format!("{timeout:?} is out of range (more than 0, at most 24h)"),
+    );
     let concurrency = s.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
-    if concurrency == 0 || concurrency > MAX_CONCURRENCY {
-        err(
-            "concurrency",
-            format!("{concurrency} is out of range (1 to {MAX_CONCURRENCY})"),
-        );
-    }
+    let concurrency = f.range(
+        "concurrency",
+        concurrency,
+        (1..=MAX_CONCURRENCY).contains(&concurrency),
+        format!("{concurrency} is out of range (1 to {MAX_CONCURRENCY})"),
+    );
     let max_in_flight = s.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT);
-    if max_in_flight == 0 || max_in_flight > 1_000_000 {
-        err(
-            "maxInFlight",
-            format!("{max_in_flight} is out of range (1 to 1000000)"),
-        );
-    }
+    let max_in_flight = f.range(
+        "maxInFlight",
+        max_in_flight,
+        (1..=1_000_000).contains(&max_in_flight),
+        format!("{max_in_flight} is out of range (1 to 1000000)"),
+    );
     let max_queued = s.max_queued.unwrap_or(DEFAULT_MAX_QUEUED);
-    if max_queued == 0 || max_queued > MAX_MAX_QUEUED {
-        err(
-            "maxQueued",
-            format!("{max_queued} is out of range (1 to {MAX_MAX_QUEUED})"),
-        );
-    }
+    let max_queued = f.range(
+        "maxQueued",
+        max_queued,
+        (1..=MAX_MAX_QUEUED).contains(&max_queued),
+        format!("{max_queued} is out of range (1 to {MAX_MAX_QUEUED})"),
+    );
     let max_result_bytes = s.max_result_bytes.map_or(DEFAULT_MAX_RESULT_BYTES, |b| b.0);
-    if max_result_bytes == 0 || max_result_bytes > MAX_MAX_RESULT_BYTES {
-        err(
-            "maxResultBytes",
-            format!("{max_result_bytes} bytes is out of range (1 byte to 1GiB)"),
-        );
-    }
-    let replicas = s.replicas.unwrap_or(1);
-    if replicas == 0 {
-        err(
-            "replicas",
-            "0 replicas (at least 1; use autoScale.min: 0 to scale to zero)".into(),
-        );
-    }
-    let autoscale = s.auto_scale.map(|a| {
-        if a.min > a.max {
-            err(
-                "autoScale.min",
-                format!("{} is above autoScale.max {}", a.min, a.max),
-            );
-        }
-        if a.max == 0 {
-            err("autoScale.max", "0 (at least 1)".into());
-        }
-        let target_cpu_percent = a
-            .target_cpu
-            .as_deref()
-            .and_then(|t| match parse_percent(t) {
-                Some(p) => Some(p),
-                None => {
-                    err(
-                        "autoScale.targetCPU",
-                        format!("{t:?} is not a percentage from 1% to 100% (like \"70%\")"),
-                    );
-                    None
-                }
-            });
-        let target_queue_depth = a.target_queue_depth.unwrap_or(100);
-        if target_queue_depth == 0 {
-            err("autoScale.targetQueueDepth", "0 (at least 1)".into());
-        }
-        AutoScale {
-            min: a.min,
-            max: a.max,
-            target_cpu_percent,
-            target_queue_depth,
-        }
-    });
+    let max_result_bytes = f.range(
+        "maxResultBytes",
+        max_result_bytes,
+        (1..=MAX_MAX_RESULT_BYTES).contains(&max_result_bytes),
+        format!("{max_result_bytes} bytes is out of range (1 byte to 1GiB)"),
+    );
     let ack_wait = s.ack_wait.map_or(DEFAULT_ACK_WAIT, |d| d.0);
-    if ack_wait < Duration::from_secs(1) || ack_wait > MAX_TIMEOUT {
-        err(
-            "ackWait",
-            format!("{ack_wait:?} is out of range (1s to 24h)"),
-        );
-    }
-    let mut rate = |field: &str, r: RateLimitSection| {
-        if !(r.per_second > 0.0 && r.per_second <= 1_000_000.0) {
-            err(
-                &format!("{field}.perSecond"),
-                format!(
-                    "{} is out of range (more than 0, at most 1000000)",
-                    r.per_second
-                ),
-            );
-        }
-        let burst = r.burst.unwrap_or(1);
-        if burst == 0 {
-            err(&format!("{field}.burst"), "0 (at least 1)".into());
-        }
-        RateLimit {
-            per_second: r.per_second,
-            burst,
-        }
-    };
-    let rate_limit = s.rate_limit.map(|r| rate("rateLimit", r));
+    let ack_wait = f.range(
+        "ackWait",
+        ack_wait,
+        ack_wait >= Duration::from_secs(1) && ack_wait <= MAX_TIMEOUT,
+        format!("{ack_wait:?} is out of range (1s to 24h)"),
+    );
+    let replicas = s.replicas.unwrap_or(1);
+    let replicas = f.range(
+        "replicas",
+        replicas,
+        replicas > 0,
+        "0 replicas (at least 1; use autoScale.min: 0 to scale to zero)".into(),
+    );
+    let autoscale = s.auto_scale.map(|a| autoscale(&mut f, a));
+    // Pacing.
+    let rate_limit = s.rate_limit.map(|r| rate(&mut f, "rateLimit", r));
     let tool_rate_limits: BTreeMap<_, _> = s
         .tool_rate_limits
         .into_iter()
         .map(|(tool, r)| {
-            let limit = rate(&format!("toolRateLimits.{tool}"), r);
+            let limit = rate(&mut f, &format!("toolRateLimits.{tool}"), r);
             (tool, limit)
         })
         .collect();
-    let circuit_breaker = s.circuit_breaker.map(|c| {
-        let breaker = CircuitBreaker {
-            failure_threshold: c.failure_threshold.unwrap_or(5),
-            reset_timeout: c.reset_timeout.map_or(Duration::from_secs(30), |d| d.0),
-        };
-        if breaker.failure_threshold == 0 {
-            err("circuitBreaker.failureThreshold", "0 (at least 1)".into());
-        }
-        if breaker.reset_timeout.is_zero() {
-            err("circuitBreaker.resetTimeout", "0 (at least 1ms)".into());
-        }
-        breaker
-    });
-    let defaults = RetryConfig::default();
-    let retry = s.retry.map_or(defaults, |r| RetryConfig {
-        max_attempts: r.max_attempts.unwrap_or(defaults.max_attempts),
-        initial: r.initial.map_or(defaults.initial, |d| d.0),
-        max: r.max.map_or(defaults.max, |d| d.0),
-    });
-    if !(1..=MAX_ATTEMPTS).contains(&retry.max_attempts) {
-        err(
-            "retry.maxAttempts",
-            format!(
-                "{} is out of range (1 to {MAX_ATTEMPTS}; 1 means no retries)",
-                retry.max_attempts
-            ),
-        );
-    }
-    if retry.initial.is_zero() {
-        err("retry.initial", "0 (at least 1ms)".into());
-    }
-    if retry.max < retry.initial {
-        err(
-            "retry.max",
-            format!("{:?} is below retry.initial {:?}", retry.max, retry.initial),
-        );
-    }
+    let circuit_breaker = s.circuit_breaker.map(|c| circuit_breaker(&mut f, c));
+    let retry = retry(&mut f, s.retry);
     let lane = match s.priority {
         Some(Priority::High) => Lane::High,
         Some(Priority::Medium | Priority::Normal) | None => Lane::Normal,
@@ -551,18 +339,19 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
         after: s.task_after.map_or(Duration::from_secs(10), |d| d.0),
         tools: s.tool_tasks,
     };
-    let health = super::observe::health(path, s.health, errors);
+    // Connections and health.
     let load_balancing = s.load_balancing.unwrap_or_default();
     let pool = s.pool.map_or(PoolConfig::default(), |p| PoolConfig {
         max_connections: p.max_connections.unwrap_or(1),
         idle_timeout: p.idle_timeout.map_or(Duration::from_secs(300), |d| d.0),
     });
-    if pool.max_connections == 0 || pool.max_connections > 64 {
-        errors.push(ConfigError::field(
-            format!("{path}.pool.maxConnections"),
-            format!("{} is out of range (1 to 64)", pool.max_connections),
-        ));
-    }
+    f.range(
+        "pool.maxConnections",
+        pool.max_connections,
+        (1..=64).contains(&pool.max_connections),
+        format!("{} is out of range (1 to 64)", pool.max_connections),
+    );
+    let health = super::observe::health(path, s.health, errors);
     (errors.len() == before).then_some(ServerConfig {
         name: s.name,
         transport,
@@ -584,6 +373,255 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
         load_balancing,
         pool,
     })
+}
+
+/// An HTTP server's transport: its endpoint or endpoints, and the headers it is sent (its
+/// own, and those its `auth` stands for). Nothing of a stdio server's.
+fn http_transport(f: &mut Fields<'_>, s: &ServerSection) -> Transport {
+    if s.command.is_some() {
+        f.err(
+            "command",
+            "only stdio servers have a command (set type: stdio, or remove command)",
+        );
+    }
+    if !s.args.is_empty() {
+        f.err("args", "only stdio servers have args");
+    }
+    if !s.env.is_empty() {
+        f.err(
+            "env",
+            "only stdio servers have env (send credentials to an HTTP server with auth or headers)",
+        );
+    }
+    let mut endpoints = Vec::new();
+    match (&s.endpoint, s.endpoints.is_empty()) {
+        (None, true) => f.err(
+            "endpoint",
+            "missing: an HTTP server needs the URL of its MCP endpoint (or endpoints: [{url: ...}])",
+        ),
+        (Some(_), false) => f.err("endpoints", "set endpoint or endpoints, not both"),
+        (Some(url), true) => {
+            if let Err(message) = check_http_url(url) {
+                f.err("endpoint", message);
+            }
+            endpoints.push(Endpoint {
+                url: url.clone(),
+                weight: 1,
+                role: EndpointRole::Primary,
+            });
+        }
+        (None, false) => {
+            for (i, e) in s.endpoints.iter().enumerate() {
+                if let Err(message) = check_http_url(&e.url) {
+                    f.err(&format!("endpoints[{i}].url"), message);
+                }
+                let weight = e.weight.unwrap_or(1);
+                if weight == 0 {
+                    f.err(&format!("endpoints[{i}].weight"), "0 (at least 1)");
+                }
+                endpoints.push(Endpoint {
+                    url: e.url.clone(),
+                    weight,
+                    role: e.role.unwrap_or_default(),
+                });
+            }
+            if !endpoints.iter().any(|e| e.role == EndpointRole::Primary) {
+                f.err(
+                    "endpoints",
+                    "no primary endpoint (mark at least one role: primary)",
+                );
+            }
+        }
+    }
+    let mut headers = BTreeMap::new();
+    let secret = |f: &mut Fields<'_>, field: &str, value: &str| match Secret::parse(value) {
+        Ok(secret) => Some(secret),
+        Err(message) => {
+            f.err(field, message);
+            None
+        }
+    };
+    for (name, value) in &s.headers {
+        if let Some(value) = secret(f, &format!("headers.{name}"), value) {
+            headers.insert(name.clone(), value);
+        }
+    }
+    match &s.auth {
+        None => {}
+        Some(AuthSpec::Shorthand(shorthand)) => {
+            if let Some(var) = shorthand.env_var(&s.name) {
+                headers.insert("Authorization".into(), bearer(Secret::env(&var)));
+            }
+        }
+        Some(AuthSpec::Explicit {
+            bearer: token,
+            headers: extra,
+        }) => {
+            if let Some(token) = token.as_deref().and_then(|t| secret(f, "auth.bearer", t)) {
+                headers.insert("Authorization".into(), bearer(token));
+            }
+            for (name, value) in extra {
+                if let Some(value) = secret(f, &format!("auth.headers.{name}"), value) {
+                    headers.insert(name.clone(), value);
+                }
+            }
+        }
+    }
+    Transport::Http { endpoints, headers }
+}
+
+/// A stdio server's transport: the program, its arguments and environment. Nothing of an
+/// HTTP server's.
+fn stdio_transport(f: &mut Fields<'_>, s: &ServerSection) -> Transport {
+    if !s.endpoints.is_empty() || s.load_balancing.is_some() || s.pool.is_some() {
+        f.err(
+            "endpoints",
+            "a stdio server has no endpoints, loadBalancing or pool (set type: http)",
+        );
+    }
+    if s.endpoint.is_some() {
+        f.err(
+            "endpoint",
+            "a stdio server has no endpoint (set type: http, or remove endpoint)",
+        );
+    }
+    if s.auth.is_some() {
+        f.err(
+            "auth",
+            "auth applies to HTTP servers; give a stdio server its credentials with env: {NAME: \"${env:NAME}\"}",
+        );
+    }
+    if !s.headers.is_empty() {
+        f.err("headers", "only HTTP servers have headers");
+    }
+    let command = match &s.command {
+        Some(c) if !c.trim().is_empty() => c.clone(),
+        Some(_) => {
+            f.err("command", "empty: name the program to start");
+            String::new()
+        }
+        None => {
+            f.err(
+                "command",
+                "missing: a stdio server needs the program to start",
+            );
+            String::new()
+        }
+    };
+    let mut env = BTreeMap::new();
+    for (name, value) in &s.env {
+        if !is_env_name(name) {
+            f.err(
+                &format!("env.{name}"),
+                format!("{name:?} is not an environment variable name"),
+            );
+        }
+        match Secret::parse(value) {
+            Ok(secret) => {
+                env.insert(name.clone(), secret);
+            }
+            Err(message) => f.err(&format!("env.{name}"), message),
+        }
+    }
+    Transport::Stdio {
+        command,
+        args: s.args.clone(),
+        env,
+    }
+}
+
+fn autoscale(f: &mut Fields<'_>, a: AutoScaleSection) -> AutoScale {
+    if a.min > a.max {
+        f.err(
+            "autoScale.min",
+            format!("{} is above autoScale.max {}", a.min, a.max),
+        );
+    }
+    if a.max == 0 {
+        f.err("autoScale.max", "0 (at least 1)");
+    }
+    let target_cpu_percent = a.target_cpu.as_deref().and_then(|t| {
+        let percent = parse_percent(t);
+        if percent.is_none() {
+            f.err(
+                "autoScale.targetCPU",
+                format!("{t:?} is not a percentage from 1% to 100% (like \"70%\")"),
+            );
+        }
+        percent
+    });
+    let target_queue_depth = a.target_queue_depth.unwrap_or(100);
+    if target_queue_depth == 0 {
+        f.err("autoScale.targetQueueDepth", "0 (at least 1)");
+    }
+    AutoScale {
+        min: a.min,
+        max: a.max,
+        target_cpu_percent,
+        target_queue_depth,
+    }
+}
+
+fn rate(f: &mut Fields<'_>, field: &str, r: RateLimitSection) -> RateLimit {
+    if !(r.per_second > 0.0 && r.per_second <= 1_000_000.0) {
+        f.err(
+            &format!("{field}.perSecond"),
+            format!(
+                "{} is out of range (more than 0, at most 1000000)",
+                r.per_second
+            ),
+        );
+    }
+    let burst = r.burst.unwrap_or(1);
+    if burst == 0 {
+        f.err(&format!("{field}.burst"), "0 (at least 1)");
+    }
+    RateLimit {
+        per_second: r.per_second,
+        burst,
+    }
+}
+
+fn circuit_breaker(f: &mut Fields<'_>, c: CircuitBreakerSection) -> CircuitBreaker {
+    let breaker = CircuitBreaker {
+        failure_threshold: c.failure_threshold.unwrap_or(5),
+        reset_timeout: c.reset_timeout.map_or(Duration::from_secs(30), |d| d.0),
+    };
+    if breaker.failure_threshold == 0 {
+        f.err("circuitBreaker.failureThreshold", "0 (at least 1)");
+    }
+    if breaker.reset_timeout.is_zero() {
+        f.err("circuitBreaker.resetTimeout", "0 (at least 1ms)");
+    }
+    breaker
+}
+
+fn retry(f: &mut Fields<'_>, section: Option<RetrySection>) -> RetryConfig {
+    let defaults = RetryConfig::default();
+    let retry = section.map_or(defaults, |r| RetryConfig {
+        max_attempts: r.max_attempts.unwrap_or(defaults.max_attempts),
+        initial: r.initial.map_or(defaults.initial, |d| d.0),
+        max: r.max.map_or(defaults.max, |d| d.0),
+    });
+    if !(1..=MAX_ATTEMPTS).contains(&retry.max_attempts) {
+        f.err(
+            "retry.maxAttempts",
+            format!(
+                "{} is out of range (1 to {MAX_ATTEMPTS}; 1 means no retries)",
+                retry.max_attempts
+            ),
+        );
+    }
+    if retry.initial.is_zero() {
+        f.err("retry.initial", "0 (at least 1ms)");
+    }
+    if retry.max < retry.initial {
+        f.err(
+            "retry.max",
+            format!("{:?} is below retry.initial {:?}", retry.max, retry.initial),
+        );
+    }
+    retry
 }
 
 fn bearer(token: Secret) -> Secret {
