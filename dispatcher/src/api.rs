@@ -13,11 +13,13 @@ use axum::{
     routing::get,
 };
 use mcpq_schemas::{
-    JobStatus,
+    JobRecord, JobStatus,
     api::{Accepted, ApiError, ApiErrorCode, BatchAccepted, JobSubmission},
     batch::BatchRecord,
 };
+use serde_json::Value;
 use tracing::Instrument;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
@@ -30,21 +32,50 @@ use crate::{
 const MAX_WAIT: Duration = Duration::from_secs(300);
 const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 
-/// The `/v1` routes.
+/// The `/v1` routes, and the OpenAPI document made from the same handlers.
 pub fn routes(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/v1/jobs", axum::routing::post(submit))
-        .route("/v1/jobs/{id}", get(job).delete(cancel))
-        .route("/v1/jobs/{id}/wait", get(wait))
-        .route("/v1/batches", axum::routing::post(submit_batch))
-        .route("/v1/batches/{id}", get(batch))
-        .route("/v1/batches/{id}/results", get(batch_results))
+    let (router, document) = documented().split_for_parts();
+    let document = Arc::new(finish(document));
+    router
         .route(
             "/v1/openapi.json",
-            get(|| async { Json(mcpq_schemas::openapi::document()) }),
+            get(move || async move { Json(Value::clone(&document)) }),
         )
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(shared)
+}
+
+/// The OpenAPI 3.1 document of the `/v1` API: each path as its handler's `utoipa::path` says,
+/// each schema as its type says (`mcpq_schemas::openapi`).
+pub fn openapi() -> Value {
+    finish(documented().split_for_parts().1)
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(info(
+    title = "mcpq jobs API",
+    version = "1",
+    description = "Submit MCP tool calls as durable jobs, read them back later, wait for them, cancel them, and run them in batches. Every error body is an ApiError with a stable code."
+))]
+struct Document;
+
+/// The `/v1` handlers, each registered with its route and its documentation together.
+fn documented() -> OpenApiRouter<Arc<Shared>> {
+    OpenApiRouter::with_openapi(<Document as utoipa::OpenApi>::openapi())
+        .routes(routes!(submit))
+        .routes(routes!(job, cancel))
+        .routes(routes!(wait))
+        .routes(routes!(submit_batch))
+        .routes(routes!(batch))
+        .routes(routes!(batch_results))
+}
+
+/// The document as served: utoipa's paths, and the component schemas from schemars (utoipa
+/// knows the body types by name only).
+fn finish(document: utoipa::openapi::OpenApi) -> Value {
+    let mut document = serde_json::to_value(document).unwrap_or_default();
+    document["components"] = serde_json::json!({"schemas": mcpq_schemas::openapi::schemas()});
+    document
 }
 
 /// The largest `/v1` body read (a batch of many lines); a single job must also fit in one NATS
@@ -255,6 +286,22 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Failure> {
 }
 
 /// `POST /v1/jobs`.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs",
+    operation_id = "submitJob",
+    summary = "Queue one tool call; answers at once with the job id",
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, description = "Submissions with the same key are one job.")),
+    request_body(content = JobSubmission, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Queued (or a duplicate of a job with the same idempotency key)", body = Accepted),
+        (status = 400, description = "The body is not a job submission, or a field is out of range (the message names it)", body = ApiError),
+        (status = 404, description = "Unknown server or tool; nothing was queued", body = ApiError),
+        (status = 413, description = "The request does not fit in one NATS message (code too_large); nothing was queued", body = ApiError),
+        (status = 429, description = "Over the caller's limits (rate_limited) or the server's queue is full (queue_full); retry after Retry-After", body = ApiError),
+        (status = 503, description = "NATS did not accept the job; retry", body = ApiError),
+    ),
+)]
 async fn submit(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
@@ -307,6 +354,17 @@ async fn submit(
 }
 
 /// `GET /v1/jobs/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    operation_id = "getJob",
+    summary = "The job's record: status, attempts, progress, result or error",
+    params(("id" = Uuid, Path, description = "The job id")),
+    responses(
+        (status = 200, description = "The record", body = JobRecord),
+        (status = 404, description = "No such job, or its record expired", body = ApiError),
+    ),
+)]
 async fn job(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
@@ -328,6 +386,21 @@ struct WaitQuery {
 }
 
 /// `GET /v1/jobs/{id}/wait?timeout=`: 200 with the record once ended, 202 with it if not.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/wait",
+    operation_id = "waitJob",
+    summary = "Long poll: the record once the job has ended, or when the timeout passes",
+    params(
+        ("id" = Uuid, Path, description = "The job id"),
+        ("timeout" = Option<String>, Query, nullable = false, description = "How long to wait, e.g. 30s or 500ms (default 30s, at most 5m)"),
+    ),
+    responses(
+        (status = 200, description = "The job has ended", body = JobRecord),
+        (status = 202, description = "Not ended within the timeout; the current record", body = JobRecord),
+        (status = 404, description = "No such job", body = ApiError),
+    ),
+)]
 async fn wait(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
@@ -381,6 +454,18 @@ async fn wait(
 }
 
 /// `DELETE /v1/jobs/{id}`.
+#[utoipa::path(
+    delete,
+    path = "/v1/jobs/{id}",
+    operation_id = "cancelJob",
+    summary = "Cancel the job: a queued job never runs, a running one has its upstream request cancelled",
+    params(("id" = Uuid, Path, description = "The job id")),
+    responses(
+        (status = 202, description = "Cancellation requested; the record shows it", body = JobRecord),
+        (status = 404, description = "No such job", body = ApiError),
+        (status = 409, description = "The job has already ended", body = ApiError),
+    ),
+)]
 async fn cancel(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
@@ -414,6 +499,21 @@ async fn cancel(
 
 /// `POST /v1/batches`: one [`JobSubmission`] per line. Every line is checked before anything
 /// is queued.
+#[utoipa::path(
+    post,
+    path = "/v1/batches",
+    operation_id = "submitBatch",
+    summary = "Queue many calls: one JobSubmission per line (JSON lines)",
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, description = "Submissions with the same key are one batch.")),
+    request_body(content = JobSubmission, content_type = "application/x-ndjson"),
+    responses(
+        (status = 202, description = "Queued", body = BatchAccepted),
+        (status = 400, description = "A line is not a job submission (the message names the line); nothing was queued", body = ApiError),
+        (status = 404, description = "A line names an unknown server or tool; nothing was queued", body = ApiError),
+        (status = 413, description = "More than 10000 lines, or a call that does not fit in one NATS message (code too_large); nothing was queued", body = ApiError),
+        (status = 429, description = "Over the caller's limits (rate_limited) or a queue is full (queue_full); retry after Retry-After", body = ApiError),
+    ),
+)]
 async fn submit_batch(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
@@ -490,6 +590,17 @@ async fn submit_batch(
 }
 
 /// `GET /v1/batches/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/batches/{id}",
+    operation_id = "getBatch",
+    summary = "Counts of the batch's jobs by status",
+    params(("id" = Uuid, Path, description = "The batch id")),
+    responses(
+        (status = 200, description = "The counts", body = mcpq_schemas::batch::BatchStatus),
+        (status = 404, description = "No such batch", body = ApiError),
+    ),
+)]
 async fn batch(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
@@ -500,6 +611,17 @@ async fn batch(
 }
 
 /// `GET /v1/batches/{id}/results`: JSON lines in input order.
+#[utoipa::path(
+    get,
+    path = "/v1/batches/{id}/results",
+    operation_id = "getBatchResults",
+    summary = "One line per call, in input order (JSON lines)",
+    params(("id" = Uuid, Path, description = "The batch id")),
+    responses(
+        (status = 200, description = "The lines", body = mcpq_schemas::batch::BatchResultLine, content_type = "application/x-ndjson"),
+        (status = 404, description = "No such batch", body = ApiError),
+    ),
+)]
 async fn batch_results(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,

@@ -41,14 +41,13 @@ pub fn all() -> Vec<(&'static str, Schema)> {
     ]
 }
 
-/// Every pinned file under `schemas/json/`, rendered: the schemas and the OpenAPI document.
+/// Every pinned schema file under `schemas/json/`, rendered (the OpenAPI document, pinned
+/// beside them, is the dispatcher's: `mcpq_dispatcher::api::openapi`).
 pub fn pinned() -> Vec<(&'static str, String)> {
-    let mut files: Vec<_> = all()
+    all()
         .into_iter()
         .map(|(name, schema)| (name, render(&schema)))
-        .collect();
-    files.push(("openapi.json", render(&crate::openapi::document())));
-    files
+        .collect()
 }
 
 /// A schema as pinned on disk: pretty JSON with a final newline.

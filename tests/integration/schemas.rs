@@ -6,7 +6,11 @@ fn pinned_json_schemas_match_the_types() {
     let dir = mcpq_tests::repo_root().join("schemas/json");
     let bless = std::env::var_os("MCPQ_BLESS").is_some();
     let mut stale = Vec::new();
-    for (name, fresh) in mcpq_schemas::json_schema::pinned() {
+    let openapi = mcpq_schemas::json_schema::render(&mcpq_dispatcher::api::openapi());
+    let pinned = mcpq_schemas::json_schema::pinned()
+        .into_iter()
+        .chain([("openapi.json", openapi)]);
+    for (name, fresh) in pinned {
         let path = dir.join(name);
         if bless {
             std::fs::create_dir_all(&dir).unwrap();
