@@ -589,8 +589,25 @@ async fn only_valid_credentials_get_in_and_each_caller_sees_and_owns_only_its_ow
             .is_some()
     );
 
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let marks = fixture.fixture.marks();
+    // A call allowed after the refusals is the barrier: once the upstream has seen it, a
+    // refused call that had slipped into the queue would have had its turn too.
+    let after = post(
+        &endpoints[2],
+        Some(&bearer(ALICE_KEY)),
+        body_for(&endpoints[2], "ok-after-refusals"),
+    )
+    .await;
+    assert_eq!(after.status, 202, "{}", after.body);
+    let marks = mcpq_tests::eventually(
+        "the upstream to see the call allowed after the refusals",
+        Duration::from_secs(30),
+        || {
+            let marks = fixture.fixture.marks();
+            let seen = marks.iter().any(|m| m == "ok-after-refusals");
+            async move { seen.then_some(marks) }
+        },
+    )
+    .await;
     assert!(
         marks.iter().all(|m| m.starts_with("ok-")),
         "no refused call reached the upstream: {marks:?}"

@@ -10,8 +10,11 @@ mod limit;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
+
+// tokio's clock, so that paused time drives the gate in tests; the breaker takes it as std's.
+use tokio::time::Instant;
 
 use mcpq_schemas::{config::ServerConfig, worker::CircuitState};
 
@@ -66,7 +69,7 @@ impl Gate {
         let (before, gate, after) = {
             let mut breaker = lock(breaker);
             let before = breaker.state();
-            let gate = breaker.gate(Instant::now());
+            let gate = breaker.gate(Instant::now().into_std());
             (before, gate, breaker.state())
         };
         self.changed(before, after);
@@ -81,7 +84,7 @@ impl Gate {
         }
         match &self.breaker {
             None => Ok(None),
-            Some(breaker) => lock(breaker).admit(Instant::now()).map(Some),
+            Some(breaker) => lock(breaker).admit(Instant::now().into_std()).map(Some),
         }
     }
 
@@ -94,7 +97,7 @@ impl Gate {
         let (before, count, after) = {
             let mut breaker = lock(breaker);
             let before = breaker.state();
-            let count = breaker.record(verdict, ticket, Instant::now());
+            let count = breaker.record(verdict, ticket, Instant::now().into_std());
             (before, count, breaker.state())
         };
         self.changed(before, after);
@@ -107,7 +110,7 @@ impl Gate {
             let (before, after) = {
                 let mut breaker = lock(breaker);
                 let before = breaker.state();
-                breaker.record(verdict, None, Instant::now());
+                breaker.record(verdict, None, Instant::now().into_std());
                 (before, breaker.state())
             };
             self.changed(before, after);
@@ -126,6 +129,7 @@ impl Gate {
     fn held_for(&self) -> Option<Duration> {
         let held = *lock(&self.held_until);
         held.and_then(|until| until.checked_duration_since(Instant::now()))
+            .filter(|left| !left.is_zero())
     }
 
     /// Waits until the rate limits let one more call of `tool` through; how long it waited,
@@ -166,5 +170,57 @@ impl Gate {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn gate() -> Gate {
+        let config = mcpq_schemas::config::Config::from_yaml(
+            "version: \"1.0\"\nservers:\n  - {name: s, type: http, endpoint: \"http://127.0.0.1:9/mcp\", circuitBreaker: {failureThreshold: 2, resetTimeout: 30s}}\n",
+        )
+        .unwrap();
+        Gate::new(
+            config.server("s").unwrap(),
+            Arc::new(Report::new("s", "w", None)),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_pause_holds_pulls_and_attempts_for_exactly_its_length() {
+        let gate = gate();
+        assert_eq!(gate.pull(), circuit::Gate::Pull);
+        gate.hold(Duration::from_secs(5));
+        // A shorter pause asked for later does not shorten it.
+        gate.hold(Duration::from_secs(1));
+        assert_eq!(gate.admit().unwrap_err(), Duration::from_secs(5));
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(gate.pull(), circuit::Gate::Wait(Duration::from_secs(1)));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(gate.pull(), circuit::Gate::Pull);
+        assert!(gate.admit().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_circuit_holds_the_server_until_its_probe_is_due_on_the_same_clock() {
+        let gate = gate();
+        for _ in 0..2 {
+            let ticket = gate.admit().unwrap();
+            gate.record(Verdict::Retryable, ticket);
+        }
+        assert_eq!(gate.pull(), circuit::Gate::Wait(Duration::from_secs(30)));
+        assert!(
+            gate.admit().is_err(),
+            "no attempt while the circuit is open"
+        );
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert_eq!(gate.pull(), circuit::Gate::Wait(Duration::from_secs(1)));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(gate.pull(), circuit::Gate::Probe);
+        gate.probed(Verdict::Answered);
+        assert_eq!(gate.pull(), circuit::Gate::Pull);
     }
 }
