@@ -184,33 +184,65 @@ fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_valid_credentials_get_in_and_each_caller_sees_and_owns_only_its_own() {
-    let fixture = HttpFixture::start().await;
-    let signer = Signer::new("k1");
-    let stranger = Signer::new("k1");
-    let (jwks_url, reads) = jwks(vec![signer.jwk.clone()]).await;
-    let stack = Stack::start_config(&config(&fixture.url(), &jwks_url)).await;
-    let base = format!("http://{}", stack.addr);
-    let endpoints = [
-        format!("{base}/mcp"),
-        format!("{base}/servers/web/mcp"),
-        format!("{base}/v1/jobs"),
-    ];
-    let body_for = |url: &str, tag: &str| {
-        let mark = json!({"tag": tag, "ms": 0});
-        if url.ends_with("/v1/jobs") {
-            json!({"server": "web", "tool": "mark", "arguments": mark})
-        } else if url.ends_with("/servers/web/mcp") {
-            rpc("tools/call", json!({"name": "mark", "arguments": mark}))
-        } else {
-            rpc(
-                "tools/call",
-                json!({"name": "web__mark", "arguments": mark}),
-            )
-        }
-    };
+/// A dispatcher with API keys and a JWT issuer in front of the fixture, and the three ways in.
+struct Front {
+    fixture: HttpFixture,
+    signer: Signer,
+    reads: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stack: Stack,
+    base: String,
+    endpoints: [String; 3],
+}
 
+impl Front {
+    async fn start() -> Front {
+        let fixture = HttpFixture::start().await;
+        let signer = Signer::new("k1");
+        let (jwks_url, reads) = jwks(vec![signer.jwk.clone()]).await;
+        let stack = Stack::start_config(&config(&fixture.url(), &jwks_url)).await;
+        let base = format!("http://{}", stack.addr);
+        let endpoints = [
+            format!("{base}/mcp"),
+            format!("{base}/servers/web/mcp"),
+            format!("{base}/v1/jobs"),
+        ];
+        Front {
+            fixture,
+            signer,
+            reads,
+            stack,
+            base,
+            endpoints,
+        }
+    }
+}
+
+/// A call of the fixture's `mark` tool, as `url` takes it.
+fn body_for(url: &str, tag: &str) -> Value {
+    let mark = json!({"tag": tag, "ms": 0});
+    if url.ends_with("/v1/jobs") {
+        json!({"server": "web", "tool": "mark", "arguments": mark})
+    } else if url.ends_with("/servers/web/mcp") {
+        rpc("tools/call", json!({"name": "mark", "arguments": mark}))
+    } else {
+        rpc(
+            "tools/call",
+            json!({"name": "web__mark", "arguments": mark}),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_valid_credentials_get_in_on_every_route() {
+    let Front {
+        fixture,
+        signer,
+        reads,
+        stack: _stack,
+        base,
+        endpoints,
+    } = Front::start().await;
+    let stranger = Signer::new("k1");
     // Every bad credential, on every route: refused with the right status and challenge. The
     // unknown kid comes first: it is what makes mcpq read the key set (the one read).
     let unknown_kid = signer.token("k9", claims(|_| {}));
@@ -366,6 +398,19 @@ async fn only_valid_credentials_get_in_and_each_caller_sees_and_owns_only_its_ow
         marks.iter().all(|m| m.starts_with("ok-")),
         "the upstream saw only allowed calls: {marks:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_caller_sees_calls_and_owns_only_its_own() {
+    let Front {
+        fixture: _fixture,
+        signer,
+        reads: _,
+        stack: _stack,
+        base,
+        endpoints,
+    } = Front::start().await;
+    let ada = bearer(&signer.token("k1", claims(|_| {})));
 
     // Each caller lists only what it may call, on both endpoints.
     let names = |answer: &Answer| -> Vec<String> {
@@ -497,6 +542,26 @@ async fn only_valid_credentials_get_in_and_each_caller_sees_and_owns_only_its_ow
         }
     };
     assert_ne!(keyed(bearer(ALICE_KEY)).await, keyed(ada.clone()).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_cannot_call_and_a_caller_over_its_limit_is_refused_before_the_queue() {
+    let Front {
+        fixture,
+        signer: _,
+        reads: _,
+        stack: _stack,
+        base,
+        endpoints,
+    } = Front::start().await;
+    let http = reqwest::Client::new();
+    let submitted = post(
+        &endpoints[2],
+        Some(&bearer(ALICE_KEY)),
+        body_for(&endpoints[2], "ok-owned"),
+    )
+    .await;
+    let id = submitted.body["id"].as_str().unwrap().to_string();
 
     // Browser-safe: another site's page cannot post, and a simple text/plain POST is refused.
     let cross_site = http
