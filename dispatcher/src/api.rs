@@ -324,7 +324,7 @@ async fn submit(
         .to_job(defaults.lane)
         .map_err(bad_request)?
         .owned_by(caller.principal().map(str::to_string), &shared.signing);
-    let caller_trace = crate::http::traceparent_header(&headers);
+    let caller_trace = crate::headers::traceparent_header(&headers);
     let span = tracing::info_span!("submit", job_id = %job.id, server = %job.server);
     mcpq_schemas::trace::adopt(&span, caller_trace.as_deref());
     job.traceparent = Some(match mcpq_schemas::trace::of_span(&span) {

@@ -467,16 +467,6 @@ pub(crate) async fn serve(
     Ok(())
 }
 
-/// The request's `traceparent` header, when it is a valid W3C one (an invalid one is ignored,
-/// as the trace-context spec asks).
-pub(crate) fn traceparent_header(headers: &axum::http::HeaderMap) -> Option<String> {
-    let value = headers
-        .get(mcpq_schemas::names::HDR_TRACEPARENT)?
-        .to_str()
-        .ok()?;
-    mcpq_schemas::trace::TraceParent::parse(value).map(|t| t.to_string())
-}
-
 /// Binds `addr`, saying clearly when it is taken.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await.map_err(|e| {

@@ -11,6 +11,7 @@ pub mod batch;
 mod bodies;
 pub mod catalog;
 pub mod dead_letters;
+mod headers;
 
 pub mod http;
 pub mod ingress;

@@ -8,15 +8,18 @@ mod observe;
 mod raw;
 mod secret;
 mod validate;
+mod values;
 
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
-pub use auth::{Access, ApiKey, AuthConfig, JwksSource, JwtConfig, JwtRule, Limits, Pattern};
+pub use auth::{
+    Access, ApiKey, AuthConfig, JwksSource, JwtConfig, JwtRule, Limits, Pattern, PatternError,
+};
 pub use observe::{AlertKind, AlertTarget, AuditConfig, HealthConfig, TelemetryConfig};
 pub use raw::{
     AuthShorthand, AuthSpec, ConfigFile, EndpointRole, LoadBalancing, Priority, ServerKind,
 };
-pub use secret::{Secret, SecretError};
+pub use secret::{ReferenceError, Secret, SecretError};
 
 use crate::job::Lane;
 

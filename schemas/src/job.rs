@@ -4,6 +4,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use crate::lane::Lane;
 use crate::{
     names::ENVELOPE_VERSION,
     seal::{Purpose, SigningKey},
@@ -169,36 +170,5 @@ pub fn idempotent_id_of(
             Purpose::JobId,
             &[principal.as_bytes(), server.as_bytes(), key.as_bytes()],
         )),
-    }
-}
-
-/// Priority lane of a job. Workers take from higher lanes first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Lane {
-    High,
-    #[default]
-    Normal,
-    Low,
-}
-
-impl Lane {
-    pub const ALL: [Lane; 3] = [Lane::High, Lane::Normal, Lane::Low];
-
-    /// The lane's place in [`Lane::ALL`], highest first: an index for per-lane arrays.
-    pub fn index(self) -> usize {
-        match self {
-            Lane::High => 0,
-            Lane::Normal => 1,
-            Lane::Low => 2,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Lane::High => "high",
-            Lane::Normal => "normal",
-            Lane::Low => "low",
-        }
     }
 }

@@ -15,6 +15,7 @@ pub mod dead_letter;
 pub mod health;
 pub mod job;
 pub mod json_schema;
+pub mod lane;
 pub mod metrics;
 pub mod names;
 pub mod nats;

@@ -119,7 +119,7 @@ pub const JOBS_SUBJECTS: &str = "mcpq.jobs.>";
 pub const DLQ_SUBJECTS: &str = "mcpq.dlq.>";
 
 /// The subject a job for `server` in `lane` is published to.
-pub fn job_subject(server: &str, lane: crate::job::Lane) -> String {
+pub fn job_subject(server: &str, lane: crate::lane::Lane) -> String {
     format!("mcpq.jobs.{server}.{}", lane.as_str())
 }
 
@@ -171,7 +171,7 @@ pub fn dlq_subject(server: &str) -> String {
 }
 
 /// The durable consumer of one lane of `server`, shared by every worker of that server.
-pub fn consumer_name(server: &str, lane: crate::job::Lane) -> String {
+pub fn consumer_name(server: &str, lane: crate::lane::Lane) -> String {
     format!("mcpq-{server}-{}", lane.as_str())
 }
 

@@ -124,7 +124,7 @@ pub(crate) fn take(
             .get::<Caller>()
             .cloned()
             .unwrap_or_else(Caller::nobody),
-        traceparent: crate::http::traceparent_header(headers),
+        traceparent: crate::headers::traceparent_header(headers),
     })
 }
 

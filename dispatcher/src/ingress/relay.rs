@@ -169,7 +169,7 @@ impl<'a> Origin<'a> {
             traceparent: context
                 .extensions
                 .get::<axum::http::request::Parts>()
-                .and_then(|parts| crate::http::traceparent_header(&parts.headers)),
+                .and_then(|parts| crate::headers::traceparent_header(&parts.headers)),
         }
     }
 }

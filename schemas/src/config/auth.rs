@@ -7,7 +7,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::{ConfigError, raw::DurationText};
+use super::{ConfigError, values::DurationText};
 use crate::names::is_valid_server_name;
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -6,7 +6,10 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::{ConfigError, Secret, raw::ByteSizeText, raw::DurationText};
+use super::{
+    ConfigError, Secret,
+    values::{ByteSizeText, DurationText},
+};
 
 /// `servers[].health`: how workers ping the upstream.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -229,7 +232,7 @@ pub(super) fn telemetry(
         return TelemetryConfig::default();
     };
     if let Some(url) = &s.otlp_endpoint
-        && let Err(e) = super::validate::check_http_url(url)
+        && let Err(e) = super::values::check_http_url(url)
     {
         errors.push(ConfigError::field("telemetry.otlpEndpoint", e));
     }

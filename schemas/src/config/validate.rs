@@ -11,6 +11,7 @@ use super::{
         RateLimitSection, RetrySection, ServerKind, ServerSection,
     },
     secret::is_env_name,
+    values::check_http_url,
 };
 use crate::{job::Lane, names::is_valid_server_name};
 
@@ -626,31 +627,6 @@ fn retry(f: &mut Fields<'_>, section: Option<RetrySection>) -> RetryConfig {
 
 fn bearer(token: Secret) -> Secret {
     token.prefixed("Bearer ")
-}
-
-/// Why a value is not an HTTP URL mcpq can call.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum UrlError {
-    #[error("{0:?} is not a URL (expected http:// or https://)")]
-    NotUrl(String),
-    #[error("{0:?} is not a URL (expected http or https)")]
-    Scheme(String),
-    #[error("{0:?} has no host (expected like https://mcp.example.com/mcp)")]
-    NoHost(String),
-}
-
-pub(super) fn check_http_url(url: &str) -> Result<(), UrlError> {
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| UrlError::NotUrl(url.to_string()))?;
-    if scheme != "http" && scheme != "https" {
-        return Err(UrlError::Scheme(url.to_string()));
-    }
-    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if host.is_empty() || host.contains(char::is_whitespace) {
-        return Err(UrlError::NoHost(url.to_string()));
-    }
-    Ok(())
 }
 
 fn parse_percent(text: &str) -> Option<u8> {
