@@ -217,6 +217,13 @@ impl Front {
     }
 }
 
+/// Submits a job as alice through `/v1/jobs`; its id.
+async fn alices_job(jobs: &str) -> String {
+    let submitted = post(jobs, Some(&bearer(ALICE_KEY)), body_for(jobs, "ok-owned")).await;
+    assert_eq!(submitted.status, 202, "{}", submitted.body);
+    submitted.body["id"].as_str().unwrap().to_string()
+}
+
 /// A call of the fixture's `mark` tool, as `url` takes it.
 fn body_for(url: &str, tag: &str) -> Value {
     let mark = json!({"tag": tag, "ms": 0});
@@ -469,13 +476,7 @@ async fn each_caller_sees_calls_and_owns_only_its_own() {
     assert_eq!(refused.body["error"]["code"], -32001, "{}", refused.body);
 
     // Jobs belong to who submitted them: another principal is told they do not exist.
-    let submitted = post(
-        &endpoints[2],
-        Some(&bearer(ALICE_KEY)),
-        body_for(&endpoints[2], "ok-owned"),
-    )
-    .await;
-    let id = submitted.body["id"].as_str().unwrap().to_string();
+    let id = alices_job(&endpoints[2]).await;
     let http = reqwest::Client::new();
     let read = |authorization: String| {
         let http = http.clone();
@@ -555,13 +556,7 @@ async fn browsers_cannot_call_and_a_caller_over_its_limit_is_refused_before_the_
         endpoints,
     } = Front::start().await;
     let http = reqwest::Client::new();
-    let submitted = post(
-        &endpoints[2],
-        Some(&bearer(ALICE_KEY)),
-        body_for(&endpoints[2], "ok-owned"),
-    )
-    .await;
-    let id = submitted.body["id"].as_str().unwrap().to_string();
+    let id = alices_job(&endpoints[2]).await;
 
     // Browser-safe: another site's page cannot post, and a simple text/plain POST is refused.
     let cross_site = http
