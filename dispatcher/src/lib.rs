@@ -3,7 +3,8 @@
 //!
 //! Flow: [`ingress`] (MCP `tools/list` from the [`catalog`], `tools/call` → job) →
 //! [`publish`] (JetStream publish, wait on the inbox) → `replies` (one inbox subscription per
-//! process, demultiplexed by a per-call token, so two callers may wait on one job). The dispatcher never talks to an upstream MCP server.
+//! process, demultiplexed by a per-call token, so two callers may wait on one job). The
+//! dispatcher never talks to an upstream MCP server.
 
 pub mod api;
 pub mod auth;
