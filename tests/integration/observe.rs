@@ -225,101 +225,7 @@ servers:
         .await;
     }
 
-    // The worker's counters: a job is counted once its outcome is kept, so they may trail the
-    // replies by a moment; then they must be exact.
-    let metrics_url = format!("{worker_base}/metrics");
-    let worker_metrics = eventually("535 jobs counted", Duration::from_secs(30), || {
-        let url = metrics_url.clone();
-        async move {
-            let m = scrape(&url, None).await;
-            (sum(&m, "mcpq_calls_total{") >= 535.0).then_some(m)
-        }
-    })
-    .await;
-    let m = &worker_metrics;
-    let calls_total = |server, tool, outcome| {
-        m.get(&key(
-            "mcpq_calls_total",
-            &[("server", server), ("tool", tool), ("outcome", outcome)],
-        ))
-        .copied()
-        .unwrap_or(0.0)
-    };
-    assert_eq!(calls_total("web", "echo", "completed"), 500.0);
-    assert_eq!(calls_total("web", "reject", "failed"), 20.0);
-    assert_eq!(calls_total("slowpoke", "slow", "dead"), 10.0);
-    assert_eq!(calls_total("web", "hold", "cancelled"), 5.0);
-    assert_eq!(
-        sum(m, "mcpq_calls_total{"),
-        535.0,
-        "no other jobs ended: {m:#?}"
-    );
-    let get =
-        |name: &str, labels: &[(&str, &str)]| m.get(&key(name, labels)).copied().unwrap_or(0.0);
-    assert_eq!(get("mcpq_dead_letters_total", &[("server", "web")]), 20.0);
-    assert_eq!(
-        get("mcpq_dead_letters_total", &[("server", "slowpoke")]),
-        10.0
-    );
-    assert_eq!(get("mcpq_retries_total", &[("server", "slowpoke")]), 10.0);
-    assert_eq!(get("mcpq_retries_total", &[("server", "web")]), 0.0);
-    assert_eq!(
-        get(
-            "mcpq_attempts_failed_total",
-            &[("server", "web"), ("kind", "upstream")]
-        ),
-        20.0
-    );
-    assert_eq!(
-        get(
-            "mcpq_attempts_failed_total",
-            &[("server", "slowpoke"), ("kind", "timeout")]
-        ),
-        20.0
-    );
-    assert_eq!(sum(m, "mcpq_attempts_failed_total{"), 40.0);
-    assert_eq!(
-        get(
-            "mcpq_call_duration_seconds_count",
-            &[("server", "web"), ("tool", "echo")]
-        ),
-        500.0
-    );
-    assert_eq!(
-        get(
-            "mcpq_upstream_duration_seconds_count",
-            &[("server", "web"), ("tool", "echo")]
-        ),
-        500.0
-    );
-    assert_eq!(
-        get(
-            "mcpq_upstream_duration_seconds_count",
-            &[("server", "slowpoke"), ("tool", "slow")]
-        ),
-        20.0
-    );
-    assert_eq!(
-        get(
-            "mcpq_queue_wait_seconds_count",
-            &[("server", "web"), ("lane", "normal")]
-        ),
-        525.0
-    );
-    assert_eq!(
-        get(
-            "mcpq_queue_wait_seconds_count",
-            &[("server", "slowpoke"), ("lane", "normal")]
-        ),
-        10.0
-    );
-    assert_eq!(get("mcpq_in_flight", &[("server", "web")]), 0.0);
-    assert_eq!(get("mcpq_circuit_state", &[("server", "web")]), 0.0);
-    assert!(
-        m.get("process_resident_memory_bytes")
-            .is_some_and(|v| *v > 1e6),
-        "process metrics: {m:#?}"
-    );
+    worker_counts_are_exact(&worker_base).await;
 
     // The dispatcher's: dead letters kept, requests by endpoint, refusals by reason.
     let dispatcher_metrics = format!("{base}/metrics");
@@ -442,7 +348,111 @@ servers:
         .unwrap_or(0.0);
     assert!((1.0..=9.0).contains(&quota), "calls this minute: {quota}");
 
-    // `mcpq status --once --json` says the same.
+    status_says_the_same(config, &nats).await;
+    audit_shows_each_call_once(&nats).await;
+}
+
+/// The worker's counters after the workload. A job is counted once its outcome is kept, so they
+/// may trail the replies by a moment; then they must be exact.
+async fn worker_counts_are_exact(worker_base: &str) {
+    let metrics_url = format!("{worker_base}/metrics");
+    let worker_metrics = eventually("535 jobs counted", Duration::from_secs(30), || {
+        let url = metrics_url.clone();
+        async move {
+            let m = scrape(&url, None).await;
+            (sum(&m, "mcpq_calls_total{") >= 535.0).then_some(m)
+        }
+    })
+    .await;
+    let m = &worker_metrics;
+    let calls_total = |server, tool, outcome| {
+        m.get(&key(
+            "mcpq_calls_total",
+            &[("server", server), ("tool", tool), ("outcome", outcome)],
+        ))
+        .copied()
+        .unwrap_or(0.0)
+    };
+    assert_eq!(calls_total("web", "echo", "completed"), 500.0);
+    assert_eq!(calls_total("web", "reject", "failed"), 20.0);
+    assert_eq!(calls_total("slowpoke", "slow", "dead"), 10.0);
+    assert_eq!(calls_total("web", "hold", "cancelled"), 5.0);
+    assert_eq!(
+        sum(m, "mcpq_calls_total{"),
+        535.0,
+        "no other jobs ended: {m:#?}"
+    );
+    let get =
+        |name: &str, labels: &[(&str, &str)]| m.get(&key(name, labels)).copied().unwrap_or(0.0);
+    assert_eq!(get("mcpq_dead_letters_total", &[("server", "web")]), 20.0);
+    assert_eq!(
+        get("mcpq_dead_letters_total", &[("server", "slowpoke")]),
+        10.0
+    );
+    assert_eq!(get("mcpq_retries_total", &[("server", "slowpoke")]), 10.0);
+    assert_eq!(get("mcpq_retries_total", &[("server", "web")]), 0.0);
+    assert_eq!(
+        get(
+            "mcpq_attempts_failed_total",
+            &[("server", "web"), ("kind", "upstream")]
+        ),
+        20.0
+    );
+    assert_eq!(
+        get(
+            "mcpq_attempts_failed_total",
+            &[("server", "slowpoke"), ("kind", "timeout")]
+        ),
+        20.0
+    );
+    assert_eq!(sum(m, "mcpq_attempts_failed_total{"), 40.0);
+    assert_eq!(
+        get(
+            "mcpq_call_duration_seconds_count",
+            &[("server", "web"), ("tool", "echo")]
+        ),
+        500.0
+    );
+    assert_eq!(
+        get(
+            "mcpq_upstream_duration_seconds_count",
+            &[("server", "web"), ("tool", "echo")]
+        ),
+        500.0
+    );
+    assert_eq!(
+        get(
+            "mcpq_upstream_duration_seconds_count",
+            &[("server", "slowpoke"), ("tool", "slow")]
+        ),
+        20.0
+    );
+    assert_eq!(
+        get(
+            "mcpq_queue_wait_seconds_count",
+            &[("server", "web"), ("lane", "normal")]
+        ),
+        525.0
+    );
+    assert_eq!(
+        get(
+            "mcpq_queue_wait_seconds_count",
+            &[("server", "slowpoke"), ("lane", "normal")]
+        ),
+        10.0
+    );
+    assert_eq!(get("mcpq_in_flight", &[("server", "web")]), 0.0);
+    assert_eq!(get("mcpq_circuit_state", &[("server", "web")]), 0.0);
+    assert!(
+        m.get("process_resident_memory_bytes")
+            .is_some_and(|v| *v > 1e6),
+        "process metrics: {m:#?}"
+    );
+}
+
+/// `mcpq status --once --json` says what the gauges say: 9 queued on `web`, 4 on `idle`, the
+/// dead letters, and no worker.
+async fn status_says_the_same(config: &str, nats: &NatsServer) {
     let output = tokio::process::Command::new(mcpq_bin())
         .args([
             "status",
@@ -476,13 +486,16 @@ servers:
     );
     let idle = report.servers.iter().find(|s| s.server == "idle").unwrap();
     assert_eq!(idle.queued, 4);
+}
 
-    // The audit stream: each of the 535 calls exactly once, with how it ended.
+/// The audit stream: each of the 535 calls exactly once, with how it ended, and no argument
+/// values.
+async fn audit_shows_each_call_once(nats: &NatsServer) {
     let audit = |args: &[&str]| {
         let mut argv = vec![
             "audit",
             "--nats",
-            nats_url_leak(&nats),
+            nats_url_leak(nats),
             "tail",
             "--last",
             "0",
