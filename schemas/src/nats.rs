@@ -709,19 +709,13 @@ fn object_store(
 }
 
 /// Whether a JetStream publish was refused because the stream can take no more now: its
-/// `maxMsgs`/`maxBytes` with discard-new (nats-server answers "store failed", error code 10077,
-/// for those and for a store that cannot write), or the account's storage is used up (10047).
-/// Either way the job was not queued and can be sent again later.
+/// `maxMsgs`/`maxBytes` with discard-new. nats-server answers those with "store failed" (error
+/// code 10077), which it also uses for a store that cannot write (closed, disk errors): those
+/// are told as a full queue too — the job was not queued and can be sent again later.
 pub fn is_queue_full(error: &jetstream::context::PublishError) -> bool {
-    use jetstream::ErrorCode;
     std::error::Error::source(error)
         .and_then(|source| source.downcast_ref::<jetstream::Error>())
-        .is_some_and(|refusal| {
-            matches!(
-                refusal.error_code(),
-                ErrorCode::STREAM_STORE_FAILED | ErrorCode::STORAGE_RESOURCES_EXCEEDED
-            )
-        })
+        .is_some_and(|refusal| refusal.error_code() == jetstream::ErrorCode::STREAM_STORE_FAILED)
 }
 
 #[cfg(test)]

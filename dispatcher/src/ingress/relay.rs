@@ -278,22 +278,23 @@ pub(super) async fn relay(shared: &Shared, request: Request<'_>) -> Result<Relay
     pump(shared, &request, defaults, started, updates, wait).await
 }
 
-/// Admission, the same for every method: a configured server that a worker serves (it has
-/// published a catalog), and a caller allowed to use what the request names (the tool, prompt
-/// or resource). Nothing is queued for a request refused here.
+/// Admission, the same for every method: a caller allowed to use what the request names (the
+/// tool, prompt or resource), on a configured server that a worker serves (it has published a
+/// catalog). Nothing is queued for a request refused here.
 fn admit<'s>(
     shared: &'s Shared,
     request: &Request<'_>,
 ) -> Result<&'s crate::ServerDefaults, ErrorData> {
-    let refused =
-        |r: crate::shared::Refusal| ErrorData::invalid_params(r.message().to_string(), None);
-    shared.server(request.server).map_err(refused)?;
+    // What the caller may not use is refused first, whatever else is wrong with the request:
+    // a server it may not use is forbidden, not described.
     let caller = &request.origin.caller;
     let name = used_name(&request.request).unwrap_or("");
     if !caller.may(request.server, name) {
         return Err(forbidden(caller, request.server, name));
     }
-    shared.check(request.server).map_err(refused)
+    shared
+        .check(request.server)
+        .map_err(|r| ErrorData::invalid_params(r.message().to_string(), None))
 }
 
 /// A call on its way: the job's id, the job itself when the call may still become a task, and
