@@ -292,9 +292,14 @@ fn admit<'s>(
     if !caller.may(request.server, name) {
         return Err(forbidden(caller, request.server, name));
     }
-    shared
-        .check(request.server)
-        .map_err(|r| ErrorData::invalid_params(r.message().to_string(), None))
+    let refused =
+        |r: crate::shared::Refusal| ErrorData::invalid_params(r.message().to_string(), None);
+    // An unsubscribe is never refused for want of a catalog: it waits for a worker like any
+    // job, so that the upstream hears it when one comes back.
+    if request.request.method == "resources/unsubscribe" {
+        return shared.server(request.server).map_err(refused);
+    }
+    shared.check(request.server).map_err(refused)
 }
 
 /// A call on its way: the job's id, the job itself when the call may still become a task, and
