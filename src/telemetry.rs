@@ -224,6 +224,7 @@ pub fn init_tracing(telemetry: Option<&mcpq_schemas::config::TelemetryConfig>) -
                 }
             },
         );
+    mcpq_schemas::trace::set_exporting(provider.is_some());
     let otel = provider.as_ref().map(|provider| {
         use opentelemetry::trace::TracerProvider;
         tracing_opentelemetry::layer().with_tracer(provider.tracer("mcpq"))

@@ -22,6 +22,7 @@ use mcpq_schemas::{
     },
 };
 use tokio::sync::mpsc;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::replies::{Event, Inbox};
@@ -452,7 +453,6 @@ impl Client {
             .saturating_sub(HEADER_ROOM)
     }
 
-    #[tracing::instrument(name = "publish", skip_all, fields(job_id = %job.id, server = %job.server))]
     async fn publish(
         &self,
         job: &Job,
@@ -461,62 +461,69 @@ impl Client {
         msg_id: Option<String>,
         replay_of: Option<u64>,
     ) -> Result<Submitted, ClientError> {
-        let subject = job_subject(&job.server, job.lane);
-        let fail = |source: BoxError| ClientError::Publish {
-            job_id: job.id,
-            subject: subject.clone(),
-            source,
-        };
-        let mut headers = HeaderMap::new();
-        if let Some(msg_id) = &msg_id {
-            headers.insert(HDR_MSG_ID, msg_id.as_str());
-        }
-        if let Some(seq) = replay_of {
-            headers.insert(HDR_REPLAY_OF, seq.to_string().as_str());
-        }
-        headers.insert(HDR_JOB_ID, job.id.to_string().as_str());
-        if let Some(inbox) = &reply_to {
-            headers.insert(HDR_REPLY_TO, inbox.as_str());
-        }
-        if let Some(traceparent) = &job.traceparent {
-            headers.insert(HDR_TRACEPARENT, traceparent.as_str());
-        }
-        // Every job a dispatcher publishes is sealed: a worker trusts a job's principal, and
-        // runs an inbox call without reading its record, only under a dispatcher's seal.
-        if let Some(signing) = &self.signing {
-            let reply = reply_to.as_deref().unwrap_or("");
-            let seal = signing.seal(
-                mcpq_schemas::seal::Purpose::Job,
-                &[&payload, reply.as_bytes()],
-            );
-            headers.insert(mcpq_schemas::names::HDR_SEAL, seal.as_str());
-        }
-        let refused = |e: async_nats::jetstream::context::PublishError| {
-            if e.kind() == async_nats::jetstream::context::PublishErrorKind::StreamNotFound {
-                ClientError::NoStream {
-                    job_id: job.id,
-                    subject: subject.clone(),
-                }
-            } else if mcpq_schemas::nats::is_queue_full(&e) {
-                ClientError::QueueFull {
-                    job_id: job.id,
-                    server: job.server.clone(),
-                }
-            } else {
-                fail(e.into())
+        let span = mcpq_schemas::trace::exported(
+            || tracing::info_span!("publish", job_id = %job.id, server = %job.server),
+        );
+        async move {
+            let subject = job_subject(&job.server, job.lane);
+            let fail = |source: BoxError| ClientError::Publish {
+                job_id: job.id,
+                subject: subject.clone(),
+                source,
+            };
+            let mut headers = HeaderMap::new();
+            if let Some(msg_id) = &msg_id {
+                headers.insert(HDR_MSG_ID, msg_id.as_str());
             }
-        };
-        let ack = self
-            .js
-            .publish_with_headers(subject.clone(), headers, payload.into())
-            .await
-            .map_err(refused)?
-            .await
-            .map_err(refused)?;
-        Ok(Submitted {
-            stream_seq: ack.sequence,
-            duplicate: ack.duplicate,
-        })
+            if let Some(seq) = replay_of {
+                headers.insert(HDR_REPLAY_OF, seq.to_string().as_str());
+            }
+            headers.insert(HDR_JOB_ID, job.id.to_string().as_str());
+            if let Some(inbox) = &reply_to {
+                headers.insert(HDR_REPLY_TO, inbox.as_str());
+            }
+            if let Some(traceparent) = &job.traceparent {
+                headers.insert(HDR_TRACEPARENT, traceparent.as_str());
+            }
+            // Every job a dispatcher publishes is sealed: a worker trusts a job's principal, and
+            // runs an inbox call without reading its record, only under a dispatcher's seal.
+            if let Some(signing) = &self.signing {
+                let reply = reply_to.as_deref().unwrap_or("");
+                let seal = signing.seal(
+                    mcpq_schemas::seal::Purpose::Job,
+                    &[&payload, reply.as_bytes()],
+                );
+                headers.insert(mcpq_schemas::names::HDR_SEAL, seal.as_str());
+            }
+            let refused = |e: async_nats::jetstream::context::PublishError| {
+                if e.kind() == async_nats::jetstream::context::PublishErrorKind::StreamNotFound {
+                    ClientError::NoStream {
+                        job_id: job.id,
+                        subject: subject.clone(),
+                    }
+                } else if mcpq_schemas::nats::is_queue_full(&e) {
+                    ClientError::QueueFull {
+                        job_id: job.id,
+                        server: job.server.clone(),
+                    }
+                } else {
+                    fail(e.into())
+                }
+            };
+            let ack = self
+                .js
+                .publish_with_headers(subject.clone(), headers, payload.into())
+                .await
+                .map_err(refused)?
+                .await
+                .map_err(refused)?;
+            Ok(Submitted {
+                stream_seq: ack.sequence,
+                duplicate: ack.duplicate,
+            })
+        }
+        .instrument(span)
+        .await
     }
 
     /// Submits `job` and waits at most `timeout` for its reply. A job whose idempotency key was

@@ -101,6 +101,26 @@ impl fmt::Display for TraceParent {
     }
 }
 
+/// Whether spans are exported (`telemetry.otlpEndpoint` is set); set once at start.
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Says whether spans are exported from now on (the process's tracing set-up calls it).
+pub fn set_exporting(exporting: bool) {
+    EXPORTING.store(exporting, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// `span` when spans are exported, else no span at all. For the spans of each call that only a
+/// trace viewer needs (their logs are already inside the job's own span): at the default log
+/// level the fmt layer would otherwise create them and format their fields on every call, for
+/// nothing (about a third of what tracing costs a worker per call; BENCHMARKS.md).
+pub fn exported(span: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    if EXPORTING.load(std::sync::atomic::Ordering::Relaxed) {
+        span()
+    } else {
+        tracing::Span::none()
+    }
+}
+
 /// Makes `span` a child of `parent` for OpenTelemetry export (nothing happens when no
 /// OpenTelemetry layer is installed: `telemetry.otlpEndpoint` unset).
 pub fn adopt(span: &tracing::Span, parent: Option<&str>) {

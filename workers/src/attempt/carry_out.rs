@@ -472,7 +472,9 @@ async fn finish(
             )
         }
     }
-    .instrument(tracing::info_span!("record", status = ?status))
+    .instrument(mcpq_schemas::trace::exported(
+        || tracing::info_span!("record", status = ?status),
+    ))
     .await;
     let (written, replied) = recorded;
     if let Err(e) = replied {

@@ -599,7 +599,7 @@ async fn call_upstream(
         record: events.clone(),
         became_task: Default::default(),
     };
-    let upstream_span = tracing::info_span!("upstream");
+    let upstream_span = mcpq_schemas::trace::exported(|| tracing::info_span!("upstream"));
     let traceparent = mcpq_schemas::trace::send_on(&upstream_span, job.traceparent.as_deref());
     let called = async {
         let _in_flight = ctx.report.in_flight();
