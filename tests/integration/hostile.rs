@@ -1258,6 +1258,18 @@ async fn a_catalog_of_any_size_is_served_lists_without_gating_and_a_missing_one_
             || error_of(&said).contains("catalog"),
         "{status} {said}"
     );
+    // So are its resources and prompts, through the endpoint that serves every server's.
+    let ghost_uri = mcpq_dispatcher::ingress::names::join_uri("ghost", "test://anything");
+    for (method, params) in [
+        ("resources/read", json!({"uri": ghost_uri})),
+        ("prompts/get", json!({"name": "ghost__anything"})),
+    ] {
+        let (_, said) = mcp(&t.base, "/mcp", Some(ALICE), method, params).await;
+        assert!(
+            error_of(&said).contains("no catalog yet"),
+            "{method}: {said}"
+        );
+    }
     let response = reqwest::Client::new()
         .post(t.url("/v1/jobs"))
         .bearer_auth(ALICE)
