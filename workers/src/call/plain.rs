@@ -255,10 +255,9 @@ impl Call<'_> {
             let event = match event {
                 Ok(event) => event,
                 Err(e) if crate::upstream::http::is_too_large(&e) => {
-                    return Err(failed(crate::upstream::http::TooLarge {
-                        what: "an event",
-                        limit: self.plain.limit,
-                    }));
+                    return Err(failed(crate::upstream::http::TooLarge::event(
+                        self.plain.limit,
+                    )));
                 }
                 // Broken off: as rmcp's client says when it cannot resume.
                 Err(_) => return Err(ServiceError::TransportClosed),
@@ -447,12 +446,7 @@ async fn read(limit: usize, response: reqwest::Response) -> Result<Vec<u8>, Serv
     crate::upstream::http::read_body(response, limit)
         .await
         .map_err(failed)?
-        .ok_or_else(|| {
-            failed(crate::upstream::http::TooLarge {
-                what: "the answer",
-                limit,
-            })
-        })
+        .ok_or_else(|| failed(crate::upstream::http::TooLarge::answer(limit)))
 }
 
 /// Up to `limit` bytes of the body, whatever came before it broke off (for an error's text).

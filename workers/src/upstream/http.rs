@@ -129,8 +129,26 @@ pub(crate) async fn read_body(
 #[derive(Debug, thiserror::Error)]
 #[error("{what} exceeded the maximum size of {limit} bytes")]
 pub(crate) struct TooLarge {
-    pub what: &'static str,
-    pub limit: usize,
+    what: &'static str,
+    limit: usize,
+}
+
+impl TooLarge {
+    /// A whole answer longer than `limit` bytes.
+    pub(crate) fn answer(limit: usize) -> TooLarge {
+        TooLarge {
+            what: "the answer",
+            limit,
+        }
+    }
+
+    /// One SSE event longer than `limit` bytes.
+    pub(crate) fn event(limit: usize) -> TooLarge {
+        TooLarge {
+            what: "an event",
+            limit,
+        }
+    }
 }
 
 /// Whether `error` is a [`TooLarge`], or carries one inside an I/O error or an SSE stream's
@@ -162,10 +180,7 @@ pub(crate) fn bounded(
         let chunk = chunk.map_err(std::io::Error::other)?;
         read += chunk.len();
         if read > limit {
-            return Err(std::io::Error::other(TooLarge {
-                what: "the answer",
-                limit,
-            }));
+            return Err(std::io::Error::other(TooLarge::answer(limit)));
         }
         Ok(chunk)
     })
@@ -197,10 +212,7 @@ pub(crate) fn bounded_events(
             None => since_blank + chunk.len(),
         };
         if since_blank > limit {
-            return Err(std::io::Error::other(TooLarge {
-                what: "an event",
-                limit,
-            }));
+            return Err(std::io::Error::other(TooLarge::event(limit)));
         }
         Ok(chunk)
     })
@@ -426,18 +438,10 @@ mod tests {
 
     #[test]
     fn too_large_is_recognised_inside_io_and_sse_errors_and_nothing_else_is() {
-        let io = || {
-            std::io::Error::other(TooLarge {
-                what: "an event",
-                limit: 8,
-            })
-        };
+        let io = || std::io::Error::other(TooLarge::event(8));
         assert!(is_too_large(&io()));
         assert!(is_too_large(&sse_stream::Error::Body(Box::new(io()))));
-        assert!(is_too_large(&TooLarge {
-            what: "the answer",
-            limit: 8
-        }));
+        assert!(is_too_large(&TooLarge::answer(8)));
         // The same words from anyone else are not a kind.
         let said = std::io::Error::other("the answer exceeded the maximum size of 8 bytes");
         assert!(!is_too_large(&said));
