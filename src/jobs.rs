@@ -14,9 +14,16 @@ use crate::{
 pub struct SubmitArgs {
     #[command(flatten)]
     call: ToolCall,
-    /// The job expires unless it starts within this long.
+    /// The job expires unless it starts within this long (counted from --at or --in).
     #[arg(long, value_parser = crate::duration)]
     timeout: Option<Duration>,
+    /// Start no earlier than this time (RFC 3339, e.g. 2026-12-24T18:00:00Z); the job's record
+    /// says `scheduled` until then.
+    #[arg(long, conflicts_with = "r#in")]
+    at: Option<String>,
+    /// Start no earlier than this long from now (e.g. 90s, 2h).
+    #[arg(long = "in", value_parser = crate::duration)]
+    r#in: Option<Duration>,
 }
 
 /// Submits one job with no inbox and prints its id.
@@ -25,9 +32,21 @@ pub async fn submit(args: SubmitArgs) -> ExitCode {
         Ok(prepared) => prepared,
         Err(code) => return code,
     };
+    let now = mcpq_schemas::now_ms();
+    let delay = args
+        .r#in
+        .map(|d| serde_json::Value::from(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)));
+    job.run_at_ms = match mcpq_schemas::check::run_at(now, args.at.as_deref(), delay.as_ref()) {
+        Ok(at) => at,
+        Err(e) => {
+            let flag = if args.at.is_some() { "--at" } else { "--in" };
+            eprintln!("mcpq: {flag}: {}", e.reason);
+            return ExitCode::from(crate::EXIT_CONFIG);
+        }
+    };
     job.deadline_ms = args
         .timeout
-        .map(|t| mcpq_schemas::now_ms() + t.as_millis() as u64);
+        .map(|t| mcpq_schemas::check::deadline_after(job.run_at_ms.unwrap_or(now), t));
     match client.submit(&job).await {
         Ok(submitted) => {
             if submitted.duplicate {

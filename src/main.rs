@@ -12,6 +12,7 @@ mod dlq;
 mod jobs;
 mod local_nats;
 mod run;
+mod schedule;
 mod status;
 mod telemetry;
 
@@ -69,6 +70,8 @@ enum Command {
     Submit(jobs::SubmitArgs),
     /// Jobs by id: get, wait, cancel.
     Job(jobs::JobArgs),
+    /// Recurring calls: add, list, show, pause, resume, rm.
+    Schedule(schedule::ScheduleArgs),
     /// Batches of calls from a JSON-lines file.
     Batch(batch::BatchArgs),
     /// Load-test a running mcpq: jobs published to JetStream, replies awaited on an inbox.
@@ -132,6 +135,7 @@ fn run(command: Command) -> ExitCode {
             Command::Submit(args) => jobs::submit(args).await,
             Command::Job(args) => jobs::run(args).await,
             Command::Batch(args) => batch::run(args).await,
+            Command::Schedule(args) => schedule::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Dlq(args) => dlq::run(args).await,
             Command::Status(args) => status::run(args).await,

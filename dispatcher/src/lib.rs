@@ -19,6 +19,7 @@ pub mod ingress;
 mod monitor;
 pub mod publish;
 mod replies;
+pub mod schedules;
 mod sessions;
 mod shared;
 pub mod status;

@@ -18,7 +18,7 @@ use mcpq_schemas::{
     Reply,
     names::{
         CANCELS_BUCKET, ENVELOPE_VERSION, HDR_JOB_ID, HDR_MSG_ID, HDR_REPLAY_OF, HDR_REPLY_TO,
-        HDR_TRACEPARENT, RESULTS_BUCKET, job_subject,
+        HDR_SCHEDULE, HDR_SCHEDULE_TARGET, HDR_TRACEPARENT, RESULTS_BUCKET, job_subject,
     },
 };
 use tokio::sync::mpsc;
@@ -75,6 +75,14 @@ pub enum ClientError {
         "job {job_id}: the queue of server {server:?} is full (maxQueued jobs wait already); try again later"
     )]
     QueueFull { job_id: Uuid, server: String },
+    #[error(
+        "job {job_id}: runAt is {ahead:?} ahead, beyond how long job records are kept ({kept:?}, nats.resultTtl): schedule it nearer, use a recurring schedule, or raise nats.resultTtl"
+    )]
+    TooFarAhead {
+        job_id: Uuid,
+        ahead: Duration,
+        kept: Duration,
+    },
     #[error("job {job_id}: cannot read its record: {source}")]
     Record {
         job_id: Uuid,
@@ -97,6 +105,14 @@ pub enum ClientError {
         #[source]
         source: BoxError,
     },
+    #[error("schedule {id}: {source}")]
+    Schedule {
+        id: Uuid,
+        #[source]
+        source: BoxError,
+    },
+    #[error("cannot list the schedules: {0}")]
+    Schedules(#[source] BoxError),
     #[error("cannot watch the job records: {0}")]
     Records(#[source] jetstream::kv::WatchError),
     #[error(
@@ -158,6 +174,18 @@ async fn stored(bucket: &kv::Store, job_id: Uuid) -> Result<Option<(JobRecord, u
     };
     let record = serde_json::from_slice(&entry.value).map_err(|e| fail(e.into()))?;
     Ok(Some((record, entry.revision)))
+}
+
+/// The `Nats-Schedule` of a one-shot schedule at Unix ms `at`: `@at` and the RFC 3339 time in
+/// UTC, rounded up to the second (JetStream fires on whole seconds; never early).
+pub(crate) fn at_schedule(at_ms: u64) -> String {
+    let seconds = i64::try_from(at_ms.div_ceil(1000)).unwrap_or(i64::MAX);
+    let time = time::OffsetDateTime::from_unix_timestamp(seconds)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let text = time
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    format!("@at {text}")
 }
 
 /// What claiming an idempotency key found.
@@ -242,6 +270,7 @@ impl Client {
         // Refused before anything is written: no record of a job that was never queued.
         let payload = self.encode(job)?;
         let bucket = self.results().await?;
+        self.within_records(&bucket, job).await?;
         if job.idempotency_key.is_some() {
             return match self.claim_key(&bucket, job).await? {
                 KeyClaim::Taken(record) => Ok(Submitted {
@@ -278,6 +307,28 @@ impl Client {
         Ok(submitted)
     }
 
+    /// Refuses a job for later whose record would expire before it is due (it could no longer
+    /// be read or cancelled).
+    async fn within_records(&self, bucket: &kv::Store, job: &Job) -> Result<(), ClientError> {
+        let now = mcpq_schemas::now_ms();
+        let Some(at) = job.run_at_ms.filter(|_| job.is_early(now)) else {
+            return Ok(());
+        };
+        let kept = match bucket.status().await {
+            Ok(status) => status.max_age(),
+            Err(_) => return Ok(()),
+        };
+        let ahead = Duration::from_millis(at - now);
+        if !kept.is_zero() && ahead + ORPHAN_AFTER > kept {
+            return Err(ClientError::TooFarAhead {
+                job_id: job.id,
+                ahead,
+                kept,
+            });
+        }
+        Ok(())
+    }
+
     /// Claims an idempotency key: its job's record is created `queued`, unless the job exists
     /// (then it is not published again). A record left `queued` and never published — its
     /// submitter died between the two writes — is taken over after [`ORPHAN_AFTER`].
@@ -293,10 +344,16 @@ impl Client {
                 Created::Gone => continue,
                 Created::Found(record, revision) => (*record, revision),
             };
-            let orphan = record.status == JobStatus::Queued
+            let now = mcpq_schemas::now_ms();
+            let orphan_after = ORPHAN_AFTER.as_millis() as u64;
+            // A job for later whose time came long ago and that no worker ever wrote: its
+            // schedule was never published either.
+            let orphan = (record.status == JobStatus::Queued
                 && record.stream_seq.is_none()
-                && mcpq_schemas::now_ms().saturating_sub(record.updated_at_ms)
-                    > ORPHAN_AFTER.as_millis() as u64;
+                && now.saturating_sub(record.updated_at_ms) > orphan_after)
+                || (record.status == JobStatus::Scheduled
+                    && now.saturating_sub(record.run_at_ms.unwrap_or(record.updated_at_ms))
+                        > orphan_after);
             if !orphan {
                 return Ok(KeyClaim::Taken(Box::new(record)));
             }
@@ -330,7 +387,11 @@ impl Client {
             return;
         };
         let mut queued = JobRecord::queued(job);
-        queued.stream_seq = Some(submitted.stream_seq);
+        // A job for later is carried by its schedule now and by the message it fires later:
+        // the worker notes that one.
+        if queued.status != JobStatus::Scheduled {
+            queued.stream_seq = Some(submitted.stream_seq);
+        }
         if let Ok(bytes) = record_bytes(&queued) {
             // A worker that wrote the record first has noted it already.
             let _ = bucket.update(&key, bytes.into(), revision).await;
@@ -465,7 +526,15 @@ impl Client {
             || tracing::info_span!("publish", job_id = %job.id, server = %job.server),
         );
         async move {
-            let subject = job_subject(&job.server, job.lane);
+            // A job for later waits as a JetStream schedule that fires it when it is due (the
+            // server's workers move it to its lane).
+            let run_at = job
+                .run_at_ms
+                .filter(|_| job.is_early(mcpq_schemas::now_ms()));
+            let subject = match run_at {
+                Some(_) => mcpq_schemas::names::schedule_subject(&job.server, &job.id),
+                None => job_subject(&job.server, job.lane),
+            };
             let fail = |source: BoxError| ClientError::Publish {
                 job_id: job.id,
                 subject: subject.clone(),
@@ -479,22 +548,20 @@ impl Client {
                 headers.insert(HDR_REPLAY_OF, seq.to_string().as_str());
             }
             headers.insert(HDR_JOB_ID, job.id.to_string().as_str());
+            if let Some(at) = run_at {
+                headers.insert(HDR_SCHEDULE, at_schedule(at).as_str());
+                headers.insert(
+                    HDR_SCHEDULE_TARGET,
+                    mcpq_schemas::names::fired_subject(&job.server, job.lane).as_str(),
+                );
+            }
             if let Some(inbox) = &reply_to {
                 headers.insert(HDR_REPLY_TO, inbox.as_str());
             }
             if let Some(traceparent) = &job.traceparent {
                 headers.insert(HDR_TRACEPARENT, traceparent.as_str());
             }
-            // Every job a dispatcher publishes is sealed: a worker trusts a job's principal, and
-            // runs an inbox call without reading its record, only under a dispatcher's seal.
-            if let Some(signing) = &self.signing {
-                let reply = reply_to.as_deref().unwrap_or("");
-                let seal = signing.seal(
-                    mcpq_schemas::seal::Purpose::Job,
-                    &[&payload, reply.as_bytes()],
-                );
-                headers.insert(mcpq_schemas::names::HDR_SEAL, seal.as_str());
-            }
+            self.seal(&mut headers, &payload, reply_to.as_deref());
             let refused = |e: async_nats::jetstream::context::PublishError| {
                 if e.kind() == async_nats::jetstream::context::PublishErrorKind::StreamNotFound {
                     ClientError::NoStream {
@@ -524,6 +591,20 @@ impl Client {
         }
         .instrument(span)
         .await
+    }
+
+    /// Seals a job's `payload` and reply subject into `headers`. Every job a dispatcher
+    /// publishes is sealed: a worker trusts a job's principal, and runs an inbox call without
+    /// reading its record, only under a dispatcher's seal.
+    pub(crate) fn seal(&self, headers: &mut HeaderMap, payload: &[u8], reply_to: Option<&str>) {
+        if let Some(signing) = &self.signing {
+            let reply = reply_to.unwrap_or("");
+            let seal = signing.seal(
+                mcpq_schemas::seal::Purpose::Job,
+                &[payload, reply.as_bytes()],
+            );
+            headers.insert(mcpq_schemas::names::HDR_SEAL, seal.as_str());
+        }
     }
 
     /// Submits `job` and waits at most `timeout` for its reply. A job whose idempotency key was
@@ -717,8 +798,16 @@ impl Client {
         }
         self.request_cancel(job_id, &record.server, reason.clone())
             .await?;
-        if !matches!(record.status, JobStatus::Queued | JobStatus::Retrying) {
+        if !matches!(
+            record.status,
+            JobStatus::Scheduled | JobStatus::Queued | JobStatus::Retrying
+        ) {
             return Ok(Cancel::Requested(record));
+        }
+        if record.status == JobStatus::Scheduled {
+            // Its schedule goes: nothing fires. (One that fired meanwhile finds the record
+            // cancelled, or its worker hears the request.)
+            self.unschedule(&record.server, &job_id).await?;
         }
         // Waiting in the queue: it is cancelled now, unless a worker wrote the record meanwhile
         // (then the worker ends it, having heard the request).
@@ -742,6 +831,26 @@ impl Client {
                 self.stored_record(job_id).await?.unwrap_or(record),
             )),
         }
+    }
+
+    /// Removes the JetStream schedule on `mcpq.sched.<server>.<id>` (a job for later, or a
+    /// recurring schedule), if there is one. (A tick it fired already still runs.)
+    pub async fn unschedule(&self, server: &str, id: &Uuid) -> Result<(), ClientError> {
+        let subject = mcpq_schemas::names::schedule_subject(server, id);
+        let fail = |source: BoxError| ClientError::Publish {
+            job_id: *id,
+            subject: subject.clone(),
+            source,
+        };
+        self.js
+            .get_stream(mcpq_schemas::names::SCHEDULES_STREAM)
+            .await
+            .map_err(|e| fail(e.into()))?
+            .purge()
+            .filter(subject.clone())
+            .await
+            .map_err(|e| fail(e.into()))?;
+        Ok(())
     }
 
     /// Stores a cancellation request for a job of `server`, whatever its record says (a call

@@ -37,6 +37,7 @@ pub(crate) fn job_id(task_id: &str) -> Result<Uuid, ErrorData> {
 pub(crate) fn task(record: &JobRecord, ttl: Duration) -> Task {
     let (status, message) = match record.status {
         JobStatus::Queued => (TaskStatus::Working, "queued".to_string()),
+        JobStatus::Scheduled => (TaskStatus::Working, "scheduled".to_string()),
         JobStatus::Running => (
             TaskStatus::Working,
             match &record.progress {
@@ -111,15 +112,17 @@ pub(crate) fn detailed(record: &JobRecord, ttl: Duration) -> DetailedTask {
             );
             TaskPayload::Failed { error: object }
         }
-        JobStatus::Queued | JobStatus::Running | JobStatus::Retrying => match &record.input {
-            Some(input) => {
-                serde_json::from_value(serde_json::Value::Object(input.requests.clone()))
-                    .map_or(TaskPayload::Working, |input_requests| {
-                        TaskPayload::InputRequired { input_requests }
-                    })
+        JobStatus::Scheduled | JobStatus::Queued | JobStatus::Running | JobStatus::Retrying => {
+            match &record.input {
+                Some(input) => {
+                    serde_json::from_value(serde_json::Value::Object(input.requests.clone()))
+                        .map_or(TaskPayload::Working, |input_requests| {
+                            TaskPayload::InputRequired { input_requests }
+                        })
+                }
+                None => TaskPayload::Working,
             }
-            None => TaskPayload::Working,
-        },
+        }
     };
     DetailedTask::new(task(record, ttl), payload)
 }

@@ -29,6 +29,28 @@ pub struct JobSubmission {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<u64>", range(max = 604_800_000u64))]
     pub timeout_ms: Option<serde_json::Value>,
+    /// Start no earlier than this (RFC 3339); until then the job's record says `scheduled`.
+    /// `timeoutMs` then counts from this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<String>,
+    /// Start no earlier than this long after submission: milliseconds, or a duration such as
+    /// `"90s"` or `"2h 30m"`. Not with `runAt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<DelayText>")]
+    pub delay: Option<serde_json::Value>,
+    /// Where to POST the job's record when it ends (completed, failed, dead, cancelled,
+    /// expired), signed per Standard Webhooks; http or https.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
+}
+
+/// A delay: milliseconds, or a duration text.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum DelayText {
+    Millis(u64),
+    Text(String),
 }
 
 impl JobSubmission {
@@ -44,9 +66,13 @@ impl JobSubmission {
             job = job.with_idempotency_key(key);
         }
         job.lane = self.lane.unwrap_or(default_lane);
+        let now = now_ms();
+        job.run_at_ms = crate::check::run_at(now, self.run_at.as_deref(), self.delay.as_ref())?;
+        job.callback_url = self.callback_url.clone();
         if let Some(timeout) = &self.timeout_ms {
             let wait = crate::check::timeout_ms("timeoutMs", timeout)?;
-            job.deadline_ms = Some(crate::check::deadline_after(now_ms(), wait));
+            let start = job.run_at_ms.unwrap_or(now);
+            job.deadline_ms = Some(crate::check::deadline_after(start, wait));
         }
         Ok(job)
     }

@@ -25,6 +25,7 @@ pub struct BatchRecord {
 pub struct BatchStatus {
     pub batch_id: Uuid,
     pub total: usize,
+    /// Waiting in a queue, or for their `runAt`.
     pub queued: usize,
     pub running: usize,
     pub retrying: usize,
@@ -45,7 +46,7 @@ impl BatchStatus {
         for job in statuses {
             status.total += 1;
             match job.unwrap_or(JobStatus::Queued) {
-                JobStatus::Queued | JobStatus::Unknown => status.queued += 1,
+                JobStatus::Scheduled | JobStatus::Queued | JobStatus::Unknown => status.queued += 1,
                 JobStatus::Running => status.running += 1,
                 JobStatus::Retrying => status.retrying += 1,
                 JobStatus::Completed => status.completed += 1,

@@ -40,6 +40,58 @@ pub fn timeout_ms(field: &str, value: &serde_json::Value) -> Result<Duration, In
     }
 }
 
+/// The furthest ahead a job may be scheduled (`runAt`, `delay`): a year. (A dispatcher also
+/// refuses a time beyond how long job records are kept, `nats.resultTtl`.)
+pub const MAX_AHEAD_MS: u64 = 366 * 24 * 3600 * 1000;
+
+/// When a job submitted at `now_ms` may start, from its `runAt` (RFC 3339) or its `delay`
+/// (milliseconds, or a duration such as `"90s"` or `"2h 30m"`); `None` for at once. A time in
+/// the past is at once.
+pub fn run_at(
+    now_ms: u64,
+    run_at: Option<&str>,
+    delay: Option<&serde_json::Value>,
+) -> Result<Option<u64>, Invalid> {
+    let at = match (run_at, delay) {
+        (Some(_), Some(_)) => {
+            return Err(Invalid::new("delay", "give runAt or delay, not both"));
+        }
+        (None, None) => return Ok(None),
+        (Some(text), None) => {
+            let at = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                .map_err(|e| {
+                    Invalid::new(
+                        "runAt",
+                        format!("{text:?} is not an RFC 3339 time ({e}; e.g. 2026-12-24T18:00:00Z or 2026-12-24T19:00:00+01:00)"),
+                    )
+                })?;
+            u64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+        }
+        (None, Some(value)) => {
+            let wait = match value {
+                serde_json::Value::Number(n) => n.as_u64().map(Duration::from_millis),
+                serde_json::Value::String(text) => humantime::parse_duration(text).ok(),
+                _ => None,
+            }
+            .ok_or_else(|| {
+                Invalid::new(
+                    "delay",
+                    format!("{value} is neither a number of milliseconds nor a duration such as \"90s\" or \"2h 30m\""),
+                )
+            })?;
+            deadline_after(now_ms, wait)
+        }
+    };
+    if at.saturating_sub(now_ms) > MAX_AHEAD_MS {
+        let field = if run_at.is_some() { "runAt" } else { "delay" };
+        return Err(Invalid::new(
+            field,
+            "is more than a year ahead (use a recurring schedule, POST /v1/schedules)",
+        ));
+    }
+    Ok((at > now_ms).then_some(at))
+}
+
 /// Unix milliseconds `wait` after `now`, saturating instead of wrapping.
 pub fn deadline_after(now_ms: u64, wait: Duration) -> u64 {
     now_ms.saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX))

@@ -61,6 +61,25 @@ pub struct Job {
     /// an unauthenticated submission (a dispatcher without `auth:`, or a pipeline on NATS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub principal: Option<String>,
+    /// Unix time in milliseconds before which the job must not start: a worker that gets it
+    /// earlier hands it back until then. A dispatcher publishes such a job as a JetStream
+    /// schedule (`mcpq.sched.<server>.<job id>`, `Nats-Schedule: @at ...`), so it reaches a lane
+    /// only when it is due; a pipeline may do the same, or publish it to the lane at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at_ms: Option<u64>,
+    /// The recurring schedule this job is a tick of: the message is the schedule's template,
+    /// and the worker derives each tick's job id from the schedule and the tick (see
+    /// [`tick_id`]), so a tick delivered twice is one job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_id: Option<Uuid>,
+    /// The call may not be sent twice: an attempt that failed is not retried (the job goes to
+    /// the dead letters with its reason). A schedule with `idempotent: false` sets it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_retry: bool,
+    /// Where to POST the job's record when it ends (Standard Webhooks, signed with the
+    /// deployment's `callbacks.secret`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
 }
 
 /// An MCP request: the JSON-RPC method and its params, without the JSON-RPC id.
@@ -111,7 +130,16 @@ impl Job {
             log_level: None,
             client_capabilities: None,
             principal: None,
+            run_at_ms: None,
+            schedule_id: None,
+            no_retry: false,
+            callback_url: None,
         }
+    }
+
+    /// Whether the job must not start yet, at `now_ms`.
+    pub fn is_early(&self, now_ms: u64) -> bool {
+        self.run_at_ms.is_some_and(|at| at > now_ms)
     }
 
     /// Makes the job idempotent under `key`: the id becomes a UUID derived from the server and
@@ -142,6 +170,17 @@ impl Job {
     pub fn msg_id(&self) -> Option<String> {
         self.idempotency_key.as_ref().map(|_| self.id.to_string())
     }
+}
+
+/// The job id of the tick of schedule `schedule_id` that JetStream fired with
+/// `Nats-Schedule-Next: next` (the tick after it, which names this one): a UUID (v8) derived
+/// with the deployment's signing key, so every delivery of the tick is one job and nobody
+/// without the key can take a tick's id beforehand.
+pub fn tick_id(schedule_id: &Uuid, next: &str, signing: &SigningKey) -> Uuid {
+    Uuid::new_v8(signing.derive(
+        Purpose::JobId,
+        &[b"tick", schedule_id.as_bytes(), next.as_bytes()],
+    ))
 }
 
 /// mcpq's namespace for idempotent ids (a fixed random UUID).

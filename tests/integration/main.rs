@@ -29,6 +29,7 @@ mod restart;
 mod retention;
 mod retry;
 mod roles;
+mod schedules;
 mod schemas;
 mod stdio;
 mod subscriptions;

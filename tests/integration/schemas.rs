@@ -59,6 +59,9 @@ fn the_readme_names_every_nats_name() {
         BLOBS_BUCKET,
         AUDIT_STREAM,
         HEALTH_BUCKET,
+        SCHEDULES_STREAM,
+        SCHEDULES_BUCKET,
+        HDR_TICK,
     ];
     let missing: Vec<_> = names
         .iter()

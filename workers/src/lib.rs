@@ -12,6 +12,7 @@
 mod attempt;
 mod call;
 mod consume;
+mod fired;
 mod gate;
 mod report;
 mod upstream;
@@ -22,7 +23,8 @@ pub use call::{META_IDEMPOTENCY_KEY, META_JOB_ID};
 use mcpq_schemas::{
     config::Config,
     names::{
-        BLOBS_BUCKET, CANCELS_BUCKET, CATALOG_BUCKET, HEALTH_BUCKET, RESULTS_BUCKET, WORKERS_BUCKET,
+        BLOBS_BUCKET, CANCELS_BUCKET, CATALOG_BUCKET, HEALTH_BUCKET, RESULTS_BUCKET,
+        SCHEDULES_BUCKET, WORKERS_BUCKET,
     },
     nats::{NatsError, Topology, ensure_topology},
 };
@@ -148,6 +150,7 @@ pub async fn run(
     let results = bucket(RESULTS_BUCKET).await?;
     let catalog = bucket(CATALOG_BUCKET).await?;
     let workers = bucket(WORKERS_BUCKET).await?;
+    let schedules = bucket(SCHEDULES_BUCKET).await?;
     let health = bucket(HEALTH_BUCKET).await?;
     let alerter = Arc::new(report::health::Alerter::new(config.alerts.clone()));
     let blobs = js
@@ -230,6 +233,11 @@ pub async fn run(
             alerter.clone(),
             shutdown.clone(),
         ));
+        tasks.spawn(fired::run(
+            js.clone(),
+            server.name.clone(),
+            shutdown.clone(),
+        ));
         let ctx = Arc::new(attempt::Context {
             retry: attempt::RetryPolicy::from(server.retry),
             server,
@@ -241,6 +249,7 @@ pub async fn run(
             call_record_ttl: config.nats.call_record_ttl,
             audit: audit.clone(),
             workers: workers.clone(),
+            schedules: schedules.clone(),
             signing: signing.clone(),
             handed_back: Default::default(),
         });

@@ -38,7 +38,7 @@ use rmcp::{
 
 use self::as_written::List;
 pub use self::names::NAME_SEPARATOR;
-pub use self::relay::{META_IDEMPOTENCY_KEY, META_LANE, META_TIMEOUT_MS};
+pub use self::relay::{META_IDEMPOTENCY_KEY, META_LANE, META_RUN_AT, META_TIMEOUT_MS};
 pub(crate) use self::relay::{Notifier, Origin};
 use self::relay::{Relayed, Request, Resume, relay};
 use crate::{Cancel, auth::Caller, shared::Shared, tasks};

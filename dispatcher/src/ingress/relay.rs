@@ -36,6 +36,8 @@ pub const META_TIMEOUT_MS: &str = "io.mcpq/timeoutMs";
 pub const META_LANE: &str = "io.mcpq/lane";
 /// Request `_meta` key: an idempotency key; calls with the same key run once.
 pub const META_IDEMPOTENCY_KEY: &str = "io.mcpq/idempotencyKey";
+/// Request `_meta` key: start the call no earlier than this (RFC 3339).
+pub const META_RUN_AT: &str = "io.mcpq/runAt";
 
 /// How long a call may wait in the queue before its upstream timeout starts, by default.
 const QUEUE_ALLOWANCE: Duration = Duration::from_secs(30);
@@ -396,7 +398,8 @@ async fn submit(
     if request.task == TaskMode::Always {
         // The record and the job are stored before the client hears of the task; a task has
         // no deadline unless the caller set one.
-        job.deadline_ms = asked.map(deadline);
+        job.deadline_ms =
+            asked.map(|asked| check::deadline_after(job.run_at_ms.unwrap_or_else(now_ms), asked));
         Box::pin(shared.client.submit(&job))
             .await
             .map_err(|e| client_error(job.id, &e))?;
@@ -410,6 +413,8 @@ async fn submit(
     };
     let job_id = job.id;
     let client = shared.client.clone();
+    // A call for later is waited for until it is due, and then as long as any call.
+    let wait = wait + Duration::from_millis(job.run_at_ms.unwrap_or(0).saturating_sub(now_ms()));
     let call = async move { client.call_with_events(&job, wait, Some(events)).await };
     Ok(Submitted::Call(Box::new(Started {
         job_id,
@@ -552,7 +557,6 @@ fn new_job(
             )
         })?,
     };
-    job.deadline_ms = Some(deadline(asked.unwrap_or(wait)));
     fn invalid(e: impl ToString) -> ErrorData {
         ErrorData::invalid_params(e.to_string(), None)
     }
@@ -561,6 +565,16 @@ fn new_job(
         Some(serde_json::Value::String(s)) => Ok(Some(s.as_str())),
         Some(other) => Err(invalid(format!("_meta {key:?}: {other} is not a string"))),
     };
+    let now = now_ms();
+    job.run_at_ms = check::run_at(now, text(META_RUN_AT)?, None).map_err(|mut e| {
+        e.field = format!("_meta {META_RUN_AT:?}");
+        invalid(e)
+    })?;
+    // The wait for a call for later starts when it is due.
+    job.deadline_ms = Some(check::deadline_after(
+        job.run_at_ms.unwrap_or(now),
+        asked.unwrap_or(wait),
+    ));
     if let Some(key) = text(META_IDEMPOTENCY_KEY)? {
         check::idempotency_key(&format!("_meta {META_IDEMPOTENCY_KEY:?}"), key).map_err(invalid)?;
         job = job.with_idempotency_key(key);
@@ -728,11 +742,6 @@ fn wait_asked(meta: Option<&JsonObject>) -> Result<Option<Duration>, ErrorData> 
         .map_err(|e| ErrorData::invalid_params(e.to_string(), None))
 }
 
-/// Unix milliseconds `wait` from now.
-fn deadline(wait: Duration) -> u64 {
-    check::deadline_after(now_ms(), wait)
-}
-
 /// Relays a progress or log event to the client.
 async fn notify(notifier: &Notifier<'_>, token: Option<&ProgressToken>, event: Event) {
     match event {
@@ -787,6 +796,9 @@ async fn cancelled(token: Option<&CancellationToken>) {
 /// params naming the limit, a full queue a retryable `queue_full`, the rest internal.
 pub(super) fn client_error(job_id: Uuid, e: &crate::ClientError) -> ErrorData {
     match e {
+        crate::ClientError::TooFarAhead { .. } => {
+            ErrorData::invalid_params(e.to_string(), Some(serde_json::json!({"jobId": job_id})))
+        }
         crate::ClientError::TooLarge { size, limit, .. } => ErrorData::invalid_params(
             e.to_string(),
             Some(

@@ -94,6 +94,7 @@ pub(super) async fn carry_out(
             ack(message, AckKind::Nak(None)).await;
         }
         (Decision::Hold(delay), outcome) => {
+            let early = matches!(outcome, Outcome::Early(_));
             match outcome {
                 Outcome::Failed { failure, .. } => {
                     let error = attempt_error(failure.error, attempt, max, true);
@@ -105,7 +106,9 @@ pub(super) async fn carry_out(
                     delivery.holds += 1;
                 }
             }
-            let status = if delivery.history.is_empty() {
+            let status = if early {
+                JobStatus::Scheduled
+            } else if delivery.history.is_empty() {
                 JobStatus::Queued
             } else {
                 JobStatus::Retrying

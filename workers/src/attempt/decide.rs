@@ -66,6 +66,14 @@ impl From<mcpq_schemas::config::RetryConfig> for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// This policy for a job that may not be sent twice: one attempt that counts.
+    pub fn once(self) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 1,
+            ..self
+        }
+    }
+
     /// Exponential backoff with full jitter: a delay drawn uniformly from
     /// `[0, min(max, initial * 2^(attempt-1))]`, where `unit` is the draw in `[0, 1)`.
     pub fn backoff(&self, attempt: u32, unit: f64) -> Duration {
@@ -92,7 +100,7 @@ pub fn decide(outcome: &Outcome, spent: u32, policy: &RetryPolicy, unit: f64) ->
         Outcome::Stranded { .. } => Decision::DeadLetter(JobStatus::Dead),
         Outcome::Cancelled { .. } => Decision::End(JobStatus::Cancelled),
         Outcome::Expired { .. } => Decision::End(JobStatus::Expired),
-        Outcome::Held(wait) => Decision::Hold(*wait),
+        Outcome::Held(wait) | Outcome::Early(wait) => Decision::Hold(*wait),
         Outcome::Interrupted => Decision::HandBack,
         Outcome::Lost => Decision::Abandon,
         Outcome::Answered(_) => Decision::End(JobStatus::Completed),

@@ -12,6 +12,7 @@ mod claim;
 pub(crate) mod decide;
 mod decode;
 mod outcome;
+mod tick;
 
 use std::{sync::Arc, time::Duration};
 
@@ -49,6 +50,8 @@ pub(crate) struct Context {
     pub audit: crate::report::audit::Audit,
     /// The heartbeats: whether a worker that does not answer still beats.
     pub workers: async_nats::jetstream::kv::Store,
+    /// The recurring schedules: each tick started is noted there.
+    pub schedules: async_nats::jetstream::kv::Store,
     /// The deployment's signing key: which jobs' principals to believe.
     pub signing: mcpq_schemas::seal::SigningKey,
     /// Messages the pull loop handed back unstarted: those deliveries are explained.
@@ -239,7 +242,13 @@ pub(crate) async fn handle(ctx: &Context, message: Message) {
         carry_out::carry_out(ctx, &message, &mut delivery, None, outcome, decision).await;
         return;
     }
-    let job = match decode::decode(&ctx.server.name, &message.payload, stored_at_ms) {
+    let decoded =
+        decode::decode(&ctx.server.name, &message.payload, stored_at_ms).and_then(|mut job| {
+            // A recurring schedule's tick: its own job, whose id the tick names.
+            tick::adopt(ctx, &message, &mut job, stored_at_ms, delivery.delivered)?;
+            Ok(job)
+        });
+    let job = match decoded {
         Ok(mut job) => {
             // A principal counts only under a dispatcher's seal: anyone may publish on NATS.
             delivery.vouched = sealed(ctx, &message);
@@ -301,7 +310,12 @@ pub(crate) async fn handle(ctx: &Context, message: Message) {
     let running = ctx.cancels.start(job.id, interrupt.clone());
     let attempt = async {
         let outcome = run(ctx, &mut delivery, &job, &interrupt).await;
-        let decision = decide(&outcome, delivery.spent(), &ctx.retry, fastrand::f64());
+        let policy = if job.no_retry {
+            ctx.retry.once()
+        } else {
+            ctx.retry
+        };
+        let decision = decide(&outcome, delivery.spent(), &policy, fastrand::f64());
         carry_out::carry_out(ctx, &message, &mut delivery, Some(&job), outcome, decision).await;
         drop(running);
     };
@@ -409,6 +423,11 @@ async fn run(ctx: &Context, delivery: &mut Delivery, job: &Job, interrupt: &Inte
     // else's job: its call would answer that job's cancels and fill its audit trail.
     if !delivery.claimed && !delivery.vouched && foreign(ctx, job).await {
         return Outcome::Foreign;
+    }
+    // Not due yet (published to a lane before its time): back until it is.
+    let now = now_ms();
+    if let Some(at) = job.run_at_ms.filter(|_| job.is_early(now)) {
+        return Outcome::Early(Duration::from_millis(at - now));
     }
     // Workers keep stopping while they hold it: not tried again.
     let stranded = delivery.strandings(ctx.handed_back.of(delivery.stream_seq));

@@ -29,6 +29,8 @@ pub(crate) enum Outcome {
     },
     /// Its deadline passed before it could start.
     Expired { late_ms: u64 },
+    /// Not due yet (its `runAt` is later): waits this long, no attempt spent.
+    Early(Duration),
     /// Not let through: the circuit is open, or the upstream asked for a pause. Waits this
     /// long, no attempt spent.
     Held(Duration),

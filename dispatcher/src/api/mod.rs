@@ -22,6 +22,8 @@ use tracing::Instrument;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
+mod schedules;
+
 use crate::{
     Cancel, ClientError,
     auth::{Caller, quota::OverLimit},
@@ -68,6 +70,13 @@ fn documented() -> OpenApiRouter<Arc<Shared>> {
         .routes(routes!(submit_batch))
         .routes(routes!(batch))
         .routes(routes!(batch_results))
+        .routes(routes!(
+            schedules::create_schedule,
+            schedules::list_schedules
+        ))
+        .routes(routes!(schedules::get_schedule, schedules::delete_schedule))
+        .routes(routes!(schedules::pause_schedule))
+        .routes(routes!(schedules::resume_schedule))
 }
 
 /// The document as served: utoipa's paths, and the component schemas from schemars (utoipa
@@ -231,6 +240,7 @@ impl From<ClientError> for Failure {
             ClientError::QueueFull { .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, ApiErrorCode::QueueFull)
             }
+            ClientError::TooFarAhead { .. } => (StatusCode::BAD_REQUEST, ApiErrorCode::BadRequest),
             _ => (StatusCode::SERVICE_UNAVAILABLE, ApiErrorCode::Unavailable),
         };
         Failure(status, code, e.to_string())
@@ -341,7 +351,7 @@ async fn submit(
             .await?
             .map_or(JobStatus::Queued, |r| r.status)
     } else {
-        JobStatus::Queued
+        JobRecord::queued(&job).status
     };
     Ok((
         StatusCode::ACCEPTED,
