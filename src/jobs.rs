@@ -19,7 +19,7 @@ pub struct SubmitArgs {
     timeout: Option<Duration>,
     /// Start no earlier than this time (RFC 3339, e.g. 2026-12-24T18:00:00Z); the job's record
     /// says `scheduled` until then.
-    #[arg(long, conflicts_with = "r#in")]
+    #[arg(long, conflicts_with = "in")]
     at: Option<String>,
     /// Start no earlier than this long from now (e.g. 90s, 2h).
     #[arg(long = "in", value_parser = crate::duration)]

@@ -82,6 +82,18 @@ pub async fn run(args: ScheduleArgs) -> ExitCode {
         Ok((client, _)) => client,
         Err(code) => return code,
     };
+    // Ticks run only under the dispatchers' seal: the template is sealed as theirs are.
+    let signing = match std::env::var("MCPQ_SIGNING_KEY") {
+        Ok(secret) => Some(mcpq_schemas::seal::SigningKey::from_secret(&secret)),
+        Err(_) => mcpq_schemas::nats::stored_signing_key(client.jetstream())
+            .await
+            .ok()
+            .flatten(),
+    };
+    let client = match signing {
+        Some(signing) => client.signing_with(signing),
+        None => client,
+    };
     let missing = |id: Uuid| {
         eprintln!("mcpq: no schedule {id}");
         ExitCode::FAILURE

@@ -49,6 +49,21 @@ record = json.load(urllib.request.urlopen(f"{base}/v1/jobs/{accepted['id']}/wait
 print(f"record: {record['status']} after {record['attempts']} attempt(s):", record["result"]["content"][0]["text"])
 PY
 echo
+echo "== a call on a schedule: POST http://$listen/v1/jobs with \"delay\": \"2s\" (scheduled, then run)"
+python3 - "$listen" <<'PY'
+import json, sys, time, urllib.request
+base = f"http://{sys.argv[1]}"
+body = json.dumps({"server": "time", "tool": "get_current_time", "arguments": {"timezone": "UTC"},
+                   "delay": "2s"}).encode()
+request = urllib.request.Request(f"{base}/v1/jobs", data=body, headers={"Content-Type": "application/json"})
+submitted = time.time()
+accepted = json.load(urllib.request.urlopen(request, timeout=10))
+print("accepted:", json.dumps(accepted))
+record = json.load(urllib.request.urlopen(f"{base}/v1/jobs/{accepted['id']}/wait?timeout=60s", timeout=70))
+print(f"record: {record['status']} {time.time() - submitted:.1f} s after submission:",
+      record["result"]["content"][0]["text"].replace("\n", " "))
+PY
+echo
 echo "== what operators see: mcpq_calls_total at http://$listen/metrics (the status page is http://$listen/)"
 python3 - "$listen" <<'PY'
 import sys, time, urllib.request
@@ -56,7 +71,7 @@ import sys, time, urllib.request
 for _ in range(50):
     text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=5).read().decode()
     lines = [l for l in text.splitlines() if l.startswith("mcpq_calls_total{") and not l.endswith(" 0")]
-    if sum(float(l.rsplit(" ", 1)[1]) for l in lines) >= 3:
+    if sum(float(l.rsplit(" ", 1)[1]) for l in lines) >= 4:
         break
     time.sleep(0.1)
 print("\n".join(lines))

@@ -10,6 +10,7 @@ pub mod api;
 pub mod auth;
 pub mod batch;
 mod bodies;
+pub mod callbacks;
 pub mod catalog;
 pub mod dead_letters;
 mod headers;
@@ -72,6 +73,8 @@ pub enum DispatcherError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Jwks(#[from] auth::jwt::JwksError),
+    #[error("{0}")]
+    Callbacks(String),
 }
 
 /// A JetStream bucket, stream or object a dispatcher reads could not be reached or read.
@@ -200,6 +203,8 @@ impl Dispatcher {
                 waits: Arc::new(tokio::sync::Semaphore::new(options.max_waits.max(1))),
                 held: Arc::default(),
                 per_principal: options.max_waits_per_principal.max(1),
+                callbacks: callbacks::Callbacks::from_config(&config.callbacks)
+                    .map_err(DispatcherError::Callbacks)?,
             }),
             sessions: Arc::new(sessions),
             options,
@@ -237,6 +242,11 @@ impl Dispatcher {
             allowed_hosts: self.options.allowed_hosts.clone(),
             allowed_origins: self.options.allowed_origins.clone(),
         };
+        let callbacks = self
+            .shared
+            .callbacks
+            .clone()
+            .map(|c| (c, self.shared.client.jetstream().clone()));
         let router = http::router(
             self.shared,
             self.sessions,
@@ -245,7 +255,10 @@ impl Dispatcher {
             self.monitor.clone(),
             &shutdown,
         );
-        tokio::spawn(self.monitor.run(self.sampler, shutdown));
+        tokio::spawn(self.monitor.run(self.sampler, shutdown.clone()));
+        if let Some((callbacks, js)) = callbacks {
+            tokio::spawn(callbacks::run(js, callbacks, shutdown));
+        }
         router
     }
 

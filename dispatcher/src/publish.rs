@@ -319,7 +319,8 @@ impl Client {
             Err(_) => return Ok(()),
         };
         let ahead = Duration::from_millis(at - now);
-        if !kept.is_zero() && ahead + ORPHAN_AFTER > kept {
+        // An hour to spare: a fired job may wait for a worker, or for room in its lane.
+        if !kept.is_zero() && ahead + Duration::from_secs(3600) > kept {
             return Err(ClientError::TooFarAhead {
                 job_id: job.id,
                 ahead,
@@ -389,7 +390,7 @@ impl Client {
         let mut queued = JobRecord::queued(job);
         // A job for later is carried by its schedule now and by the message it fires later:
         // the worker notes that one.
-        if queued.status != JobStatus::Scheduled {
+        if job.run_at_ms.is_none() {
             queued.stream_seq = Some(submitted.stream_seq);
         }
         if let Ok(bytes) = record_bytes(&queued) {
@@ -826,7 +827,12 @@ impl Client {
             .update(job_id.to_string(), bytes.into(), revision)
             .await
         {
-            Ok(_) => Ok(Cancel::Requested(cancelled)),
+            Ok(_) => {
+                if let Err(e) = mcpq_schemas::done::announce(&self.js, &cancelled, true).await {
+                    tracing::warn!(%job_id, error = %e, "cannot store the cancelled job's callback");
+                }
+                Ok(Cancel::Requested(cancelled))
+            }
             Err(_) => Ok(Cancel::Requested(
                 self.stored_record(job_id).await?.unwrap_or(record),
             )),

@@ -50,6 +50,8 @@ pub struct Shared {
     /// The most of each that one principal may hold open (`--max-waits-per-principal`, also
     /// for listen streams).
     pub per_principal: usize,
+    /// Signed callbacks when jobs end, when `callbacks.secret` is configured.
+    pub callbacks: Option<crate::callbacks::Callbacks>,
 }
 
 /// Things one principal holds open on this dispatcher, counted, so that no caller takes all of
@@ -121,6 +123,25 @@ impl Refusal {
 }
 
 impl Shared {
+    /// Gives `job` its callback URL (its own, or its principal's default), checked: callbacks
+    /// configured, an http(s) URL, a host that may be called.
+    pub async fn callback(
+        &self,
+        job: &mut mcpq_schemas::Job,
+    ) -> Result<(), crate::callbacks::TargetError> {
+        let Some(callbacks) = &self.callbacks else {
+            return match job.callback_url {
+                Some(_) => Err(crate::callbacks::TargetError::NotConfigured),
+                None => Ok(()),
+            };
+        };
+        job.callback_url = callbacks.url_for(job.callback_url.as_deref(), job.principal.as_deref());
+        if let Some(url) = &job.callback_url {
+            callbacks.target(url).await?;
+        }
+        Ok(())
+    }
+
     /// Counts `calls` against the caller's calls per minute.
     pub async fn admit_calls(&self, caller: &Caller, calls: u32) -> Result<(), OverLimit> {
         match &self.quotas {

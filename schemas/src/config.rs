@@ -4,6 +4,7 @@
 //! Loading goes raw → validated once. Every error names the field path and the bad value.
 
 mod auth;
+mod callbacks;
 mod observe;
 mod raw;
 mod secret;
@@ -15,6 +16,7 @@ use std::{collections::BTreeMap, path::Path, time::Duration};
 pub use auth::{
     Access, ApiKey, AuthConfig, JwksSource, JwtConfig, JwtRule, Limits, Pattern, PatternError,
 };
+pub use callbacks::{CallbacksConfig, secret_bytes};
 pub use observe::{AlertKind, AlertTarget, AuditConfig, HealthConfig, TelemetryConfig};
 pub use raw::{
     AuthShorthand, AuthSpec, ConfigFile, EndpointRole, LoadBalancing, Priority, ServerKind,
@@ -38,6 +40,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Trace export.
     pub telemetry: TelemetryConfig,
+    /// Signed callbacks when jobs end.
+    pub callbacks: CallbacksConfig,
     pub servers: Vec<ServerConfig>,
 }
 

@@ -32,6 +32,7 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         one::<crate::batch::BatchRecord>("batch-record.json"),
         one::<crate::batch::BatchStatus>("batch-status.json"),
         one::<crate::batch::BatchResultLine>("batch-result-line.json"),
+        one::<crate::DoneEvent>("done-event.json"),
         one::<crate::schedule::ScheduleSpec>("schedule-spec.json"),
         one::<crate::schedule::Schedule>("schedule.json"),
         one::<crate::schedule::Fired>("schedule-fired.json"),

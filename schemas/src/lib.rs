@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod check;
 pub mod config;
 pub mod dead_letter;
+pub mod done;
 pub mod health;
 pub mod job;
 pub mod json_schema;
@@ -33,9 +34,9 @@ pub use catalog::{CatalogEntry, Listed};
 pub use dead_letter::{Attempt, DeadLetter};
 pub use job::{Job, JsonObject, Lane, McpRequest};
 pub use record::{
-    BlobRef, CancelRequest, ErrorKind, InputAck, InputAnswer, InputRequestEvent, JobError,
-    JobRecord, JobStatus, LogEvent, LogMessage, Outcome, PendingInput, Progress, ProgressEvent,
-    Reply, ResourceUpdatedEvent, TaskEvent,
+    BlobRef, CancelRequest, DoneEvent, ErrorKind, InputAck, InputAnswer, InputRequestEvent,
+    JobError, JobRecord, JobStatus, LogEvent, LogMessage, Outcome, PendingInput, Progress,
+    ProgressEvent, Reply, ResourceUpdatedEvent, TaskEvent,
 };
 
 /// Unix time now, in milliseconds.

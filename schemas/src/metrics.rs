@@ -39,6 +39,10 @@ pub const UPSTREAM_UP: &str = "mcpq_upstream_up";
 pub const REQUESTS_TOTAL: &str = "mcpq_requests_total";
 /// Counter `{reason}`: requests refused for their credentials.
 pub const AUTH_FAILURES: &str = "mcpq_auth_failures_total";
+/// Counter `{outcome}`: callback deliveries by dispatchers — `delivered`, `retried`, `gone`
+/// (the target answered 410), `dead` (never landed within `callbacks.retryFor`), `refused` (a
+/// target that may not be called).
+pub const CALLBACKS_TOTAL: &str = "mcpq_callbacks_total";
 /// Gauge `{principal,limit}`: a principal's use of a limit (`calls_per_minute`,
 /// `max_in_flight`) as last seen by this dispatcher.
 pub const QUOTA_USED: &str = "mcpq_quota_used";
@@ -66,7 +70,7 @@ pub const DURATION_BUCKETS: [f64; 16] = [
 ];
 
 /// Every metric name mcpq defines, for the docs check.
-pub const ALL: [&str; 20] = [
+pub const ALL: [&str; 21] = [
     CALLS_TOTAL,
     CALL_DURATION,
     UPSTREAM_DURATION,
@@ -86,5 +90,6 @@ pub const ALL: [&str; 20] = [
     AUTH_FAILURES,
     QUOTA_USED,
     AUDIT_DROPPED,
+    CALLBACKS_TOTAL,
     "process_resident_memory_bytes",
 ];

@@ -150,6 +150,33 @@ pub fn fired_consumer(server: &str) -> String {
     format!("mcpq-fired-{server}")
 }
 
+/// The work-queue stream of callbacks waiting to be delivered: one message per ended job that
+/// named a `callbackUrl`, on `mcpq.callbacks.<server>`; dispatchers deliver them.
+pub const CALLBACKS_STREAM: &str = "MCPQ_CALLBACKS";
+/// Subjects of the callbacks stream.
+pub const CALLBACKS_SUBJECTS: &str = "mcpq.callbacks.>";
+/// The durable consumer of the callbacks stream, shared by every dispatcher.
+pub const CALLBACKS_CONSUMER: &str = "mcpq-callbacks";
+/// The stream of callbacks that never landed (retried for `callbacks.retryFor`), on
+/// `mcpq.callbacks-dead.<server>`, kept 30 days.
+pub const DEAD_CALLBACKS_STREAM: &str = "MCPQ_CALLBACKS_DEAD";
+
+/// The subject of a callback waiting for delivery, for a job of `server`.
+pub fn callback_subject(server: &str) -> String {
+    format!("mcpq.callbacks.{server}")
+}
+
+/// The subject of a callback of `server` that never landed.
+pub fn dead_callback_subject(server: &str) -> String {
+    format!("mcpq.callbacks-dead.{server}")
+}
+
+/// The subject where workers announce that a job of `server` ended (core NATS, for jobs that
+/// keep a record: submitted for later, idempotent, tasks, or with a callback).
+pub fn done_subject(server: &str) -> String {
+    format!("mcpq.done.{server}")
+}
+
 /// Header: on a recurring schedule's tick in a lane, the tick (JetStream's
 /// `Nats-Schedule-Next` of the fired message: when the schedule fires next).
 pub const HDR_TICK: &str = "Mcpq-Tick";

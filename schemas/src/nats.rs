@@ -9,10 +9,11 @@ use async_nats::jetstream::{self, kv, stream};
 use crate::config::NatsCredentials;
 
 use crate::names::{
-    AUDIT_STREAM, AUDIT_SUBJECTS, BATCHES_BUCKET, BLOBS_BUCKET, CANCELS_BUCKET, CATALOG_BUCKET,
-    CATALOGS_STORE, DLQ_STREAM, DLQ_SUBJECTS, HEALTH_BUCKET, JOBS_STREAM, KEYS_BUCKET,
-    QUOTAS_BUCKET, RESULTS_BUCKET, SCHEDULES_BUCKET, SCHEDULES_STREAM, SCHEDULES_SUBJECTS,
-    SESSIONS_BUCKET, WORKERS_BUCKET, jobs_stream, jobs_subjects,
+    AUDIT_STREAM, AUDIT_SUBJECTS, BATCHES_BUCKET, BLOBS_BUCKET, CALLBACKS_STREAM,
+    CALLBACKS_SUBJECTS, CANCELS_BUCKET, CATALOG_BUCKET, CATALOGS_STORE, DEAD_CALLBACKS_STREAM,
+    DLQ_STREAM, DLQ_SUBJECTS, HEALTH_BUCKET, JOBS_STREAM, KEYS_BUCKET, QUOTAS_BUCKET,
+    RESULTS_BUCKET, SCHEDULES_BUCKET, SCHEDULES_STREAM, SCHEDULES_SUBJECTS, SESSIONS_BUCKET,
+    WORKERS_BUCKET, jobs_stream, jobs_subjects,
 };
 
 /// How long a worker counts as live after its last heartbeat.
@@ -99,6 +100,8 @@ pub struct Topology {
     pub duplicate_window: Duration,
     /// The audit stream's retention.
     pub audit: crate::config::AuditConfig,
+    /// How long a callback is retried (its stream keeps it a little longer).
+    pub callbacks_retry_for: Duration,
 }
 
 impl From<&crate::config::Config> for Topology {
@@ -113,6 +116,7 @@ impl From<&crate::config::Config> for Topology {
                 .map(|s| (s.name.clone(), s.max_queued))
                 .collect(),
             audit: config.audit,
+            callbacks_retry_for: config.callbacks.retry_for,
         }
     }
 }
@@ -125,6 +129,7 @@ impl Default for Topology {
             duplicate_window: Duration::from_secs(120),
             queues: Vec::new(),
             audit: Default::default(),
+            callbacks_retry_for: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -393,6 +398,37 @@ fn streams(topology: &Topology) -> Vec<(String, stream::Config)> {
             storage: stream::StorageType::File,
             num_replicas: topology.replicas,
             allow_message_schedules: true,
+            ..Default::default()
+        },
+    ));
+    // Callbacks wait here until a dispatcher delivers them (or gives up after `retryFor` and
+    // moves them to the dead ones).
+    streams.push((
+        format!("stream {CALLBACKS_STREAM}"),
+        stream::Config {
+            name: CALLBACKS_STREAM.into(),
+            description: Some("mcpq callbacks to deliver: mcpq.callbacks.<server>".into()),
+            subjects: vec![CALLBACKS_SUBJECTS.into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            num_replicas: topology.replicas,
+            max_age: topology.callbacks_retry_for + Duration::from_secs(3600),
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        },
+    ));
+    streams.push((
+        format!("stream {DEAD_CALLBACKS_STREAM}"),
+        stream::Config {
+            name: DEAD_CALLBACKS_STREAM.into(),
+            description: Some(
+                "mcpq callbacks that never landed: mcpq.callbacks-dead.<server>".into(),
+            ),
+            subjects: vec!["mcpq.callbacks-dead.>".into()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            num_replicas: topology.replicas,
+            max_age: Duration::from_secs(30 * 24 * 3600),
             ..Default::default()
         },
     ));

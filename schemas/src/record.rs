@@ -450,3 +450,56 @@ pub struct CancelRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
+
+/// A job ended: what `mcpq.done.<server>` carries and what a callback POSTs (Standard Webhooks
+/// payload shape: `type`, `timestamp`, `data`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DoneEvent {
+    pub v: u32,
+    /// `job.ended`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// When the job ended (RFC 3339).
+    pub timestamp: String,
+    /// The job's record as it ended. A result too large for a message is not inlined: read it
+    /// at `link` (`resultRef` says where it is kept).
+    pub data: JobRecord,
+    /// Where the record is read over HTTP: `/v1/jobs/<job id>` on any dispatcher.
+    pub link: String,
+}
+
+impl DoneEvent {
+    /// The event of `record`, which has ended.
+    pub fn of(record: JobRecord) -> DoneEvent {
+        let at = time_text(record.updated_at_ms);
+        DoneEvent {
+            v: crate::names::ENVELOPE_VERSION,
+            kind: "job.ended".into(),
+            timestamp: at,
+            link: format!("/v1/jobs/{}", record.job_id),
+            data: record,
+        }
+    }
+
+    /// The Standard Webhooks `webhook-id` of this event: the job id and how it ended, the same
+    /// on every delivery (receivers deduplicate on it).
+    pub fn webhook_id(&self) -> String {
+        let status = serde_json::to_value(self.data.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        format!("{}:{status}", self.data.job_id)
+    }
+}
+
+fn time_text(ms: u64) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}

@@ -6,6 +6,7 @@ mod asks;
 mod auth;
 mod batch;
 mod bridge;
+mod callbacks;
 mod cli;
 mod cluster;
 mod crash;

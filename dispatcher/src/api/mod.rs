@@ -334,6 +334,7 @@ async fn submit(
         .to_job(defaults.lane)
         .map_err(bad_request)?
         .owned_by(caller.principal().map(str::to_string), &shared.signing);
+    shared.callback(&mut job).await.map_err(bad_request)?;
     let caller_trace = crate::headers::traceparent_header(&headers);
     let span = tracing::info_span!("submit", job_id = %job.id, server = %job.server);
     mcpq_schemas::trace::adopt(&span, caller_trace.as_deref());
@@ -576,10 +577,15 @@ async fn submit_batch(
         if submission.idempotency_key.is_none() {
             submission.idempotency_key = Some(format!("batch:{batch_id}:{}", jobs.len()));
         }
-        let job = submission
+        let line = |e: &dyn std::fmt::Display| {
+            bad_request(format!("line {}: {e}; nothing was queued", number + 1))
+        };
+        let mut job = submission
             .to_job(defaults.lane)
-            .map_err(|e| bad_request(format!("line {}: {e}; nothing was queued", number + 1)))?;
-        jobs.push(job.owned_by(caller.principal().map(str::to_string), &shared.signing));
+            .map_err(|e| line(&e))?
+            .owned_by(caller.principal().map(str::to_string), &shared.signing);
+        shared.callback(&mut job).await.map_err(|e| line(&e))?;
+        jobs.push(job);
     }
     if jobs.is_empty() {
         return Err(

@@ -58,6 +58,18 @@ pub(super) async fn create_schedule(
         return Err(forbidden(&caller, &spec.server, &spec.tool).into());
     }
     let defaults = shared.check(&spec.server)?;
+    let mut spec = spec;
+    if let Some(callbacks) = &shared.callbacks {
+        spec.callback_url = callbacks.url_for(spec.callback_url.as_deref(), caller.principal());
+    }
+    if let Some(url) = &spec.callback_url {
+        match &shared.callbacks {
+            None => return Err(bad_request(crate::callbacks::TargetError::NotConfigured).into()),
+            Some(callbacks) => {
+                callbacks.target(url).await.map_err(bad_request)?;
+            }
+        }
+    }
     let schedule = plan(
         &spec,
         defaults.lane,

@@ -34,6 +34,9 @@ pub struct ConfigFile {
     /// Trace export (OTLP). Absent: none.
     #[serde(default)]
     pub telemetry: Option<super::observe::TelemetrySection>,
+    /// Signed HTTP callbacks when jobs end (Standard Webhooks). Absent: no callbacks.
+    #[serde(default)]
+    pub callbacks: Option<super::callbacks::CallbacksSection>,
     /// The upstream MCP servers.
     pub servers: Vec<ServerSection>,
 }

@@ -48,6 +48,7 @@ pub(super) fn validate(raw: ConfigFile) -> Result<Config, ConfigErrors> {
     let alerts = super::observe::alerts(raw.alerts, &mut errors);
     let audit = super::observe::audit(raw.audit, &mut errors);
     let telemetry = super::observe::telemetry(raw.telemetry, &mut errors);
+    let callbacks = super::callbacks::callbacks(raw.callbacks, &mut errors);
     if raw.servers.is_empty() {
         errors.push(ConfigError::field(
             "servers",
@@ -78,6 +79,7 @@ pub(super) fn validate(raw: ConfigFile) -> Result<Config, ConfigErrors> {
             alerts,
             audit,
             telemetry,
+            callbacks,
             servers,
         })
     } else {

@@ -47,6 +47,17 @@ pub(super) async fn carry_out(
                     .reply(delivery.reply_to().as_deref(), &reply)
                     .await;
             }
+            // The message that ended the job, delivered again: its worker may have stopped
+            // before its callback was stored (the store drops a second copy).
+            if delivery.delivered > 1
+                && record.stream_seq == Some(delivery.stream_seq)
+                && record.callback_url.is_some()
+                && mcpq_schemas::done::announce(&ctx.outbox.js, &record, false)
+                    .await
+                    .is_err()
+            {
+                return;
+            }
             ack(message, AckKind::Ack).await;
         }
         (Decision::Refuse, _) => {
@@ -505,6 +516,14 @@ async fn finish(
             return;
         }
         Err(_) => return,
+    }
+    // Its end announced (and its callback stored) before the ack: a crash in between runs
+    // the announcement again from the record, never loses it.
+    if let Err(e) =
+        mcpq_schemas::done::announce(&ctx.outbox.js, &ended, delivery.claimed || ended.task).await
+    {
+        tracing::warn!(error = %e, "cannot store the job's callback; the job will be delivered again");
+        return;
     }
     let kind = ended.error.as_ref().map(|e| e.kind);
     let tool = observe::tool_label(&ctx.upstream, job, status == JobStatus::Completed);

@@ -242,16 +242,24 @@ pub(crate) async fn handle(ctx: &Context, message: Message) {
         carry_out::carry_out(ctx, &message, &mut delivery, None, outcome, decision).await;
         return;
     }
+    let vouched = sealed(ctx, &message);
     let decoded =
         decode::decode(&ctx.server.name, &message.payload, stored_at_ms).and_then(|mut job| {
             // A recurring schedule's tick: its own job, whose id the tick names.
-            tick::adopt(ctx, &message, &mut job, stored_at_ms, delivery.delivered)?;
+            tick::adopt(
+                ctx,
+                &message,
+                &mut job,
+                stored_at_ms,
+                delivery.delivered,
+                vouched,
+            )?;
             Ok(job)
         });
     let job = match decoded {
         Ok(mut job) => {
             // A principal counts only under a dispatcher's seal: anyone may publish on NATS.
-            delivery.vouched = sealed(ctx, &message);
+            delivery.vouched = vouched;
             if job.principal.is_some() && !delivery.vouched {
                 tracing::warn!(
                     job_id = %job.id,

@@ -20,10 +20,22 @@ pub(super) fn adopt(
     job: &mut Job,
     fired_at_ms: u64,
     delivered: u32,
+    vouched: bool,
 ) -> Result<(), JobError> {
-    let Some(schedule_id) = job.schedule_id else {
+    // A tick replayed from the dead letters carries its own id already: an ordinary job.
+    let Some(schedule_id) = job.schedule_id.filter(|id| *id == job.id) else {
         return Ok(());
     };
+    // Only a dispatcher's schedule makes ticks: anyone may publish on NATS, and a tick's id
+    // is derived, so an unsealed template could take a real tick's id before it fires.
+    if !vouched {
+        return Err(JobError::new(
+            ErrorKind::MalformedJob,
+            format!(
+                "a tick of schedule {schedule_id} without a dispatcher's seal: schedules are made with POST /v1/schedules or `mcpq schedule add` (which seal their template)"
+            ),
+        ));
+    }
     let next = message
         .headers
         .as_ref()

@@ -1,0 +1,147 @@
+//! Callbacks when jobs end: a receiver that checks signatures with the reference Standard
+//! Webhooks implementation (PyPI `standardwebhooks`) and fails each callback's first two
+//! deliveries gets every ended job — completed, failed, cancelled — once accepted, verified,
+//! under a webhook id of its own; a loopback target is refused unless allowed by name.
+
+use std::time::Duration;
+
+use mcpq_tests::{eventually, fixture::HttpFixture, free_port, stack::Stack};
+use serde_json::{Value, json};
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+struct Receiver(std::process::Child);
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn lines(log: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_ended_job_is_called_back_signed_retried_and_once_accepted() {
+    let web = HttpFixture::start().await;
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("received.jsonl");
+    let _receiver = Receiver(
+        std::process::Command::new(mcpq_tests::required_program("python3"))
+            .arg(mcpq_tests::repo_root().join("tests/clients/webhook_receiver.py"))
+            .args([&port.to_string(), SECRET, log.to_str().unwrap(), "2"])
+            .spawn()
+            .expect("start the webhook receiver"),
+    );
+    let stack = Stack::start_config(&format!(
+        "version: \"1.0\"\ncallbacks:\n  secret: {SECRET}\n  allowHosts: [127.0.0.1]\nservers:\n{}",
+        crate::two_fixtures(&web.url())
+    ))
+    .await;
+    let base = format!("http://{}", stack.addr);
+    let hook = format!("http://127.0.0.1:{port}/hook");
+    let http = reqwest::Client::new();
+    let submit = |body: Value| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let response = http
+                .post(format!("{base}/v1/jobs"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+
+    let (status, done) = submit(
+        json!({"server": "web", "tool": "echo", "arguments": {"text": "hi"}, "callbackUrl": hook}),
+    )
+    .await;
+    assert_eq!(status, 202, "{done}");
+    let (status, failed) =
+        submit(json!({"server": "web", "tool": "no_such_tool", "callbackUrl": hook})).await;
+    assert_eq!(status, 202, "{failed}");
+    let (status, later) =
+        submit(json!({"server": "web", "tool": "stamp", "delay": "60s", "callbackUrl": hook}))
+            .await;
+    assert_eq!(status, 202, "{later}");
+    let cancelled = http
+        .delete(format!("{base}/v1/jobs/{}", later["id"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status().as_u16(), 202);
+
+    let ids: Vec<String> = [&done, &failed, &later]
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_string())
+        .collect();
+    let accepted = eventually("three callbacks accepted", Duration::from_secs(60), || {
+        let received = lines(&log);
+        async move {
+            let accepted: Vec<Value> = received
+                .into_iter()
+                .filter(|l| l["status"] == 200)
+                .collect();
+            (accepted.len() >= 3).then_some(accepted)
+        }
+    })
+    .await;
+    // Each landed on its third delivery, verified by the reference implementation; none twice.
+    let mut statuses = Vec::new();
+    for line in &accepted {
+        assert_eq!(line["verified"], true, "{line}");
+        assert_eq!(line["delivery"], 3, "{line}");
+        let event = &line["event"];
+        assert_eq!(event["type"], "job.ended", "{event}");
+        let job_id = event["data"]["jobId"].as_str().unwrap();
+        assert!(ids.iter().any(|id| id == job_id), "{event}");
+        let status = event["data"]["status"].as_str().unwrap().to_string();
+        assert_eq!(line["id"], format!("{job_id}:{status}"), "{line}");
+        assert_eq!(event["link"], format!("/v1/jobs/{job_id}"), "{event}");
+        statuses.push(status);
+    }
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        ["cancelled", "completed", "failed"],
+        "{accepted:?}"
+    );
+    let completed = accepted
+        .iter()
+        .find(|l| l["event"]["data"]["status"] == "completed")
+        .unwrap();
+    assert_eq!(
+        crate::first_text(&completed["event"]["data"]["result"]),
+        "hi",
+        "{completed}"
+    );
+    // Nothing more comes: accepted callbacks are not sent again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let received = lines(&log);
+    assert_eq!(received.len(), 9, "{received:#?}");
+
+    // A target on a loopback address that allowHosts does not name is refused, nothing queued.
+    let (status, refused) = submit(
+        json!({"server": "web", "tool": "echo", "arguments": {"text": "no"},
+        "callbackUrl": format!("http://localhost:{port}/hook")}),
+    )
+    .await;
+    assert_eq!(status, 400, "{refused}");
+    let message = refused["message"].as_str().unwrap();
+    assert!(
+        message.contains("callbackUrl") && message.contains("allowHosts"),
+        "{message}"
+    );
+
+    stack.stop().await;
+}
