@@ -64,6 +64,28 @@ print(f"record: {record['status']} {time.time() - submitted:.1f} s after submiss
       record["result"]["content"][0]["text"].replace("\n", " "))
 PY
 echo
+echo "== a callback: the same kind of job with \"callbackUrl\"; mcpq POSTs its record when it ends, signed (Standard Webhooks)"
+python3 - "$listen" <<'PY'
+import http.server, json, queue, sys, threading, urllib.request
+from standardwebhooks.webhooks import Webhook
+base, received = f"http://{sys.argv[1]}", queue.Queue()
+class Hook(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        received.put((self.rfile.read(int(self.headers["content-length"])), dict(self.headers.items())))
+        self.send_response(204); self.end_headers()
+    def log_message(self, *args): pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+body = json.dumps({"server": "time", "tool": "get_current_time", "arguments": {"timezone": "Asia/Kolkata"},
+                   "callbackUrl": f"http://127.0.0.1:{server.server_port}/hook"}).encode()
+request = urllib.request.Request(f"{base}/v1/jobs", data=body, headers={"Content-Type": "application/json"})
+print("accepted:", json.dumps(json.load(urllib.request.urlopen(request, timeout=10))))
+payload, headers = received.get(timeout=60)
+event = Webhook("whsec_ZGVtby1zZWNyZXQtbm90LWZvci1wcm9kdWN0aW9uIQ==").verify(payload, headers)
+print(f"callback: webhook-id {headers['webhook-id']}, signature verified, job {event['data']['status']}:",
+      event["data"]["result"]["content"][0]["text"].replace("\n", " "))
+PY
+echo
 echo "== what operators see: mcpq_calls_total at http://$listen/metrics (the status page is http://$listen/)"
 python3 - "$listen" <<'PY'
 import sys, time, urllib.request
@@ -71,7 +93,7 @@ import sys, time, urllib.request
 for _ in range(50):
     text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=5).read().decode()
     lines = [l for l in text.splitlines() if l.startswith("mcpq_calls_total{") and not l.endswith(" 0")]
-    if sum(float(l.rsplit(" ", 1)[1]) for l in lines) >= 4:
+    if sum(float(l.rsplit(" ", 1)[1]) for l in lines) >= 5:
         break
     time.sleep(0.1)
 print("\n".join(lines))

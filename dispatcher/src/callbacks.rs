@@ -34,13 +34,18 @@ use tokio_util::sync::CancellationToken;
 const MOST_BACKOFF: Duration = Duration::from_secs(3600);
 /// How long one POST may take.
 const POST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long resolving a callback's host may take.
+const DNS_TIMEOUT: Duration = Duration::from_secs(5);
+/// Callbacks one dispatcher delivers at once: a target that never answers holds one of them,
+/// not everybody's.
+const AT_ONCE: usize = 32;
 
 /// Why a callback target is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
     #[error("callbackUrl: callbacks are not configured on this deployment (set callbacks.secret)")]
     NotConfigured,
-    #[error("callbackUrl: {0:?} is not an http or https URL with a host")]
+    #[error("callbackUrl: {0:?} is not an http or https URL with a host and without credentials")]
     NotUrl(String),
     #[error("callbackUrl: cannot resolve {host:?}: {reason}")]
     Unresolved { host: String, reason: String },
@@ -90,7 +95,13 @@ impl Callbacks {
     pub async fn target(&self, url: &str) -> Result<Vec<SocketAddr>, TargetError> {
         let parsed = reqwest::Url::parse(url).map_err(|_| TargetError::NotUrl(url.into()))?;
         let host = match (parsed.scheme(), parsed.host_str()) {
-            ("http" | "https", Some(host)) if !host.is_empty() => host.to_string(),
+            ("http" | "https", Some(host))
+                if !host.is_empty()
+                    && parsed.username().is_empty()
+                    && parsed.password().is_none() =>
+            {
+                host.to_string()
+            }
             _ => return Err(TargetError::NotUrl(url.into())),
         };
         let port = parsed.port_or_known_default().unwrap_or(443);
@@ -98,13 +109,18 @@ impl Callbacks {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((bare.as_str(), port))
-            .await
-            .map_err(|e| TargetError::Unresolved {
-                host: host.clone(),
-                reason: e.to_string(),
-            })?
-            .collect();
+        let addrs: Vec<SocketAddr> =
+            tokio::time::timeout(DNS_TIMEOUT, tokio::net::lookup_host((bare.as_str(), port)))
+                .await
+                .map_err(|_| TargetError::Unresolved {
+                    host: host.clone(),
+                    reason: format!("no answer within {DNS_TIMEOUT:?}"),
+                })?
+                .map_err(|e| TargetError::Unresolved {
+                    host: host.clone(),
+                    reason: e.to_string(),
+                })?
+                .collect();
         if addrs.is_empty() {
             return Err(TargetError::Unresolved {
                 host,
@@ -139,27 +155,58 @@ impl Callbacks {
     }
 }
 
-/// Whether `ip` is an address callbacks may go to without being allowed by name.
+/// Whether `ip` is an address callbacks may go to without being allowed by name: not
+/// loopback, private, link-local, shared (CGNAT), reserved, documentation, benchmarking,
+/// multicast or unspecified — nor an IPv6 form that carries such an IPv4 address (mapped,
+/// compatible, NAT64, 6to4).
 fn public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
             !(v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
-                || v4.is_unspecified()
                 || v4.is_broadcast()
                 || v4.is_multicast()
-                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (b & 0xc0) == 64)
+                || (a == 192 && b == 0 && c == 0)
+                || (a == 198 && (b & 0xfe) == 18)
+                || a >= 240
+                || v4 == std::net::Ipv4Addr::new(168, 63, 129, 16))
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            let s = v6.segments();
+            let embedded = |hi: u16, lo: u16| {
+                std::net::Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8)
+            };
+            // IPv4 inside: mapped (::ffff:a.b.c.d), compatible (::a.b.c.d), translated
+            // (::ffff:0:a.b.c.d), NAT64 (64:ff9b::/96, 64:ff9b:1::/48), 6to4 (2002::/16).
+            let inside = if let Some(v4) = v6.to_ipv4_mapped() {
+                Some(v4)
+            } else if s[..6] == [0; 6]
+                || s[..6] == [0, 0, 0, 0, 0xffff, 0]
+                || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+                || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1)
+            {
+                Some(embedded(s[6], s[7]))
+            } else if s[0] == 0x2002 {
+                Some(embedded(s[1], s[2]))
+            } else {
+                None
+            };
+            if let Some(v4) = inside {
                 return public(IpAddr::V4(v4));
             }
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || (v6.segments()[0] & 0xffc0) == 0xfe80)
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] & 0xffc0) == 0xfec0
+                || (s[0] == 0x2001 && s[1] == 0)
+                || (s[0] == 0x2001 && s[1] == 0xdb8))
         }
     }
 }
@@ -172,13 +219,8 @@ fn backoff(tries: u64, unit: f64) -> Duration {
 
 /// Delivers callbacks until `shutdown`, binding the shared consumer again after any failure.
 pub async fn run(js: jetstream::Context, callbacks: Callbacks, shutdown: CancellationToken) {
-    let http = reqwest::Client::builder()
-        .timeout(POST_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap_or_default();
     while !shutdown.is_cancelled() {
-        if let Err(e) = deliver_all(&js, &http, &callbacks, &shutdown).await {
+        if let Err(e) = deliver_all(&js, &callbacks, &shutdown).await {
             tracing::debug!(error = %e, "callbacks: binding the consumer again");
         }
         tokio::select! {
@@ -190,7 +232,6 @@ pub async fn run(js: jetstream::Context, callbacks: Callbacks, shutdown: Cancell
 
 async fn deliver_all(
     js: &jetstream::Context,
-    http: &reqwest::Client,
     callbacks: &Callbacks,
     shutdown: &CancellationToken,
 ) -> Result<(), async_nats::Error> {
@@ -201,38 +242,52 @@ async fn deliver_all(
             durable_name: Some(CALLBACKS_CONSUMER.into()),
             description: Some("mcpq dispatchers delivering callbacks".into()),
             ack_policy: AckPolicy::Explicit,
-            ack_wait: POST_TIMEOUT * 3,
+            // Longer than the slowest try (name lookup and POST), with the most waiting for a
+            // turn here at the dispatcher.
+            ack_wait: (DNS_TIMEOUT + POST_TIMEOUT) * 4,
             max_deliver: -1,
             ..Default::default()
         })
         .await?;
-    let mut messages = consumer.messages().await?;
-    loop {
-        let message = tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
-            next = messages.next() => match next {
-                Some(message) => message?,
-                None => return Err("the callbacks consumer's stream ended".into()),
-            },
-        };
-        let tries = message.info().map(|i| i.delivered).unwrap_or(1).max(1) as u64;
-        let (outcome, ack) = deliver(js, http, callbacks, &message, tries).await;
-        metrics::counter!(CALLBACKS_TOTAL, "outcome" => outcome).increment(1);
-        let _ = message.ack_with(ack).await;
+    let messages = consumer
+        .stream()
+        .max_messages_per_batch(AT_ONCE)
+        .messages()
+        .await?;
+    let failed: std::sync::Mutex<Option<async_nats::Error>> = std::sync::Mutex::new(None);
+    messages
+        .take_until(shutdown.cancelled())
+        .take_while(|message| {
+            let ok = message.is_ok();
+            if let Err(e) = message {
+                *crate::lock(&failed) = Some(e.to_string().into());
+            }
+            std::future::ready(ok)
+        })
+        .for_each_concurrent(AT_ONCE, |message| async move {
+            let Ok(message) = message else { return };
+            let tries = message.info().map(|i| i.delivered).unwrap_or(1).max(1) as u64;
+            let (outcome, ack) = deliver(js, callbacks, &message, tries).await;
+            metrics::counter!(CALLBACKS_TOTAL, "outcome" => outcome).increment(1);
+            let _ = message.ack_with(ack).await;
+        })
+        .await;
+    match crate::lock(&failed).take() {
+        Some(e) => Err(e),
+        None if shutdown.is_cancelled() => Ok(()),
+        None => Err("the callbacks consumer's stream ended".into()),
     }
 }
 
 /// One try of one callback: its outcome label and what to do with the message.
 async fn deliver(
     js: &jetstream::Context,
-    http: &reqwest::Client,
     callbacks: &Callbacks,
     message: &jetstream::Message,
     tries: u64,
 ) -> (&'static str, AckKind) {
     let Ok(event) = serde_json::from_slice::<DoneEvent>(&message.payload) else {
-        bury(js, message, "server", "not a done event").await;
-        return ("dead", AckKind::Ack);
+        return bury(js, message, "unknown", "not a done event").await;
     };
     let server = event.data.server.clone();
     let Some(url) = event.data.callback_url.clone() else {
@@ -243,10 +298,12 @@ async fn deliver(
         Duration::from_millis(mcpq_schemas::now_ms().saturating_sub(event.data.updated_at_ms));
     let addrs = match callbacks.target(&url).await {
         Ok(addrs) => addrs,
-        Err(e @ TargetError::Private { .. }) => {
+        Err(e @ (TargetError::Private { .. } | TargetError::NotUrl(_))) => {
             tracing::warn!(%webhook_id, error = %e, "callback refused");
-            bury(js, message, &server, &e.to_string()).await;
-            return ("refused", AckKind::Ack);
+            return match bury(js, message, &server, &e.to_string()).await {
+                ("dead", ack) => ("refused", ack),
+                other => other,
+            };
         }
         Err(e) => {
             return retry_or_bury(js, message, &server, &e.to_string(), age, tries, callbacks)
@@ -261,15 +318,19 @@ async fn deliver(
     let pinned = reqwest::Url::parse(&url)
         .ok()
         .and_then(|u| u.host_str().map(str::to_string))
-        .map(|host| {
+        .and_then(|host| {
             reqwest::Client::builder()
                 .timeout(POST_TIMEOUT)
                 .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
                 .resolve_to_addrs(&host, &addrs)
                 .build()
-                .unwrap_or_else(|_| http.clone())
-        })
-        .unwrap_or_else(|| http.clone());
+                .ok()
+        });
+    let Some(pinned) = pinned else {
+        let why = "cannot make a client pinned to the checked address";
+        return retry_or_bury(js, message, &server, why, age, tries, callbacks).await;
+    };
     let sent = pinned
         .post(&url)
         .header("content-type", "application/json")
@@ -311,20 +372,25 @@ async fn retry_or_bury(
             tries,
             "callback never landed within callbacks.retryFor; dead-lettered"
         );
-        bury(js, message, server, why).await;
-        return ("dead", AckKind::Ack);
+        return bury(js, message, server, why).await;
     }
     let wait = backoff(tries, fastrand::f64()).min(callbacks.retry_for.saturating_sub(age));
     tracing::debug!(why, tries, ?wait, "callback did not land; trying again");
     ("retried", AckKind::Nak(Some(wait)))
 }
 
-/// Keeps a callback that will not be delivered in the dead callbacks, with its reason.
-async fn bury(js: &jetstream::Context, message: &jetstream::Message, server: &str, why: &str) {
+/// Keeps a callback that will not be delivered in the dead callbacks, with its reason; if it
+/// cannot be kept there, it stays queued and is tried again later.
+async fn bury(
+    js: &jetstream::Context,
+    message: &jetstream::Message,
+    server: &str,
+    why: &str,
+) -> (&'static str, AckKind) {
     let mut headers = HeaderMap::new();
     let reason: String = why.chars().filter(|c| !c.is_control()).take(512).collect();
     headers.insert("Mcpq-Callback-Error", reason.as_str());
-    if let Ok(ack) = js
+    let stored = match js
         .publish_with_headers(
             dead_callback_subject(server),
             headers,
@@ -332,7 +398,14 @@ async fn bury(js: &jetstream::Context, message: &jetstream::Message, server: &st
         )
         .await
     {
-        let _ = ack.await;
+        Ok(ack) => ack.await.is_ok(),
+        Err(_) => false,
+    };
+    if stored {
+        ("dead", AckKind::Ack)
+    } else {
+        tracing::warn!(why, "cannot keep a dead callback; it stays queued");
+        ("retried", AckKind::Nak(Some(Duration::from_secs(60))))
     }
 }
 
@@ -388,6 +461,27 @@ mod tests {
             Err(TargetError::NotUrl(_))
         ));
         assert!(public("93.184.216.34".parse().unwrap()));
+        assert!(public("2606:4700::1111".parse().unwrap()));
+        for private in [
+            "100.64.0.1",
+            "0.1.2.3",
+            "192.0.0.192",
+            "198.18.0.1",
+            "240.0.0.1",
+            "168.63.129.16",
+            "::ffff:10.0.0.1",
+            "::10.0.0.1",
+            "64:ff9b::a00:1",
+            "2002:a00:1::",
+            "fec0::1",
+            "fd00:ec2::254",
+        ] {
+            assert!(!public(private.parse().unwrap()), "{private}");
+        }
+        assert!(matches!(
+            callbacks(&[]).target("http://user:pw@example.com/").await,
+            Err(TargetError::NotUrl(_))
+        ));
         assert!(!public("100.64.0.1".parse().unwrap()));
     }
 

@@ -188,6 +188,24 @@ pub(crate) fn at_schedule(at_ms: u64) -> String {
     format!("@at {text}")
 }
 
+/// A job for later whose record, kept `kept`, would expire before it runs (with an hour to
+/// spare: a fired job may wait for a worker, or for room in its lane).
+pub fn too_far_ahead(job: &Job, kept: Duration) -> Result<(), ClientError> {
+    let now = mcpq_schemas::now_ms();
+    let Some(at) = job.run_at_ms.filter(|_| job.is_early(now)) else {
+        return Ok(());
+    };
+    let ahead = Duration::from_millis(at - now);
+    if !kept.is_zero() && ahead + Duration::from_secs(3600) > kept {
+        return Err(ClientError::TooFarAhead {
+            job_id: job.id,
+            ahead,
+            kept,
+        });
+    }
+    Ok(())
+}
+
 /// What claiming an idempotency key found.
 enum KeyClaim {
     /// The key is new: publish the job, then settle the claim made at `revision`.
@@ -228,6 +246,8 @@ pub enum Cancel {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Submitted {
     pub stream_seq: u64,
+    /// Published as a JetStream schedule (a job for later): `stream_seq` is the schedule's.
+    pub scheduled: bool,
     /// The job exists already (its idempotency key was submitted before, or a message with its
     /// id is inside JetStream's duplicate window): nothing was published.
     pub duplicate: bool,
@@ -276,6 +296,7 @@ impl Client {
                 KeyClaim::Taken(record) => Ok(Submitted {
                     stream_seq: record.stream_seq.unwrap_or(0),
                     duplicate: true,
+                    scheduled: record.status == JobStatus::Scheduled,
                 }),
                 KeyClaim::New { revision } => {
                     let published = self.publish(job, payload, None, job.msg_id(), None).await;
@@ -310,24 +331,19 @@ impl Client {
     /// Refuses a job for later whose record would expire before it is due (it could no longer
     /// be read or cancelled).
     async fn within_records(&self, bucket: &kv::Store, job: &Job) -> Result<(), ClientError> {
-        let now = mcpq_schemas::now_ms();
-        let Some(at) = job.run_at_ms.filter(|_| job.is_early(now)) else {
+        if !job.is_early(mcpq_schemas::now_ms()) {
             return Ok(());
-        };
-        let kept = match bucket.status().await {
-            Ok(status) => status.max_age(),
-            Err(_) => return Ok(()),
-        };
-        let ahead = Duration::from_millis(at - now);
-        // An hour to spare: a fired job may wait for a worker, or for room in its lane.
-        if !kept.is_zero() && ahead + Duration::from_secs(3600) > kept {
-            return Err(ClientError::TooFarAhead {
-                job_id: job.id,
-                ahead,
-                kept,
-            });
         }
-        Ok(())
+        match bucket.status().await {
+            Ok(status) => too_far_ahead(job, status.max_age()),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// How long job records are kept (the results bucket's age), when it can be read.
+    pub async fn records_kept(&self) -> Option<Duration> {
+        let bucket = self.results().await.ok()?;
+        bucket.status().await.ok().map(|s| s.max_age())
     }
 
     /// Claims an idempotency key: its job's record is created `queued`, unless the job exists
@@ -339,19 +355,32 @@ impl Client {
             source,
         };
         let bytes = record_bytes(&JobRecord::queued(job))?;
-        for _ in 0..5 {
+        let orphan_after = ORPHAN_AFTER.as_millis() as u64;
+        let mut changed = 0;
+        while changed < 5 {
             let (record, revision) = match create_or_read(bucket, job.id, &bytes).await? {
                 Created::New(revision) => return Ok(KeyClaim::New { revision }),
-                Created::Gone => continue,
+                Created::Gone => {
+                    changed += 1;
+                    continue;
+                }
                 Created::Found(record, revision) => (*record, revision),
             };
             let now = mcpq_schemas::now_ms();
-            let orphan_after = ORPHAN_AFTER.as_millis() as u64;
+            // Claimed and not (yet) published: its submitter is publishing it now, or died
+            // between the two writes. Waited for until it is published, or taken over once it
+            // is old enough to be an orphan — never reported as queued while no message
+            // carries it (a caller waiting for its end would wait for ever).
+            let unpublished = record.status == JobStatus::Queued && record.stream_seq.is_none();
+            let age = now.saturating_sub(record.updated_at_ms);
+            if unpublished && age <= orphan_after {
+                let wait = (orphan_after + 1 - age).min(1000);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                continue;
+            }
             // A job for later whose time came long ago and that no worker ever wrote: its
             // schedule was never published either.
-            let orphan = (record.status == JobStatus::Queued
-                && record.stream_seq.is_none()
-                && now.saturating_sub(record.updated_at_ms) > orphan_after)
+            let orphan = unpublished
                 || (record.status == JobStatus::Scheduled
                     && now.saturating_sub(record.run_at_ms.unwrap_or(record.updated_at_ms))
                         > orphan_after);
@@ -364,7 +393,7 @@ impl Client {
                 .await
             {
                 Ok(revision) => return Ok(KeyClaim::New { revision }),
-                Err(_) => continue,
+                Err(_) => changed += 1,
             }
         }
         Err(fail(
@@ -390,7 +419,7 @@ impl Client {
         let mut queued = JobRecord::queued(job);
         // A job for later is carried by its schedule now and by the message it fires later:
         // the worker notes that one.
-        if job.run_at_ms.is_none() {
+        if !submitted.scheduled {
             queued.stream_seq = Some(submitted.stream_seq);
         }
         if let Ok(bytes) = record_bytes(&queued) {
@@ -471,6 +500,9 @@ impl Client {
                 .await
                 .is_ok()
             {
+                mcpq_schemas::done::announce(&self.js, &record, true)
+                    .await
+                    .map_err(|e| fail(e.into()))?;
                 return Ok(());
             }
         }
@@ -588,6 +620,7 @@ impl Client {
             Ok(Submitted {
                 stream_seq: ack.sequence,
                 duplicate: ack.duplicate,
+                scheduled: run_at.is_some(),
             })
         }
         .instrument(span)
@@ -795,6 +828,13 @@ impl Client {
             return Ok(Cancel::NotFound);
         };
         if record.status.is_terminal() {
+            // Cancelled here before, its callback perhaps not stored (a dispatcher that
+            // stopped in between): stored now, or dropped as the copy it is.
+            if record.status == JobStatus::Cancelled && record.callback_url.is_some() {
+                mcpq_schemas::done::announce(&self.js, &record, false)
+                    .await
+                    .map_err(|e| fail(e.into()))?;
+            }
             return Ok(Cancel::AlreadyEnded(record));
         }
         self.request_cancel(job_id, &record.server, reason.clone())
@@ -828,9 +868,11 @@ impl Client {
             .await
         {
             Ok(_) => {
-                if let Err(e) = mcpq_schemas::done::announce(&self.js, &cancelled, true).await {
-                    tracing::warn!(%job_id, error = %e, "cannot store the cancelled job's callback");
-                }
+                // Not stored: the caller is told to try again (the record says cancelled; a
+                // second DELETE stores the callback).
+                mcpq_schemas::done::announce(&self.js, &cancelled, true)
+                    .await
+                    .map_err(|e| fail(e.into()))?;
                 Ok(Cancel::Requested(cancelled))
             }
             Err(_) => Ok(Cancel::Requested(

@@ -247,7 +247,9 @@ impl Client {
             .await
             .map_err(|e| fail(e.into()))?;
         if let Err(e) = self.publish_schedule(schedule).await {
-            let _ = bucket.delete(schedule.id.to_string()).await;
+            // It may have been stored all the same (an acknowledgement lost): neither stays.
+            let _ = self.unschedule(&schedule.server, &schedule.id).await;
+            let _ = bucket.purge(schedule.id.to_string()).await;
             return Err(e);
         }
         Ok(())
@@ -359,7 +361,10 @@ impl Client {
         })
     }
 
-    /// Pauses or resumes a schedule; the schedule as it is now.
+    /// Pauses or resumes a schedule; the schedule as it is now. JetStream's side is applied
+    /// whatever the definition said already (a pause or resume cut short before is completed),
+    /// then checked against the definition once more: a delete or an opposite change that came
+    /// meanwhile wins, and nothing is left firing that should not.
     pub async fn set_paused(
         &self,
         id: Uuid,
@@ -378,22 +383,35 @@ impl Client {
             };
             let mut schedule: Schedule =
                 serde_json::from_slice(&entry.value).map_err(|e| fail(e.into()))?;
-            if schedule.paused == paused {
-                return Ok(Some(schedule));
+            let mut revision = entry.revision;
+            if schedule.paused != paused {
+                schedule.paused = paused;
+                let bytes = serde_json::to_vec(&schedule).map_err(|e| fail(e.into()))?;
+                match bucket
+                    .update(id.to_string(), bytes.into(), entry.revision)
+                    .await
+                {
+                    Ok(written) => revision = written,
+                    Err(_) => continue,
+                }
             }
-            schedule.paused = paused;
-            let bytes = serde_json::to_vec(&schedule).map_err(|e| fail(e.into()))?;
-            if bucket
-                .update(id.to_string(), bytes.into(), entry.revision)
-                .await
-                .is_err()
-            {
-                continue;
-            }
-            if paused {
-                self.unschedule(&schedule.server, &id).await?;
-            } else {
+            // One schedule on the subject at most: the old one goes before a new one is set.
+            self.unschedule(&schedule.server, &id).await?;
+            if !paused {
                 self.publish_schedule(&schedule).await?;
+                let now = bucket
+                    .entry(id.to_string())
+                    .await
+                    .map_err(|e| fail(e.into()))?;
+                let still = now
+                    .as_ref()
+                    .is_some_and(|e| e.operation == kv::Operation::Put && e.revision == revision);
+                if !still {
+                    // Deleted or changed while this resumed it: its state wins on the next
+                    // round (a deleted one is unscheduled again).
+                    self.unschedule(&schedule.server, &id).await?;
+                    continue;
+                }
             }
             return Ok(Some(schedule));
         }
@@ -401,7 +419,8 @@ impl Client {
     }
 
     /// Deletes a schedule: JetStream's schedule first (nothing fires after), then the
-    /// definition and its ticks. Whether there was one.
+    /// definition and its ticks. (A schedule a racing resume sets again finds no definition at
+    /// its next tick: the worker drops the tick and removes the schedule.)
     pub async fn delete_schedule(&self, schedule: &Schedule) -> Result<(), ClientError> {
         self.unschedule(&schedule.server, &schedule.id).await?;
         let bucket = self.schedules_bucket().await?;

@@ -482,14 +482,15 @@ impl DoneEvent {
         }
     }
 
-    /// The Standard Webhooks `webhook-id` of this event: the job id and how it ended, the same
-    /// on every delivery (receivers deduplicate on it).
+    /// The Standard Webhooks `webhook-id` of this event: the job id, how it ended and when
+    /// (`<job id>:<status>:<ended at ms>`), the same on every delivery of this event
+    /// (receivers deduplicate on it), another for a replayed job that ends again.
     pub fn webhook_id(&self) -> String {
         let status = serde_json::to_value(self.data.status)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default();
-        format!("{}:{status}", self.data.job_id)
+        format!("{}:{status}:{}", self.data.job_id, self.data.updated_at_ms)
     }
 }
 

@@ -5,12 +5,32 @@
 
 use std::time::Duration;
 
-use mcpq_tests::{eventually, fixture::HttpFixture, free_port, stack::Stack};
+use mcpq_tests::{eventually, fixture::HttpFixture, free_port, nats::NatsServer, stack::replicas};
 use serde_json::{Value, json};
 
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub(crate) const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
-struct Receiver(std::process::Child);
+/// The Python receiver (tests/clients/webhook_receiver.py), killed on drop.
+pub(crate) struct Receiver(std::process::Child);
+
+impl Receiver {
+    /// Listens on `port`, logging each request into `log`; each callback's first `failures`
+    /// deliveries are answered 500.
+    pub(crate) fn start(port: u16, log: &std::path::Path, failures: u32) -> Receiver {
+        Receiver(
+            std::process::Command::new(mcpq_tests::required_program("python3"))
+                .arg(mcpq_tests::repo_root().join("tests/clients/webhook_receiver.py"))
+                .args([
+                    &port.to_string(),
+                    SECRET,
+                    log.to_str().unwrap(),
+                    &failures.to_string(),
+                ])
+                .spawn()
+                .expect("start the webhook receiver"),
+        )
+    }
+}
 
 impl Drop for Receiver {
     fn drop(&mut self) {
@@ -19,7 +39,7 @@ impl Drop for Receiver {
     }
 }
 
-fn lines(log: &std::path::Path) -> Vec<Value> {
+pub(crate) fn lines(log: &std::path::Path) -> Vec<Value> {
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
@@ -33,19 +53,22 @@ async fn every_ended_job_is_called_back_signed_retried_and_once_accepted() {
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("received.jsonl");
-    let _receiver = Receiver(
-        std::process::Command::new(mcpq_tests::required_program("python3"))
-            .arg(mcpq_tests::repo_root().join("tests/clients/webhook_receiver.py"))
-            .args([&port.to_string(), SECRET, log.to_str().unwrap(), "2"])
-            .spawn()
-            .expect("start the webhook receiver"),
-    );
-    let stack = Stack::start_config(&format!(
-        "version: \"1.0\"\ncallbacks:\n  secret: {SECRET}\n  allowHosts: [127.0.0.1]\nservers:\n{}",
-        crate::two_fixtures(&web.url())
-    ))
-    .await;
-    let base = format!("http://{}", stack.addr);
+    let _receiver = Receiver::start(port, &log, 2);
+    // Real processes: the dispatcher's /metrics is its own.
+    let nats = NatsServer::start();
+    let config = dir.path().join("mcp.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: \"1.0\"\ncallbacks:\n  secret: {SECRET}\n  allowHosts: [127.0.0.1]\nservers:\n  - {{name: web, type: http, endpoint: \"{}\", timeout: 10s}}\n",
+            web.url()
+        ),
+    )
+    .unwrap();
+    let (bases, _processes) = replicas(dir.path(), config.to_str().unwrap(), &nats.url(), 1);
+    let base = bases[0].clone();
+    mcpq_tests::ready(format!("{base}/readyz")).await;
+    mcpq_tests::catalogs_published(&nats.url(), &["web"]).await;
     let hook = format!("http://127.0.0.1:{port}/hook");
     let http = reqwest::Client::new();
     let submit = |body: Value| {
@@ -106,7 +129,12 @@ async fn every_ended_job_is_called_back_signed_retried_and_once_accepted() {
         let job_id = event["data"]["jobId"].as_str().unwrap();
         assert!(ids.iter().any(|id| id == job_id), "{event}");
         let status = event["data"]["status"].as_str().unwrap().to_string();
-        assert_eq!(line["id"], format!("{job_id}:{status}"), "{line}");
+        let ended_at = event["data"]["updatedAtMs"].as_u64().unwrap();
+        assert_eq!(
+            line["id"],
+            format!("{job_id}:{status}:{ended_at}"),
+            "{line}"
+        );
         assert_eq!(event["link"], format!("/v1/jobs/{job_id}"), "{event}");
         statuses.push(status);
     }
@@ -143,5 +171,21 @@ async fn every_ended_job_is_called_back_signed_retried_and_once_accepted() {
         "{message}"
     );
 
-    stack.stop().await;
+    // The dispatcher counts what it delivered and what it tried again.
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counted = |outcome: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("mcpq_callbacks_total{{outcome=\"{outcome}\"}}")))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    assert_eq!(counted("delivered"), Some(3.0), "{metrics}");
+    assert_eq!(counted("retried"), Some(6.0), "{metrics}");
 }

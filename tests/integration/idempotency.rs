@@ -270,5 +270,29 @@ async fn a_key_whose_first_submission_was_never_queued_is_taken_over() {
         .expect("taken over within the call's time");
     assert!(matches!(reply.outcome, Outcome::Ok { .. }), "{reply:?}");
     assert_eq!(web.fixture.marks(), ["orphan"], "run once");
+
+    // Submitted for later (`mcpq batch run` run again after a kill): a claim younger than an
+    // orphan is waited for, then taken over — not answered "duplicate" while no message
+    // carries the job (its caller would wait for its end for ever).
+    let later = Job::new(
+        "web",
+        McpRequest::call_tool(
+            "mark",
+            serde_json::json!({"tag": "orphan-2"}).as_object().cloned(),
+        ),
+    )
+    .with_idempotency_key("orphan-2");
+    let mut claim = mcpq_schemas::JobRecord::queued(&later);
+    claim.updated_at_ms = mcpq_schemas::now_ms() - 28_000;
+    results
+        .create(
+            later.id.to_string(),
+            serde_json::to_vec(&claim).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    let submitted = stack.client.submit(&later).await.unwrap();
+    assert!(!submitted.duplicate, "{submitted:?}");
+    web.fixture.until_marked("orphan-2").await;
     stack.stop().await;
 }

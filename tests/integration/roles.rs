@@ -28,8 +28,9 @@ fn config(dir: &Path, user: &str, password: &str, upstream: &str) -> std::path::
     std::fs::write(
         &path,
         format!(
-            "version: \"1.0\"\nnats: {{user: {user}, password: \"${{file:{}}}\"}}\nservers:\n  - {{name: web, type: http, endpoint: \"{upstream}\", timeout: 10s}}\n",
-            secret.display()
+            "version: \"1.0\"\nnats: {{user: {user}, password: \"${{file:{}}}\"}}\ncallbacks: {{secret: {}, allowHosts: [127.0.0.1]}}\nservers:\n  - {{name: web, type: http, endpoint: \"{upstream}\", timeout: 10s}}\n",
+            secret.display(),
+            crate::callbacks::SECRET
         ),
     )
     .unwrap();
@@ -126,7 +127,12 @@ async fn each_role_may_do_its_part_and_a_pipeline_nothing_else() {
     .await;
     assert!(reply.to_string().contains("role"), "{reply}");
 
-    // The dispatcher under its role serves a call end to end.
+    // The dispatcher under its role serves a call end to end: one for later (the dispatcher
+    // schedules it, the worker moves it to its lane) with a callback (the worker stores it, the
+    // dispatcher delivers it).
+    let hook_port = mcpq_tests::free_port();
+    let hook_log = dir.path().join("hook.jsonl");
+    let _receiver = crate::callbacks::Receiver::start(hook_port, &hook_log, 0);
     let http = reqwest::Client::new();
     let accepted: serde_json::Value = eventually("the dispatcher answers", Duration::from_secs(30), || {
         let http = http.clone();
@@ -134,7 +140,8 @@ async fn each_role_may_do_its_part_and_a_pipeline_nothing_else() {
         async move {
             let response = http
                 .post(url)
-                .json(&json!({"server": "web", "tool": "echo", "arguments": {"text": "via-dispatcher"}}))
+                .json(&json!({"server": "web", "tool": "echo", "arguments": {"text": "via-dispatcher"},
+                    "delay": "1s", "callbackUrl": format!("http://127.0.0.1:{hook_port}/hook")}))
                 .send()
                 .await
                 .ok()?;
@@ -152,6 +159,15 @@ async fn each_role_may_do_its_part_and_a_pipeline_nothing_else() {
         .unwrap();
     assert_eq!(waited.status(), 200);
     assert!(waited.text().await.unwrap().contains("via-dispatcher"));
+    eventually(
+        "the callback under the roles",
+        Duration::from_secs(30),
+        || {
+            let received = crate::callbacks::lines(&hook_log);
+            async move { received.iter().any(|l| l["verified"] == true).then_some(()) }
+        },
+    )
+    .await;
 
     // Everything else the pipeline tries is refused by the server.
     let _ = pipeline

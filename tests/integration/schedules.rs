@@ -6,9 +6,7 @@
 use std::time::{Duration, Instant};
 
 use mcpq_schemas::{JobStatus, schedule::ScheduleView};
-use mcpq_tests::{
-    eventually, fixture::HttpFixture, free_port, nats::NatsServer, stack::McpqProcess,
-};
+use mcpq_tests::{eventually, fixture::HttpFixture, nats::NatsServer, stack::replicas};
 use serde_json::{Value, json};
 
 /// A config for the HTTP fixture as `web`, written into `dir`.
@@ -22,48 +20,6 @@ fn config(dir: &std::path::Path, url: &str) -> String {
     )
     .unwrap();
     path.display().to_string()
-}
-
-/// `count` dispatchers and `count` workers as processes; the dispatchers' base URLs.
-fn start(
-    dir: &std::path::Path,
-    config: &str,
-    nats: &str,
-    count: usize,
-) -> (Vec<String>, Vec<McpqProcess>) {
-    let mut processes = Vec::new();
-    let mut bases = Vec::new();
-    for i in 0..count {
-        let listen = format!("127.0.0.1:{}", free_port());
-        processes.push(McpqProcess::spawn(
-            &[
-                "dispatcher",
-                "--config",
-                config,
-                "--nats",
-                nats,
-                "--listen",
-                &listen,
-            ],
-            &dir.join(format!("d{i}.log")),
-        ));
-        bases.push(format!("http://{listen}"));
-        processes.push(McpqProcess::spawn(
-            &[
-                "worker",
-                "--config",
-                config,
-                "--nats",
-                nats,
-                "--id",
-                &format!("w{i}"),
-                "--metrics-listen",
-                "127.0.0.1:0",
-            ],
-            &dir.join(format!("w{i}.log")),
-        ));
-    }
-    (bases, processes)
 }
 
 async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
@@ -85,7 +41,7 @@ async fn a_job_for_later_starts_after_its_time_and_one_cancelled_never_runs() {
     let web = HttpFixture::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), &web.url());
-    let (bases, _processes) = start(dir.path(), &config, &nats.url(), 1);
+    let (bases, _processes) = replicas(dir.path(), &config, &nats.url(), 1);
     let base = &bases[0];
     mcpq_tests::ready(format!("{base}/readyz")).await;
     mcpq_tests::catalogs_published(&nats.url(), &["web"]).await;
@@ -220,7 +176,7 @@ async fn an_every_schedule_fires_once_per_tick_across_replicas_and_a_nats_restar
     let web = HttpFixture::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), &web.url());
-    let (bases, _processes) = start(dir.path(), &config, &nats.url(), 2);
+    let (bases, _processes) = replicas(dir.path(), &config, &nats.url(), 2);
     for base in &bases {
         mcpq_tests::ready(format!("{base}/readyz")).await;
     }

@@ -280,3 +280,46 @@ impl Drop for McpqProcess {
         self.kill();
     }
 }
+
+/// `count` real `mcpq dispatcher` and `count` real `mcpq worker` processes for the config at
+/// `config`, logging into `dir`; the dispatchers' base URLs (`http://127.0.0.1:<port>`).
+pub fn replicas(
+    dir: &std::path::Path,
+    config: &str,
+    nats: &str,
+    count: usize,
+) -> (Vec<String>, Vec<McpqProcess>) {
+    let mut processes = Vec::new();
+    let mut bases = Vec::new();
+    for i in 0..count {
+        let listen = format!("127.0.0.1:{}", crate::free_port());
+        processes.push(McpqProcess::spawn(
+            &[
+                "dispatcher",
+                "--config",
+                config,
+                "--nats",
+                nats,
+                "--listen",
+                &listen,
+            ],
+            &dir.join(format!("d{i}.log")),
+        ));
+        bases.push(format!("http://{listen}"));
+        processes.push(McpqProcess::spawn(
+            &[
+                "worker",
+                "--config",
+                config,
+                "--nats",
+                nats,
+                "--id",
+                &format!("w{i}"),
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ],
+            &dir.join(format!("w{i}.log")),
+        ));
+    }
+    (bases, processes)
+}

@@ -539,6 +539,9 @@ async fn submit_batch(
         mcpq_schemas::job::idempotent_id_of(caller.principal(), "batch", key, &shared.signing)
     });
     let mut jobs = Vec::new();
+    // How long records are kept, read once for the lines for later (checked before anything
+    // is queued).
+    let mut kept: Option<Option<Duration>> = None;
     for (number, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -585,6 +588,15 @@ async fn submit_batch(
             .map_err(|e| line(&e))?
             .owned_by(caller.principal().map(str::to_string), &shared.signing);
         shared.callback(&mut job).await.map_err(|e| line(&e))?;
+        if job.run_at_ms.is_some() {
+            let kept = match kept {
+                Some(kept) => kept,
+                None => *kept.insert(shared.client.records_kept().await),
+            };
+            if let Some(kept) = kept {
+                crate::publish::too_far_ahead(&job, kept).map_err(|e| line(&e))?;
+            }
+        }
         jobs.push(job);
     }
     if jobs.is_empty() {

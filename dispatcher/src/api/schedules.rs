@@ -58,6 +58,8 @@ pub(super) async fn create_schedule(
         return Err(forbidden(&caller, &spec.server, &spec.tool).into());
     }
     let defaults = shared.check(&spec.server)?;
+    // A schedule is counted as one call against the caller's limits when it is made.
+    shared.admit_calls(&caller, 1).await?;
     let mut spec = spec;
     if let Some(callbacks) = &shared.callbacks {
         spec.callback_url = callbacks.url_for(spec.callback_url.as_deref(), caller.principal());

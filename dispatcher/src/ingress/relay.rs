@@ -308,6 +308,8 @@ fn admit<'s>(
 /// the wait for its reply.
 struct Started {
     job_id: Uuid,
+    /// The job is for later: it waits as a JetStream schedule until it is due.
+    later: bool,
     kept: Option<Job>,
     call: Pin<Box<dyn Future<Output = Result<mcpq_schemas::Reply, crate::ClientError>> + Send>>,
     span: tracing::Span,
@@ -366,6 +368,7 @@ fn answer_question(
     };
     Ok(Started {
         job_id,
+        later: false,
         kept: None,
         call: Box::pin(call),
         span: tracing::info_span!("relay", %job_id, server = request.server),
@@ -412,12 +415,14 @@ async fn submit(
         _ => Some(job.clone()),
     };
     let job_id = job.id;
+    let later = job.run_at_ms.is_some();
     let client = shared.client.clone();
     // A call for later is waited for until it is due, and then as long as any call.
     let wait = wait + Duration::from_millis(job.run_at_ms.unwrap_or(0).saturating_sub(now_ms()));
     let call = async move { client.call_with_events(&job, wait, Some(events)).await };
     Ok(Submitted::Call(Box::new(Started {
         job_id,
+        later,
         kept,
         call: Box::pin(call),
         span,
@@ -437,6 +442,7 @@ async fn pump(
 ) -> Result<Relayed, ErrorData> {
     let Started {
         job_id,
+        later,
         kept: job,
         call,
         span,
@@ -457,6 +463,7 @@ async fn pump(
         client: shared.client.clone(),
         job_id,
         server: request.server.to_string(),
+        later,
         armed: true,
     };
     let become_task = async {
@@ -856,6 +863,8 @@ struct CancelOnDrop {
     client: crate::Client,
     job_id: uuid::Uuid,
     server: String,
+    /// A job for later: its schedule goes too, so it never fires for nobody.
+    later: bool,
     armed: bool,
 }
 
@@ -865,11 +874,14 @@ impl Drop for CancelOnDrop {
             return;
         }
         let client = self.client.clone();
-        let (job_id, server) = (self.job_id, std::mem::take(&mut self.server));
+        let (job_id, server, later) = (self.job_id, std::mem::take(&mut self.server), self.later);
         tracing::info!(%job_id, "the caller went away; cancelling its job");
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 let reason = Some("the MCP client went away".to_string());
+                if later && let Err(e) = client.unschedule(&server, &job_id).await {
+                    tracing::warn!(%job_id, error = %e, "cannot remove the job's schedule");
+                }
                 if let Err(e) = client.request_cancel(job_id, &server, reason).await {
                     tracing::warn!(%job_id, error = %e, "cannot cancel the job");
                 }

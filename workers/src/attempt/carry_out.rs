@@ -49,8 +49,7 @@ pub(super) async fn carry_out(
             }
             // The message that ended the job, delivered again: its worker may have stopped
             // before its callback was stored (the store drops a second copy).
-            if delivery.delivered > 1
-                && record.stream_seq == Some(delivery.stream_seq)
+            if record.stream_seq == Some(delivery.stream_seq)
                 && record.callback_url.is_some()
                 && mcpq_schemas::done::announce(&ctx.outbox.js, &record, false)
                     .await
@@ -161,6 +160,10 @@ pub(super) async fn carry_out(
                         "the upstream's result is {size} bytes, more than server {:?} keeps (maxResultBytes: {}): raise maxResultBytes, or ask the upstream for less",
                         ctx.server.name, ctx.server.max_result_bytes
                     ),
+                ),
+                Outcome::NotTwice => JobError::new(
+                    ErrorKind::Internal,
+                    "not run again: the job may not run twice (idempotent: false), and an attempt that stopped midway may have reached the upstream".to_string(),
                 ),
                 Outcome::Stranded { deliveries } => JobError::new(
                     ErrorKind::Internal,
@@ -502,6 +505,15 @@ async fn finish(
             if let Ok(Some((stored, _))) = ctx.outbox.entry(&job.id).await
                 && stored.status.is_terminal()
             {
+                // Whoever ended it stored its callback; a copy here is dropped by the store
+                // if that one was, and saves it if that writer stopped before.
+                if stored.callback_url.is_some()
+                    && mcpq_schemas::done::announce(&ctx.outbox.js, &stored, false)
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
                 if delivery.claimed
                     && let Some(reply) = stored.to_reply()
                 {

@@ -43,6 +43,9 @@ pub struct RetryPolicy {
     pub initial: Duration,
     /// Largest backoff ceiling.
     pub max: Duration,
+    /// The job may not be sent twice (`noRetry`): an attempt that reached the upstream and
+    /// failed is never followed by another, not even after the circuit held it.
+    pub at_most_once: bool,
 }
 
 impl Default for RetryPolicy {
@@ -51,6 +54,7 @@ impl Default for RetryPolicy {
             max_attempts: 3,
             initial: Duration::from_millis(200),
             max: Duration::from_secs(30),
+            at_most_once: false,
         }
     }
 }
@@ -61,6 +65,7 @@ impl From<mcpq_schemas::config::RetryConfig> for RetryPolicy {
             max_attempts: c.max_attempts,
             initial: c.initial,
             max: c.max,
+            at_most_once: false,
         }
     }
 }
@@ -70,6 +75,7 @@ impl RetryPolicy {
     pub fn once(self) -> RetryPolicy {
         RetryPolicy {
             max_attempts: 1,
+            at_most_once: true,
             ..self
         }
     }
@@ -97,7 +103,7 @@ pub fn decide(outcome: &Outcome, spent: u32, policy: &RetryPolicy, unit: f64) ->
         Outcome::AlreadyDone(_) => Decision::Answer,
         Outcome::Duplicate => Decision::Follow,
         Outcome::Foreign => Decision::Refuse,
-        Outcome::Stranded { .. } => Decision::DeadLetter(JobStatus::Dead),
+        Outcome::Stranded { .. } | Outcome::NotTwice => Decision::DeadLetter(JobStatus::Dead),
         Outcome::Cancelled { .. } => Decision::End(JobStatus::Cancelled),
         Outcome::Expired { .. } => Decision::End(JobStatus::Expired),
         Outcome::Held(wait) | Outcome::Early(wait) => Decision::Hold(*wait),
@@ -110,6 +116,9 @@ pub fn decide(outcome: &Outcome, spent: u32, policy: &RetryPolicy, unit: f64) ->
                 (Verdict::Permanent | Verdict::Answered, _) => {
                     Decision::DeadLetter(JobStatus::Failed)
                 }
+                (Verdict::Retryable, Count::Held(_)) if policy.at_most_once => {
+                    Decision::DeadLetter(JobStatus::Dead)
+                }
                 (Verdict::Retryable, Count::Held(wait)) => Decision::Hold((*wait).max(asked)),
                 (Verdict::Retryable, Count::Counted) if spent + 1 >= policy.max_attempts => {
                     Decision::DeadLetter(JobStatus::Dead)
@@ -120,6 +129,45 @@ pub fn decide(outcome: &Outcome, spent: u32, policy: &RetryPolicy, unit: f64) ->
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod at_most_once {
+    use mcpq_schemas::ErrorKind;
+
+    use super::*;
+    use crate::call::Failure;
+
+    #[test]
+    fn a_job_that_may_not_run_twice_is_never_sent_again() {
+        let once = RetryPolicy::default().once();
+        let failure = |count| Outcome::Failed {
+            failure: Failure::new(ErrorKind::Timeout, "timed out".into(), Verdict::Retryable),
+            count,
+        };
+        assert_eq!(
+            decide(&failure(Count::Counted), 0, &once, 0.5),
+            Decision::DeadLetter(JobStatus::Dead)
+        );
+        assert_eq!(
+            decide(&failure(Count::Held(Duration::from_secs(5))), 0, &once, 0.5),
+            Decision::DeadLetter(JobStatus::Dead)
+        );
+        assert_eq!(
+            decide(
+                &failure(Count::Held(Duration::from_secs(5))),
+                0,
+                &RetryPolicy::default(),
+                0.5
+            ),
+            Decision::Hold(Duration::from_secs(5))
+        );
+        assert_eq!(
+            decide(&Outcome::NotTwice, 0, &once, 0.5),
+            Decision::DeadLetter(JobStatus::Dead)
+        );
     }
 }
 
@@ -248,6 +296,7 @@ mod tests {
             max_attempts: 10,
             initial: Duration::from_millis(100),
             max: Duration::from_secs(1),
+            at_most_once: false,
         };
         assert_eq!(p.backoff(1, 1.0), Duration::from_millis(100));
         assert_eq!(p.backoff(2, 1.0), Duration::from_millis(200));

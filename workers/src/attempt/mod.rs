@@ -243,23 +243,28 @@ pub(crate) async fn handle(ctx: &Context, message: Message) {
         return;
     }
     let vouched = sealed(ctx, &message);
+    let mut adopted = None;
     let decoded =
         decode::decode(&ctx.server.name, &message.payload, stored_at_ms).and_then(|mut job| {
             // A recurring schedule's tick: its own job, whose id the tick names.
-            tick::adopt(
-                ctx,
-                &message,
-                &mut job,
-                stored_at_ms,
-                delivery.delivered,
-                vouched,
-            )?;
+            adopted = tick::adopt(ctx, &message, &mut job, stored_at_ms, vouched)?;
             Ok(job)
         });
+    if let Some(adopted) = adopted
+        && !tick::wanted(ctx, &ctx.server.name, adopted, delivery.delivered).await
+    {
+        let _ = message.ack_with(AckKind::Ack).await;
+        return;
+    }
     let job = match decoded {
         Ok(mut job) => {
             // A principal counts only under a dispatcher's seal: anyone may publish on NATS.
             delivery.vouched = vouched;
+            // Nor is a callback taken from anyone but a dispatcher (which checked where it
+            // goes): a pipeline listens on mcpq.done.<server>.
+            if !delivery.vouched {
+                job.callback_url = None;
+            }
             if job.principal.is_some() && !delivery.vouched {
                 tracing::warn!(
                     job_id = %job.id,
@@ -431,6 +436,11 @@ async fn run(ctx: &Context, delivery: &mut Delivery, job: &Job, interrupt: &Inte
     // else's job: its call would answer that job's cancels and fill its audit trail.
     if !delivery.claimed && !delivery.vouched && foreign(ctx, job).await {
         return Outcome::Foreign;
+    }
+    // A job that may not run twice, found held by an attempt that stopped midway: that
+    // attempt may have reached the upstream.
+    if job.no_retry && delivery.takeovers > 0 {
+        return Outcome::NotTwice;
     }
     // Not due yet (published to a lane before its time): back until it is.
     let now = now_ms();

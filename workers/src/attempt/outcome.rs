@@ -20,6 +20,9 @@ pub(crate) enum Outcome {
     /// The job's id names a record of another principal: it is refused, and that record is
     /// neither read out nor written.
     Foreign,
+    /// The job may not run twice (`noRetry`), and an attempt that stopped midway may have run
+    /// it already: not run again.
+    NotTwice,
     /// Delivered again and again without an outcome: workers stopped while holding it.
     Stranded { deliveries: u32 },
     /// Cancelled by request, before it started or while it ran (the upstream was told).

@@ -12,6 +12,12 @@ use mcpq_schemas::{
 
 use super::Context;
 
+/// A tick, once its job is made.
+pub(super) struct Adopted {
+    schedule_id: uuid::Uuid,
+    tick: Tick,
+}
+
 /// Makes `job` the tick it is, if it is a schedule's template: its id, its submission time
 /// (when JetStream fired it). A template that did not come from its schedule is malformed.
 pub(super) fn adopt(
@@ -19,12 +25,11 @@ pub(super) fn adopt(
     message: &Message,
     job: &mut Job,
     fired_at_ms: u64,
-    delivered: u32,
     vouched: bool,
-) -> Result<(), JobError> {
+) -> Result<Option<Adopted>, JobError> {
     // A tick replayed from the dead letters carries its own id already: an ordinary job.
     let Some(schedule_id) = job.schedule_id.filter(|id| *id == job.id) else {
-        return Ok(());
+        return Ok(None);
     };
     // Only a dispatcher's schedule makes ticks: anyone may publish on NATS, and a tick's id
     // is derived, so an unsealed template could take a real tick's id before it fires.
@@ -52,15 +57,51 @@ pub(super) fn adopt(
     job.id = mcpq_schemas::job::tick_id(&schedule_id, &next, &ctx.signing);
     job.submitted_at_ms = fired_at_ms;
     job.run_at_ms = None;
-    if delivered == 1 {
-        let tick = Tick {
+    Ok(Some(Adopted {
+        schedule_id,
+        tick: Tick {
             job_id: job.id,
             fired_at_ms,
             next: Some(next),
-        };
+        },
+    }))
+}
+
+/// Whether the tick's schedule still wants it: a schedule deleted or paused meanwhile (a
+/// resume that raced a delete, a pause cut short) fires no job — the tick is dropped and
+/// JetStream's schedule removed, so state and schedule converge at the latest on the next
+/// tick. A schedule that cannot be read is taken as wanting it. A wanted tick delivered the
+/// first time is noted among the schedule's latest ticks.
+pub(super) async fn wanted(ctx: &Context, server: &str, adopted: Adopted, delivered: u32) -> bool {
+    let Adopted { schedule_id, tick } = adopted;
+    let standing = match ctx.schedules.entry(schedule_id.to_string()).await {
+        Ok(Some(entry)) if entry.operation == async_nats::jetstream::kv::Operation::Put => {
+            serde_json::from_slice::<mcpq_schemas::schedule::Schedule>(&entry.value)
+                .map_or(true, |s| !s.paused)
+        }
+        Ok(_) => false,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the tick's schedule; running the tick");
+            true
+        }
+    };
+    if !standing {
+        tracing::info!(%schedule_id, "a tick of a schedule deleted or paused: dropped, its schedule removed");
+        let subject = mcpq_schemas::names::schedule_subject(server, &schedule_id);
+        if let Ok(stream) = ctx
+            .outbox
+            .js
+            .get_stream(mcpq_schemas::names::SCHEDULES_STREAM)
+            .await
+        {
+            let _ = stream.purge().filter(subject).await;
+        }
+        return false;
+    }
+    if delivered == 1 {
         tokio::spawn(note(ctx.schedules.clone(), schedule_id, tick));
     }
-    Ok(())
+    true
 }
 
 /// Adds `tick` to the schedule's latest ticks (compare-and-set; given up after a few tries:
