@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 NPM := .tools/npm
 
-.PHONY: tools build demo test conformance schemas bench bench-scale bench-limits bench-metrics bench-scale-out bench-smoke soak fuzz fmt lint clean
+.PHONY: tools build demo test conformance schemas bench bench-scale bench-limits bench-metrics bench-scale-out bench-fairness bench-smoke soak fuzz fmt lint clean
 
 tools: $(VENV)/.installed $(NPM)/.installed .tools/.debian
 
@@ -71,6 +71,11 @@ bench-limits: tools
 bench-scale-out: tools
 	cargo build --release --workspace --bins
 	python3 deploy/local/bench.py --scale-out --write
+
+# The same calls through a lane's own queue and through a principal's queue (fair shares).
+bench-fairness: tools
+	cargo build --release --workspace --bins
+	python3 deploy/local/bench.py --fairness-cost --write
 
 # Calls/s with and without metrics (--no-metrics), alternating, in one run.
 bench-metrics: tools

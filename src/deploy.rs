@@ -439,8 +439,13 @@ const NATS_USERS: [(&str, &str, &[&str], &[&str]); 3] = [
         "MCPQ_DISPATCHER_PASSWORD",
         &[
             "mcpq.jobs.>",
+            "mcpq.sched.>",
             "mcpq.input.>",
+            "mcpq.callbacks.>",
+            "mcpq.callbacks-dead.>",
+            "mcpq.done.>",
             "$JS.API.>",
+            "$JS.ACK.>",
             "$KV.>",
             "$O.>",
             "_INBOX.>",
@@ -451,10 +456,13 @@ const NATS_USERS: [(&str, &str, &[&str], &[&str]); 3] = [
         "worker",
         "MCPQ_WORKER_PASSWORD",
         &[
+            "mcpq.jobs.>",
             "mcpq.dlq.>",
             "mcpq.audit.>",
             "mcpq.events.>",
             "mcpq.holds.>",
+            "mcpq.callbacks.>",
+            "mcpq.done.>",
             "_INBOX.>",
             "$JS.API.>",
             "$JS.ACK.>",
@@ -467,7 +475,7 @@ const NATS_USERS: [(&str, &str, &[&str], &[&str]); 3] = [
         "operator",
         "MCPQ_OPERATOR_PASSWORD",
         &["$JS.API.>", "mcpq.jobs.>", "_INBOX.>"],
-        &["_INBOX.>"],
+        &["_INBOX.>", "mcpq.done.>"],
     ),
 ];
 

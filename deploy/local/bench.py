@@ -108,6 +108,12 @@ class Rig:
             "    concurrency: 256\n"
             "    timeout: 60s\n"
             "    maxQueued: 10000000\n"  # --scale queues its jobs with no worker running
+            "  - name: fair\n"  # --fairness-cost: principals' queues (fair shares)
+            "    type: http\n"
+            f"    endpoint: http://127.0.0.1:{self.fixture_port}/mcp\n"
+            "    concurrency: 256\n"
+            "    timeout: 60s\n"
+            "    fairness: {by: principal}\n"
             "  - name: bounded\n"  # --scale-out: each worker runs 16 calls at a time
             "    type: http\n"
             f"    endpoint: http://127.0.0.1:{self.fixture_port}/mcp\n"
@@ -503,6 +509,38 @@ def metrics_cost(rig, seconds, rounds=4):
             "queues every 5 s and send heartbeats: `--no-metrics` turns off metrics only.\n")
 
 
+def fairness_cost(rig, seconds, rounds=3):
+    """The same calls through a lane's own queue and through a principal's queue (fair
+    shares: a bell per job, then a pull), alternating; calls/s, p50 and CPU per call."""
+    rig.start_worker()
+    paths = {"lane queue": [], "principal queue": ["--principal-queue", "alice"]}
+    for extra in paths.values():
+        rig.bench("--server", "fair", *extra, "--concurrency", "8", "--calls", "500")
+    rows = []
+    for c in (1, 64):
+        for _ in range(rounds):
+            for name, extra in paths.items():
+                before = cpu_sample(rig)
+                r = rig.bench("--server", "fair", *extra, "--concurrency", str(c),
+                              "--calls", "10000000", "--duration", f"{seconds}s")
+                after = cpu_sample(rig)
+                cpu = {k: (after[k] - before[k]) * 1e6 / max(r["calls"], 1) for k in before}
+                rows.append((c, name, r, cpu))
+                print(f"  c={c:<3} {name:<16} {r['calls_per_s']:>7.0f} calls/s  p50 {r['p50_ms']:.2f} ms  "
+                      f"worker {cpu['worker']:.0f} µs  nats-server {cpu['nats-server']:.0f} µs per call",
+                      flush=True)
+    lines = ["| concurrency | path | calls/s (median) | p50 ms (median) | worker µs/call | nats-server µs/call |",
+             "| ---: | --- | ---: | ---: | ---: | ---: |"]
+    for c in (1, 64):
+        for name in paths:
+            mine = [(r, cpu) for (cc, n, r, cpu) in rows if cc == c and n == name]
+            med = lambda xs: sorted(xs)[len(xs) // 2]
+            lines.append(f"| {c} | {name} | {med([r['calls_per_s'] for r, _ in mine]):,.0f} | "
+                         f"{med([r['p50_ms'] for r, _ in mine]):.2f} | {med([cpu['worker'] for _, cpu in mine]):.0f} | "
+                         f"{med([cpu['nats-server'] for _, cpu in mine]):.0f} |")
+    return "\n".join(lines)
+
+
 def dir_mb(path):
     total = 0
     for root, _, files in os.walk(path):
@@ -659,6 +697,8 @@ def main():
                         help="calls/s with 1, 2 and 3 worker processes")
     parser.add_argument("--metrics-cost", action="store_true",
                         help="calls/s with and without metrics, alternating, in one run")
+    parser.add_argument("--fairness-cost", action="store_true",
+                        help="calls through a lane's own queue and a principal's queue, alternating")
     parser.add_argument("--soak", type=float, metavar="MINUTES",
                         help="full speed for MINUTES, sampling memory and store size every 30 s")
     parser.add_argument("--capacity", type=int, metavar="N",
@@ -679,7 +719,8 @@ def main():
                 ("limits", lambda: limits(rig)) if args.limits else (
                 ("scale", lambda: scale(rig, args.scale)) if args.scale else (
                     ("metrics", lambda: metrics_cost(rig, args.seconds)) if args.metrics_cost else (
-                        ("scale-out", lambda: scale_out(rig, args.seconds)) if args.scale_out else None)))))
+                        ("fairness", lambda: fairness_cost(rig, args.seconds)) if args.fairness_cost else (
+                        ("scale-out", lambda: scale_out(rig, args.seconds)) if args.scale_out else None))))))
             if single:
                 section, run = single
                 text = run()

@@ -149,7 +149,16 @@ impl Dispatcher {
         );
         let signing =
             mcpq_schemas::nats::signing_key(&js, config.nats.signing_key.as_ref()).await?;
-        let client = Client::new(nats).await?.signing_with(signing.clone());
+        let client = Client::new(nats)
+            .await?
+            .signing_with(signing.clone())
+            .fair_shares(
+                config
+                    .servers
+                    .iter()
+                    .filter(|s| s.fairness.by_principal)
+                    .map(|s| s.name.clone()),
+            );
         let auth = match &config.auth {
             Some(auth) => Some(Arc::new(auth::Authenticator::new(auth)?)),
             None => None,

@@ -229,6 +229,8 @@ pub struct Client {
     buckets: Arc<Mutex<HashMap<&'static str, kv::Store>>>,
     /// Seals the jobs that name a principal, so that workers believe it.
     signing: Option<mcpq_schemas::seal::SigningKey>,
+    /// Servers whose principals' jobs wait in a queue per principal (fair shares).
+    fair: Arc<std::collections::HashSet<String>>,
 }
 
 /// What a cancellation did.
@@ -262,7 +264,30 @@ impl Client {
             inbox,
             buckets: Arc::default(),
             signing: None,
+            fair: Arc::default(),
         })
+    }
+
+    /// This client, queueing the jobs of each principal apart on `servers` (their
+    /// `fairness.by: principal`), so that workers serve the principals round robin.
+    pub fn fair_shares(mut self, servers: impl IntoIterator<Item = String>) -> Client {
+        self.fair = Arc::new(servers.into_iter().collect());
+        self
+    }
+
+    /// The lane subject `job` is published to: its principal's queue on a server with fair
+    /// shares, else the lane.
+    pub fn lane_subject(&self, job: &Job) -> String {
+        match &job.principal {
+            Some(principal) if self.fair.contains(&job.server) => {
+                mcpq_schemas::names::tenant_subject(
+                    &job.server,
+                    job.lane,
+                    &mcpq_schemas::names::tenant_token(principal),
+                )
+            }
+            _ => job_subject(&job.server, job.lane),
+        }
     }
 
     /// Whether this client seals the jobs it publishes.
@@ -566,7 +591,7 @@ impl Client {
                 .filter(|_| job.is_early(mcpq_schemas::now_ms()));
             let subject = match run_at {
                 Some(_) => mcpq_schemas::names::schedule_subject(&job.server, &job.id),
-                None => job_subject(&job.server, job.lane),
+                None => self.lane_subject(job),
             };
             let fail = |source: BoxError| ClientError::Publish {
                 job_id: job.id,

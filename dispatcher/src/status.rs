@@ -76,6 +76,8 @@ impl Sampler {
                 .get_stream_no_info(jobs_stream(server))
                 .await
                 .map_err(StoreError::at(format!("stream {}", jobs_stream(server))))?;
+            // Principals' queues (fair shares): every job stored there waits or runs.
+            let tenants = tenant_counts(&stream, server).await?;
             let mut lanes = Vec::with_capacity(Lane::ALL.len());
             for lane in Lane::ALL {
                 let name = consumer_name(server, lane);
@@ -86,7 +88,7 @@ impl Sampler {
                 };
                 lanes.push(LaneStatus {
                     lane,
-                    depth,
+                    depth: depth + tenants[lane.index()],
                     ack_pending,
                 });
             }
@@ -200,6 +202,26 @@ async fn subject_count(
         count += n as u64;
     }
     Ok(count)
+}
+
+/// Jobs stored in `server`'s principals' queues, by lane.
+async fn tenant_counts(
+    stream: &jetstream::stream::Stream<()>,
+    server: &str,
+) -> Result<[u64; 3], StoreError> {
+    let filter = mcpq_schemas::names::tenant_subjects(server);
+    let mut subjects = stream
+        .info_with_subjects(&filter)
+        .await
+        .map_err(StoreError::at(format!("messages on {filter}")))?;
+    let mut counts = [0; 3];
+    while let Some(Ok((subject, n))) = subjects.next().await {
+        let lane = subject.rsplit('.').nth(1).unwrap_or_default();
+        if let Ok(lane) = serde_json::from_value::<Lane>(lane.into()) {
+            counts[lane.index()] += n as u64;
+        }
+    }
+    Ok(counts)
 }
 
 fn severity(state: CircuitState) -> u8 {

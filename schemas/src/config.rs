@@ -123,6 +123,30 @@ pub struct ServerConfig {
     pub load_balancing: LoadBalancing,
     /// MCP sessions a worker keeps per endpoint.
     pub pool: PoolConfig,
+    /// Fair shares between principals.
+    pub fairness: Fairness,
+}
+
+/// Fair shares of a server's worker slots between principals (`servers[].fairness`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Fairness {
+    /// Jobs of authenticated callers wait in a queue per principal, served round robin.
+    pub by_principal: bool,
+    /// Shares by principal (as written in the config: `key:alice` or `alice`); 1 when absent.
+    pub weights: BTreeMap<String, f64>,
+}
+
+impl Fairness {
+    /// The share of the principal whose queue is `tenant` (a [`crate::names::tenant_token`]).
+    pub fn weight_of_tenant(&self, tenant: &str) -> f64 {
+        self.weights
+            .iter()
+            .find(|(name, _)| {
+                crate::names::tenant_token(name) == tenant
+                    || crate::names::tenant_token(&format!("key:{name}")) == tenant
+            })
+            .map_or(1.0, |(_, w)| *w)
+    }
 }
 
 /// One replica of an HTTP upstream.

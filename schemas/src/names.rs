@@ -15,9 +15,54 @@ pub fn jobs_stream(server: &str) -> String {
     format!("{JOBS_STREAM}_{server}")
 }
 
-/// The subjects of `server`'s jobs stream: its lanes.
+/// The subjects of `server`'s jobs stream: its lanes (`mcpq.jobs.<server>.<lane>`) and, with
+/// fair shares, each principal's queue in each lane (`mcpq.jobs.<server>.<lane>.<tenant>`).
 pub fn jobs_subjects(server: &str) -> String {
-    format!("mcpq.jobs.{server}.*")
+    format!("mcpq.jobs.{server}.>")
+}
+
+/// A principal as a subject token and consumer-name part (fair shares): its readable part
+/// (letters, digits, `-`, `_`; at most 32) and 8 hex digits of its SHA-256, so that two
+/// principals never share a queue.
+pub fn tenant_token(principal: &str) -> String {
+    use sha2::Digest;
+    let readable: String = principal
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(32)
+        .collect();
+    let digest = sha2::Sha256::digest(principal.as_bytes());
+    let hash: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{readable}-{hash}")
+}
+
+/// The subject of `tenant`'s jobs (a [`tenant_token`]) in `lane` of `server`.
+pub fn tenant_subject(server: &str, lane: crate::lane::Lane, tenant: &str) -> String {
+    format!("mcpq.jobs.{server}.{}.{tenant}", lane.as_str())
+}
+
+/// The durable consumer of `tenant`'s queue in `lane` of `server`, shared by its workers
+/// (made when a worker first sees a job there; gone after an hour unused).
+pub fn tenant_consumer(server: &str, lane: crate::lane::Lane, tenant: &str) -> String {
+    format!("mcpq-{server}-{}-t-{tenant}", lane.as_str())
+}
+
+/// Every principal's queues of `server`.
+pub fn tenant_subjects(server: &str) -> String {
+    format!("mcpq.jobs.{server}.*.*")
+}
+
+/// Where JetStream rings (headers only) for each job stored in a principal's queue of
+/// `server`: `mcpq.bell.<server>.<lane>.<tenant>`, so that workers fetch from that queue at
+/// once without polling every principal's.
+pub fn bell_subjects(server: &str) -> String {
+    format!("mcpq.bell.{server}.*.*")
 }
 /// The stream of dead letters: jobs that failed for good, kept for inspection and replay.
 pub const DLQ_STREAM: &str = "MCPQ_DLQ";

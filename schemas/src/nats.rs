@@ -631,6 +631,7 @@ fn same_stream(have: &stream::Config, want: &stream::Config) -> bool {
         && have.allow_rollup == want.allow_rollup
         && have.allow_direct == want.allow_direct
         && have.allow_message_schedules == want.allow_message_schedules
+        && have.republish == want.republish
         && have
             .compression
             .clone()
@@ -658,6 +659,12 @@ pub fn jobs_stream_config(server: &str, max_queued: u64, replicas: usize) -> str
         max_message_size: 8 * 1024 * 1024,
         discard: stream::DiscardPolicy::New,
         allow_message_ttl: true,
+        // Each job stored in a principal's queue rings its workers (headers only).
+        republish: Some(stream::Republish {
+            source: crate::names::tenant_subjects(server),
+            destination: format!("mcpq.bell.{server}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}"),
+            headers_only: true,
+        }),
         ..Default::default()
     }
 }

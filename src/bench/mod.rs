@@ -65,6 +65,11 @@ pub struct BenchArgs {
     /// NATS mode: submit jobs without waiting for replies (measures accepted jobs/s).
     #[arg(long)]
     no_wait: bool,
+    /// NATS mode: publish each job to this principal's own queue of the lane (as a dispatcher
+    /// does on a server with fair shares), to measure that path. The job itself stays
+    /// unauthenticated (no seal).
+    #[arg(long, conflicts_with_all = ["mcp", "floor", "jobs_api"])]
+    principal_queue: Option<String>,
     /// Print one JSON object instead of a line.
     #[arg(long)]
     json: bool,
@@ -106,7 +111,15 @@ pub async fn run(args: BenchArgs) -> ExitCode {
             Err(code) => return code,
         };
         let server = args.server.clone().unwrap_or_default();
-        nats::caller(&url, &server, &args.tool, arguments, !args.no_wait).await
+        nats::caller(
+            &url,
+            &server,
+            &args.tool,
+            arguments,
+            !args.no_wait,
+            args.principal_queue.clone(),
+        )
+        .await
     };
     let caller = match caller {
         Ok(caller) => caller,

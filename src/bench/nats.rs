@@ -14,16 +14,22 @@ pub(super) async fn caller(
     tool: &str,
     arguments: JsonObject,
     wait: bool,
+    principal_queue: Option<String>,
 ) -> Result<Caller, String> {
     let nats = connect(url, "mcpq-bench")
         .await
         .map_err(|e| e.to_string())?;
-    let client = Client::new(nats).await.map_err(|e| e.to_string())?;
+    let mut client = Client::new(nats).await.map_err(|e| e.to_string())?;
+    if principal_queue.is_some() {
+        client = client.fair_shares([server.to_string()]);
+    }
+    let principal: Option<Arc<str>> = principal_queue.map(Into::into);
     let request = Arc::new(McpRequest::call_tool(tool, Some(arguments)));
     let server: Arc<str> = server.into();
     Ok(Arc::new(move || -> CallFuture {
         let client = client.clone();
-        let job = Job::new(&*server, (*request).clone());
+        let mut job = Job::new(&*server, (*request).clone());
+        job.principal = principal.as_deref().map(str::to_string);
         Box::pin(async move {
             if !wait {
                 return client

@@ -13,6 +13,7 @@ mod crash;
 mod dashboards;
 mod deploy;
 mod endpoints;
+mod fairness;
 mod faults;
 mod fidelity;
 mod flow;

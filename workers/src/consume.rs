@@ -3,6 +3,13 @@
 //! [`crate::attempt`], and bind again if a consumer disappears. On shutdown it drains: calls in
 //! flight get `grace` to finish, then are interrupted (the upstream told) and handed back.
 //!
+//! With fair shares (`servers[].fairness`, on by default with `auth`), a principal's jobs wait
+//! in a queue of their own per lane (`mcpq.jobs.<server>.<lane>.<tenant>`): JetStream rings the
+//! workers for each one stored (a headers-only republish on `mcpq.bell.…`), and a round pulls
+//! from the lane's queues in the order `gate::Shares` gives — round robin by weight — so one
+//! principal's backlog delays another's next job by about one job. Principals' queues are not
+//! long-polled: their bells wake the loop (and a scan every few seconds finds any bell lost).
+//!
 //! Pulling only for free slots matters: a message waiting in a client-side buffer gets no
 //! progress acks, so with a slow upstream it could outlive AckWait there and be delivered to a
 //! second worker while the first still holds it. Messages a poll received but no slot started
@@ -20,7 +27,10 @@ use async_nats::jetstream::{
 use futures::{FutureExt, StreamExt, stream::SelectAll};
 use mcpq_schemas::{
     Lane,
-    names::{consumer_name, job_subject, jobs_stream},
+    names::{
+        bell_subjects, consumer_name, job_subject, jobs_stream, tenant_consumer, tenant_subject,
+        tenant_subjects,
+    },
 };
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
@@ -31,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     attempt::{self, Context, HandBacks},
     call::Why,
-    gate::{Picker, circuit::Gate},
+    gate::{Picker, Shares, circuit::Gate, shares::LANE},
 };
 
 /// Most messages asked for in one pull.
@@ -53,6 +63,10 @@ const EMPTY_RECHECK: Duration = Duration::from_millis(20);
 /// After the drain deadline, how long interrupted calls get to tell their upstream and hand
 /// their jobs back.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(5);
+/// How often the principals' queues are scanned for jobs whose bell was lost.
+const SCAN_EVERY: Duration = Duration::from_secs(3);
+/// A principal's queue consumer nobody pulls from this long is removed by JetStream.
+const TENANT_IDLE: Duration = Duration::from_secs(3600);
 
 /// One lane of the server as the pull loop sees it.
 struct LaneState {
@@ -64,6 +78,17 @@ struct LaneState {
     empty_since: Option<Instant>,
     /// When it last gave a job.
     last_job: Option<Instant>,
+    /// Its principals' queues (fair shares) and the lane's own, by who is owed slots.
+    shares: Shares,
+    /// The consumers of its principals' queues bound so far, by tenant token.
+    tenants: std::collections::HashMap<String, PullConsumer>,
+}
+
+/// What a binding holds besides the lanes: the stream (to bind principals' queues as they
+/// appear) and the bells of this server's principals' queues.
+struct Bound {
+    stream: jetstream::stream::Stream,
+    bells: Option<async_nats::Subscriber>,
 }
 
 /// A long poll on one lane: as many messages as it holds slots, each started in one of them.
@@ -107,10 +132,10 @@ pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken, grace: D
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         let stop = match bind(&puller.ctx).await {
-            Ok(lanes) => {
+            Ok((lanes, bound)) => {
                 tracing::info!(%server, concurrency = puller.ctx.server.concurrency, "consuming jobs");
                 backoff = Duration::from_millis(100);
-                puller.serve(lanes).await
+                puller.serve(lanes, bound).await
             }
             Err(e) => {
                 tracing::warn!(%server, error = %e, retry = ?backoff, "cannot bind the job consumers");
@@ -140,13 +165,34 @@ impl Puller {
     /// that many jobs without waiting. When no lane has any, one long poll per lane waits for
     /// jobs, the free slots shared between the polls; a round starts again whenever a poll
     /// delivers or ends.
-    async fn serve(&mut self, mut lanes: [LaneState; 3]) -> Stop {
+    async fn serve(&mut self, mut lanes: [LaneState; 3], mut bound: Bound) -> Stop {
         let mut polls: SelectAll<Poll> = SelectAll::new();
-        // Whether a round found nothing; then only a long poll's answer starts the next one.
+        // Whether a round found nothing; then only a long poll's answer (or a bell) starts the
+        // next one.
         let mut idle = false;
+        let fair = bound.bells.is_some();
+        let mut scan = tokio::time::interval(SCAN_EVERY);
+        scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let stop = 'serve: loop {
             let mut permits = tokio::select! {
                 () = self.shutdown.cancelled() => break Stop::Shutdown,
+                bell = next_bell(&mut bound.bells) => {
+                    match bell {
+                        Some(subject) => {
+                            self.ring(&mut lanes, &subject);
+                            idle = false;
+                        }
+                        // The bells' subscription ended (NATS went away): bind again.
+                        None => break Stop::Rebind,
+                    }
+                    continue;
+                }
+                _ = scan.tick(), if fair => {
+                    if self.scan(&mut lanes, &bound.stream).await {
+                        idle = false;
+                    }
+                    continue;
+                }
                 polled = polls.next(), if !polls.is_empty() => {
                     match polled {
                         Some(Polled::Job(lane, message, permit)) => {
@@ -227,34 +273,21 @@ impl Puller {
                 let recently_empty = state
                     .empty_since
                     .is_some_and(|at| at.elapsed() < EMPTY_RECHECK);
-                if state.polling || (recently_empty && !polls.is_empty()) {
+                let lane_waiting = !(state.polling || (recently_empty && !polls.is_empty()));
+                if !lane_waiting && !state.shares.any_waiting() {
                     continue;
                 }
-                let messages = match fetch(
-                    &state.consumer,
-                    permits.len(),
-                    &self.shutdown,
-                    &self.ctx.handed_back,
-                )
-                .await
+                let got = match self
+                    .pull_lane(state, &bound.stream, lane_waiting, &mut permits)
+                    .await
                 {
-                    Ok(messages) => messages,
+                    Ok(got) => got,
                     Err(stop) => break 'serve stop,
                 };
-                let got = messages.len();
-                for message in messages {
-                    match permits.pop() {
-                        Some(permit) => self.start(message, permit),
-                        // More than asked for; cannot happen, but never hold it unstarted.
-                        None => nak(&message, &self.ctx.handed_back).await,
-                    }
-                }
                 if got == 0 {
                     self.picker.empty(lane);
-                    state.empty_since = Some(Instant::now());
                 } else {
                     self.picker.served(lane, got);
-                    state.empty_since = None;
                     state.last_job = Some(Instant::now());
                 }
             }
@@ -272,6 +305,131 @@ impl Puller {
         // Jobs a poll received but no slot started go back now, not after AckWait.
         hand_back(&mut polls, &self.ctx.server.name, &self.ctx.handed_back).await;
         stop
+    }
+
+    /// Pulls for the free `permits` from `state`'s queues in the order fair shares give —
+    /// its principals' queues and, when `lane_waiting`, the lane's own — starting each job
+    /// in a slot; how many it started. Without principals' queues waiting, this is one pull
+    /// from the lane's own queue, as it always was.
+    async fn pull_lane(
+        &mut self,
+        state: &mut LaneState,
+        stream: &jetstream::stream::Stream,
+        lane_waiting: bool,
+        permits: &mut Vec<OwnedSemaphorePermit>,
+    ) -> Result<usize, Stop> {
+        let mut started = 0;
+        let mut lane_open = lane_waiting;
+        while !permits.is_empty() {
+            let order = state.shares.order(lane_open);
+            let Some(first) = order.first().cloned() else {
+                break;
+            };
+            // The queue owed most takes a fair part of the slots (all of them when alone).
+            let take = (permits.len() / order.len()).max(1);
+            let consumer = if first == LANE {
+                state.consumer.clone()
+            } else {
+                match self.tenant(state, stream, &first).await {
+                    Some(consumer) => consumer,
+                    None => {
+                        state.shares.empty(&first);
+                        continue;
+                    }
+                }
+            };
+            let messages = fetch(&consumer, take, &self.shutdown, &self.ctx.handed_back).await?;
+            let got = messages.len();
+            for message in messages {
+                match permits.pop() {
+                    Some(permit) => self.start(message, permit),
+                    // More than asked for; cannot happen, but never hold it unstarted.
+                    None => nak(&message, &self.ctx.handed_back).await,
+                }
+            }
+            started += got;
+            state.shares.served(&first, got);
+            if got < take {
+                state.shares.empty(&first);
+            }
+            if first == LANE {
+                lane_open = got == take;
+                state.empty_since = (got == 0).then(Instant::now);
+            }
+        }
+        Ok(started)
+    }
+
+    /// The consumer of principal `tenant`'s queue in `state`'s lane, bound now if it is not
+    /// yet; `None` when JetStream refuses it (logged; its jobs are found again later).
+    async fn tenant(
+        &self,
+        state: &mut LaneState,
+        stream: &jetstream::stream::Stream,
+        tenant: &str,
+    ) -> Option<PullConsumer> {
+        if let Some(consumer) = state.tenants.get(tenant) {
+            return Some(consumer.clone());
+        }
+        let server = &self.ctx.server;
+        let bound = stream
+            .create_consumer(pull::Config {
+                durable_name: Some(tenant_consumer(&server.name, state.lane, tenant)),
+                description: Some(format!(
+                    "mcpq workers of server {}, lane {}, one principal's jobs",
+                    server.name,
+                    state.lane.as_str()
+                )),
+                filter_subject: tenant_subject(&server.name, state.lane, tenant),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: server.ack_wait,
+                max_deliver: -1,
+                max_ack_pending: i64::try_from(server.max_in_flight).unwrap_or(i64::MAX),
+                inactive_threshold: TENANT_IDLE,
+                ..Default::default()
+            })
+            .await;
+        match bound {
+            Ok(consumer) => {
+                state.tenants.insert(tenant.to_string(), consumer.clone());
+                Some(consumer)
+            }
+            Err(e) => {
+                tracing::warn!(server = %server.name, tenant, error = %e, "cannot bind a principal's queue");
+                None
+            }
+        }
+    }
+
+    /// A bell: jobs arrived in the principal's queue its subject names
+    /// (`mcpq.bell.<server>.<lane>.<tenant>`).
+    fn ring(&self, lanes: &mut [LaneState; 3], subject: &str) {
+        let mut tokens = subject.rsplit('.');
+        let (Some(tenant), Some(lane)) = (tokens.next(), tokens.next()) else {
+            return;
+        };
+        let Ok(lane) = serde_json::from_value::<Lane>(lane.into()) else {
+            return;
+        };
+        let weight = self.ctx.server.fairness.weight_of_tenant(tenant);
+        lanes[lane.index()].shares.rang(tenant, weight);
+    }
+
+    /// Finds the principals' queues holding jobs (whose bells this worker may have missed);
+    /// whether any did.
+    async fn scan(&self, lanes: &mut [LaneState; 3], stream: &jetstream::stream::Stream) -> bool {
+        let filter = tenant_subjects(&self.ctx.server.name);
+        let Ok(mut subjects) = stream.info_with_subjects(&filter).await else {
+            return false;
+        };
+        let mut found = false;
+        while let Some(Ok((subject, count))) = subjects.next().await {
+            if count > 0 {
+                self.ring(lanes, &subject);
+                found = true;
+            }
+        }
+        found
     }
 
     /// Starts one long poll on every lane not already waited on. The busy lane — the one that
@@ -465,7 +623,7 @@ async fn nak(message: &jetstream::Message, handed_back: &HandBacks) {
 }
 
 /// Creates (or updates) the server's durable consumers on its jobs stream, one per lane.
-async fn bind(ctx: &Context) -> Result<[LaneState; 3], async_nats::Error> {
+async fn bind(ctx: &Context) -> Result<([LaneState; 3], Bound), async_nats::Error> {
     let stream = ctx
         .outbox
         .js
@@ -501,11 +659,34 @@ async fn bind(ctx: &Context) -> Result<[LaneState; 3], async_nats::Error> {
             polling: false,
             empty_since: None,
             last_job: None,
+            shares: Shares::default(),
+            tenants: Default::default(),
         });
     }
     let [high, normal, low]: [LaneState; 3] = lanes
         .try_into()
         .map_err(|_| "three lanes, three consumers")?;
     debug_assert!(high.lane == Lane::High && normal.lane == Lane::Normal && low.lane == Lane::Low);
-    Ok([high, normal, low])
+    // With fair shares, the principals' queues ring here (JetStream republishes the headers of
+    // each job stored in one).
+    let bells = if server.fairness.by_principal {
+        Some(
+            ctx.outbox
+                .client
+                .subscribe(bell_subjects(&server.name))
+                .await?,
+        )
+    } else {
+        None
+    };
+    Ok(([high, normal, low], Bound { stream, bells }))
+}
+
+/// The subject of the next bell, or never without fair shares; `None` when the bells'
+/// subscription ended.
+async fn next_bell(bells: &mut Option<async_nats::Subscriber>) -> Option<String> {
+    match bells {
+        Some(bells) => bells.next().await.map(|bell| bell.subject.to_string()),
+        None => std::future::pending().await,
+    }
 }

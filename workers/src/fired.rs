@@ -29,10 +29,15 @@ use tokio_util::sync::CancellationToken;
 const FULL_WAIT: Duration = Duration::from_secs(1);
 
 /// Moves what `server`'s schedules fire to its lanes until `shutdown`.
-pub(crate) async fn run(js: jetstream::Context, server: String, shutdown: CancellationToken) {
+pub(crate) async fn run(
+    js: jetstream::Context,
+    server: String,
+    fair: bool,
+    shutdown: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
-        match relay(&js, &server, &shutdown).await {
+        match relay(&js, &server, fair, &shutdown).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::debug!(%server, error = %e, retry = ?backoff, "cannot read what the schedules fired; binding again");
@@ -49,6 +54,7 @@ pub(crate) async fn run(js: jetstream::Context, server: String, shutdown: Cancel
 async fn relay(
     js: &jetstream::Context,
     server: &str,
+    fair: bool,
     shutdown: &CancellationToken,
 ) -> Result<(), async_nats::Error> {
     let consumer = js
@@ -75,7 +81,7 @@ async fn relay(
                 None => return Err("the consumer's message stream ended".into()),
             },
         };
-        let kind = move_to_lane(js, server, &message).await;
+        let kind = move_to_lane(js, server, fair, &message).await;
         let _ = message.ack_with(kind).await;
     }
 }
@@ -84,6 +90,7 @@ async fn relay(
 async fn move_to_lane(
     js: &jetstream::Context,
     server: &str,
+    fair: bool,
     message: &jetstream::Message,
 ) -> AckKind {
     let lane = message
@@ -125,7 +132,19 @@ async fn move_to_lane(
         tick.as_deref().unwrap_or(&stream_seq.to_string())
     );
     headers.insert(HDR_MSG_ID, msg_id.as_str());
-    let subject = job_subject(server, lane);
+    // With fair shares, a principal's job waits in that principal's queue of the lane.
+    let principal = fair
+        .then(|| serde_json::from_slice::<serde_json::Value>(&message.payload).ok())
+        .flatten()
+        .and_then(|job| job.get("principal")?.as_str().map(str::to_string));
+    let subject = match principal {
+        Some(principal) => mcpq_schemas::names::tenant_subject(
+            server,
+            lane,
+            &mcpq_schemas::names::tenant_token(&principal),
+        ),
+        None => job_subject(server, lane),
+    };
     let stored = match js
         .publish_with_headers(subject.clone(), headers, message.payload.clone())
         .await

@@ -236,6 +236,7 @@ pub async fn run(
         tasks.spawn(fired::run(
             js.clone(),
             server.name.clone(),
+            server.fairness.by_principal,
             shutdown.clone(),
         ));
         let ctx = Arc::new(attempt::Context {

@@ -192,6 +192,10 @@ pub struct ServerSection {
     /// Calls per second to single tools (by upstream tool name), on top of `rateLimit`.
     #[serde(default)]
     pub tool_rate_limits: BTreeMap<String, RateLimitSection>,
+    /// Fair shares of worker slots between principals, so that one principal's backlog delays
+    /// another's next call by about one call. On by default when `auth` is set.
+    #[serde(default)]
+    pub fairness: Option<FairnessSection>,
     /// Retries of failed calls (default: 3 attempts, backoff from 200ms up to 30s).
     #[serde(default)]
     pub retry: Option<RetrySection>,
@@ -461,4 +465,27 @@ pub(super) fn parse(text: &str) -> Result<ConfigFile, ConfigError> {
             inner,
         )
     })
+}
+
+/// `servers[].fairness`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FairnessSection {
+    /// `principal`: worker slots are shared between principals (round robin by weight);
+    /// `none`: jobs run in the order they were queued. Default: `principal` when `auth` is set.
+    #[serde(default)]
+    pub by: Option<FairnessBy>,
+    /// Shares by principal, 1 when absent: `{alice: 3}` gives the API key `alice` (principal
+    /// `key:alice`) three slots for every one of another principal's. Keys are principals as
+    /// mcpq names them (`key:alice`) or API key names.
+    #[serde(default)]
+    pub weights: BTreeMap<String, f64>,
+}
+
+/// What fair shares are taken between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FairnessBy {
+    Principal,
+    None,
 }

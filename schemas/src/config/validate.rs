@@ -68,7 +68,7 @@ pub(super) fn validate(raw: ConfigFile) -> Result<Config, ConfigErrors> {
                 ),
             ));
         }
-        if let Some(server) = server(&path, section, &mut errors) {
+        if let Some(server) = server(&path, section, auth.is_some(), &mut errors) {
             servers.push(server);
         }
     }
@@ -253,7 +253,12 @@ impl Fields<'_> {
 
 /// One server: its name, its transport, then its capacity, pacing and connections, each
 /// section checking its own fields. `None` when any field was wrong (all are reported).
-fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option<ServerConfig> {
+fn server(
+    path: &str,
+    s: ServerSection,
+    auth: bool,
+    errors: &mut Vec<ConfigError>,
+) -> Option<ServerConfig> {
     let before = errors.len();
     let mut f = Fields { path, errors };
     if !is_valid_server_name(&s.name) {
@@ -354,6 +359,7 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
         (1..=64).contains(&pool.max_connections),
         format!("{} is out of range (1 to 64)", pool.max_connections),
     );
+    let fairness = fairness(&mut f, s.fairness, auth);
     let health = super::observe::health(path, s.health, errors);
     (errors.len() == before).then_some(ServerConfig {
         name: s.name,
@@ -375,7 +381,32 @@ fn server(path: &str, s: ServerSection, errors: &mut Vec<ConfigError>) -> Option
         health,
         load_balancing,
         pool,
+        fairness,
     })
+}
+
+fn fairness(
+    f: &mut Fields<'_>,
+    section: Option<super::raw::FairnessSection>,
+    auth: bool,
+) -> super::Fairness {
+    let section = section.unwrap_or_default();
+    for (principal, weight) in &section.weights {
+        if !(weight.is_finite() && *weight > 0.0 && *weight <= 1000.0) {
+            f.err(
+                &format!("fairness.weights.{principal}"),
+                format!("{weight} is out of range (more than 0, at most 1000)"),
+            );
+        }
+    }
+    super::Fairness {
+        by_principal: match section.by {
+            Some(super::raw::FairnessBy::Principal) => true,
+            Some(super::raw::FairnessBy::None) => false,
+            None => auth,
+        },
+        weights: section.weights,
+    }
 }
 
 /// An HTTP server's transport: its endpoint or endpoints, and the headers it is sent (its

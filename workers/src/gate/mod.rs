@@ -6,6 +6,7 @@
 pub(crate) mod circuit;
 mod lanes;
 mod limit;
+pub(crate) mod shares;
 
 use std::{
     collections::HashMap,
@@ -25,6 +26,7 @@ use self::{
 pub(crate) use self::{
     circuit::{Count, Ticket},
     lanes::Picker,
+    shares::Shares,
 };
 use crate::{lock, report::Report, upstream::Verdict};
 
