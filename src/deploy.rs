@@ -469,7 +469,7 @@ const NATS_USERS: [(&str, &str, &[&str], &[&str]); 3] = [
             "$KV.>",
             "$O.>",
         ],
-        &["_INBOX.>", "mcpq.input.>", "mcpq.holds.>"],
+        &["_INBOX.>", "mcpq.input.>", "mcpq.holds.>", "mcpq.bell.>"],
     ),
     (
         "operator",

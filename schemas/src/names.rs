@@ -15,10 +15,10 @@ pub fn jobs_stream(server: &str) -> String {
     format!("{JOBS_STREAM}_{server}")
 }
 
-/// The subjects of `server`'s jobs stream: its lanes (`mcpq.jobs.<server>.<lane>`) and, with
-/// fair shares, each principal's queue in each lane (`mcpq.jobs.<server>.<lane>.<tenant>`).
+/// The subjects of `server`'s lanes (`mcpq.jobs.<server>.<lane>`); with fair shares its jobs
+/// stream also holds each principal's queue of each lane ([`tenant_subjects`]).
 pub fn jobs_subjects(server: &str) -> String {
-    format!("mcpq.jobs.{server}.>")
+    format!("mcpq.jobs.{server}.*")
 }
 
 /// A principal as a subject token and consumer-name part (fair shares): its readable part

@@ -650,7 +650,7 @@ pub fn jobs_stream_config(server: &str, max_queued: u64, replicas: usize) -> str
         description: Some(format!(
             "mcpq jobs of server {server}: mcpq.jobs.{server}.<lane>, one consumer per lane"
         )),
-        subjects: vec![jobs_subjects(server)],
+        subjects: vec![jobs_subjects(server), crate::names::tenant_subjects(server)],
         retention: stream::RetentionPolicy::WorkQueue,
         storage: stream::StorageType::File,
         num_replicas: replicas,

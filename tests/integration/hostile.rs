@@ -1,7 +1,7 @@
 //! The hostile-input suite: mcpq as an operator runs it — dispatcher and worker as separate
 //! processes under `deploy/nats/roles.conf`, two API-key principals (alice: `web/*`, `conf/*`,
 //! `ghost/*`; bob: `web/echo`, `conf/test_simple_text`, `conf/test://template/7/*`) and a NATS
-//! pipeline allowed only `mcpq.jobs.web.>` — attacked the way one tenant attacks another.
+//! pipeline allowed only `mcpq.jobs.web.*` — attacked the way one tenant attacks another.
 //! Each test states the attack, what mcpq answers, and how often the upstream ran. The NATS
 //! server takes messages of 8 KiB at most, so the conformance upstream's catalog (larger)
 //! travels through the object store throughout. docs/security.md lists the attacks.

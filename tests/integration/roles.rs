@@ -13,6 +13,10 @@ use mcpq_schemas::{
 use mcpq_tests::{eventually, fixture::HttpFixture, mcpq_bin, nats::NatsServer, repo_root};
 use serde_json::json;
 
+/// The API key the test calls the dispatcher with: with `auth`, its jobs wait in the
+/// principal's own queue (fair shares), rung to the worker on `mcpq.bell.>`.
+const CALLER_KEY: &str = "roles-caller-key-0123";
+
 pub(crate) const PASSWORDS: [(&str, &str); 4] = [
     ("MCPQ_DISPATCHER_PASSWORD", "dispatcher-pw-1"),
     ("MCPQ_WORKER_PASSWORD", "worker-pw-2"),
@@ -28,8 +32,9 @@ fn config(dir: &Path, user: &str, password: &str, upstream: &str) -> std::path::
     std::fs::write(
         &path,
         format!(
-            "version: \"1.0\"\nnats: {{user: {user}, password: \"${{file:{}}}\"}}\ncallbacks: {{secret: {}, allowHosts: [127.0.0.1]}}\nservers:\n  - {{name: web, type: http, endpoint: \"{upstream}\", timeout: 10s}}\n",
+            "version: \"1.0\"\nnats: {{user: {user}, password: \"${{file:{}}}\"}}\nauth: {{apiKeys: [{{principal: ci, sha256: \"{}\", allow: [\"*/*\"]}}]}}\ncallbacks: {{secret: {}, allowHosts: [127.0.0.1]}}\nservers:\n  - {{name: web, type: http, endpoint: \"{upstream}\", timeout: 10s}}\n",
             secret.display(),
+            mcpq_dispatcher::auth::sha256_hex(CALLER_KEY),
             crate::callbacks::SECRET
         ),
     )
@@ -140,6 +145,7 @@ async fn each_role_may_do_its_part_and_a_pipeline_nothing_else() {
         async move {
             let response = http
                 .post(url)
+                .bearer_auth(CALLER_KEY)
                 .json(&json!({"server": "web", "tool": "echo", "arguments": {"text": "via-dispatcher"},
                     "delay": "1s", "callbackUrl": format!("http://127.0.0.1:{hook_port}/hook")}))
                 .send()
@@ -154,11 +160,39 @@ async fn each_role_may_do_its_part_and_a_pipeline_nothing_else() {
             "http://{listen}/v1/jobs/{}/wait?timeout=30s",
             accepted["id"].as_str().unwrap()
         ))
+        .bearer_auth(CALLER_KEY)
         .send()
         .await
         .unwrap();
     assert_eq!(waited.status(), 200);
     assert!(waited.text().await.unwrap().contains("via-dispatcher"));
+    // It went through the principal's own queue (fair shares, with auth).
+    let admin = mcpq_schemas::nats::connect_with(
+        &nats.url(),
+        "roles-check",
+        &mcpq_schemas::config::NatsCredentials {
+            user: Some(mcpq_schemas::config::Secret::parse("operator").unwrap()),
+            password: Some(mcpq_schemas::config::Secret::parse(PASSWORDS[3].1).unwrap()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let queue = mcpq_schemas::names::tenant_consumer(
+        "web",
+        Lane::Normal,
+        &mcpq_schemas::names::tenant_token("key:ci"),
+    );
+    assert!(
+        jetstream::new(admin)
+            .get_stream(mcpq_schemas::names::jobs_stream("web"))
+            .await
+            .unwrap()
+            .consumer_info(&queue)
+            .await
+            .is_ok(),
+        "no consumer {queue}"
+    );
     eventually(
         "the callback under the roles",
         Duration::from_secs(30),

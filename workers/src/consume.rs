@@ -170,7 +170,6 @@ impl Puller {
         // Whether a round found nothing; then only a long poll's answer (or a bell) starts the
         // next one.
         let mut idle = false;
-        let fair = bound.bells.is_some();
         let mut scan = tokio::time::interval(SCAN_EVERY);
         scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let stop = 'serve: loop {
@@ -187,7 +186,9 @@ impl Puller {
                     }
                     continue;
                 }
-                _ = scan.tick(), if fair => {
+                // Also without fair shares: jobs left in principals' queues (the server's
+                // fairness turned off, a config that differs) are not stranded.
+                _ = scan.tick() => {
                     if self.scan(&mut lanes, &bound.stream).await {
                         idle = false;
                     }
@@ -208,8 +209,8 @@ impl Puller {
                         None => {}
                     }
                     // While every lane has a poll waiting, new jobs come to the polls: a round
-                    // would find nothing to do.
-                    idle = lanes.iter().all(|l| l.polling);
+                    // would find nothing to do (unless a principal's queue rang).
+                    idle = is_idle(&lanes);
                     continue;
                 }
                 permit = self.capacity.clone().acquire_owned(), if !idle => {
@@ -241,7 +242,7 @@ impl Puller {
                             },
                         }
                     }
-                    idle = lanes.iter().all(|l| l.polling);
+                    idle = is_idle(&lanes);
                     continue;
                 }
                 Gate::Probe => {
@@ -338,7 +339,18 @@ impl Puller {
                     }
                 }
             };
-            let messages = fetch(&consumer, take, &self.shutdown, &self.ctx.handed_back).await?;
+            let messages = match fetch(&consumer, take, &self.shutdown, &self.ctx.handed_back).await
+            {
+                Ok(messages) => messages,
+                // A principal's queue whose consumer is gone (removed after a long idle
+                // spell, say): bound again when it rings next; the other queues go on.
+                Err(Stop::Rebind) if first != LANE => {
+                    state.tenants.remove(&first);
+                    state.shares.empty(&first);
+                    continue;
+                }
+                Err(stop) => return Err(stop),
+            };
             let got = messages.len();
             for message in messages {
                 match permits.pop() {
@@ -385,7 +397,9 @@ impl Puller {
                 ack_wait: server.ack_wait,
                 max_deliver: -1,
                 max_ack_pending: i64::try_from(server.max_in_flight).unwrap_or(i64::MAX),
-                inactive_threshold: TENANT_IDLE,
+                // Never while one of its jobs may still run (nats-server counts idleness from
+                // the last pull, not from acks).
+                inactive_threshold: TENANT_IDLE.max(server.timeout * 2 + server.ack_wait * 2),
                 ..Default::default()
             })
             .await;
@@ -419,8 +433,12 @@ impl Puller {
     /// whether any did.
     async fn scan(&self, lanes: &mut [LaneState; 3], stream: &jetstream::stream::Stream) -> bool {
         let filter = tenant_subjects(&self.ctx.server.name);
-        let Ok(mut subjects) = stream.info_with_subjects(&filter).await else {
-            return false;
+        let mut subjects = match stream.info_with_subjects(&filter).await {
+            Ok(subjects) => subjects,
+            Err(e) => {
+                tracing::warn!(server = %self.ctx.server.name, error = %e, "cannot scan the principals' queues");
+                return false;
+            }
         };
         let mut found = false;
         while let Some(Ok((subject, count))) = subjects.next().await {
@@ -460,8 +478,11 @@ impl Puller {
             PARTIAL_POLL
         };
         let side = waiting.iter().filter(|lane| **lane != busy).count();
+        // With fair shares, most work comes from principals' queues, which ring rather than
+        // being polled: a lane's own poll holds one slot, the rest stay free for them.
+        let fair = self.ctx.server.fairness.by_principal;
         for lane in waiting {
-            let (take, expires) = if lane == busy {
+            let (take, expires) = if lane == busy && !fair {
                 (permits.len().saturating_sub(side).max(1), expires)
             } else {
                 (1, expires.min(SIDE_POLL))
@@ -680,6 +701,12 @@ async fn bind(ctx: &Context) -> Result<([LaneState; 3], Bound), async_nats::Erro
         None
     };
     Ok(([high, normal, low], Bound { stream, bells }))
+}
+
+/// Whether every lane has a poll waiting and no principal's queue rang: a round would find
+/// nothing to do.
+fn is_idle(lanes: &[LaneState; 3]) -> bool {
+    lanes.iter().all(|l| l.polling) && !lanes.iter().any(|l| l.shares.any_waiting())
 }
 
 /// The subject of the next bell, or never without fair shares; `None` when the bells'
