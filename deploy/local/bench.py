@@ -527,18 +527,19 @@ def fairness_cost(rig, seconds, rounds=3):
                 cpu = {k: (after[k] - before[k]) * 1e6 / max(r["calls"], 1) for k in before}
                 rows.append((c, name, r, cpu))
                 print(f"  c={c:<3} {name:<16} {r['calls_per_s']:>7.0f} calls/s  p50 {r['p50_ms']:.2f} ms  "
-                      f"worker {cpu['worker']:.0f} µs  nats-server {cpu['nats-server']:.0f} µs per call",
-                      flush=True)
-    lines = ["| concurrency | path | calls/s (median) | p50 ms (median) | worker µs/call | nats-server µs/call |",
-             "| ---: | --- | ---: | ---: | ---: | ---: |"]
+                      f"p99 {r['p99_ms']:.2f} ms  worker {cpu['worker']:.0f} µs  "
+                      f"nats-server {cpu['nats-server']:.0f} µs per call", flush=True)
+    lines = ["| concurrency | path | calls/s (median) | p50 ms (median) | p99 ms (median) | worker µs/call | nats-server µs/call |",
+             "| ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
     for c in (1, 64):
         for name in paths:
             mine = [(r, cpu) for (cc, n, r, cpu) in rows if cc == c and n == name]
             med = lambda xs: sorted(xs)[len(xs) // 2]
             lines.append(f"| {c} | {name} | {med([r['calls_per_s'] for r, _ in mine]):,.0f} | "
-                         f"{med([r['p50_ms'] for r, _ in mine]):.2f} | {med([cpu['worker'] for _, cpu in mine]):.0f} | "
+                         f"{med([r['p50_ms'] for r, _ in mine]):.2f} | {med([r['p99_ms'] for r, _ in mine]):.2f} | "
+                         f"{med([cpu['worker'] for _, cpu in mine]):.0f} | "
                          f"{med([cpu['nats-server'] for _, cpu in mine]):.0f} |")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 def dir_mb(path):

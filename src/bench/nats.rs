@@ -21,6 +21,17 @@ pub(super) async fn caller(
         .map_err(|e| e.to_string())?;
     let mut client = Client::new(nats).await.map_err(|e| e.to_string())?;
     if principal_queue.is_some() {
+        // Sealed as a dispatcher seals them (the deployment's key, from KV or the environment),
+        // so that the worker takes the principal as a dispatcher's job would be taken.
+        let signing = match std::env::var("MCPQ_SIGNING_KEY") {
+            Ok(secret) => Some(mcpq_schemas::seal::SigningKey::from_secret(&secret)),
+            Err(_) => mcpq_schemas::nats::stored_signing_key(client.jetstream())
+                .await
+                .map_err(|e| e.to_string())?,
+        };
+        if let Some(signing) = signing {
+            client = client.signing_with(signing);
+        }
         client = client.fair_shares([server.to_string()]);
     }
     let principal: Option<Arc<str>> = principal_queue.map(Into::into);

@@ -65,6 +65,8 @@ const EMPTY_RECHECK: Duration = Duration::from_millis(20);
 const INTERRUPT_GRACE: Duration = Duration::from_secs(5);
 /// How often the principals' queues are scanned for jobs whose bell was lost.
 const SCAN_EVERY: Duration = Duration::from_secs(3);
+/// How soon a principal's queue found empty just after its bell is pulled again.
+const RECHECK: Duration = Duration::from_millis(5);
 /// A principal's queue consumer nobody pulls from this long is removed by JetStream.
 const TENANT_IDLE: Duration = Duration::from_secs(3600);
 
@@ -82,6 +84,8 @@ struct LaneState {
     shares: Shares,
     /// The consumers of its principals' queues bound so far, by tenant token.
     tenants: std::collections::HashMap<String, PullConsumer>,
+    /// Principals' queues to pull once more in a moment (found empty just after their bell).
+    recheck: Vec<String>,
 }
 
 /// What a binding holds besides the lanes: the stream (to bind principals' queues as they
@@ -170,11 +174,22 @@ impl Puller {
         // Whether a round found nothing; then only a long poll's answer (or a bell) starts the
         // next one.
         let mut idle = false;
+        let mut recheck_at: Option<tokio::time::Instant> = None;
         let mut scan = tokio::time::interval(SCAN_EVERY);
         scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let stop = 'serve: loop {
             let mut permits = tokio::select! {
                 () = self.shutdown.cancelled() => break Stop::Shutdown,
+                () = sleep_until_some(recheck_at) => {
+                    recheck_at = None;
+                    for state in lanes.iter_mut() {
+                        for tenant in std::mem::take(&mut state.recheck) {
+                            state.shares.wake(&tenant);
+                        }
+                    }
+                    idle = false;
+                    continue;
+                }
                 bell = next_bell(&mut bound.bells) => {
                     match bell {
                         Some(subject) => {
@@ -292,6 +307,9 @@ impl Puller {
                     state.last_job = Some(Instant::now());
                 }
             }
+            if recheck_at.is_none() && lanes.iter().any(|l| !l.recheck.is_empty()) {
+                recheck_at = Some(tokio::time::Instant::now() + RECHECK);
+            }
             if !permits.is_empty() {
                 // Slots left after asking every lane: nothing is queued anywhere now. Asking
                 // again at once would cost a request per few jobs; wait instead.
@@ -361,7 +379,11 @@ impl Puller {
             }
             started += got;
             state.shares.served(&first, got);
-            if got < take {
+            if got == 0 && first != LANE {
+                if state.shares.found_empty(&first) {
+                    state.recheck.push(first.clone());
+                }
+            } else if got < take {
                 state.shares.empty(&first);
             }
             if first == LANE {
@@ -682,6 +704,7 @@ async fn bind(ctx: &Context) -> Result<([LaneState; 3], Bound), async_nats::Erro
             last_job: None,
             shares: Shares::default(),
             tenants: Default::default(),
+            recheck: Vec::new(),
         });
     }
     let [high, normal, low]: [LaneState; 3] = lanes
@@ -701,6 +724,14 @@ async fn bind(ctx: &Context) -> Result<([LaneState; 3], Bound), async_nats::Erro
         None
     };
     Ok(([high, normal, low], Bound { stream, bells }))
+}
+
+/// Sleeps until `at`, or for ever when there is none.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Whether every lane has a poll waiting and no principal's queue rang: a round would find

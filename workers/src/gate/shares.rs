@@ -23,6 +23,9 @@ struct Queue {
     weight: f64,
     /// Jobs may be waiting in it (it rang, or its last pull was full).
     waiting: bool,
+    /// It rang and no job has been taken from it since: a pull that finds it empty may have
+    /// come before JetStream's consumer saw the job, and is tried once more.
+    rung: bool,
 }
 
 /// The principals' queues of one lane, as the pull loop sees them.
@@ -44,6 +47,7 @@ impl Shares {
             served: now,
             weight,
             waiting: false,
+            rung: false,
         });
         if !queue.waiting {
             // Back from idle: level with the others, no credit banked.
@@ -51,6 +55,25 @@ impl Shares {
         }
         queue.weight = weight;
         queue.waiting = true;
+        queue.rung = tenant != LANE;
+    }
+
+    /// `tenant`'s queue is worth another pull (one that found it empty just after it rang).
+    pub(crate) fn wake(&mut self, tenant: &str) {
+        if let Some(queue) = self.queues.get_mut(tenant) {
+            queue.waiting = true;
+        }
+    }
+
+    /// A pull found `tenant`'s queue empty: whether to pull it once more a moment later (it
+    /// rang and gave nothing since: JetStream may ring before its consumer sees the job). It
+    /// waits for that, or for its next bell, either way.
+    pub(crate) fn found_empty(&mut self, tenant: &str) -> bool {
+        let Some(queue) = self.queues.get_mut(tenant) else {
+            return false;
+        };
+        queue.waiting = false;
+        std::mem::take(&mut queue.rung)
     }
 
     /// The queues with jobs waiting, in the order to pull from them; the lane's own queue
@@ -73,6 +96,9 @@ impl Shares {
         if let Some(queue) = self.queues.get_mut(tenant) {
             queue.served += jobs as f64 / queue.weight;
             self.now = queue.served;
+            if jobs > 0 {
+                queue.rung = false;
+            }
         }
     }
 
@@ -166,6 +192,26 @@ mod tests {
         let taken = take(&mut shares, &mut queued, 20);
         let bob = taken.iter().filter(|t| *t == "bob").count();
         assert!((9..=11).contains(&bob), "bob got {bob} of 20: {taken:?}");
+    }
+
+    #[test]
+    fn a_queue_found_empty_right_after_its_bell_is_pulled_once_more() {
+        let mut shares = Shares::default();
+        shares.rang("alice", 1.0);
+        assert!(
+            shares.found_empty("alice"),
+            "first empty pull after a bell: once more"
+        );
+        assert!(shares.order(false).is_empty(), "not until woken");
+        shares.wake("alice");
+        assert_eq!(shares.order(false), ["alice".to_string()]);
+        assert!(
+            !shares.found_empty("alice"),
+            "the second empty pull is believed"
+        );
+        shares.rang("alice", 1.0);
+        shares.served("alice", 1);
+        assert!(!shares.found_empty("alice"), "it gave a job since its bell");
     }
 
     #[test]
