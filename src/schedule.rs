@@ -142,20 +142,16 @@ pub async fn run(args: ScheduleArgs) -> ExitCode {
                 }
                 ExitCode::SUCCESS
             }
-            ScheduleCommand::Show { .. } => {
+            ScheduleCommand::Show { .. }
+            | ScheduleCommand::Pause { .. }
+            | ScheduleCommand::Resume { .. } => {
                 let id = id.unwrap_or_default();
-                match client.schedule(id).await? {
-                    Some(schedule) => {
-                        print(&client.schedule_view(schedule).await?);
-                        ExitCode::SUCCESS
-                    }
-                    None => missing(id),
-                }
-            }
-            ScheduleCommand::Pause { .. } | ScheduleCommand::Resume { .. } => {
-                let id = id.unwrap_or_default();
-                let paused = matches!(args.command, ScheduleCommand::Pause { .. });
-                match client.set_paused(id, paused).await? {
+                let schedule = match args.command {
+                    ScheduleCommand::Pause { .. } => client.set_paused(id, true).await?,
+                    ScheduleCommand::Resume { .. } => client.set_paused(id, false).await?,
+                    _ => client.schedule(id).await?,
+                };
+                match schedule {
                     Some(schedule) => {
                         print(&client.schedule_view(schedule).await?);
                         ExitCode::SUCCESS

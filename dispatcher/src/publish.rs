@@ -909,21 +909,13 @@ impl Client {
     /// Removes the JetStream schedule on `mcpq.sched.<server>.<id>` (a job for later, or a
     /// recurring schedule), if there is one. (A tick it fired already still runs.)
     pub async fn unschedule(&self, server: &str, id: &Uuid) -> Result<(), ClientError> {
-        let subject = mcpq_schemas::names::schedule_subject(server, id);
-        let fail = |source: BoxError| ClientError::Publish {
-            job_id: *id,
-            subject: subject.clone(),
-            source,
-        };
-        self.js
-            .get_stream(mcpq_schemas::names::SCHEDULES_STREAM)
+        mcpq_schemas::nats::unschedule(&self.js, server, id)
             .await
-            .map_err(|e| fail(e.into()))?
-            .purge()
-            .filter(subject.clone())
-            .await
-            .map_err(|e| fail(e.into()))?;
-        Ok(())
+            .map_err(|source| ClientError::Publish {
+                job_id: *id,
+                subject: mcpq_schemas::names::schedule_subject(server, id),
+                source,
+            })
     }
 
     /// Stores a cancellation request for a job of `server`, whatever its record says (a call
@@ -1007,13 +999,23 @@ impl Client {
         name: &'static str,
         id: Uuid,
     ) -> Result<Option<T>, ClientError> {
-        let fail = |source: BoxError| ClientError::Record { job_id: id, source };
+        self.read_json(name, &id.to_string(), |source| ClientError::Record {
+            job_id: id,
+            source,
+        })
+        .await
+    }
+
+    /// The JSON value at `key` of bucket `name`, if there is one; `fail` says what could not
+    /// be read.
+    pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &'static str,
+        key: &str,
+        fail: impl Fn(BoxError) -> ClientError,
+    ) -> Result<Option<T>, ClientError> {
         let bucket = self.bucket(name).await?;
-        match bucket
-            .get(id.to_string())
-            .await
-            .map_err(|e| fail(e.into()))?
-        {
+        match bucket.get(key).await.map_err(|e| fail(e.into()))? {
             None => Ok(None),
             Some(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)

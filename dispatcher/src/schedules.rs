@@ -309,14 +309,11 @@ impl Client {
         key: &str,
         id: Uuid,
     ) -> Result<Option<T>, ClientError> {
-        let fail = |source: BoxError| ClientError::Schedule { id, source };
-        let bucket = self.schedules_bucket().await?;
-        match bucket.get(key).await.map_err(|e| fail(e.into()))? {
-            None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| fail(e.into())),
-        }
+        self.read_json(SCHEDULES_BUCKET, key, |source| ClientError::Schedule {
+            id,
+            source,
+        })
+        .await
     }
 
     /// Every schedule (their definitions), oldest first.

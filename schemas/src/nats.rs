@@ -642,6 +642,21 @@ fn same_stream(have: &stream::Config, want: &stream::Config) -> bool {
                 .unwrap_or(stream::Compression::None)
 }
 
+/// Removes the JetStream schedule on `mcpq.sched.<server>.<id>` (a job for later, or a recurring
+/// schedule), if there is one: nothing fires from it after. (What it fired already stays.)
+pub async fn unschedule(
+    js: &jetstream::Context,
+    server: &str,
+    id: &uuid::Uuid,
+) -> Result<(), async_nats::Error> {
+    js.get_stream(crate::names::SCHEDULES_STREAM)
+        .await?
+        .purge()
+        .filter(crate::names::schedule_subject(server, id))
+        .await?;
+    Ok(())
+}
+
 /// The work-queue stream of one server's jobs: its lanes' subjects, at most `max_queued`
 /// messages, and a publish beyond that refused at once (discard new), never a silent drop.
 pub fn jobs_stream_config(server: &str, max_queued: u64, replicas: usize) -> stream::Config {

@@ -87,14 +87,8 @@ pub(super) async fn wanted(ctx: &Context, server: &str, adopted: Adopted, delive
     };
     if !standing {
         tracing::info!(%schedule_id, "a tick of a schedule deleted or paused: dropped, its schedule removed");
-        let subject = mcpq_schemas::names::schedule_subject(server, &schedule_id);
-        if let Ok(stream) = ctx
-            .outbox
-            .js
-            .get_stream(mcpq_schemas::names::SCHEDULES_STREAM)
-            .await
-        {
-            let _ = stream.purge().filter(subject).await;
+        if let Err(e) = mcpq_schemas::nats::unschedule(&ctx.outbox.js, server, &schedule_id).await {
+            tracing::debug!(error = %e, "cannot remove the schedule; its next tick tries again");
         }
         return false;
     }
