@@ -6,7 +6,7 @@ MODE is `auto` (the SDK's default: 2026-07-28 where the server speaks it), `lega
 2025-era initialize handshake) or a revision. STEPS_JSON is a list of steps, each
 `[op, args...]`:
 
-    ["list_tools"] ["call_tool", name, arguments] ["list_resources"] ["list_resource_templates"]
+    ["list_tools"] ["call_tool", name, arguments, meta?] ["list_resources"] ["list_resource_templates"]
     ["read_resource", uri] ["list_prompts"] ["get_prompt", name, arguments]
     ["complete", ref, argument_name, value] ["set_logging_level", level]
 
@@ -76,7 +76,8 @@ async def main(url, mode, steps):
             op, args = step[0], step[1:]
             try:
                 if op == "call_tool":
-                    result = await client.call_tool(args[0], args[1] if len(args) > 1 else {}, progress_callback=progress)
+                    result = await client.call_tool(args[0], args[1] if len(args) > 1 else {}, progress_callback=progress,
+                                                    meta=args[2] if len(args) > 2 else None)
                 elif op == "complete":
                     ref = args[0]
                     ref = (types.PromptReference(type="ref/prompt", name=ref["name"]) if ref["type"] == "ref/prompt"

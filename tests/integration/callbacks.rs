@@ -153,8 +153,19 @@ async fn every_ended_job_is_called_back_signed_retried_and_once_accepted() {
         "hi",
         "{completed}"
     );
-    // Nothing more comes: accepted callbacks are not sent again.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Nothing more comes: every callback was acked (none waits to be sent again).
+    eventually(
+        "no callback left to deliver",
+        Duration::from_secs(30),
+        || {
+            let url = nats.url();
+            async move {
+                (mcpq_tests::stored(&url, mcpq_schemas::names::CALLBACKS_STREAM, ">").await == 0)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
     let received = lines(&log);
     assert_eq!(received.len(), 9, "{received:#?}");
 

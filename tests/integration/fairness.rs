@@ -38,6 +38,7 @@ servers:
     let base = format!("http://{}", stack.addr);
     let http = reqwest::Client::new();
     let slow = json!({"server": "web", "tool": "slow", "arguments": {"ms": 20}});
+    others_cannot_touch(&http, &base).await;
     let lines: String = (0..2000).map(|_| format!("{slow}\n")).collect();
     let response = http
         .post(format!("{base}/v1/batches"))
@@ -94,6 +95,79 @@ servers:
     }
     stack.stop().await;
     waits
+}
+
+/// Alice's schedule and job for later are hers: bob can neither see, pause, delete nor
+/// cancel them (each answered as if there were none).
+async fn others_cannot_touch(http: &reqwest::Client, base: &str) {
+    let status = |r: reqwest::Response| r.status().as_u16();
+    let created: Value = http
+        .post(format!("{base}/v1/schedules"))
+        .bearer_auth(ALICE)
+        .json(&json!({"server": "web", "tool": "echo", "arguments": {"text": "a"}, "every": "1h"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let schedule = format!("{base}/v1/schedules/{}", created["id"].as_str().unwrap());
+    let later: Value = http
+        .post(format!("{base}/v1/jobs"))
+        .bearer_auth(ALICE)
+        .json(&json!({"server": "web", "tool": "echo", "arguments": {"text": "b"}, "delay": "1h"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let job = format!("{base}/v1/jobs/{}", later["id"].as_str().unwrap());
+    assert_eq!(later["status"], "scheduled", "{later}");
+    for (request, what) in [
+        (http.get(&schedule), "read"),
+        (http.post(format!("{schedule}/pause")), "pause"),
+        (http.delete(&schedule), "delete"),
+        (http.delete(&job), "cancel"),
+        (http.get(&job), "read the job"),
+    ] {
+        let answer = request.bearer_auth(BOB).send().await.unwrap();
+        assert_eq!(status(answer), 404, "bob could {what} alice's");
+    }
+    let bobs: Value = http
+        .get(format!("{base}/v1/schedules"))
+        .bearer_auth(BOB)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(bobs, json!([]), "bob lists alice's schedules");
+    let shown: Value = http
+        .get(&schedule)
+        .bearer_auth(ALICE)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["paused"], false, "{shown}");
+    assert_eq!(
+        status(
+            http.delete(&schedule)
+                .bearer_auth(ALICE)
+                .send()
+                .await
+                .unwrap()
+        ),
+        204
+    );
+    assert_eq!(
+        status(http.delete(&job).bearer_auth(ALICE).send().await.unwrap()),
+        202
+    );
 }
 
 fn p99(waits: &[Option<u64>], patience: Duration) -> u64 {

@@ -5,8 +5,9 @@
 
 use std::time::{Duration, Instant};
 
+use mcpq_schemas::names::SCHEDULES_STREAM;
 use mcpq_schemas::{JobStatus, schedule::ScheduleView};
-use mcpq_tests::{eventually, fixture::HttpFixture, nats::NatsServer, stack::replicas};
+use mcpq_tests::{eventually, fixture::HttpFixture, nats::NatsServer, stack::replicas, stored};
 use serde_json::{Value, json};
 
 /// A config for the HTTP fixture as `web`, written into `dir`.
@@ -93,8 +94,14 @@ async fn a_job_for_later_starts_after_its_time_and_one_cancelled_never_runs() {
         "the call reached the upstream {:?} before its time",
         due - stamps[0]
     );
-    // The cancelled one's time has passed too: it never ran and stays cancelled.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The cancelled one has no schedule left in JetStream (nothing can fire it), nor anything
+    // fired on its way to a lane: it never ran and stays cancelled.
+    let schedule = format!("mcpq.sched.web.{cancelled}");
+    assert_eq!(stored(&nats.url(), SCHEDULES_STREAM, &schedule).await, 0);
+    assert_eq!(
+        stored(&nats.url(), SCHEDULES_STREAM, "mcpq.fired.>").await,
+        0
+    );
     assert!(web.fixture.marks().is_empty(), "{:?}", web.fixture.marks());
     assert_eq!(record(&http, base, &cancelled).await["status"], "cancelled");
 
@@ -209,15 +216,21 @@ async fn an_every_schedule_fires_once_per_tick_across_replicas_and_a_nats_restar
     let (status, body) = send(http.post(format!("{}/v1/schedules/{id}/pause", bases[1]))).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["paused"], true, "{body}");
-    // A tick already fired finishes; then the count stands still.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // JetStream holds no schedule for it any more (nothing can fire), and the ticks fired
+    // before the pause have all run, once each.
+    let schedule = format!("mcpq.sched.web.{id}");
+    assert_eq!(stored(&nats.url(), SCHEDULES_STREAM, &schedule).await, 0);
+    eventually(
+        "what fired before the pause moved to the lane",
+        Duration::from_secs(20),
+        || {
+            let url = nats.url();
+            async move { (stored(&url, SCHEDULES_STREAM, "mcpq.fired.>").await == 0).then_some(()) }
+        },
+    )
+    .await;
+    once_each(&http, &bases[0], &id, &web).await;
     let paused_at = web.fixture.stamps().len();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(
-        web.fixture.stamps().len(),
-        paused_at,
-        "a paused schedule fired"
-    );
     let (status, _) = send(http.post(format!("{}/v1/schedules/{id}/resume", bases[0]))).await;
     assert_eq!(status, 200);
     eventually("a tick after resume", Duration::from_secs(20), || {
@@ -234,14 +247,7 @@ async fn an_every_schedule_fires_once_per_tick_across_replicas_and_a_nats_restar
     assert_eq!(status, 204);
     let (status, _) = send(http.get(format!("{}/v1/schedules/{id}", bases[0]))).await;
     assert_eq!(status, 404);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let deleted_at = web.fixture.stamps().len();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(
-        web.fixture.stamps().len(),
-        deleted_at,
-        "a deleted schedule fired"
-    );
+    assert_eq!(stored(&nats.url(), SCHEDULES_STREAM, &schedule).await, 0);
 
     // Bad schedules name their field.
     for (body, field) in [
@@ -266,4 +272,56 @@ async fn an_every_schedule_fires_once_per_tick_across_replicas_and_a_nats_restar
             "{answer}"
         );
     }
+}
+
+/// A `tools/call` over MCP with `_meta` `io.mcpq/runAt`, from the official Python SDK in each
+/// protocol mode, to server-everything (npm, over stdio): answered once it has run, not before
+/// its time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_for_later_over_mcp_is_answered_after_its_time_in_both_protocol_modes() {
+    let stack = mcpq_tests::stack::Stack::start(&format!(
+        "  - name: everything\n    type: stdio\n    command: {}\n    args: [\"stdio\"]\n    timeout: 20s\n",
+        mcpq_tests::required_program("mcp-server-everything").display()
+    ))
+    .await;
+    for mode in ["auto", "legacy"] {
+        let due = time::OffsetDateTime::now_utc() + Duration::from_secs(2);
+        let run_at = due
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        let out = mcpq_tests::python_sdk(
+            &stack.server_url("everything"),
+            mode,
+            json!([["call_tool", "echo", {"message": format!("later-{mode}")}, {"io.mcpq/runAt": run_at}]]),
+            &[],
+        )
+        .await;
+        let answered = time::OffsetDateTime::now_utc();
+        let step = &out["steps"][0];
+        assert!(
+            step["ok"].to_string().contains(&format!("later-{mode}")),
+            "{mode}: {out}"
+        );
+        assert!(
+            answered >= due,
+            "{mode}: answered {:?} before its time",
+            due - answered
+        );
+    }
+    // A time that is not RFC 3339 is refused, naming the key.
+    let out = mcpq_tests::python_sdk(
+        &stack.server_url("everything"),
+        "auto",
+        json!([["call_tool", "echo", {"message": "x"}, {"io.mcpq/runAt": "soon"}]]),
+        &[],
+    )
+    .await;
+    assert!(
+        out["steps"][0]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("io.mcpq/runAt"),
+        "{out}"
+    );
+    stack.stop().await;
 }

@@ -62,6 +62,9 @@ fn the_readme_names_every_nats_name() {
         SCHEDULES_STREAM,
         SCHEDULES_BUCKET,
         HDR_TICK,
+        CALLBACKS_STREAM,
+        CALLBACKS_CONSUMER,
+        DEAD_CALLBACKS_STREAM,
     ];
     let missing: Vec<_> = names
         .iter()

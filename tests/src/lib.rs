@@ -107,6 +107,27 @@ pub async fn catalogs_published(nats_url: &str, servers: &[&str]) {
     .await;
 }
 
+/// How many messages stream `stream` holds on subjects matching `filter`.
+pub async fn stored(nats_url: &str, stream: &str, filter: &str) -> u64 {
+    use futures::StreamExt;
+    let nats = async_nats::connect(nats_url)
+        .await
+        .expect("connect to NATS");
+    let stream = async_nats::jetstream::new(nats)
+        .get_stream(stream)
+        .await
+        .unwrap_or_else(|e| panic!("stream {stream}: {e}"));
+    let mut subjects = stream
+        .info_with_subjects(filter)
+        .await
+        .unwrap_or_else(|e| panic!("subjects {filter}: {e}"));
+    let mut count = 0;
+    while let Some(next) = subjects.next().await {
+        count += next.expect("a subject count").1 as u64;
+    }
+    count
+}
+
 /// A free loopback port (bound, then let go).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
