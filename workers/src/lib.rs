@@ -258,6 +258,7 @@ pub async fn run(
         // worker while it still calls the upstream.
         let pool_drained = CancellationToken::new();
         let heartbeats = workers.clone();
+        report::heartbeat::beat(&heartbeats, &report).await;
         let (stop, grace) = (shutdown.clone(), options.drain_grace);
         tasks.spawn(async move {
             let pulling = async {

@@ -1,5 +1,5 @@
 //! Global rate limits: a server's `rateLimit` is shared by its live workers, each taking an
-//! equal part. The heartbeat counts the live workers (`report::Status::peers`); a limiter
+//! equal part. The heartbeat counts the live workers (`Report::peers`); a limiter
 //! splits again when the count changes. Calls over the limit wait (the job is held, with
 //! progress acks) — shaped, not rejected.
 
@@ -32,11 +32,18 @@ impl Limiter {
         }
     }
 
-    /// Waits until this worker may make one more call.
+    /// Waits until this worker may make one more call. A call that waited on a share that
+    /// has since been split again waits on the new share too: callers already queued on an old,
+    /// larger share would otherwise go out at its pace after the workers were recounted.
     pub(crate) async fn ready(&self) {
-        self.split(self.peers.load(Ordering::Relaxed));
-        let limiter = self.read().1.clone();
-        limiter.until_ready().await;
+        loop {
+            self.split(self.peers.load(Ordering::Relaxed));
+            let limiter = self.read().1.clone();
+            limiter.until_ready().await;
+            if Arc::ptr_eq(&limiter, &self.read().1) {
+                return;
+            }
+        }
     }
 
     /// Re-splits the limit over `workers` live workers (at least this one).

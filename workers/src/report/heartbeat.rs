@@ -30,45 +30,54 @@ pub(crate) async fn alive(bucket: &kv::Store, server: &str, worker_id: &str) -> 
     }
 }
 
+/// Writes this worker's heartbeat for one server once and counts the server's live workers.
+/// A worker beats once before it takes its first job, so it never starts with the whole of a
+/// rate limit that others already share.
+pub(crate) async fn beat(bucket: &kv::Store, report: &Report) {
+    let server = &report.server;
+    let beat = WorkerBeat {
+        v: ENVELOPE_VERSION,
+        worker_id: report.worker_id.clone(),
+        server: server.clone(),
+        circuit: report.circuit_state(),
+        at_ms: now_ms(),
+        up: report.up(),
+        stats: report.stats(),
+        metrics: report.metrics_addr.clone(),
+    };
+    let bytes = serde_json::to_vec(&beat).unwrap_or_default();
+    if let Err(e) = bucket
+        .put(key(server, &report.worker_id), bytes.into())
+        .await
+    {
+        tracing::warn!(%server, error = %e, "cannot write the worker heartbeat");
+    }
+    if let Ok(keys) = bucket.keys().await {
+        let keys: Vec<_> = keys.collect().await;
+        // A listing cut short would count too few peers and take too large a share: keep the
+        // count as it is until a whole listing comes back.
+        if keys.iter().all(Result::is_ok) {
+            let prefix = format!("{server}.");
+            let live = keys
+                .iter()
+                .filter_map(|k| k.as_ref().ok())
+                .filter(|k| k.starts_with(&prefix))
+                .count();
+            report.set_peers(live);
+        }
+    }
+}
+
 /// Keeps this worker's heartbeat for one server alive until `shutdown`, then removes it so
 /// the others take over its share at once.
 pub(crate) async fn run(bucket: kv::Store, report: &Report, shutdown: CancellationToken) {
-    let server = report.server.clone();
-    let key = key(&server, &report.worker_id);
-    let prefix = format!("{server}.");
     loop {
-        let beat = WorkerBeat {
-            v: ENVELOPE_VERSION,
-            worker_id: report.worker_id.clone(),
-            server: server.clone(),
-            circuit: report.circuit_state(),
-            at_ms: now_ms(),
-            up: report.up(),
-            stats: report.stats(),
-            metrics: report.metrics_addr.clone(),
-        };
-        let bytes = serde_json::to_vec(&beat).unwrap_or_default();
-        if let Err(e) = bucket.put(&key, bytes.into()).await {
-            tracing::warn!(%server, error = %e, "cannot write the worker heartbeat");
-        }
-        if let Ok(keys) = bucket.keys().await {
-            let keys: Vec<_> = keys.collect().await;
-            // A listing cut short would count too few peers and take too large a share: keep
-            // the count as it is until a whole listing comes back.
-            if keys.iter().all(Result::is_ok) {
-                let live = keys
-                    .iter()
-                    .filter_map(|k| k.as_ref().ok())
-                    .filter(|k| k.starts_with(&prefix))
-                    .count();
-                report.set_peers(live);
-            }
-        }
         tokio::select! {
             () = shutdown.cancelled() => break,
             () = report.circuit_changed.notified() => {}
             () = tokio::time::sleep(HEARTBEAT) => {}
         }
+        beat(&bucket, report).await;
     }
-    let _ = bucket.delete(&key).await;
+    let _ = bucket.delete(key(&report.server, &report.worker_id)).await;
 }

@@ -84,6 +84,10 @@ impl Report {
     }
 
     fn set_peers(&self, live: usize) {
-        self.peers.store(live.max(1), Ordering::Relaxed);
+        let live = live.max(1);
+        let was = self.peers.swap(live, Ordering::Relaxed);
+        if was != live {
+            tracing::debug!(server = %self.server, workers = live, "live workers counted");
+        }
     }
 }
