@@ -3,7 +3,8 @@ reference implementation from PyPI (`standardwebhooks`), not mcpq's own code.
 
 Usage: webhook_receiver.py PORT SECRET LOG FAILURES
 Each webhook-id's first FAILURES deliveries are answered 500; later ones are verified and
-answered 200 (401 if the signature does not verify). Every request is one JSON line in LOG:
+answered 200 (401 if the signature does not verify). FAILURES -1: every request is answered
+410 Gone. Every request is one JSON line in LOG:
 {"id", "delivery", "status", "verified", "event"}.
 """
 
@@ -25,7 +26,9 @@ class Receiver(BaseHTTPRequestHandler):
         webhook_id = self.headers.get("webhook-id", "")
         seen[webhook_id] += 1
         line = {"id": webhook_id, "delivery": seen[webhook_id], "verified": False, "event": None}
-        if seen[webhook_id] <= failures:
+        if failures < 0:
+            status = 410
+        elif seen[webhook_id] <= failures:
             status = 500
         else:
             try:

@@ -1,7 +1,9 @@
 //! Callbacks when jobs end: a receiver that checks signatures with the reference Standard
 //! Webhooks implementation (PyPI `standardwebhooks`) and fails each callback's first two
 //! deliveries gets every ended job — completed, failed, cancelled — once accepted, verified,
-//! under a webhook id of its own; a loopback target is refused unless allowed by name.
+//! under a webhook id of its own; a 410 is not sent again; one that has not landed within
+//! `callbacks.retryFor` is dead-lettered with its reason; a loopback target is refused unless
+//! allowed by name.
 
 use std::time::Duration;
 
@@ -15,8 +17,8 @@ pub(crate) struct Receiver(std::process::Child);
 
 impl Receiver {
     /// Listens on `port`, logging each request into `log`; each callback's first `failures`
-    /// deliveries are answered 500.
-    pub(crate) fn start(port: u16, log: &std::path::Path, failures: u32) -> Receiver {
+    /// deliveries are answered 500 (`-1`: every request is answered 410 Gone).
+    pub(crate) fn start(port: u16, log: &std::path::Path, failures: i32) -> Receiver {
         Receiver(
             std::process::Command::new(mcpq_tests::required_program("python3"))
                 .arg(mcpq_tests::repo_root().join("tests/clients/webhook_receiver.py"))
@@ -54,6 +56,9 @@ async fn every_ended_job_is_called_back_signed_retried_and_once_accepted() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("received.jsonl");
     let _receiver = Receiver::start(port, &log, 2);
+    let gone_port = free_port();
+    let gone_log = dir.path().join("gone.jsonl");
+    let _gone = Receiver::start(gone_port, &gone_log, -1);
     // Real processes: the dispatcher's /metrics is its own.
     let nats = NatsServer::start();
     let config = dir.path().join("mcp.yaml");
@@ -93,6 +98,11 @@ async fn every_ended_job_is_called_back_signed_retried_and_once_accepted() {
     let (status, failed) =
         submit(json!({"server": "web", "tool": "no_such_tool", "callbackUrl": hook})).await;
     assert_eq!(status, 202, "{failed}");
+    // A receiver that answers 410 Gone is sent its callback once.
+    let (status, to_gone) = submit(json!({"server": "web", "tool": "echo",
+        "arguments": {"text": "gone"}, "callbackUrl": format!("http://127.0.0.1:{gone_port}/hook")}))
+    .await;
+    assert_eq!(status, 202, "{to_gone}");
     let (status, later) =
         submit(json!({"server": "web", "tool": "stamp", "delay": "60s", "callbackUrl": hook}))
             .await;
@@ -168,6 +178,72 @@ async fn every_ended_job_is_called_back_signed_retried_and_once_accepted() {
     .await;
     let received = lines(&log);
     assert_eq!(received.len(), 9, "{received:#?}");
+    let gone = lines(&gone_log);
+    assert_eq!(gone.len(), 1, "a 410 is not sent again: {gone:#?}");
+    assert_eq!(gone[0]["status"], 410);
+    assert!(
+        gone[0]["id"]
+            .as_str()
+            .unwrap()
+            .starts_with(to_gone["id"].as_str().unwrap()),
+        "{gone:?}"
+    );
+
+    // A callback that has not landed within callbacks.retryFor (24 h by default: one that
+    // waited out a long outage, its job ended 25 hours ago) and fails once more is dead-lettered
+    // with its reason.
+    let mut stale = completed["event"].clone();
+    let closed = free_port();
+    let stale_url = format!("http://127.0.0.1:{closed}/hook");
+    stale["data"]["updatedAtMs"] = json!(mcpq_schemas::now_ms() - 25 * 3600 * 1000);
+    stale["data"]["callbackUrl"] = json!(stale_url);
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    js.publish(
+        mcpq_schemas::names::callback_subject("web"),
+        serde_json::to_vec(&stale).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let dead = eventually(
+        "the stale callback dead-lettered",
+        Duration::from_secs(30),
+        || {
+            let js = js.clone();
+            async move {
+                let stream = js
+                    .get_stream(mcpq_schemas::names::DEAD_CALLBACKS_STREAM)
+                    .await
+                    .ok()?;
+                stream
+                    .get_last_raw_message_by_subject("mcpq.callbacks-dead.web")
+                    .await
+                    .ok()
+            }
+        },
+    )
+    .await;
+    let kept: Value = serde_json::from_slice(&dead.payload).unwrap();
+    assert_eq!(kept, stale, "the dead callback keeps the event as it was");
+    let reason = dead
+        .headers
+        .get("Mcpq-Callback-Error")
+        .map(|v| v.to_string())
+        .unwrap_or_default();
+    assert!(reason.contains(&stale_url), "{reason}");
+    eventually(
+        "the stale callback taken off the queue",
+        Duration::from_secs(30),
+        || {
+            let url = nats.url();
+            async move {
+                (mcpq_tests::stored(&url, mcpq_schemas::names::CALLBACKS_STREAM, ">").await == 0)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
 
     // A target on a loopback address that allowHosts does not name is refused, nothing queued.
     let (status, refused) = submit(
@@ -199,4 +275,6 @@ async fn every_ended_job_is_called_back_signed_retried_and_once_accepted() {
     };
     assert_eq!(counted("delivered"), Some(3.0), "{metrics}");
     assert_eq!(counted("retried"), Some(6.0), "{metrics}");
+    assert_eq!(counted("gone"), Some(1.0), "{metrics}");
+    assert_eq!(counted("dead"), Some(1.0), "{metrics}");
 }
