@@ -1019,7 +1019,7 @@ async fn one_caller_holds_only_its_share_of_a_dispatcher() {
         http.post(format!("{polls}/v1/jobs"))
             .bearer_auth(ALICE)
             .json(
-                &json!({"server": "web", "tool": "hold", "arguments": {"tag": "poll", "ms": 3000}}),
+                &json!({"server": "web", "tool": "hold", "arguments": {"tag": "poll", "ms": 8000}}),
             ),
     )
     .await;
@@ -1027,20 +1027,30 @@ async fn one_caller_holds_only_its_share_of_a_dispatcher() {
         "{polls}/v1/jobs/{}/wait?timeout=30s",
         accepted["id"].as_str().unwrap()
     );
-    let first = tokio::spawn(http.get(&wait_url).bearer_auth(ALICE).send());
+    let poll = || http.get(&wait_url).bearer_auth(ALICE).send();
+    let mut first = tokio::spawn(poll());
     t.web.fixture.until_held("poll").await;
-    let refused = eventually(
-        "alice's second long poll refused",
-        Duration::from_secs(10),
-        || {
-            let request = http.get(&wait_url).bearer_auth(ALICE).send();
-            async move {
-                let response = request.await.ok()?;
-                (response.status() == 429).then_some(response)
-            }
-        },
-    )
-    .await;
+    // The first poll and a second race to the dispatcher: under load the second may come first
+    // and take the one slot (and the first is refused). A second that is not refused within a
+    // second is dropped, which frees its slot, and a refused first is sent again.
+    let held_at = std::time::Instant::now();
+    let refused = loop {
+        assert!(
+            held_at.elapsed() < Duration::from_secs(6),
+            "alice's second long poll was never refused while her first waited"
+        );
+        if first.is_finished() {
+            let lost = first.await.unwrap().unwrap();
+            assert_eq!(lost.status(), 429, "the job ended before the test did");
+            first = tokio::spawn(poll());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(1), poll()).await
+            && response.status() == 429
+        {
+            break response;
+        }
+    };
     let said: Value = refused.json().await.unwrap();
     assert!(
         said["message"]
