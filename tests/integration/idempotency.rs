@@ -112,6 +112,8 @@ async fn a_key_runs_once_past_the_duplicate_window_a_nats_restart_and_a_second_d
         two_fixtures(&web.url())
     ))
     .await;
+    // Started first: the second submission has to land while the 3 s call still runs.
+    let other = stack.another_dispatcher().await;
     let first = submit_keyed(stack.addr, "charge-42", "charged").await;
     assert_eq!(first["duplicate"], false, "{first}");
     let id: uuid::Uuid = first["id"].as_str().unwrap().parse().unwrap();
@@ -119,7 +121,6 @@ async fn a_key_runs_once_past_the_duplicate_window_a_nats_restart_and_a_second_d
 
     // Past the window, while the job runs, through another dispatcher: the same job.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let other = stack.another_dispatcher().await;
     let again = submit_keyed(other, "charge-42", "charged").await;
     assert_eq!(again["duplicate"], true, "{again}");
     assert_eq!(again["id"], first["id"]);

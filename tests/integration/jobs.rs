@@ -346,9 +346,63 @@ async fn upstream_progress_reaches_mcp_clients_nats_callers_and_records_in_order
             .with_arguments(json!({"steps": 5}).as_object().cloned().unwrap());
         let result = client.call_tool(params).await.unwrap();
         assert_eq!(result.content[0].as_text().unwrap().text, "5 steps done");
-        // Every event arrived, in order, before the result.
-        assert_eq!(*listener.heard.lock().unwrap(), expected, "{version}");
+        // Every event arrived. rmcp's client hands each notification to a task of its own, so
+        // its handler may run after the result is returned, and in any order: the order on the
+        // wire is checked below.
+        let heard = eventually("five progress events", Duration::from_secs(10), || {
+            let heard = listener.heard.lock().unwrap().clone();
+            let want = expected.len();
+            async move { (heard.len() >= want).then_some(heard) }
+        })
+        .await;
+        let mut heard = heard;
+        heard.sort_by(|a, b| a.0.total_cmp(&b.0));
+        assert_eq!(heard, expected, "{version}");
     }
+
+    // On the wire, the events come in order and before the result.
+    let body = reqwest::Client::new()
+        .post(stack.server_url("web"))
+        .header("Accept", "application/json, text/event-stream")
+        .header("MCP-Protocol-Version", "2026-07-28")
+        .header("Mcp-Method", "tools/call")
+        .header("Mcp-Name", "progress")
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+            "name": "progress", "arguments": {"steps": 5},
+            "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                      "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+                      "io.modelcontextprotocol/clientCapabilities": {},
+                      "progressToken": "wire"}}}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let messages: Vec<serde_json::Value> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str(d.trim()).ok())
+        .collect();
+    let on_the_wire: Vec<(f64, Option<String>)> = messages
+        .iter()
+        .take_while(|m| m["method"] == "notifications/progress")
+        .map(|m| {
+            assert_eq!(m["params"]["progressToken"], "wire", "{m}");
+            let message = m["params"]["message"].as_str().map(str::to_string);
+            (m["params"]["progress"].as_f64().unwrap(), message)
+        })
+        .collect();
+    assert_eq!(on_the_wire, expected, "{body}");
+    assert_eq!(
+        messages.len(),
+        expected.len() + 1,
+        "the result, and nothing else, follows: {body}"
+    );
+    let result = &messages[expected.len()]["result"];
+    assert_eq!(result["content"][0]["text"], "5 steps done", "{body}");
 
     // A NATS caller gets progress events on its inbox, in order, before the reply.
     let (to, mut events) = tokio::sync::mpsc::channel(mcpq_dispatcher::EVENTS_UNREAD);

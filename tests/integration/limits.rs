@@ -396,14 +396,16 @@ async fn a_full_queue_answers_queue_full_at_once_and_takes_jobs_again_when_drain
     let (_web, stack) = web_stack("    concurrency: 1\n    maxQueued: 3\n").await;
     let http = reqwest::Client::new();
     let base = format!("http://{}", stack.addr);
-    // One job held by the worker and two waiting: the stream holds three.
+    // One job held by the worker and two waiting: the stream holds three. The first is held
+    // long enough for the three refusals below to land while the queue is full, under load too.
     let mut ids = Vec::new();
     for n in 0..3 {
+        let ms = if n == 0 { 6000 } else { 100 };
         let job = Job::new(
             "web",
             McpRequest::call_tool(
                 "hold",
-                json!({"tag": format!("h{n}"), "ms": 1500})
+                json!({"tag": format!("h{n}"), "ms": ms})
                     .as_object()
                     .cloned(),
             ),

@@ -26,6 +26,8 @@ struct Faults {
     /// The answers still to cut: chunks from the target holding `cut_marker`.
     cuts_left: AtomicU32,
     cut_marker: Mutex<Vec<u8>>,
+    /// The tags (the marker and the word it begins) whose answer was cut: each is cut once.
+    cut_tags: Mutex<std::collections::HashSet<Vec<u8>>>,
     /// Answers cut so far.
     cut: AtomicU32,
     /// Connections accepted so far.
@@ -115,7 +117,9 @@ impl FaultProxy {
     }
 
     /// Cuts the next `answers` chunks from the target that hold `marker`: half of each is
-    /// passed on, then both sides of its connection are reset.
+    /// passed on, then both sides of its connection are reset. The word `marker` begins (up
+    /// to a character other than a letter, digit, `-` or `_`) is the answer's tag, and each tag
+    /// is cut once: the answer of a call run again after its cut passes.
     pub fn cut_answers(&self, marker: &str, answers: u32) {
         *self.faults.cut_marker.lock().expect("marker") = marker.as_bytes().to_vec();
         self.faults.cuts_left.store(answers, Ordering::SeqCst);
@@ -217,10 +221,30 @@ async fn pump(
 
 fn should_cut(faults: &Faults, chunk: &[u8]) -> bool {
     let marker = faults.cut_marker.lock().expect("marker").clone();
-    !marker.is_empty()
-        && chunk.windows(marker.len()).any(|w| w == marker.as_slice())
-        && faults
-            .cuts_left
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
+    if marker.is_empty() {
+        return false;
+    }
+    let Some(at) = chunk
+        .windows(marker.len())
+        .position(|w| w == marker.as_slice())
+    else {
+        return false;
+    };
+    let tag: Vec<u8> = chunk[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_alphanumeric() || **b == b'-' || **b == b'_')
+        .copied()
+        .collect();
+    let mut cut = faults.cut_tags.lock().expect("cut tags");
+    if cut.contains(&tag) {
+        return false;
+    }
+    let take = faults
+        .cuts_left
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if take {
+        cut.insert(tag);
+    }
+    take
 }
