@@ -979,7 +979,7 @@ async fn one_caller_holds_only_its_share_of_a_dispatcher() {
                     .header("Mcp-Method", "tools/call")
                     .header("Mcp-Name", "hold")
                     .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
-                        "name": "hold", "arguments": {"tag": tag, "ms": 2500},
+                        "name": "hold", "arguments": {"tag": tag, "ms": 5000},
                         "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
                                   "io.modelcontextprotocol/clientInfo": {"name": "h", "version": "1"},
                                   "io.modelcontextprotocol/clientCapabilities": {},

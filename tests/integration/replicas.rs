@@ -218,13 +218,14 @@ async fn a_worker_started_under_load_takes_work_at_once() {
     let _first = worker("first");
     mcpq_tests::ready(format!("http://{listen}/readyz")).await;
     mcpq_tests::catalogs_published(&nats.url(), &["web"]).await;
-    // 40 jobs of 300 ms for a worker that runs 2 at a time: 6 s of work for it alone.
+    // 40 jobs of 600 ms for a worker that runs 2 at a time: 12 s of work for it alone, time
+    // enough for a second worker process to start and take its part on a loaded machine.
     let http = reqwest::Client::new();
     let mut ids = Vec::new();
     for _ in 0..40 {
         let r: Value = http
             .post(format!("http://{listen}/v1/jobs"))
-            .json(&json!({"server": "web", "tool": "slow", "arguments": {"ms": 300}}))
+            .json(&json!({"server": "web", "tool": "slow", "arguments": {"ms": 600}}))
             .send()
             .await
             .unwrap()

@@ -117,7 +117,7 @@ async fn two_workers_on_one_host_start_with_no_flags_and_a_killed_ones_calls_are
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_stopped_past_ack_wait_then_resumed_runs_claimed_jobs_once_and_cancels_the_rest() {
-    // AckWait 2 s, frozen 5 s: less than its heartbeat lasts (10 s), so the frozen worker keeps
+    // AckWait 2 s, frozen 4 s: less than its heartbeat lasts (10 s), so the frozen worker keeps
     // the jobs it claimed.
     let _exclusive = mcpq_tests::exclusive().await;
     let rig = rig_acking(8, "", "30s", "2s").await;
@@ -140,7 +140,9 @@ async fn a_worker_stopped_past_ack_wait_then_resumed_runs_claimed_jobs_once_and_
     }
     first.signal("STOP");
     let second = rig.worker("second");
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Past AckWait (the jobs went to the second worker, which waits for the frozen one), and
+    // well within the heartbeat's 10 s, however late its last renewal and this CONT come.
+    tokio::time::sleep(Duration::from_secs(4)).await;
     first.signal("CONT");
     rig.all_completed(&ids, Duration::from_secs(60)).await;
     for n in 0..4 {
@@ -165,7 +167,7 @@ async fn a_worker_stopped_past_ack_wait_then_resumed_runs_claimed_jobs_once_and_
             async move {
                 let job = call(
                     "hold",
-                    serde_json::json!({"tag": format!("sync-{n}"), "ms": 8000}),
+                    serde_json::json!({"tag": format!("sync-{n}"), "ms": 12_000}),
                 );
                 client.call(&job, Duration::from_secs(90)).await
             }
@@ -206,7 +208,7 @@ async fn the_drain_deadline_cancels_calls_upstream_and_hands_their_jobs_back() {
     );
     let client = rig.client.clone();
     let call = tokio::spawn(async move {
-        let job = call("hold", serde_json::json!({"tag": "drained", "ms": 4000}));
+        let job = call("hold", serde_json::json!({"tag": "drained", "ms": 8000}));
         client.call(&job, Duration::from_secs(90)).await
     });
     rig.web.fixture.until_held("drained").await;

@@ -98,6 +98,8 @@ struct State {
     flaky: Mutex<std::collections::HashMap<String, u32>>,
     /// When each `stamp` call arrived.
     stamps: Mutex<Vec<std::time::Instant>>,
+    /// The job id (`_meta` `io.mcpq/jobId`) of each `stamp` call, in order ("" without one).
+    stamped_jobs: Mutex<Vec<String>>,
     /// `tools/call busy` requests still to answer with HTTP 429, and how many were.
     busy_left: AtomicU64,
     rejected: AtomicU64,
@@ -309,13 +311,19 @@ impl Fixture {
     }
 
     #[tool(description = "Note the time of this call (for rate measurements) and answer")]
-    fn stamp(&self) -> String {
+    fn stamp(&self, context: RequestContext<RoleServer>) -> String {
         self.count();
         self.state
             .stamps
             .lock()
             .expect("stamps")
             .push(std::time::Instant::now());
+        let job = context.meta.0.get("io.mcpq/jobId").and_then(|v| v.as_str());
+        self.state
+            .stamped_jobs
+            .lock()
+            .expect("stamped jobs")
+            .push(job.unwrap_or_default().to_string());
         "stamped".into()
     }
 
@@ -377,6 +385,15 @@ impl Fixture {
     /// When each `stamp` and `flaky` call arrived, in order.
     pub fn stamps(&self) -> Vec<std::time::Instant> {
         self.state.stamps.lock().expect("stamps").clone()
+    }
+
+    /// The job id each `stamp` call carried in its `_meta` (`io.mcpq/jobId`), in order.
+    pub fn stamped_jobs(&self) -> Vec<String> {
+        self.state
+            .stamped_jobs
+            .lock()
+            .expect("stamped jobs")
+            .clone()
     }
 
     /// Tags of `hold` calls that started.
