@@ -49,6 +49,16 @@ pub(crate) fn lines(log: &std::path::Path) -> Vec<Value> {
         .collect()
 }
 
+/// Waits until `MCPQ_CALLBACKS` holds nothing: every callback was acked, none waits to be sent
+/// again.
+async fn nothing_left_to_deliver(nats_url: &str, what: &str) {
+    eventually(what, Duration::from_secs(30), || async move {
+        (mcpq_tests::stored(nats_url, mcpq_schemas::names::CALLBACKS_STREAM, ">").await == 0)
+            .then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_ended_job_is_called_back_signed_retried_and_once_accepted() {
     let web = HttpFixture::start().await;
@@ -164,18 +174,7 @@ async fn every_ended_job_is_called_back_signed_retried_and_once_accepted() {
         "{completed}"
     );
     // Nothing more comes: every callback was acked (none waits to be sent again).
-    eventually(
-        "no callback left to deliver",
-        Duration::from_secs(30),
-        || {
-            let url = nats.url();
-            async move {
-                (mcpq_tests::stored(&url, mcpq_schemas::names::CALLBACKS_STREAM, ">").await == 0)
-                    .then_some(())
-            }
-        },
-    )
-    .await;
+    nothing_left_to_deliver(&nats.url(), "no callback left to deliver").await;
     let received = lines(&log);
     assert_eq!(received.len(), 9, "{received:#?}");
     let gone = lines(&gone_log);
@@ -232,18 +231,7 @@ async fn every_ended_job_is_called_back_signed_retried_and_once_accepted() {
         .map(|v| v.to_string())
         .unwrap_or_default();
     assert!(reason.contains(&stale_url), "{reason}");
-    eventually(
-        "the stale callback taken off the queue",
-        Duration::from_secs(30),
-        || {
-            let url = nats.url();
-            async move {
-                (mcpq_tests::stored(&url, mcpq_schemas::names::CALLBACKS_STREAM, ">").await == 0)
-                    .then_some(())
-            }
-        },
-    )
-    .await;
+    nothing_left_to_deliver(&nats.url(), "the stale callback taken off the queue").await;
 
     // A target on a loopback address that allowHosts does not name is refused, nothing queued.
     let (status, refused) = submit(
