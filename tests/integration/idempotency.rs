@@ -187,7 +187,7 @@ async fn a_second_message_for_a_running_job_is_a_duplicate_and_its_caller_gets_t
         "web",
         McpRequest::call_tool(
             "mark",
-            serde_json::json!({"tag": "twice", "ms": 2000})
+            serde_json::json!({"tag": "twice", "ms": 5000})
                 .as_object()
                 .cloned(),
         ),
@@ -197,6 +197,12 @@ async fn a_second_message_for_a_running_job_is_a_duplicate_and_its_caller_gets_t
     web.fixture.until_marked("twice").await;
     // A pipeline publishes the same job again while it runs, with its own inbox.
     tokio::time::sleep(Duration::from_millis(1200)).await;
+    let record = stack.client.record(job.id).await.unwrap().unwrap();
+    assert_eq!(
+        record.status,
+        mcpq_schemas::JobStatus::Running,
+        "the second message must land while the job runs"
+    );
     let reply = published_for_reply(&stack, &job, "_INBOX.second.inbox").await;
     assert_eq!(reply["status"], "ok", "{reply}");
     assert_eq!(reply["jobId"], job.id.to_string());
