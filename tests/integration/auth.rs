@@ -592,14 +592,9 @@ async fn browsers_cannot_call_and_a_caller_over_its_limit_is_refused_before_the_
     );
 
     // The protected-resource metadata names the resource and its authorization server.
-    let metadata: Value = http
-        .get(format!("{base}/.well-known/oauth-protected-resource/mcp"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let metadata: Value =
+        mcpq_tests::json_of(http.get(format!("{base}/.well-known/oauth-protected-resource/mcp")))
+            .await;
     assert_eq!(metadata["resource"], format!("{base}/mcp"));
     assert_eq!(metadata["authorization_servers"], json!([ISSUER]));
 

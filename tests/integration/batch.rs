@@ -160,14 +160,9 @@ async fn a_batch_over_http_reports_counts_and_results_in_order() {
     // Posting the same batch again (same key) adds nothing.
     let again: mcpq_schemas::api::BatchAccepted = post().await.unwrap().json().await.unwrap();
     assert_eq!(again.batch_id, accepted.batch_id);
-    let results = http
-        .get(format!("{base}/v1/batches/{}/results", accepted.batch_id))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let results =
+        mcpq_tests::body_of(http.get(format!("{base}/v1/batches/{}/results", accepted.batch_id)))
+            .await;
     let lines: Vec<BatchResultLine> = results
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

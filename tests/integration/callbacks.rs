@@ -247,14 +247,7 @@ async fn every_ended_job_is_called_back_signed_retried_and_once_accepted() {
     );
 
     // The dispatcher counts what it delivered and what it tried again.
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = mcpq_tests::body_of(http.get(format!("{base}/metrics"))).await;
     let counted = |outcome: &str| {
         metrics
             .lines()

@@ -61,34 +61,26 @@ servers:
     let mut every = tokio::time::interval(Duration::from_millis(50));
     for _ in 0..20 {
         every.tick().await;
-        let accepted: Value = http
-            .post(format!("{base}/v1/jobs"))
-            .bearer_auth(BOB)
-            .json(&slow)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let accepted: Value = mcpq_tests::json_of(
+            http.post(format!("{base}/v1/jobs"))
+                .bearer_auth(BOB)
+                .json(&slow),
+        )
+        .await;
         bobs.push(accepted["id"].as_str().unwrap().to_string());
     }
     let deadline = tokio::time::Instant::now() + patience;
     let mut waits = Vec::new();
     for id in bobs {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let record: Value = http
-            .get(format!(
+        let record: Value = mcpq_tests::json_of(
+            http.get(format!(
                 "{base}/v1/jobs/{id}/wait?timeout={}ms",
                 left.as_millis().max(1)
             ))
-            .bearer_auth(BOB)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .bearer_auth(BOB),
+        )
+        .await;
         waits.push((record["status"] == "completed").then(|| {
             record["updatedAtMs"].as_u64().unwrap() - record["submittedAtMs"].as_u64().unwrap()
         }));
@@ -101,27 +93,15 @@ servers:
 /// cancel them (each answered as if there were none).
 async fn others_cannot_touch(http: &reqwest::Client, base: &str) {
     let status = |r: reqwest::Response| r.status().as_u16();
-    let created: Value = http
+    let created: Value = mcpq_tests::json_of(http
         .post(format!("{base}/v1/schedules"))
         .bearer_auth(ALICE)
-        .json(&json!({"server": "web", "tool": "echo", "arguments": {"text": "a"}, "every": "1h"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json(&json!({"server": "web", "tool": "echo", "arguments": {"text": "a"}, "every": "1h"}))).await;
     let schedule = format!("{base}/v1/schedules/{}", created["id"].as_str().unwrap());
-    let later: Value = http
+    let later: Value = mcpq_tests::json_of(http
         .post(format!("{base}/v1/jobs"))
         .bearer_auth(ALICE)
-        .json(&json!({"server": "web", "tool": "echo", "arguments": {"text": "b"}, "delay": "1h"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json(&json!({"server": "web", "tool": "echo", "arguments": {"text": "b"}, "delay": "1h"}))).await;
     let job = format!("{base}/v1/jobs/{}", later["id"].as_str().unwrap());
     assert_eq!(later["status"], "scheduled", "{later}");
     for (request, what) in [
@@ -134,25 +114,10 @@ async fn others_cannot_touch(http: &reqwest::Client, base: &str) {
         let answer = request.bearer_auth(BOB).send().await.unwrap();
         assert_eq!(status(answer), 404, "bob could {what} alice's");
     }
-    let bobs: Value = http
-        .get(format!("{base}/v1/schedules"))
-        .bearer_auth(BOB)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let bobs: Value =
+        mcpq_tests::json_of(http.get(format!("{base}/v1/schedules")).bearer_auth(BOB)).await;
     assert_eq!(bobs, json!([]), "bob lists alice's schedules");
-    let shown: Value = http
-        .get(&schedule)
-        .bearer_auth(ALICE)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let shown: Value = mcpq_tests::json_of(http.get(&schedule).bearer_auth(ALICE)).await;
     assert_eq!(shown["paused"], false, "{shown}");
     assert_eq!(
         status(

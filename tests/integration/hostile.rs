@@ -20,7 +20,8 @@ use mcpq_tests::{
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::{limits::json_of, roles::PASSWORDS};
+use crate::roles::PASSWORDS;
+use mcpq_tests::json_of;
 
 const ALICE: &str = "mcpq_alice-hostile-key-0123456789";
 const BOB: &str = "mcpq_bob-hostile-key-0123456789";

@@ -184,14 +184,8 @@ async fn the_jobs_api_answers_errors_as_json_with_a_code() {
     .await;
 
     // The OpenAPI document served is the one pinned in the repo.
-    let served: serde_json::Value = http
-        .get(format!("{base}/v1/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let served: serde_json::Value =
+        mcpq_tests::json_of(http.get(format!("{base}/v1/openapi.json"))).await;
     let pinned: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(mcpq_tests::repo_root().join("schemas/json/openapi.json"))
             .unwrap(),
@@ -361,26 +355,23 @@ async fn upstream_progress_reaches_mcp_clients_nats_callers_and_records_in_order
     }
 
     // On the wire, the events come in order and before the result.
-    let body = reqwest::Client::new()
-        .post(stack.server_url("web"))
-        .header("Accept", "application/json, text/event-stream")
-        .header("MCP-Protocol-Version", "2026-07-28")
-        .header("Mcp-Method", "tools/call")
-        .header("Mcp-Name", "progress")
-        .json(
-            &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+    let body = mcpq_tests::body_of(
+        reqwest::Client::new()
+            .post(stack.server_url("web"))
+            .header("Accept", "application/json, text/event-stream")
+            .header("MCP-Protocol-Version", "2026-07-28")
+            .header("Mcp-Method", "tools/call")
+            .header("Mcp-Name", "progress")
+            .json(
+                &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
             "name": "progress", "arguments": {"steps": 5},
             "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
                       "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
                       "io.modelcontextprotocol/clientCapabilities": {},
                       "progressToken": "wire"}}}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+            ),
+    )
+    .await;
     let messages: Vec<serde_json::Value> = body
         .lines()
         .filter_map(|l| l.strip_prefix("data:"))

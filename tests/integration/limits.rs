@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use mcpq_schemas::{ErrorKind, Job, JobStatus, McpRequest, Outcome};
-use mcpq_tests::{fixture::HttpFixture, stack::Stack};
+use mcpq_tests::{fixture::HttpFixture, json_of, stack::Stack};
 use rmcp::model::CallToolRequestParams;
 use serde_json::json;
 
@@ -49,11 +49,6 @@ async fn web_stack(extra: &str) -> (HttpFixture, Stack) {
     ))
     .await;
     (web, stack)
-}
-
-/// The JSON body of the answer to `request`.
-pub(crate) async fn json_of(request: reqwest::RequestBuilder) -> serde_json::Value {
-    request.send().await.unwrap().json().await.unwrap()
 }
 
 /// How many `tags` the upstream ran.

@@ -590,19 +590,16 @@ async fn a_callers_trace_id_reaches_the_upstream_and_the_audit_record() {
 
     // The HTTP header works as well (a /v1 job here).
     let header_trace = "0af7651916cd43dd8448eb211c80319c";
-    let r: Value = reqwest::Client::new()
-        .post(format!("http://{}/v1/jobs", stack.addr))
-        .header(
-            "traceparent",
-            format!("00-{header_trace}-b7ad6b7169203331-01"),
-        )
-        .json(&json!({"server": "web", "tool": "traced"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value = mcpq_tests::json_of(
+        reqwest::Client::new()
+            .post(format!("http://{}/v1/jobs", stack.addr))
+            .header(
+                "traceparent",
+                format!("00-{header_trace}-b7ad6b7169203331-01"),
+            )
+            .json(&json!({"server": "web", "tool": "traced"})),
+    )
+    .await;
     let id: uuid::Uuid = r["id"].as_str().unwrap().parse().unwrap();
     mcpq_tests::all_completed(&stack.client, &[id], Duration::from_secs(30)).await;
     let record = stack.record(id).await;

@@ -223,15 +223,11 @@ async fn a_worker_started_under_load_takes_work_at_once() {
     let http = reqwest::Client::new();
     let mut ids = Vec::new();
     for _ in 0..40 {
-        let r: Value = http
-            .post(format!("http://{listen}/v1/jobs"))
-            .json(&json!({"server": "web", "tool": "slow", "arguments": {"ms": 600}}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r: Value = mcpq_tests::json_of(
+            http.post(format!("http://{listen}/v1/jobs"))
+                .json(&json!({"server": "web", "tool": "slow", "arguments": {"ms": 600}})),
+        )
+        .await;
         ids.push(r["id"].as_str().unwrap().to_string());
     }
     eventually("the first worker busy", Duration::from_secs(30), || {

@@ -96,10 +96,9 @@ struct State {
     listeners: Mutex<Vec<SubscriptionSink>>,
     /// Calls so far per `flaky` key.
     flaky: Mutex<std::collections::HashMap<String, u32>>,
-    /// When each `stamp` call arrived.
-    stamps: Mutex<Vec<std::time::Instant>>,
-    /// The job id (`_meta` `io.mcpq/jobId`) of each `stamp` call, in order ("" without one).
-    stamped_jobs: Mutex<Vec<String>>,
+    /// When each `stamp` and `flaky` call arrived, with the job id its `_meta` carried
+    /// (`io.mcpq/jobId`; "" without one).
+    stamps: Mutex<Vec<(std::time::Instant, String)>>,
     /// `tools/call busy` requests still to answer with HTTP 429, and how many were.
     busy_left: AtomicU64,
     rejected: AtomicU64,
@@ -147,6 +146,16 @@ impl Fixture {
             handler.tool_router.disable_route("bonus");
         }
         handler
+    }
+
+    /// Notes when this call arrived and the job id its `_meta` carried.
+    fn note_stamp(&self, context: &RequestContext<RoleServer>) {
+        let job = context.meta.0.get("io.mcpq/jobId").and_then(|v| v.as_str());
+        self.state
+            .stamps
+            .lock()
+            .expect("stamps")
+            .push((std::time::Instant::now(), job.unwrap_or_default().into()));
     }
 }
 
@@ -270,6 +279,7 @@ impl Fixture {
             failures,
             hang_ms,
         }): Parameters<FlakyArgs>,
+        context: RequestContext<RoleServer>,
     ) -> String {
         self.count();
         let call = {
@@ -278,11 +288,7 @@ impl Fixture {
             *n += 1;
             *n
         };
-        self.state
-            .stamps
-            .lock()
-            .expect("stamps")
-            .push(std::time::Instant::now());
+        self.note_stamp(&context);
         if call <= failures {
             tokio::time::sleep(Duration::from_millis(hang_ms)).await;
         }
@@ -313,17 +319,7 @@ impl Fixture {
     #[tool(description = "Note the time of this call (for rate measurements) and answer")]
     fn stamp(&self, context: RequestContext<RoleServer>) -> String {
         self.count();
-        self.state
-            .stamps
-            .lock()
-            .expect("stamps")
-            .push(std::time::Instant::now());
-        let job = context.meta.0.get("io.mcpq/jobId").and_then(|v| v.as_str());
-        self.state
-            .stamped_jobs
-            .lock()
-            .expect("stamped jobs")
-            .push(job.unwrap_or_default().to_string());
+        self.note_stamp(&context);
         "stamped".into()
     }
 
@@ -384,16 +380,15 @@ impl Fixture {
 
     /// When each `stamp` and `flaky` call arrived, in order.
     pub fn stamps(&self) -> Vec<std::time::Instant> {
-        self.state.stamps.lock().expect("stamps").clone()
+        let stamps = self.state.stamps.lock().expect("stamps");
+        stamps.iter().map(|(at, _)| *at).collect()
     }
 
-    /// The job id each `stamp` call carried in its `_meta` (`io.mcpq/jobId`), in order.
+    /// The job id each `stamp` and `flaky` call carried in its `_meta` (`io.mcpq/jobId`), in
+    /// order.
     pub fn stamped_jobs(&self) -> Vec<String> {
-        self.state
-            .stamped_jobs
-            .lock()
-            .expect("stamped jobs")
-            .clone()
+        let stamps = self.state.stamps.lock().expect("stamps");
+        stamps.iter().map(|(_, job)| job.clone()).collect()
     }
 
     /// Tags of `hold` calls that started.

@@ -71,6 +71,28 @@ pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
         .await
 }
 
+/// The JSON body of the answer to `request` (panics if there is no answer or it is not JSON).
+pub async fn json_of(request: reqwest::RequestBuilder) -> serde_json::Value {
+    request
+        .send()
+        .await
+        .expect("an answer")
+        .json()
+        .await
+        .expect("a JSON body")
+}
+
+/// The body of the answer to `request`, as text.
+pub async fn body_of(request: reqwest::RequestBuilder) -> String {
+    request
+        .send()
+        .await
+        .expect("an answer")
+        .text()
+        .await
+        .expect("a body")
+}
+
 /// Waits up to a minute for `url` to answer 200 (a `/readyz`, say).
 pub async fn ready(url: String) {
     eventually(&format!("{url} ready"), Duration::from_secs(60), || {

@@ -258,9 +258,11 @@ pub async fn run(
         // worker while it still calls the upstream.
         let pool_drained = CancellationToken::new();
         let heartbeats = workers.clone();
-        report::heartbeat::beat(&heartbeats, &report).await;
         let (stop, grace) = (shutdown.clone(), options.drain_grace);
         tasks.spawn(async move {
+            // Counted before the first job (so this worker never starts with a whole rate
+            // limit that others share), in the server's own task (servers start together).
+            report::heartbeat::beat(&heartbeats, &report).await;
             let pulling = async {
                 consume::run(ctx, stop, grace).await;
                 pool_drained.cancel();
