@@ -76,6 +76,46 @@ fn quota(limit: RateLimit, workers: usize) -> Quota {
 mod tests {
     use super::*;
 
+    /// Calls already waiting when more workers are counted go out at the new, smaller share.
+    /// Five calls wait on a share of 4/s (all five through within 1.5 s if they kept it); the
+    /// limit is then split over 1,000 workers (a call every 250 s, one in hand): at most that
+    /// one, and one that was already past its wait, go out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiting_calls_take_the_new_share_when_workers_are_recounted() {
+        let limit = RateLimit {
+            per_second: 4.0,
+            burst: 1,
+        };
+        let peers = Arc::new(AtomicUsize::new(1));
+        let limiter = Arc::new(Limiter::new(limit, peers.clone()));
+        limiter.ready().await;
+        let through = Arc::new(AtomicUsize::new(0));
+        let waiters: Vec<_> = (0..5)
+            .map(|_| {
+                let (limiter, through) = (limiter.clone(), through.clone());
+                tokio::spawn(async move {
+                    limiter.ready().await;
+                    through.fetch_add(1, Ordering::SeqCst);
+                })
+            })
+            .collect();
+        // Let them start waiting on the 4/s share (its next call is 250 ms away).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peers.store(1000, Ordering::Relaxed);
+        limiter.split(1000);
+        let before = through.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let after = through.load(Ordering::SeqCst);
+        assert!(
+            after - before <= 2,
+            "{} waiting calls went out at the old share",
+            after - before
+        );
+        for waiter in waiters {
+            waiter.abort();
+        }
+    }
+
     #[test]
     fn the_limit_is_split_evenly_over_live_workers() {
         let limit = RateLimit {
